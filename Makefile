@@ -1,0 +1,53 @@
+# Two commands for a new user: `make run` (the main job) and `make test` (the tests).
+# Both create/update .venv, install the package, and make sure redis-server exists.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: run test lint typecheck faults bench setup redis-server clean
+
+setup: $(STAMP) redis-server
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# redis-server is a system binary, not a Python package: install it with the OS package
+# manager when we are root, otherwise say exactly what to do.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "redis-server not found: installing it with apt-get"; \
+	    (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)); \
+	  else \
+	    echo "redis-server not found on PATH: install it (sudo apt-get install redis-server," \
+	         "or brew install redis) or pass --redis URL to use an existing server" >&2; exit 1; \
+	  fi; }
+
+run: setup
+	$(BIN)/framestream run $(ARGS)
+
+test: setup
+	$(BIN)/ruff check stream deployments loadtest tests
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check stream deployments loadtest tests
+	$(BIN)/ruff format --check stream deployments loadtest tests
+
+typecheck: setup
+	$(BIN)/mypy stream deployments loadtest
+
+faults: setup
+	$(BIN)/python -m tests.faults.report
+
+bench: setup
+	$(BIN)/python -m loadtest bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Adapters: one module per external system (Redis, redis-server, OpenVINO, video)."""

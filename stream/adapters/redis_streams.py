@@ -1,0 +1,298 @@
+"""Redis Streams transport with framestream's delivery rules (asyncio, redis-py).
+
+- every stage reads through a consumer group;
+- `forward` XADDs outputs and XACKs the inputs they came from in one MULTI/EXEC;
+- `reclaim` takes over entries a dead or stuck consumer left pending (XAUTOCLAIM);
+- an entry delivered more than `max_deliveries` times, or one that does not decode, goes to the
+  dead-letter stream with stage, reason and original id, and is acked;
+- `trim` never deletes an entry that some group has not acked or not yet read (MINID below the
+  oldest such id): a plain MAXLEN trim silently deletes delivered-but-unacked entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from stream.core.codec import Message, decode_message
+from stream.core.keys import FIELD, PipelineKeys
+from stream.errors import CodecError, TransportError
+
+__all__ = [
+    "DeadLetter",
+    "Entry",
+    "GroupStats",
+    "Output",
+    "StreamTransport",
+    "connect",
+]
+
+_MAX_DEAD_PAYLOAD = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry read from `stream`; `data` is None when it was deleted before we read it."""
+
+    stream: str
+    id: str
+    data: bytes | None
+    deliveries: int = 1
+
+
+@dataclass(frozen=True)
+class Output:
+    """An entry to add to `stream`."""
+
+    stream: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    entry: Entry
+    reason: str
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Backlog of one consumer group: `lag` = not yet delivered, `pending` = delivered, not acked."""
+
+    stream: str
+    group: str
+    lag: int
+    pending: int
+    consumers: int
+
+    @property
+    def backlog(self) -> int:
+        return self.lag + self.pending
+
+
+async def connect(url: str, *, password: str | None = None, username: str | None = None,
+                  timeout_s: float = 5.0) -> aioredis.Redis:
+    """Open a client for `url` and check it with PING; a wrong password fails here, clearly."""
+    kwargs: dict[str, Any] = {"socket_connect_timeout": timeout_s, "health_check_interval": 30}
+    if password is not None:
+        kwargs["password"] = password
+    if username is not None:
+        kwargs["username"] = username
+    client = aioredis.Redis.from_url(url, **kwargs)
+    try:
+        await client.ping()
+    except AuthenticationError as e:
+        await client.aclose()
+        raise TransportError(f"Redis at {_redact(url)} refused the credentials: {e}; "
+                             "check FRAMESTREAM_REDIS__PASSWORD or the URL") from e
+    except ResponseError as e:
+        await client.aclose()
+        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
+            raise TransportError(f"Redis at {_redact(url)} needs a password: {e}") from e
+        raise TransportError(f"Redis at {_redact(url)} answered PING with an error: {e}") from e
+    except (RedisConnectionError, OSError, TimeoutError) as e:
+        await client.aclose()
+        raise TransportError(f"cannot reach Redis at {_redact(url)}: {e}") from e
+    return client
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("redis", url)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = _id_tuple(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
+class StreamTransport:
+    """The delivery rules, for one stage, over an asyncio Redis client."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: PipelineKeys,
+        *,
+        stage: str,
+        max_deliveries: int = 5,
+        claim_idle_ms: int = 5_000,
+    ) -> None:
+        if max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries}")
+        if claim_idle_ms < 0:
+            raise ValueError(f"claim_idle_ms must be >= 0, got {claim_idle_ms}")
+        self.client = client
+        self.keys = keys
+        self.stage = stage
+        self.max_deliveries = max_deliveries
+        self.claim_idle_ms = claim_idle_ms
+
+    async def ensure_group(self, stream: str, group: str, start_id: str = "0") -> None:
+        """Create `stream` and `group` if missing (a group made now reads from `start_id`)."""
+        try:
+            await self.client.xgroup_create(stream, group, id=start_id, mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def read(self, stream: str, group: str, consumer: str, *, count: int,
+                   block_ms: int | None) -> list[Entry]:
+        """New entries for `consumer` (up to `count`, waiting at most `block_ms`)."""
+        reply = await self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+        return [Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None)
+                for _, items in reply or [] for i, fields in items]
+
+    async def read_own_pending(self, stream: str, group: str, consumer: str, *, count: int) -> list[Entry]:
+        """Entries already delivered to `consumer` but not acked (after a restart with the same name)."""
+        reply = await self.client.xreadgroup(group, consumer, {stream: "0"}, count=count)
+        return [Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None, deliveries=2)
+                for _, items in reply or [] for i, fields in items]
+
+    async def forward(self, outputs: Sequence[Output], group: str, acks: Iterable[Entry]) -> list[str]:
+        """XADD `outputs` and XACK `acks` in `group`, atomically (MULTI/EXEC). Returns new ids."""
+        by_stream: dict[str, list[str]] = {}
+        for entry in acks:
+            by_stream.setdefault(entry.stream, []).append(entry.id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            for out in outputs:
+                pipe.xadd(out.stream, {FIELD: out.data})
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, group, *ids)
+            replies = await pipe.execute()
+        return [_s(r) for r in replies[: len(outputs)]]
+
+    async def publish(self, outputs: Sequence[Output]) -> list[str]:
+        """XADD without acking anything (ingest, the first stage)."""
+        return await self.forward(outputs, group="", acks=())
+
+    def decode(self, entries: Sequence[Entry]) -> tuple[list[tuple[Entry, Message]], list[DeadLetter]]:
+        """Split entries into decoded messages and dead letters (undecodable or deleted)."""
+        good: list[tuple[Entry, Message]] = []
+        bad: list[DeadLetter] = []
+        for entry in entries:
+            if entry.data is None:
+                bad.append(DeadLetter(entry, "entry was deleted before it was processed"))
+                continue
+            try:
+                good.append((entry, decode_message(entry.data)))
+            except CodecError as e:
+                bad.append(DeadLetter(entry, f"undecodable: {e}"))
+        return good, bad
+
+    async def dead_letter(self, letters: Sequence[DeadLetter], group: str) -> None:
+        """Write each letter to the dead-letter stream and ack its entry, atomically."""
+        if not letters:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            for letter in letters:
+                e = letter.entry
+                fields: dict[str, Any] = {
+                    "stage": self.stage, "reason": letter.reason, "stream": e.stream,
+                    "group": group, "id": e.id, "deliveries": e.deliveries,
+                }
+                if e.data is not None and len(e.data) <= _MAX_DEAD_PAYLOAD:
+                    fields[FIELD] = e.data
+                pipe.xadd(self.keys.dead, fields)
+                pipe.xack(e.stream, group, e.id)
+            await pipe.execute()
+
+    async def reclaim(self, stream: str, group: str, consumer: str, *, count: int = 100) -> list[Entry]:
+        """Claim entries idle longer than `claim_idle_ms`; dead-letter those past `max_deliveries`.
+
+        Returns the claimed entries that may still be processed.
+        """
+        _, claimed, _deleted = await self.client.xautoclaim(
+            stream, group, consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=count
+        )
+        if not claimed:
+            return []
+        ids = [_s(i) for i, _ in claimed]
+        counts = await self._delivery_counts(stream, group, consumer, ids)
+        alive: list[Entry] = []
+        dead: list[DeadLetter] = []
+        for raw_id, fields in claimed:
+            entry_id = _s(raw_id)
+            entry = Entry(stream, entry_id, fields.get(FIELD.encode()) if fields else None,
+                          deliveries=counts.get(entry_id, 1))
+            if entry.deliveries > self.max_deliveries:
+                dead.append(DeadLetter(entry, f"delivered {entry.deliveries} times, more than "
+                                              f"max_deliveries={self.max_deliveries}"))
+            else:
+                alive.append(entry)
+        await self.dead_letter(dead, group)
+        return alive
+
+    async def _delivery_counts(self, stream: str, group: str, consumer: str, ids: list[str]) -> dict[str, int]:
+        lo = min(ids, key=_id_tuple)
+        hi = max(ids, key=_id_tuple)
+        rows = await self.client.xpending_range(stream, group, min=lo, max=hi, count=len(ids) + 1000,
+                                                consumername=consumer)
+        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def group_stats(self, stream: str, group: str) -> GroupStats:
+        """Lag and pending of `group` (XINFO GROUPS), for autoscaling and metrics."""
+        for info in await self._groups(stream):
+            if _s(info["name"]) == group:
+                lag = info.get("lag")
+                if lag is None:  # Redis cannot tell after some deletions: count instead
+                    last = _s(info["last-delivered-id"])
+                    lag = len(await self.client.xrange(stream, min=f"({last}", max="+", count=100_000))
+                return GroupStats(stream, group, int(lag), int(info["pending"]), int(info["consumers"]))
+        return GroupStats(stream, group, lag=int(await self.client.xlen(stream)), pending=0, consumers=0)
+
+    async def _groups(self, stream: str) -> list[dict[str, Any]]:
+        try:
+            groups = await self.client.xinfo_groups(stream)
+        except ResponseError as e:
+            if "no such key" in str(e).lower():
+                return []
+            raise
+        return [{_s(k): v for k, v in g.items()} for g in groups]
+
+    async def safe_trim_id(self, stream: str) -> str | None:
+        """The lowest id some group still needs (oldest pending, or first not yet read).
+
+        None means no group needs anything of `stream`, or `stream` has no group at all.
+        """
+        groups = await self._groups(stream)
+        needed: list[str] = []
+        for g in groups:
+            name = _s(g["name"])
+            if int(g["pending"]) > 0:
+                summary = await self.client.xpending(stream, name)
+                needed.append(_s(summary["min"]))
+            else:
+                needed.append(_next_id(_s(g["last-delivered-id"])))
+        return min(needed, key=_id_tuple) if needed else None
+
+    async def trim(self, stream: str, *, keep: int = 0) -> int:
+        """Delete entries every group has acked, keeping at least the newest `keep` entries.
+
+        Never deletes an entry a group has pending or has not read yet. A stream without any
+        group is left alone. Returns how many entries were deleted.
+        """
+        boundary = await self.safe_trim_id(stream)
+        if boundary is None:
+            return 0
+        if keep > 0:
+            newest = await self.client.xrevrange(stream, max="+", min="-", count=keep)
+            if len(newest) < keep:
+                return 0
+            boundary = min(boundary, _s(newest[-1][0]), key=_id_tuple)
+        return int(await self.client.xtrim(stream, minid=boundary, approximate=False))

@@ -1,0 +1,36 @@
+"""One root exception with a few subclasses; `__str__` names what was wrong."""
+
+from __future__ import annotations
+
+__all__ = [
+    "FramestreamError",
+    "ConfigError",
+    "CodecError",
+    "ModelError",
+    "TransportError",
+    "SourceError",
+]
+
+
+class FramestreamError(Exception):
+    """Root of every error framestream raises on purpose."""
+
+
+class ConfigError(FramestreamError):
+    """A setting has a bad value or a required service is missing."""
+
+
+class CodecError(FramestreamError):
+    """Bytes that are not a valid framestream message (truncated, oversize, wrong dtype, ...)."""
+
+
+class ModelError(FramestreamError):
+    """A model is unknown, missing, corrupt, or does not match its descriptor."""
+
+
+class TransportError(FramestreamError):
+    """Redis could not be reached or refused a command (auth, connection, ...)."""
+
+
+class SourceError(FramestreamError):
+    """A frame source cannot be opened or read."""
