@@ -1,0 +1,118 @@
+"""Pipeline metrics: `ray.util.metrics` inside Ray (exported on Ray's Prometheus endpoint),
+an in-process tally otherwise (stage processes without Ray, tests).
+
+Names are in base units and match ARCHITECTURE.md; the Grafana dashboard in k8s/ only queries
+these (Ray's exporter adds the ``ray_`` prefix).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any
+
+__all__ = ["METRIC_NAMES", "Metrics", "metrics"]
+
+METRIC_NAMES = {
+    "frames": "framestream_frames_total",
+    "stage_seconds": "framestream_stage_seconds",
+    "batch_size": "framestream_batch_size",
+    "stream_lag": "framestream_stream_lag",
+    "dead_letters": "framestream_dead_letters_total",
+    "dropped": "framestream_dropped_frames_total",
+    "replicas": "framestream_replicas",
+}
+_SECONDS_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+_BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
+
+
+class Metrics:
+    """Record pipeline metrics; every method is cheap and never raises."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.observations: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
+        self._ray: dict[str, Any] | None = None
+
+    def _ray_metrics(self) -> dict[str, Any] | None:
+        if self._ray is None:
+            try:
+                import ray
+                from ray.util import metrics as rm
+            except ImportError:
+                return None
+            if not ray.is_initialized():
+                return None
+            self._ray = {
+                "frames": rm.Counter(METRIC_NAMES["frames"].removesuffix("_total"),
+                                     "Frames handled per stage and outcome", ("stage", "outcome")),
+                "stage_seconds": rm.Histogram(METRIC_NAMES["stage_seconds"], "Time a stage spends per frame",
+                                              _SECONDS_BOUNDARIES, ("stage",)),
+                "batch_size": rm.Histogram(METRIC_NAMES["batch_size"], "Frames per inference batch",
+                                           _BATCH_BOUNDARIES, ("model",)),
+                "stream_lag": rm.Gauge(METRIC_NAMES["stream_lag"], "Entries not yet acked by a group",
+                                       ("stream", "group")),
+                "dead_letters": rm.Counter(METRIC_NAMES["dead_letters"].removesuffix("_total"),
+                                           "Entries dead-lettered", ("stage",)),
+                "dropped": rm.Counter(METRIC_NAMES["dropped"].removesuffix("_total"),
+                                      "Frames dropped by a live-source policy", ("source", "reason")),
+                "replicas": rm.Gauge(METRIC_NAMES["replicas"], "Running replicas per stage", ("stage",)),
+            }
+        return self._ray
+
+    def _count(self, key: str, value: float, tags: dict[str, str]) -> None:
+        with self._lock:
+            self.counters[(key, tuple(sorted(tags.items())))] += value
+        ray_metrics = self._ray_metrics()
+        if ray_metrics is not None and value > 0:
+            ray_metrics[key].inc(value, tags=tags)
+
+    def _observe(self, key: str, value: float, tags: dict[str, str]) -> None:
+        with self._lock:
+            obs = self.observations[(key, tuple(sorted(tags.items())))]
+            obs.append(value)
+            if len(obs) > 10_000:
+                del obs[:5_000]
+        ray_metrics = self._ray_metrics()
+        if ray_metrics is not None:
+            ray_metrics[key].observe(value, tags=tags)
+
+    def _set(self, key: str, value: float, tags: dict[str, str]) -> None:
+        with self._lock:
+            self.gauges[(key, tuple(sorted(tags.items())))] = value
+        ray_metrics = self._ray_metrics()
+        if ray_metrics is not None:
+            ray_metrics[key].set(value, tags=tags)
+
+    def frames(self, stage: str, outcome: str, n: int = 1) -> None:
+        """`outcome`: ok, dead, dropped, duplicate, ..."""
+        self._count("frames", n, {"stage": stage, "outcome": outcome})
+
+    def stage_seconds(self, stage: str, seconds: float) -> None:
+        self._observe("stage_seconds", seconds, {"stage": stage})
+
+    def batch_size(self, model: str, size: int) -> None:
+        self._observe("batch_size", size, {"model": model})
+
+    def stream_lag(self, stream: str, group: str, entries: int) -> None:
+        self._set("stream_lag", entries, {"stream": stream, "group": group})
+
+    def dead_letters(self, stage: str, n: int = 1) -> None:
+        self._count("dead_letters", n, {"stage": stage})
+
+    def dropped(self, source: str, reason: str, n: int = 1) -> None:
+        self._count("dropped", n, {"source": source, "reason": reason})
+
+    def replicas(self, stage: str, n: int) -> None:
+        self._set("replicas", n, {"stage": stage})
+
+    def total(self, key: str, **tags: str) -> float:
+        """Sum of a counter over every tag set that includes `tags` (for summaries and tests)."""
+        with self._lock:
+            return sum(v for (k, t), v in self.counters.items() if k == key and set(tags.items()) <= set(t))
+
+
+metrics = Metrics()
+"""The process-wide instance stages record into."""

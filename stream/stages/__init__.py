@@ -1,0 +1,1 @@
+"""Stages: ingest, preprocess, infer, postprocess. Each glues core logic to adapters."""
