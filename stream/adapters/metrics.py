@@ -46,18 +46,31 @@ class Metrics:
             if not ray.is_initialized():
                 return None
             self._ray = {
-                "frames": rm.Counter(METRIC_NAMES["frames"].removesuffix("_total"),
-                                     "Frames handled per stage and outcome", ("stage", "outcome")),
-                "stage_seconds": rm.Histogram(METRIC_NAMES["stage_seconds"], "Time a stage spends per frame",
-                                              _SECONDS_BOUNDARIES, ("stage",)),
-                "batch_size": rm.Histogram(METRIC_NAMES["batch_size"], "Frames per inference batch",
-                                           _BATCH_BOUNDARIES, ("model",)),
-                "stream_lag": rm.Gauge(METRIC_NAMES["stream_lag"], "Entries not yet acked by a group",
-                                       ("stream", "group")),
-                "dead_letters": rm.Counter(METRIC_NAMES["dead_letters"].removesuffix("_total"),
-                                           "Entries dead-lettered", ("stage",)),
-                "dropped": rm.Counter(METRIC_NAMES["dropped"].removesuffix("_total"),
-                                      "Frames dropped by a live-source policy", ("source", "reason")),
+                "frames": rm.Counter(
+                    METRIC_NAMES["frames"].removesuffix("_total"),
+                    "Frames handled per stage and outcome",
+                    ("stage", "outcome"),
+                ),
+                "stage_seconds": rm.Histogram(
+                    METRIC_NAMES["stage_seconds"],
+                    "Time a stage spends per frame",
+                    _SECONDS_BOUNDARIES,
+                    ("stage",),
+                ),
+                "batch_size": rm.Histogram(
+                    METRIC_NAMES["batch_size"], "Frames per inference batch", _BATCH_BOUNDARIES, ("model",)
+                ),
+                "stream_lag": rm.Gauge(
+                    METRIC_NAMES["stream_lag"], "Entries not yet acked by a group", ("stream", "group")
+                ),
+                "dead_letters": rm.Counter(
+                    METRIC_NAMES["dead_letters"].removesuffix("_total"), "Entries dead-lettered", ("stage",)
+                ),
+                "dropped": rm.Counter(
+                    METRIC_NAMES["dropped"].removesuffix("_total"),
+                    "Frames dropped by a live-source policy",
+                    ("source", "reason"),
+                ),
                 "replicas": rm.Gauge(METRIC_NAMES["replicas"], "Running replicas per stage", ("stage",)),
             }
         return self._ray

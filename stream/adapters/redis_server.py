@@ -104,8 +104,10 @@ class RedisServer:
                     pass
                 if time.monotonic() > deadline:
                     self.kill()
-                    raise ConfigError(f"redis-server did not answer on port {self.port} within "
-                                      f"{self.start_timeout_s} s: {self._log_tail()}")
+                    raise ConfigError(
+                        f"redis-server did not answer on port {self.port} within "
+                        f"{self.start_timeout_s} s: {self._log_tail()}"
+                    )
                 time.sleep(0.02)
         finally:
             client.close()

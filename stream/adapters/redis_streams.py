@@ -74,8 +74,9 @@ class GroupStats:
         return self.lag + self.pending
 
 
-async def connect(url: str, *, password: str | None = None, username: str | None = None,
-                  timeout_s: float = 5.0) -> aioredis.Redis:
+async def connect(
+    url: str, *, password: str | None = None, username: str | None = None, timeout_s: float = 5.0
+) -> aioredis.Redis:
     """Open a client for `url` and check it with PING; a wrong password fails here, clearly."""
     kwargs: dict[str, Any] = {"socket_connect_timeout": timeout_s, "health_check_interval": 30}
     if password is not None:
@@ -87,8 +88,10 @@ async def connect(url: str, *, password: str | None = None, username: str | None
         await client.ping()
     except AuthenticationError as e:
         await client.aclose()
-        raise TransportError(f"Redis at {_redact(url)} refused the credentials: {e}; "
-                             "check FRAMESTREAM_REDIS__PASSWORD or the URL") from e
+        raise TransportError(
+            f"Redis at {_redact(url)} refused the credentials: {e}; "
+            "check FRAMESTREAM_REDIS__PASSWORD or the URL"
+        ) from e
     except ResponseError as e:
         await client.aclose()
         if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
@@ -151,18 +154,25 @@ class StreamTransport:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    async def read(self, stream: str, group: str, consumer: str, *, count: int,
-                   block_ms: int | None) -> list[Entry]:
+    async def read(
+        self, stream: str, group: str, consumer: str, *, count: int, block_ms: int | None
+    ) -> list[Entry]:
         """New entries for `consumer` (up to `count`, waiting at most `block_ms`)."""
         reply = await self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
-        return [Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None)
-                for _, items in reply or [] for i, fields in items]
+        return [
+            Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None)
+            for _, items in reply or []
+            for i, fields in items
+        ]
 
     async def read_own_pending(self, stream: str, group: str, consumer: str, *, count: int) -> list[Entry]:
         """Entries already delivered to `consumer` but not acked (after a restart with the same name)."""
         reply = await self.client.xreadgroup(group, consumer, {stream: "0"}, count=count)
-        return [Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None, deliveries=2)
-                for _, items in reply or [] for i, fields in items]
+        return [
+            Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None, deliveries=2)
+            for _, items in reply or []
+            for i, fields in items
+        ]
 
     async def forward(self, outputs: Sequence[Output], group: str, acks: Iterable[Entry]) -> list[str]:
         """XADD `outputs` and XACK `acks` in `group`, atomically (MULTI/EXEC). Returns new ids."""
@@ -203,8 +213,12 @@ class StreamTransport:
             for letter in letters:
                 e = letter.entry
                 fields: dict[str, Any] = {
-                    "stage": self.stage, "reason": letter.reason, "stream": e.stream,
-                    "group": group, "id": e.id, "deliveries": e.deliveries,
+                    "stage": self.stage,
+                    "reason": letter.reason,
+                    "stream": e.stream,
+                    "group": group,
+                    "id": e.id,
+                    "deliveries": e.deliveries,
                 }
                 if e.data is not None and len(e.data) <= _MAX_DEAD_PAYLOAD:
                     fields[FIELD] = e.data
@@ -228,21 +242,32 @@ class StreamTransport:
         dead: list[DeadLetter] = []
         for raw_id, fields in claimed:
             entry_id = _s(raw_id)
-            entry = Entry(stream, entry_id, fields.get(FIELD.encode()) if fields else None,
-                          deliveries=counts.get(entry_id, 1))
+            entry = Entry(
+                stream,
+                entry_id,
+                fields.get(FIELD.encode()) if fields else None,
+                deliveries=counts.get(entry_id, 1),
+            )
             if entry.deliveries > self.max_deliveries:
-                dead.append(DeadLetter(entry, f"delivered {entry.deliveries} times, more than "
-                                              f"max_deliveries={self.max_deliveries}"))
+                dead.append(
+                    DeadLetter(
+                        entry,
+                        f"delivered {entry.deliveries} times, more than max_deliveries={self.max_deliveries}",
+                    )
+                )
             else:
                 alive.append(entry)
         await self.dead_letter(dead, group)
         return alive
 
-    async def _delivery_counts(self, stream: str, group: str, consumer: str, ids: list[str]) -> dict[str, int]:
+    async def _delivery_counts(
+        self, stream: str, group: str, consumer: str, ids: list[str]
+    ) -> dict[str, int]:
         lo = min(ids, key=_id_tuple)
         hi = max(ids, key=_id_tuple)
-        rows = await self.client.xpending_range(stream, group, min=lo, max=hi, count=len(ids) + 1000,
-                                                consumername=consumer)
+        rows = await self.client.xpending_range(
+            stream, group, min=lo, max=hi, count=len(ids) + 1000, consumername=consumer
+        )
         return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def group_stats(self, stream: str, group: str) -> GroupStats:

@@ -99,9 +99,13 @@ def decode_message(data: bytes, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -
     dtype = np.dtype(dtype_name)
     expected = math.prod(shape) * dtype.itemsize
     if expected > max_payload_bytes:
-        raise CodecError(f"oversize: shape {shape} {dtype_name} is {expected} bytes, limit {max_payload_bytes}")
+        raise CodecError(
+            f"oversize: shape {shape} {dtype_name} is {expected} bytes, limit {max_payload_bytes}"
+        )
     if len(payload) != expected:
-        raise CodecError(f"wrong payload length: shape {shape} {dtype_name} needs {expected} bytes, got {len(payload)}")
+        raise CodecError(
+            f"wrong payload length: shape {shape} {dtype_name} needs {expected} bytes, got {len(payload)}"
+        )
     array = np.frombuffer(payload, dtype=dtype).reshape(shape)
     return Message(meta=meta, array=array)
 
