@@ -1,0 +1,36 @@
+"""What the pipeline's messages carry (the `meta` of a `codec.Message`), stage by stage.
+
+Every entry on every stream is one `codec.Message` in the field `keys.FIELD`. Times are epoch
+milliseconds (float) taken by the adapters/stages; the core never reads a clock.
+
+frames (``fs:{p}:frames``), written by ingest or a replay:
+    kind="frame", source: str, seq: int (per source, from 0, strictly increasing),
+    capture_ms: float (when the frame was captured / its original timestamp),
+    ingest_ms: float (when it was published), encoding: "jpeg" | "raw",
+    label: str | None (optional ground truth, from replay files),
+    stamps: {stage: [start_ms, end_ms]} (filled in by each stage)
+    array: uint8 JPEG bytes (1-D) for encoding="jpeg", uint8 HxWx3 RGB for encoding="raw"
+  end of a source: kind="eos", source, seq = number of frames the source published, no array.
+
+tensors (``fs:{p}:tensors:<model>``), written by preprocess: the frame's meta plus
+    model: str; array: uint8 [h, w, 3] RGB at the model's input size.
+scores (``fs:{p}:scores:<model>``), written by infer: the meta plus
+    batch_size: int, batch_wait_ms: float; array: float16 [1000] probabilities.
+results (``fs:{p}:results``), written by postprocess, no array:
+    kind="result", source, seq, model, label, score, top: [[label, score], ...],
+    smoothed_label, latency_ms (end to end: result time - capture_ms),
+    stages_ms: {stage: ms}, batch_size, capture_ms, ingest_ms, result_ms, truth (ground truth or None)
+  and kind="eos" (source, model, frames) once a source's last frame has a result.
+events (``fs:{p}:events``): kind="label_change", source, model, seq, previous, label, result_ms.
+dead (``fs:{p}:dead``): fields stage, reason, stream, group, id, deliveries, d (original bytes).
+"""
+
+from __future__ import annotations
+
+__all__ = ["EOS", "FRAME", "LABEL_CHANGE", "RESULT", "STAGES"]
+
+FRAME = "frame"
+EOS = "eos"
+RESULT = "result"
+LABEL_CHANGE = "label_change"
+STAGES = ("ingest", "preprocess", "infer", "postprocess")
