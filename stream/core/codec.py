@@ -112,7 +112,7 @@ def decode_message(data: bytes, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -
 
 def _unpack_header(raw: bytes) -> Any:
     try:
-        return msgpack.unpackb(raw, raw=False, strict_map_key=True, max_buffer_size=MAX_HEADER_BYTES)
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises many types (ExtraData, ValueError, UnicodeError, ...)
         raise CodecError(f"header is not valid msgpack: {type(e).__name__}: {e}") from e
 

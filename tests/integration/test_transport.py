@@ -1,0 +1,181 @@
+"""The delivery rules, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from stream.adapters.redis_streams import Output, StreamTransport
+from stream.core.codec import Message, decode_message, encode_message
+from stream.core.keys import FIELD, PipelineKeys
+
+KEYS = PipelineKeys("t")
+IN, OUT, GROUP = KEYS.frames, KEYS.tensors("m"), "work"
+
+
+def _frame(seq: int) -> bytes:
+    return encode_message(Message({"source": "s", "seq": seq}, np.full((2, 2, 3), seq % 256, np.uint8)))
+
+
+async def _produce(transport: StreamTransport, n: int, bad: set[int] = frozenset()) -> None:
+    outputs = [Output(IN, b"garbage" if i in bad else _frame(i)) for i in range(n)]
+    for start in range(0, n, 200):
+        await transport.publish(outputs[start : start + 200])
+
+
+async def _consume_all(
+    transport: StreamTransport, consumer: str, *, expect: int, fail=lambda m: False
+) -> int:
+    """A minimal stage loop: reclaim, read, decode, forward. Returns how many it forwarded."""
+    forwarded = 0
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        out_len = await transport.client.xlen(OUT)
+        dead_len = await transport.client.xlen(KEYS.dead)
+        if out_len + dead_len >= expect:
+            return forwarded
+        assert asyncio.get_running_loop().time() < deadline, f"stuck at {out_len}+{dead_len}/{expect}"
+        entries = await transport.reclaim(IN, GROUP, consumer)
+        entries += await transport.read(IN, GROUP, consumer, count=50, block_ms=20)
+        good, bad = transport.decode(entries)
+        await transport.dead_letter(bad, GROUP)
+        ok = [(e, m) for e, m in good if not fail(m)]
+        await transport.forward([Output(OUT, e.data) for e, _ in ok], GROUP, [e for e, _ in ok])
+        forwarded += len(ok)
+
+
+async def _output_seqs(client) -> list[int]:
+    rows = await client.xrange(OUT)
+    return [decode_message(f[FIELD.encode()]).meta["seq"] for _, f in rows]
+
+
+@pytest.fixture
+async def transport(redis_client):
+    t = StreamTransport(redis_client, KEYS, stage="test", max_deliveries=3, claim_idle_ms=100)
+    await t.ensure_group(IN, GROUP)
+    return t
+
+
+async def test_entries_of_a_consumer_that_died_are_reclaimed_by_another(transport):
+    await _produce(transport, 1000)
+    held = await transport.read(IN, GROUP, "doomed", count=300, block_ms=None)
+    assert len(held) == 300  # read, never acked: the consumer "dies" here
+
+    await _consume_all(transport, "survivor", expect=1000)
+
+    seqs = await _output_seqs(transport.client)
+    assert sorted(set(seqs)) == list(range(1000)), "every entry must be processed"
+    duplicates = sum(c - 1 for c in Counter(seqs).values())
+    assert duplicates == 0  # forward is atomic, so a reclaim never duplicates an output
+    info = await transport.group_stats(IN, GROUP)
+    assert info.pending == 0 and info.lag == 0
+
+
+async def test_reclaimed_entries_carry_their_delivery_count(transport):
+    await _produce(transport, 5)
+    await transport.read(IN, GROUP, "a", count=5, block_ms=None)
+    await asyncio.sleep(0.15)  # claim_idle_ms=100: the entries must be idle for that long
+    reclaimed = await transport.reclaim(IN, GROUP, "b")
+    assert [e.deliveries for e in reclaimed] == [2] * 5
+
+
+async def test_malformed_entries_are_dead_lettered_with_a_reason(transport):
+    bad = {3, 99, 100, 250, 400, 401, 402, 700, 998, 999}
+    await _produce(transport, 1000, bad=bad)
+    await _consume_all(transport, "c", expect=1000)
+
+    assert len(await _output_seqs(transport.client)) == 990
+    dead = await transport.client.xrange(KEYS.dead)
+    assert len(dead) == 10
+    for _, fields in dead:
+        assert fields[b"stage"] == b"test"
+        assert fields[b"reason"].startswith(b"undecodable: bad magic")
+        assert fields[b"stream"] == IN.encode()
+        assert fields[FIELD.encode()] == b"garbage"
+    assert (await transport.group_stats(IN, GROUP)).pending == 0
+
+
+async def test_poison_entry_is_dead_lettered_after_max_deliveries_not_before(transport):
+    await _produce(transport, 20)
+    attempts: Counter[int] = Counter()
+
+    def fail(message) -> bool:
+        seq = message.meta["seq"]
+        if seq == 7:
+            attempts[seq] += 1
+            return True
+        return False
+
+    await _consume_all(transport, "c", expect=20, fail=fail)
+
+    assert attempts[7] == transport.max_deliveries  # tried exactly max_deliveries times
+    dead = await transport.client.xrange(KEYS.dead)
+    assert len(dead) == 1
+    assert b"max_deliveries=3" in dead[0][1][b"reason"]
+    assert int(dead[0][1][b"deliveries"]) == 4
+    assert sorted(await _output_seqs(transport.client)) == [s for s in range(20) if s != 7]
+
+
+async def _slow_and_fast_groups(transport) -> list[str]:
+    """500 entries; group 'fast' acks all; 'slow' holds 100 delivered-unacked. Returns held ids."""
+    await transport.ensure_group(IN, "fast")
+    await _produce(transport, 500)
+    fast = await transport.read(IN, "fast", "f", count=500, block_ms=None)
+    await transport.forward([], "fast", fast)
+    await transport.ensure_group(IN, "slow")
+    slow = await transport.read(IN, "slow", "s", count=150, block_ms=None)
+    await transport.forward([], "slow", slow[:50])
+    return [e.id for e in slow[50:]]
+
+
+async def test_safe_trim_never_deletes_unacked_entries_but_maxlen_does(redis_client):
+    transport = StreamTransport(redis_client, KEYS, stage="test")
+    held = await _slow_and_fast_groups(transport)
+
+    deleted = await transport.trim(IN)
+    assert deleted == 50  # only what every group acked and read
+    pending = await transport.read_own_pending(IN, "slow", "s", count=1000)
+    assert [e.id for e in pending] == held
+    assert all(e.data is not None for e in pending), "a safe trim deleted an unacked entry"
+    # the 350 entries 'slow' has not read yet are still there too
+    unread = await transport.read(IN, "slow", "s", count=1000, block_ms=None)
+    assert len(unread) == 350
+
+    # Negative control: the plain MAXLEN trim loses the held entries on this very server.
+    await redis_client.delete(IN)
+    held = await _slow_and_fast_groups(transport)
+    await redis_client.xtrim(IN, maxlen=10, approximate=False)
+    pending = await transport.read_own_pending(IN, "slow", "s", count=1000)
+    assert [e.id for e in pending] == held
+    assert all(e.data is None for e in pending), "MAXLEN should have deleted the held entries"
+    good, bad = transport.decode(pending)
+    assert not good and all("deleted" in letter.reason for letter in bad)
+
+
+async def test_trim_keeps_the_newest_entries_when_asked(redis_client):
+    transport = StreamTransport(redis_client, KEYS, stage="test")
+    await transport.ensure_group(IN, "g")
+    await _produce(transport, 100)
+    entries = await transport.read(IN, "g", "c", count=100, block_ms=None)
+    await transport.forward([], "g", entries)
+    assert await transport.trim(IN, keep=30) == 70
+    assert await redis_client.xlen(IN) == 30
+
+
+async def test_group_stats_report_lag_and_pending(transport):
+    await _produce(transport, 40)
+    await transport.read(IN, GROUP, "c", count=15, block_ms=None)
+    stats = await transport.group_stats(IN, GROUP)
+    assert (stats.lag, stats.pending, stats.backlog) == (25, 15, 40)
+
+
+async def test_forward_is_atomic_with_the_ack(transport):
+    await _produce(transport, 3)
+    entries = await transport.read(IN, GROUP, "c", count=3, block_ms=None)
+    ids = await transport.forward([Output(OUT, b"x"), Output(OUT, b"y")], GROUP, entries)
+    assert len(ids) == 2
+    assert (await transport.group_stats(IN, GROUP)).pending == 0
+    assert await transport.client.xlen(OUT) == 2

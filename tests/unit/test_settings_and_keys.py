@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from stream.core.keys import PipelineKeys
+from stream.errors import ConfigError
+from stream.settings import load_settings
+
+
+def test_keys_share_one_hash_tag():
+    keys = PipelineKeys("cams")
+    names = [keys.frames, keys.tensors("m"), keys.scores("m"), keys.results, keys.dead, keys.events]
+    assert all(n.startswith("fs:{cams}:") for n in names)
+    with pytest.raises(ValueError, match="pipeline name"):
+        PipelineKeys("a}b")
+
+
+def test_yaml_then_env_overrides(tmp_path, monkeypatch):
+    cfg = tmp_path / "fs.yaml"
+    cfg.write_text("infer:\n  max_batch_size: 8\n  max_wait_ms: 4\n")
+    monkeypatch.setenv("FRAMESTREAM_INFER__MAX_WAIT_MS", "7")
+    s = load_settings(cfg)
+    assert (s.infer.max_batch_size, s.infer.max_wait_ms) == (8, 7)
+
+
+def test_bad_values_are_named(tmp_path):
+    cfg = tmp_path / "fs.yaml"
+    cfg.write_text("infer:\n  max_batch_size: 0\n")
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        load_settings(cfg)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.yaml")
