@@ -1,0 +1,104 @@
+"""Latency histograms, delivery accounting, accuracy, per-second series and SLO verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loadtest.stats import (
+    LatencyHistogram,
+    ResultRow,
+    check_slo,
+    count_delivery,
+    per_second_series,
+    top1_accuracy,
+)
+
+
+def test_histogram_percentiles_are_within_one_percent_of_exact() -> None:
+    rng = np.random.default_rng(7)
+    values = rng.lognormal(mean=3.0, sigma=1.0, size=20_000)
+    hist = LatencyHistogram()
+    hist.record_many(values)
+    for q in (50, 90, 99, 99.9):
+        exact = float(np.percentile(values, q, method="higher"))
+        assert hist.percentile(q) == pytest.approx(exact, rel=0.011)
+    assert hist.percentile(100) == values.max()
+    assert hist.max_ms == values.max() and hist.min_ms == values.min()
+    assert hist.count == 20_000
+    assert hist.mean_ms == pytest.approx(values.mean())
+
+
+@given(st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=200))
+def test_histogram_percentiles_never_understate_and_never_pass_the_max(values: list[float]) -> None:
+    hist = LatencyHistogram()
+    hist.record_many(values)
+    ordered = sorted(values)
+    for q in (1, 50, 99, 99.9):
+        rank = max(1, int(np.ceil(q / 100 * len(values))))
+        exact = ordered[rank - 1]
+        got = hist.percentile(q)
+        assert got is not None
+        assert got <= max(values)
+        assert got >= exact * (1 - 1e-9) or exact <= hist.lowest_ms
+
+
+def test_histogram_round_trips_through_json_and_merges() -> None:
+    a, b = LatencyHistogram(), LatencyHistogram()
+    a.record_many([1.0, 2.0, 3.0])
+    b.record_many([100.0, 0.0])
+    restored = LatencyHistogram.from_dict(a.to_dict())
+    assert restored.summary() == a.summary()
+    a.merge(b)
+    assert a.count == 5 and a.max_ms == 100.0 and a.min_ms == 0.0
+    values, fractions = a.cdf()
+    assert fractions[-1] == 1.0 and values == sorted(values)
+    assert LatencyHistogram().percentile(50) is None
+
+
+def test_delivery_counts_duplicates_dead_letters_and_silent_loss() -> None:
+    sent = {"a": 5, "b": 3}
+    received = [("a", 0), ("a", 1), ("a", 1), ("a", 2), ("b", 0), ("b", 2), ("c", 0), ("a", 9)]
+    d = count_delivery(sent, received, dead_lettered=1)
+    assert d.sent == 8
+    assert d.distinct == 5
+    assert d.duplicates == 1
+    assert d.unexpected == 2
+    assert d.missing == 3  # a3, a4, b1
+    assert d.lost == 2  # one of them is accounted for as a dead letter
+    assert d.missing_fraction == pytest.approx(3 / 8)
+
+
+def test_accuracy_counts_only_labelled_results() -> None:
+    rows = [
+        ResultRow("a", 0, 0, 1, 1, label="cat", truth="cat"),
+        ResultRow("a", 1, 0, 1, 1, label="dog", truth="cat"),
+        ResultRow("a", 2, 0, 1, 1, label="dog", truth=None),
+    ]
+    assert top1_accuracy(rows) == (0.5, 2)
+    assert top1_accuracy(rows[2:]) == (None, 0)
+
+
+def test_per_second_series_buckets_offered_by_due_time_and_results_by_arrival() -> None:
+    start = 1_000_000.0
+    due = [start + 100 * i for i in range(20)]  # 10 per second for 2 s
+    rows = [
+        ResultRow("s", i, d, d + 50 + (1000 if i >= 10 else 0), 50.0, batch_size=2) for i, d in enumerate(due)
+    ]
+    series = per_second_series(rows, due, start)
+    assert [r["offered"] for r in series] == [10, 10, 0]
+    assert [r["results"] for r in series] == [10, 0, 10]
+    assert series[0]["p99_ms"] == pytest.approx(50.0)
+    assert series[1]["p50_ms"] is None
+    assert series[2]["mean_batch"] == 2.0
+
+
+def test_slo_verdicts_name_each_failed_objective() -> None:
+    ok = check_slo(p99_ms=80, fps=100, missing_fraction=0, max_p99_ms=100, min_fps=50, max_loss=0)
+    assert ok == []
+    bad = check_slo(p99_ms=180, fps=10, missing_fraction=0.1, max_p99_ms=100, min_fps=50, max_loss=0.01)
+    assert len(bad) == 3
+    assert "p99" in bad[0] and "--min-fps" in bad[1] and "--max-loss" in bad[2]
+    assert check_slo(p99_ms=None, fps=None, missing_fraction=1.0, max_p99_ms=100) != []
