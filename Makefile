@@ -33,12 +33,12 @@ run: setup
 	$(BIN)/framestream run $(ARGS)
 
 test: setup
-	$(BIN)/ruff check stream deployments loadtest tests
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check stream deployments loadtest tests
-	$(BIN)/ruff format --check stream deployments loadtest tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: setup
 	$(BIN)/mypy stream deployments loadtest
