@@ -57,6 +57,15 @@ class PipelineKeys:
         return f"{self.prefix}:sources"
 
     @property
+    def source_state(self) -> str:
+        """Hash of source_id -> JSON progress {next_seq, position, done} written with each publish."""
+        return f"{self.prefix}:source_state"
+
+    def source_lease(self, source_id: str) -> str:
+        """String key held (SET NX PX, renewed) by the ingest replica that plays `source_id`."""
+        return f"{self.prefix}:lease:{source_id}"
+
+    @property
     def counters(self) -> str:
         """Hash of pipeline-wide counters (drops, ingested frames, ...)."""
         return f"{self.prefix}:counters"

@@ -10,27 +10,34 @@ frames (``fs:{p}:frames``), written by ingest or a replay:
     label: str | None (optional ground truth, from replay files),
     stamps: {stage: [start_ms, end_ms]} (filled in by each stage)
     array: uint8 JPEG bytes (1-D) for encoding="jpeg", uint8 HxWx3 RGB for encoding="raw"
-  end of a source: kind="eos", source, seq = number of frames the source published, no array.
+  end of a source: kind="eos", source, seq = number of frames the source published, no array;
+    error: str when the source failed (unreadable), reason: "removed" when it was removed.
+  lost frame: kind="skip", source, seq, reason, no array: a stage dead-lettered that frame, so
+    later stages pass the marker on and the postprocess reorder buffer does not wait for it.
 
 tensors (``fs:{p}:tensors:<model>``), written by preprocess: the frame's meta plus
-    model: str; array: uint8 [h, w, 3] RGB at the model's input size.
+    model: str; array: uint8 [h, w, 3] RGB at the model's input size. eos/skip pass through
+    every stage (with model added), so each model's results end with the source's eos.
 scores (``fs:{p}:scores:<model>``), written by infer: the meta plus
     batch_size: int, batch_wait_ms: float; array: float16 [1000] probabilities.
 results (``fs:{p}:results``), written by postprocess, no array:
     kind="result", source, seq, model, label, score, top: [[label, score], ...],
     smoothed_label, latency_ms (end to end: result time - capture_ms),
     stages_ms: {stage: ms}, batch_size, capture_ms, ingest_ms, result_ms, truth (ground truth or None)
-  and kind="eos" (source, model, frames) once a source's last frame has a result.
+    late: bool (True when the frame came after the reorder buffer gave up waiting for it, or is a
+    redelivered duplicate: not fed to smoothing),
+  and kind="eos" (source, model, frames, skipped, error) once a source's last frame has a result.
 events (``fs:{p}:events``): kind="label_change", source, model, seq, previous, label, result_ms.
 dead (``fs:{p}:dead``): fields stage, reason, stream, group, id, deliveries, d (original bytes).
 """
 
 from __future__ import annotations
 
-__all__ = ["EOS", "FRAME", "LABEL_CHANGE", "RESULT", "STAGES"]
+__all__ = ["EOS", "FRAME", "LABEL_CHANGE", "RESULT", "SKIP", "STAGES"]
 
 FRAME = "frame"
 EOS = "eos"
+SKIP = "skip"
 RESULT = "result"
 LABEL_CHANGE = "label_change"
 STAGES = ("ingest", "preprocess", "infer", "postprocess")

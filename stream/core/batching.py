@@ -1,0 +1,83 @@
+"""Dynamic batching policy: dispatch a full batch at once, a partial one when its oldest item has
+waited `max_wait_ms`. Pure: the caller passes `now_ms` and makes the calls (read, infer).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = ["BatchBuffer", "BatchPolicy"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """At most `max_batch_size` items per batch; no item waits longer than `max_wait_ms` for company."""
+
+    max_batch_size: int
+    max_wait_ms: float
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+
+    def wait_ms(self, pending: int, oldest_arrival_ms: float | None, now_ms: float) -> float | None:
+        """How long to wait before dispatching: 0 = now, None = nothing pending."""
+        if pending <= 0 or oldest_arrival_ms is None:
+            return None
+        if pending >= self.max_batch_size:
+            return 0.0
+        return max(0.0, oldest_arrival_ms + self.max_wait_ms - now_ms)
+
+
+class BatchBuffer(Generic[T]):
+    """FIFO of items with arrival times, cut into batches by a `BatchPolicy`."""
+
+    def __init__(self, policy: BatchPolicy) -> None:
+        self.policy = policy
+        self._items: deque[tuple[float, T]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, items: list[T], now_ms: float) -> None:
+        self._items.extend((now_ms, item) for item in items)
+
+    def wait_ms(self, now_ms: float) -> float | None:
+        """Time until the next batch is due (0 = due now); None when empty."""
+        oldest = self._items[0][0] if self._items else None
+        return self.policy.wait_ms(len(self._items), oldest, now_ms)
+
+    def room(self) -> int:
+        """Items that would complete the batch being filled (>= 1 while it is not full)."""
+        rest = len(self._items) % self.policy.max_batch_size
+        return self.policy.max_batch_size - rest
+
+    def take_ready(self, now_ms: float) -> list[list[T]]:
+        """Every batch that is due now, oldest first: all full batches, then a partial one if overdue."""
+        batches: list[list[T]] = []
+        while True:
+            wait = self.wait_ms(now_ms)
+            if wait is None or wait > 0:
+                return batches
+            batches.append(self._pop(self.policy.max_batch_size))
+
+    def take_all(self) -> list[list[T]]:
+        """Everything held, in batches (shutdown: drain without waiting)."""
+        batches: list[list[T]] = []
+        while self._items:
+            batches.append(self._pop(self.policy.max_batch_size))
+        return batches
+
+    def oldest_wait_ms(self, now_ms: float) -> float:
+        """How long the oldest item has waited (0 when empty)."""
+        return now_ms - self._items[0][0] if self._items else 0.0
+
+    def _pop(self, n: int) -> list[T]:
+        n = min(n, len(self._items))
+        return [self._items.popleft()[1] for _ in range(n)]
