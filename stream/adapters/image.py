@@ -1,0 +1,63 @@
+"""Image decoding and model-input fitting with OpenCV (the only cv2 user for still images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stream.core.geometry import plan_resize
+from stream.errors import CodecError, SourceError
+from stream.zoo.descriptors import ModelSpec
+
+__all__ = ["decode_image", "fit_image", "fit_to_model", "read_image"]
+
+# One decoded image may not exceed this many pixels (a 16k x 16k bomb stops here, not in RAM).
+_MAX_PIXELS = 100_000_000
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """JPEG/PNG/BMP bytes -> uint8 [H, W, 3] RGB. CodecError if the bytes are not an image."""
+    if not data:
+        raise CodecError("image bytes are empty")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise CodecError(f"{len(data)} bytes are not a decodable image (JPEG, PNG, BMP, ...)")
+    if bgr.shape[0] * bgr.shape[1] > _MAX_PIXELS:
+        raise CodecError(f"image is {bgr.shape[1]}x{bgr.shape[0]}, over {_MAX_PIXELS} pixels")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """The image file at `path` as uint8 [H, W, 3] RGB. SourceError if unreadable."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise SourceError(f"cannot read image {path}: {e.strerror or e}") from e
+    try:
+        return decode_image(data)
+    except CodecError as e:
+        raise SourceError(f"{path} is not a readable image: {e}") from e
+
+
+def fit_image(
+    image_rgb: np.ndarray, dst_hw: tuple[int, int], policy: str, shorter: int | None = None
+) -> np.ndarray:
+    """Resize (cv2.INTER_AREA) and center-crop an [H, W, 3] image to `dst_hw` under `policy`."""
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3], got shape {image_rgb.shape}")
+    plan = plan_resize((image_rgb.shape[0], image_rgb.shape[1]), dst_hw, policy, shorter)
+    res_h, res_w = plan.resize_hw
+    if (res_h, res_w) == image_rgb.shape[:2]:
+        resized = image_rgb
+    else:
+        resized = cv2.resize(image_rgb, (res_w, res_h), interpolation=cv2.INTER_AREA)
+    top, left, h, w = plan.crop_box
+    return np.ascontiguousarray(resized[top : top + h, left : left + w])
+
+
+def fit_to_model(image_rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """uint8 [h, w, 3] RGB at `spec.input_hw`, per the model's resize policy."""
+    return fit_image(image_rgb, spec.input_hw, spec.resize, spec.resize_shorter)

@@ -1,0 +1,225 @@
+"""The OpenVINO engine: uint8 NHWC RGB batches in, [N, 1000] ImageNet probabilities out.
+
+One compiled model per engine, with a dynamic batch dimension and all preprocessing inside it
+(see `stream.zoo.graph.prepare_model`). Requests run on an `openvino.AsyncInferQueue`; the
+asyncio entry point never blocks the event loop and lets several batches be in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from stream.errors import ModelError
+from stream.zoo.descriptors import ModelSpec, load_spec
+from stream.zoo.graph import prepare_model
+from stream.zoo.store import (
+    DEFAULT_CACHE_DIR,
+    Labels,
+    ModelLocation,
+    find_labels,
+    locate_model,
+    resolve_weights_dir,
+)
+
+__all__ = ["Engine", "open_engine", "read_model_file"]
+
+_core_lock = threading.Lock()
+_core: ov.Core | None = None
+
+
+def _get_core() -> ov.Core:
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = ov.Core()
+        return _core
+
+
+def read_model_file(path: Path) -> ov.Model:
+    """`Core.read_model` with a ModelError that names the file when it is corrupt or truncated."""
+    try:
+        return _get_core().read_model(str(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"cannot read model file {path}: it is corrupt, truncated or not a model ({first})"
+        ) from e
+
+
+@dataclass
+class _SyncJob:
+    done: threading.Event = field(default_factory=threading.Event)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+    def resolve(self, result: np.ndarray | None, error: BaseException | None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+@dataclass
+class _AsyncJob:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[np.ndarray]
+    batch: np.ndarray  # kept alive: the request reads it in place (share_inputs=True)
+
+    def resolve(self, result: np.ndarray | None, error: BaseException | None) -> None:
+        def _set() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)  # type: ignore[arg-type]
+
+        # RuntimeError: the loop closed while the request ran, so nobody waits for the answer
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_set)
+
+
+class Engine:
+    """A compiled model plus its labels. Thread-safe; `infer_async` is for one event loop."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        compiled: ov.CompiledModel,
+        labels: Labels,
+        location: ModelLocation,
+        num_requests: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.labels: list[str] = list(labels.names)
+        self.labels_source = labels.source
+        self.model_path = location.path
+        self.synthetic = location.synthetic
+        self._compiled = compiled
+        self._queue = ov.AsyncInferQueue(compiled, num_requests)
+        self._queue.set_callback(self._on_done)
+        self.num_requests = len(self._queue)
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.spec.input_hw
+
+    @property
+    def streams(self) -> int:
+        """Inference streams the device runs in parallel (OpenVINO's NUM_STREAMS)."""
+        return int(self._compiled.get_property("NUM_STREAMS"))
+
+    def _on_done(self, request: ov.InferRequest, job: Any) -> None:
+        try:
+            out = request.get_output_tensor(0).data.copy()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiter, never lost
+            job.resolve(None, ModelError(f"{self.spec.name}: inference failed: {e}"))
+            return
+        job.resolve(out, None)
+
+    def _check(self, batch: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise ModelError(f"{self.spec.name}: engine is closed")
+        h, w = self.spec.input_hw
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.shape[1:] != (h, w, 3):
+            got = f"{batch.dtype} {batch.shape}" if isinstance(batch, np.ndarray) else type(batch).__name__
+            raise ValueError(f"{self.spec.name}: batch must be uint8 [N, {h}, {w}, 3] RGB, got {got}")
+        return np.ascontiguousarray(batch)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 [N, h, w, 3] RGB -> float32 [N, 1000] probabilities (blocks until done).
+
+        A batch is split over the request pool so every inference stream works on it.
+        """
+        batch = self._check(batch)
+        n = batch.shape[0]
+        if n == 0:
+            return np.zeros((0, 1000), np.float32)
+        parts = np.array_split(batch, min(self.num_requests, n))
+        jobs = []
+        for part in parts:
+            job = _SyncJob()
+            self._queue.start_async({0: part}, job, share_inputs=True)
+            jobs.append(job)
+        for job in jobs:
+            job.done.wait()
+            if job.error is not None:
+                raise job.error
+        return np.concatenate([j.result for j in jobs if j.result is not None], axis=0)
+
+    async def infer_async(self, batch: np.ndarray) -> np.ndarray:
+        """Same as `infer` for one request, awaited; several calls may be in flight at once.
+
+        Waits (asynchronously) for a free request first, so starting one never blocks the loop.
+        Do not modify `batch` until the call returns: the request reads it in place.
+        """
+        batch = self._check(batch)
+        if batch.shape[0] == 0:
+            return np.zeros((0, 1000), np.float32)
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots, self._slots_loop = asyncio.Semaphore(self.num_requests), loop
+        async with self._slots:
+            job = _AsyncJob(loop, loop.create_future(), batch)
+            self._queue.start_async({0: batch}, job, share_inputs=True)
+            return await job.future
+
+    def close(self) -> None:
+        """Wait for requests in flight, then release the compiled model."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.wait_all()
+
+
+def compile_model(model: ov.Model, performance_hint: str = "THROUGHPUT", num_requests: int = 0) -> Any:
+    if performance_hint not in ("THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT"):
+        raise ValueError(f"performance_hint must be THROUGHPUT or LATENCY, got {performance_hint!r}")
+    if num_requests < 0:
+        raise ValueError(f"num_requests must be >= 0, got {num_requests}")
+    config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
+    if num_requests:
+        config["PERFORMANCE_HINT_NUM_REQUESTS"] = num_requests
+    try:
+        return _get_core().compile_model(model, "CPU", config)
+    except RuntimeError as e:
+        raise ModelError(f"{model.get_friendly_name()}: OpenVINO could not compile the model: {e}") from e
+
+
+def open_engine(
+    name: str,
+    *,
+    weights_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    allow_synthetic: bool = True,
+    performance_hint: str = "THROUGHPUT",
+    num_requests: int = 0,
+) -> Engine:
+    """Load model `name` (weights dir, then cache, then a synthetic stand-in) and compile it.
+
+    `weights_dir` defaults to ``$FRAMESTREAM_WEIGHTS_DIR``; `cache_dir` to
+    ``~/.cache/framestream/models``. `num_requests` 0 lets OpenVINO pick the optimal pool size.
+    """
+    spec = load_spec(name)
+    weights = resolve_weights_dir(weights_dir)
+    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    location = locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=allow_synthetic)
+    model = prepare_model(read_model_file(location.path), spec)
+    compiled = compile_model(model, performance_hint, num_requests)
+    labels = find_labels(spec, weights_dir=weights, cache_dir=cache)
+    return Engine(spec, compiled, labels, location, num_requests)

@@ -1,0 +1,68 @@
+"""Resize / center-crop geometry for feeding an image to a model (pure: no pixels touched here).
+
+Two policies, named as in model descriptors:
+- ``full``: resize the whole image to the model input, ignoring aspect ratio.
+- ``shorter_crop``: resize so the shorter side is `shorter` pixels (aspect kept, like torchvision's
+  ``Resize(256)``), then cut the model-sized box from the centre (``CenterCrop(224)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["POLICIES", "ResizePlan", "plan_resize"]
+
+POLICIES = ("full", "shorter_crop")
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    """Resize the source to `resize_hw`, then keep rows `top:top+height`, cols `left:left+width`."""
+
+    resize_hw: tuple[int, int]
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @property
+    def crop_box(self) -> tuple[int, int, int, int]:
+        """(top, left, height, width) inside the resized image."""
+        return (self.top, self.left, self.height, self.width)
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+
+def _check_hw(hw: tuple[int, int], what: str) -> None:
+    if len(hw) != 2 or hw[0] < 1 or hw[1] < 1:
+        raise ValueError(f"{what} must be (height, width) >= 1 pixel, got {hw}")
+
+
+def plan_resize(
+    src_hw: tuple[int, int], dst_hw: tuple[int, int], policy: str, shorter: int | None = None
+) -> ResizePlan:
+    """How to turn a `src_hw` image into a `dst_hw` model input under `policy`.
+
+    `shorter` (pixels) is the shorter-side size for ``shorter_crop``; default max(dst_hw).
+    """
+    _check_hw(src_hw, "src_hw")
+    _check_hw(dst_hw, "dst_hw")
+    dst_h, dst_w = dst_hw
+    if policy == "full":
+        return ResizePlan(resize_hw=(dst_h, dst_w), top=0, left=0, height=dst_h, width=dst_w)
+    if policy != "shorter_crop":
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    short = max(dst_hw) if shorter is None else shorter
+    if short < max(dst_hw):
+        raise ValueError(f"shorter must be >= the crop size {dst_hw}, got {short}")
+    src_h, src_w = src_hw
+    # torchvision: the shorter side becomes `short`, the longer one int(short * long / short_src)
+    if src_h <= src_w:
+        res_h, res_w = short, max(short, int(short * src_w / src_h))
+    else:
+        res_h, res_w = max(short, int(short * src_h / src_w)), short
+    top = int(round((res_h - dst_h) / 2.0))
+    left = int(round((res_w - dst_w) / 2.0))
+    return ResizePlan(resize_hw=(res_h, res_w), top=top, left=left, height=dst_h, width=dst_w)
