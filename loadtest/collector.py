@@ -1,0 +1,186 @@
+"""Collect a replay's results from the results stream (plain XREAD: no group, so the load tester
+never takes entries away from a real consumer), and count its dead letters and drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadtest.stats import ResultRow
+from stream.core.codec import decode_message
+from stream.core.keys import FIELD, PipelineKeys
+from stream.core.messages import EOS, RESULT
+from stream.errors import CodecError
+
+__all__ = ["Collector", "count_dead_letters", "count_drops", "last_id"]
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+async def last_id(client: Any, stream: str) -> str:
+    """The id of the newest entry of `stream` ("0-0" when empty): read after it for new entries."""
+    newest = await client.xrevrange(stream, max="+", min="-", count=1)
+    return _s(newest[0][0]) if newest else "0-0"
+
+
+@dataclass
+class Collector:
+    """Reads results for `sources` into `rows` until told to stop or everything has arrived.
+
+    `truth(source, seq)` gives the ground truth the load tester knows (from the replay file);
+    the result's own ``truth`` field is the fallback.
+    """
+
+    client: Any
+    keys: PipelineKeys
+    sources: Collection[str]
+    start_id: str = "0-0"
+    model: str | None = None
+    truth: Callable[[str, int], str | None] | None = None
+    block_ms: int = 100
+    rows: list[ResultRow] = field(default_factory=list)
+    eos: set[str] = field(default_factory=set)
+    undecodable: int = 0
+    last_result_monotonic: float = field(default_factory=time.monotonic)
+    _cursor: str = ""
+
+    def __post_init__(self) -> None:
+        self._cursor = self.start_id
+        self._sources = set(self.sources)
+        self._distinct: set[tuple[str, int]] = set()
+
+    @property
+    def distinct(self) -> int:
+        return len(self._distinct)
+
+    def _row(self, m: dict[str, Any]) -> ResultRow:
+        source, seq = str(m["source"]), int(m["seq"])
+        capture = float(m.get("capture_ms") or 0.0)
+        result_ms = float(m.get("result_ms") or time.time() * 1000.0)
+        latency = m.get("latency_ms")
+        truth = self.truth(source, seq) if self.truth is not None else None
+        return ResultRow(
+            source=source,
+            seq=seq,
+            due_ms=capture,
+            result_ms=result_ms,
+            latency_ms=float(latency) if latency is not None else result_ms - capture,
+            stages_ms={str(k): float(v) for k, v in (m.get("stages_ms") or {}).items()},
+            batch_size=int(m["batch_size"]) if m.get("batch_size") is not None else None,
+            label=m.get("label"),
+            truth=truth if truth is not None else m.get("truth"),
+        )
+
+    def _take(self, entries: list[Any]) -> int:
+        taken = 0
+        for _, fields in entries:
+            data = fields.get(FIELD.encode()) if fields else None
+            if data is None:
+                continue
+            try:
+                m = decode_message(data).meta
+            except CodecError:
+                self.undecodable += 1
+                continue
+            if m.get("source") not in self._sources:
+                continue
+            if self.model is not None and m.get("model") not in (None, self.model):
+                continue
+            if m.get("kind") == EOS:
+                self.eos.add(str(m["source"]))
+            elif m.get("kind") == RESULT:
+                try:
+                    row = self._row(m)
+                except (KeyError, TypeError, ValueError):
+                    self.undecodable += 1
+                    continue
+                self.rows.append(row)
+                self._distinct.add((row.source, row.seq))
+                taken += 1
+        return taken
+
+    async def poll(self, count: int = 1000) -> int:
+        """Read what is there (waiting at most `block_ms`); returns how many results arrived."""
+        reply = await self.client.xread({self.keys.results: self._cursor}, count=count, block=self.block_ms)
+        taken = 0
+        for _, entries in reply or []:
+            if entries:
+                self._cursor = _s(entries[-1][0])
+                taken += self._take(entries)
+        if taken:
+            self.last_result_monotonic = time.monotonic()
+        return taken
+
+    async def run_until(
+        self, done: Callable[[], bool], *, expected: Callable[[], int | None], settle_s: float, hard_s: float
+    ) -> None:
+        """Poll until every expected result is in (once `done()` says sending has finished), or no
+        result arrived for `settle_s` after sending finished, or `hard_s` after sending finished."""
+        finished_at: float | None = None
+        while True:
+            await self.poll()
+            now = time.monotonic()
+            if not done():
+                continue
+            if finished_at is None:
+                finished_at = now
+                self.last_result_monotonic = max(self.last_result_monotonic, now)
+            want = expected()
+            if want is not None and self.distinct >= want:
+                return
+            if now - self.last_result_monotonic > settle_s or now - finished_at > hard_s:
+                return
+            await asyncio.sleep(0)
+
+
+async def count_dead_letters(
+    client: Any, keys: PipelineKeys, sources: Collection[str], *, start_id: str = "0-0"
+) -> tuple[int, int]:
+    """(dead letters whose original message names one of `sources`, dead letters that cannot be
+    attributed because their payload was not kept or does not decode), since `start_id`."""
+    wanted = set(sources)
+    ours = unknown = 0
+    cursor = f"({start_id}" if start_id != "0-0" else "-"
+    while True:
+        entries = await client.xrange(keys.dead, min=cursor, max="+", count=1000)
+        if not entries:
+            return ours, unknown
+        for entry_id, fields in entries:
+            cursor = f"({_s(entry_id)}"
+            data = fields.get(FIELD.encode())
+            if data is None:
+                unknown += 1
+                continue
+            try:
+                source = decode_message(data).meta.get("source")
+            except CodecError:
+                unknown += 1
+                continue
+            ours += source in wanted
+
+
+async def count_drops(client: Any, keys: PipelineKeys, sources: Collection[str]) -> int:
+    """Frames the pipeline dropped by policy for `sources`, from the counters hash.
+
+    Counter fields that name a drop carry the source id after a colon (``dropped:<source>``,
+    ``dropped:<reason>:<source>``); fields of other sources are ignored.
+    """
+    counters = await client.hgetall(keys.counters)
+    wanted = set(sources)
+    total = 0
+    for name, value in counters.items():
+        name = _s(name)
+        if "drop" not in name:
+            continue
+        if name.rsplit(":", 1)[-1] in wanted:
+            try:
+                total += int(float(_s(value)))
+            except ValueError:
+                continue
+    return total
