@@ -64,3 +64,65 @@ def list_models(
             where,
         )
     Console().print(table)
+
+
+@app.command("fetch")
+def fetch(
+    name: str = typer.Argument(..., help="model name (see `framestream models list`)"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="model cache (default: settings)"),
+    force: bool = typer.Option(False, "--force", help="fetch and convert again even if cached"),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", min=0.1, help="network timeout per read"),
+) -> None:
+    """Download the upstream files, verify size + sha256, unpack, convert to IR, cache."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from stream.settings import load_settings
+    from stream.zoo import load_spec
+    from stream.zoo.fetch import fetch_model
+
+    cache = cache_dir or load_settings().models.cache_dir
+    tasks: dict[str, int] = {}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()
+    ) as bar:
+
+        def progress(file_name: str, done: int, total: int | None) -> None:
+            if file_name not in tasks:
+                tasks[file_name] = bar.add_task(file_name, total=total)
+            bar.update(tasks[file_name], completed=done, total=total)
+
+        try:
+            xml = fetch_model(load_spec(name), cache, force=force, progress=progress, timeout_s=timeout_s)
+        except FramestreamError as e:
+            bar.stop()
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from e
+    typer.echo(f"{name}: OpenVINO IR cached at {xml}")
+
+
+@app.command("check")
+def check(
+    name: str = typer.Argument(..., help="model name (see `framestream models list`)"),
+    weights_dir: Path | None = typer.Option(None, "--weights-dir", envvar="FRAMESTREAM_WEIGHTS_DIR"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="model cache (default: settings)"),
+    seconds: float = typer.Option(2.0, "--seconds", min=0.0, help="throughput measurement per batch size"),
+    synthetic: bool = typer.Option(True, "--synthetic/--no-synthetic"),
+) -> None:
+    """Load a model, run its contract checks, print params/FLOPs and throughput."""
+    from stream.commands.model_check import run_check
+    from stream.settings import load_settings
+
+    settings = load_settings()
+    try:
+        ok = run_check(
+            name,
+            weights_dir=weights_dir or settings.models.weights_dir,
+            cache_dir=cache_dir or settings.models.cache_dir,
+            seconds=seconds,
+            allow_synthetic=synthetic,
+        )
+    except FramestreamError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    if not ok:
+        raise typer.Exit(1)

@@ -2,9 +2,10 @@
 
 Cache layout (default ``~/.cache/framestream/models``)::
 
-    <cache>/<name>/model.xml, model.bin   converted IR (what `framestream models fetch` leaves)
-    <cache>/<name>/labels.txt             labels fetched with the model, if its descriptor lists some
-    <cache>/<name>/synthetic/             a synthetic stand-in (random weights), built on demand
+    <cache>/<name>/ir/model.xml, model.bin   converted IR (what `framestream models fetch` leaves)
+    <cache>/<name>/ir/labels.txt             labels fetched with the model, if its descriptor lists some
+    <cache>/<name>/ir/source.json            which upstream files (sha256) the IR was made from
+    <cache>/<name>/synthetic/                a synthetic stand-in (random weights), built on demand
 
 Every write goes to a temp directory next to its target and is renamed into place, so an error
 (or a kill) never leaves a half-written model where a reader would pick it up.
@@ -91,7 +92,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def cached_ir(spec: ModelSpec, cache_dir: Path) -> Path:
-    return cache_dir / spec.name / "model.xml"
+    """Where `framestream models fetch` leaves the converted model."""
+    return cache_dir / spec.name / "ir" / "model.xml"
 
 
 def _weights_candidates(spec: ModelSpec, weights_dir: Path) -> list[Path]:
@@ -104,6 +106,8 @@ def _weights_candidates(spec: ModelSpec, weights_dir: Path) -> list[Path]:
 def _from_weights_dir(spec: ModelSpec, weights_dir: Path) -> ModelLocation | None:
     for path in _weights_candidates(spec, weights_dir):
         if path.is_file() and path.suffix in READABLE_SUFFIXES:
+            return ModelLocation(path, "weights-dir")
+        if path.is_dir() and (path / "saved_model.pb").is_file():  # TF SavedModel folder
             return ModelLocation(path, "weights-dir")
         if path.exists():
             raise ModelError(
@@ -166,7 +170,7 @@ def find_labels(spec: ModelSpec, *, weights_dir: Path | None, cache_dir: Path) -
     candidates = []
     if weights_dir is not None:
         candidates += [weights_dir / LABELS_FILE, weights_dir / "labels.txt"]
-    candidates += [cache_dir / spec.name / "labels.txt", cache_dir / LABELS_FILE]
+    candidates += [cached_ir(spec, cache_dir).parent / "labels.txt", cache_dir / LABELS_FILE]
     for path in candidates:
         if path.is_file():
             return Labels(parse_labels(path.read_text(encoding="utf-8"), str(path)), path)

@@ -1,0 +1,85 @@
+"""`framestream models check NAME`: contract checks, params/FLOPs and throughput of one model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from stream.adapters.openvino_engine import Engine, compile_model, open_engine, read_model_file
+from stream.commands.classify import synthetic_warning
+from stream.zoo.complexity import count_complexity
+from stream.zoo.contract import run_contract_checks, sample_images
+from stream.zoo.graph import raw_model
+
+__all__ = ["measure_throughput", "run_check"]
+
+
+async def _pump(engine: Engine, batch: np.ndarray, seconds: float) -> float:
+    done = 0
+    start = time.monotonic()
+    deadline = start + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < deadline:
+            await engine.infer_async(batch)
+            done += len(batch)
+
+    await asyncio.gather(*(worker() for _ in range(engine.num_requests)))
+    return done / (time.monotonic() - start)
+
+
+def measure_throughput(engine: Engine, batch_size: int, seconds: float) -> float:
+    """Images/s with `engine.num_requests` batches of `batch_size` in flight for `seconds`."""
+    images = sample_images(engine.spec, min(batch_size, 8))
+    batch = np.resize(images, (batch_size, *images.shape[1:])).astype(np.uint8)
+    asyncio.run(_pump(engine, batch, min(seconds, 0.3)))  # warm-up
+    return asyncio.run(_pump(engine, batch, seconds))
+
+
+def _vs_card(measured: float, card: float | None, tolerance: float) -> str:
+    if card is None:
+        return "no card value"
+    off = abs(measured - card) / card
+    return (
+        f"card {card:g} ({off:+.1%} off{'' if off <= tolerance else ', OUTSIDE ' + format(tolerance, '.0%')})"
+    )
+
+
+def run_check(
+    name: str, *, weights_dir: Path | None, cache_dir: Path, seconds: float, allow_synthetic: bool
+) -> bool:
+    """Print the report; True when every contract check passes."""
+    console = Console()
+    with open_engine(
+        name, weights_dir=weights_dir, cache_dir=cache_dir, allow_synthetic=allow_synthetic
+    ) as eng:
+        spec = eng.spec
+        if eng.synthetic:
+            console.print(f"[bold red]{synthetic_warning(name)}[/]")
+        console.print(f"{name}: {eng.model_path} ({'synthetic' if eng.synthetic else 'real weights'})")
+        raw = compile_model(raw_model(read_model_file(eng.model_path), spec), "LATENCY")
+        results = run_contract_checks(spec, eng.infer, raw, sample_images(spec, 4))
+        table = Table(title=f"{name} contract")
+        for col in ("check", "result", "detail"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]FAIL[/]", r.detail)
+        console.print(table)
+
+        cx = count_complexity(read_model_file(eng.model_path), spec.input_shape)
+        console.print(f"params: {cx.params_m:.3f} M  ({_vs_card(cx.params_m, spec.params_m, 0.01)})")
+        console.print(f"FLOPs:  {cx.gflops:.4f} G  ({_vs_card(cx.gflops, spec.gflops, 0.05)})")
+        console.print("        (2 x multiply-adds of conv/matmul layers at batch 1)")
+        if seconds > 0:
+            for bs in (1, 16):
+                ips = measure_throughput(eng, bs, seconds)
+                console.print(
+                    f"throughput batch {bs:>2}: {ips:,.0f} images/s ({eng.num_requests} requests in flight)"
+                )
+    return all(r.ok for r in results)
