@@ -1,0 +1,65 @@
+"""Resize/crop planning: what a model sees of an image."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream.core.geometry import plan_resize
+
+sizes = st.tuples(st.integers(1, 5000), st.integers(1, 5000))
+
+
+@given(src=sizes, dst=st.tuples(st.integers(1, 512), st.integers(1, 512)))
+def test_full_resize_fills_the_model_input(src, dst):
+    plan = plan_resize(src, dst, "full")
+    assert plan.resize_hw == dst
+    assert plan.crop_box == (0, 0, *dst)
+
+
+@given(src=sizes, crop=st.integers(1, 300), extra=st.integers(0, 100))
+def test_shorter_crop_keeps_aspect_and_crops_inside_the_centre(src, crop, extra):
+    shorter = crop + extra
+    plan = plan_resize(src, (crop, crop), "shorter_crop", shorter)
+    res_h, res_w = plan.resize_hw
+    assert min(res_h, res_w) == shorter
+    # aspect ratio kept to within the one pixel int() truncation costs
+    if src[0] <= src[1]:
+        assert abs(res_w - shorter * src[1] / src[0]) < 1.0 or res_w == shorter
+    else:
+        assert abs(res_h - shorter * src[0] / src[1]) < 1.0 or res_h == shorter
+    top, left, h, w = plan.crop_box
+    assert (h, w) == (crop, crop) == plan.out_hw
+    assert top >= 0 and top + h <= res_h
+    assert left >= 0 and left + w <= res_w
+    # centred: the margins differ by at most one pixel
+    assert abs(top - (res_h - top - h)) <= 1 and abs(left - (res_w - left - w)) <= 1
+
+
+def test_torchvision_resize_256_center_crop_224_numbers():
+    # torchvision Resize(256) on 480x640 gives 256x341; CenterCrop(224) starts at (16, 58)
+    plan = plan_resize((480, 640), (224, 224), "shorter_crop", 256)
+    assert plan.resize_hw == (256, 341)
+    assert plan.crop_box == (16, 58, 224, 224)
+    portrait = plan_resize((1080, 720), (224, 224), "shorter_crop", 256)
+    assert portrait.resize_hw == (384, 256)
+    assert portrait.crop_box == (80, 16, 224, 224)
+
+
+def test_shorter_defaults_to_the_crop_size():
+    assert plan_resize((100, 200), (64, 64), "shorter_crop").resize_hw == (64, 128)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (((0, 10), (5, 5), "full"), "src_hw"),
+        (((10, 10), (5, 0), "full"), "dst_hw"),
+        (((10, 10), (5, 5), "stretch"), "policy"),
+        (((10, 10), (224, 224), "shorter_crop", 200), "shorter"),
+    ],
+)
+def test_bad_arguments_name_the_bad_value(args, match):
+    with pytest.raises(ValueError, match=match):
+        plan_resize(*args)
