@@ -158,3 +158,25 @@ def test_the_plain_function_form_works_without_metrics():
     replicas, state = policy_function(_FakeContext(target_num_replicas=2, aggregated_metrics={}))
     assert replicas == 2
     assert state["reason"] == "no reports yet"
+
+
+# The ingress rate limiter is pure logic of the Ray layer too; it is tested here with the policy.
+def test_rate_limiter_allows_a_burst_then_refills_at_the_rate():
+    from deployments.ratelimit import RateLimiter
+
+    limiter = RateLimiter(rate_per_s=2.0, burst=3)
+    assert [limiter.allow("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiter.allow("a", 0.0)
+    assert wait == pytest.approx(0.5)
+    assert limiter.allow("b", 0.0) == 0.0  # per client
+    assert limiter.allow("a", 0.5) == 0.0  # one token back after 1/rate s
+
+
+@given(times=st.lists(st.floats(0, 100), min_size=1, max_size=200))
+def test_rate_limiter_never_allows_more_than_burst_plus_rate_times_elapsed(times):
+    from deployments.ratelimit import RateLimiter
+
+    limiter = RateLimiter(rate_per_s=5.0, burst=4, max_clients=1)
+    times = sorted(times)
+    allowed = sum(limiter.allow("c", t) == 0.0 for t in times)
+    assert allowed <= 4 + 5.0 * (times[-1] - times[0]) + 1e-9

@@ -1,0 +1,149 @@
+"""Load ``serve_config.yaml``, adjust it for one run, and deploy it the way ``serve run`` does.
+
+`framestream run`, the tests and the benchmark deploy the very same config file that
+``serve run`` and the KubeRay RayService use, with a few overrides (Redis URL, HTTP port, model,
+autoscaling knobs for a test), so what they exercise is what users deploy.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stream.errors import ConfigError
+
+__all__ = [
+    "CONFIG_PATH",
+    "app_config",
+    "deploy",
+    "deployment_config",
+    "load_config",
+    "override",
+    "replica_counts",
+    "wait_running",
+]
+
+CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
+
+
+def load_config(path: Path = CONFIG_PATH) -> dict[str, Any]:
+    """The Serve config at `path` as a dict (validated against Serve's schema)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read the Serve config {path}: {e}") from e
+    try:
+        ServeDeploySchema.model_validate(raw)
+    except ValueError as e:
+        raise ConfigError(f"{path} is not a valid Serve config: {e}") from e
+    return raw
+
+
+def app_config(config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """The application entry called `name` (default: the first one)."""
+    apps = config.get("applications") or []
+    for app in apps:
+        if name is None or app.get("name") == name:
+            return app
+    raise ConfigError(f"no application {name!r} in the Serve config")
+
+
+def deployment_config(config: dict[str, Any], deployment: str) -> dict[str, Any]:
+    """The entry of `deployment` in the first application (created empty when missing)."""
+    app = app_config(config)
+    for entry in app.setdefault("deployments", []):
+        if entry.get("name") == deployment:
+            return entry
+    entry = {"name": deployment}
+    app["deployments"].append(entry)
+    return entry
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def override(
+    config: dict[str, Any],
+    *,
+    args: dict[str, Any] | None = None,
+    http: dict[str, Any] | None = None,
+    deployments: dict[str, dict[str, Any]] | None = None,
+    stages: list[str] | None = None,
+) -> dict[str, Any]:
+    """A copy of `config` with `args` merged into the app's args (nested dicts merge), `http`
+    into ``http_options`` and ``deployments[name]`` into that deployment's entry; `stages`
+    deploys only those stages (Serve rejects entries for deployments the app does not have)."""
+    from deployments.app import DEPLOYMENT_NAMES
+    from stream.core.messages import STAGES
+
+    out = copy.deepcopy(config)
+    app = app_config(out)
+    _merge(app.setdefault("args", {}), args or {})
+    if stages is not None:
+        app["args"]["stages"] = list(stages)
+        dropped = {DEPLOYMENT_NAMES[s] for s in STAGES if s not in stages}
+        app["deployments"] = [d for d in app.get("deployments", []) if d.get("name") not in dropped]
+    _merge(out.setdefault("http_options", {}), http or {})
+    for name, options in (deployments or {}).items():
+        _merge(deployment_config(out, name), options)
+    return out
+
+
+def deploy(config: dict[str, Any], *, timeout_s: float = 300.0) -> None:
+    """Start Serve (HTTP options from `config`) and deploy its applications; wait until RUNNING.
+
+    Needs ``ray.init`` first. Raises ConfigError with Serve's own message if a deployment fails.
+    """
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
+    )
+    client.deploy_apps(schema, _blocking=False)
+    for app in schema.applications:
+        wait_running(app.name, timeout_s=timeout_s)
+
+
+def wait_running(app_name: str, *, timeout_s: float) -> None:
+    """Block until application `app_name` is RUNNING; ConfigError on failure or timeout."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    message = ""
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(app_name)
+        if app is not None:
+            status = str(app.status.value if hasattr(app.status, "value") else app.status)
+            if status == "RUNNING":
+                return
+            if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                details = "; ".join(
+                    f"{name}: {d.message}" for name, d in app.deployments.items() if d.message
+                )
+                raise ConfigError(f"Serve application {app_name!r} is {status}: {app.message} {details}")
+            message = app.message
+        time.sleep(0.5)
+    raise ConfigError(f"Serve application {app_name!r} not running after {timeout_s:.0f} s: {message}")
+
+
+def replica_counts(app_name: str) -> dict[str, int]:
+    """RUNNING replicas per deployment of `app_name` (Serve's status)."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return {}
+    return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in app.deployments.items()}

@@ -1,0 +1,369 @@
+"""The HTTP front of a framestream application (FastAPI through ``serve.ingress``), under ``/v1``.
+
+- ``GET/POST /v1/sources``, ``DELETE /v1/sources/{id}``: the source registry in Redis;
+- ``POST /v1/classify``: one JPEG/PNG image in the body, its classification back (batched with
+  other pushed images by `deployments.classifier.Classifier`);
+- ``GET /v1/results/{source}?after_seq=N``: results of a source after a seq;
+- ``GET /v1/events``: Server-Sent Events of results and label changes, read from the streams
+  (``Last-Event-ID`` resumes where a client left off);
+- ``GET /v1/stages``: replicas, rate and backlog per stage;
+- ``/healthz`` (the process answers), ``/readyz`` (Redis and the model answer), ``/docs``.
+
+Every error is JSON ``{"error": reason}`` with 400/404/409/413/415/429/503 (500 only for a bug,
+without its traceback). Requests are rate-limited per client address by a token bucket per
+ingress replica.
+"""
+
+# No `from __future__ import annotations` here: Serve pickles the ingress class by value and
+# FastAPI must resolve the route annotations (Request, ...) at runtime.
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.ratelimit import RateLimiter
+from deployments.results import ResultReader
+from deployments.stage import open_redis, stage_settings
+
+__all__ = ["ApiError", "Ingress", "IngressOptions", "api"]
+
+log = logging.getLogger("framestream.ingress")
+
+IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png"}
+_BODY_TYPES = ("image/jpeg", "image/png")
+
+
+class ApiError(Exception):
+    """An error with a status code and a reason the client gets as JSON."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+class IngressOptions(BaseModel):
+    """The ingress's own knobs (``args.ingress`` in the Serve config)."""
+
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    rate_per_s: float = Field(50.0, gt=0, description="requests per second per client, on average")
+    burst: int = Field(100, ge=1)
+    classify_timeout_s: float = Field(30.0, gt=0)
+    max_results: int = Field(1000, ge=1, description="most results one GET returns")
+
+
+class SourceIn(BaseModel):
+    """A source to add; `id` defaults to a name derived from the URI."""
+
+    uri: str = Field(..., min_length=1, examples=["rtsp://camera.local/stream", "/data/clip.mp4", "webcam:0"])
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
+    target_fps: float | None = Field(None, gt=0)
+    every_nth: int | None = Field(None, ge=1)
+    loop: bool = False
+    live: bool | None = None
+    realtime: bool = False
+
+
+api = FastAPI(
+    title="framestream",
+    version="1",
+    description="Classify video frames at high throughput: sources, results, live events, push-classify.",
+)
+
+
+def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return _error(exc.status, exc.reason, exc.headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    reasons = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+    return _error(400, "; ".join(reasons) or "invalid request")
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _error(500, f"internal error ({type(exc).__name__}); see the ingress replica's log")
+
+
+# Helpers live above the deployment class: Serve pickles the class by value when it is decorated,
+# so only names that exist by then travel with it.
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _replica_states() -> dict[str, dict[str, int]]:
+    """Replica counts by state per deployment of this application (Serve's own status)."""
+    context = serve.get_replica_context()
+    app = serve.status().applications.get(context.app_name)
+    if app is None:
+        return {}
+    return {name: dict(d.replica_states) for name, d in app.deployments.items()}
+
+
+def _default_id(uri: str) -> str:
+    import re
+
+    tail = uri.rstrip("/").rsplit("/", 1)[-1] or uri
+    return re.sub(r"[^A-Za-z0-9_.\-]", "-", tail)[:128] or "source"
+
+
+def _source_json(status: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {
+        "id": status.source_id,
+        **asdict(status.spec),
+        "next_seq": status.next_seq,
+        "done": status.done,
+        "error": status.error,
+        "owner": status.owner,
+    }
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=256,
+    graceful_shutdown_timeout_s=10.0,
+)
+@serve.ingress(api)
+class Ingress:
+    """Routes of the FastAPI app `api`; one Redis client per replica."""
+
+    async def __init__(
+        self,
+        classifier: Any,
+        stages: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+        model: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        from stream.core.keys import PipelineKeys
+        from stream.zoo.descriptors import load_spec
+
+        self.settings = stage_settings(settings)
+        self.options = IngressOptions(**(options or {}))
+        self.model = model or self.settings.models.default
+        self.spec = load_spec(self.model)
+        self.keys = PipelineKeys(self.settings.streams.pipeline)
+        self.client = await open_redis(self.settings)
+        self.results = ResultReader(self.client, self.keys)
+        self.classifier = classifier
+        self.stages = stages or {}
+        self.limiter = RateLimiter(self.options.rate_per_s, self.options.burst)
+
+    def _limit(self, request: Request) -> None:
+        wait_s = self.limiter.allow(_client(request), time.monotonic())
+        if wait_s > 0:
+            raise ApiError(
+                429,
+                f"rate limit: {self.options.rate_per_s:g} requests/s per client",
+                {"Retry-After": f"{wait_s:.0f}"},
+            )
+
+    async def _redis(self, coro: Any) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return await coro
+        except (RedisError, OSError) as e:
+            raise ApiError(503, f"redis unavailable: {e}") from e
+
+    # -- health ---------------------------------------------------------------------------
+
+    @api.get("/healthz", tags=["health"])
+    async def healthz(self) -> dict[str, str]:
+        """The ingress answers (liveness)."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["health"])
+    async def readyz(self) -> dict[str, Any]:
+        """Redis answers and the model is loaded (readiness); 503 with the reason otherwise."""
+        await self._redis(self.client.ping())
+        try:
+            info = await asyncio.wait_for(self.classifier.info.remote(), 5.0)
+        except Exception as e:
+            raise ApiError(503, f"model not ready: {type(e).__name__}: {e}") from e
+        return {"status": "ready", **info}
+
+    # -- sources --------------------------------------------------------------------------
+
+    @api.get("/v1/sources", tags=["sources"])
+    async def get_sources(self, request: Request) -> dict[str, Any]:
+        """Every registered source with its progress and the ingest replica playing it."""
+        from stream.stages.sources import list_sources
+
+        self._limit(request)
+        statuses = await self._redis(list_sources(self.client, self.keys))
+        return {"sources": [_source_json(s) for s in statuses]}
+
+    @api.post("/v1/sources", status_code=201, tags=["sources"])
+    async def post_source(self, source: SourceIn, request: Request) -> dict[str, Any]:
+        """Add a source; an ingest replica starts playing it within a fraction of a second."""
+        from stream.stages.sources import SourceSpec, add_source
+
+        self._limit(request)
+        source_id = source.id or _default_id(source.uri)
+        try:
+            spec = SourceSpec(**source.model_dump(exclude={"id"}))
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
+        if await self._redis(self.client.hexists(self.keys.sources, source_id)):
+            raise ApiError(409, f"source {source_id!r} already exists; DELETE it first")
+        try:
+            await self._redis(add_source(self.client, self.keys, source_id, spec))
+        except ValueError as e:
+            raise ApiError(409 if "exists" in str(e) else 400, str(e)) from e
+        return {"id": source_id, **source.model_dump(exclude={"id"})}
+
+    @api.delete("/v1/sources/{source_id}", status_code=204, tags=["sources"])
+    async def delete_source(self, source_id: str, request: Request) -> Response:
+        """Stop and unregister a source (its ingest replica publishes end-of-stream)."""
+        from stream.stages.sources import remove_source
+
+        self._limit(request)
+        if not await self._redis(remove_source(self.client, self.keys, source_id)):
+            raise ApiError(404, f"no source {source_id!r}")
+        return Response(status_code=204)
+
+    # -- results --------------------------------------------------------------------------
+
+    @api.get("/v1/results/{source_id}", tags=["results"])
+    async def get_results(
+        self,
+        source_id: str,
+        request: Request,
+        after_seq: int = Query(-1, ge=-1, description="only results with seq > after_seq"),
+        limit: int = Query(100, ge=1),
+    ) -> dict[str, Any]:
+        """Results of `source_id` with seq > `after_seq`, in seq order (at most `limit`)."""
+        self._limit(request)
+        limit = min(limit, self.options.max_results)
+        found, results = await self._redis(self.results.after(source_id, after_seq, limit))
+        if not found and not await self._redis(self.client.hexists(self.keys.sources, source_id)):
+            raise ApiError(404, f"no source {source_id!r} and no results for it")
+        next_after = results[-1]["seq"] if results else after_seq
+        return {"source": source_id, "results": results, "next_after_seq": next_after}
+
+    @api.get("/v1/events", tags=["results"])
+    async def events(
+        self,
+        request: Request,
+        source: str | None = Query(None, description="only this source"),
+        kinds: str = Query("result,label_change", description="comma-separated: result, label_change, eos"),
+    ) -> StreamingResponse:
+        """Server-Sent Events: results and label changes as they happen (``Last-Event-ID`` resumes)."""
+        self._limit(request)
+        wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+        last_id = request.headers.get("last-event-id")
+        await self._redis(self.client.ping())
+        stream = self.results.follow(
+            last_id, source=source, kinds=wanted, disconnected=request.is_disconnected
+        )
+        return StreamingResponse(
+            stream,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # -- push classify --------------------------------------------------------------------
+
+    @api.post(
+        "/v1/classify",
+        tags=["classify"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/jpeg", "image/png")
+                },
+            }
+        },
+    )
+    async def classify(self, request: Request) -> dict[str, Any]:
+        """Classify one JPEG or PNG image sent as the request body; batched with concurrent pushes."""
+        self._limit(request)
+        started = time.monotonic()
+        body = await self._read_image_body(request)
+        tensor = await asyncio.to_thread(self._prepare, body)
+        try:
+            result = await asyncio.wait_for(
+                self.classifier.classify.remote(tensor), self.options.classify_timeout_s
+            )
+        except TimeoutError as e:
+            raise ApiError(
+                503, f"classifier did not answer within {self.options.classify_timeout_s:g} s"
+            ) from e
+        except Exception as e:
+            from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+            if isinstance(e, BackPressureError | DeploymentUnavailableError):
+                raise ApiError(503, f"classifier busy or unavailable: {type(e).__name__}") from e
+            raise
+        return {**result, "latency_ms": round((time.monotonic() - started) * 1000.0, 3)}
+
+    async def _read_image_body(self, request: Request) -> bytes:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in IMAGE_TYPES:
+            raise ApiError(415, f"content-type must be image/jpeg or image/png, got {ctype or 'none'!r}")
+        limit = self.options.max_image_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"image is {declared} bytes, over the limit of {limit}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"image is over the limit of {limit} bytes")
+        if not body:
+            raise ApiError(400, "empty body: send the image bytes")
+        return bytes(body)
+
+    def _prepare(self, body: bytes) -> Any:
+        from stream.adapters.image import decode_image, fit_to_model
+        from stream.errors import CodecError
+
+        try:
+            return fit_to_model(decode_image(body), self.spec)
+        except CodecError as e:
+            raise ApiError(400, f"not a decodable JPEG/PNG image: {e}") from e
+
+    # -- stages ---------------------------------------------------------------------------
+
+    @api.get("/v1/stages", tags=["health"])
+    async def get_stages(self, request: Request) -> dict[str, Any]:
+        """Per stage: replicas by state (from Serve) and one replica's view of rate and backlog."""
+        self._limit(request)
+        replicas = await asyncio.to_thread(_replica_states)
+        out: dict[str, Any] = {}
+        for name, handle in self.stages.items():
+            try:
+                status = await asyncio.wait_for(handle.status.remote(), 5.0)
+            except Exception as e:
+                status = {"error": f"{type(e).__name__}: {e}"}
+            out[name] = {"replicas": replicas.get(name, {}), **status}
+        return {"stages": out}
+
+    async def __del__(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            await client.aclose()

@@ -1,0 +1,50 @@
+"""Per-client token buckets for the ingress (pure: the caller passes `now_s`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RateLimiter"]
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated_s: float
+
+
+class RateLimiter:
+    """Allow each client `rate_per_s` requests per second on average, bursts up to `burst`.
+
+    Keeps at most `max_clients` buckets; the least recently seen are forgotten first (a forgotten
+    client starts again with a full bucket, which errs on the side of serving).
+    """
+
+    def __init__(self, rate_per_s: float, burst: int, max_clients: int = 10_000) -> None:
+        if rate_per_s <= 0:
+            raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst}")
+        if max_clients < 1:
+            raise ValueError(f"max_clients must be >= 1, got {max_clients}")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_clients = max_clients
+        self._buckets: dict[str, _Bucket] = {}
+
+    def allow(self, client: str, now_s: float) -> float:
+        """0.0 when `client` may go ahead now (one token taken), else seconds until it may."""
+        bucket = self._buckets.pop(client, None)
+        if bucket is None:
+            bucket = _Bucket(float(self.burst), now_s)
+        else:
+            elapsed = max(0.0, now_s - bucket.updated_s)
+            bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate_per_s)
+            bucket.updated_s = now_s
+        self._buckets[client] = bucket  # re-insert: dict order = least recently seen first
+        if len(self._buckets) > self.max_clients:
+            del self._buckets[next(iter(self._buckets))]
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate_per_s

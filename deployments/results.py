@@ -1,0 +1,129 @@
+"""Reading the results and events streams for HTTP clients: a page after a seq, and a live feed.
+
+Results of one source reach the results stream in seq order (the postprocess reorder buffer), so
+"results with seq > N" is found by walking the stream backwards from its newest entry until the
+source's seq drops to N (or the start of the retained stream).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from stream.core.codec import decode_message
+from stream.core.keys import FIELD, PipelineKeys
+from stream.core.messages import EOS, LABEL_CHANGE, RESULT
+from stream.errors import CodecError
+
+__all__ = ["ResultReader", "sse_event"]
+
+_PAGE = 500
+_MAX_SCAN = 200_000
+_BLOCK_MS = 1_000
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _meta(fields: dict[bytes, bytes] | None) -> dict[str, Any] | None:
+    raw = (fields or {}).get(FIELD.encode())
+    if raw is None:
+        return None
+    try:
+        return dict(decode_message(raw).meta)
+    except CodecError:
+        return None
+
+
+def sse_event(event: str, event_id: str, data: dict[str, Any]) -> str:
+    """One Server-Sent Event (``event``, ``id``, one-line JSON ``data``)."""
+    return f"event: {event}\nid: {event_id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class ResultReader:
+    """Queries over ``keys.results`` and ``keys.events`` for one Redis client."""
+
+    def __init__(self, client: Any, keys: PipelineKeys) -> None:
+        self.client = client
+        self.keys = keys
+
+    async def after(self, source: str, after_seq: int, limit: int) -> tuple[bool, list[dict[str, Any]]]:
+        """(whether the stream holds any result of `source`, its results with seq > `after_seq`).
+
+        At most `limit` results, the oldest first.
+        """
+        found = False
+        collected: list[dict[str, Any]] = []
+        upper = "+"
+        scanned = 0
+        while scanned < _MAX_SCAN:
+            page = await self.client.xrevrange(self.keys.results, max=upper, min="-", count=_PAGE)
+            if not page:
+                break
+            scanned += len(page)
+            done = False
+            for _id, fields in page:
+                meta = _meta(fields)
+                if meta is None or meta.get("source") != source or meta.get("kind") != RESULT:
+                    continue
+                found = True
+                if int(meta.get("seq", -1)) <= after_seq:
+                    done = True
+                    break
+                collected.append(meta)
+            if done or len(page) < _PAGE:
+                break
+            upper = f"({_s(page[-1][0])}"
+        collected.sort(key=lambda m: int(m["seq"]))
+        return found, collected[:limit]
+
+    async def follow(
+        self,
+        last_event_id: str | None,
+        *,
+        source: str | None,
+        kinds: set[str],
+        disconnected: Callable[[], Awaitable[bool]],
+    ) -> AsyncIterator[str]:
+        """SSE text for every new result / label change / eos, until the client goes away.
+
+        Event ids are ``<results id>,<events id>``; a client reconnecting with ``Last-Event-ID``
+        gets what it missed (as far as the streams still hold it).
+        """
+        ids = {self.keys.results: "$", self.keys.events: "$"}
+        if last_event_id and "," in last_event_id:
+            r, e = last_event_id.split(",", 1)
+            ids = {self.keys.results: r or "$", self.keys.events: e or "$"}
+        ids = await self._resolve(ids)
+        yield ": framestream events\n\n"
+        while not await disconnected():
+            reply = await self.client.xread(ids, count=200, block=_BLOCK_MS)
+            if not reply:
+                yield ": keep-alive\n\n"
+                continue
+            for raw_stream, entries in reply:
+                stream = _s(raw_stream)
+                for raw_id, fields in entries:
+                    ids[stream] = _s(raw_id)
+                    meta = _meta(fields)
+                    if meta is None or meta.get("kind") not in kinds:
+                        continue
+                    if source is not None and meta.get("source") != source:
+                        continue
+                    event_id = f"{ids[self.keys.results]},{ids[self.keys.events]}"
+                    yield sse_event(str(meta["kind"]), event_id, meta)
+
+    async def _resolve(self, ids: dict[str, str]) -> dict[str, str]:
+        """Replace ``$`` by the stream's current last id, so ids in events are concrete."""
+        out = {}
+        for stream, entry_id in ids.items():
+            if entry_id == "$":
+                last = await self.client.xrevrange(stream, max="+", min="-", count=1)
+                entry_id = _s(last[0][0]) if last else "0-0"
+            out[stream] = entry_id
+        return out
+
+
+KINDS = (RESULT, LABEL_CHANGE, EOS)
