@@ -60,6 +60,9 @@ class IngestSettings(_Section):
     live_queue: int = Field(8, ge=1, description="frames a live source buffers before dropping")
     jpeg_quality: int = Field(90, ge=1, le=100)
     encoding: Literal["jpeg", "raw"] = "jpeg"
+    frame_short_side_px: int | None = Field(
+        None, ge=16, description="downscale frames with a longer shorter side before publishing; None = keep"
+    )
 
 
 class InferSettings(_Section):

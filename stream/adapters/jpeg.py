@@ -1,0 +1,66 @@
+"""JPEG encode/decode with OpenCV (libjpeg-turbo), RGB in and out.
+
+`decode_jpeg` can let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling, several times
+faster than a full decode) when the caller only needs an image at least `min_hw` large: that is
+what preprocess asks for, since every model input is far smaller than a camera frame.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from stream.errors import CodecError
+
+__all__ = ["decode_jpeg", "encode_jpeg", "jpeg_size"]
+
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of an HxWx3 uint8 RGB image."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise CodecError(f"expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise CodecError(f"JPEG encoding failed for an image of shape {rgb.shape}")
+    return buf.tobytes()
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from the JPEG's SOF marker, or None when it cannot be found."""
+    i, n = 2, len(data)
+    if n < 4 or data[:2] != b"\xff\xd8":
+        return None
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+        i += 2 + length
+    return None
+
+
+def decode_jpeg(data: bytes | np.ndarray, *, min_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode to uint8 HxWx3 RGB; with `min_hw`, at the smallest 1/2^k scale still >= min_hw."""
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
+    flag = cv2.IMREAD_COLOR
+    if min_hw is not None:
+        size = jpeg_size(bytes(buf[:65536]))
+        if size is not None:
+            for factor, reduced in _REDUCED:
+                if size[0] // factor >= min_hw[0] and size[1] // factor >= min_hw[1]:
+                    flag = reduced
+                    break
+    try:
+        bgr = cv2.imdecode(buf, flag)
+    except cv2.error as e:
+        raise CodecError(f"cannot decode JPEG ({buf.size} bytes): {e}") from e
+    if bgr is None:
+        raise CodecError(f"cannot decode JPEG ({buf.size} bytes): not a valid image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

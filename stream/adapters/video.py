@@ -1,0 +1,267 @@
+"""Frame sources: video files, RTSP, V4L2 webcams, image folders, and kinds others register.
+
+`open_source(spec)` picks a kind from the spec string:
+
+- ``rtsp://...``, ``rtsps://...``, ``rtmp://...``, ``http(s)://...`` -> a live network stream that
+  reconnects with exponential backoff (tenacity);
+- ``webcam:N`` or ``/dev/videoN`` -> a live V4L2 webcam;
+- a directory, a glob (``frames/*.jpg``) or a single image -> an image sequence (JPEG files are
+  passed on as their bytes, not decoded and re-encoded);
+- ``PREFIX:REST`` for a prefix added with `register_source_kind` (the load tester adds ``replay:``);
+- anything else (optionally ``file:PATH``) -> a video file FFmpeg can read (H.264/H.265/MPEG-4/MJPEG)
+  through PyAV, decoded with FFmpeg's own threads.
+
+Every read is blocking: call it from a thread (`asyncio.to_thread`), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from stream.errors import SourceError
+
+__all__ = [
+    "Frame",
+    "FrameSource",
+    "ImageFolderSource",
+    "LiveCaptureSource",
+    "VideoFileSource",
+    "open_source",
+    "register_source_kind",
+    "skip_frames",
+]
+
+log = logging.getLogger(__name__)
+
+_IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_NETWORK_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame: `rgb` (HxWx3 uint8) or `jpeg` bytes (at least one is set).
+
+    `pts_ms` is media time (for sampling by target fps); `capture_ms` an epoch time when the
+    source knows when the frame was taken (replay files); `label` optional ground truth.
+    """
+
+    rgb: np.ndarray | None = None
+    jpeg: bytes | None = None
+    pts_ms: float | None = None
+    capture_ms: float | None = None
+    label: str | None = None
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """A source of frames. `live` sources drop when the pipeline falls behind; others wait."""
+
+    uri: str
+    live: bool
+
+    def read(self) -> Frame | None:
+        """The next frame, blocking; None at the end of a finite source."""
+        ...
+
+    def close(self) -> None: ...
+
+
+SourceFactory = Callable[[str], FrameSource]
+_KINDS: dict[str, SourceFactory] = {}
+
+
+def register_source_kind(prefix: str, factory: SourceFactory) -> None:
+    """Open specs ``PREFIX:REST`` with `factory(REST)` (e.g. ``replay`` for the load tester)."""
+    if not prefix or ":" in prefix or "/" in prefix:
+        raise ValueError(f"source kind prefix must be a plain word, got {prefix!r}")
+    _KINDS[prefix] = factory
+
+
+def open_source(spec: str) -> FrameSource:
+    """Open the source `spec` names (see the module docstring); `SourceError` if it cannot."""
+    if not spec:
+        raise SourceError("empty source spec")
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in _KINDS:
+        return _KINDS[prefix](rest)
+    lowered = spec.lower()
+    if lowered.startswith(_NETWORK_PREFIXES):
+        return LiveCaptureSource(spec, spec)
+    if prefix == "webcam" and rest.isdigit():
+        return LiveCaptureSource(spec, int(rest), backend=cv2.CAP_V4L2)
+    if spec.startswith("/dev/video"):
+        return LiveCaptureSource(spec, spec, backend=cv2.CAP_V4L2)
+    if prefix == "file" and sep:
+        spec = rest
+    path = Path(spec)
+    if path.is_dir() or glob.has_magic(spec) or path.suffix.lower() in _IMAGE_EXTS:
+        return ImageFolderSource(spec)
+    if not path.is_file():
+        raise SourceError(f"source {spec!r}: no such file, directory, or known kind ({sorted(_KINDS)})")
+    return VideoFileSource(spec)
+
+
+def skip_frames(source: FrameSource, n: int) -> int:
+    """Read and discard `n` frames (to resume after a position); returns how many were skipped."""
+    for i in range(n):
+        if source.read() is None:
+            return i
+    return n
+
+
+class VideoFileSource:
+    """A video file through PyAV (FFmpeg), RGB frames with their presentation times."""
+
+    live = False
+
+    def __init__(self, path: str) -> None:
+        import av
+
+        self.uri = path
+        try:
+            self._container: Any = av.open(path)
+            stream = self._container.streams.video[0]
+        except (av.FFmpegError, IndexError, OSError) as e:
+            raise SourceError(f"cannot open video {path!r}: {e}") from e
+        stream.thread_type = "AUTO"
+        self._stream = stream
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else 30.0
+        self._frames: Iterator[Any] = self._container.decode(stream)
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        import av
+
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            return None
+        except av.FFmpegError as e:
+            raise SourceError(f"{self.uri}: cannot decode frame {self._index}: {e}") from e
+        pts_ms = float(frame.time * 1000.0) if frame.time is not None else self._index * 1000.0 / self.fps
+        self._index += 1
+        return Frame(rgb=frame.to_ndarray(format="rgb24"), pts_ms=pts_ms)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class ImageFolderSource:
+    """Images from a directory (sorted), a glob, or one file; nominal `fps` for media time."""
+
+    live = False
+
+    def __init__(self, spec: str, fps: float = 30.0) -> None:
+        self.uri = spec
+        self.fps = fps
+        path = Path(spec)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_EXTS)
+        elif glob.has_magic(spec):
+            files = sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in _IMAGE_EXTS)
+        else:
+            files = [path] if path.is_file() else []
+        if not files:
+            raise SourceError(f"source {spec!r}: no image files found")
+        self.files = files
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        if self._index >= len(self.files):
+            return None
+        path = self.files[self._index]
+        pts_ms = self._index * 1000.0 / self.fps
+        self._index += 1
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            return Frame(jpeg=path.read_bytes(), pts_ms=pts_ms)
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SourceError(f"{path}: not a readable image")
+        return Frame(rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), pts_ms=pts_ms)
+
+    def close(self) -> None:
+        self._index = len(self.files)
+
+
+class LiveCaptureSource:
+    """RTSP/HTTP streams and V4L2 webcams through OpenCV; reconnects with exponential backoff.
+
+    A read that fails closes the capture and reopens it, waiting 0.5 s, 1 s, 2 s, ... (at most
+    `max_backoff_s`) between attempts; after `max_attempts` failed reopenings the source raises
+    `SourceError` (the ingest stage reports it and publishes end-of-stream).
+    """
+
+    live = True
+
+    def __init__(
+        self,
+        uri: str,
+        target: str | int,
+        *,
+        backend: int = cv2.CAP_ANY,
+        max_attempts: int = 8,
+        max_backoff_s: float = 10.0,
+        opener: Callable[[], Any] | None = None,
+    ) -> None:
+        self.uri = uri
+        self._target = target
+        self._backend = backend
+        self._opener = opener or self._open_capture
+        self.max_attempts = max_attempts
+        self.max_backoff_s = max_backoff_s
+        self.reconnects = 0
+        self._cap: Any = None
+        self._closed = False
+        self._connect()
+
+    def _open_capture(self) -> Any:
+        cap = cv2.VideoCapture(self._target, self._backend)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {self.uri}")
+        return cap
+
+    def _connect(self) -> None:
+        retrying = Retrying(
+            retry=retry_if_exception_type(SourceError),
+            wait=wait_exponential(multiplier=0.5, max=self.max_backoff_s),
+            stop=stop_after_attempt(self.max_attempts),
+            reraise=True,
+            before_sleep=lambda rs: log.warning(
+                "%s: reconnect attempt %d failed", self.uri, rs.attempt_number
+            ),
+        )
+        self._cap = retrying(self._opener)
+
+    def read(self) -> Frame | None:
+        while not self._closed:
+            ok, bgr = self._cap.read() if self._cap is not None else (False, None)
+            if ok and bgr is not None:
+                return Frame(rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), capture_ms=time.time() * 1000.0)
+            if self._closed:
+                break
+            log.warning("%s: read failed, reconnecting", self.uri)
+            self._release()
+            self.reconnects += 1
+            self._connect()
+        return None
+
+    def _release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def close(self) -> None:
+        self._closed = True
+        self._release()

@@ -1,0 +1,192 @@
+"""What every stage loop shares: the transport, reclaiming, safe trimming, stamps and metrics.
+
+A stage reads its input stream through its consumer group, handles a batch of entries, and then,
+in one MULTI/EXEC, adds its outputs and acks the inputs they came from. Bad input (undecodable,
+wrong shape, unknown model, ...) is dead-lettered with a reason and acked; the loop keeps going.
+A message whose frame had to be dead-lettered is followed downstream by a ``kind="skip"`` marker
+(same source and seq) so the postprocess reorder buffer need not wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import redis.asyncio as aioredis
+
+from stream.adapters.metrics import metrics
+from stream.adapters.redis_streams import DeadLetter, Entry, GroupStats, Output, StreamTransport
+from stream.core.codec import Message, encode_message
+from stream.core.keys import PipelineKeys
+from stream.core.messages import SKIP
+from stream.settings import Settings
+
+__all__ = ["ConsumerStage", "Handled", "StageBase", "StageLoop", "now_ms", "skip_marker"]
+
+log = logging.getLogger(__name__)
+
+_TRIM_INTERVAL_S = 1.0
+_LAG_INTERVAL_S = 2.0
+
+
+def now_ms() -> float:
+    """Wall-clock epoch milliseconds (message stamps; durations use time.monotonic)."""
+    return time.time() * 1000.0
+
+
+@runtime_checkable
+class StageLoop(Protocol):
+    name: str
+    processed: int
+    last_progress_s: float
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+    async def backlog(self) -> GroupStats: ...
+
+
+@dataclass
+class Handled:
+    """What handling a batch produced: outputs to add, entries to ack with them, dead letters."""
+
+    outputs: list[Output] = field(default_factory=list)
+    acks: list[Entry] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def skip_marker(meta: dict[str, Any], reason: str, **extra: Any) -> bytes:
+    """A ``kind="skip"`` message telling later stages that this (source, seq) will not come."""
+    keep = {k: meta[k] for k in ("source", "seq", "model", "capture_ms", "ingest_ms") if k in meta}
+    return encode_message(Message(meta={**keep, **extra, "kind": SKIP, "reason": reason}))
+
+
+class StageBase:
+    """Transport, timers and counters for one stage reading `stream` through `group`."""
+
+    name = "stage"
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        *,
+        consumer: str,
+        stream: str,
+        group: str,
+        model: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.consumer = consumer
+        self.stream = stream
+        self.group = group
+        self.model = model
+        self.keys = PipelineKeys(settings.streams.pipeline)
+        self.transport = StreamTransport(
+            client,
+            self.keys,
+            stage=self.name,
+            max_deliveries=settings.streams.max_deliveries,
+            claim_idle_ms=settings.streams.claim_idle_ms,
+        )
+        self.processed = 0
+        self.dead_lettered = 0
+        self.last_progress_s = time.monotonic()
+        self._next_reclaim_s = 0.0
+        self._next_trim_s = time.monotonic() + _TRIM_INTERVAL_S
+        self._next_lag_s = 0.0
+        self._started = False
+
+    async def backlog(self) -> GroupStats:
+        return await self.transport.group_stats(self.stream, self.group)
+
+    async def start(self) -> None:
+        """Create the input group (reading from the start of the stream) if missing."""
+        if not self._started:
+            await self.transport.ensure_group(self.stream, self.group, start_id="0")
+            self._started = True
+
+    def tick(self) -> None:
+        self.last_progress_s = time.monotonic()
+
+    async def next_entries(self, count: int, block_ms: int | None) -> list[Entry]:
+        """Reclaimed entries of dead consumers when a reclaim is due and finds some, else new ones."""
+        now = time.monotonic()
+        if now >= self._next_reclaim_s:
+            self._next_reclaim_s = now + self.settings.streams.claim_idle_ms / 2000.0
+            reclaimed = await self.transport.reclaim(self.stream, self.group, self.consumer, count=count)
+            if reclaimed:
+                log.info("%s: reclaimed %d idle entries", self.name, len(reclaimed))
+                return reclaimed
+        return await self.transport.read(
+            self.stream, self.group, self.consumer, count=count, block_ms=block_ms
+        )
+
+    async def dead_letter(self, letters: list[DeadLetter]) -> None:
+        if letters:
+            for letter in letters:
+                log.warning("%s: dead-lettered %s: %s", self.name, letter.entry.id, letter.reason)
+            await self.transport.dead_letter(letters, self.group)
+            metrics.dead_letters(self.name, len(letters))
+            metrics.frames(self.name, "dead", len(letters))
+            self.dead_lettered += len(letters)
+            self.processed += len(letters)
+
+    async def commit(self, handled: Handled) -> None:
+        """Dead letters first (each acked with its letter), then outputs + acks atomically."""
+        await self.dead_letter(handled.dead)
+        if handled.outputs or handled.acks:
+            await self.transport.forward(handled.outputs, self.group, handled.acks)
+            self.processed += len(handled.acks)
+            metrics.frames(self.name, "ok", len(handled.acks))
+
+    async def maintain(self) -> None:
+        """Periodic chores: safe-trim the input stream, publish its lag."""
+        now = time.monotonic()
+        if now >= self._next_trim_s:
+            self._next_trim_s = now + _TRIM_INTERVAL_S
+            await self.transport.trim(self.stream)
+        if now >= self._next_lag_s:
+            self._next_lag_s = now + _LAG_INTERVAL_S
+            stats = await self.backlog()
+            metrics.stream_lag(self.stream, self.group, stats.backlog)
+
+
+class ConsumerStage(StageBase):
+    """A stage that handles each read batch as a whole: read -> decode -> handle -> commit."""
+
+    async def handle(self, items: list[tuple[Entry, Message]]) -> Handled:
+        raise NotImplementedError
+
+    async def flush(self) -> Handled:
+        """Whatever the stage still holds, at shutdown (default: nothing)."""
+        return Handled()
+
+    async def on_idle(self) -> Handled:
+        """Called after every read, also an empty one (timeouts of held state)."""
+        return Handled()
+
+    def read_block_ms(self) -> int:
+        return self.settings.streams.block_ms
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        while not stop.is_set():
+            self.tick()
+            entries = await self.next_entries(self.settings.streams.read_count, self.read_block_ms())
+            if entries:
+                good, bad = self.transport.decode(entries)
+                await self.dead_letter(bad)
+                if good:
+                    started = time.monotonic()
+                    await self.commit(await self.handle(good))
+                    metrics.stage_seconds(self.name, (time.monotonic() - started) / len(good))
+            await self.commit(await self.on_idle())
+            await self.maintain()
+        await asyncio.wait_for(self._drain(), timeout=self.settings.streams.drain_timeout_s)
+
+    async def _drain(self) -> None:
+        await self.commit(await self.flush())

@@ -1,0 +1,190 @@
+"""ingest's blocking half: read, sample, downscale and JPEG-encode frames (run in a thread), and
+the reader thread of a live source with its drop buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from stream.adapters.jpeg import decode_jpeg, encode_jpeg
+from stream.adapters.video import Frame, FrameSource
+from stream.core.codec import Message, encode_message
+from stream.core.messages import EOS, FRAME
+from stream.core.sampling import DropBuffer, FrameSampler
+from stream.errors import CodecError, SourceError
+from stream.settings import IngestSettings
+
+__all__ = ["Chunk", "LivePump", "PendingFrame", "encode_frames", "eos_message", "prepare_frame"]
+
+log = logging.getLogger(__name__)
+_MAX_READS_PER_CHUNK = 512  # stay responsive when sampling skips most frames
+
+
+@dataclass
+class PendingFrame:
+    """A frame ready to publish: its payload plus what the message meta needs."""
+
+    array: np.ndarray
+    encoding: str
+    capture_ms: float
+    pts_ms: float | None
+    label: str | None
+
+    def encode(self, source_id: str, seq: int, ingest_ms: float) -> bytes:
+        meta = {
+            "kind": FRAME,
+            "source": source_id,
+            "seq": seq,
+            "capture_ms": self.capture_ms,
+            "ingest_ms": ingest_ms,
+            "encoding": self.encoding,
+            "label": self.label,
+            "pts_ms": self.pts_ms,
+            "stamps": {"ingest": [self.capture_ms, ingest_ms]},
+        }
+        return encode_message(Message(meta=meta, array=self.array))
+
+
+@dataclass
+class Chunk:
+    frames: list[PendingFrame] = field(default_factory=list)
+    consumed: int = 0  # frames read from the source (kept or not)
+    eof: bool = False
+    dropped: int = 0
+    first_pts_ms: float | None = None
+
+
+def eos_message(
+    source_id: str, seq: int, *, first_seq: int = 0, error: str | None = None, removed: bool = False
+) -> bytes:
+    """End of a source: `seq` follows its last frame; it published `seq - first_seq` frames."""
+    meta: dict[str, object] = {
+        "kind": EOS,
+        "source": source_id,
+        "seq": seq,
+        "first_seq": first_seq,
+        "ingest_ms": time.time() * 1000,
+    }
+    if error:
+        meta["error"] = error
+    if removed:
+        meta["reason"] = "removed"
+    return encode_message(Message(meta=meta))
+
+
+def _shrink(rgb: np.ndarray, short_side: int | None) -> np.ndarray:
+    if short_side is None:
+        return rgb
+    h, w = rgb.shape[:2]
+    if min(h, w) <= short_side:
+        return rgb
+    scale = short_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+def prepare_frame(frame: Frame, cfg: IngestSettings) -> PendingFrame:
+    """Downscale (if configured) and encode one frame per the ingest settings."""
+    capture_ms = frame.capture_ms if frame.capture_ms is not None else time.time() * 1000.0
+    cap = cfg.frame_short_side_px
+    if cfg.encoding == "jpeg" and frame.jpeg is not None and cap is None:
+        array = np.frombuffer(frame.jpeg, dtype=np.uint8)  # pass JPEG files on untouched
+    else:
+        rgb = frame.rgb
+        if rgb is None:
+            if frame.jpeg is None:
+                raise SourceError("frame has neither pixels nor JPEG bytes")
+            try:
+                rgb = decode_jpeg(frame.jpeg)
+            except CodecError as e:
+                raise SourceError(f"frame is not a decodable JPEG: {e}") from e
+        rgb = _shrink(rgb, cap)
+        if cfg.encoding == "jpeg":
+            array = np.frombuffer(encode_jpeg(rgb, cfg.jpeg_quality), dtype=np.uint8)
+        else:
+            array = np.ascontiguousarray(rgb)
+    return PendingFrame(array, cfg.encoding, capture_ms, frame.pts_ms, frame.label)
+
+
+def encode_frames(source: FrameSource, sampler: FrameSampler, n: int, cfg: IngestSettings) -> Chunk:
+    """Read up to `n` kept frames from a (non-live) source. Blocking: call from a thread."""
+    chunk = Chunk()
+    while len(chunk.frames) < n and chunk.consumed < _MAX_READS_PER_CHUNK:
+        frame = source.read()
+        if frame is None:
+            chunk.eof = True
+            break
+        chunk.consumed += 1
+        t_ms = frame.pts_ms if frame.pts_ms is not None else time.time() * 1000.0
+        if not sampler.keep(t_ms):
+            continue
+        if chunk.first_pts_ms is None:
+            chunk.first_pts_ms = frame.pts_ms
+        chunk.frames.append(prepare_frame(frame, cfg))
+    return chunk
+
+
+class LivePump:
+    """Reads a live source on its own thread into a `DropBuffer` (drop by policy when full)."""
+
+    def __init__(self, source: FrameSource, sampler: FrameSampler, cfg: IngestSettings) -> None:
+        self.source = source
+        self.sampler = sampler
+        self.cfg = cfg
+        self._buffer: DropBuffer[Frame] = DropBuffer(cfg.live_queue, cfg.live_policy)
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._reported = 0
+        self.eof = False
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name=f"live:{source.uri}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                frame = self.source.read()
+                if frame is None:
+                    break
+                t_ms = frame.capture_ms if frame.capture_ms is not None else time.time() * 1000.0
+                if self.sampler.keep(t_ms):
+                    with self._lock:
+                        self._buffer.put(frame)
+        except SourceError as e:
+            self.error = str(e)
+        except Exception as e:  # a reader thread must not die silently
+            log.exception("live source %s failed", self.source.uri)
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self.eof = True
+
+    def drain_dropped(self) -> int:
+        """Frames the buffer dropped since the last call."""
+        with self._lock:
+            total = self._buffer.dropped
+        new, self._reported = total - self._reported, total
+        return new
+
+    def take_encoded(self, n: int, publish: bool) -> Chunk:
+        """Up to `n` buffered frames, encoded; with `publish` False they are dropped (pipeline behind)."""
+        eof = self.eof
+        with self._lock:
+            frames = self._buffer.take(n)
+        chunk = Chunk(eof=eof and not frames)
+        if not publish:
+            chunk.dropped = len(frames)
+            return chunk
+        chunk.frames = [prepare_frame(f, self.cfg) for f in frames]
+        return chunk
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.source.close()

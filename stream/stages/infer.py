@@ -1,0 +1,185 @@
+"""infer: dynamic batching onto an OpenVINO engine, several batches in flight.
+
+Reads up to `max_batch_size` tensors, waits at most `max_wait_ms` for more (policy in
+`stream.core.batching`), runs one batched request per batch with up to `infer.inflight` batches in
+flight, and emits float16 probabilities with `batch_size` and `batch_wait_ms` in the meta.
+
+Redis rounds XREADGROUP BLOCK timeouts up to its cron tick (100 ms at the default hz 10), far
+coarser than `max_wait_ms`, so while a partial batch waits the loop polls without blocking and
+sleeps on the event loop instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from stream.adapters.metrics import metrics
+from stream.adapters.redis_streams import DeadLetter, Entry, Output
+from stream.core.batching import BatchBuffer, BatchPolicy
+from stream.core.codec import Message, encode_message
+from stream.core.keys import PipelineKeys
+from stream.core.messages import EOS, FRAME, SKIP
+from stream.settings import Settings
+from stream.stages.base import Handled, StageBase, now_ms, skip_marker
+
+__all__ = ["InferStage"]
+
+_POLL_S = 0.001
+
+
+class InferStage(StageBase):
+    name = "infer"
+
+    def __init__(
+        self, settings: Settings, client: aioredis.Redis, *, consumer: str, model: str, engine: Any = None
+    ) -> None:
+        keys = PipelineKeys(settings.streams.pipeline)
+        super().__init__(
+            settings,
+            client,
+            consumer=consumer,
+            stream=keys.tensors(model),
+            group=keys.group("infer", model),
+            model=model,
+        )
+        if engine is None:
+            from stream.adapters.openvino_engine import open_engine
+
+            engine = open_engine(
+                model,
+                weights_dir=settings.models.weights_dir,
+                cache_dir=settings.models.cache_dir,
+                performance_hint=settings.infer.performance_hint,
+                num_requests=settings.infer.num_requests,
+            )
+        self.engine = engine
+        self.output = keys.scores(model)
+        cfg = settings.infer
+        self.policy = BatchPolicy(cfg.max_batch_size, cfg.max_wait_ms)
+        self.inflight = cfg.inflight
+        self.batches = 0
+        self.batched_frames = 0
+        self._failure: BaseException | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        buffer: BatchBuffer[tuple[Entry, Message, float]] = BatchBuffer(self.policy)
+        slots = asyncio.Semaphore(self.inflight)
+        tasks: set[asyncio.Task[None]] = set()
+        limit = self.policy.max_batch_size * (self.inflight + 1)
+        try:
+            while not stop.is_set():
+                self.tick()
+                if self._failure is not None:
+                    raise self._failure
+                wait_ms = buffer.wait_ms(_ms())
+                if len(buffer) < limit and (wait_ms is None or wait_ms > 0):
+                    block = self.settings.streams.block_ms if wait_ms is None else None
+                    entries = await self.next_entries(buffer.room(), block)
+                    if entries:
+                        good, bad = self.transport.decode(entries)
+                        await self.dead_letter(bad)
+                        arrived = _ms()
+                        buffer.add([(e, m, now_ms()) for e, m in good], arrived)
+                    elif wait_ms is not None:
+                        await asyncio.sleep(min(_POLL_S, wait_ms / 1000.0))
+                for batch in buffer.take_ready(_ms()):
+                    await self._launch(batch, slots, tasks)
+                if len(buffer) >= limit:
+                    await asyncio.sleep(_POLL_S)  # every slot busy: let a batch finish
+                await self.maintain()
+            await asyncio.wait_for(self._drain(buffer, slots, tasks), self.settings.streams.drain_timeout_s)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _drain(
+        self, buffer: BatchBuffer[tuple[Entry, Message, float]], slots: asyncio.Semaphore, tasks: set
+    ) -> None:
+        for batch in buffer.take_all():
+            await self._launch(batch, slots, tasks)
+        if tasks:
+            await asyncio.gather(*list(tasks))
+
+    async def _launch(self, batch: list, slots: asyncio.Semaphore, tasks: set[asyncio.Task[None]]) -> None:
+        await slots.acquire()
+        task = asyncio.create_task(self._run_batch(batch, slots))
+        tasks.add(task)
+
+        def _done(t: asyncio.Task[None]) -> None:
+            tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None and self._failure is None:
+                self._failure = t.exception()
+
+        task.add_done_callback(_done)
+
+    async def _run_batch(self, batch: list[tuple[Entry, Message, float]], slots: asyncio.Semaphore) -> None:
+        try:
+            await self.commit(await self._infer(batch))
+        finally:
+            slots.release()
+
+    async def _infer(self, batch: list[tuple[Entry, Message, float]]) -> Handled:
+        out = Handled()
+        frames: list[tuple[Entry, Message, float]] = []
+        h, w = self.engine.spec.input_hw
+        for entry, message, arrived in batch:
+            kind = message.meta.get("kind")
+            if kind in (EOS, SKIP):
+                continue
+            reason = _bad_tensor(message, self.model or "", (h, w))
+            if reason is None:
+                frames.append((entry, message, arrived))
+            else:
+                out.dead.append(DeadLetter(entry, f"infer {self.model}: {reason}"))
+                if "source" in message.meta and "seq" in message.meta:
+                    out.outputs.append(Output(self.output, skip_marker(message.meta, reason)))
+        started = now_ms()
+        probs = np.zeros((0, 1000), np.float16)
+        if frames:
+            t0 = time.monotonic()
+            x = np.stack([m.array for _, m, _ in frames])
+            probs = (await self.engine.infer_async(x)).astype(np.float16)
+            metrics.stage_seconds(self.name, (time.monotonic() - t0) / len(frames))
+            metrics.batch_size(self.model or "", len(frames))
+            self.batches += 1
+            self.batched_frames += len(frames)
+        done = now_ms()
+        scores = iter(probs)
+        for entry, message, arrived in batch:
+            meta = dict(message.meta)
+            kind = meta.get("kind")
+            if kind in (EOS, SKIP):
+                out.outputs.append(Output(self.output, encode_message(Message(meta=meta))))
+                out.acks.append(entry)
+            elif not any(entry is d.entry for d in out.dead):
+                meta["batch_size"] = len(frames)
+                meta["batch_wait_ms"] = round(started - arrived, 3)
+                meta["stamps"] = {**meta.get("stamps", {}), "infer": [arrived, done]}
+                out.outputs.append(
+                    Output(self.output, encode_message(Message(meta=meta, array=next(scores))))
+                )
+                out.acks.append(entry)
+        return out
+
+
+def _bad_tensor(message: Message, model: str, hw: tuple[int, int]) -> str | None:
+    meta = message.meta
+    if meta.get("kind") != FRAME:
+        return f"unknown message kind {meta.get('kind')!r}"
+    if meta.get("model") not in (None, model):
+        return f"tensor is for model {meta.get('model')!r}, this stage serves {model!r}"
+    a = message.array
+    if a is None or a.dtype != np.uint8 or a.shape != (hw[0], hw[1], 3):
+        got = "no array" if a is None else f"{a.dtype} {a.shape}"
+        return f"expected uint8 tensor {hw[0]}x{hw[1]}x3, got {got}"
+    return None
+
+
+def _ms() -> float:
+    return time.monotonic() * 1000.0

@@ -1,0 +1,305 @@
+"""ingest: play the registered sources into the frames stream.
+
+Sources live in ``keys.sources`` (see `stream.stages.sources`), so they can be added and removed
+while the pipeline runs. Each source is played by exactly one ingest replica at a time: the
+replica holds a lease key (SET NX PX, renewed every scan) and records its progress with every
+publish, so a replica that takes over resumes after the last published frame.
+
+File, image and replay sources wait while the frames stream's slowest consumer group has more
+than ``ingest.high_water`` entries outstanding; live sources (RTSP, webcams) never wait: a reader
+thread fills a small buffer that drops by policy, and frames that arrive while the pipeline is
+behind are dropped too. Every drop is counted (metrics and ``keys.counters``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from stream.adapters.metrics import metrics
+from stream.adapters.redis_streams import GroupStats, StreamTransport
+from stream.adapters.video import FrameSource, open_source, skip_frames
+from stream.core.keys import FIELD, PipelineKeys
+from stream.core.sampling import FrameSampler
+from stream.errors import SourceError
+from stream.settings import Settings
+from stream.stages.frames import LivePump, encode_frames, eos_message
+from stream.stages.sources import SourceSpec, add_source, get_state, list_sources, remove_source
+
+__all__ = ["IngestStage", "add_source", "list_sources", "remove_source"]
+
+log = logging.getLogger(__name__)
+
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_CHUNK = 8  # frames per publish (one MULTI/EXEC)
+
+
+@dataclass
+class _Player:
+    source_id: str
+    spec: SourceSpec
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    removed: bool = False
+    first_seq: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class IngestStage:
+    """Plays every source this replica holds a lease on; `processed` counts published frames."""
+
+    name = "ingest"
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        *,
+        consumer: str,
+        lease_ms: int = 5_000,
+        scan_interval_s: float = 0.25,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.consumer = consumer
+        self.keys = PipelineKeys(settings.streams.pipeline)
+        self.transport = StreamTransport(client, self.keys, stage=self.name)
+        self.lease_ms = lease_ms
+        self.scan_interval_s = scan_interval_s
+        self.processed = 0
+        self.dropped = 0
+        self.last_progress_s = time.monotonic()
+        self._players: dict[str, _Player] = {}
+        self._backlog_cache: tuple[float, int] = (0.0, 0)
+
+    async def backlog(self) -> GroupStats:
+        """The frames stream's slowest consumer group (lag + pending), or its length with no group."""
+        stream = self.keys.frames
+        try:
+            groups = await self.client.xinfo_groups(stream)
+        except ResponseError:
+            groups = []
+        stats = [await self.transport.group_stats(stream, _name(g)) for g in groups]
+        if not stats:
+            length = int(await self.client.xlen(stream))
+            return GroupStats(stream, "", lag=length, pending=0, consumers=0)
+        return max(stats, key=lambda s: s.backlog)
+
+    async def _frames_backlog(self) -> int:
+        at, value = self._backlog_cache
+        if time.monotonic() - at > 0.02:
+            value = (await self.backlog()).backlog
+            self._backlog_cache = (time.monotonic(), value)
+        return value
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                self.last_progress_s = time.monotonic()
+                await self._scan()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.scan_interval_s)
+        finally:
+            await self._stop_all()
+
+    async def _scan(self) -> None:
+        specs = {_name(k): v for k, v in (await self.client.hgetall(self.keys.sources)).items()}
+        states = {
+            _name(k): json.loads(v) for k, v in (await self.client.hgetall(self.keys.source_state)).items()
+        }
+        for source_id, player in list(self._players.items()):
+            if player.task is not None and player.task.done():
+                del self._players[source_id]
+                await self._release(source_id)
+                if not player.task.cancelled() and (exc := player.task.exception()) is not None:
+                    raise exc
+            elif source_id not in specs:
+                player.removed = True
+                player.stop.set()
+            elif not await self.client.eval(
+                _RENEW, 1, self.keys.source_lease(source_id), self.consumer, self.lease_ms
+            ):
+                log.warning("ingest %s: lost the lease on %s; stopping it", self.consumer, source_id)
+                player.stop.set()
+        for source_id, raw in specs.items():
+            if source_id in self._players or states.get(source_id, {}).get("done"):
+                continue
+            try:
+                spec = SourceSpec.from_json(raw)
+            except (ValueError, TypeError) as e:
+                await self._finish(source_id, states.get(source_id, {}), error=f"bad source spec: {e}")
+                continue
+            lease = self.keys.source_lease(source_id)
+            if await self.client.set(lease, self.consumer, nx=True, px=self.lease_ms):
+                player = _Player(source_id, spec)
+                player.task = asyncio.create_task(self._play(player), name=f"ingest:{source_id}")
+                self._players[source_id] = player
+                log.info("ingest %s: playing %s (%s)", self.consumer, source_id, spec.uri)
+
+    async def _stop_all(self) -> None:
+        for player in self._players.values():
+            player.stop.set()
+        tasks = [p.task for p in self._players.values() if p.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.streams.drain_timeout_s)
+            for task in pending:
+                task.cancel()
+        for source_id in list(self._players):
+            await self._release(source_id)
+        self._players.clear()
+
+    async def _release(self, source_id: str) -> None:
+        await self.client.eval(_RELEASE, 1, self.keys.source_lease(source_id), self.consumer)
+
+    async def _play(self, player: _Player) -> None:
+        state = await get_state(self.client, self.keys, player.source_id)
+        next_seq, position = int(state.get("next_seq", 0)), int(state.get("position", 0))
+        player.first_seq = int(state.get("first_seq", 0))
+        try:
+            source = await asyncio.to_thread(_open_at, player.spec.uri, position)
+        except SourceError as e:
+            log.error("ingest: source %s cannot be read: %s", player.source_id, e)
+            await self._finish(player.source_id, state, error=str(e))
+            return
+        live = player.spec.live if player.spec.live is not None else source.live
+        sampler = FrameSampler(
+            player.spec.target_fps or self.settings.ingest.target_fps,
+            player.spec.every_nth or self.settings.ingest.every_nth,
+            seen=position,
+        )
+        try:
+            if live:
+                error = await self._play_live(player, source, sampler, next_seq)
+            else:
+                error = await self._play_file(player, source, sampler, next_seq, position)
+        finally:
+            await asyncio.to_thread(source.close)
+        if error is not None or player.removed or not player.stop.is_set():
+            await self._finish(player.source_id, await get_state(self.client, self.keys, player.source_id),
+                               error=error, removed=player.removed)  # fmt: skip
+
+    async def _play_file(
+        self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int, position: int
+    ) -> str | None:
+        high_water = self.settings.ingest.high_water
+        pace_origin: tuple[float, float] | None = None
+        while not player.stop.is_set():
+            while await self._frames_backlog() > high_water and not player.stop.is_set():
+                self.last_progress_s = time.monotonic()
+                await asyncio.sleep(0.01)
+            try:
+                chunk = await asyncio.to_thread(encode_frames, source, sampler, _CHUNK, self.settings.ingest)
+            except SourceError as e:
+                return str(e)
+            if player.spec.realtime and chunk.frames:
+                pace_origin = await _pace(pace_origin, chunk.first_pts_ms)
+            position += chunk.consumed
+            if chunk.frames:
+                next_seq = await self._publish(player, chunk.frames, next_seq, position)
+            if chunk.eof:
+                if not player.spec.loop:
+                    return None
+                await asyncio.to_thread(source.close)
+                source = await asyncio.to_thread(open_source, player.spec.uri)
+                position, sampler.seen, pace_origin = 0, 0, None
+        return None
+
+    async def _play_live(
+        self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int
+    ) -> str | None:
+        cfg = self.settings.ingest
+        pump = LivePump(source, sampler, cfg)
+        pump.start()
+        try:
+            while not player.stop.is_set():
+                self.last_progress_s = time.monotonic()
+                behind = await self._frames_backlog() > cfg.high_water
+                chunk = await asyncio.to_thread(pump.take_encoded, _CHUNK, not behind)
+                await self._count_drops(player.source_id, cfg.live_policy, pump.drain_dropped())
+                await self._count_drops(player.source_id, "backpressure", chunk.dropped)
+                if chunk.frames:
+                    next_seq = await self._publish(player, chunk.frames, next_seq, 0)
+                if pump.error is not None:
+                    return pump.error
+                if chunk.eof:
+                    return None
+                if not chunk.frames:
+                    await asyncio.sleep(0.005)
+        finally:
+            pump.stop()
+        return None
+
+    async def _count_drops(self, source_id: str, reason: str, n: int) -> None:
+        if n:
+            self.dropped += n
+            metrics.dropped(source_id, reason, n)
+            metrics.frames(self.name, "dropped", n)
+            await self.client.hincrby(self.keys.counters, f"dropped:{source_id}", n)
+
+    async def _publish(self, player: _Player, frames: list, next_seq: int, position: int) -> int:
+        """XADD the frames with their seq and record progress, in one MULTI/EXEC; returns next seq."""
+        source_id = player.source_id
+        ingest_ms = time.time() * 1000.0
+        async with self.client.pipeline(transaction=True) as pipe:
+            for frame in frames:
+                pipe.xadd(self.keys.frames, {FIELD: frame.encode(source_id, next_seq, ingest_ms)})
+                next_seq += 1
+            state = {"next_seq": next_seq, "position": position, "first_seq": player.first_seq, "done": False}
+            pipe.hset(self.keys.source_state, source_id, json.dumps(state))
+            pipe.hincrby(self.keys.counters, f"published:{source_id}", len(frames))
+            await pipe.execute()
+        self.processed += len(frames)
+        metrics.frames(self.name, "ok", len(frames))
+        return next_seq
+
+    async def _finish(
+        self, source_id: str, state: dict, *, error: str | None = None, removed: bool = False
+    ) -> None:
+        """Publish end-of-stream and mark the source done, atomically."""
+        next_seq, first_seq = int(state.get("next_seq", 0)), int(state.get("first_seq", 0))
+        # end-of-stream takes a seq of its own: a source re-added later starts after it
+        done = {**state, "next_seq": next_seq + 1, "done": True, "error": error}
+        eos = eos_message(source_id, next_seq, first_seq=first_seq, error=error, removed=removed)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.frames, {FIELD: eos})
+            pipe.hset(self.keys.source_state, source_id, json.dumps(done))
+            await pipe.execute()
+        self.processed += 1
+        log.info("ingest: source %s finished after %d frames%s", source_id, next_seq,
+                 f" ({error})" if error else "")  # fmt: skip
+
+
+def _open_at(uri: str, position: int) -> FrameSource:
+    source = open_source(uri)
+    if position:
+        skip_frames(source, position)
+    return source
+
+
+async def _pace(origin: tuple[float, float] | None, pts_ms: float | None) -> tuple[float, float] | None:
+    """Sleep until the frame at `pts_ms` is due at the media's own pace; returns the pace origin."""
+    if pts_ms is None:
+        return origin
+    now = time.monotonic()
+    if origin is None:
+        return (now, pts_ms)
+    delay = (pts_ms - origin[1]) / 1000.0 - (now - origin[0])
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return origin
+
+
+def _name(raw: object) -> str:
+    if isinstance(raw, dict):
+        raw = raw.get("name", raw.get(b"name"))
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

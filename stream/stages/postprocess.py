@@ -1,0 +1,258 @@
+"""postprocess: scores -> results, in order per source, with smoothing and label-change events.
+
+Per (source, model): a reorder buffer (bounded in frames and time) puts frames back in `seq`
+order, then an EMA + hysteresis smoother gives `smoothed_label`; every change of it is an event on
+``keys.events``. Each result carries top-k with labels, per-stage times from the stamps, and
+end-to-end latency. An input entry is acked only together with the result it produced, so frames
+held in the reorder buffer are redelivered if this replica dies.
+
+Smoothing state lives in this process. It is exact with one postprocess replica per model (the
+runner starts one; postprocess is cheap). With several replicas each sees part of every source's
+frames: results stay complete and correct per frame, but the reorder buffer waits out gaps that
+another replica filled and `smoothed_label` is smoothed over a subset of frames (approximate).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from stream.adapters.redis_streams import DeadLetter, Entry, Output
+from stream.core.codec import Message, encode_message
+from stream.core.keys import PipelineKeys
+from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP
+from stream.core.reorder import Released, ReorderBuffer
+from stream.core.scoring import top_k
+from stream.core.smoothing import LabelSmoother
+from stream.settings import Settings
+from stream.stages.base import ConsumerStage, Handled, now_ms
+from stream.zoo.descriptors import load_spec
+from stream.zoo.store import find_labels, resolve_weights_dir
+
+__all__ = ["PostprocessStage"]
+
+_RESULTS_TRIM_S = 5.0
+
+
+@dataclass
+class _Track:
+    """Ordering and smoothing state of one (source, model)."""
+
+    reorder: ReorderBuffer[tuple[Entry, Message]]
+    smoother: LabelSmoother
+    results: int = 0
+    skipped: int = 0
+    gaps: int = 0
+    late: int = 0
+    label: str | None = field(default=None)
+
+    def restart(self, smoother: LabelSmoother) -> None:
+        """After end-of-stream: a source re-added later continues its seq, with fresh statistics."""
+        self.smoother, self.label = smoother, None
+        self.results = self.skipped = self.gaps = self.late = 0
+
+
+class PostprocessStage(ConsumerStage):
+    name = "postprocess"
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        *,
+        consumer: str,
+        model: str,
+        labels: list[str] | None = None,
+    ) -> None:
+        keys = PipelineKeys(settings.streams.pipeline)
+        super().__init__(
+            settings,
+            client,
+            consumer=consumer,
+            stream=keys.scores(model),
+            group=keys.group("postprocess", model),
+            model=model,
+        )
+        if labels is None:
+            spec = load_spec(model)
+            found = find_labels(
+                spec,
+                weights_dir=resolve_weights_dir(settings.models.weights_dir),
+                cache_dir=settings.models.cache_dir,
+            )
+            labels = list(found.names)
+        self.labels = labels
+        self.cfg = settings.postprocess
+        self._tracks: dict[str, _Track] = {}
+        self._next_results_trim_s = 0.0
+
+    def _track(self, source: str) -> _Track:
+        track = self._tracks.get(source)
+        if track is None:
+            track = _Track(
+                ReorderBuffer(self.cfg.reorder_max_frames, self.cfg.reorder_max_wait_ms),
+                LabelSmoother(self.cfg.ema_alpha, self.cfg.hysteresis_frames),
+            )
+            self._tracks[source] = track
+        return track
+
+    async def handle(self, items: list[tuple[Entry, Message]]) -> Handled:
+        out = Handled()
+        now = _ms()
+        for entry, message in items:
+            meta = message.meta
+            reason = self._check(message)
+            if reason is not None:
+                out.dead.append(DeadLetter(entry, f"postprocess {self.model}: {reason}"))
+                if isinstance(meta.get("source"), str) and isinstance(meta.get("seq"), int):
+                    # keep the order moving: this seq will not come (acking twice is harmless)
+                    skip = Message(meta={"kind": SKIP, "source": meta["source"], "seq": meta["seq"]})
+                    released = self._track(meta["source"]).reorder.push(meta["seq"], (entry, skip), now)
+                    self._emit(meta["source"], released, out)
+                continue
+            source, seq = meta["source"], meta["seq"]
+            self._emit(source, self._track(source).reorder.push(seq, (entry, message), now), out)
+        return out
+
+    def _check(self, message: Message) -> str | None:
+        meta = message.meta
+        kind = meta.get("kind")
+        if kind not in (FRAME, EOS, SKIP):
+            return f"unknown message kind {kind!r}"
+        if not isinstance(meta.get("source"), str) or not isinstance(meta.get("seq"), int) or meta["seq"] < 0:
+            return "message has no valid source/seq"
+        if meta.get("model") not in (None, self.model):
+            return f"scores are for model {meta.get('model')!r}, this stage serves {self.model!r}"
+        if kind == FRAME:
+            a = message.array
+            if a is None or a.ndim != 1 or a.shape[0] != len(self.labels) or a.dtype.kind != "f":
+                got = "no array" if a is None else f"{a.dtype} {a.shape}"
+                return f"expected float scores [{len(self.labels)}], got {got}"
+        return None
+
+    async def on_idle(self) -> Handled:
+        out = Handled()
+        now = _ms()
+        for source, track in list(self._tracks.items()):
+            if track.reorder.held:
+                self._emit(source, track.reorder.expire(now), out)
+        return out
+
+    async def flush(self) -> Handled:
+        out = Handled()
+        for source, track in list(self._tracks.items()):
+            self._emit(source, track.reorder.flush(), out)
+        return out
+
+    def _emit(self, source: str, released: Released[tuple[Entry, Message]], out: Handled) -> None:
+        track = self._tracks[source]
+        track.gaps += released.skipped
+        for _, (entry, message) in released.ordered:
+            out.acks.append(entry)
+            kind = message.meta.get("kind")
+            if kind == FRAME:
+                out.outputs.extend(self._result(source, track, message, late=False))
+            elif kind == SKIP:
+                track.skipped += 1
+            elif kind == EOS:
+                out.outputs.append(self._eos(source, track, message))
+                track.restart(LabelSmoother(self.cfg.ema_alpha, self.cfg.hysteresis_frames))
+        for _, (entry, message) in released.late:
+            out.acks.append(entry)
+            if message.meta.get("kind") == FRAME:
+                track.late += 1
+                out.outputs.extend(self._result(source, track, message, late=True))
+
+    def _result(self, source: str, track: _Track, message: Message, *, late: bool) -> list[Output]:
+        start = now_ms()
+        meta = message.meta
+        probs = np.asarray(message.array, dtype=np.float32)
+        idx, vals = top_k(probs, self.cfg.top_k)
+        top = [[self.labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
+        events: list[Output] = []
+        if late:
+            smoothed = track.label or top[0][0]
+            smoothed_score = None
+        else:
+            s = track.smoother.update(probs)
+            smoothed, smoothed_score = self.labels[s.index], round(s.score, 5)
+            if s.changed:
+                event = {"kind": LABEL_CHANGE, "source": source, "model": self.model, "seq": meta["seq"],
+                         "previous": track.label, "label": smoothed, "result_ms": start}  # fmt: skip
+                events.append(Output(self.keys.events, encode_message(Message(meta=event))))
+            track.label = smoothed
+        track.results += 1
+        stamps: dict[str, Any] = {**meta.get("stamps", {}), "postprocess": [start, now_ms()]}
+        stages_ms = {
+            k: round(v[1] - v[0], 3) for k, v in stamps.items() if isinstance(v, list) and len(v) == 2
+        }
+        result_ms = now_ms()
+        capture_ms = meta.get("capture_ms")
+        latency_ms = round(result_ms - capture_ms, 3) if isinstance(capture_ms, int | float) else None
+        result = {
+            "kind": RESULT,
+            "source": source,
+            "seq": meta["seq"],
+            "model": self.model,
+            "label": top[0][0],
+            "score": top[0][1],
+            "top": top,
+            "smoothed_label": smoothed,
+            "smoothed_score": smoothed_score,
+            "latency_ms": latency_ms,
+            "stages_ms": stages_ms,
+            "batch_size": meta.get("batch_size"),
+            "batch_wait_ms": meta.get("batch_wait_ms"),
+            "capture_ms": capture_ms,
+            "ingest_ms": meta.get("ingest_ms"),
+            "result_ms": result_ms,
+            "truth": meta.get("label"),
+            "late": late,
+        }
+        return [Output(self.keys.results, encode_message(Message(meta=result))), *events]
+
+    def _eos(self, source: str, track: _Track, message: Message) -> Output:
+        meta = message.meta
+        eos = {
+            "kind": EOS,
+            "source": source,
+            "model": self.model,
+            "frames": meta["seq"] - int(meta.get("first_seq", 0)),
+            "results": track.results,
+            "skipped": track.skipped,
+            "gaps": track.gaps,
+            "late": track.late,
+            "error": meta.get("error"),
+            "reason": meta.get("reason"),
+            "result_ms": now_ms(),
+        }
+        return Output(self.keys.results, encode_message(Message(meta=eos)))
+
+    async def maintain(self) -> None:
+        await super().maintain()
+        now = time.monotonic()
+        if now >= self._next_results_trim_s:
+            self._next_results_trim_s = now + _RESULTS_TRIM_S
+            for stream in (self.keys.results, self.keys.events):
+                await _trim_output(self.client, self.transport, stream, self.settings.streams.max_len)
+
+
+async def _trim_output(client: aioredis.Redis, transport: Any, stream: str, keep: int) -> None:
+    """Results/events: keep about `keep` entries, never deleting what a consumer group still needs."""
+    try:
+        groups = await client.xinfo_groups(stream)
+    except ResponseError:
+        return
+    if groups:
+        await transport.trim(stream, keep=keep)
+    else:
+        await client.xtrim(stream, maxlen=keep, approximate=True)
+
+
+def _ms() -> float:
+    return time.monotonic() * 1000.0

@@ -1,0 +1,129 @@
+"""The source registry in Redis: add, remove and list sources while the pipeline runs.
+
+``keys.sources`` maps source_id -> JSON `SourceSpec`; ``keys.source_state`` maps source_id ->
+JSON progress ``{next_seq, position, done, error}`` that ingest writes in the same MULTI/EXEC as
+the frames it publishes, so a replica that takes a source over resumes right after the last
+published frame (no loss; duplicates only if two replicas overlap during a lease hand-over).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from stream.core.keys import PipelineKeys
+
+__all__ = ["SourceSpec", "SourceStatus", "add_source", "get_state", "list_sources", "remove_source"]
+
+_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How to play one source. None = the ingest settings' default (`live`: by source kind)."""
+
+    uri: str
+    target_fps: float | None = None
+    every_nth: int | None = None
+    loop: bool = False
+    live: bool | None = None
+    realtime: bool = False  # files: publish at the media's own pace instead of as fast as possible
+
+    def __post_init__(self) -> None:
+        if not self.uri:
+            raise ValueError("source uri must not be empty")
+        if self.target_fps is not None and self.target_fps <= 0:
+            raise ValueError(f"target_fps must be > 0, got {self.target_fps}")
+        if self.every_nth is not None and self.every_nth < 1:
+            raise ValueError(f"every_nth must be >= 1, got {self.every_nth}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> SourceSpec:
+        data = raw if isinstance(raw, dict) else json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"source spec must be a JSON object, got {type(data).__name__}")
+        known = {"uri", "target_fps", "every_nth", "loop", "live", "realtime"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown source spec fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    source_id: str
+    spec: SourceSpec
+    next_seq: int
+    done: bool
+    error: str | None
+    owner: str | None
+
+
+def check_source_id(source_id: str) -> str:
+    if not _ID.match(source_id):
+        raise ValueError(f"source id must be 1-128 of [A-Za-z0-9_.-], got {source_id!r}")
+    return source_id
+
+
+async def add_source(
+    client: aioredis.Redis,
+    keys: PipelineKeys,
+    source_id: str,
+    spec: SourceSpec | dict[str, Any],
+    *,
+    replace: bool = False,
+) -> None:
+    """Register a source; an ingest replica picks it up within a fraction of a second.
+
+    Re-adding an id (with `replace`) plays the new spec from its start, with `seq` continuing
+    after the old one's, so (source_id, seq) stays unique.
+    """
+    check_source_id(source_id)
+    spec = spec if isinstance(spec, SourceSpec) else SourceSpec.from_json(spec)
+    if not replace and await client.hexists(keys.sources, source_id):
+        raise ValueError(f"source {source_id!r} already exists; remove it first or pass replace=True")
+    state = await get_state(client, keys, source_id)
+    next_seq = int(state.get("next_seq", 0))
+    fresh = {"next_seq": next_seq, "first_seq": next_seq, "position": 0, "done": False, "error": None}
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.source_state, source_id, json.dumps(fresh))
+        pipe.hset(keys.sources, source_id, spec.to_json())
+        await pipe.execute()
+
+
+async def remove_source(client: aioredis.Redis, keys: PipelineKeys, source_id: str) -> bool:
+    """Unregister a source; its ingest replica stops it and publishes end-of-stream. True if it existed."""
+    return bool(await client.hdel(keys.sources, source_id))
+
+
+async def get_state(client: aioredis.Redis, keys: PipelineKeys, source_id: str) -> dict[str, Any]:
+    raw = await client.hget(keys.source_state, source_id)
+    return json.loads(raw) if raw else {}
+
+
+async def list_sources(client: aioredis.Redis, keys: PipelineKeys) -> list[SourceStatus]:
+    """Every registered source with its progress and current owner (ingest replica)."""
+    specs = await client.hgetall(keys.sources)
+    out: list[SourceStatus] = []
+    for raw_id, raw_spec in sorted(specs.items()):
+        source_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+        state = await get_state(client, keys, source_id)
+        owner = await client.get(keys.source_lease(source_id))
+        out.append(
+            SourceStatus(
+                source_id=source_id,
+                spec=SourceSpec.from_json(raw_spec),
+                next_seq=int(state.get("next_seq", 0)),
+                done=bool(state.get("done", False)),
+                error=state.get("error"),
+                owner=owner.decode() if isinstance(owner, bytes) else owner,
+            )
+        )
+    return out

@@ -1,0 +1,240 @@
+"""The four stage loops in one process against a real redis-server (the processes runner and the
+Ray layer run these same loops): ordering, exactly one result per frame, dead letters, two models,
+sources added and removed while running."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.adapters.redis_server import RedisServer
+from stream.adapters.redis_streams import connect
+from stream.core.codec import Message, decode_message, encode_message
+from stream.core.keys import FIELD, PipelineKeys
+from stream.settings import Settings
+from stream.stages import build_stage
+from stream.stages.sources import SourceSpec, add_source, list_sources, remove_source
+from tests.clips import SCENE_PHOTOS, read_photo, scene_frames, write_clip
+
+V1 = "mobilenet-v1-0.25-128-quant"
+V2 = "mobilenet-v2-1.0-224-quant"
+
+
+def make_settings(tmp_path: Path, weights: Path | None, **ingest: object) -> Settings:
+    return Settings(
+        streams={"claim_idle_ms": 1_000, "block_ms": 50, "drain_timeout_s": 5},
+        infer={"max_batch_size": 8, "max_wait_ms": 5, "inflight": 2},
+        postprocess={"reorder_max_wait_ms": 500, "hysteresis_frames": 3},
+        models={"weights_dir": weights, "cache_dir": tmp_path / "cache"},
+        ingest=ingest,
+    )
+
+
+class Pipeline:
+    """Stage loops as tasks on this event loop, each with its own Redis connection."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url, self.settings = url, settings
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stages: list = []
+        self.clients: list = []
+
+    async def start(self, name: str, model: str | None = None, consumer: str | None = None):
+        client = await connect(self.url)
+        self.clients.append(client)
+        stage = await asyncio.to_thread(
+            build_stage,
+            name,
+            self.settings,
+            client,
+            consumer=consumer or f"{name}-{len(self.stages)}",
+            model=model,
+        )
+        self.stages.append(stage)
+        self.tasks.append(asyncio.create_task(stage.run(self.stop), name=name))
+        return stage
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 30)
+        for c in self.clients:
+            await c.aclose()
+
+
+@contextlib.asynccontextmanager
+async def pipeline(url: str, settings: Settings, models: list[str]) -> AsyncIterator[Pipeline]:
+    p = Pipeline(url, settings)
+    keys = PipelineKeys(settings.streams.pipeline)
+    client = await connect(url)
+    for m in models:  # groups up front, so ingest never outruns a group that does not exist yet
+        with contextlib.suppress(Exception):
+            await client.xgroup_create(keys.frames, keys.group("preprocess", m), id="0", mkstream=True)
+    await client.aclose()
+    try:
+        for m in models:
+            await p.start("preprocess", m)
+            await p.start("infer", m)
+            await p.start("postprocess", m)
+        await p.start("ingest")
+        yield p
+    finally:
+        await p.close()
+        for task in p.tasks:
+            if task.done() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+
+
+async def collect_results(client, keys: PipelineKeys, want_eos: set[tuple[str, str]], timeout_s: float = 60):
+    """Every result entry until an eos arrived for each (source, model) in `want_eos`."""
+    results: list[dict] = []
+    eos: dict[tuple[str, str], dict] = {}
+    last = "0"
+    deadline = time.monotonic() + timeout_s
+    while not want_eos <= set(eos):
+        assert time.monotonic() < deadline, f"no eos for {want_eos - set(eos)} after {timeout_s} s"
+        reply = await client.xread({keys.results: last}, count=500, block=200)
+        for _, items in reply or []:
+            for entry_id, fields in items:
+                last = entry_id
+                meta = decode_message(fields[FIELD.encode()]).meta
+                if meta["kind"] == "eos":
+                    eos[(meta["source"], meta["model"])] = meta
+                else:
+                    results.append(meta)
+    return results, eos
+
+
+@pytest.fixture
+def weights(shared_dir: Path) -> Path:
+    return shared_dir / "models"
+
+
+@pytest.fixture
+def clip(tmp_path: Path, shared_dir: Path) -> Path:
+    frames = []
+    for photo in SCENE_PHOTOS[:3]:
+        frames += scene_frames(read_photo(shared_dir / "images" / photo), 12, (320, 240))
+    return write_clip(tmp_path / "clip.mp4", frames)
+
+
+async def test_clip_through_the_four_stages_one_result_per_frame_in_order(
+    redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path, clip: Path
+) -> None:
+    settings = make_settings(tmp_path, weights)
+    keys = PipelineKeys()
+    async with pipeline(redis_server.url, settings, [V1]):
+        await add_source(redis_client, keys, "cam1", SourceSpec(uri=str(clip)))
+        results, eos = await collect_results(redis_client, keys, {("cam1", V1)})
+    assert [r["seq"] for r in results] == list(range(36))
+    assert eos[("cam1", V1)]["frames"] == 36 and eos[("cam1", V1)]["results"] == 36
+    r = results[5]
+    assert r["label"] == r["top"][0][0] and len(r["top"]) == 5 and 0 < r["score"] <= 1
+    assert r["latency_ms"] > 0 and set(r["stages_ms"]) == {"ingest", "preprocess", "infer", "postprocess"}
+    assert sum(r["batch_size"] for r in results) >= 36 and max(r["batch_size"] for r in results) <= 8
+    assert results[0]["smoothed_label"].startswith("Egyptian cat")
+    # the label-change events name each switch between scenes
+    events = [decode_message(f[FIELD.encode()]).meta for _, f in await redis_client.xrange(keys.events)]
+    assert events[0]["previous"] is None and len(events) >= 3
+    assert (await list_sources(redis_client, keys))[0].done
+    # everything acked: nothing pending in any group
+    for stream in (keys.frames, keys.tensors(V1), keys.scores(V1)):
+        for g in await redis_client.xinfo_groups(stream):
+            assert g["pending"] == 0, (stream, g)
+
+
+async def test_corrupt_frame_is_dead_lettered_every_other_frame_gets_a_result(
+    redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path
+) -> None:
+    """Frames pushed straight into the frames stream, one of them garbage JPEG."""
+    settings = make_settings(tmp_path, weights)
+    keys = PipelineKeys()
+    photo = read_photo(weights.parent / "images" / "cat.bmp")
+    frames = scene_frames(photo, 20, (160, 120))
+    from stream.adapters.jpeg import encode_jpeg
+
+    async with pipeline(redis_server.url, settings, [V1]):
+        for seq, rgb in enumerate(frames):
+            data = np.frombuffer(encode_jpeg(rgb), np.uint8)
+            if seq == 9:
+                data = np.frombuffer(b"\xff\xd8not a jpeg at all" * 10, np.uint8)
+            meta = {
+                "kind": "frame",
+                "source": "push",
+                "seq": seq,
+                "capture_ms": time.time() * 1000,
+                "encoding": "jpeg",
+            }
+            await redis_client.xadd(keys.frames, {FIELD: encode_message(Message(meta=meta, array=data))})
+        await redis_client.xadd(keys.frames, {FIELD: b"garbage that is no message"})
+        eos = {"kind": "eos", "source": "push", "seq": 20}
+        await redis_client.xadd(keys.frames, {FIELD: encode_message(Message(meta=eos))})
+        started = time.monotonic()
+        results, eos_meta = await collect_results(redis_client, keys, {("push", V1)})
+        waited = time.monotonic() - started
+    assert [r["seq"] for r in results] == [s for s in range(20) if s != 9]
+    assert eos_meta[("push", V1)]["skipped"] == 1
+    dead = [(f[b"stage"], f[b"reason"].decode()) for _, f in await redis_client.xrange(keys.dead)]
+    assert len(dead) == 2 and {d[0] for d in dead} == {b"preprocess"}
+    assert any("JPEG" in reason for _, reason in dead) and any("undecodable" in r for _, r in dead)
+    # the skip marker let the reorder buffer move on instead of waiting out its timeout
+    assert waited < 30
+
+
+async def test_two_models_from_one_frames_stream_each_get_every_frame(
+    redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path, clip: Path
+) -> None:
+    settings = make_settings(tmp_path, weights)
+    keys = PipelineKeys()
+    async with pipeline(redis_server.url, settings, [V1, V2]):
+        await add_source(redis_client, keys, "cam1", {"uri": str(clip), "every_nth": 2})
+        results, eos = await collect_results(redis_client, keys, {("cam1", V1), ("cam1", V2)})
+    for model in (V1, V2):
+        assert sorted(r["seq"] for r in results if r["model"] == model) == list(range(18))
+        assert eos[("cam1", model)]["frames"] == 18
+    assert await redis_client.xlen(keys.frames) <= 19  # the frames stream is trimmed once both groups acked
+
+
+async def test_unreadable_source_ends_with_an_error_and_the_loop_keeps_going(
+    redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path, clip: Path
+) -> None:
+    settings = make_settings(tmp_path, weights)
+    keys = PipelineKeys()
+    bogus = tmp_path / "broken.mp4"
+    bogus.write_bytes(b"\x00" * 1000)
+    async with pipeline(redis_server.url, settings, [V1]):
+        await add_source(redis_client, keys, "bad", {"uri": str(bogus)})
+        await add_source(redis_client, keys, "good", {"uri": str(clip), "every_nth": 4})
+        results, eos = await collect_results(redis_client, keys, {("bad", V1), ("good", V1)})
+    assert "cannot open video" in eos[("bad", V1)]["error"] and eos[("bad", V1)]["frames"] == 0
+    assert [r["seq"] for r in results if r["source"] == "good"] == list(range(9))
+    status = {s.source_id: s for s in await list_sources(redis_client, keys)}
+    assert status["bad"].error and status["good"].done and not status["good"].error
+
+
+async def test_looping_source_can_be_removed_while_running(
+    redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path, clip: Path
+) -> None:
+    settings = make_settings(tmp_path, weights, high_water=50)
+    keys = PipelineKeys()
+    async with pipeline(redis_server.url, settings, [V1]):
+        await add_source(redis_client, keys, "loop", {"uri": str(clip), "loop": True})
+        deadline = time.monotonic() + 60
+        while (
+            int(json.loads(await redis_client.hget(keys.source_state, "loop") or "{}").get("next_seq", 0))
+            < 80
+        ):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert await remove_source(redis_client, keys, "loop")
+        results, eos = await collect_results(redis_client, keys, {("loop", V1)})
+    n = eos[("loop", V1)]["frames"]
+    assert n >= 80 and eos[("loop", V1)]["reason"] == "removed"
+    assert [r["seq"] for r in results] == list(range(n))  # the clip played more than twice, seq kept rising
