@@ -146,6 +146,11 @@ def _plot_stages(run: Mapping[str, Any]) -> Figure:
         for name, mean in zip(names, means, strict=True):
             ax.barh(["stages (mean)"], [mean], left=left, label=name)
             left += mean
+        between = (run.get("stage_breakdown") or {}).get("between_stages") or {}
+        if between.get("mean_ms") is not None and between["mean_ms"] > 0:
+            ax.barh(
+                ["stages (mean)"], [between["mean_ms"]], left=left, label="between stages", color="lightgrey"
+            )
         e2e = run.get("latency", {}).get("mean_ms")
         if e2e is not None:
             ax.barh(["end to end (mean)"], [e2e], color="black", alpha=0.6)

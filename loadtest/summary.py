@@ -80,6 +80,9 @@ def summarize_run(
     stages: dict[str, Any] = {name: h.summary() for name, h in stage_hists.items()}
     stage_sum = sum(h.mean_ms or 0.0 for h in stage_hists.values())
     unattributed = None if e2e.mean_ms is None or not stage_hists else e2e.mean_ms - stage_sum
+    # time no stage stamped: waiting in a stream between stages, in a reorder buffer, clock skew
+    between = LatencyHistogram()
+    between.record_many([r.latency_ms - sum(r.stages_ms.values()) for r in rows if r.stages_ms])
 
     batches = Counter(r.batch_size for r in rows if r.batch_size is not None)
     accuracy, labelled = top1_accuracy(rows)
@@ -102,7 +105,11 @@ def summarize_run(
         "latency": latency,
         "latency_hist": e2e.to_dict(),
         "stages": stages,
-        "stage_breakdown": {"sum_of_stage_means_ms": stage_sum, "unattributed_ms": unattributed},
+        "stage_breakdown": {
+            "sum_of_stage_means_ms": stage_sum,
+            "unattributed_ms": unattributed,
+            "between_stages": between.summary(),
+        },
         "batch": {
             # per batch, not per frame: a batch of 8 is one batch, though 8 results carry its size
             "mean": (sum(batches.values()) / sum(n / k for k, n in batches.items() if k > 0))

@@ -1,0 +1,275 @@
+"""The single-process systems `loadtest bench` compares framestream with, and the parts of the
+sum-of-parts ideal. Each returns a `Measured` row: frames/s and per-frame latency.
+
+- naive: OpenCV read -> resize -> synchronous OpenVINO, batch 1 (what one writes first);
+- best single process: FFmpeg-threaded decode and resize in a thread, batches on OpenVINO's
+  AsyncInferQueue with several requests in flight (THROUGHPUT hint), no Redis;
+- ideal parts: decode alone, preprocess alone, inference alone (best batch), each per frame;
+- benchmark_app: OpenVINO's own tool on the bare model file (the inference ceiling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "Measured",
+    "best_single_process",
+    "decode_cost",
+    "infer_cost",
+    "make_clip",
+    "naive_loop",
+    "preprocess_cost",
+    "run_benchmark_app",
+]
+
+
+@dataclass
+class Measured:
+    """One system's figures: `fps` end to end, latency per frame (ms) where it has a meaning."""
+
+    name: str
+    fps: float | None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    frames: int = 0
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _percentiles(latencies_ms: list[float]) -> tuple[float | None, float | None]:
+    if not latencies_ms:
+        return None, None
+    arr = np.asarray(latencies_ms)
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def make_clip(path: Path, *, frames: int = 300, width: int = 640, height: int = 480, fps: int = 30) -> Path:
+    """An H.264 clip of moving shapes on a drifting gradient (PyAV/libx264), so frames differ."""
+    import av
+
+    yy, xx = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        for i in range(frames):
+            img = np.empty((height, width, 3), np.uint8)
+            img[..., 0] = (xx + 3 * i) % 256
+            img[..., 1] = (yy + 2 * i) % 256
+            img[..., 2] = ((xx + yy) // 2 + i) % 256
+            cx, cy = (
+                int(width / 2 + width / 3 * np.sin(i / 15)),
+                int(height / 2 + height / 3 * np.cos(i / 20)),
+            )
+            cv2.circle(img, (cx, cy), 60, (255, 255, 255), -1)
+            cv2.rectangle(img, (i * 7 % width, 50), (i * 7 % width + 80, 170), (20, 20, 200), -1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _cv2_frames(clip: Path, limit: int) -> Any:
+    """BGR frames from OpenCV, looping the clip until `limit` frames."""
+    n = 0
+    while n < limit:
+        cap = cv2.VideoCapture(str(clip))
+        got = False
+        while n < limit:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            got = True
+            n += 1
+            yield bgr
+        cap.release()
+        if not got:
+            raise ValueError(f"{clip}: OpenCV cannot read any frame")
+
+
+def naive_loop(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
+    """OpenCV read -> RGB -> resize -> synchronous OpenVINO batch 1, one frame at a time."""
+    from stream.adapters.image import fit_to_model
+    from stream.adapters.openvino_engine import open_engine
+
+    with open_engine(model, weights_dir=weights_dir, performance_hint="LATENCY") as engine:
+        latencies: list[float] = []
+        t0 = time.perf_counter()
+        for bgr in _cv2_frames(clip, frames):
+            start = time.perf_counter()
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            engine.infer(fit_to_model(rgb, engine.spec)[None])
+            latencies.append((time.perf_counter() - start) * 1000.0)
+        elapsed = time.perf_counter() - t0
+    p50, p99 = _percentiles(latencies)
+    return Measured("naive loop", len(latencies) / elapsed, p50, p99, len(latencies),
+                    "OpenCV read, resize, sync OpenVINO batch 1 (latency: read done -> result)")  # fmt: skip
+
+
+def _decoded(clip: Path, limit: int) -> Any:
+    """RGB frames from PyAV (FFmpeg frame threads), looping the clip until `limit` frames."""
+    import av
+
+    n = 0
+    while n < limit:
+        with av.open(str(clip)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                if n >= limit:
+                    return
+                n += 1
+                yield frame.to_ndarray(format="rgb24")
+
+
+def best_single_process(
+    clip: Path, model: str, *, frames: int, weights_dir: Path | None, batch: int = 8
+) -> Measured:
+    """Decode + resize in a thread, batched async inference with several requests in flight."""
+    from stream.adapters.image import fit_to_model
+    from stream.adapters.openvino_engine import open_engine
+
+    engine = open_engine(model, weights_dir=weights_dir, performance_hint="THROUGHPUT")
+    handoff: queue.Queue[tuple[np.ndarray, float] | None] = queue.Queue(maxsize=4 * batch)
+
+    def produce() -> None:
+        try:
+            for rgb in _decoded(clip, frames):
+                handoff.put((fit_to_model(rgb, engine.spec), time.perf_counter()))
+        finally:
+            handoff.put(None)
+
+    latencies: list[float] = []
+
+    async def consume() -> None:
+        inflight: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(max(2, engine.num_requests))
+
+        async def run(tensors: list[np.ndarray], started: list[float]) -> None:
+            try:
+                await engine.infer_async(np.stack(tensors))
+                done = time.perf_counter()
+                latencies.extend((done - s) * 1000.0 for s in started)
+            finally:
+                slots.release()
+
+        finished = False
+        while not finished:
+            tensors: list[np.ndarray] = []
+            started: list[float] = []
+            while len(tensors) < batch:
+                item = await asyncio.to_thread(handoff.get)
+                if item is None:
+                    finished = True
+                    break
+                tensors.append(item[0])
+                started.append(item[1])
+            if tensors:
+                await slots.acquire()
+                task = asyncio.create_task(run(tensors, started))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+        await asyncio.gather(*inflight)
+
+    with engine:
+        producer = threading.Thread(target=produce, daemon=True)
+        t0 = time.perf_counter()
+        producer.start()
+        asyncio.run(consume())
+        elapsed = time.perf_counter() - t0
+        producer.join()
+    p50, p99 = _percentiles(latencies)
+    return Measured("best single process", len(latencies) / elapsed, p50, p99, len(latencies),
+                    f"PyAV decode+resize thread, AsyncInferQueue batch {batch}, no Redis")  # fmt: skip
+
+
+def _time_per_item(fn: Callable[[], int], min_s: float = 1.0) -> float:
+    """Seconds per item: call `fn` (returns items done) until `min_s` passed."""
+    done = 0
+    t0 = time.perf_counter()
+    while True:
+        done += fn()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_s and done:
+            return elapsed / done
+
+
+def decode_cost(clip: Path, *, frames: int) -> float:
+    """Seconds per frame to decode the clip to RGB (PyAV, FFmpeg threads on every core)."""
+    return _time_per_item(lambda: sum(1 for _ in _decoded(clip, frames)), min_s=0.5)
+
+
+def preprocess_cost(clip: Path, model: str) -> float:
+    """Seconds per frame for the model's resize/crop of a decoded frame (one thread per core)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stream.adapters.image import fit_to_model
+    from stream.zoo.descriptors import load_spec
+
+    spec = load_spec(model)
+    sample = list(_decoded(clip, 64))
+    with ThreadPoolExecutor(max_workers=max(1, _cores())) as pool:
+        return _time_per_item(lambda: len(list(pool.map(lambda f: fit_to_model(f, spec), sample))))
+
+
+def infer_cost(model: str, *, weights_dir: Path | None, batch: int = 8) -> float:
+    """Seconds per frame of batched async inference alone, several requests in flight."""
+    from stream.adapters.openvino_engine import open_engine
+
+    with open_engine(model, weights_dir=weights_dir, performance_hint="THROUGHPUT") as engine:
+        h, w = engine.input_hw
+        x = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+
+        async def burst() -> int:
+            await asyncio.gather(*(engine.infer_async(x) for _ in range(engine.num_requests * 4)))
+            return batch * engine.num_requests * 4
+
+        asyncio.run(burst())  # warm-up
+        return _time_per_item(lambda: asyncio.run(burst()), min_s=2.0)
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_LAT = re.compile(r"Median:\s+([\d.]+)\s*(us|ms)")
+_FPS = re.compile(r"Throughput:\s+([\d.]+)\s*FPS")
+
+
+def run_benchmark_app(model_file: Path, *, seconds: int = 10) -> Measured:
+    """OpenVINO's benchmark_app on the bare model (throughput hint, CPU); p50 is its median."""
+    exe = Path(sys.executable).with_name("benchmark_app")
+    binary = str(exe) if exe.exists() else shutil.which("benchmark_app")
+    if binary is None:
+        return Measured(
+            "benchmark_app", None, note="benchmark_app not found (pip install openvino-dev tools)"
+        )
+    cmd = [binary, "-m", str(model_file), "-d", "CPU", "-hint", "throughput", "-t", str(seconds)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    text = proc.stdout + proc.stderr
+    fps = _FPS.search(text)
+    if proc.returncode != 0 or fps is None:
+        tail = text.strip().splitlines()[-1:] or ["no output"]
+        return Measured("benchmark_app", None, note=f"benchmark_app failed: {tail[0]}")
+    lat = _LAT.search(text)
+    p50 = None if lat is None else float(lat.group(1)) / (1000.0 if lat.group(2) == "us" else 1.0)
+    return Measured("benchmark_app", float(fps.group(1)), p50, None, 0,
+                    f"bare model {model_file.name}, -hint throughput, batch 1, {seconds} s")  # fmt: skip
