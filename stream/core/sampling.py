@@ -20,7 +20,7 @@ class FrameSampler:
 
     target_fps: float | None = None
     every_nth: int = 1
-    _seen: int = 0
+    seen: int = 0  # frames offered so far (set it to resume mid-source)
     _next_due_ms: float | None = None
 
     def __post_init__(self) -> None:
@@ -30,8 +30,8 @@ class FrameSampler:
             raise ValueError(f"target_fps must be > 0, got {self.target_fps}")
 
     def keep(self, t_ms: float) -> bool:
-        index = self._seen
-        self._seen += 1
+        index = self.seen
+        self.seen += 1
         if index % self.every_nth:
             return False
         if self.target_fps is None:
