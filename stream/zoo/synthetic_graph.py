@@ -159,8 +159,8 @@ class GraphBuilder:
             handle = self._emit_conv(x.handle, raw, None, stride, pads, groups, name, bn)
         else:
             weights, bias = bn.folded(raw)
-            bias = bias if norm == "bias" else None
-            handle = self._emit_conv(x.handle, weights, bias, stride, pads, groups, name, None)
+            conv_bias = bias if norm == "bias" else None
+            handle = self._emit_conv(x.handle, weights, conv_bias, stride, pads, groups, name, None)
         scale = bn.gamma / np.sqrt(bn.var + bn.eps)
         value = y * scale.reshape(1, -1, 1, 1) + (bn.beta - bn.mean * scale).reshape(1, -1, 1, 1)
         out = (x.size + pads[0] + pads[1] - kernel) // stride + 1
@@ -209,7 +209,7 @@ class GraphBuilder:
     # -- calibration -----------------------------------------------------------------------
     def _calibrated_bn(self, y: np.ndarray, spread: float, *, centre: bool = True) -> BatchNorm:
         """Batch-norm that maps `y` to spread ~`spread`; with centre=False, mean 0 and beta 0."""
-        mean = y.mean(axis=(0, 2, 3), dtype=np.float64) if centre else np.zeros(y.shape[1])
+        mean = np.asarray(y.mean(axis=(0, 2, 3), dtype=np.float64) if centre else np.zeros(y.shape[1]))
         std = np.sqrt(np.mean((y - mean.reshape(1, -1, 1, 1)) ** 2, axis=(0, 2, 3), dtype=np.float64))
         # A channel that barely moves on the calibration batch must not be blown up 1000x.
         std = np.maximum(std, 0.1 * float(np.median(std)) + 1e-6)
@@ -217,9 +217,8 @@ class GraphBuilder:
         gamma = spread * self.rng.uniform(0.8, 1.2, size=channels)
         beta = self.rng.normal(0.0, 0.1 * spread, size=channels) if centre else np.zeros(channels)
         var = np.maximum(std**2 - _BN_EPS, 0.0)
-        return BatchNorm(
-            gamma.astype(np.float32), beta.astype(np.float32), mean.astype(np.float32), var.astype(np.float32)
-        )
+        f32 = [np.asarray(v, dtype=np.float32) for v in (gamma, beta, mean, var)]
+        return BatchNorm(f32[0], f32[1], f32[2], f32[3])
 
     # -- emit hooks ------------------------------------------------------------------------
     def _emit_conv(self, x, weights, bias, stride, pads, groups, name, bn):  # pragma: no cover

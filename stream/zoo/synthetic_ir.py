@@ -83,7 +83,9 @@ class IrBuilder(GraphBuilder):
         if kind == "hswish":
             return ops.hswish(x, name=name).output(0)
         if kind == "hsigmoid":
-            return ops.hsigmoid(x, name=name).output(0)
+            node = ops.hsigmoid(x)  # this opset helper ignores `name=`
+            node.set_friendly_name(name)
+            return node.output(0)
         raise ValueError(f"unknown activation {kind!r}")
 
     def _emit_binary(self, op, a, b, name):
