@@ -96,6 +96,14 @@ def print_summary(run: Mapping[str, Any], console: Console) -> None:
     )
     for stage, s in (run.get("stages") or {}).items():
         table.add_row(f"  {stage} mean / p99 (ms)", f"{_ms(s.get('mean_ms'))} / {_ms(s.get('p99_ms'))}")
+    between = (run.get("stage_breakdown") or {}).get("between_stages") or {}
+    if between.get("count"):
+        table.add_row(
+            "  between stages mean / p99 (ms)", f"{_ms(between['mean_ms'])} / {_ms(between['p99_ms'])}"
+        )
+    lag = (run.get("send") or {}).get("lag") or {}
+    if lag.get("count"):
+        table.add_row("send lag behind schedule p99 (ms)", _ms(lag.get("p99_ms")))
     if run["batch"]["mean"] is not None:
         table.add_row("mean batch size", f"{run['batch']['mean']:.2f}")
     acc = run.get("accuracy") or {}
