@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,19 @@ def test_a_misspelled_kuberay_field_fails_validation(
     assert any(typo in e.message and "Additional properties" in e.message for e in errors), [
         e.message for e in errors
     ]
+
+
+def test_rayservice_passes_the_operators_own_admission_rules(rendered: Docs) -> None:
+    """Rules KubeRay's controller enforces beyond the CRD schema (utils/validation.go)."""
+    for overlay, docs in rendered.items():
+        (svc,) = [d for d in docs if d["kind"] == "RayService"]
+        name = svc["metadata"]["name"]
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 40, name
+        cluster = svc["spec"]["rayClusterConfig"]
+        assert cluster["autoscalerOptions"]["version"] == "v2"
+        head_env = {e["name"] for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+        assert "RAY_enable_autoscaler_v2" not in head_env, "set autoscalerOptions.version only"
+        assert not {"RAY_REDIS_ADDRESS", "REDIS_PASSWORD"} & head_env, "would turn on GCS fault tolerance"
+        for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+            assert group["template"]["spec"].get("restartPolicy", "Never") == "Never", overlay
+            assert not group.get("suspend"), "suspended groups are refused with autoscaling"
