@@ -135,7 +135,8 @@ class StageDeployment:
             await asyncio.wait_for(asyncio.shield(self._task), self.settings.streams.drain_timeout_s + 1)
         except Exception as e:  # a drain that fails leaves entries pending: the others reclaim them
             log.warning("%s: drain ended with %r; pending entries will be reclaimed", self.consumer, e)
-        await self._forget_consumer()
+        if self.stage != "ingest":  # ingest reads no group
+            await self._forget_consumer()
         await self.client.aclose()
         log.info("%s: drained after %d entries", self.consumer, self.loop.processed)
 
