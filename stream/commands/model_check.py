@@ -56,30 +56,32 @@ def run_check(
 ) -> bool:
     """Print the report; True when every contract check passes."""
     console = Console()
-    with open_engine(
-        name, weights_dir=weights_dir, cache_dir=cache_dir, allow_synthetic=allow_synthetic
-    ) as eng:
+    opts = {"weights_dir": weights_dir, "cache_dir": cache_dir, "allow_synthetic": allow_synthetic}
+    # contract checks with float32 math on both sides; throughput at the device's default precision
+    with open_engine(name, inference_precision="f32", **opts) as eng:  # type: ignore[arg-type]
         spec = eng.spec
         if eng.synthetic:
             console.print(f"[bold red]{synthetic_warning(name)}[/]")
         console.print(f"{name}: {eng.model_path} ({'synthetic' if eng.synthetic else 'real weights'})")
-        raw = compile_model(raw_model(read_model_file(eng.model_path), spec), "LATENCY")
+        raw = compile_model(raw_model(read_model_file(eng.model_path), spec), "LATENCY", 0, "f32")
         results = run_contract_checks(spec, eng.infer, raw, sample_images(spec, 4))
-        table = Table(title=f"{name} contract")
-        for col in ("check", "result", "detail"):
-            table.add_column(col)
-        for r in results:
-            table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]FAIL[/]", r.detail)
-        console.print(table)
+        model_path = eng.model_path
+    table = Table(title=f"{name} contract")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]FAIL[/]", r.detail)
+    console.print(table)
 
-        cx = count_complexity(read_model_file(eng.model_path), spec.input_shape)
-        console.print(f"params: {cx.params_m:.3f} M  ({_vs_card(cx.params_m, spec.params_m, 0.01)})")
-        console.print(f"FLOPs:  {cx.gflops:.4f} G  ({_vs_card(cx.gflops, spec.gflops, 0.05)})")
-        console.print("        (2 x multiply-adds of conv/matmul layers at batch 1)")
-        if seconds > 0:
+    cx = count_complexity(read_model_file(model_path), spec.input_shape)
+    console.print(f"params: {cx.params_m:.3f} M  ({_vs_card(cx.params_m, spec.params_m, 0.01)})")
+    console.print(f"FLOPs:  {cx.gflops:.4f} G  ({_vs_card(cx.gflops, spec.gflops, 0.05)})")
+    console.print("        (2 x multiply-adds of conv/matmul layers at batch 1)")
+    if seconds > 0:
+        with open_engine(name, **opts) as fast:  # type: ignore[arg-type]
             for bs in (1, 16):
-                ips = measure_throughput(eng, bs, seconds)
+                ips = measure_throughput(fast, bs, seconds)
                 console.print(
-                    f"throughput batch {bs:>2}: {ips:,.0f} images/s ({eng.num_requests} requests in flight)"
+                    f"throughput batch {bs:>2}: {ips:,.0f} images/s ({fast.num_requests} in flight)"
                 )
     return all(r.ok for r in results)

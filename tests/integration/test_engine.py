@@ -57,8 +57,8 @@ def _photos(shared_dir: Path, engine: Engine, n: int) -> np.ndarray:
     _expected_rows() or [pytest.param("", "", "", "", marks=pytest.mark.skip(reason="../shared is absent"))],
 )
 def test_expected_top1_through_the_engine(engines, shared_dir, image, model_file, label, note):
-    if "unstable" in note:
-        pytest.skip(f"EXPECTED.tsv marks {image} unstable: {note}")
+    # owl.jpg is marked unstable because a *center crop* flips it to kite; the engine path uses the
+    # whole-image resize the file was measured with, where it wins by 68 % to 9 %, so it is tested.
     engine = engines[REAL[model_file]]
     probs = engine.infer(fit_to_model(read_image(shared_dir / "images" / image), engine.spec)[None])
     top1 = engine.labels[int(np.argmax(probs[0]))]
