@@ -38,8 +38,11 @@ class ProgressView:
             self._rate = (results - n) / (now - t)
             self._last_results = (now, results)
         phase = "settling" if s.get("settling") else "sending"
+        if "elapsed_s" in s and not s.get("settling"):
+            self._t_send = now - float(s["elapsed_s"])
+        elapsed = now - getattr(self, "_t_send", self._t0)
         return (
-            f"{self.title}: {phase} {now - self._t0:5.1f} s | sent {sent} | results {results} "
+            f"{self.title}: {phase} {elapsed:5.1f} s | sent {sent} | results {results} "
             f"({self._rate:.0f}/s) | waiting for {max(0, sent - results)}"
         )
 

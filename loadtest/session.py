@@ -66,14 +66,23 @@ def replay_session(
                 replay_on(redis_url, clips, plan, pipeline=pipeline, model=model, settle_s=settle_s,
                           timeout_s=timeout_s, slo=slo, config=config, progress=view)
             )  # fmt: skip
-        from loadtest.embedded import EmbeddedPipeline
+        return asyncio.run(
+            _replay_embedded(clips, plan, pipeline=pipeline, model=model, weights_dir=weights_dir,
+                             settle_s=settle_s, timeout_s=timeout_s, slo=slo, config=config, progress=view)
+        )  # fmt: skip
 
-        with EmbeddedPipeline(model=model, weights_dir=weights_dir, pipeline=pipeline) as emb:
-            config["model"] = emb.model
-            return asyncio.run(
-                replay_on(emb.url, clips, plan, pipeline=pipeline, model=emb.model, settle_s=settle_s,
-                          timeout_s=timeout_s, slo=slo, config=config, progress=view)
-            )  # fmt: skip
+
+async def _replay_embedded(
+    clips: Sequence[Clip], plan: ReplayPlan, *, pipeline: str, model: str | None, weights_dir: Path | None,
+    config: dict[str, Any], **kwargs: Any,
+) -> dict[str, Any]:  # fmt: skip
+    from loadtest.embedded import EmbeddedPipeline
+
+    async with EmbeddedPipeline(model=model, weights_dir=weights_dir, pipeline=pipeline) as emb:
+        config["model"] = emb.model
+        return await replay_on(
+            emb.url, clips, plan, pipeline=pipeline, model=emb.model, config=config, **kwargs
+        )
 
 
 def _ms(v: Any) -> str:

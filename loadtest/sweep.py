@@ -149,10 +149,16 @@ def run_sweep(
     )  # fmt: skip
     if redis_url:
         return asyncio.run(sweep_on(redis_url, clips, model=model, **kwargs))
+    return asyncio.run(_sweep_embedded(clips, model=model, weights_dir=weights_dir, **kwargs))
+
+
+async def _sweep_embedded(
+    clips: Sequence[Clip], *, model: str | None, weights_dir: Path | None, **kwargs: Any
+) -> dict[str, Any]:
     from loadtest.embedded import EmbeddedPipeline
 
-    with EmbeddedPipeline(model=model, weights_dir=weights_dir, pipeline=pipeline) as emb:
-        return asyncio.run(sweep_on(emb.url, clips, model=emb.model, **kwargs))
+    async with EmbeddedPipeline(model=model, weights_dir=weights_dir, pipeline=kwargs["pipeline"]) as emb:
+        return await sweep_on(emb.url, clips, model=emb.model, **kwargs)
 
 
 def plot_sweep(result: dict[str, Any]) -> bytes:

@@ -104,3 +104,24 @@ async def test_a_frames_stream_records_back_into_the_same_frames(
     with pytest.raises(ConfigError, match="no frames"):
         await record_stream(redis_client, keys, tmp_path / "none.fsr", sources={"nobody"})
     assert not (tmp_path / "none.fsr").exists()
+
+
+def test_a_replay_file_is_an_ingest_source_kind(image_folder: Path, tmp_path: Path) -> None:
+    from loadtest.source import register
+    from stream.adapters.video import open_source
+
+    rec = record_source(str(image_folder), tmp_path / "clip.fsr", labels=Labels(default="cat"))
+    register()
+    source = open_source(f"replay:{rec.path}")
+    frames = []
+    while (frame := source.read()) is not None:
+        frames.append(frame)
+    source.close()
+    assert not source.live and len(frames) == 8
+    assert all(f.label == "cat" and f.jpeg is not None for f in frames)
+    assert [f.pts_ms for f in frames] == pytest.approx([i * 1000 / 30 for i in range(8)])
+    from stream.errors import SourceError
+
+    (tmp_path / "bad.fsr").write_bytes(b"nope")
+    with pytest.raises(SourceError, match="not a valid replay file"):
+        open_source(f"replay:{tmp_path / 'bad.fsr'}")
