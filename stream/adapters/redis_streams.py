@@ -301,9 +301,10 @@ class StreamTransport:
             name = _s(g["name"])
             if int(g["pending"]) > 0:
                 summary = await self.client.xpending(stream, name)
-                needed.append(_s(summary["min"]))
-            else:
-                needed.append(_next_id(_s(g["last-delivered-id"])))
+                if summary["min"] is not None:  # None: acked since XINFO; fall back to the read cursor
+                    needed.append(_s(summary["min"]))
+                    continue
+            needed.append(_next_id(_s(g["last-delivered-id"])))
         return min(needed, key=_id_tuple) if needed else None
 
     async def trim(self, stream: str, *, keep: int = 0) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import glob
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -39,6 +39,8 @@ __all__ = [
     "open_source",
     "register_source_kind",
     "skip_frames",
+    "write_demo_clip",
+    "write_video",
 ]
 
 log = logging.getLogger(__name__)
@@ -265,3 +267,40 @@ class LiveCaptureSource:
     def close(self) -> None:
         self._closed = True
         self._release()
+
+
+def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: int = 25, crf: int = 20) -> Path:
+    """Encode uint8 HxWx3 RGB frames into an H.264 (yuv420p) file at `path` with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream: Any = None
+        for rgb in frames:
+            if stream is None:
+                stream = container.add_stream("libx264", rate=fps)
+                stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
+                stream.options = {"preset": "veryfast", "crf": str(crf)}
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    return path
+
+
+def write_demo_clip(path: Path, *, frames: int = 150, size: tuple[int, int] = (320, 240)) -> Path:
+    """A synthetic clip (moving shapes on a gradient) for `framestream run` without a source."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+
+    def frame(i: int) -> np.ndarray:
+        rgb = np.stack([(xx + 2 * i) % 256, (yy + i) % 256, np.full_like(xx, (3 * i) % 256)], -1).astype(
+            np.uint8
+        )
+        cx, cy = int(w / 2 + w / 3 * np.sin(i / 15)), int(h / 2 + h / 3 * np.cos(i / 20))
+        cv2.circle(rgb, (cx, cy), h // 6, (255, 255, 255), -1)
+        cv2.rectangle(rgb, (w - cx - 20, h - cy - 20), (w - cx + 20, h - cy + 20), (200, 30, 30), -1)
+        return rgb
+
+    return write_video(Path(path), (frame(i) for i in range(frames)))

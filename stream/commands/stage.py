@@ -1,11 +1,59 @@
-"""`framestream stage`."""
+"""`framestream stage NAME`: run one stage's consumer loop as a plain asyncio program (no Ray)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
 import typer
 
+from stream.adapters.redis_streams import connect
+from stream.errors import FramestreamError
+from stream.settings import load_settings
+from stream.stages import STAGES, build_stage
 
-def stage() -> None:
-    """Not built yet."""
-    typer.echo("framestream stage: not built yet", err=True)
-    raise typer.Exit(2)
+__all__ = ["stage"]
+
+
+def stage(
+    name: str = typer.Argument(..., help=f"one of: {', '.join(STAGES)}"),
+    model: str | None = typer.Option(None, "--model", "-m", help="model of preprocess/infer/postprocess"),
+    redis: str | None = typer.Option(None, "--redis", help="redis:// URL (default: FRAMESTREAM_REDIS__URL)"),
+    consumer: str | None = typer.Option(None, "--consumer", help="consumer name (default: stage-host-pid)"),
+    config: Path | None = typer.Option(None, "--config", help="settings YAML file"),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """Run one stage until SIGTERM/SIGINT, then stop reading, drain, ack and exit 0."""
+    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    try:
+        settings = load_settings(config)
+        url = redis or settings.redis.url
+        if url == "auto":
+            raise FramestreamError(
+                "framestream stage needs a Redis the other stages share: pass --redis URL "
+                "(or set FRAMESTREAM_REDIS__URL); `framestream run --redis auto` starts one for you"
+            )
+        who = consumer or f"{name}-{socket.gethostname()}-{os.getpid()}"
+        processed = asyncio.run(_serve(name, settings, url, who, model))
+    except FramestreamError as e:
+        typer.echo(f"framestream stage {name}: {e}", err=True)
+        raise typer.Exit(2) from e
+    logging.getLogger(__name__).info("stopped after %d entries", processed)
+
+
+async def _serve(name: str, settings, url: str, consumer: str, model: str | None) -> int:
+    client = await connect(url, password=settings.redis.password, username=settings.redis.username)
+    try:
+        loop_ = build_stage(name, settings, client, consumer=consumer, model=model)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await loop_.run(stop)
+        return loop_.processed
+    finally:
+        await client.aclose()

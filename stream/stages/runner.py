@@ -1,0 +1,270 @@
+"""The processes runner: every stage as its own OS process (``framestream stage NAME``), no Ray.
+
+`run_processes` creates every consumer group up front (so ingest never outruns a group that does
+not exist yet), registers the sources, starts one ingest process and, per model, a preprocess,
+an infer and a postprocess process; then it collects results (dedupe, optional JSONL) until
+every finite source has its end-of-stream result for every model, stops the stages with SIGTERM
+(they drain and ack), and returns a `RunReport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import yaml
+
+from stream.adapters.redis_streams import connect
+from stream.core.keys import PipelineKeys
+from stream.errors import FramestreamError
+from stream.settings import Settings
+from stream.stages.sinks import JsonlSink, ResultCollector, percentile
+from stream.stages.sources import SourceSpec, add_source
+
+__all__ = ["RunReport", "RunRow", "StageProcess", "create_groups", "run_processes", "source_id_for"]
+
+log = logging.getLogger(__name__)
+_LIVE_PREFIXES = (
+    "rtsp://",
+    "rtsps://",
+    "rtmp://",
+    "http://",
+    "https://",
+    "udp://",
+    "tcp://",
+    "webcam:",
+    "/dev/video",
+)
+
+
+@dataclass
+class RunRow:
+    source: str
+    model: str
+    frames: int | None  # published (from the end-of-stream); None while a live source runs
+    results: int
+    duplicates: int
+    skipped: int
+    late: int
+    error: str | None
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass
+class RunReport:
+    rows: list[RunRow] = field(default_factory=list)
+    dead_letters: int = 0
+    dropped: int = 0
+    wall_s: float = 0.0
+    mean_batch_size: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    interrupted: bool = False
+
+    @property
+    def results(self) -> int:
+        return sum(r.results for r in self.rows)
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.results / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def source_id_for(index: int, uri: str) -> str:
+    """A readable, unique id for the `index`-th source on the command line."""
+    stem = Path(uri.rstrip("/")).stem if "://" not in uri else uri.split("://", 1)[1]
+    return f"s{index}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', stem)[:40] or 'src'}"
+
+
+def _is_live(spec: SourceSpec) -> bool:
+    return bool(spec.live) or (spec.live is None and spec.uri.lower().startswith(_LIVE_PREFIXES))
+
+
+async def create_groups(client: aioredis.Redis, keys: PipelineKeys, models: list[str]) -> None:
+    """Every consumer group of the pipeline, at the current end of its stream."""
+    pairs = [(keys.frames, keys.group("preprocess", m)) for m in models]
+    pairs += [(keys.tensors(m), keys.group("infer", m)) for m in models]
+    pairs += [(keys.scores(m), keys.group("postprocess", m)) for m in models]
+    for stream, group in pairs:
+        with contextlib.suppress(aioredis.ResponseError):  # BUSYGROUP: it exists, keep its position
+            await client.xgroup_create(stream, group, id="$", mkstream=True)
+
+
+class StageProcess:
+    """One ``framestream stage`` child process."""
+
+    def __init__(self, stage: str, model: str | None, redis_url: str, config: Path, consumer: str) -> None:
+        self.stage, self.model, self.consumer = stage, model, consumer
+        args = [sys.executable, "-m", "stream.cli", "stage", stage, "--redis", redis_url]
+        args += ["--config", str(config), "--consumer", consumer]
+        if model:
+            args += ["--model", model]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, env=os.environ.copy())
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage}[{self.model}]" if self.model else self.stage
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", self.label, timeout_s)
+            self.process.kill()
+            return self.process.wait()
+
+
+def _write_config(settings: Settings, directory: Path) -> Path:
+    path = directory / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+async def run_processes(
+    settings: Settings,
+    *,
+    redis_url: str,
+    sources: list[str | SourceSpec],
+    models: list[str],
+    results_path: Path | None = None,
+    timeout_s: float | None = None,
+    stop: asyncio.Event | None = None,
+    on_progress: Callable[[ResultCollector], None] | None = None,
+) -> RunReport:
+    """Run the pipeline as OS processes until every finite source is done (or `stop`/timeout).
+
+    Raises `FramestreamError` if a stage process dies or `timeout_s` passes first.
+    """
+    if not models:
+        raise ValueError("at least one model is needed")
+    keys = PipelineKeys(settings.streams.pipeline)
+    client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)
+    sink = JsonlSink(results_path) if results_path else None
+    collector = ResultCollector(client, keys, sink=sink)
+    procs: list[StageProcess] = []
+    started = time.monotonic()
+    report = RunReport()
+    try:
+        await create_groups(client, keys, models)
+        await collector.ensure_group()
+        dead_before = int(await client.xlen(keys.dead))
+        specs = [s if isinstance(s, SourceSpec) else SourceSpec(uri=s) for s in sources]
+        ids = [source_id_for(i, s.uri) for i, s in enumerate(specs)]
+        with tempfile.TemporaryDirectory(prefix="framestream-run-") as tmp:
+            config = _write_config(settings, Path(tmp))
+            tag = f"{os.getpid()}"
+            for model in models:
+                for stage in ("preprocess", "infer", "postprocess"):
+                    procs.append(StageProcess(stage, model, redis_url, config, f"{stage}-{model}-{tag}"))
+            procs.append(StageProcess("ingest", None, redis_url, config, f"ingest-{tag}"))
+            for source_id, spec in zip(ids, specs, strict=True):
+                await add_source(client, keys, source_id, spec, replace=True)
+            finite = {
+                (sid, m) for sid, spec in zip(ids, specs, strict=True) if not _is_live(spec) for m in models
+            }
+            report.interrupted = await _collect(
+                collector, finite, procs, started, timeout_s, stop, on_progress
+            )
+            _stop(procs, settings.streams.drain_timeout_s + 5)
+            while await collector.poll(block_ms=50):  # results written while draining
+                pass
+        report.dead_letters = int(await client.xlen(keys.dead)) - dead_before
+        counters = await client.hgetall(keys.counters)
+        report.dropped = sum(
+            int(v) for k, v in counters.items() if _s(k).startswith("dropped:") and _s(k)[8:] in ids
+        )
+        _fill(report, collector, [(sid, m) for sid in ids for m in models], started)
+        return report
+    finally:
+        _stop(procs, 5)
+        if sink is not None:
+            sink.close()
+        await client.aclose()
+
+
+async def _collect(
+    collector: ResultCollector,
+    finite: set[tuple[str, str]],
+    procs: list[StageProcess],
+    started: float,
+    timeout_s: float | None,
+    stop: asyncio.Event | None,
+    on_progress: Callable[[ResultCollector], None] | None,
+) -> bool:
+    """Poll results until every finite pair has its eos; True when `stop` ended it early."""
+    while True:
+        await collector.poll(block_ms=100)
+        if on_progress is not None:
+            on_progress(collector)
+        if finite and collector.finished(finite):
+            return False
+        if stop is not None and stop.is_set():
+            return True
+        for proc in procs:
+            if (code := proc.process.poll()) is not None:
+                raise FramestreamError(f"stage {proc.label} exited with code {code}; see its log above")
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            missing = sorted(p for p in finite if not collector.finished({p}))
+            raise FramestreamError(
+                f"timed out after {timeout_s:.0f} s waiting for end-of-stream of {missing}"
+            )
+
+
+def _stop(procs: list[StageProcess], timeout_s: float) -> None:
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        proc.wait(max(0.1, deadline - time.monotonic()))
+
+
+def _fill(
+    report: RunReport, collector: ResultCollector, pairs: list[tuple[str, str]], started: float
+) -> None:
+    report.wall_s = time.monotonic() - started
+    latencies: list[float] = []
+    batches: list[int] = []
+    for source, model in pairs:
+        track = collector.track(source, model)
+        eos = track.eos or {}
+        latencies += track.latencies_ms
+        batches += track.batch_sizes
+        report.rows.append(
+            RunRow(
+                source=source,
+                model=model,
+                frames=eos.get("frames"),
+                results=len(track.seqs),
+                duplicates=track.duplicates,
+                skipped=int(eos.get("skipped", 0) or 0),
+                late=int(eos.get("late", 0) or 0),
+                error=eos.get("error"),
+                p50_ms=percentile(track.latencies_ms, 50),
+                p99_ms=percentile(track.latencies_ms, 99),
+            )
+        )
+    report.p50_ms = percentile(latencies, 50)
+    report.p99_ms = percentile(latencies, 99)
+    # per batch, not per frame: a batch of n frames shows up n times, each weighing 1/n
+    report.mean_batch_size = len(batches) / sum(1.0 / b for b in batches if b > 0) if batches else None
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,160 @@
+"""`framestream run --runner processes` end to end: four stage processes on a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import pytest
+
+from stream.adapters.redis_server import RedisServer
+from stream.errors import ModelError
+from tests.clips import SCENE_PHOTOS, expected_labels, read_photo, scene_frames, write_clip
+
+V1 = "mobilenet-v1-0.25-128-quant"
+V2 = "mobilenet-v2-1.0-224-quant"
+SCENE_FRAMES = 40
+SETTLE_FRAMES = 10  # frames a scene needs before its smoothed label must be right (EMA + hysteresis)
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(args: list[str], redis_url: str, env: dict[str, str] | None = None, timeout_s: float = 150):
+    cmd = [sys.executable, "-m", "stream.cli", "run", "--runner", "processes", "--redis", redis_url, *args]
+    proc = subprocess.run(
+        [*cmd, "--timeout", str(timeout_s - 20)],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    )
+    return proc
+
+
+def read_results(path: Path) -> dict[tuple[str, str], list[dict]]:
+    by_pair: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        by_pair[(r["source"], r["model"])].append(r)
+    return by_pair
+
+
+def first_synonym(label: str) -> str:
+    return label.split(",")[0].strip()
+
+
+@pytest.fixture(scope="module")
+def scenes_clip(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    frames = []
+    for photo in SCENE_PHOTOS:
+        frames += scene_frames(read_photo(shared_dir / "images" / photo), SCENE_FRAMES, (320, 240))
+    return write_clip(tmp_path_factory.mktemp("clips") / "scenes.mp4", frames)
+
+
+def test_scene_clip_real_v2_smoothed_label_per_scene(
+    redis_server: RedisServer, shared_dir: Path, scenes_clip: Path, tmp_path: Path
+) -> None:
+    results_file = tmp_path / "results.jsonl"
+    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "scenes"}
+    proc = run_cli(
+        ["--source", str(scenes_clip), "--model", V2, "--results", str(results_file)], redis_server.url, env
+    )
+    results = read_results(results_file)
+    [(source, model)] = results
+    rows = results[(source, model)]
+    total = len(SCENE_PHOTOS) * SCENE_FRAMES
+    # every frame exactly one result, written in seq order
+    assert [r["seq"] for r in rows] == list(range(total))
+    expected = expected_labels(shared_dir / "images")
+    for i, photo in enumerate(SCENE_PHOTOS):
+        scene = rows[i * SCENE_FRAMES : (i + 1) * SCENE_FRAMES]
+        settled = {first_synonym(r["smoothed_label"]) for r in scene[SETTLE_FRAMES:]}
+        assert settled == {expected[photo]}, (photo, settled)
+    r = rows[100]
+    assert {"source", "seq", "label", "score", "top", "smoothed_label", "latency_ms", "stages_ms"} <= set(r)
+    assert len(r["top"]) == 5 and r["top"][0][0] == r["label"] and r["latency_ms"] > 0
+    assert {"ingest", "preprocess", "infer", "postprocess"} <= set(r["stages_ms"])
+    assert f"{total} results" in proc.stdout and "dead-lettered 0" in proc.stdout
+
+
+def test_two_models_one_frames_stream_each_full_result_set(
+    redis_server: RedisServer, shared_dir: Path, tmp_path: Path
+) -> None:
+    """A clip and a JPEG image folder, both models: four complete, ordered result sets."""
+    photos = [read_photo(shared_dir / "images" / p) for p in SCENE_PHOTOS[:3]]
+    clip = write_clip(tmp_path / "clip.mp4", [f for p in photos for f in scene_frames(p, 20, (320, 240))])
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    for i, frame in enumerate(scene_frames(photos[0], 15, (400, 300))):
+        cv2.imwrite(str(folder / f"{i:04d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    results_file = tmp_path / "results.jsonl"
+    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "two"}
+    args = ["--source", str(clip), "--source", str(folder), "--model", V1, "--model", V2]
+    run_cli([*args, "--results", str(results_file)], redis_server.url, env)
+    results = read_results(results_file)
+    counts = {(src.split("-")[1], model): len(rows) for (src, model), rows in results.items()}
+    assert counts == {("clip", V1): 60, ("clip", V2): 60, ("stills", V1): 15, ("stills", V2): 15}
+    for rows in results.values():
+        assert [r["seq"] for r in rows] == list(range(len(rows)))
+    still_labels = {first_synonym(r["smoothed_label"]) for r in results[("s1-stills", V2)][SETTLE_FRAMES:]}
+    assert still_labels == {"Egyptian cat"}
+
+
+def test_corrupt_frame_mid_clip_is_dead_lettered_others_all_get_results(
+    redis_server: RedisServer, shared_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    frames = scene_frames(read_photo(shared_dir / "images" / "bird.bmp"), 30, (320, 240))
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:04d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    (folder / "0015.jpg").write_bytes(b"\xff\xd8\xff\xe0 this frame got corrupted on disk" * 20)
+    results_file = tmp_path / "results.jsonl"
+    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "corrupt"}
+    proc = run_cli(
+        ["--source", str(folder), "--model", V1, "--results", str(results_file)], redis_server.url, env
+    )
+    [rows] = read_results(results_file).values()
+    assert [r["seq"] for r in rows] == [s for s in range(30) if s != 15]
+    assert "dead-lettered 1" in proc.stdout
+
+
+def _synthetic_available(tmp_path: Path) -> None:
+    from stream.zoo.descriptors import load_spec
+    from stream.zoo.store import locate_model
+
+    try:
+        locate_model(
+            load_spec("mobilenet-v1-0.25-128"), weights_dir=None, cache_dir=tmp_path, allow_synthetic=True
+        )
+    except ModelError as e:
+        pytest.skip(f"synthetic stand-ins are not available in this build: {e}")
+
+
+def test_synthetic_seed_model_without_shared_data(redis_server: RedisServer, tmp_path: Path) -> None:
+    """What a fresh clone can run: a generated clip through a synthetic seed model (labels unchecked)."""
+    cache = tmp_path / "cache"
+    _synthetic_available(cache)
+    from stream.adapters.video import write_demo_clip
+
+    clip = write_demo_clip(tmp_path / "demo.mp4", frames=60)
+    results_file = tmp_path / "results.jsonl"
+    env = {"FRAMESTREAM_MODELS__CACHE_DIR": str(cache), "FRAMESTREAM_STREAMS__PIPELINE": "synthetic"}
+    env["FRAMESTREAM_WEIGHTS_DIR"] = ""
+    proc = run_cli(
+        ["--source", str(clip), "--model", "mobilenet-v1-0.25-128", "--results", str(results_file)],
+        redis_server.url,
+        env,
+    )
+    [rows] = read_results(results_file).values()
+    assert [r["seq"] for r in rows] == list(range(60))
+    assert all(len(r["top"]) == 5 for r in rows)
+    assert "synthetic" in proc.stderr
