@@ -74,9 +74,12 @@ def resolve_weights_dir(explicit: Path | None) -> Path | None:
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty temp dir; on success it replaces `final`, on error it is deleted."""
+    """Yield an empty temp dir; on success it replaces `final`, on error it is deleted
+    (with any parent folders this call created), so a failure leaves no trace."""
+    created = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    ok = False
     try:
         yield tmp
         old = None
@@ -84,11 +87,16 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             old = final.parent / f".old-{final.name}-{os.getpid()}-{id(tmp)}"
             os.replace(final, old)
         os.replace(tmp, final)
+        ok = True
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not ok:
+            for parent in created:  # deepest first
+                with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile
+                    parent.rmdir()
 
 
 def cached_ir(spec: ModelSpec, cache_dir: Path) -> Path:
