@@ -31,7 +31,9 @@ __all__ = [
     "best_single_process",
     "decode_cost",
     "infer_cost",
+    "decode_frames",
     "make_clip",
+    "measured_from_results",
     "naive_loop",
     "preprocess_cost",
     "run_benchmark_app",
@@ -122,7 +124,7 @@ def naive_loop(clip: Path, model: str, *, frames: int, weights_dir: Path | None)
                     "OpenCV read, resize, sync OpenVINO batch 1 (latency: read done -> result)")  # fmt: skip
 
 
-def _decoded(clip: Path, limit: int) -> Any:
+def decode_frames(clip: Path, limit: int) -> Any:
     """RGB frames from PyAV (FFmpeg frame threads), looping the clip until `limit` frames."""
     import av
 
@@ -150,7 +152,7 @@ def best_single_process(
 
     def produce() -> None:
         try:
-            for rgb in _decoded(clip, frames):
+            for rgb in decode_frames(clip, frames):
                 handoff.put((fit_to_model(rgb, engine.spec), time.perf_counter()))
         finally:
             handoff.put(None)
@@ -199,6 +201,25 @@ def best_single_process(
                     f"PyAV decode+resize thread, AsyncInferQueue batch {batch}, no Redis")  # fmt: skip
 
 
+def _rate(times_ms: list[float]) -> float | None:
+    if len(times_ms) < 2:
+        return None
+    span = max(times_ms) - min(times_ms)
+    return (len(times_ms) - 1) / (span / 1000.0) if span > 0 else None
+
+
+def measured_from_results(name: str, rows: list[Any], expected: int, note: str) -> Measured:
+    """A row from framestream results (`stats.ResultRow`): frames/s between the first and last
+    result (start-up not counted), latency = each frame's end-to-end figure."""
+    if not rows:
+        return Measured(name, None, note=f"no results ({note})")
+    p50, p99 = _percentiles([r.latency_ms for r in rows])
+    batches = [r.batch_size for r in rows if r.batch_size]
+    mean_batch = len(batches) / sum(1.0 / b for b in batches) if batches else None
+    extra = {"expected": expected, "mean_batch": mean_batch}
+    return Measured(name, _rate([r.result_ms for r in rows]), p50, p99, len(rows), note, extra)
+
+
 def _time_per_item(fn: Callable[[], int], min_s: float = 1.0) -> float:
     """Seconds per item: call `fn` (returns items done) until `min_s` passed."""
     done = 0
@@ -212,7 +233,7 @@ def _time_per_item(fn: Callable[[], int], min_s: float = 1.0) -> float:
 
 def decode_cost(clip: Path, *, frames: int) -> float:
     """Seconds per frame to decode the clip to RGB (PyAV, FFmpeg threads on every core)."""
-    return _time_per_item(lambda: sum(1 for _ in _decoded(clip, frames)), min_s=0.5)
+    return _time_per_item(lambda: sum(1 for _ in decode_frames(clip, frames)), min_s=0.5)
 
 
 def preprocess_cost(clip: Path, model: str) -> float:
@@ -223,7 +244,7 @@ def preprocess_cost(clip: Path, model: str) -> float:
     from stream.zoo.descriptors import load_spec
 
     spec = load_spec(model)
-    sample = list(_decoded(clip, 64))
+    sample = list(decode_frames(clip, 64))
     with ThreadPoolExecutor(max_workers=max(1, _cores())) as pool:
         return _time_per_item(lambda: len(list(pool.map(lambda f: fit_to_model(f, spec), sample))))
 

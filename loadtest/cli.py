@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
-out = Console()
+# in CI logs and pipes rich would wrap tables at 80 columns; keep rows on one line there
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 REDIS_HELP = "Attach to the pipeline at this Redis URL (default: --embedded, a private pipeline)."
 

@@ -1,0 +1,244 @@
+"""`loadtest bench`: framestream next to the alternatives, on one clip, in one run.
+
+Rows per model: the naive loop, the best single-process loop, framestream as stage processes,
+framestream as the Ray Serve application, a plain Ray Serve ``@serve.batch`` HTTP deployment,
+OpenVINO's benchmark_app on the bare model (the inference ceiling) and the sum-of-parts ideal
+1 / (decode + preprocess + infer per frame, each measured alone). Ratios are to the naive loop
+and to the ideal of the same model, measured in the same run.
+
+framestream's figures come from its own result stamps: frames/s is (results - 1) / (last result -
+first result), so process start-up and model compilation are not counted, and latency is each
+frame's end-to-end figure (capture -> result) while the whole clip is pushed as fast as ingest can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from loadtest.baselines import (
+    Measured,
+    best_single_process,
+    decode_cost,
+    infer_cost,
+    make_clip,
+    measured_from_results,
+    naive_loop,
+    preprocess_cost,
+    run_benchmark_app,
+)
+
+__all__ = [
+    "ALL_SYSTEMS",
+    "DEFAULT_MODELS",
+    "bench_model",
+    "framestream_processes",
+    "markdown_table",
+    "run_bench",
+]
+
+ALL_SYSTEMS = (
+    "naive",
+    "best_single",
+    "framestream",
+    "framestream_ray",
+    "ray_serve_batch",
+    "benchmark_app",
+    "ideal",
+)
+DEFAULT_MODELS = ("mobilenet-v1-0.25-128-quant", "mobilenet-v2-1.0-224-quant")
+_NAMES = {
+    "naive": "naive loop",
+    "best_single": "best single process",
+    "framestream": "framestream (stage processes)",
+    "framestream_ray": "framestream (Ray Serve app)",
+    "ray_serve_batch": "plain Ray Serve @serve.batch",
+    "benchmark_app": "benchmark_app (bare model)",
+    "ideal": "sum-of-parts ideal",
+}
+
+
+async def _play_and_collect(
+    url: str, pipeline: str, model: str, clip: Path, frames: int, timeout_s: float
+) -> list:
+    """Add `clip` as a file source and collect its results until its end-of-stream."""
+    import secrets
+
+    from loadtest.collector import Collector, last_id
+    from stream.adapters.redis_streams import connect
+    from stream.core.keys import PipelineKeys
+    from stream.stages.sources import SourceSpec, add_source
+
+    keys = PipelineKeys(pipeline)
+    client = await connect(url)
+    try:
+        source = f"bench-{secrets.token_hex(3)}"
+        collector = Collector(client, keys, [source], await last_id(client, keys.results), model=model)
+        await add_source(client, keys, source, SourceSpec(uri=str(clip)))
+        deadline = time.monotonic() + timeout_s
+        while source not in collector.eos and collector.distinct < frames and time.monotonic() < deadline:
+            await collector.poll()
+        return collector.rows
+    finally:
+        await client.aclose()
+
+
+def framestream_processes(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
+    """The clip through the four stages as OS processes (ingest decodes it), one redis-server."""
+    from loadtest.embedded import EmbeddedPipeline
+
+    async def go() -> list:
+        async with EmbeddedPipeline(model=model, weights_dir=weights_dir, pipeline="bench") as emb:
+            return await _play_and_collect(emb.url, "bench", model, clip, frames, timeout_s=600)
+
+    rows = asyncio.run(go())
+    return measured_from_results(
+        _NAMES["framestream"], rows, frames, "ingest decodes the H.264 file, 4 stage processes"
+    )
+
+
+def _ideal(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
+    d = decode_cost(clip, frames=frames)
+    p = preprocess_cost(clip, model)
+    i = infer_cost(model, weights_dir=weights_dir)
+    parts = {"decode_ms": d * 1000, "preprocess_ms": p * 1000, "infer_ms": i * 1000}
+    note = "1/(decode + preprocess + infer per frame): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+    return Measured(_NAMES["ideal"], 1.0 / (d + p + i), note=note, extra=parts)
+
+
+def _benchmark_app(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
+    from stream.zoo.descriptors import load_spec
+    from stream.zoo.store import DEFAULT_CACHE_DIR, locate_model, resolve_weights_dir
+
+    location = locate_model(
+        load_spec(model),
+        weights_dir=resolve_weights_dir(weights_dir),
+        cache_dir=DEFAULT_CACHE_DIR,
+        allow_synthetic=True,
+    )
+    return run_benchmark_app(location.path, seconds=10)
+
+
+def _ray_app(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
+    from loadtest.bench_ray import framestream_ray
+
+    return framestream_ray(clip, model, frames=frames, weights_dir=weights_dir)
+
+
+def _ray_serve(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
+    from loadtest.bench_ray import plain_serve_batch
+
+    return plain_serve_batch(clip, model, frames=frames, weights_dir=weights_dir)
+
+
+_RUNNERS: dict[str, Callable[..., Measured]] = {
+    "naive": naive_loop,
+    "best_single": best_single_process,
+    "framestream": framestream_processes,
+    "framestream_ray": _ray_app,
+    "ray_serve_batch": _ray_serve,
+    "benchmark_app": _benchmark_app,
+    "ideal": _ideal,
+}
+
+
+def bench_model(
+    clip: Path,
+    model: str,
+    *,
+    frames: int,
+    weights_dir: Path | None,
+    systems: Sequence[str] = ALL_SYSTEMS,
+    console: Console | None = None,
+) -> list[dict[str, Any]]:
+    """Every chosen system on `clip` with `model`; rows with ratios to naive and ideal."""
+    measured: dict[str, Measured] = {}
+    for system in systems:
+        if console is not None:
+            console.print(f"[dim]{model}: measuring {_NAMES[system]} ...[/dim]", highlight=False)
+        try:
+            measured[system] = _RUNNERS[system](clip, model, frames=frames, weights_dir=weights_dir)
+        except Exception as e:  # noqa: BLE001 - one failing system must not sink the others' figures
+            measured[system] = Measured(_NAMES[system], None, note=f"failed: {type(e).__name__}: {e}")
+        m = measured[system]
+        if console is not None:
+            fps = "-" if m.fps is None else f"{m.fps:.1f}"
+            console.print(f"  {m.name}: {fps} fps  {m.note}", highlight=False)
+    naive = measured.get("naive")
+    ideal = measured.get("ideal")
+    rows = []
+    for system, m in measured.items():
+        row = {"system": system, **asdict(m), "model": model}
+        row["ratio_to_naive"] = m.fps / naive.fps if m.fps and naive and naive.fps else None
+        row["ratio_to_ideal"] = m.fps / ideal.fps if m.fps and ideal and ideal.fps else None
+        rows.append(row)
+    return rows
+
+
+def _f(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The README table: one line per model and system."""
+    lines = [
+        "| model | system | frames/s | p50 ms | p99 ms | x naive | x ideal |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['name']} | {_f(r['fps'])} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} "
+            f"| {_f(r['ratio_to_naive'], '{:.2f}')} | {_f(r['ratio_to_ideal'], '{:.2f}')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _print(rows: Sequence[dict[str, Any]], console: Console) -> None:
+    table = Table(title="loadtest bench")
+    for col in ("model", "system", "frames/s", "p50 ms", "p99 ms", "x naive", "x ideal"):
+        table.add_column(col, justify="left" if col in ("model", "system") else "right")
+    for r in rows:
+        table.add_row(r["model"], r["name"], _f(r["fps"]), _f(r["p50_ms"]), _f(r["p99_ms"]),
+                      _f(r["ratio_to_naive"], "{:.2f}"), _f(r["ratio_to_ideal"], "{:.2f}"))  # fmt: skip
+    console.print(table)
+
+
+def run_bench(
+    *,
+    clip: Path | None = None,
+    models: Sequence[str] | None = None,
+    weights_dir: Path | None = None,
+    frames: int = 600,
+    systems: Sequence[str] = ALL_SYSTEMS,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Bench every model on one clip (generated: 640x480 H.264, `frames` frames, when not given)."""
+    if clip is not None and clip.suffix == ".fsr":
+        raise ValueError("bench needs a video file (the naive loop reads it with OpenCV), not a replay file")
+    clip_desc = "generated 640x480 H.264" if clip is None else str(clip)
+    with tempfile.TemporaryDirectory(prefix="loadtest-bench-") as tmp:
+        if clip is None:
+            clip = make_clip(Path(tmp) / "bench.mp4", frames=frames)
+        elif not clip.is_file():
+            raise ValueError(f"clip {clip} does not exist")
+        rows: list[dict[str, Any]] = []
+        for model in models or DEFAULT_MODELS:
+            rows += bench_model(clip, model, frames=frames, weights_dir=weights_dir, systems=systems,
+                                console=console)  # fmt: skip
+    if console is not None:
+        _print(rows, console)
+    columns = ("model", "system", "name", "fps", "p50_ms", "p99_ms", "ratio_to_naive", "ratio_to_ideal")
+    return {
+        "frames": frames,
+        "clip": clip_desc,
+        "rows": [{k: r[k] for k in columns} | {"note": r["note"], "extra": r["extra"]} for r in rows],
+        "markdown": markdown_table(rows),
+    }
