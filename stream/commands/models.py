@@ -74,14 +74,14 @@ def fetch(
     timeout_s: float = typer.Option(30.0, "--timeout-s", min=0.1, help="network timeout per read"),
 ) -> None:
     """Download the upstream files, verify size + sha256, unpack, convert to IR, cache."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
     from stream.settings import load_settings
     from stream.zoo import load_spec
     from stream.zoo.fetch import fetch_model
 
     cache = cache_dir or load_settings().models.cache_dir
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     with Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()
     ) as bar:

@@ -76,6 +76,8 @@ def convert_to_ir(spec: ModelSpec, source: Path, out_xml: Path) -> Path:
             model = _from_pytorch(spec, source)
         elif spec.framework == "openvino":
             model = ov.Core().read_model(str(source))
+        elif spec.framework == "tf":  # frozen graph: cut at the descriptor's output, as OMZ does
+            model = ov.convert_model(str(source), output=spec.output_name)
         else:
             model = ov.convert_model(str(source))
     except ModelError:
