@@ -169,6 +169,7 @@ def bench_model(
         except Exception as e:  # noqa: BLE001 - one failing system must not sink the others' figures
             measured[system] = Measured(_NAMES[system], None, note=f"failed: {type(e).__name__}: {e}")
         m = measured[system]
+        m.name = _NAMES[system]
         if console is not None:
             fps = "-" if m.fps is None else f"{m.fps:.1f}"
             console.print(f"  {m.name}: {fps} fps  {m.note}", highlight=False)

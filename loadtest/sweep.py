@@ -73,11 +73,15 @@ async def sweep_on(
     pipeline: str = "p",
     model: str | None = None,
     console: Console | None = None,
+    warmup_s: float = 2.0,
 ) -> dict[str, Any]:
     """Run the search against the pipeline at `url`; returns every step and the best rate."""
     search = RateSearch(start=start, factor=factor, max_steps=max_steps, integer=by == "sources",
                         resolution=0.1 if by == "fps" else 0.0)  # fmt: skip
     steps: list[dict[str, Any]] = []
+    if warmup_s > 0:  # first inferences of a cold pipeline are slow: keep them out of the first step
+        warm = _plan(by, search.next_rate() or start, source_fps=source_fps, duration_s=warmup_s)
+        await replay_on(url, clips, warm, pipeline=pipeline, model=model, settle_s=3.0, timeout_s=30.0)
     while (rate := search.next_rate()) is not None:
         await wait_idle(url, pipeline, timeout_s=max(30.0, 4 * step_duration_s))
         plan = _plan(by, rate, source_fps=source_fps, duration_s=step_duration_s)

@@ -182,3 +182,24 @@ def test_overload_at_twice_capacity_shows_latency_not_silent_loss_and_fails_the_
     assert max(series[len(series) // 2 :]) > 2 * series[0], "latency should climb while overloaded"
     assert run["latency"]["p99_ms"] > max(light_p99, 100)
     assert any("--p99-ms" in f for f in run["slo"]["failures"])
+
+
+def test_sweep_finds_the_highest_rate_that_holds_the_slo(pipeline: str, labelled_clip: Path) -> None:
+    import cv2
+
+    from loadtest.sweep import plot_sweep, sweep_on
+
+    clip = load_clip(labelled_clip)
+    result = asyncio.run(
+        sweep_on(pipeline, [clip], p99_ms=400, by="fps", start=10, factor=6, max_steps=4,
+                 step_duration_s=2.0, pipeline=PIPELINE, model=V2)
+    )  # fmt: skip
+    steps = result["steps"]
+    assert [s["rate"] for s in steps[:2]] == [10, 60]
+    assert steps[0]["passed"], steps[0]
+    assert result["first_failing"] is not None, "a rate far past capacity must fail the p99 SLO"
+    failing = [s for s in steps if not s["passed"]]
+    assert all((s["p99_ms"] or 1e9) > 400 or s["missing"] for s in failing)
+    assert result["best"] is not None and result["best"] < result["first_failing"]
+    png = cv2.imdecode(np.frombuffer(plot_sweep(result), np.uint8), cv2.IMREAD_COLOR)
+    assert png is not None and png.shape[0] > 200 and len(np.unique(png.reshape(-1, 3), axis=0)) > 20
