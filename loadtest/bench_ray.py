@@ -21,19 +21,18 @@ __all__ = ["framestream_ray", "plain_serve_batch"]
 
 
 def _all_results(url: str, pipeline: str) -> list[Any]:
+    """Every result on the results stream (any source)."""
     from loadtest.collector import Collector
     from stream.adapters.redis_streams import connect
-    from stream.core.keys import PipelineKeys
+    from stream.core.codec import decode_message
+    from stream.core.keys import FIELD, PipelineKeys
 
     async def read() -> list[Any]:
-        client = await connect(url)
+        client: Any = await connect(url)
         try:
             keys = PipelineKeys(pipeline)
-            sources = set()
-            for _, fields in await client.xrange(keys.results):
-                from stream.core.codec import decode_message
-
-                sources.add(decode_message(fields[b"d"]).meta.get("source"))
+            entries = await client.xrange(keys.results)
+            sources = {str(decode_message(f[FIELD.encode()]).meta.get("source")) for _, f in entries}
             collector = Collector(client, keys, sources, "0-0", block_ms=10)
             while await collector.poll():
                 pass
@@ -78,8 +77,8 @@ def plain_serve_batch(
     try:
         port = find_free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(PlainClassifier.bind(model, str(weights_dir) if weights_dir else None), name="plain",
-                  route_prefix="/classify")  # fmt: skip
+        app = PlainClassifier.bind(model, str(weights_dir) if weights_dir else None)  # type: ignore[attr-defined]
+        serve.run(app, name="plain", route_prefix="/classify")
         url = f"http://127.0.0.1:{port}/classify"
         jpegs: queue.Queue[bytes | None] = queue.Queue(maxsize=4 * concurrency)
 

@@ -103,6 +103,8 @@ def _plot_cdf(run: Mapping[str, Any]) -> Figure:
         ax.step([values[0], *values], [0.0, *fractions], where="post")
         for q in (50, 99):
             v = hist.percentile(q)
+            if v is None:
+                continue
             ax.axvline(v, color="grey", ls="--", lw=0.8)
             ax.text(v, 0.05 if q == 50 else 0.15, f" p{q} {v:.0f} ms", color="grey", fontsize=8)
         if values[-1] > 10 * max(values[0], 1e-3):

@@ -15,13 +15,12 @@ __all__ = ["PlainClassifier"]
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class PlainClassifier:
-    def __init__(self, model: str, weights_dir: str | None = None, max_batch_size: int = 16) -> None:
+    def __init__(self, model: str, weights_dir: str | None = None) -> None:
         from pathlib import Path
 
         from stream.adapters.openvino_engine import open_engine
 
         self.engine = open_engine(model, weights_dir=Path(weights_dir) if weights_dir else None)
-        self.classify.set_max_batch_size(max_batch_size)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def classify(self, images: list[bytes]) -> list[dict[str, Any]]:

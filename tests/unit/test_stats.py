@@ -102,3 +102,32 @@ def test_slo_verdicts_name_each_failed_objective() -> None:
     assert len(bad) == 3
     assert "p99" in bad[0] and "--min-fps" in bad[1] and "--max-loss" in bad[2]
     assert check_slo(p99_ms=None, fps=None, missing_fraction=1.0, max_p99_ms=100) != []
+
+
+def test_schedule_stats_and_summary_stay_pure() -> None:
+    """The load tester's maths imports only the stdlib, numpy and itself (no clock, no I/O libs)."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "loadtest"
+    for name in ("schedule.py", "stats.py", "summary.py"):
+        text = (root / name).read_text()
+        for node in ast.walk(ast.parse(text)):
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module]
+            for mod in mods:
+                top = mod.split(".")[0]
+                assert (
+                    top in sys.stdlib_module_names
+                    or top == "numpy"
+                    or mod
+                    in (
+                        "loadtest.stats",
+                        "loadtest.schedule",
+                    )
+                ), f"{name} imports {mod}"
+                assert top not in ("time", "datetime", "asyncio"), f"{name} reads a clock via {mod}"
