@@ -120,6 +120,9 @@ def replay(
     as_fast: bool = typer.Option(False, "--max", help="Send as fast as possible (not paced)."),
     duration: float | None = typer.Option(None, help="Loop the files until this many seconds."),
     loops: int = typer.Option(1, min=1, help="Passes over each file (without --duration)."),
+    source_prefix: str | None = typer.Option(
+        None, help="Source ids are PREFIX-0..M-1 (default lt-<random>)."
+    ),
     redis: str | None = typer.Option(None, help=REDIS_HELP),
     embedded: bool = typer.Option(False, help="Start a private redis-server and the stage processes."),
     pipeline: str = typer.Option("p", help="Pipeline name (hash tag) to attach to."),
@@ -139,7 +142,8 @@ def replay(
 
     pace = _pace(fps, speed, as_fast)
     try:
-        plan = ReplayPlan(sources=sources, pace=pace, duration_s=duration, loops=loops)
+        named = {"source_prefix": source_prefix} if source_prefix else {}
+        plan = ReplayPlan(sources=sources, pace=pace, duration_s=duration, loops=loops, **named)
         run = replay_session(
             files, plan, redis_url=None if embedded else redis, pipeline=pipeline, model=model,
             weights_dir=weights_dir, settle_s=settle, timeout_s=timeout,
