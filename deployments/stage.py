@@ -28,7 +28,7 @@ from stream.settings import Settings, load_settings
 
 __all__ = ["DRAIN_MARGIN_S", "StageDeployment", "open_redis", "stage_settings"]
 
-log = logging.getLogger("framestream.deployments")
+log = logging.getLogger("ray.serve")  # Serve writes it to the replica's own log file
 
 DRAIN_MARGIN_S = 5.0
 """graceful_shutdown_timeout_s >= streams.drain_timeout_s + this (close the client, leave the group)."""
@@ -76,6 +76,7 @@ class StageDeployment:
         context = serve.get_replica_context()
         self.stage = stage
         self.consumer = context.replica_id.unique_id
+        self.actor_name = context.replica_id.to_full_id_str()
         self.settings = stage_settings(settings)
         self.stuck_after_s = stuck_after_s
         self.client = await open_redis(self.settings)
@@ -122,6 +123,7 @@ class StageDeployment:
         return {
             "stage": self.stage,
             "consumer": self.consumer,
+            "actor_name": self.actor_name,
             "processed": self.loop.processed,
             "rate_fps": self._measure_rate(),
             "backlog": self._last_backlog,
