@@ -52,6 +52,8 @@ class RunOptions:
     config_path: Path = CONFIG_PATH
     demo_frames: int = 300
     stall_timeout_s: float = 180.0
+    timeout_s: float | None = None
+    """Stop the sources and drain after this long (like Ctrl-C); None = until the sources end."""
     deploy_timeout_s: float = 300.0
 
 
@@ -157,9 +159,9 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="framestream-run-")))
         sources = list(options.sources)
         if not sources:
-            from deployments.demo import write_demo_clip
+            from stream.adapters.video import write_demo_clip
 
-            clip = write_demo_clip(tmp / "demo.mp4", frames=options.demo_frames)
+            clip = write_demo_clip(tmp / "demo.mp4", frames=options.demo_frames, size=(640, 480))
             console.print(f"demo clip: {options.demo_frames} generated frames, 640x480 H.264", soft_wrap=True)
             sources = [str(clip)]
         started = time.monotonic()
@@ -245,6 +247,8 @@ async def _drive(
     watcher = _Watcher(client, keys, model)
     try:
         with Progress(console) as progress:
+            if options.timeout_s is not None:
+                loop.call_later(options.timeout_s, stop.set)
             await _until_done(sink, ids, stop, watcher, progress, options.stall_timeout_s, started)
             interrupted = stop.is_set() and not sink.finished(ids)
             if interrupted:

@@ -44,7 +44,12 @@ def run(
     redis: str | None = typer.Option(
         None, "--redis", help="redis:// URL, or 'auto' for a private redis-server"
     ),
-    runner: Runner = typer.Option(Runner.processes, "--runner", help="how stages run"),
+    runner: Runner = typer.Option(
+        Runner.ray, "--runner", help="ray: one Ray Serve application (default); processes: OS processes"
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster to attach to (ray runner); default: start a local Ray"
+    ),
     config: Path | None = typer.Option(None, "--config", help="settings YAML file"),
     timeout_s: float | None = typer.Option(None, "--timeout", help="give up after this many seconds"),
 ) -> None:
@@ -52,10 +57,11 @@ def run(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s run %(levelname)s %(message)s")
     try:
         settings = load_settings(config)
+        if runner is Runner.ray:
+            _run_ray(settings, source, model, results, redis, address, timeout_s)
+            return
         models = model or [settings.models.default]
         _check_models(settings, models)
-        if runner is Runner.ray:
-            raise FramestreamError("--runner ray is not available in this build yet; use --runner processes")
         with tempfile.TemporaryDirectory(prefix="framestream-demo-") as tmp:
             sources = source or [_demo_source(Path(tmp))]
             report = _run_processes(
@@ -69,6 +75,25 @@ def run(
         console.print(f"results: {results}")
     if any(r.error for r in report.rows):
         raise typer.Exit(1)
+
+
+def _run_ray(settings: Settings, sources, models, results, redis, address, timeout_s) -> None:
+    """The Ray runner (`deployments.runner`): it prints its own progress and summary."""
+    from deployments.runner import RunOptions, run_ray
+
+    if len(models) > 1:
+        raise FramestreamError("--runner ray runs one --model; use --runner processes for several")
+    options = RunOptions(
+        sources=list(sources),
+        model=models[0] if models else None,
+        results=results,
+        redis_url=redis,
+        address=address,
+        timeout_s=timeout_s,
+    )
+    run_ray(options, settings, Console())
+    if results:
+        console.print(f"results: {results}")
 
 
 def _run_processes(settings: Settings, url: str, sources, models, results, timeout_s):

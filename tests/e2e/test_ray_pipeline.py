@@ -357,9 +357,9 @@ async def test_bad_pushes_get_json_errors(app: App, body: bytes, headers: dict[s
 
 async def test_sources_results_and_health_over_http(app: App, tmp_path: Path):
     """A source added over HTTP plays through the stages; its results come back by seq."""
-    from deployments.demo import write_demo_clip
+    from stream.adapters.video import write_demo_clip
 
-    clip = write_demo_clip(tmp_path / "http.mp4", frames=40, width=320, height=240)
+    clip = write_demo_clip(tmp_path / "http.mp4", frames=40)
     async with httpx.AsyncClient(base_url=app.base_url, timeout=60) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = (await http.get("/readyz")).json()
