@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from stream.zoo.store import (
 
 __all__ = ["Engine", "compile_model", "open_engine", "read_model_file"]
 
+log = logging.getLogger(__name__)
 _core_lock = threading.Lock()
 _core: ov.Core | None = None
 
@@ -236,4 +238,10 @@ def open_engine(
     model = prepare_model(read_model_file(location.path), spec)
     compiled = compile_model(model, performance_hint, num_requests, inference_precision)
     labels = find_labels(spec, weights_dir=weights, cache_dir=cache)
+    if location.synthetic:
+        log.warning(
+            "%s: SYNTHETIC stand-in with random weights (%s): its labels mean nothing", name, location.path
+        )
+    if labels.source is None:
+        log.warning("%s: no labels file (imagenet_labels.txt) found; classes are named class_<i>", name)
     return Engine(spec, compiled, labels, location, num_requests)
