@@ -158,17 +158,21 @@ def bench_model(
     weights_dir: Path | None,
     systems: Sequence[str] = ALL_SYSTEMS,
     console: Console | None = None,
+    repeat: int = 1,
 ) -> list[dict[str, Any]]:
     """Every chosen system on `clip` with `model`; rows with ratios to naive and ideal."""
     measured: dict[str, Measured] = {}
     for system in systems:
         if console is not None:
             console.print(f"[dim]{model}: measuring {_NAMES[system]} ...[/dim]", highlight=False)
-        try:
-            measured[system] = _RUNNERS[system](clip, model, frames=frames, weights_dir=weights_dir)
-        except Exception as e:  # noqa: BLE001 - one failing system must not sink the others' figures
-            measured[system] = Measured(_NAMES[system], None, note=f"failed: {type(e).__name__}: {e}")
-        m = measured[system]
+        tries: list[Measured] = []
+        for _ in range(repeat):
+            try:
+                tries.append(_RUNNERS[system](clip, model, frames=frames, weights_dir=weights_dir))
+            except Exception as e:  # noqa: BLE001 - one failing system must not sink the others' figures
+                tries.append(Measured(_NAMES[system], None, note=f"failed: {type(e).__name__}: {e}"))
+        # best of `repeat`: on a shared machine, noise only ever makes a system slower
+        m = measured[system] = max(tries, key=lambda t: t.fps or 0.0)
         m.name = _NAMES[system]
         if console is not None:
             fps = "-" if m.fps is None else f"{m.fps:.1f}"
@@ -220,6 +224,7 @@ def run_bench(
     frames: int = 600,
     systems: Sequence[str] = ALL_SYSTEMS,
     console: Console | None = None,
+    repeat: int = 1,
 ) -> dict[str, Any]:
     """Bench every model on one clip (generated: 640x480 H.264, `frames` frames, when not given)."""
     if clip is not None and clip.suffix == ".fsr":
@@ -233,12 +238,13 @@ def run_bench(
         rows: list[dict[str, Any]] = []
         for model in models or DEFAULT_MODELS:
             rows += bench_model(clip, model, frames=frames, weights_dir=weights_dir, systems=systems,
-                                console=console)  # fmt: skip
+                                console=console, repeat=repeat)  # fmt: skip
     if console is not None:
         _print(rows, console)
     columns = ("model", "system", "name", "fps", "p50_ms", "p99_ms", "ratio_to_naive", "ratio_to_ideal")
     return {
         "frames": frames,
+        "repeat": repeat,
         "clip": clip_desc,
         "rows": [{k: r[k] for k in columns} | {"note": r["note"], "extra": r["extra"]} for r in rows],
         "markdown": markdown_table(rows),

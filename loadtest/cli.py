@@ -31,6 +31,15 @@ err = Console(stderr=True)
 # in CI logs and pipes rich would wrap tables at 80 columns; keep rows on one line there
 out = Console(width=None if sys.stdout.isatty() else 160)
 
+_SYSTEMS = (
+    "naive",
+    "best_single",
+    "framestream",
+    "framestream_ray",
+    "ray_serve_batch",
+    "benchmark_app",
+    "ideal",
+)
 REDIS_HELP = "Attach to the pipeline at this Redis URL (default: --embedded, a private pipeline)."
 
 
@@ -235,7 +244,8 @@ def bench(
     model: list[str] = typer.Option([], help="Models to bench (repeat); default: both real TFLite models."),
     weights_dir: Path | None = typer.Option(None, envvar="FRAMESTREAM_WEIGHTS_DIR"),
     frames: int = typer.Option(600, min=10, help="Frames per measurement."),
-    systems: str = typer.Option("all", help="Comma-separated subset of systems (see --help of bench)."),
+    systems: str = typer.Option("all", help="Comma-separated subset: " + ", ".join(_SYSTEMS) + "."),
+    repeat: int = typer.Option(1, min=1, help="Measure each system N times and keep the best."),
     json_out: Path | None = typer.Option(None, "--json"),
     markdown: Path | None = typer.Option(None, help="Write the markdown table (for the README) here."),
 ) -> None:
