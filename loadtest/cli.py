@@ -205,7 +205,8 @@ def sweep(
     source_fps: float = typer.Option(30.0, help="Rate of each source when stepping --by sources."),
     start: float = typer.Option(1.0, help="First rate (sources, or fps)."),
     factor: float = typer.Option(2.0, help="Step up by this factor until the SLO fails, then bisect."),
-    max_steps: int = typer.Option(8, min=1, help="At most this many runs."),
+    max_steps: int = typer.Option(8, min=1, help="At most this many rates."),
+    confirm: int = typer.Option(1, min=0, help="Re-run a failing rate this many times before calling it."),
     step_duration: float = typer.Option(8.0, help="Seconds per run."),
     max_loss: float = typer.Option(0.0, help="A run also fails when more frames than this lack a result."),
     redis: str | None = typer.Option(None, help=REDIS_HELP),
@@ -224,7 +225,7 @@ def sweep(
         result = run_sweep(
             files, p99_ms=p99_ms, by=by, source_fps=source_fps, start=start, factor=factor,
             max_steps=max_steps, step_duration_s=step_duration, max_loss=max_loss, redis_url=redis,
-            pipeline=pipeline, model=model, weights_dir=weights_dir, console=out,
+            confirm=confirm, pipeline=pipeline, model=model, weights_dir=weights_dir, console=out,
         )  # fmt: skip
     except (FramestreamError, ValueError) as e:
         raise _fail(str(e)) from None

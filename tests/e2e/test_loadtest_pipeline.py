@@ -195,8 +195,8 @@ def test_sweep_finds_the_highest_rate_that_holds_the_slo(pipeline: str, labelled
                  step_duration_s=2.0, pipeline=PIPELINE, model=V2)
     )  # fmt: skip
     steps = result["steps"]
-    assert [s["rate"] for s in steps[:2]] == [10, 60]
-    assert steps[0]["passed"], steps[0]
+    assert [s["rate"] for s in steps if s["attempt"] == 0][:2] == [10, 60]
+    assert any(s["passed"] for s in steps if s["rate"] == 10), steps
     assert result["first_failing"] is not None, "a rate far past capacity must fail the p99 SLO"
     failing = [s for s in steps if not s["passed"]]
     assert all((s["p99_ms"] or 1e9) > 400 or s["missing"] for s in failing)
