@@ -117,7 +117,15 @@ def _replica_states() -> dict[str, dict[str, int]]:
     app = serve.status().applications.get(context.app_name)
     if app is None:
         return {}
-    return {name: dict(d.replica_states) for name, d in app.deployments.items()}
+    return {
+        name: {str(getattr(state, "value", state)): n for state, n in d.replica_states.items()}
+        for name, d in app.deployments.items()
+    }
+
+
+def _deployment(stage: str) -> str:
+    """Deployment name of a stage (`deployments.app.DEPLOYMENT_NAMES`: the stage, capitalized)."""
+    return stage[:1].upper() + stage[1:]
 
 
 def _default_id(uri: str) -> str:
@@ -170,6 +178,22 @@ class Ingress:
         self.classifier = classifier
         self.stages = stages or {}
         self.limiter = RateLimiter(self.options.rate_per_s, self.options.burst)
+        self._gauges = asyncio.get_running_loop().create_task(self._publish_replicas())
+
+    async def _publish_replicas(self) -> None:
+        """framestream_replicas{stage}: running replicas per stage, from Serve's status, every 5 s."""
+        from stream.adapters import metrics as metrics_module  # the module: this class is pickled
+
+        names = {_deployment(name): name for name in self.stages}
+        while True:
+            try:
+                states = await asyncio.to_thread(_replica_states)
+                for deployment, stage in names.items():
+                    running = states.get(deployment, {})
+                    metrics_module.metrics.replicas(stage, running.get("RUNNING", 0))
+            except Exception as e:  # a status call can fail while Serve restarts: try again later
+                log.info("replica gauge: %r", e)
+            await asyncio.sleep(5.0)
 
     def _limit(self, request: Request) -> None:
         wait_s = self.limiter.allow(_client(request), time.monotonic())
@@ -360,10 +384,13 @@ class Ingress:
                 status = await asyncio.wait_for(handle.status.remote(), 5.0)
             except Exception as e:
                 status = {"error": f"{type(e).__name__}: {e}"}
-            out[name] = {"replicas": replicas.get(name, {}), **status}
+            out[name] = {"replicas": replicas.get(_deployment(name), {}), **status}
         return {"stages": out}
 
     async def __del__(self) -> None:
+        gauges = getattr(self, "_gauges", None)
+        if gauges is not None:
+            gauges.cancel()
         client = getattr(self, "client", None)
         if client is not None:
             await client.aclose()

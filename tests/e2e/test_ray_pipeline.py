@@ -384,6 +384,9 @@ async def test_sources_results_and_health_over_http(app: App, tmp_path: Path):
         missing = await http.get("/v1/no-such-route")
         assert missing.status_code == 404 and "error" in missing.json()
         assert "/v1/classify" in (await http.get("/openapi.json")).json()["paths"]
+        stages = (await http.get("/v1/stages")).json()["stages"]
+        assert stages["infer"]["replicas"]["RUNNING"] >= 1
+        assert stages["preprocess"]["processed"] >= 40
 
 
 async def test_events_stream_results_as_server_sent_events(app: App):
@@ -410,3 +413,41 @@ async def test_events_stream_results_as_server_sent_events(app: App):
     await asyncio.wait_for(task, 20)
     assert [f'"seq":{i}' in line for i, line in enumerate(received)] == [True, True, True]
     await client.aclose()
+
+
+# -- health check (the replica's own logic, without Ray) --------------------------------------
+
+
+class _FakeLoop:
+    def __init__(self, last_progress_s: float, backlog: int) -> None:
+        self.last_progress_s = last_progress_s
+        self._backlog = backlog
+        self.processed = 0
+
+    async def backlog(self):
+        from stream.adapters.redis_streams import GroupStats
+
+        return GroupStats("s", "g", lag=self._backlog, pending=0, consumers=1)
+
+
+def _replica(loop: _FakeLoop, task: asyncio.Future, stuck_after_s: float = 30.0):
+    from deployments.stage import StageDeployment
+
+    replica = object.__new__(StageDeployment.func_or_class)
+    replica.stage, replica.consumer, replica.loop = "infer", "r1", loop
+    replica.stuck_after_s, replica._task = stuck_after_s, task
+    return replica
+
+
+async def test_health_check_reports_a_stuck_or_crashed_loop_and_passes_an_idle_one():
+    running: asyncio.Future = asyncio.get_running_loop().create_future()
+    idle_long = _replica(_FakeLoop(time.monotonic() - 120, backlog=0), running)
+    await idle_long.check_health()  # nothing to do is not stuck
+    with pytest.raises(RuntimeError, match="no progress for"):
+        await _replica(_FakeLoop(time.monotonic() - 120, backlog=7), running).check_health()
+    await _replica(_FakeLoop(time.monotonic(), backlog=7), running).check_health()
+    crashed: asyncio.Future = asyncio.get_running_loop().create_future()
+    crashed.set_exception(ValueError("boom"))
+    with pytest.raises(RuntimeError, match="loop ended.*boom"):
+        await _replica(_FakeLoop(time.monotonic(), backlog=0), crashed).check_health()
+    running.cancel()
