@@ -1,8 +1,10 @@
 """Reading the results and events streams for HTTP clients: a page after a seq, and a live feed.
 
-Results of one source reach the results stream in seq order (the postprocess reorder buffer), so
-"results with seq > N" is found by walking the stream backwards from its newest entry until the
-source's seq drops to N (or the start of the retained stream).
+The postprocess reorder buffer writes a source's results in seq order, except "late" ones (a frame
+that arrived after the buffer gave up waiting for it, flagged ``late``), which land after results
+of higher seqs. So "results with seq > N" is found by walking the stream backwards from its newest
+entry until an in-order (not late) result with seq <= N (or the start of the retained stream):
+everything with a higher seq is newer than that entry.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class ResultReader:
         At most `limit` results, the oldest first.
         """
         found = False
-        collected: list[dict[str, Any]] = []
+        collected: dict[int, dict[str, Any]] = {}
         upper = "+"
         scanned = 0
         while scanned < _MAX_SCAN:
@@ -69,15 +71,16 @@ class ResultReader:
                 if meta is None or meta.get("source") != source or meta.get("kind") != RESULT:
                     continue
                 found = True
-                if int(meta.get("seq", -1)) <= after_seq:
+                seq = int(meta.get("seq", -1))
+                if seq > after_seq:
+                    collected[seq] = meta  # the oldest copy wins if a duplicate slipped through
+                elif not meta.get("late"):
                     done = True
                     break
-                collected.append(meta)
             if done or len(page) < _PAGE:
                 break
             upper = f"({_s(page[-1][0])}"
-        collected.sort(key=lambda m: int(m["seq"]))
-        return found, collected[:limit]
+        return found, [collected[seq] for seq in sorted(collected)][:limit]
 
     async def follow(
         self,

@@ -12,6 +12,7 @@ the results sees) and works the same on a laptop and against a remote cluster.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -52,6 +53,7 @@ class ResultSink:
     results_per_source: dict[str, int] = field(default_factory=dict)
     eos: dict[str, dict[str, Any]] = field(default_factory=dict)
     _seen: set[tuple[str, str, int]] = field(default_factory=set)
+    _eos_at: dict[str, float] = field(default_factory=dict)
     _out: IO[str] | None = None
 
     def __post_init__(self) -> None:
@@ -82,6 +84,7 @@ class ResultSink:
         source = str(meta.get("source"))
         if meta.get("kind") == EOS:
             self.eos[source] = meta
+            self._eos_at[source] = time.monotonic()
             return
         if meta.get("kind") != RESULT:
             return
@@ -100,9 +103,19 @@ class ResultSink:
         if self._out is not None:
             self._out.write(json.dumps(meta, separators=(",", ":"), default=str) + "\n")
 
-    def finished(self, sources: list[str]) -> bool:
-        """True once every source in `sources` has its end-of-stream result."""
-        return all(s in self.eos for s in sources)
+    def finished(self, sources: list[str], grace_s: float = 10.0, now_s: float | None = None) -> bool:
+        """True once every source in `sources` has its end-of-stream result and every frame it
+        announced (less the skipped ones) has a result, or `grace_s` passed since its end-of-stream:
+        "late" results (frames the reorder buffer stopped waiting for) can follow the end."""
+        now = time.monotonic() if now_s is None else now_s
+        for source in sources:
+            eos = self.eos.get(source)
+            if eos is None:
+                return False
+            expected = int(eos.get("frames") or 0) - int(eos.get("skipped") or 0)
+            if self.results_per_source.get(source, 0) < expected and now - self._eos_at[source] < grace_s:
+                return False
+        return True
 
     def close(self) -> None:
         if self._out is not None:

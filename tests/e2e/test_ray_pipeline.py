@@ -155,10 +155,12 @@ async def _results(client, source: str) -> tuple[Counter[int], dict | None]:
 
 
 async def _wait_eos(client, source: str, timeout_s: float) -> Counter[int]:
+    """Results per seq once the end-of-stream is there and every frame it announced has a result
+    ("late" results, which the reorder buffer stopped waiting for, may follow the end)."""
     deadline = time.monotonic() + timeout_s
     while True:
         seqs, eos = await _results(client, source)
-        if eos is not None:
+        if eos is not None and len(seqs) >= eos["frames"] - eos["skipped"]:
             return seqs
         if time.monotonic() > deadline:
             raise AssertionError(f"{source}: no end-of-stream after {timeout_s:.0f} s ({len(seqs)} results)")
