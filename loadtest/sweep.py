@@ -187,8 +187,16 @@ def plot_sweep(result: dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = sorted((s for s in result["steps"] if s["offered_fps"]), key=lambda s: s["offered_fps"])
+    deciding: dict[float, dict[str, Any]] = {}
+    for s in result["steps"]:  # the last attempt at a rate is the one that decided it
+        if s["offered_fps"]:
+            deciding[s["rate"]] = s
+    steps = sorted(deciding.values(), key=lambda s: s["offered_fps"])
     fig, ax = plt.subplots(figsize=(7, 3.6))
+    retried = [s for s in result["steps"] if s["offered_fps"] and s not in steps and s["p99_ms"]]
+    if retried:
+        ax.scatter([s["offered_fps"] for s in retried], [s["p99_ms"] for s in retried], color="grey",
+                   s=12, label="p99, earlier attempt")  # fmt: skip
     x = [s["offered_fps"] for s in steps]
     ax.plot(x, [s["p50_ms"] for s in steps], marker="o", label="p50")
     ax.plot(x, [s["p99_ms"] for s in steps], marker="o", label="p99")
