@@ -123,7 +123,8 @@ def record_source(
 ) -> Recording:
     """Record `spec` (anything `stream.adapters.video.open_source` opens) into `out`.
 
-    Stops at the end of a finite source or after `max_frames` (needed for live sources).
+    Stops at the end of a finite source, after `max_frames`, or on Ctrl-C (live sources), and
+    keeps what was recorded.
     Timestamps are the source's capture time when it has one (live), else its media time.
     """
     from stream.adapters.video import open_source
@@ -143,7 +144,10 @@ def record_source(
     try:
         with ReplayWriter(out, source=spec, meta=meta) as writer:
             while max_frames is None or written < max_frames:
-                frame = source.read()
+                try:
+                    frame = source.read()
+                except KeyboardInterrupt:  # Ctrl-C ends a live recording; keep what was captured
+                    break
                 if frame is None:
                     break
                 i, index = index, index + 1
