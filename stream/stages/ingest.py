@@ -80,7 +80,6 @@ class IngestStage:
         self.dropped = 0
         self.last_progress_s = time.monotonic()
         self._players: dict[str, _Player] = {}
-        self._backlog_cache: tuple[float, int] = (0.0, 0)
 
     async def backlog(self) -> GroupStats:
         """The frames stream's slowest consumer group (lag + pending), or its length with no group."""
@@ -89,18 +88,21 @@ class IngestStage:
             groups = await self.client.xinfo_groups(stream)
         except ResponseError:
             groups = []
-        stats = [await self.transport.group_stats(stream, _name(g)) for g in groups]
+        stats: list[GroupStats] = []
+        for g in groups:
+            info = {_name(k): v for k, v in g.items()}
+            if info.get("lag") is None:  # Redis cannot tell after some deletions: ask the transport
+                stats.append(await self.transport.group_stats(stream, _name(info["name"])))
+            else:
+                lag, pending = int(info["lag"]), int(info["pending"])
+                stats.append(GroupStats(stream, _name(info["name"]), lag, pending, int(info["consumers"])))
         if not stats:
             length = int(await self.client.xlen(stream))
             return GroupStats(stream, "", lag=length, pending=0, consumers=0)
         return max(stats, key=lambda s: s.backlog)
 
     async def _frames_backlog(self) -> int:
-        at, value = self._backlog_cache
-        if time.monotonic() - at > 0.02:
-            value = (await self.backlog()).backlog
-            self._backlog_cache = (time.monotonic(), value)
-        return value
+        return (await self.backlog()).backlog
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
