@@ -238,3 +238,41 @@ async def test_looping_source_can_be_removed_while_running(
     n = eos[("loop", V1)]["frames"]
     assert n >= 80 and eos[("loop", V1)]["reason"] == "removed"
     assert [r["seq"] for r in results] == list(range(n))  # the clip played more than twice, seq kept rising
+
+
+async def test_entries_held_by_a_dead_consumer_are_reclaimed_and_finished(
+    redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path
+) -> None:
+    """A preprocess consumer read frames and died before acking: the live one reclaims them."""
+    from stream.adapters.jpeg import encode_jpeg
+    from stream.settings import PostprocessSettings
+
+    # the reorder buffer must outwait the reclaim (claim_idle_ms=1000) to keep results in order
+    settings = make_settings(tmp_path, weights).model_copy(
+        update={"postprocess": PostprocessSettings(reorder_max_wait_ms=10_000)}
+    )
+    keys = PipelineKeys()
+    group = keys.group("preprocess", V1)
+    await redis_client.xgroup_create(keys.frames, group, id="0", mkstream=True)
+    photo = read_photo(weights.parent / "images" / "parrot.jpg")
+    for seq, rgb in enumerate(scene_frames(photo, 10, (160, 120))):
+        meta = {
+            "kind": "frame",
+            "source": "ghosted",
+            "seq": seq,
+            "capture_ms": time.time() * 1000,
+            "encoding": "jpeg",
+        }
+        array = np.frombuffer(encode_jpeg(rgb), np.uint8)
+        await redis_client.xadd(keys.frames, {FIELD: encode_message(Message(meta=meta, array=array))})
+    await redis_client.xadd(
+        keys.frames, {FIELD: encode_message(Message(meta={"kind": "eos", "source": "ghosted", "seq": 10}))}
+    )
+    taken = await redis_client.xreadgroup(group, "ghost", {keys.frames: ">"}, count=6)
+    assert len(taken[0][1]) == 6  # the ghost holds seq 0..5 and never acks them
+    async with pipeline(redis_server.url, settings, [V1]):
+        results, eos = await collect_results(redis_client, keys, {("ghosted", V1)})
+    assert [r["seq"] for r in results] == list(range(10))
+    assert eos[("ghosted", V1)]["gaps"] == 0
+    pending = await redis_client.xpending(keys.frames, group)
+    assert pending["pending"] == 0
