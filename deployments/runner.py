@@ -109,7 +109,22 @@ def _start_ray(address: str | None) -> bool:
         "logging_level": logging.WARNING,
     }
     if address:
-        ray.init(address=address, **common)
+        # Ray 2.60 turns token auth on by itself only for a local cluster it finds; with an explicit
+        # address the driver must be told, or the cluster answers InvalidAuthToken.
+        token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+            os.environ["RAY_AUTH_MODE"] = "token"
+            with contextlib.suppress(Exception):  # Ray reads the mode at import: make it re-read
+                from ray._raylet import Config
+
+                Config.initialize("")
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as e:
+            raise FramestreamError(
+                f"cannot attach to Ray at {address}: {e}; check the address and that this machine has "
+                "the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)"
+            ) from e
         return False
     # Ray's token authentication stays on (Ray >= 2.52 default): a local ray.init creates the
     # token (~/.ray/auth_token) and every process of this cluster uses it.
@@ -119,9 +134,13 @@ def _start_ray(address: str | None) -> bool:
 
 def _replica_settings(settings: Settings, redis_url: str) -> dict[str, Any]:
     """The run's settings for every replica; the Redis password stays in the environment."""
+    from stream.zoo.store import resolve_weights_dir
+
     dumped = settings.model_dump(mode="json")
     dumped["redis"].pop("password", None)
     dumped["redis"]["url"] = redis_url
+    weights = resolve_weights_dir(settings.models.weights_dir)  # FRAMESTREAM_WEIGHTS_DIR of this shell
+    dumped["models"]["weights_dir"] = str(weights) if weights else None
     return dumped
 
 
@@ -166,8 +185,7 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
             sources = [str(clip)]
         started = time.monotonic()
         ours = _start_ray(options.address)
-        if ours:
-            stack.callback(_shutdown_ray)
+        stack.callback(_shutdown_ray if ours else _disconnect_ray)
         deployed = _ensure_app(options, settings, model, redis_url, console)
         if deployed:
             stack.callback(_delete_app, console)
@@ -208,6 +226,13 @@ def _delete_app(console: Console) -> None:
     console.print("draining: deleting the Serve application (replicas finish and ack what they hold) ...")
     with contextlib.suppress(Exception):
         serve.delete(APP_NAME)
+
+
+def _disconnect_ray() -> None:
+    """Leave a cluster we attached to (it, and Serve on it, keep running)."""
+    import ray
+
+    ray.shutdown()
 
 
 def _shutdown_ray() -> None:
