@@ -7,11 +7,13 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import typer
 
 from stream.adapters.redis_streams import connect
+from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import load_settings
 from stream.stages import STAGES, build_stage
@@ -53,7 +55,12 @@ async def _serve(name: str, settings, url: str, consumer: str, model: str | None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await loop_.run(stop)
+        keys = PipelineKeys(settings.streams.pipeline)
+        await client.hset(keys.stage_ready, consumer, str(time.time() * 1000))  # the runner waits on this
+        try:
+            await loop_.run(stop)
+        finally:
+            await client.hdel(keys.stage_ready, consumer)
         return loop_.processed
     finally:
         await client.aclose()

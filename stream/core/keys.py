@@ -66,6 +66,11 @@ class PipelineKeys:
         return f"{self.prefix}:lease:{source_id}"
 
     @property
+    def stage_ready(self) -> str:
+        """Hash of consumer name -> epoch ms at which that stage process was ready (model loaded)."""
+        return f"{self.prefix}:stage_ready"
+
+    @property
     def counters(self) -> str:
         """Hash of pipeline-wide counters (drops, ingested frames, ...)."""
         return f"{self.prefix}:counters"

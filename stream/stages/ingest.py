@@ -89,15 +89,16 @@ class IngestStage:
         except ResponseError:
             groups = []
         stats: list[GroupStats] = []
+        length = int(await self.client.xlen(stream))
         for g in groups:
             info = {_name(k): v for k, v in g.items()}
             if info.get("lag") is None:  # Redis cannot tell after some deletions: ask the transport
                 stats.append(await self.transport.group_stats(stream, _name(info["name"])))
             else:
-                lag, pending = int(info["lag"]), int(info["pending"])
+                # Redis 7.0 keeps counting entries trimmed away unread in `lag`: never above the length
+                lag, pending = min(int(info["lag"]), length), int(info["pending"])
                 stats.append(GroupStats(stream, _name(info["name"]), lag, pending, int(info["consumers"])))
         if not stats:
-            length = int(await self.client.xlen(stream))
             return GroupStats(stream, "", lag=length, pending=0, consumers=0)
         return max(stats, key=lambda s: s.backlog)
 

@@ -147,6 +147,7 @@ async def run_processes(
     timeout_s: float | None = None,
     stop: asyncio.Event | None = None,
     on_progress: Callable[[ResultCollector], None] | None = None,
+    ready_timeout_s: float = 120.0,
 ) -> RunReport:
     """Run the pipeline as OS processes until every finite source is done (or `stop`/timeout).
 
@@ -174,6 +175,8 @@ async def run_processes(
                 for stage in ("preprocess", "infer", "postprocess"):
                     procs.append(StageProcess(stage, model, redis_url, config, f"{stage}-{model}-{tag}"))
             procs.append(StageProcess("ingest", None, redis_url, config, f"ingest-{tag}"))
+            await _wait_ready(client, keys, procs, ready_timeout_s)
+            started = time.monotonic()
             for source_id, spec in zip(ids, specs, strict=True):
                 await add_source(client, keys, source_id, spec, replace=True)
             finite = {
@@ -197,6 +200,27 @@ async def run_processes(
         if sink is not None:
             sink.close()
         await client.aclose()
+
+
+async def _wait_ready(
+    client: aioredis.Redis, keys: PipelineKeys, procs: list[StageProcess], timeout_s: float
+) -> None:
+    """Wait until every stage process of this run has loaded its model and reads its stream,
+    so sources start when the whole pipeline can take them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready = {_s(k) for k in await client.hkeys(keys.stage_ready)}
+        missing = [p.label for p in procs if p.consumer not in ready]
+        if not missing:
+            return
+        for proc in procs:
+            if (code := proc.process.poll()) is not None:
+                raise FramestreamError(
+                    f"stage {proc.label} exited with code {code} while starting; see its log"
+                )
+        if time.monotonic() > deadline:
+            raise FramestreamError(f"stages {missing} not ready after {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)
 
 
 async def _collect(
