@@ -14,15 +14,18 @@ from typing import Any
 
 import yaml
 
+from stream.core.messages import STAGES
 from stream.errors import ConfigError
 
 __all__ = [
     "CONFIG_PATH",
     "app_config",
+    "app_names",
     "deploy",
     "deployment_config",
     "load_config",
     "override",
+    "per_model",
     "replica_counts",
     "wait_running",
 ]
@@ -85,7 +88,6 @@ def override(
     into ``http_options`` and ``deployments[name]`` into that deployment's entry; `stages`
     deploys only those stages (Serve rejects entries for deployments the app does not have)."""
     from deployments.app import DEPLOYMENT_NAMES
-    from stream.core.messages import STAGES
 
     out = copy.deepcopy(config)
     app = app_config(out)
@@ -98,6 +100,33 @@ def override(
     for name, options in (deployments or {}).items():
         _merge(deployment_config(out, name), options)
     return out
+
+
+def per_model(config: dict[str, Any], models: list[str]) -> dict[str, Any]:
+    """A copy of `config` whose first application serves ``models[0]`` and, for each further
+    model, a copy of it named ``<name>-<model>`` at ``/models/<model>`` without its own ingest:
+    one frames stream feeds every model (one preprocess/infer/postprocess group per model)."""
+    from deployments.app import DEPLOYMENT_NAMES
+
+    out = copy.deepcopy(config)
+    base = app_config(out)
+    base.setdefault("args", {})["model"] = models[0]
+    for model in models[1:]:
+        extra = copy.deepcopy(base)
+        extra["name"] = f"{base['name']}-{model}"
+        extra["route_prefix"] = f"/models/{model}"
+        extra["args"]["model"] = model
+        extra["args"]["stages"] = [s for s in extra["args"].get("stages", list(STAGES)) if s != "ingest"]
+        extra["deployments"] = [
+            d for d in extra.get("deployments", []) if d.get("name") != DEPLOYMENT_NAMES["ingest"]
+        ]
+        out["applications"].append(extra)
+    return out
+
+
+def app_names(config: dict[str, Any]) -> dict[str, str]:
+    """Serve application name per model (``args.model``) in `config`."""
+    return {str(app.get("args", {}).get("model")): app["name"] for app in config.get("applications", [])}
 
 
 def deploy(config: dict[str, Any], *, timeout_s: float = 300.0) -> None:

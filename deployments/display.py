@@ -13,9 +13,8 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
-
-from stream.core.messages import STAGES
 
 __all__ = ["Progress", "Snapshot", "StageRow", "Summary", "summary_table"]
 
@@ -81,7 +80,8 @@ def progress_table(snap: Snapshot) -> Group:
         sources.add_column(col, justify="right" if col == "results" else "left")
     for source in sorted(set(snap.labels) | set(snap.results) | snap.done):
         status = "done" if source in snap.done else ""
-        sources.add_row(source, f"{snap.results.get(source, 0):,}", snap.labels.get(source, "-"), status)
+        label = escape(snap.labels.get(source, "-"))
+        sources.add_row(escape(source), f"{snap.results.get(source, 0):,}", label, status)
     return Group(stages, sources)
 
 
@@ -130,7 +130,7 @@ def summary_table(s: Summary) -> Group:
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    model = s.model + ("  (SYNTHETIC stand-in: labels mean nothing)" if s.synthetic else "")
+    model = escape(s.model) + ("  (SYNTHETIC stand-in: labels mean nothing)" if s.synthetic else "")
     rows = [
         ("model", model),
         ("frames in (published)", f"{s.published:,}"),
@@ -148,29 +148,9 @@ def summary_table(s: Summary) -> Group:
     for what, value in rows:
         table.add_row(what, value)
     per_source = Table(show_header=True)
-    for col in ("source", "published", "results", "final label"):
-        per_source.add_column(col, justify="left" if col in ("source", "final label") else "right")
+    for col in ("source", "published", "results", "final smoothed label"):
+        per_source.add_column(col, justify="left" if col in ("source", "final smoothed label") else "right")
     for source, row in sorted(s.per_source.items()):
-        per_source.add_row(
-            source, f"{row.get('published', 0):,}", f"{row.get('results', 0):,}", row.get("label", "-")
-        )
+        published, results = f"{row.get('published', 0):,}", f"{row.get('results', 0):,}"
+        per_source.add_row(escape(source), published, results, escape(str(row.get("label", "-"))))
     return Group(table, per_source)
-
-
-def stage_rows(
-    probes: dict[str, Any], replicas: dict[str, int], rates: dict[str, float], names: dict[str, str]
-) -> list[StageRow]:
-    """Rows in pipeline order from probes (`watch.StageProbe`), replica counts and rates."""
-    rows = []
-    for stage in STAGES:
-        probe = probes.get(stage)
-        rows.append(
-            StageRow(
-                stage=stage,
-                replicas=replicas.get(names.get(stage, stage), 0),
-                rate_fps=rates.get(stage, 0.0),
-                handled=probe.handled if probe else 0,
-                backlog=probe.backlog if probe else 0,
-            )
-        )
-    return rows

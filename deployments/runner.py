@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,13 +23,10 @@ from typing import Any
 from rich.console import Console
 from rich.panel import Panel
 
-from deployments.app import APP_NAME, DEPLOYMENT_NAMES
-from deployments.config import CONFIG_PATH, deploy, load_config, override, replica_counts
-from deployments.display import Progress, Snapshot, Summary, stage_rows, summary_table
-from deployments.watch import ResultSink, percentile, probe_stages, read_counters
+from deployments.config import CONFIG_PATH, app_names, deploy, load_config, override, per_model
+from deployments.display import Summary, summary_table
+from deployments.drive import DriveOptions, drive
 from stream.adapters.redis_server import RedisServer, find_free_port
-from stream.adapters.redis_streams import connect
-from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError, ModelError
 from stream.settings import Settings, load_settings
 
@@ -46,6 +42,8 @@ FALLBACK_MODEL = "mobilenet-v2-pytorch"
 class RunOptions:
     sources: list[str] = field(default_factory=list)
     model: str | None = None
+    """The model; `models` for several (each gets its own preprocess/infer/postprocess)."""
+    models: list[str] = field(default_factory=list)
     results: Path | None = None
     redis_url: str | None = None
     address: str | None = None
@@ -55,10 +53,6 @@ class RunOptions:
     timeout_s: float | None = None
     """Stop the sources and drain after this long (like Ctrl-C); None = until the sources end."""
     deploy_timeout_s: float = 300.0
-
-
-class _Stalled(FramestreamError):
-    """The pipeline made no progress for too long."""
 
 
 def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
@@ -144,18 +138,6 @@ def _replica_settings(settings: Settings, redis_url: str) -> dict[str, Any]:
     return dumped
 
 
-def _source_id(uri: str, taken: set[str]) -> str:
-    import re
-
-    stem = Path(uri.rstrip("/")).stem if "://" not in uri else uri.rstrip("/").rsplit("/", 1)[-1]
-    base = re.sub(r"[^A-Za-z0-9_.\-]", "-", stem)[:100] or "source"
-    name, i = base, 2
-    while name in taken:
-        name, i = f"{base}-{i}", i + 1
-    taken.add(name)
-    return name
-
-
 def run_ray(options: RunOptions, settings: Settings | None = None, console: Console | None = None) -> Summary:
     """Run the pipeline on Ray (see the module docstring) and return what it did."""
     settings = settings or load_settings()
@@ -172,9 +154,15 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
             )
             redis_url = server.url
             console.print(f"redis-server (private) at 127.0.0.1:{server.port}")
-        model, synthetic = choose_model(options.model, settings)
-        if synthetic:
-            _synthetic_notice(console, options.model or settings.models.default, model)
+        wanted = options.models or [options.model or settings.models.default]
+        chosen = [
+            choose_model(name if options.models or options.model else None, settings) for name in wanted
+        ]
+        models = list(dict.fromkeys(name for name, _ in chosen))
+        synthetic = [name for name, fake in chosen if fake]
+        for want, (name, fake) in zip(wanted, chosen, strict=True):
+            if fake:
+                _synthetic_notice(console, want, name)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="framestream-run-")))
         sources = list(options.sources)
         if not sources:
@@ -186,46 +174,63 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
         started = time.monotonic()
         ours = _start_ray(options.address)
         stack.callback(_shutdown_ray if ours else _disconnect_ray)
-        deployed = _ensure_app(options, settings, model, redis_url, console)
+        apps, deployed = _ensure_apps(options, settings, models, redis_url, console)
         if deployed:
-            stack.callback(_delete_app, console)
-        console.print(f"Serve application {APP_NAME!r} running ({time.monotonic() - started:.1f} s to start)")
-        summary = asyncio.run(_drive(options, settings, redis_url, model, synthetic, sources, console))
+            stack.callback(_delete_apps, list(apps.values()), console)
+        console.print(f"Serve application running ({time.monotonic() - started:.1f} s to start)")
+        drive_options = DriveOptions(
+            models=models,
+            apps=apps,
+            synthetic=synthetic,
+            results=options.results,
+            stall_timeout_s=options.stall_timeout_s,
+            timeout_s=options.timeout_s,
+        )
+        summary = asyncio.run(drive(drive_options, settings, redis_url, sources, console))
         stack.close()  # drain and stop before the summary, so it is the last word
     console.print(summary_table(summary))
     return summary
 
 
-def _ensure_app(
-    options: RunOptions, settings: Settings, model: str, redis_url: str, console: Console
-) -> bool:
-    """Deploy the application unless one runs already (attached clusters). True if we deployed."""
+def _ensure_apps(
+    options: RunOptions, settings: Settings, models: list[str], redis_url: str, console: Console
+) -> tuple[dict[str, str], bool]:
+    """Deploy the application(s) unless they run already (attached clusters).
+
+    Returns the Serve application name per model and whether we deployed them.
+    """
     from ray import serve
 
+    config = per_model(
+        override(
+            load_config(options.config_path),
+            args={"settings": _replica_settings(settings, redis_url)},
+            http={"host": "127.0.0.1", "port": find_free_port()},
+        ),
+        models,
+    )
+    apps = app_names(config)
     if options.address:
         with contextlib.suppress(Exception):
-            app = serve.status().applications.get(APP_NAME)
-            if app is not None and str(getattr(app.status, "value", app.status)) == "RUNNING":
-                console.print(f"using the running Serve application {APP_NAME!r} (its own settings apply)")
-                return False
-    port = find_free_port()
-    config = override(
-        load_config(options.config_path),
-        args={"model": model, "settings": _replica_settings(settings, redis_url)},
-        http={"host": "127.0.0.1", "port": port},
-    )
+            running = serve.status().applications
+            if all(str(getattr(running[a].status, "value", "")) == "RUNNING" for a in apps.values()):
+                console.print(
+                    "using the Serve application(s) already running there (their own settings apply)"
+                )
+                return apps, False
     console.print("deploying the Serve application (deployments/serve_config.yaml) ...")
     deploy(config, timeout_s=options.deploy_timeout_s)
-    console.print(f"HTTP API: http://127.0.0.1:{port}/docs")
-    return True
+    console.print(f"HTTP API: http://127.0.0.1:{config['http_options']['port']}/docs")
+    return apps, True
 
 
-def _delete_app(console: Console) -> None:
+def _delete_apps(names: list[str], console: Console) -> None:
     from ray import serve
 
     console.print("draining: deleting the Serve application (replicas finish and ack what they hold) ...")
-    with contextlib.suppress(Exception):
-        serve.delete(APP_NAME)
+    for name in names:
+        with contextlib.suppress(Exception):
+            serve.delete(name)
 
 
 def _disconnect_ray() -> None:
@@ -242,162 +247,3 @@ def _shutdown_ray() -> None:
     with contextlib.suppress(Exception):
         serve.shutdown()
     ray.shutdown()
-
-
-async def _drive(
-    options: RunOptions,
-    settings: Settings,
-    redis_url: str,
-    model: str,
-    synthetic: bool,
-    uris: list[str],
-    console: Console,
-) -> Summary:
-    from stream.stages.sources import SourceSpec, add_source, remove_source
-
-    keys = PipelineKeys(settings.streams.pipeline)
-    client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, _on_signal, stop)
-    sink = ResultSink(client, keys, options.results)
-    taken: set[str] = set()
-    ids = [_source_id(uri, taken) for uri in uris]
-    for source_id, uri in zip(ids, uris, strict=True):
-        await add_source(client, keys, source_id, SourceSpec(uri=uri), replace=True)
-    first = {s: int(c) for s, c in zip(ids, await _published(client, keys, ids), strict=True)}
-    started = time.monotonic()
-    watcher = _Watcher(client, keys, model)
-    try:
-        with Progress(console) as progress:
-            if options.timeout_s is not None:
-                loop.call_later(options.timeout_s, stop.set)
-            await _until_done(sink, ids, stop, watcher, progress, options.stall_timeout_s, started)
-            interrupted = stop.is_set() and not sink.finished(ids)
-            if interrupted:
-                console.print("stopping: sources removed, draining what is in flight ...")
-                for source_id in ids:
-                    await remove_source(client, keys, source_id)
-                drain_deadline = time.monotonic() + settings.streams.drain_timeout_s + 5
-                while not sink.finished(ids) and time.monotonic() < drain_deadline:
-                    await sink.poll(block_ms=200)
-                    progress.update(await watcher.snapshot(sink, time.monotonic() - started))
-            while await sink.poll(block_ms=300):
-                pass
-            progress.update(await watcher.snapshot(sink, time.monotonic() - started))
-        published = await _published(client, keys, ids)
-        counters = await read_counters(client, keys)
-        dead = int(await client.xlen(keys.dead))
-        return Summary(
-            model=model,
-            synthetic=synthetic,
-            wall_s=time.monotonic() - started,
-            published=sum(p - first[s] for s, p in zip(ids, published, strict=True)),
-            results=sink.distinct,
-            duplicates=sink.duplicates,
-            dropped=sum(counters.get(f"dropped:{s}", 0) for s in ids),
-            dead_lettered=dead,
-            skipped=sum(int(sink.eos.get(s, {}).get("skipped") or 0) for s in ids),
-            p50_ms=percentile(sink.latencies_ms, 50),
-            p99_ms=percentile(sink.latencies_ms, 99),
-            max_ms=max(sink.latencies_ms) if sink.latencies_ms else None,
-            per_source={
-                s: {
-                    "published": p - first[s],
-                    "results": sink.results_per_source.get(s, 0),
-                    "label": sink.labels.get(s, "-"),
-                }
-                for s, p in zip(ids, published, strict=True)
-            },
-            interrupted=interrupted,
-        )
-    finally:
-        sink.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
-        await client.aclose()
-
-
-def _on_signal(stop: asyncio.Event) -> None:
-    if stop.is_set():
-        raise KeyboardInterrupt  # a second Ctrl-C: stop now, without draining
-    stop.set()
-
-
-async def _published(client: Any, keys: PipelineKeys, ids: list[str]) -> list[int]:
-    counters = await read_counters(client, keys)
-    return [counters.get(f"published:{s}", 0) for s in ids]
-
-
-async def _until_done(
-    sink: ResultSink,
-    ids: list[str],
-    stop: asyncio.Event,
-    watcher: _Watcher,
-    progress: Progress,
-    stall_timeout_s: float,
-    started: float,
-) -> None:
-    next_view = 0.0
-    last_change = time.monotonic()
-    last_marker: tuple[int, ...] = ()
-    while not stop.is_set() and not sink.finished(ids):
-        await sink.poll(block_ms=200)
-        now = time.monotonic()
-        if now < next_view:
-            continue
-        next_view = now + 0.5
-        snap = await watcher.snapshot(sink, now - started)
-        progress.update(snap)
-        marker = (sink.distinct, snap.published, *(r.handled for r in snap.stages))
-        if marker != last_marker:
-            last_marker, last_change = marker, now
-        elif now - last_change > stall_timeout_s:
-            raise _Stalled(
-                f"no progress for {stall_timeout_s:.0f} s (stages: "
-                + ", ".join(f"{r.stage} x{r.replicas} lag {r.backlog}" for r in snap.stages)
-                + "); see the replica logs under /tmp/ray/session_latest/logs/serve"
-            )
-
-
-class _Watcher:
-    """Snapshots for the progress view: stage groups, replica counts, rates."""
-
-    def __init__(self, client: Any, keys: PipelineKeys, model: str) -> None:
-        self.client = client
-        self.keys = keys
-        self.model = model
-        self._last: tuple[float, dict[str, int]] | None = None
-        self._rates: dict[str, float] = {}
-
-    async def snapshot(self, sink: ResultSink, elapsed_s: float) -> Snapshot:
-        probes = await probe_stages(self.client, self.keys, self.model)
-        counters = await read_counters(self.client, self.keys)
-        published = counters.get("published:*", 0)
-        handled = {stage: p.handled for stage, p in probes.items()}
-        handled["ingest"] = published
-        now = time.monotonic()
-        if self._last is not None and now - self._last[0] >= 0.9:
-            then, before = self._last
-            self._rates = {s: max(0.0, (n - before.get(s, 0)) / (now - then)) for s, n in handled.items()}
-            self._last = (now, handled)
-        elif self._last is None:
-            self._last = (now, handled)
-        try:
-            replicas = await asyncio.to_thread(replica_counts, APP_NAME)
-        except Exception:
-            replicas = {}
-        rows = stage_rows(probes, replicas, self._rates, DEPLOYMENT_NAMES)
-        rows[0] = type(rows[0])("ingest", rows[0].replicas, self._rates.get("ingest", 0.0), published, 0)
-        return Snapshot(
-            elapsed_s=elapsed_s,
-            stages=rows,
-            labels=dict(sink.labels),
-            results=dict(sink.results_per_source),
-            done=set(sink.eos),
-            published=published,
-            dead=0,
-        )

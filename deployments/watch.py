@@ -49,11 +49,11 @@ class ResultSink:
     distinct: int = 0
     duplicates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
-    labels: dict[str, str] = field(default_factory=dict)
-    results_per_source: dict[str, int] = field(default_factory=dict)
-    eos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    labels: dict[tuple[str, str], str] = field(default_factory=dict)
+    results_per_track: dict[tuple[str, str], int] = field(default_factory=dict)
+    eos: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _seen: set[tuple[str, str, int]] = field(default_factory=set)
-    _eos_at: dict[str, float] = field(default_factory=dict)
+    _eos_at: dict[tuple[str, str], float] = field(default_factory=dict)
     _out: IO[str] | None = None
 
     def __post_init__(self) -> None:
@@ -81,39 +81,41 @@ class ResultSink:
             meta = dict(decode_message(raw).meta)
         except CodecError:
             return
-        source = str(meta.get("source"))
+        track = (str(meta.get("source")), str(meta.get("model")))
         if meta.get("kind") == EOS:
-            self.eos[source] = meta
-            self._eos_at[source] = time.monotonic()
+            self.eos[track] = meta
+            self._eos_at[track] = time.monotonic()
             return
         if meta.get("kind") != RESULT:
             return
-        key = (source, str(meta.get("model")), int(meta.get("seq", -1)))
+        key = (*track, int(meta.get("seq", -1)))
         if key in self._seen:
             self.duplicates += 1
             return
         self._seen.add(key)
         self.distinct += 1
-        self.results_per_source[source] = self.results_per_source.get(source, 0) + 1
+        self.results_per_track[track] = self.results_per_track.get(track, 0) + 1
         if meta.get("smoothed_label") is not None:
-            self.labels[source] = str(meta["smoothed_label"])
+            self.labels[track] = str(meta["smoothed_label"])
         latency = meta.get("latency_ms")
         if isinstance(latency, int | float):
             self.latencies_ms.append(float(latency))
         if self._out is not None:
             self._out.write(json.dumps(meta, separators=(",", ":"), default=str) + "\n")
 
-    def finished(self, sources: list[str], grace_s: float = 10.0, now_s: float | None = None) -> bool:
-        """True once every source in `sources` has its end-of-stream result and every frame it
-        announced (less the skipped ones) has a result, or `grace_s` passed since its end-of-stream:
+    def finished(
+        self, tracks: list[tuple[str, str]], grace_s: float = 10.0, now_s: float | None = None
+    ) -> bool:
+        """True once every (source, model) in `tracks` has its end-of-stream result and every frame
+        it announced (less the skipped ones) has a result, or `grace_s` passed since the end:
         "late" results (frames the reorder buffer stopped waiting for) can follow the end."""
         now = time.monotonic() if now_s is None else now_s
-        for source in sources:
-            eos = self.eos.get(source)
+        for track in tracks:
+            eos = self.eos.get(track)
             if eos is None:
                 return False
             expected = int(eos.get("frames") or 0) - int(eos.get("skipped") or 0)
-            if self.results_per_source.get(source, 0) < expected and now - self._eos_at[source] < grace_s:
+            if self.results_per_track.get(track, 0) < expected and now - self._eos_at[track] < grace_s:
                 return False
         return True
 

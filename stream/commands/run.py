@@ -81,11 +81,9 @@ def _run_ray(settings: Settings, sources, models, results, redis, address, timeo
     """The Ray runner (`deployments.runner`): it prints its own progress and summary."""
     from deployments.runner import RunOptions, run_ray
 
-    if len(models) > 1:
-        raise FramestreamError("--runner ray runs one --model; use --runner processes for several")
     options = RunOptions(
         sources=list(sources),
-        model=models[0] if models else None,
+        models=list(models),
         results=results,
         redis_url=redis,
         address=address,

@@ -1,0 +1,241 @@
+"""The part of `framestream run --runner ray` that talks to Redis while the application runs:
+register the sources, follow the results with live progress, stop and drain on Ctrl-C, and sum up.
+
+A *track* is one (source, model) pair: every source is classified by every model of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from deployments.config import replica_counts
+from deployments.display import Progress, Snapshot, StageRow, Summary
+from deployments.watch import ResultSink, percentile, probe_stages, read_counters
+from stream.adapters.redis_streams import connect
+from stream.core.keys import PipelineKeys
+from stream.errors import FramestreamError
+from stream.settings import Settings
+
+__all__ = ["DriveOptions", "Stalled", "drive", "source_id"]
+
+
+class Stalled(FramestreamError):
+    """The pipeline made no progress for too long."""
+
+
+@dataclass(frozen=True)
+class DriveOptions:
+    models: list[str]
+    apps: dict[str, str]
+    """Serve application name per model (for replica counts)."""
+    synthetic: list[str]
+    results: Path | None = None
+    stall_timeout_s: float = 180.0
+    timeout_s: float | None = None
+
+
+def source_id(uri: str, taken: set[str]) -> str:
+    """A source id from a URI (file stem or last path part), unique among `taken` (updated)."""
+    stem = Path(uri.rstrip("/")).stem if "://" not in uri else uri.rstrip("/").rsplit("/", 1)[-1]
+    base = re.sub(r"[^A-Za-z0-9_.\-]", "-", stem)[:100] or "source"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _on_signal(stop: asyncio.Event) -> None:
+    if stop.is_set():
+        raise KeyboardInterrupt  # a second Ctrl-C: stop now, without draining
+    stop.set()
+
+
+async def drive(
+    options: DriveOptions, settings: Settings, redis_url: str, uris: list[str], console: Console
+) -> Summary:
+    """Play `uris` through the running application(s) until done, Ctrl-C or the timeout."""
+    from stream.stages.sources import SourceSpec, add_source, remove_source
+
+    keys = PipelineKeys(settings.streams.pipeline)
+    client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, _on_signal, stop)
+    sink = ResultSink(client, keys, options.results)
+    taken: set[str] = set()
+    ids = [source_id(uri, taken) for uri in uris]
+    tracks = [(s, m) for s in ids for m in options.models]
+    try:
+        first = dict(zip(ids, await _published(client, keys, ids), strict=True))
+        for sid, uri in zip(ids, uris, strict=True):
+            await add_source(client, keys, sid, SourceSpec(uri=uri), replace=True)
+        started = time.monotonic()
+        watcher = _Watcher(client, keys, options)
+        grace_s = settings.streams.drain_timeout_s
+        with Progress(console) as progress:
+            if options.timeout_s is not None:
+                loop.call_later(options.timeout_s, stop.set)
+            await _until_done(sink, tracks, stop, watcher, progress, options, started, grace_s)
+            interrupted = stop.is_set() and not sink.finished(tracks, grace_s)
+            if interrupted:
+                console.print("stopping: sources removed, draining what is in flight ...")
+                for sid in ids:
+                    await remove_source(client, keys, sid)
+                deadline = time.monotonic() + settings.streams.drain_timeout_s + 5
+                while not sink.finished(tracks, grace_s) and time.monotonic() < deadline:
+                    await sink.poll(block_ms=200)
+                    progress.update(await watcher.snapshot(sink, time.monotonic() - started))
+            while await sink.poll(block_ms=300):
+                pass
+            progress.update(await watcher.snapshot(sink, time.monotonic() - started))
+        published = dict(zip(ids, await _published(client, keys, ids), strict=True))
+        return await _summary(client, keys, options, sink, ids, first, published, started, interrupted)
+    finally:
+        sink.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        await client.aclose()
+
+
+async def _summary(
+    client: Any,
+    keys: PipelineKeys,
+    options: DriveOptions,
+    sink: ResultSink,
+    ids: list[str],
+    first: dict[str, int],
+    published: dict[str, int],
+    started: float,
+    interrupted: bool,
+) -> Summary:
+    counters = await read_counters(client, keys)
+    per_track = {}
+    for sid in ids:
+        for model in options.models:
+            per_track[_name(sid, model, options)] = {
+                "published": published[sid] - first[sid],
+                "results": sink.results_per_track.get((sid, model), 0),
+                "label": sink.labels.get((sid, model), "-"),
+            }
+    return Summary(
+        model=", ".join(options.models),
+        synthetic=bool(options.synthetic),
+        wall_s=time.monotonic() - started,
+        published=sum(published[s] - first[s] for s in ids),
+        results=sink.distinct,
+        duplicates=sink.duplicates,
+        dropped=sum(counters.get(f"dropped:{s}", 0) for s in ids),
+        dead_lettered=int(await client.xlen(keys.dead)),
+        skipped=sum(int(e.get("skipped") or 0) for e in sink.eos.values()),
+        p50_ms=percentile(sink.latencies_ms, 50),
+        p99_ms=percentile(sink.latencies_ms, 99),
+        max_ms=max(sink.latencies_ms) if sink.latencies_ms else None,
+        per_source=per_track,
+        interrupted=interrupted,
+    )
+
+
+def _name(source: str, model: str, options: DriveOptions) -> str:
+    return source if len(options.models) == 1 else f"{source} [{model}]"
+
+
+async def _published(client: Any, keys: PipelineKeys, ids: list[str]) -> list[int]:
+    counters = await read_counters(client, keys)
+    return [counters.get(f"published:{s}", 0) for s in ids]
+
+
+async def _until_done(
+    sink: ResultSink,
+    tracks: list[tuple[str, str]],
+    stop: asyncio.Event,
+    watcher: _Watcher,
+    progress: Progress,
+    options: DriveOptions,
+    started: float,
+    grace_s: float,
+) -> None:
+    next_view = 0.0
+    last_change = time.monotonic()
+    last_marker: tuple[int, ...] = ()
+    while not stop.is_set() and not sink.finished(tracks, grace_s):
+        await sink.poll(block_ms=200)
+        now = time.monotonic()
+        if now < next_view:
+            continue
+        next_view = now + 0.5
+        snap = await watcher.snapshot(sink, now - started)
+        progress.update(snap)
+        marker = (sink.distinct, snap.published, *(r.handled for r in snap.stages))
+        if marker != last_marker:
+            last_marker, last_change = marker, now
+        elif now - last_change > options.stall_timeout_s:
+            raise Stalled(
+                f"no progress for {options.stall_timeout_s:.0f} s (stages: "
+                + ", ".join(f"{r.stage} x{r.replicas} lag {r.backlog}" for r in snap.stages)
+                + "); see the replica logs under /tmp/ray/session_latest/logs/serve"
+            )
+
+
+class _Watcher:
+    """Snapshots for the progress view: stage groups per model, replica counts, rates."""
+
+    def __init__(self, client: Any, keys: PipelineKeys, options: DriveOptions) -> None:
+        self.client = client
+        self.keys = keys
+        self.options = options
+        self._last: tuple[float, dict[str, int]] | None = None
+        self._rates: dict[str, float] = {}
+
+    def _rate(self, handled: dict[str, int]) -> None:
+        now = time.monotonic()
+        if self._last is None:
+            self._last = (now, handled)
+        elif now - self._last[0] >= 0.9:
+            then, before = self._last
+            self._rates = {k: max(0.0, (n - before.get(k, 0)) / (now - then)) for k, n in handled.items()}
+            self._last = (now, handled)
+
+    async def snapshot(self, sink: ResultSink, elapsed_s: float) -> Snapshot:
+        counters = await read_counters(self.client, self.keys)
+        published = counters.get("published:*", 0)
+        replicas: dict[str, dict[str, int]] = {}
+        for model, app in self.options.apps.items():
+            try:
+                replicas[model] = await asyncio.to_thread(replica_counts, app)
+            except Exception:
+                replicas[model] = {}
+        first = self.options.models[0]
+        rows_in: list[tuple[str, int, int, int]] = [
+            ("ingest", replicas[first].get("Ingest", 0), published, 0)
+        ]
+        for model in self.options.models:
+            probes = await probe_stages(self.client, self.keys, model)
+            for stage in ("preprocess", "infer", "postprocess"):
+                probe = probes.get(stage)
+                name = stage if len(self.options.models) == 1 else f"{stage} [{model}]"
+                count = replicas[model].get(stage.capitalize(), 0)
+                rows_in.append((name, count, probe.handled if probe else 0, probe.backlog if probe else 0))
+        self._rate({name: handled for name, _, handled, _ in rows_in})
+        rows = [StageRow(n, r, self._rates.get(n, 0.0), h, b) for n, r, h, b in rows_in]
+        return Snapshot(
+            elapsed_s=elapsed_s,
+            stages=rows,
+            labels={_name(s, m, self.options): lab for (s, m), lab in sink.labels.items()},
+            results={_name(s, m, self.options): n for (s, m), n in sink.results_per_track.items()},
+            done={_name(s, m, self.options) for (s, m) in sink.eos},
+            published=published,
+            dead=0,
+        )
