@@ -278,6 +278,10 @@ class StreamTransport:
                 if lag is None:  # Redis cannot tell after some deletions: count instead
                     last = _s(info["last-delivered-id"])
                     lag = len(await self.client.xrange(stream, min=f"({last}", max="+", count=100_000))
+                elif int(lag) > 0:
+                    # Redis 7.0 keeps counting entries an XTRIM deleted unread (lag = added - read),
+                    # so the lag never falls back; without a cap ingest would wait on it forever
+                    lag = min(int(lag), int(await self.client.xlen(stream)))
                 return GroupStats(stream, group, int(lag), int(info["pending"]), int(info["consumers"]))
         return GroupStats(stream, group, lag=int(await self.client.xlen(stream)), pending=0, consumers=0)
 

@@ -1,0 +1,190 @@
+"""One fault scenario against a running pipeline: play a folder of frames through the ingest
+stage as a source, follow the results at a sink, settle, check, and record the outcome as JSON
+(``$FRAMESTREAM_FAULTS_OUT``, default ``out/faults/``) for ``make faults``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from stream.core.keys import PipelineKeys
+from stream.stages.sinks import ResultCollector, percentile
+from stream.stages.sources import SourceSpec, add_source
+from tests.faults.checker import Outcome, check
+from tests.faults.frames import write_frame_folder
+from tests.faults.sink import FaultSink, dead_letters, pending_total, wait_until
+
+__all__ = ["OUT_ENV", "Harness", "Replay", "out_dir", "percentile", "recovery_s", "write_outcome"]
+
+OUT_ENV = "FRAMESTREAM_FAULTS_OUT"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def out_dir() -> Path:
+    return Path(os.environ.get(OUT_ENV) or ROOT / "out" / "faults")
+
+
+def write_outcome(outcome: Outcome, **extra: Any) -> Path:
+    """`outcome` (plus `extra` fields) as ``<out>/<scenario>.json``."""
+    folder = out_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in outcome.scenario.lower()).strip("-")
+    path = folder / f"{slug}.json"
+    path.write_text(json.dumps({**outcome.row(), **extra}, indent=2, default=str))
+    return path
+
+
+@dataclass
+class Replay:
+    """One source played through the pipeline and what came out of it."""
+
+    source: str
+    frames: int
+    sink: FaultSink
+    collector: ResultCollector
+    corrupt: Collection[int] = ()
+    started_s: float = field(default_factory=time.monotonic)
+    faults_ms: list[float] = field(default_factory=list)
+
+    @property
+    def wall_s(self) -> float:
+        return round(time.monotonic() - self.started_s, 1)
+
+    @property
+    def sent(self) -> list[tuple[str, int]]:
+        return [(self.source, i) for i in range(self.frames)]
+
+    def fault(self) -> float:
+        """Mark 'a fault happens now' (epoch ms), for the recovery time."""
+        now = time.time() * 1000.0
+        self.faults_ms.append(now)
+        return now
+
+    @property
+    def done(self) -> bool:
+        """End-of-stream seen and every decodable frame has a result."""
+        return self.source in self.sink.eos and self.sink.distinct >= self.frames - len(self.corrupt)
+
+
+def recovery_s(faults_ms: list[float], sink: FaultSink) -> float | None:
+    """Longest time from a fault until every frame ingested before it had its result, in seconds
+    (frames that never got one do not count here: they show up as lost)."""
+    first: dict[tuple[str, int], tuple[float | None, float]] = {}
+    for a in sink.arrivals:
+        first.setdefault((a.source, a.seq), (a.ingest_ms, a.seen_ms))
+    worst = 0.0
+    for fault in faults_ms:
+        before = [seen for ingest, seen in first.values() if ingest is not None and ingest < fault]
+        if before:
+            worst = max(worst, (max(before) - fault) / 1000.0)
+    return round(max(0.0, worst), 2)
+
+
+class Harness:
+    """What a scenario needs: a client, the pipeline's keys, a folder for its frames."""
+
+    def __init__(self, client: aioredis.Redis, keys: PipelineKeys, model: str, tmp: Path, claim_idle_ms: int):
+        self.client = client
+        self.keys = keys
+        self.model = model
+        self.tmp = tmp
+        self.claim_idle_ms = claim_idle_ms
+
+    async def replay(
+        self,
+        name: str,
+        frames: int,
+        *,
+        corrupt: Collection[int] = (),
+        live: bool | None = None,
+        uri: str = "",
+    ) -> Replay:
+        """Start playing `frames` frames (a JPEG folder, or `uri`) as a new source named after `name`."""
+        source = f"{name}-{secrets.token_hex(3)}"
+        if not uri:
+            uri = str(write_frame_folder(self.tmp / source, frames, corrupt=corrupt))
+        sink = await FaultSink(self.client, self.keys, f"faults-{source}", {source}).start()
+        collector = ResultCollector(self.client, self.keys, consumer=source)
+        await collector.ensure_group()
+        replay = Replay(source, frames, sink, collector, corrupt)
+        await add_source(self.client, self.keys, source, SourceSpec(uri=uri, live=live))
+        return replay
+
+    async def follow(
+        self, replay: Replay, *, timeout_s: float, until: Any = None, stall_s: float | None = 60.0
+    ) -> bool:
+        """Poll the sinks until the replay is done (or `until()`); False after `timeout_s`, or
+        once no new result came for `stall_s` (a wedged pipeline fails fast)."""
+        done = until or (lambda: replay.done)
+        deadline = time.monotonic() + timeout_s
+        last_count, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            await replay.sink.poll(block_ms=100)
+            await self._poll_collector(replay)
+            if done():
+                return True
+            now = time.monotonic()
+            if len(replay.sink.arrivals) != last_count:
+                last_count, last_change = len(replay.sink.arrivals), now
+            elif stall_s is not None and now - last_change > stall_s:
+                return False
+        return False
+
+    async def _poll_collector(self, replay: Replay) -> None:
+        try:
+            while await replay.collector.poll(block_ms=1, count=2_000):
+                pass
+        except (aioredis.ConnectionError, OSError):
+            pass
+        except aioredis.ResponseError as e:  # NOGROUP after a restart that lost everything
+            if "NOGROUP" not in str(e):
+                raise
+            await replay.collector.ensure_group()
+
+    async def pending(self) -> int:
+        return await pending_total(self.client, self.keys, [self.model])
+
+    async def settle(self, replay: Replay | None = None, extra_s: float = 5.0) -> int:
+        """Wait at most claim_idle_ms + `extra_s` for every group's pending count to reach 0
+        (still collecting results meanwhile); returns what is left pending."""
+        left = [0]
+
+        async def drained() -> bool:
+            if replay is not None:
+                await replay.sink.poll(block_ms=10)
+                await self._poll_collector(replay)
+            left[0] = await self.pending()
+            return left[0] == 0
+
+        await wait_until(drained, timeout_s=self.claim_idle_ms / 1000.0 + extra_s, interval_s=0.1)
+        return left[0]
+
+    async def outcome(self, scenario: str, replay: Replay, *, pending: int, note: str = "") -> Outcome:
+        dead = await dead_letters(self.client, self.keys, {replay.source})
+        return check(
+            scenario,
+            replay.sent,
+            replay.sink.results,
+            dead_lettered=[(d["source"], d["seq"]) for d in dead],
+            pending=pending,
+            recovery_s=recovery_s(replay.faults_ms, replay.sink) if replay.faults_ms else None,
+            note=note,
+        )
+
+    def record(self, outcome: Outcome, replay: Replay, **extra: Any) -> Path:
+        """Write the outcome JSON with the replay's wall time (and `extra`)."""
+        return write_outcome(outcome, wall_s=replay.wall_s, model=self.model, **extra)
+
+    async def close(self, replay: Replay) -> None:
+        """Drop the replay's sink groups (a group left behind would keep the results from trimming)."""
+        with contextlib.suppress(aioredis.ResponseError):
+            await self.client.xgroup_destroy(self.keys.results, replay.sink.group)

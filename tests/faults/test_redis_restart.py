@@ -1,0 +1,91 @@
+"""Scenario 4: `kill -9` the redis-server mid-replay, keep it down, restart it on the same port and
+data dir (AOF everysec): every frame the ingest stage had acknowledged gets a result, and the
+pipeline resumes by itself. Negative control: the same with persistence switched off loses frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.faults.conftest import Stack
+from tests.faults.scenario import Harness
+
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.ray,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+FRAMES = 6_000
+DOWN_S = 6.0
+"""Longer than redis-py's own reconnect retries (10 attempts, backoff capped well under 1 s), so
+the stages really see Redis gone."""
+
+
+async def _acknowledged(harness: Harness, source: str) -> int:
+    """Frames of `source` whose publish (XADD + progress, one MULTI/EXEC) Redis has confirmed."""
+    raw = await harness.client.hget(harness.keys.source_state, source)
+    return int(json.loads(raw)["next_seq"]) if raw else 0
+
+
+async def test_redis_sigkill_and_restart_with_aof_every_acknowledged_frame_gets_a_result(
+    harness: Harness, stack: Stack
+) -> None:
+    replay = await harness.replay("4-redis-kill-aof", FRAMES)
+    assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= FRAMES // 4)
+    pids_before = {d: set(stack.app.pids(d)) for d in stack.app.replicas}
+    acked = await _acknowledged(harness, replay.source)
+    stack.redis.kill()
+    replay.fault()
+    killed_at = time.monotonic()
+    await asyncio.sleep(DOWN_S)
+    stack.redis.start()
+    finished = await harness.follow(replay, timeout_s=180, stall_s=90)
+    resumed_s = time.monotonic() - killed_at
+    pending = await harness.settle(replay)
+    replaced = {d: len(pids_before[d] - set(stack.app.pids(d))) for d in stack.app.replicas}
+    how = "replicas reconnected" if not any(replaced.values()) else f"Serve replaced replicas {replaced}"
+    outcome = await harness.outcome(
+        "4 redis kill -9, AOF everysec",
+        replay,
+        pending=pending,
+        note=f"Ray; down {DOWN_S:.0f} s; {acked} frames acked before the kill; {how}",
+    )
+    harness.record(
+        outcome, replay, runner="ray", acked_before_kill=acked, replaced=replaced, resumed_s=resumed_s
+    )
+    await harness.close(replay)
+    missing = [seq for seq in range(acked) if (replay.source, seq) not in replay.sink.counts]
+    assert not missing, f"{len(missing)} acknowledged frames never got a result, e.g. {missing[:5]}"
+    assert finished, f"the pipeline did not resume: {replay.sink.distinct}/{FRAMES} results"
+    assert (outcome.lost, outcome.pending) == (0, 0), outcome
+
+
+async def test_negative_control_without_persistence_a_redis_crash_loses_frames(
+    harness: Harness, stack: Stack
+) -> None:
+    """AOF switched off for the replay (CONFIG SET appendonly no): the restarted server comes back
+    with what it had before the replay, and the checker must report the replay's frames lost."""
+    await harness.client.config_set("appendonly", "no")
+    replay = await harness.replay("4c-redis-kill-no-aof", 3_000)
+    assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= 500)
+    acked = await _acknowledged(harness, replay.source)
+    stack.redis.kill()
+    await asyncio.sleep(1.0)
+    stack.redis.start()  # appendonly yes again, from its command line
+    await harness.follow(replay, timeout_s=30, stall_s=20, until=lambda: replay.source in replay.sink.eos)
+    pending = await harness.settle(replay, extra_s=30)
+    outcome = await harness.outcome(
+        "4c control: redis kill -9, no persistence",
+        replay,
+        pending=pending,
+        note=f"negative control; {acked} frames acked before the kill",
+    )
+    harness.record(outcome, replay, runner="ray", control=True, acked_before_kill=acked)
+    await harness.close(replay)
+    missing = [seq for seq in range(acked) if (replay.source, seq) not in replay.sink.counts]
+    assert missing and outcome.lost > 0, outcome

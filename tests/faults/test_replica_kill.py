@@ -1,0 +1,113 @@
+"""Scenario 2: SIGKILL replicas of one stage every few seconds while frames flow, for each stage in
+turn (Ray Serve replaces them; survivors or replacements reclaim the dead consumer's entries).
+Negative control: a dead consumer removed together with its pending entries loses frames."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from tests.faults.conftest import CLAIM_IDLE_MS, Stack
+from tests.faults.scenario import Harness, Replay
+
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.ray,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+FRAMES = int(os.environ.get("FRAMESTREAM_FAULTS_KILL_FRAMES", "6000"))
+"""Frames per stage. The issue asks for 20,000; 4 x 20,000 does not fit the suite's time budget on
+2 cores, so the default is scaled down (set FRAMESTREAM_FAULTS_KILL_FRAMES=20000 for the full run)."""
+KILL_EVERY_S = 3.0
+PROGRESS_BETWEEN_KILLS = 200
+STAGES = ("Ingest", "Preprocess", "Infer", "Postprocess")
+
+
+async def _killer(stack: Stack, deployment: str, replay: Replay, kills: list[int]) -> None:
+    """Every KILL_EVERY_S, SIGKILL one replica of `deployment`, once all its replicas run again and
+    results moved on since the last kill (so every kill hits a working pipeline)."""
+    rng = random.Random(7)
+    want = stack.app.replicas[deployment]
+    last_kill, results_then = time.monotonic(), 0
+    while not replay.done:
+        await asyncio.sleep(0.2)
+        pids = [p for p in stack.app.pids(deployment) if p not in kills]
+        moved = replay.sink.distinct - results_then >= PROGRESS_BETWEEN_KILLS
+        if time.monotonic() - last_kill < KILL_EVERY_S or len(pids) < want or not moved:
+            continue
+        victim = rng.choice(pids)
+        os.kill(victim, signal.SIGKILL)
+        replay.fault()
+        kills.append(victim)
+        last_kill, results_then = time.monotonic(), replay.sink.distinct
+
+
+@pytest.mark.parametrize("deployment", STAGES)
+async def test_sigkill_replicas_of_a_stage_loses_nothing(
+    harness: Harness, stack: Stack, deployment: str
+) -> None:
+    replay = await harness.replay(f"2-kill-{deployment.lower()}", FRAMES)
+    kills: list[int] = []
+    killer = asyncio.create_task(_killer(stack, deployment, replay, kills))
+    try:
+        finished = await harness.follow(replay, timeout_s=240)
+    finally:
+        killer.cancel()
+    pending = await harness.settle(replay)
+    replicas = stack.app.replicas[deployment]
+    outcome = await harness.outcome(
+        f"2 SIGKILL {deployment}",
+        replay,
+        pending=pending,
+        note=f"Ray; {len(kills)} kills of {replicas} replica(s), {FRAMES} frames",
+    )
+    harness.record(outcome, replay, runner="ray", kills=len(kills), replicas=replicas)
+    await harness.close(replay)
+    assert finished, f"{replay.sink.distinct}/{FRAMES} results after 240 s"
+    assert len(kills) >= 2
+    assert (outcome.lost, outcome.pending) == (0, 0), outcome
+    batch = max(stack.settings.streams.read_count, stack.settings.infer.max_batch_size)
+    assert outcome.duplicates <= batch * len(kills), outcome
+    # the product's own sink drops the duplicates (and counts them): one result per frame
+    track = replay.collector.track(replay.source, harness.model)
+    assert track.seqs == set(range(FRAMES))
+    assert track.duplicates == outcome.duplicates
+
+
+async def test_negative_control_a_dead_consumer_deleted_with_its_pending_entries_loses_frames(
+    harness: Harness, stack: Stack
+) -> None:
+    """Reclaim defeated on purpose: right after a Preprocess replica is killed, its consumer is
+    deleted from the group (XGROUP DELCONSUMER, what a careless cleanup does) before anyone can
+    claim its entries. Those frames are gone and the checker must say so."""
+    frames = 3_000
+    replay = await harness.replay("2c-delconsumer", frames)
+    group = harness.keys.group("preprocess", harness.model)
+    dropped = 0
+    for _ in range(3):
+        assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= 300)
+        stack.app.wait_replicas(timeout_s=60)
+        os.kill(stack.app.pids("Preprocess")[0], signal.SIGKILL)
+        await asyncio.sleep(CLAIM_IDLE_MS / 2000.0)  # before anyone may claim (claim_idle_ms)
+        for c in await harness.client.xinfo_consumers(harness.keys.frames, group):
+            if int(c["pending"]) > 0 and int(c["idle"]) >= CLAIM_IDLE_MS / 3:
+                dropped += await harness.client.xgroup_delconsumer(harness.keys.frames, group, c["name"])
+        if dropped:
+            break
+    await harness.follow(replay, timeout_s=60, until=lambda: replay.source in replay.sink.eos)
+    pending = await harness.settle(replay)
+    outcome = await harness.outcome(
+        "2c control: reclaim defeated",
+        replay,
+        pending=pending,
+        note=f"negative control; {dropped} entries dropped",
+    )
+    harness.record(outcome, replay, runner="ray", control=True)
+    await harness.close(replay)
+    assert dropped > 0 and outcome.lost > 0, outcome

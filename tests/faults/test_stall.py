@@ -1,0 +1,82 @@
+"""Scenario 5: SIGSTOP a process for 5 s, then SIGCONT: nothing is lost and the end-to-end p99
+latency recovers (the last stretch of the replay is faster than the stalled stretch).
+
+Two variants: one Infer replica (its sibling reclaims what the stopped one held after
+claim_idle_ms; when it wakes up its late copies are duplicates the sink drops) and the
+redis-server itself (every stage waits; nothing times out or crashes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.faults.conftest import Stack
+from tests.faults.scenario import Harness, Replay, percentile
+
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.ray,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+FRAMES = 6_000
+STALL_S = 5.0
+TAIL = 0.2
+"""The 'after' window: frames of the last 20% of the replay (ingested well after the stall)."""
+
+
+def _p99_windows(replay: Replay, stop_ms: float, cont_ms: float) -> tuple[float | None, float | None, float]:
+    """p99 latency of frames ingested from 1 s before the stall to its end, and of the replay's
+    tail; plus the tail's first ingest time (ms after SIGCONT)."""
+    first: dict[int, tuple[float, float]] = {}
+    for a in replay.sink.arrivals:
+        if a.ingest_ms is not None and a.latency_ms is not None:
+            first.setdefault(a.seq, (a.ingest_ms, a.latency_ms))
+    during = [lat for ingest, lat in first.values() if stop_ms - 1000 <= ingest <= cont_ms]
+    tail_from = int(replay.frames * (1 - TAIL))
+    after = [lat for seq, (_, lat) in first.items() if seq >= tail_from]
+    tail_start = min((ingest for seq, (ingest, _) in first.items() if seq >= tail_from), default=cont_ms)
+    return percentile(during, 99), percentile(after, 99), tail_start - cont_ms
+
+
+@pytest.mark.parametrize("target", ["Infer", "redis-server"])
+async def test_sigstop_for_5_s_then_sigcont_loses_nothing_and_p99_recovers(
+    harness: Harness, stack: Stack, target: str
+) -> None:
+    replay = await harness.replay(f"5-sigstop-{target.lower()}", FRAMES)
+    assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= FRAMES // 5)
+    pid = (
+        stack.redis.process.pid
+        if target == "redis-server" and stack.redis.process
+        else stack.app.pids(target)[0]
+    )
+    os.kill(pid, signal.SIGSTOP)
+    stop_ms = replay.fault()
+    try:
+        if target == "redis-server":
+            time.sleep(STALL_S)  # every client, ours included, would only wait on Redis
+        else:
+            await harness.follow(replay, timeout_s=STALL_S, until=lambda: False, stall_s=None)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    cont_ms = time.time() * 1000.0
+    finished = await harness.follow(replay, timeout_s=180)
+    pending = await harness.settle(replay)
+    p99_during, p99_after, tail_after_ms = _p99_windows(replay, stop_ms, cont_ms)
+    outcome = await harness.outcome(
+        f"5 SIGSTOP {target} 5 s",
+        replay,
+        pending=pending,
+        note=f"Ray; p99 {p99_during or 0:.0f} ms in the stall -> {p99_after or 0:.0f} ms at the end",
+    )
+    harness.record(outcome, replay, runner="ray", p99_stall_ms=p99_during, p99_tail_ms=p99_after)
+    await harness.close(replay)
+    assert finished, f"{replay.sink.distinct}/{FRAMES} results"
+    assert (outcome.lost, outcome.pending) == (0, 0), outcome
+    track = replay.collector.track(replay.source, harness.model)
+    assert track.seqs == set(range(FRAMES)) and track.duplicates == outcome.duplicates
+    assert tail_after_ms > 0, "the tail window must start after the stall ended"
+    assert p99_during is not None and p99_after is not None and p99_after < p99_during
