@@ -56,6 +56,9 @@ async def _serve(name: str, settings, url: str, consumer: str, model: str | None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         keys = PipelineKeys(settings.streams.pipeline)
+        start = getattr(loop_, "start", None)
+        if start is not None:
+            await start()  # groups, engine warm-up: done before we call ourselves ready
         await client.hset(keys.stage_ready, consumer, str(time.time() * 1000))  # the runner waits on this
         try:
             await loop_.run(stop)

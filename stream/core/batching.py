@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["BatchBuffer", "BatchPolicy"]
+__all__ = ["BatchBuffer", "BatchPolicy", "batch_buckets", "padded_size"]
 
 T = TypeVar("T")
 
@@ -81,3 +81,22 @@ class BatchBuffer(Generic[T]):
     def _pop(self, n: int) -> list[T]:
         n = min(n, len(self._items))
         return [self._items.popleft()[1] for _ in range(n)]
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """The batch sizes an engine is run at: powers of two below `max_batch_size`, and it.
+
+    Padding each batch up to a bucket keeps the set of input shapes small, so a dynamic-shape
+    engine only pays its first-call cost per shape a handful of times (at warm-up).
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    sizes = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size]
+    return [*sizes, max_batch_size]
+
+
+def padded_size(n: int, buckets: list[int]) -> int:
+    """The smallest bucket that holds `n` items (`n` itself when it exceeds every bucket)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return next((b for b in sorted(buckets) if b >= n), n)

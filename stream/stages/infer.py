@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_streams import DeadLetter, Entry, Output
-from stream.core.batching import BatchBuffer, BatchPolicy
+from stream.core.batching import BatchBuffer, BatchPolicy, batch_buckets, padded_size
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, SKIP
@@ -62,9 +62,28 @@ class InferStage(StageBase):
         cfg = settings.infer
         self.policy = BatchPolicy(cfg.max_batch_size, cfg.max_wait_ms)
         self.inflight = cfg.inflight
+        self.buckets = batch_buckets(cfg.max_batch_size)
+        self._warm = False
         self.batches = 0
         self.batched_frames = 0
         self._failure: BaseException | None = None
+
+    async def start(self) -> None:
+        """Create the group, then run every padded batch shape once per request (warm-up).
+
+        A dynamic-shape engine is slow on the first call with each new input shape (hundreds of
+        ms to seconds); paying that here keeps it out of the first frames' latency.
+        """
+        await super().start()
+        if self._warm:
+            return
+        h, w = self.engine.spec.input_hw
+        requests = max(1, int(getattr(self.engine, "num_requests", 1)))
+        for size in self.buckets:
+            x = np.zeros((size, h, w, 3), np.uint8)
+            for _ in range(2):
+                await asyncio.gather(*[self.engine.infer_async(x) for _ in range(requests)])
+        self._warm = True
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -143,8 +162,11 @@ class InferStage(StageBase):
         probs = np.zeros((0, 1000), np.float16)
         if frames:
             t0 = time.monotonic()
-            x = np.stack([m.array for _, m, _ in frames])
-            probs = (await self.engine.infer_async(x)).astype(np.float16)
+            size = padded_size(len(frames), self.buckets)
+            x = np.zeros((size, h, w, 3), np.uint8)
+            for i, (_, m, _) in enumerate(frames):
+                x[i] = m.array
+            probs = (await self.engine.infer_async(x))[: len(frames)].astype(np.float16)
             metrics.stage_seconds(self.name, (time.monotonic() - t0) / len(frames))
             metrics.batch_size(self.model or "", len(frames))
             self.batches += 1

@@ -31,7 +31,7 @@ def make_settings(tmp_path: Path, weights: Path | None, **ingest: object) -> Set
     return Settings(
         streams={"claim_idle_ms": 1_000, "block_ms": 50, "drain_timeout_s": 5},
         infer={"max_batch_size": 8, "max_wait_ms": 5, "inflight": 2},
-        postprocess={"reorder_max_wait_ms": 500, "hysteresis_frames": 3},
+        postprocess={"reorder_max_wait_ms": 5_000, "hysteresis_frames": 3},
         models={"weights_dir": weights, "cache_dir": tmp_path / "cache"},
         ingest=ingest,
     )

@@ -75,3 +75,15 @@ def test_room_completes_the_batch_being_filled(max_batch: int, n: int) -> None:
     buf.add(list(range(n)), 0)
     buf.add(list(range(buf.room())), 0)
     assert len(buf) % max_batch == 0 and len(buf) > 0
+
+
+@given(max_batch=st.integers(1, 300), n=st.integers(1, 300))
+def test_padding_buckets_hold_every_batch_with_at_most_double_waste(max_batch: int, n: int) -> None:
+    from stream.core.batching import batch_buckets, padded_size
+
+    buckets = batch_buckets(max_batch)
+    assert buckets[-1] == max_batch and buckets == sorted(set(buckets))
+    assert len(buckets) <= max_batch.bit_length() + 1
+    if n <= max_batch:
+        size = padded_size(n, buckets)
+        assert size in buckets and n <= size < 2 * n
