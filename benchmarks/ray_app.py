@@ -5,8 +5,9 @@ and through a plain Ray Serve ``@serve.batch`` HTTP deployment (what a user migh
     .venv/bin/python -m benchmarks.ray_app --model mobilenet-v1-0.25-128-quant --rounds 2
     .venv/bin/python -m benchmarks.ray_app --json out/ray_app.json
 
-The clip is the stages benchmark's (640x480 H.264, `loadtest.baselines.make_clip`), played as
-fast as ingest can. framestream's frames/s come from its own result stamps (first to last
+The clip is the stages benchmark's (`benchmarks.pipeline.make_clip`: 640x480 H.264 photo scenes
+with a slow pan/zoom from ../shared/images, generated shapes without them), played as fast as
+ingest can. framestream's frames/s come from its own result stamps (first to last
 result, so start-up and model compilation are not counted) and its latency is each frame's end to
 end figure (capture -> result). The plain Serve row POSTs JPEG frames with 16 in flight from a
 client that decodes the clip. Rounds alternate the systems so background load hits all alike;
@@ -30,7 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from loadtest.baselines import Measured, make_clip
+from loadtest.baselines import Measured
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("processes", "ray_app", "plain_serve")
@@ -42,6 +43,17 @@ def _weights_dir() -> Path | None:
         return Path(env)
     shared = ROOT.parent / "shared" / "models"
     return shared if shared.is_dir() else None
+
+
+def make_clip(path: Path, frames: int) -> Path:
+    """The stages benchmark's clip (same frames, same encoder settings)."""
+    try:
+        from benchmarks.pipeline import make_clip as stages_clip
+    except ImportError:  # the stages benchmark is not in this checkout: the loadtest clip
+        from loadtest.baselines import make_clip as loadtest_clip
+
+        return loadtest_clip(path, frames=frames)
+    return stages_clip(path, frames)
 
 
 def measure(system: str, clip: Path, model: str, frames: int, weights_dir: Path | None) -> Measured:
@@ -77,10 +89,10 @@ def main() -> None:
     args = ap.parse_args()
     systems = [s for s in args.systems.split(",") if s]
     weights_dir = _weights_dir()
-    console = Console()
+    console = Console(width=max(120, Console().width))
     runs: dict[str, list[Measured]] = {s: [] for s in systems}
     with tempfile.TemporaryDirectory(prefix="framestream-bench-") as tmp:
-        clip = make_clip(Path(tmp) / "clip.mp4", frames=args.frames)
+        clip = make_clip(Path(tmp) / "clip.mp4", args.frames)
         for round_no in range(args.rounds):
             for system in systems:
                 m = measure(system, clip, args.model, args.frames, weights_dir)
