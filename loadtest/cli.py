@@ -7,6 +7,7 @@ arguments, unreadable file, unreachable Redis, ...).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -151,8 +152,9 @@ def replay(
 
     pace = _pace(fps, speed, as_fast)
     try:
-        named = {"source_prefix": source_prefix} if source_prefix else {}
-        plan = ReplayPlan(sources=sources, pace=pace, duration_s=duration, loops=loops, **named)
+        plan = ReplayPlan(sources=sources, pace=pace, duration_s=duration, loops=loops)
+        if source_prefix:
+            plan = dataclasses.replace(plan, source_prefix=source_prefix)
         run = replay_session(
             files, plan, redis_url=None if embedded else redis, pipeline=pipeline, model=model,
             weights_dir=weights_dir, settle_s=settle, timeout_s=timeout,
