@@ -41,12 +41,20 @@ _SYSTEMS = (
     "benchmark_app",
     "ideal",
 )
-REDIS_HELP = "Attach to the pipeline at this Redis URL (default: --embedded, a private pipeline)."
+REDIS_HELP = (
+    "Attach to the pipeline at this Redis URL (default: FRAMESTREAM_REDIS__URL, else --embedded: a private "
+    "redis-server and stage processes)."
+)
 
 
 def _fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     return typer.Exit(2)
+
+
+def _attached(url: str | None) -> str | None:
+    """The Redis to attach to; None (or "auto", the settings' default) means embedded mode."""
+    return None if not url or url == "auto" else url
 
 
 def _pace(fps: float | None, speed: float, as_fast: bool) -> Any:
@@ -74,7 +82,9 @@ def record(
     max_frames: int | None = typer.Option(None, min=1, help="Stop after this many frames (live sources)."),
     every_nth: int = typer.Option(1, min=1, help="Keep one frame in N."),
     from_stream: bool = typer.Option(False, help="Record a pipeline's frames stream (XRANGE) instead."),
-    redis: str | None = typer.Option(None, help="Redis URL for --from-stream."),
+    redis: str | None = typer.Option(
+        None, envvar="FRAMESTREAM_REDIS__URL", help="Redis URL for --from-stream."
+    ),
     pipeline: str = typer.Option("p", help="Pipeline name (hash tag) for --from-stream."),
     source_id: list[str] = typer.Option([], help="With --from-stream: keep only these source ids."),
 ) -> None:
@@ -133,7 +143,7 @@ def replay(
     source_prefix: str | None = typer.Option(
         None, help="Source ids are PREFIX-0..M-1 (default lt-<random>)."
     ),
-    redis: str | None = typer.Option(None, help=REDIS_HELP),
+    redis: str | None = typer.Option(None, envvar="FRAMESTREAM_REDIS__URL", help=REDIS_HELP),
     embedded: bool = typer.Option(False, help="Start a private redis-server and the stage processes."),
     pipeline: str = typer.Option("p", help="Pipeline name (hash tag) to attach to."),
     model: str | None = typer.Option(None, help="Model (embedded mode runs it; attached, filters results)."),
@@ -156,7 +166,7 @@ def replay(
         if source_prefix:
             plan = dataclasses.replace(plan, source_prefix=source_prefix)
         run = replay_session(
-            files, plan, redis_url=None if embedded else redis, pipeline=pipeline, model=model,
+            files, plan, redis_url=None if embedded else _attached(redis), pipeline=pipeline, model=model,
             weights_dir=weights_dir, settle_s=settle, timeout_s=timeout,
             slo={"max_p99_ms": p99_ms, "min_fps": min_fps, "max_loss": max_loss},
         )  # fmt: skip
@@ -211,7 +221,7 @@ def sweep(
     confirm: int = typer.Option(1, min=0, help="Re-run a failing rate this many times before calling it."),
     step_duration: float = typer.Option(8.0, help="Seconds per run."),
     max_loss: float = typer.Option(0.0, help="A run also fails when more frames than this lack a result."),
-    redis: str | None = typer.Option(None, help=REDIS_HELP),
+    redis: str | None = typer.Option(None, envvar="FRAMESTREAM_REDIS__URL", help=REDIS_HELP),
     pipeline: str = typer.Option("p"),
     model: str | None = typer.Option(None),
     weights_dir: Path | None = typer.Option(None, envvar="FRAMESTREAM_WEIGHTS_DIR"),
@@ -226,7 +236,7 @@ def sweep(
     try:
         result = run_sweep(
             files, p99_ms=p99_ms, by=by, source_fps=source_fps, start=start, factor=factor,
-            max_steps=max_steps, step_duration_s=step_duration, max_loss=max_loss, redis_url=redis,
+            max_steps=max_steps, step_duration_s=step_duration, max_loss=max_loss, redis_url=_attached(redis),
             confirm=confirm, pipeline=pipeline, model=model, weights_dir=weights_dir, console=out,
         )  # fmt: skip
     except (FramestreamError, ValueError) as e:
