@@ -87,8 +87,30 @@ class _AsyncJob:
             self.loop.call_soon_threadsafe(_set)
 
 
+class _Pool:
+    """One compiled model and its request queue; `slots` keeps starts from blocking the loop."""
+
+    def __init__(self, compiled: ov.CompiledModel, num_requests: int, on_done: Any) -> None:
+        self.compiled = compiled
+        self.queue = ov.AsyncInferQueue(compiled, num_requests)
+        self.queue.set_callback(on_done)
+        self.size = len(self.queue)
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
+
+    def slots(self, loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots, self._slots_loop = asyncio.Semaphore(self.size), loop
+        return self._slots
+
+
 class Engine:
-    """A compiled model plus its labels. Thread-safe; `infer_async` is for one event loop."""
+    """A compiled model plus its labels. Thread-safe; `infer_async` is for one event loop.
+
+    Any batch size runs on the dynamic-batch model. Sizes listed in `static_batch_sizes` also get a
+    model compiled for exactly that size, which OpenVINO's CPU plugin runs 10-30 % faster; a batch
+    of such a size goes there (same results: the graph is the same).
+    """
 
     def __init__(
         self,
@@ -97,18 +119,16 @@ class Engine:
         labels: Labels,
         location: ModelLocation,
         num_requests: int = 0,
+        static: dict[int, ov.CompiledModel] | None = None,
     ) -> None:
         self.spec = spec
         self.labels: list[str] = list(labels.names)
         self.labels_source = labels.source
         self.model_path = location.path
         self.synthetic = location.synthetic
-        self._compiled = compiled
-        self._queue = ov.AsyncInferQueue(compiled, num_requests)
-        self._queue.set_callback(self._on_done)
-        self.num_requests = len(self._queue)
-        self._slots: asyncio.Semaphore | None = None
-        self._slots_loop: asyncio.AbstractEventLoop | None = None
+        self._dynamic = _Pool(compiled, num_requests, self._on_done)
+        self._static = {n: _Pool(c, num_requests, self._on_done) for n, c in (static or {}).items()}
+        self.num_requests = self._dynamic.size
         self._closed = False
 
     def __enter__(self) -> Engine:
@@ -122,9 +142,13 @@ class Engine:
         return self.spec.input_hw
 
     @property
+    def static_batch_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted(self._static))
+
+    @property
     def streams(self) -> int:
         """Inference streams the device runs in parallel (OpenVINO's NUM_STREAMS)."""
-        return int(self._compiled.get_property("NUM_STREAMS"))
+        return int(self._dynamic.compiled.get_property("NUM_STREAMS"))
 
     def _on_done(self, request: ov.InferRequest, job: Any) -> None:
         try:
@@ -143,6 +167,9 @@ class Engine:
             raise ValueError(f"{self.spec.name}: batch must be uint8 [N, {h}, {w}, 3] RGB, got {got}")
         return np.ascontiguousarray(batch)
 
+    def _pool(self, n: int) -> _Pool:
+        return self._static.get(n, self._dynamic)
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """uint8 [N, h, w, 3] RGB -> float32 [N, 1000] probabilities (blocks until done).
 
@@ -152,11 +179,11 @@ class Engine:
         n = batch.shape[0]
         if n == 0:
             return np.zeros((0, 1000), np.float32)
-        parts = np.array_split(batch, min(self.num_requests, n))
+        parts = [batch] if n in self._static else np.array_split(batch, min(self.num_requests, n))
         jobs = []
         for part in parts:
             job = _SyncJob()
-            self._queue.start_async({0: part}, job, share_inputs=True)
+            self._pool(len(part)).queue.start_async({0: part}, job, share_inputs=True)
             jobs.append(job)
         for job in jobs:
             job.done.wait()
@@ -165,7 +192,7 @@ class Engine:
         return np.concatenate([j.result for j in jobs if j.result is not None], axis=0)
 
     async def infer_async(self, batch: np.ndarray) -> np.ndarray:
-        """Same as `infer` for one request, awaited; several calls may be in flight at once.
+        """Same as `infer` as one request, awaited; several calls may be in flight at once.
 
         Waits (asynchronously) for a free request first, so starting one never blocks the loop.
         Do not modify `batch` until the call returns: the request reads it in place.
@@ -174,19 +201,19 @@ class Engine:
         if batch.shape[0] == 0:
             return np.zeros((0, 1000), np.float32)
         loop = asyncio.get_running_loop()
-        if self._slots is None or self._slots_loop is not loop:
-            self._slots, self._slots_loop = asyncio.Semaphore(self.num_requests), loop
-        async with self._slots:
+        pool = self._pool(batch.shape[0])
+        async with pool.slots(loop):
             job = _AsyncJob(loop, loop.create_future(), batch)
-            self._queue.start_async({0: batch}, job, share_inputs=True)
+            pool.queue.start_async({0: batch}, job, share_inputs=True)
             return await job.future
 
     def close(self) -> None:
-        """Wait for requests in flight, then release the compiled model."""
+        """Wait for requests in flight, then release the compiled models."""
         if self._closed:
             return
         self._closed = True
-        self._queue.wait_all()
+        for pool in [self._dynamic, *self._static.values()]:
+            pool.queue.wait_all()
 
 
 def compile_model(
@@ -223,20 +250,30 @@ def open_engine(
     performance_hint: str = "THROUGHPUT",
     num_requests: int = 0,
     inference_precision: str | None = None,
+    static_batch_sizes: tuple[int, ...] = (1,),
 ) -> Engine:
     """Load model `name` (weights dir, then cache, then a synthetic stand-in) and compile it.
 
     `weights_dir` defaults to ``$FRAMESTREAM_WEIGHTS_DIR``; `cache_dir` to
     ``~/.cache/framestream/models``. `num_requests` 0 lets OpenVINO pick the optimal pool size.
     `inference_precision` None keeps the device default (bf16 where the CPU has it); "f32" for
-    bit-faithful float math (contract checks).
+    bit-faithful float math (contract checks). `static_batch_sizes` get an extra model compiled
+    for exactly that batch size (faster; each costs one more compile at open).
     """
+    if any(n < 1 for n in static_batch_sizes):
+        raise ValueError(f"static_batch_sizes must be >= 1, got {static_batch_sizes}")
     spec = load_spec(name)
     weights = resolve_weights_dir(weights_dir)
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     location = locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=allow_synthetic)
     model = prepare_model(read_model_file(location.path), spec)
     compiled = compile_model(model, performance_hint, num_requests, inference_precision)
+    h, w = spec.input_hw
+    static = {}
+    for n in sorted(set(static_batch_sizes)):
+        fixed = model.clone()
+        fixed.reshape([n, h, w, 3])
+        static[n] = compile_model(fixed, performance_hint, num_requests, inference_precision)
     labels = find_labels(spec, weights_dir=weights, cache_dir=cache)
     if location.synthetic:
         log.warning(
@@ -244,4 +281,4 @@ def open_engine(
         )
     if labels.source is None:
         log.warning("%s: no labels file (imagenet_labels.txt) found; classes are named class_<i>", name)
-    return Engine(spec, compiled, labels, location, num_requests)
+    return Engine(spec, compiled, labels, location, num_requests, static)
