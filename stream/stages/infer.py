@@ -63,6 +63,7 @@ class InferStage(StageBase):
         self.policy = BatchPolicy(cfg.max_batch_size, cfg.max_wait_ms)
         self.inflight = cfg.inflight
         self.buckets = batch_buckets(cfg.max_batch_size)
+        self._poll_s = max(_POLL_S, cfg.max_wait_ms / 4000.0)
         self._warm = False
         self.batches = 0
         self.batched_frames = 0
@@ -106,7 +107,8 @@ class InferStage(StageBase):
                         arrived = _ms()
                         buffer.add([(e, m, now_ms()) for e, m in good], arrived)
                     elif wait_ms is not None:
-                        await asyncio.sleep(min(_POLL_S, wait_ms / 1000.0))
+                        # poll a few times per max_wait_ms: each poll costs a Redis round trip
+                        await asyncio.sleep(min(self._poll_s, wait_ms / 1000.0))
                 for batch in buffer.take_ready(_ms()):
                     await self._launch(batch, slots, tasks)
                 if len(buffer) >= limit:

@@ -73,6 +73,7 @@ class RunReport:
     p50_ms: float | None = None
     p99_ms: float | None = None
     interrupted: bool = False
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU each stage used after start-up
 
     @property
     def results(self) -> int:
@@ -117,6 +118,14 @@ class StageProcess:
     @property
     def label(self) -> str:
         return f"{self.stage}[{self.model}]" if self.model else self.stage
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds (user + system, all threads) the process has used so far; None off Linux."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def terminate(self) -> None:
         if self.process.poll() is None:
@@ -177,6 +186,7 @@ async def run_processes(
             procs.append(StageProcess("ingest", None, redis_url, config, f"ingest-{tag}"))
             await _wait_ready(client, keys, procs, ready_timeout_s)
             started = time.monotonic()
+            cpu_at_ready = {p.label: p.cpu_s() for p in procs}
             for source_id, spec in zip(ids, specs, strict=True):
                 await add_source(client, keys, source_id, spec, replace=True)
             finite = {
@@ -185,6 +195,11 @@ async def run_processes(
             report.interrupted = await _collect(
                 collector, finite, procs, started, timeout_s, stop, on_progress
             )
+            report.wall_s = time.monotonic() - started
+            for proc in procs:
+                before, after = cpu_at_ready[proc.label], proc.cpu_s()
+                if before is not None and after is not None:
+                    report.stage_cpu_s[proc.label] = after - before
             _stop(procs, settings.streams.drain_timeout_s + 5)
             while await collector.poll(block_ms=50):  # results written while draining
                 pass
@@ -193,7 +208,7 @@ async def run_processes(
         report.dropped = sum(
             int(v) for k, v in counters.items() if _s(k).startswith("dropped:") and _s(k)[8:] in ids
         )
-        _fill(report, collector, [(sid, m) for sid in ids for m in models], started)
+        _fill(report, collector, [(sid, m) for sid in ids for m in models])
         return report
     finally:
         _stop(procs, 5)
@@ -259,10 +274,7 @@ def _stop(procs: list[StageProcess], timeout_s: float) -> None:
         proc.wait(max(0.1, deadline - time.monotonic()))
 
 
-def _fill(
-    report: RunReport, collector: ResultCollector, pairs: list[tuple[str, str]], started: float
-) -> None:
-    report.wall_s = time.monotonic() - started
+def _fill(report: RunReport, collector: ResultCollector, pairs: list[tuple[str, str]]) -> None:
     latencies: list[float] = []
     batches: list[int] = []
     for source, model in pairs:
