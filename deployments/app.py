@@ -51,8 +51,8 @@ class AppArgs(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     stages: list[str] = Field(default_factory=lambda: list(STAGES), description="stages to deploy")
     stuck_after_s: float = Field(60.0, gt=0, description="health check: no progress this long = stuck")
-    ingress: IngressOptions = Field(default_factory=IngressOptions)
-    classifier: ClassifierArgs = Field(default_factory=ClassifierArgs)
+    ingress: IngressOptions = Field(default_factory=lambda: IngressOptions.model_validate({}))
+    classifier: ClassifierArgs = Field(default_factory=lambda: ClassifierArgs.model_validate({}))
 
     @field_validator("stages")
     @classmethod
@@ -67,15 +67,16 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     """The application for `args` (see `AppArgs`); Serve calls this with the config's ``args``."""
     a = AppArgs.model_validate(args or {})
     stages = {
-        name: StageDeployment.options(name=DEPLOYMENT_NAMES[name]).bind(
+        # the decorated classes are Serve Deployments (mypy sees the classes)
+        name: StageDeployment.options(name=DEPLOYMENT_NAMES[name]).bind(  # type: ignore[attr-defined]
             name, a.settings, a.model, a.stuck_after_s
         )
         for name in STAGES
         if name in a.stages
     }
-    classifier = Classifier.options(name=DEPLOYMENT_NAMES["classifier"]).bind(
+    classifier = Classifier.options(name=DEPLOYMENT_NAMES["classifier"]).bind(  # type: ignore[attr-defined]
         a.settings, a.model, a.classifier.max_batch_size, a.classifier.batch_wait_ms
     )
-    return Ingress.options(name=DEPLOYMENT_NAMES["ingress"]).bind(
+    return Ingress.options(name=DEPLOYMENT_NAMES["ingress"]).bind(  # type: ignore[attr-defined]
         classifier, stages, a.settings, a.model, a.ingress.model_dump()
     )

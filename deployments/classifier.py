@@ -32,7 +32,7 @@ __all__ = ["Classifier"]
 class Classifier:
     """One compiled model per replica; `classify` batches concurrent calls."""
 
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         settings: dict[str, Any] | None = None,
         model: str | None = None,
@@ -52,9 +52,11 @@ class Classifier:
             performance_hint=s.infer.performance_hint,
             num_requests=s.infer.num_requests,
         )
-        self.classify.set_max_batch_size(max_batch_size or s.infer.max_batch_size)
+        self.classify.set_max_batch_size(  # type: ignore[attr-defined]  # a @serve.batch method
+            max_batch_size or s.infer.max_batch_size
+        )
         wait_ms = s.infer.max_wait_ms if batch_wait_ms is None else batch_wait_ms
-        self.classify.set_batch_wait_timeout_s(wait_ms / 1000.0)
+        self.classify.set_batch_wait_timeout_s(wait_ms / 1000.0)  # type: ignore[attr-defined]
 
     def info(self) -> dict[str, Any]:
         """The model this replica serves (for readiness and the ingress)."""

@@ -175,4 +175,11 @@ def replica_counts(app_name: str) -> dict[str, int]:
     app = serve.status().applications.get(app_name)
     if app is None:
         return {}
-    return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in app.deployments.items()}
+    return {
+        name: sum(
+            int(n)
+            for state, n in d.replica_states.items()
+            if str(getattr(state, "value", state)) == "RUNNING"
+        )
+        for name, d in app.deployments.items()
+    }

@@ -157,7 +157,7 @@ def _source_json(status: Any) -> dict[str, Any]:
 class Ingress:
     """Routes of the FastAPI app `api`; one Redis client per replica."""
 
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         classifier: Any,
         stages: dict[str, Any] | None = None,
@@ -169,7 +169,7 @@ class Ingress:
         from stream.zoo.descriptors import load_spec
 
         self.settings = stage_settings(settings)
-        self.options = IngressOptions(**(options or {}))
+        self.cfg = IngressOptions(**(options or {}))
         self.model = model or self.settings.models.default
         self.spec = load_spec(self.model)
         self.keys = PipelineKeys(self.settings.streams.pipeline)
@@ -177,7 +177,7 @@ class Ingress:
         self.results = ResultReader(self.client, self.keys)
         self.classifier = classifier
         self.stages = stages or {}
-        self.limiter = RateLimiter(self.options.rate_per_s, self.options.burst)
+        self.limiter = RateLimiter(self.cfg.rate_per_s, self.cfg.burst)
         self._gauges = asyncio.get_running_loop().create_task(self._publish_replicas())
 
     async def _publish_replicas(self) -> None:
@@ -200,7 +200,7 @@ class Ingress:
         if wait_s > 0:
             raise ApiError(
                 429,
-                f"rate limit: {self.options.rate_per_s:g} requests/s per client",
+                f"rate limit: {self.cfg.rate_per_s:g} requests/s per client",
                 {"Retry-After": f"{wait_s:.0f}"},
             )
 
@@ -281,7 +281,7 @@ class Ingress:
     ) -> dict[str, Any]:
         """Results of `source_id` with seq > `after_seq`, in seq order (at most `limit`)."""
         self._limit(request)
-        limit = min(limit, self.options.max_results)
+        limit = min(limit, self.cfg.max_results)
         found, results = await self._redis(self.results.after(source_id, after_seq, limit))
         if not found and not await self._redis(self.client.hexists(self.keys.sources, source_id)):
             raise ApiError(404, f"no source {source_id!r} and no results for it")
@@ -331,12 +331,10 @@ class Ingress:
         tensor = await asyncio.to_thread(self._prepare, body)
         try:
             result = await asyncio.wait_for(
-                self.classifier.classify.remote(tensor), self.options.classify_timeout_s
+                self.classifier.classify.remote(tensor), self.cfg.classify_timeout_s
             )
         except TimeoutError as e:
-            raise ApiError(
-                503, f"classifier did not answer within {self.options.classify_timeout_s:g} s"
-            ) from e
+            raise ApiError(503, f"classifier did not answer within {self.cfg.classify_timeout_s:g} s") from e
         except Exception as e:
             from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
@@ -349,7 +347,7 @@ class Ingress:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in IMAGE_TYPES:
             raise ApiError(415, f"content-type must be image/jpeg or image/png, got {ctype or 'none'!r}")
-        limit = self.options.max_image_bytes
+        limit = self.cfg.max_image_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"image is {declared} bytes, over the limit of {limit}")

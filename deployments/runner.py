@@ -109,7 +109,7 @@ def _start_ray(address: str | None) -> bool:
         if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
             os.environ["RAY_AUTH_MODE"] = "token"
             with contextlib.suppress(Exception):  # Ray reads the mode at import: make it re-read
-                from ray._raylet import Config
+                from ray._raylet import Config  # type: ignore[attr-defined]
 
                 Config.initialize("")
         try:

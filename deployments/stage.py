@@ -64,7 +64,7 @@ async def open_redis(settings: Settings) -> Any:
 class StageDeployment:
     """Replicas of one stage (``stage`` = ingest, preprocess, infer or postprocess)."""
 
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         stage: str,
         settings: dict[str, Any] | None = None,
