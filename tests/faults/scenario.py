@@ -23,7 +23,17 @@ from tests.faults.checker import Outcome, check
 from tests.faults.frames import write_frame_folder
 from tests.faults.sink import FaultSink, dead_letters, pending_total, wait_until
 
-__all__ = ["OUT_ENV", "Harness", "Replay", "out_dir", "percentile", "recovery_s", "write_outcome"]
+__all__ = [
+    "OUT_ENV",
+    "Harness",
+    "Replay",
+    "out_dir",
+    "percentile",
+    "recoveries_s",
+    "recovery_s",
+    "timeline",
+    "write_outcome",
+]
 
 OUT_ENV = "FRAMESTREAM_FAULTS_OUT"
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +63,7 @@ class Replay:
     collector: ResultCollector
     corrupt: Collection[int] = ()
     started_s: float = field(default_factory=time.monotonic)
+    started_ms: float = field(default_factory=lambda: time.time() * 1000.0)
     faults_ms: list[float] = field(default_factory=list)
 
     @property
@@ -75,18 +86,42 @@ class Replay:
         return self.source in self.sink.eos and self.sink.distinct >= self.frames - len(self.corrupt)
 
 
-def recovery_s(faults_ms: list[float], sink: FaultSink) -> float | None:
-    """Longest time from a fault until every frame ingested before it had its result, in seconds
-    (frames that never got one do not count here: they show up as lost)."""
+def recoveries_s(faults_ms: list[float], sink: FaultSink) -> list[float]:
+    """Per fault: seconds until the pipeline was whole again, i.e. the later of (a) every frame
+    ingested before the fault has its result and (b) a frame ingested after the fault has its
+    result (new frames flow). Frames that never got a result do not count: they show up as lost."""
     first: dict[tuple[str, int], tuple[float | None, float]] = {}
     for a in sink.arrivals:
         first.setdefault((a.source, a.seq), (a.ingest_ms, a.seen_ms))
-    worst = 0.0
+    out = []
     for fault in faults_ms:
         before = [seen for ingest, seen in first.values() if ingest is not None and ingest < fault]
-        if before:
-            worst = max(worst, (max(before) - fault) / 1000.0)
-    return round(max(0.0, worst), 2)
+        after = [seen for ingest, seen in first.values() if ingest is not None and ingest >= fault]
+        worst = max(max(before, default=fault), min(after, default=fault))
+        out.append(round(max(0.0, (worst - fault) / 1000.0), 2))
+    return out
+
+
+def timeline(replay: Replay) -> dict[str, list[float]]:
+    """Results per second at the sink since the replay started, and the faults' times (s), to read
+    a recovery off afterwards."""
+    if not replay.sink.arrivals:
+        return {"results_per_s": [], "faults_s": []}
+    origin = replay.started_ms
+    counts: dict[int, int] = {}
+    for a in replay.sink.arrivals:
+        second = int((a.seen_ms - origin) // 1000)
+        counts[second] = counts.get(second, 0) + 1
+    last = max(counts)
+    return {
+        "results_per_s": [float(counts.get(i, 0)) for i in range(last + 1)],
+        "faults_s": [round((f - origin) / 1000.0, 2) for f in replay.faults_ms],
+    }
+
+
+def recovery_s(faults_ms: list[float], sink: FaultSink) -> float:
+    """The longest of `recoveries_s` (0.0 without faults)."""
+    return max(recoveries_s(faults_ms, sink), default=0.0)
 
 
 class Harness:
@@ -182,7 +217,15 @@ class Harness:
 
     def record(self, outcome: Outcome, replay: Replay, **extra: Any) -> Path:
         """Write the outcome JSON with the replay's wall time (and `extra`)."""
-        return write_outcome(outcome, wall_s=replay.wall_s, model=self.model, **extra)
+        per_fault = recoveries_s(replay.faults_ms, replay.sink)
+        return write_outcome(
+            outcome,
+            wall_s=replay.wall_s,
+            model=self.model,
+            recoveries_s=per_fault,
+            **timeline(replay),
+            **extra,
+        )
 
     async def close(self, replay: Replay) -> None:
         """Drop the replay's sink groups (a group left behind would keep the results from trimming)."""

@@ -11,7 +11,7 @@ import pytest
 from stream.adapters.redis_streams import StreamTransport
 from stream.core.keys import PipelineKeys
 from tests.faults.report import load_rows, render_table
-from tests.faults.scenario import percentile, recovery_s
+from tests.faults.scenario import percentile, recoveries_s, recovery_s
 from tests.faults.sink import Arrival, FaultSink
 
 pytestmark = pytest.mark.faults
@@ -33,6 +33,13 @@ def test_recovery_is_the_wait_until_every_frame_ingested_before_the_fault_came_o
     # a duplicate arriving later does not stretch it: the first copy counts
     sink.arrivals.append(Arrival("s", 9, 5.0, 900.0, 9000.0, 9000.0))
     assert recovery_s([1000.0], sink) == 3.5
+
+
+def test_recovery_also_waits_for_new_frames_to_flow_again() -> None:
+    # everything old was out by 1100 ms, but the first frame ingested after the fault (a stalled
+    # ingest) came out only at 8000 ms
+    sink = _sink_with([(0, 500.0, 1100.0), (1, 7000.0, 8000.0)])
+    assert recoveries_s([1000.0], sink) == [7.0]
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -25,6 +25,10 @@ FRAMES = int(os.environ.get("FRAMESTREAM_FAULTS_KILL_FRAMES", "6000"))
 """Frames per stage. The issue asks for 20,000; 4 x 20,000 does not fit the suite's time budget on
 2 cores, so the default is scaled down (set FRAMESTREAM_FAULTS_KILL_FRAMES=20000 for the full run)."""
 KILL_EVERY_S = 3.0
+MAX_KILLS = 3
+"""Per stage. A killed single replica (Ingest, Postprocess) takes Serve several seconds to replace,
+and the new Ingest waits for the dead one's source lease to expire (5 s), so more kills mostly
+add wall time."""
 PROGRESS_BETWEEN_KILLS = 200
 STAGES = ("Ingest", "Preprocess", "Infer", "Postprocess")
 
@@ -35,7 +39,7 @@ async def _killer(stack: Stack, deployment: str, replay: Replay, kills: list[int
     rng = random.Random(7)
     want = stack.app.replicas[deployment]
     last_kill, results_then = time.monotonic(), 0
-    while not replay.done:
+    while not replay.done and len(kills) < MAX_KILLS:
         await asyncio.sleep(0.2)
         pids = [p for p in stack.app.pids(deployment) if p not in kills]
         moved = replay.sink.distinct - results_then >= PROGRESS_BETWEEN_KILLS
