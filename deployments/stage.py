@@ -72,6 +72,7 @@ class StageDeployment:
         stuck_after_s: float = 60.0,
     ) -> None:
         from stream.stages import build_stage
+        from stream.stages.base import run_resilient
 
         context = serve.get_replica_context()
         self.stage = stage
@@ -82,7 +83,9 @@ class StageDeployment:
         self.client = await open_redis(self.settings)
         self.loop = build_stage(stage, self.settings, self.client, consumer=self.consumer, model=model)
         self._stop = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self.loop.run(self._stop), name=self.consumer)
+        self._task = asyncio.get_running_loop().create_task(
+            run_resilient(self.loop, self._stop, self.client), name=self.consumer
+        )
         self._last_count = (time.monotonic(), 0)
         self._last_backlog = 0
         self._rate_fps = 0.0

@@ -17,6 +17,7 @@ from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import load_settings
 from stream.stages import STAGES, build_stage
+from stream.stages.base import run_resilient
 
 __all__ = ["stage"]
 
@@ -61,7 +62,7 @@ async def _serve(name: str, settings, url: str, consumer: str, model: str | None
             await start()  # groups, engine warm-up: done before we call ourselves ready
         await client.hset(keys.stage_ready, consumer, str(time.time() * 1000))  # the runner waits on this
         try:
-            await loop_.run(stop)
+            await run_resilient(loop_, stop, client)
         finally:
             await client.hdel(keys.stage_ready, consumer)
         return loop_.processed

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_streams import DeadLetter, Entry, GroupStats, Output, StreamTransport
@@ -24,12 +27,26 @@ from stream.core.keys import PipelineKeys
 from stream.core.messages import SKIP
 from stream.settings import Settings
 
-__all__ = ["ConsumerStage", "Handled", "StageBase", "StageLoop", "now_ms", "skip_marker"]
+__all__ = [
+    "REDIS_TRANSIENT",
+    "ConsumerStage",
+    "Handled",
+    "StageBase",
+    "StageLoop",
+    "now_ms",
+    "run_resilient",
+    "skip_marker",
+]
 
 log = logging.getLogger(__name__)
 
 _TRIM_INTERVAL_S = 1.0
 _LAG_INTERVAL_S = 2.0
+
+
+REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
+"""Redis gone for a while: connection lost or refused, a stall past the socket timeout, a restart
+still loading its AOF (BusyLoadingError is a ConnectionError)."""
 
 
 def now_ms() -> float:
@@ -190,3 +207,39 @@ class ConsumerStage(StageBase):
 
     async def _drain(self) -> None:
         await self.commit(await self.flush())
+
+
+async def run_resilient(
+    loop: StageLoop, stop: asyncio.Event, client: aioredis.Redis, *, max_outage_s: float = 300.0
+) -> None:
+    """Run `loop` until `stop` is set, riding out Redis outages instead of crashing.
+
+    When Redis goes away mid-run (killed and restarted, stalled past the socket timeout, loading
+    its AOF), the loop's ``run`` ends with a transient error: wait with exponential backoff until
+    Redis answers PING again, then run the loop again. Entries it held stay pending in its group
+    and are reclaimed (XAUTOCLAIM), so nothing is lost; a frame may be handled twice (the sink
+    drops duplicates). An outage longer than `max_outage_s` re-raises, for a supervisor (Ray
+    Serve, the runner) to act on.
+    """
+    while True:
+        try:
+            await loop.run(stop)
+            return
+        except REDIS_TRANSIENT as e:
+            if stop.is_set():
+                return  # stopping anyway; what we held is reclaimed by the others
+            log.warning("%s: Redis unavailable (%s: %s); reconnecting", loop.name, type(e).__name__, e)
+            await _wait_for_redis(client, stop, max_outage_s)
+            log.warning("%s: Redis is back; resuming", loop.name)
+
+
+async def _wait_for_redis(client: aioredis.Redis, stop: asyncio.Event, max_outage_s: float) -> None:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(REDIS_TRANSIENT),
+        wait=wait_exponential(multiplier=0.1, max=2.0),
+        stop=stop_after_delay(max_outage_s),
+        reraise=True,
+    ):
+        with attempt:
+            if not stop.is_set():
+                await client.ping()

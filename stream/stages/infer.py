@@ -88,6 +88,7 @@ class InferStage(StageBase):
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
+        self._failure = None  # run again after a Redis outage (`run_resilient`): start clean
         buffer: BatchBuffer[tuple[Entry, Message, float]] = BatchBuffer(self.policy)
         slots = asyncio.Semaphore(self.inflight)
         tasks: set[asyncio.Task[None]] = set()
