@@ -59,6 +59,12 @@ class Summary:
     interrupted: bool = False
 
     @property
+    def unprocessed(self) -> int:
+        """Published frames with no result per model (0 after a full run; > 0 after Ctrl-C)."""
+        models = max(1, len(self.model.split(", ")))
+        return max(0, self.published * models - self.results - self.skipped)
+
+    @property
     def fps(self) -> float:
         return self.results / self.wall_s if self.wall_s > 0 else 0.0
 
@@ -139,6 +145,7 @@ def summary_table(s: Summary) -> Group:
         ("dropped by live-source policy", f"{s.dropped:,}"),
         ("dead-lettered", f"{s.dead_lettered:,}"),
         ("skipped (dead-lettered frames)", f"{s.skipped:,}"),
+        *([("left queued when stopped", f"{s.unprocessed:,}")] if s.interrupted else []),
         ("latency p50 (end to end)", _ms(s.p50_ms)),
         ("latency p99 (end to end)", _ms(s.p99_ms)),
         ("latency max", _ms(s.max_ms)),

@@ -54,10 +54,17 @@ def source_id(uri: str, taken: set[str]) -> str:
     return name
 
 
+_first_signal_s: list[float] = []
+
+
 def _on_signal(stop: asyncio.Event) -> None:
-    if stop.is_set():
-        raise KeyboardInterrupt  # a second Ctrl-C: stop now, without draining
-    stop.set()
+    """First Ctrl-C: stop the sources and drain. Another one a second later: stop now."""
+    now = time.monotonic()
+    if not stop.is_set():
+        _first_signal_s[:] = [now]
+        stop.set()
+    elif now - _first_signal_s[0] > 1.0:  # one keypress can arrive twice (process + its group)
+        raise KeyboardInterrupt
 
 
 async def drive(

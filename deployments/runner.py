@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -138,6 +139,22 @@ def _replica_settings(settings: Settings, redis_url: str) -> dict[str, Any]:
     return dumped
 
 
+def _private_redis(settings: Settings) -> RedisServer:
+    """A private redis-server that survives the terminal's Ctrl-C, so the pipeline can drain.
+
+    Ctrl-C signals the whole foreground process group; redis-server would shut down at once. The
+    child inherits a blocked SIGINT (as Ray's own processes do); we stop it ourselves at the end.
+    """
+    server = RedisServer(
+        aof=settings.redis.aof, password=settings.redis.password, maxmemory_mb=settings.redis.maxmemory_mb
+    )
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return server.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def run_ray(options: RunOptions, settings: Settings | None = None, console: Console | None = None) -> Summary:
     """Run the pipeline on Ray (see the module docstring) and return what it did."""
     settings = settings or load_settings()
@@ -145,13 +162,7 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
     with contextlib.ExitStack() as stack:
         redis_url = options.redis_url or settings.redis.url
         if redis_url == "auto":
-            server = stack.enter_context(
-                RedisServer(
-                    aof=settings.redis.aof,
-                    password=settings.redis.password,
-                    maxmemory_mb=settings.redis.maxmemory_mb,
-                )
-            )
+            server = stack.enter_context(_private_redis(settings))
             redis_url = server.url
             console.print(f"redis-server (private) at 127.0.0.1:{server.port}")
         wanted = options.models or [options.model or settings.models.default]
