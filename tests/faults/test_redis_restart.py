@@ -62,6 +62,7 @@ async def test_redis_sigkill_and_restart_with_aof_every_acknowledged_frame_gets_
     missing = [seq for seq in range(acked) if (replay.source, seq) not in replay.sink.counts]
     assert not missing, f"{len(missing)} acknowledged frames never got a result, e.g. {missing[:5]}"
     assert finished, f"the pipeline did not resume: {replay.sink.distinct}/{FRAMES} results"
+    assert not any(replaced.values()), f"stages crashed instead of reconnecting: {replaced}"
     assert (outcome.lost, outcome.pending) == (0, 0), outcome
 
 
