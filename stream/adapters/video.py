@@ -89,8 +89,12 @@ def register_source_kind(prefix: str, factory: SourceFactory) -> None:
     _KINDS[prefix] = factory
 
 
-def open_source(spec: str) -> FrameSource:
-    """Open the source `spec` names (see the module docstring); `SourceError` if it cannot."""
+def open_source(spec: str, *, short_side_px: int | None = None) -> FrameSource:
+    """Open the source `spec` names (see the module docstring); `SourceError` if it cannot.
+
+    `short_side_px` is a hint: video files then decode straight to that shorter side (FFmpeg
+    scales while converting to RGB, cheaper than scaling afterwards); other kinds ignore it.
+    """
     if not spec:
         raise SourceError("empty source spec")
     prefix, sep, rest = spec.partition(":")
@@ -110,7 +114,7 @@ def open_source(spec: str) -> FrameSource:
         return ImageFolderSource(spec)
     if not path.is_file():
         raise SourceError(f"source {spec!r}: no such file, directory, or known kind ({sorted(_KINDS)})")
-    return VideoFileSource(spec)
+    return VideoFileSource(spec, short_side_px=short_side_px)
 
 
 def skip_frames(source: FrameSource, n: int) -> int:
@@ -126,10 +130,11 @@ class VideoFileSource:
 
     live = False
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, short_side_px: int | None = None) -> None:
         import av
 
         self.uri = path
+        self.short_side_px = short_side_px
         try:
             self._container: Any = av.open(path)
             stream = self._container.streams.video[0]
@@ -153,7 +158,14 @@ class VideoFileSource:
             raise SourceError(f"{self.uri}: cannot decode frame {self._index}: {e}") from e
         pts_ms = float(frame.time * 1000.0) if frame.time is not None else self._index * 1000.0 / self.fps
         self._index += 1
-        return Frame(rgb=frame.to_ndarray(format="rgb24"), pts_ms=pts_ms)
+        w, h = frame.width, frame.height
+        if self.short_side_px is not None and min(w, h) > self.short_side_px:
+            scale = self.short_side_px / min(w, h)
+            w, h = max(1, round(w * scale)), max(1, round(h * scale))
+            rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        else:
+            rgb = frame.to_ndarray(format="rgb24")
+        return Frame(rgb=rgb, pts_ms=pts_ms)
 
     def close(self) -> None:
         self._container.close()
@@ -189,7 +201,9 @@ class ImageFolderSource:
             return Frame(jpeg=path.read_bytes(), pts_ms=pts_ms)
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
-            raise SourceError(f"{path}: not a readable image")
+            # one bad file is bad input, not a dead source: pass its bytes on to be dead-lettered
+            log.warning("%s: not a readable image; passing it on as is", path)
+            return Frame(jpeg=path.read_bytes(), pts_ms=pts_ms)
         return Frame(rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), pts_ms=pts_ms)
 
     def close(self) -> None:

@@ -102,8 +102,11 @@ def prepare_frame(frame: Frame, cfg: IngestSettings) -> PendingFrame:
                 raise SourceError("frame has neither pixels nor JPEG bytes")
             try:
                 rgb = decode_jpeg(frame.jpeg)
-            except CodecError as e:
-                raise SourceError(f"frame is not a decodable JPEG: {e}") from e
+            except CodecError:
+                # bad input travels on as is; preprocess dead-letters it with the reason
+                return PendingFrame(
+                    np.frombuffer(frame.jpeg, np.uint8), "jpeg", capture_ms, frame.pts_ms, frame.label
+                )
         rgb = _shrink(rgb, cap)
         if cfg.encoding == "jpeg":
             array = np.frombuffer(encode_jpeg(rgb, cfg.jpeg_quality), dtype=np.uint8)

@@ -169,7 +169,9 @@ class IngestStage:
         next_seq, position = int(state.get("next_seq", 0)), int(state.get("position", 0))
         player.first_seq = int(state.get("first_seq", 0))
         try:
-            source = await asyncio.to_thread(_open_at, player.spec.uri, position)
+            source = await asyncio.to_thread(
+                _open_at, player.spec.uri, position, self.settings.ingest.frame_short_side_px
+            )
         except SourceError as e:
             log.error("ingest: source %s cannot be read: %s", player.source_id, e)
             await self._finish(player.source_id, state, error=str(e))
@@ -213,7 +215,12 @@ class IngestStage:
                 if not player.spec.loop:
                     return None
                 await asyncio.to_thread(source.close)
-                source = await asyncio.to_thread(open_source, player.spec.uri)
+                try:
+                    source = await asyncio.to_thread(
+                        _open_at, player.spec.uri, 0, self.settings.ingest.frame_short_side_px
+                    )
+                except SourceError as e:
+                    return str(e)
                 position, sampler.seen, pace_origin = 0, 0, None
         return None
 
@@ -282,8 +289,8 @@ class IngestStage:
                  f" ({error})" if error else "")  # fmt: skip
 
 
-def _open_at(uri: str, position: int) -> FrameSource:
-    source = open_source(uri)
+def _open_at(uri: str, position: int, short_side_px: int | None = None) -> FrameSource:
+    source = open_source(uri, short_side_px=short_side_px)
     if position:
         skip_frames(source, position)
     return source
