@@ -76,7 +76,7 @@ class Handled:
 
 def skip_marker(meta: dict[str, Any], reason: str, **extra: Any) -> bytes:
     """A ``kind="skip"`` message telling later stages that this (source, seq) will not come."""
-    keep = {k: meta[k] for k in ("source", "seq", "model", "capture_ms", "ingest_ms") if k in meta}
+    keep: dict[str, Any] = {k: meta[k] for k in ("source", "seq", "model", "capture_ms", "ingest_ms") if k in meta}
     return encode_message(Message(meta={**keep, **extra, "kind": SKIP, "reason": reason}))
 
 
@@ -116,12 +116,18 @@ class StageBase:
         self._next_trim_s = time.monotonic() + _TRIM_INTERVAL_S
         self._next_lag_s = 0.0
         self._started = False
+        self._recover_own = True
 
     async def backlog(self) -> GroupStats:
         return await self.transport.group_stats(self.stream, self.group)
 
     async def start(self) -> None:
-        """Create the input group (reading from the start of the stream) if missing."""
+        """Create the input group (reading from the start of the stream) if missing.
+
+        Called at the top of every `run`; the first read after it takes back what this consumer
+        already held (a rerun after a Redis outage, or a restart under the same name).
+        """
+        self._recover_own = True
         if not self._started:
             await self.transport.ensure_group(self.stream, self.group, start_id="0")
             self._started = True
@@ -130,7 +136,14 @@ class StageBase:
         self.last_progress_s = time.monotonic()
 
     async def next_entries(self, count: int, block_ms: int | None) -> list[Entry]:
-        """Reclaimed entries of dead consumers when a reclaim is due and finds some, else new ones."""
+        """Own pending entries after a (re)start, then entries of silent consumers when a reclaim
+        is due and finds some, else new ones."""
+        if self._recover_own:
+            self._recover_own = False
+            own = await self.transport.recover_own(self.stream, self.group, self.consumer, count=count)
+            if own:
+                log.info("%s: took back %d entries this consumer held before", self.name, len(own))
+                return own
         now = time.monotonic()
         if now >= self._next_reclaim_s:
             self._next_reclaim_s = now + self.settings.streams.claim_idle_ms / 2000.0
@@ -217,8 +230,8 @@ async def run_resilient(
     When Redis goes away mid-run (killed and restarted, stalled past the socket timeout, loading
     its AOF), the loop's ``run`` ends with a transient error: wait with exponential backoff until
     Redis answers PING again, then run the loop again. Entries it held stay pending in its group
-    and are reclaimed (XAUTOCLAIM), so nothing is lost; a frame may be handled twice (the sink
-    drops duplicates). An outage longer than `max_outage_s` re-raises, for a supervisor (Ray
+    and are taken back on the rerun (`recover_own`), so nothing is lost; a frame may be handled
+    twice (the sink drops duplicates). An outage longer than `max_outage_s` re-raises, for a supervisor (Ray
     Serve, the runner) to act on.
     """
     while True:
