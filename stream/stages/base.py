@@ -76,7 +76,8 @@ class Handled:
 
 def skip_marker(meta: dict[str, Any], reason: str, **extra: Any) -> bytes:
     """A ``kind="skip"`` message telling later stages that this (source, seq) will not come."""
-    keep: dict[str, Any] = {k: meta[k] for k in ("source", "seq", "model", "capture_ms", "ingest_ms") if k in meta}
+    names = ("source", "seq", "model", "capture_ms", "ingest_ms")
+    keep: dict[str, Any] = {k: meta[k] for k in names if k in meta}
     return encode_message(Message(meta={**keep, **extra, "kind": SKIP, "reason": reason}))
 
 
