@@ -227,48 +227,72 @@ class StreamTransport:
             await pipe.execute()
 
     async def reclaim(self, stream: str, group: str, consumer: str, *, count: int = 100) -> list[Entry]:
-        """Claim entries idle longer than `claim_idle_ms`; dead-letter those past `max_deliveries`.
+        """Take over entries of consumers silent for `claim_idle_ms`; dead-letter those past `max_deliveries`.
 
-        Returns the claimed entries that may still be processed.
+        Only consumers that have not talked to Redis for `claim_idle_ms` (crashed, stopped, cut
+        off) lose their entries: a live consumer that is merely slow on a big batch keeps
+        reading, so its entries are left alone (XAUTOCLAIM alone would take them and cause
+        duplicates), and so are this consumer's own pending entries. Returns the claimed
+        entries that may still be processed.
         """
-        _, claimed, _deleted = await self.client.xautoclaim(
-            stream, group, consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=count
-        )
-        if not claimed:
+        rows: list[dict[str, Any]] = []
+        for silent in await self._silent_consumers(stream, group, consumer):
+            rows += await self.client.xpending_range(
+                stream, group, min="-", max="+", count=count - len(rows),
+                consumername=silent, idle=self.claim_idle_ms,
+            )  # fmt: skip
+            if len(rows) >= count:
+                break
+        return await self._claim(stream, group, consumer, rows, min_idle_ms=self.claim_idle_ms)
+
+    async def _claim(
+        self, stream: str, group: str, consumer: str, rows: list[dict[str, Any]], *, min_idle_ms: int
+    ) -> list[Entry]:
+        """XCLAIM the XPENDING `rows` for `consumer`; dead-letter those past `max_deliveries`."""
+        if not rows:
             return []
-        ids = [_s(i) for i, _ in claimed]
-        counts = await self._delivery_counts(stream, group, consumer, ids)
+        deliveries = {_s(r["message_id"]): int(r["times_delivered"]) + 1 for r in rows}
+        got = await self.client.xclaim(stream, group, consumer, min_idle_time=min_idle_ms,
+                                       message_ids=list(deliveries))  # fmt: skip
         alive: list[Entry] = []
         dead: list[DeadLetter] = []
-        for raw_id, fields in claimed:
-            entry_id = _s(raw_id)
-            entry = Entry(
-                stream,
-                entry_id,
-                fields.get(FIELD.encode()) if fields else None,
-                deliveries=counts.get(entry_id, 1),
-            )
+        for raw_id, fields in got:
+            entry = Entry(stream, _s(raw_id), fields.get(FIELD.encode()) if fields else None,
+                          deliveries[_s(raw_id)])  # fmt: skip
             if entry.deliveries > self.max_deliveries:
-                dead.append(
-                    DeadLetter(
-                        entry,
-                        f"delivered {entry.deliveries} times, more than max_deliveries={self.max_deliveries}",
-                    )
-                )
+                reason = f"delivered {entry.deliveries} times, more than max_deliveries={self.max_deliveries}"
+                dead.append(DeadLetter(entry, reason))
             else:
                 alive.append(entry)
         await self.dead_letter(dead, group)
         return alive
 
-    async def _delivery_counts(
-        self, stream: str, group: str, consumer: str, ids: list[str]
-    ) -> dict[str, int]:
-        lo = min(ids, key=_id_tuple)
-        hi = max(ids, key=_id_tuple)
+    async def recover_own(self, stream: str, group: str, consumer: str, *, count: int = 100) -> list[Entry]:
+        """This consumer's own pending entries, delivered again (call when a loop (re)starts).
+
+        A consumer that restarts under the same name (after a crash, or a Redis outage) holds
+        entries nobody else will take while it looks alive; it takes them back here. Each call
+        counts as a delivery, so an entry that keeps crashing its consumer is dead-lettered
+        after `max_deliveries`.
+        """
         rows = await self.client.xpending_range(
-            stream, group, min=lo, max=hi, count=len(ids) + 1000, consumername=consumer
+            stream, group, min="-", max="+", count=count, consumername=consumer
         )
-        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+        return await self._claim(stream, group, consumer, rows, min_idle_ms=0)
+
+    async def _silent_consumers(self, stream: str, group: str, consumer: str) -> list[str]:
+        """Other consumers of `group` holding entries that have been idle for `claim_idle_ms`."""
+        try:
+            infos = await self.client.xinfo_consumers(stream, group)
+        except ResponseError as e:
+            if "no such key" in str(e).lower() or "nogroup" in str(e).lower():
+                return []
+            raise
+        return [
+            _s(c["name"])
+            for c in infos
+            if _s(c["name"]) != consumer and int(c["pending"]) > 0 and int(c["idle"]) >= self.claim_idle_ms
+        ]
 
     async def group_stats(self, stream: str, group: str) -> GroupStats:
         """Lag and pending of `group` (XINFO GROUPS), for autoscaling and metrics."""

@@ -29,8 +29,13 @@ async def _produce(transport: StreamTransport, n: int, bad: set[int] = frozenset
 async def _consume_all(
     transport: StreamTransport, consumer: str, *, expect: int, fail=lambda m: False
 ) -> int:
-    """A minimal stage loop: reclaim, read, decode, forward. Returns how many it forwarded."""
+    """A minimal stage loop: reclaim, read, decode, forward. Returns how many it forwarded.
+
+    A message for which `fail` is true "crashes" the consumer: it restarts under the same name
+    and first takes back what it held (`recover_own`), as a stage does.
+    """
     forwarded = 0
+    restarted = False
     deadline = asyncio.get_running_loop().time() + 30
     while True:
         out_len = await transport.client.xlen(OUT)
@@ -38,11 +43,14 @@ async def _consume_all(
         if out_len + dead_len >= expect:
             return forwarded
         assert asyncio.get_running_loop().time() < deadline, f"stuck at {out_len}+{dead_len}/{expect}"
-        entries = await transport.reclaim(IN, GROUP, consumer)
+        entries = await transport.recover_own(IN, GROUP, consumer) if restarted else []
+        restarted = False
+        entries += await transport.reclaim(IN, GROUP, consumer)
         entries += await transport.read(IN, GROUP, consumer, count=50, block_ms=20)
         good, bad = transport.decode(entries)
         await transport.dead_letter(bad, GROUP)
         ok = [(e, m) for e, m in good if not fail(m)]
+        restarted = len(ok) < len(good)
         await transport.forward([Output(OUT, e.data) for e, _ in ok], GROUP, [e for e, _ in ok])
         forwarded += len(ok)
 
@@ -80,6 +88,19 @@ async def test_reclaimed_entries_carry_their_delivery_count(transport):
     await asyncio.sleep(0.15)  # claim_idle_ms=100: the entries must be idle for that long
     reclaimed = await transport.reclaim(IN, GROUP, "b")
     assert [e.deliveries for e in reclaimed] == [2] * 5
+    assert [e.deliveries for e in await transport.recover_own(IN, GROUP, "b")] == [3] * 5
+
+
+async def test_a_live_consumer_keeps_its_entries_while_it_keeps_reading(transport):
+    """Only silent consumers lose entries: a slow one that still reads is not a dead one."""
+    await _produce(transport, 10)
+    held = await transport.read(IN, GROUP, "slow", count=5, block_ms=None)
+    await asyncio.sleep(0.15)  # its held entries are now older than claim_idle_ms...
+    await transport.read(IN, GROUP, "slow", count=1, block_ms=None)  # ...but it is alive
+    assert await transport.reclaim(IN, GROUP, "other") == []
+    assert await transport.reclaim(IN, GROUP, "slow") == [], "a consumer must not reclaim from itself"
+    await asyncio.sleep(0.15)  # now it has been silent for claim_idle_ms
+    assert [e.id for e in await transport.reclaim(IN, GROUP, "other")][:5] == [e.id for e in held]
 
 
 async def test_malformed_entries_are_dead_lettered_with_a_reason(transport):
