@@ -188,8 +188,8 @@ def best_single_process(
         elapsed = time.perf_counter() - t0
         producer.join()
     p50, p99 = _percentiles(latencies)
-    return Measured("best single process", len(latencies) / elapsed, p50, p99, len(latencies),
-                    f"decode+resize thread, dynamic batches <= {batch} over the {hint} request pool, no Redis")  # fmt: skip
+    note = f"decode+resize thread, dynamic batches <= {batch} over the {hint} request pool, no Redis"
+    return Measured("best single process", len(latencies) / elapsed, p50, p99, len(latencies), note)
 
 
 def _rate(times_ms: list[float]) -> float | None:
