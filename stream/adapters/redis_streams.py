@@ -267,18 +267,28 @@ class StreamTransport:
         await self.dead_letter(dead, group)
         return alive
 
-    async def recover_own(self, stream: str, group: str, consumer: str, *, count: int = 100) -> list[Entry]:
+    async def recover_own(
+        self, stream: str, group: str, consumer: str, *, count: int = 100, after: str | None = None
+    ) -> list[Entry]:
         """This consumer's own pending entries, delivered again (call when a loop (re)starts).
 
         A consumer that restarts under the same name (after a crash, or a Redis outage) holds
-        entries nobody else will take while it looks alive; it takes them back here. Each call
-        counts as a delivery, so an entry that keeps crashing its consumer is dead-lettered
-        after `max_deliveries`.
+        entries nobody else will take while it looks alive; it takes them back here, `count` at
+        a time in id order: pass the last id it returned as `after` for the next page (until a
+        page comes back empty). Each call counts as a delivery, so an entry that keeps crashing
+        its consumer is dead-lettered after `max_deliveries`.
         """
-        rows = await self.client.xpending_range(
-            stream, group, min="-", max="+", count=count, consumername=consumer
-        )
-        return await self._claim(stream, group, consumer, rows, min_idle_ms=0)
+        start = f"({after}" if after else "-"
+        while True:
+            rows = await self.client.xpending_range(
+                stream, group, min=start, max="+", count=count, consumername=consumer
+            )
+            if not rows:
+                return []
+            alive = await self._claim(stream, group, consumer, rows, min_idle_ms=0)
+            if alive:
+                return alive
+            start = f"({_s(rows[-1]['message_id'])}"  # a page of dead letters only: next page
 
     async def _silent_consumers(self, stream: str, group: str, consumer: str) -> list[str]:
         """Other consumers of `group` holding entries that have been idle for `claim_idle_ms`."""

@@ -118,6 +118,7 @@ class StageBase:
         self._next_lag_s = 0.0
         self._started = False
         self._recover_own = True
+        self._recovered_upto: str | None = None
 
     async def backlog(self) -> GroupStats:
         return await self.transport.group_stats(self.stream, self.group)
@@ -129,6 +130,7 @@ class StageBase:
         already held (a rerun after a Redis outage, or a restart under the same name).
         """
         self._recover_own = True
+        self._recovered_upto = None
         if not self._started:
             await self.transport.ensure_group(self.stream, self.group, start_id="0")
             self._started = True
@@ -139,12 +141,15 @@ class StageBase:
     async def next_entries(self, count: int, block_ms: int | None) -> list[Entry]:
         """Own pending entries after a (re)start, then entries of silent consumers when a reclaim
         is due and finds some, else new ones."""
-        if self._recover_own:
-            self._recover_own = False
-            own = await self.transport.recover_own(self.stream, self.group, self.consumer, count=count)
+        if self._recover_own:  # page by page: what an earlier page took back may still be in flight
+            own = await self.transport.recover_own(
+                self.stream, self.group, self.consumer, count=count, after=self._recovered_upto
+            )
             if own:
+                self._recovered_upto = own[-1].id
                 log.info("%s: took back %d entries this consumer held before", self.name, len(own))
                 return own
+            self._recover_own, self._recovered_upto = False, None
         now = time.monotonic()
         if now >= self._next_reclaim_s:
             self._next_reclaim_s = now + self.settings.streams.claim_idle_ms / 2000.0

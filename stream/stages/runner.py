@@ -30,6 +30,7 @@ from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import Settings
+from stream.stages.base import REDIS_TRANSIENT
 from stream.stages.sinks import JsonlSink, ResultCollector, percentile
 from stream.stages.sources import SourceSpec, add_source
 
@@ -193,7 +194,14 @@ async def run_processes(
                 (sid, m) for sid, spec in zip(ids, specs, strict=True) if not _is_live(spec) for m in models
             }
             report.interrupted = await _collect(
-                collector, finite, procs, started, timeout_s, stop, on_progress
+                collector,
+                finite,
+                procs,
+                started,
+                timeout_s,
+                stop,
+                on_progress,
+                straggler_s=2 * settings.streams.claim_idle_ms / 1000.0 + 5.0,
             )
             report.wall_s = time.monotonic() - started
             for proc in procs:
@@ -246,14 +254,28 @@ async def _collect(
     timeout_s: float | None,
     stop: asyncio.Event | None,
     on_progress: Callable[[ResultCollector], None] | None,
+    *,
+    straggler_s: float = 0.0,
 ) -> bool:
-    """Poll results until every finite pair has its eos; True when `stop` ended it early."""
+    """Poll results until every finite pair has its eos; True when `stop` ended it early.
+
+    An end-of-stream can overtake frames that a crashed or restarted stage still held (the
+    reorder buffer gives up on them after its max wait; they come later, once reclaimed). So after
+    the last eos, keep collecting for up to `straggler_s` until every frame has a result or a skip.
+    """
+    eos_at: float | None = None
     while True:
-        await collector.poll(block_ms=100)
+        try:
+            await collector.poll(block_ms=100)
+        except REDIS_TRANSIENT as e:  # Redis restarting: the stages wait for it too
+            log.warning("results: Redis unavailable (%s); retrying", e)
+            await asyncio.sleep(0.5)
         if on_progress is not None:
             on_progress(collector)
         if finite and collector.finished(finite):
-            return False
+            eos_at = eos_at or time.monotonic()
+            if _complete(collector, finite) or time.monotonic() - eos_at >= straggler_s:
+                return False
         if stop is not None and stop.is_set():
             return True
         for proc in procs:
@@ -264,6 +286,17 @@ async def _collect(
             raise FramestreamError(
                 f"timed out after {timeout_s:.0f} s waiting for end-of-stream of {missing}"
             )
+
+
+def _complete(collector: ResultCollector, pairs: set[tuple[str, str]]) -> bool:
+    """Every frame its eos counted has a result or a skip (dead-lettered) at the sink."""
+    for pair in pairs:
+        track = collector.track(*pair)
+        eos = track.eos or {}
+        frames = eos.get("frames")
+        if isinstance(frames, int) and len(track.seqs) + int(eos.get("skipped") or 0) < frames:
+            return False
+    return True
 
 
 def _stop(procs: list[StageProcess], timeout_s: float) -> None:

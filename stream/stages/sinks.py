@@ -14,9 +14,10 @@ from typing import IO, Any
 
 import redis.asyncio as aioredis
 
-from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.redis_streams import Entry, StreamTransport
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, RESULT
+from stream.stages.base import REDIS_TRANSIENT
 
 __all__ = ["JsonlSink", "ResultCollector", "SINK_GROUP", "percentile"]
 
@@ -78,6 +79,7 @@ class ResultCollector:
         self.sink = sink
         self.transport = StreamTransport(client, keys, stage="sink")
         self.tracks: dict[tuple[str, str], _Track] = {}
+        self._reread_own = False
 
     async def ensure_group(self) -> None:
         """Create the sink group at the stream's end (results of earlier runs are not ours)."""
@@ -88,9 +90,7 @@ class ResultCollector:
 
     async def poll(self, block_ms: int = 200, count: int = 500) -> int:
         """Read, record and ack one batch of results; returns how many entries it read."""
-        entries = await self.transport.read(
-            self.keys.results, SINK_GROUP, self.consumer, count=count, block_ms=block_ms
-        )
+        entries, rereading = await self._read(block_ms, count)
         if not entries:
             return 0
         good, bad = self.transport.decode(entries)
@@ -104,7 +104,7 @@ class ResultCollector:
             elif meta.get("kind") == RESULT:
                 seq = int(meta["seq"])
                 if seq in track.seqs:
-                    track.duplicates += 1
+                    track.duplicates += 0 if rereading else 1  # a re-read is not a duplicate
                     continue
                 track.seqs.add(seq)
                 if isinstance(meta.get("latency_ms"), int | float):
@@ -114,8 +114,32 @@ class ResultCollector:
                 records.append(meta)
         if self.sink is not None:
             self.sink.write(records)
-        await self.client.xack(self.keys.results, SINK_GROUP, *[e.id for e, _ in good])
+        try:
+            await self.client.xack(self.keys.results, SINK_GROUP, *[e.id for e, _ in good])
+        except REDIS_TRANSIENT:
+            self._reread_own = True
+            raise
         return len(entries)
+
+    async def _read(self, block_ms: int, count: int) -> tuple[list[Entry], bool]:
+        """New results; but after a Redis error first this consumer's own pending ones (a read
+        whose reply was lost, or an ack that failed, left them delivered to us and nobody else).
+        The flag says the entries are such a re-read."""
+        try:
+            if self._reread_own:
+                own = await self.transport.read_own_pending(
+                    self.keys.results, SINK_GROUP, self.consumer, count=count
+                )
+                self._reread_own = bool(own)
+                if own:
+                    return own, True
+            new = await self.transport.read(
+                self.keys.results, SINK_GROUP, self.consumer, count=count, block_ms=block_ms
+            )
+            return new, False
+        except REDIS_TRANSIENT:
+            self._reread_own = True
+            raise
 
     def finished(self, pairs: set[tuple[str, str]]) -> bool:
         """True once every (source, model) in `pairs` has its end-of-stream result."""
