@@ -77,7 +77,13 @@ def stack(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     settings = fault_settings(model_cache)
     server = RedisServer(aof=True, data_dir=tmp_path_factory.mktemp("fault-redis")).start()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        ignore_reinit_error=True,
+    )
     try:
         app = FaultApp(settings, server.url, MODEL, REPLICAS, ingress={"rate_per_s": 2, "burst": 5})
         app.deploy(find_free_port())

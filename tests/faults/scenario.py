@@ -21,7 +21,7 @@ from stream.stages.sinks import ResultCollector, percentile
 from stream.stages.sources import SourceSpec, add_source
 from tests.faults.checker import Outcome, check
 from tests.faults.frames import write_frame_folder
-from tests.faults.sink import FaultSink, dead_letters, pending_total, wait_until
+from tests.faults.sink import FaultSink, dead_letters, pending_by_group, pending_total, wait_until
 
 __all__ = [
     "OUT_ENV",
@@ -215,8 +215,9 @@ class Harness:
             note=note,
         )
 
-    def record(self, outcome: Outcome, replay: Replay, **extra: Any) -> Path:
-        """Write the outcome JSON with the replay's wall time (and `extra`)."""
+    async def record(self, outcome: Outcome, replay: Replay, **extra: Any) -> Path:
+        """Write the outcome JSON with the replay's wall time, what is still pending where (and `extra`)."""
+        extra.setdefault("pending_groups", await pending_by_group(self.client, self.keys, [self.model]))
         per_fault = recoveries_s(replay.faults_ms, replay.sink)
         return write_outcome(
             outcome,

@@ -13,13 +13,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import EOS, RESULT
 from stream.errors import CodecError
 
-__all__ = ["Arrival", "FaultSink", "dead_letters", "pending_total", "wait_until"]
+__all__ = ["Arrival", "FaultSink", "dead_letters", "pending_by_group", "pending_total", "wait_until"]
 
 
 def _s(value: bytes | str) -> str:
@@ -50,6 +51,8 @@ class FaultSink:
     arrivals: list[Arrival] = field(default_factory=list)
     counts: Counter[tuple[str, int]] = field(default_factory=Counter)
     eos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _seen_ids: set[bytes] = field(default_factory=set)
+    _reread_own: bool = False
 
     async def start(self) -> FaultSink:
         try:
@@ -60,12 +63,24 @@ class FaultSink:
         return self
 
     async def poll(self, block_ms: int = 100, count: int = 2_000) -> int:
-        """Read and ack one batch of results; returns how many entries it read (0 while Redis is down)."""
+        """Read and ack one batch of results; returns how many entries it read (0 while Redis is down).
+
+        After a Redis error it first re-reads its own pending entries (a read whose reply was lost
+        left them delivered to this sink); an entry it already recorded is not counted twice.
+        """
         try:
-            reply = await self.client.xreadgroup(
-                self.group, "sink", {self.keys.results: ">"}, count=count, block=block_ms
-            )
-        except (RedisConnectionError, ConnectionError, OSError):
+            reply = None
+            if self._reread_own:
+                reply = await self.client.xreadgroup(
+                    self.group, "sink", {self.keys.results: "0"}, count=count
+                )
+                self._reread_own = any(items for _, items in reply or [])
+            if not self._reread_own:
+                reply = await self.client.xreadgroup(
+                    self.group, "sink", {self.keys.results: ">"}, count=count, block=block_ms
+                )
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError):
+            self._reread_own = True
             await asyncio.sleep(0.2)
             return 0
         except ResponseError as e:  # NOGROUP: Redis came back empty (persistence off)
@@ -79,9 +94,14 @@ class FaultSink:
         for _, items in reply or []:
             for entry_id, fields in items:
                 ids.append(entry_id)
-                self._record(fields.get(FIELD.encode()) if fields else None, seen_ms)
+                if entry_id not in self._seen_ids:
+                    self._seen_ids.add(entry_id)
+                    self._record(fields.get(FIELD.encode()) if fields else None, seen_ms)
         if ids:
-            await self.client.xack(self.keys.results, self.group, *ids)
+            try:
+                await self.client.xack(self.keys.results, self.group, *ids)
+            except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError):
+                self._reread_own = True
         return len(ids)
 
     def _record(self, raw: bytes | None, seen_ms: float) -> None:
@@ -139,18 +159,25 @@ def _num(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-async def pending_total(client: aioredis.Redis, keys: PipelineKeys, models: list[str]) -> int:
-    """Entries delivered but not acked, summed over every group of the pipeline's streams."""
+async def pending_by_group(client: aioredis.Redis, keys: PipelineKeys, models: list[str]) -> dict[str, int]:
+    """Entries delivered but not acked, per ``stream/group`` of the pipeline (only groups with some)."""
     streams = [keys.frames, keys.results]
     streams += [s for m in models for s in (keys.tensors(m), keys.scores(m))]
-    total = 0
+    out: dict[str, int] = {}
     for stream in streams:
         try:
             groups = await client.xinfo_groups(stream)
         except ResponseError:
             continue
-        total += sum(int(g["pending"]) for g in groups)
-    return total
+        for g in groups:
+            if int(g["pending"]):
+                out[f"{stream}/{_s(g['name'])}"] = int(g["pending"])
+    return out
+
+
+async def pending_total(client: aioredis.Redis, keys: PipelineKeys, models: list[str]) -> int:
+    """Entries delivered but not acked, summed over every group of the pipeline's streams."""
+    return sum((await pending_by_group(client, keys, models)).values())
 
 
 async def dead_letters(client: aioredis.Redis, keys: PipelineKeys, sources: set[str]) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ async def test_no_fault_every_frame_exactly_one_result(harness: Harness) -> None
     assert await harness.follow(replay, timeout_s=150), f"only {replay.sink.distinct}/{FRAMES} results"
     pending = await harness.settle(replay)
     outcome = await harness.outcome("1 no fault", replay, pending=pending, note="Ray")
-    harness.record(outcome, replay, runner="ray")
+    await harness.record(outcome, replay, runner="ray")
     await harness.close(replay)
     assert (outcome.results, outcome.lost, outcome.duplicates, outcome.pending) == (FRAMES, 0, 0, 0)
     assert replay.sink.eos[replay.source]["frames"] == FRAMES
@@ -44,7 +44,7 @@ async def test_undecodable_frames_are_dead_lettered_with_reasons(harness: Harnes
     outcome = await harness.outcome(
         "3 undecodable frames", replay, pending=pending, note=f"Ray; {BAD} corrupt JPEGs"
     )
-    harness.record(outcome, replay, runner="ray")
+    await harness.record(outcome, replay, runner="ray")
     await harness.close(replay)
     letters = await dead_letters(harness.client, harness.keys, {replay.source})
     assert {d["seq"] for d in letters} == bad and len(letters) == BAD
@@ -89,7 +89,7 @@ async def test_negative_control_a_maxlen_trim_loses_frames_and_the_checker_says_
         pending=pending,
         note=f"negative control; {trimmed} entries trimmed",
     )
-    harness.record(outcome, replay, runner="ray", control=True)
+    await harness.record(outcome, replay, runner="ray", control=True)
     await harness.close(replay)
     # repair the group's read counter (Redis 7.0 counts the trimmed entries as unread forever)
     added = (await harness.client.xinfo_stream(harness.keys.frames))["entries-added"]

@@ -47,7 +47,7 @@ async def test_scale_down_mid_stream_drains_without_loss_or_duplicates(
             pending=pending,
             note=f"Ray; Preprocess {before['Preprocess']}->1 and Infer {before['Infer']}->1 mid-stream",
         )
-        harness.record(outcome, replay, runner="ray")
+        await harness.record(outcome, replay, runner="ray")
         await harness.close(replay)
     finally:
         for deployment in ("Preprocess", "Infer"):
@@ -115,7 +115,7 @@ async def test_sigterm_a_stage_process_drains_through_an_acl_user_with_a_passwor
                 pending=pending,
                 note=f"processes runner; ACL user + password from env; drained, exit code {code}",
             )
-            harness.record(outcome, replay, runner="processes")
+            await harness.record(outcome, replay, runner="processes")
         finally:
             for proc in procs:
                 proc.terminate()

@@ -153,8 +153,8 @@ async def test_overload_live_drops_are_counted_files_wait_memory_stays_capped(
         pending=pending,
         note=f"Ray; waited, dropped {file_dropped}; frames backlog <= {sampler.max_backlog}",
     )
-    harness.record(live_outcome, live, runner="ray", **details)
-    harness.record(file_outcome, files, runner="ray", **details)
+    await harness.record(live_outcome, live, runner="ray", **details)
+    await harness.record(file_outcome, files, runner="ray", **details)
     await harness.close(files)
     await harness.close(live)
     assert finished, f"file {files.sink.distinct}/{FILE_FRAMES}, live {live.sink.distinct}/{published}"

@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.faults.conftest import Stack
-from tests.faults.scenario import Harness
+from stream.adapters.redis_server import RedisServer
+from stream.adapters.redis_streams import connect
+from stream.core.keys import PipelineKeys
+from stream.stages.runner import source_id_for
+from stream.stages.sinks import ResultCollector
+from tests.faults.conftest import MODEL, Stack, fault_settings
+from tests.faults.frames import write_frame_folder
+from tests.faults.scenario import ROOT, Harness, Replay
+from tests.faults.sink import FaultSink
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.ray,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-]
+pytestmark = [pytest.mark.faults, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 FRAMES = 6_000
 DOWN_S = 6.0
@@ -32,6 +39,7 @@ async def _acknowledged(harness: Harness, source: str) -> int:
     return int(json.loads(raw)["next_seq"]) if raw else 0
 
 
+@pytest.mark.ray
 async def test_redis_sigkill_and_restart_with_aof_every_acknowledged_frame_gets_a_result(
     harness: Harness, stack: Stack
 ) -> None:
@@ -55,7 +63,7 @@ async def test_redis_sigkill_and_restart_with_aof_every_acknowledged_frame_gets_
         pending=pending,
         note=f"Ray; down {DOWN_S:.0f} s; {acked} frames acked before the kill; {how}",
     )
-    harness.record(
+    await harness.record(
         outcome, replay, runner="ray", acked_before_kill=acked, replaced=replaced, resumed_s=resumed_s
     )
     await harness.close(replay)
@@ -66,6 +74,7 @@ async def test_redis_sigkill_and_restart_with_aof_every_acknowledged_frame_gets_
     assert (outcome.lost, outcome.pending) == (0, 0), outcome
 
 
+@pytest.mark.ray
 async def test_negative_control_without_persistence_a_redis_crash_loses_frames(
     harness: Harness, stack: Stack
 ) -> None:
@@ -86,7 +95,61 @@ async def test_negative_control_without_persistence_a_redis_crash_loses_frames(
         pending=pending,
         note=f"negative control; {acked} frames acked before the kill",
     )
-    harness.record(outcome, replay, runner="ray", control=True, acked_before_kill=acked)
+    await harness.record(outcome, replay, runner="ray", control=True, acked_before_kill=acked)
     await harness.close(replay)
     missing = [seq for seq in range(acked) if (replay.source, seq) not in replay.sink.counts]
     assert missing and outcome.lost > 0, outcome
+
+
+async def test_processes_runner_rides_out_a_redis_kill_and_restart(model_cache: Path, tmp_path: Path) -> None:
+    """The same fault under `framestream run --runner processes` (no Ray, nobody restarts a crashed
+    stage): the stage processes and the runner reconnect by themselves and the run exits 0."""
+    settings = fault_settings(model_cache)
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    folder = write_frame_folder(tmp_path / "clip", FRAMES)
+    source = source_id_for(0, str(folder))
+    (tmp_path / "redis").mkdir()
+    with RedisServer(aof=True, data_dir=tmp_path / "redis") as server:
+        client = await connect(server.url)
+        harness = Harness(client, PipelineKeys("p"), MODEL, tmp_path, settings.streams.claim_idle_ms)
+        sink = await FaultSink(client, harness.keys, "faults-4b", {source}).start()
+        replay = Replay(source, FRAMES, sink, ResultCollector(client, harness.keys))
+        cmd = [sys.executable, "-m", "stream.cli", "run", "--runner", "processes", "--redis", server.url]
+        cmd += ["--config", str(config), "--model", MODEL, "--source", str(folder), "--timeout", "200"]
+        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        try:
+            assert await harness.follow(replay, timeout_s=120, until=lambda: sink.distinct >= FRAMES // 4)
+            acked = await _acknowledged(harness, source)
+            server.kill()
+            replay.fault()
+            await asyncio.sleep(DOWN_S)
+            server.start()
+            finished = await harness.follow(
+                replay, timeout_s=150, until=lambda: replay.done or run.poll() is not None
+            )
+            try:
+                output, _ = await asyncio.to_thread(run.communicate, timeout=60)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                output, _ = run.communicate()
+                raise AssertionError(
+                    f"the run did not finish: {sink.distinct} results\n{output[-3000:]}"
+                ) from None
+            await harness.follow(replay, timeout_s=10)
+            pending = await harness.settle(replay)
+            outcome = await harness.outcome(
+                "4b redis kill -9, processes runner",
+                replay,
+                pending=pending,
+                note=f"processes runner; down {DOWN_S:.0f} s; {acked} frames acked before the kill; "
+                f"run exit {run.returncode}",
+            )
+            await harness.record(outcome, replay, runner="processes", acked_before_kill=acked)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+            await client.aclose()
+    assert run.returncode == 0, output[-3000:]
+    assert finished and (outcome.lost, outcome.pending) == (0, 0), outcome

@@ -71,7 +71,7 @@ async def test_sigkill_replicas_of_a_stage_loses_nothing(
         pending=pending,
         note=f"Ray; {len(kills)} kills of {replicas} replica(s), {FRAMES} frames",
     )
-    harness.record(outcome, replay, runner="ray", kills=len(kills), replicas=replicas)
+    await harness.record(outcome, replay, runner="ray", kills=len(kills), replicas=replicas)
     await harness.close(replay)
     assert finished, f"{replay.sink.distinct}/{FRAMES} results after 240 s"
     assert len(kills) >= 2
@@ -112,6 +112,6 @@ async def test_negative_control_a_dead_consumer_deleted_with_its_pending_entries
         pending=pending,
         note=f"negative control; {dropped} entries dropped",
     )
-    harness.record(outcome, replay, runner="ray", control=True)
+    await harness.record(outcome, replay, runner="ray", control=True)
     await harness.close(replay)
     assert dropped > 0 and outcome.lost > 0, outcome

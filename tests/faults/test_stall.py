@@ -72,7 +72,7 @@ async def test_sigstop_for_5_s_then_sigcont_loses_nothing_and_p99_recovers(
         pending=pending,
         note=f"Ray; p99 {p99_during or 0:.0f} ms in the stall -> {p99_after or 0:.0f} ms at the end",
     )
-    harness.record(outcome, replay, runner="ray", p99_stall_ms=p99_during, p99_tail_ms=p99_after)
+    await harness.record(outcome, replay, runner="ray", p99_stall_ms=p99_during, p99_tail_ms=p99_after)
     await harness.close(replay)
     assert finished, f"{replay.sink.distinct}/{FRAMES} results"
     assert (outcome.lost, outcome.pending) == (0, 0), outcome
