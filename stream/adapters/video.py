@@ -17,6 +17,7 @@ Every read is blocking: call it from a thread (`asyncio.to_thread`), never on th
 from __future__ import annotations
 
 import glob
+import importlib.metadata
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -89,6 +90,25 @@ def register_source_kind(prefix: str, factory: SourceFactory) -> None:
     _KINDS[prefix] = factory
 
 
+_PLUGIN_GROUP = "framestream.sources"
+_plugins_loaded = False
+
+
+def _load_plugin_kinds() -> None:
+    """Let installed packages add source kinds (entry points in group ``framestream.sources``,
+    each a callable that calls `register_source_kind`); loadtest adds ``replay:`` this way, so
+    any ingest process can play replay files without `stream` importing `loadtest`."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry in importlib.metadata.entry_points(group=_PLUGIN_GROUP):
+        try:
+            entry.load()()
+        except Exception as e:  # a broken plugin must not break the built-in kinds
+            log.warning("source plugin %s failed to load: %s", entry.name, e)
+
+
 def open_source(spec: str, *, short_side_px: int | None = None) -> FrameSource:
     """Open the source `spec` names (see the module docstring); `SourceError` if it cannot.
 
@@ -98,6 +118,8 @@ def open_source(spec: str, *, short_side_px: int | None = None) -> FrameSource:
     if not spec:
         raise SourceError("empty source spec")
     prefix, sep, rest = spec.partition(":")
+    if sep and prefix not in _KINDS:
+        _load_plugin_kinds()
     if sep and prefix in _KINDS:
         return _KINDS[prefix](rest)
     lowered = spec.lower()
