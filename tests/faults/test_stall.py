@@ -1,9 +1,10 @@
 """Scenario 5: SIGSTOP a process for 5 s, then SIGCONT: nothing is lost and the end-to-end p99
 latency recovers (the last stretch of the replay is faster than the stalled stretch).
 
-Two variants: one Infer replica (its sibling reclaims what the stopped one held after
-claim_idle_ms; when it wakes up its late copies are duplicates the sink drops) and the
-redis-server itself (every stage waits; nothing times out or crashes)."""
+Two variants: the (single) Postprocess replica, so results really stop for 5 s (nobody may
+take over entries from a consumer that is not silent for claim_idle_ms, and a stopped one is
+back before Serve's health check gives up on it), and the redis-server itself (every client
+times out after 5 s; the stages wait for Redis and carry on, nothing crashes)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
-FRAMES = 6_000
+FRAMES = 10_000
 STALL_S = 5.0
 TAIL = 0.2
 """The 'after' window: frames of the last 20% of the replay (ingested well after the stall)."""
@@ -42,12 +43,12 @@ def _p99_windows(replay: Replay, stop_ms: float, cont_ms: float) -> tuple[float 
     return percentile(during, 99), percentile(after, 99), tail_start - cont_ms
 
 
-@pytest.mark.parametrize("target", ["Infer", "redis-server"])
+@pytest.mark.parametrize("target", ["Postprocess", "redis-server"])
 async def test_sigstop_for_5_s_then_sigcont_loses_nothing_and_p99_recovers(
     harness: Harness, stack: Stack, target: str
 ) -> None:
     replay = await harness.replay(f"5-sigstop-{target.lower()}", FRAMES)
-    assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= FRAMES // 5)
+    assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= FRAMES // 10)
     pid = (
         stack.redis.process.pid
         if target == "redis-server" and stack.redis.process
