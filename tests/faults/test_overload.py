@@ -141,7 +141,7 @@ async def test_overload_live_drops_are_counted_files_wait_memory_stays_capped(
         live,
         pending=pending,
         note=(
-            f"Ray; {OVERLOAD_S:.0f} s at {camera.offered_fps:.0f} fps "
+            f"Ray; {OVERLOAD_S:.0f} s (issue: 60 s) at {camera.offered_fps:.0f} fps "
             f"= {camera.offered_fps / capacity_fps:.1f}x "
             f"capacity; {dropped} of {camera.sent} dropped and counted; Redis peak "
             f"{details['redis_max_used_mb']} MB, cap {details['redis_cap_mb']} MB"

@@ -69,7 +69,7 @@ async def test_sigkill_replicas_of_a_stage_loses_nothing(
         f"2 SIGKILL {deployment}",
         replay,
         pending=pending,
-        note=f"Ray; {len(kills)} kills of {replicas} replica(s), {FRAMES} frames",
+        note=f"Ray; {len(kills)} kills of {replicas} replica(s); {FRAMES} frames (issue: 20,000)",
     )
     await harness.record(outcome, replay, runner="ray", kills=len(kills), replicas=replicas)
     await harness.close(replay)
