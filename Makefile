@@ -47,7 +47,9 @@ faults: setup
 	$(BIN)/python -m tests.faults.report
 
 bench: setup
-	$(BIN)/python -m loadtest bench $(ARGS)
+	@mkdir -p out
+	FRAMESTREAM_WEIGHTS_DIR=$${FRAMESTREAM_WEIGHTS_DIR:-../shared/models} \
+	  $(BIN)/loadtest bench --json out/bench.json --markdown out/bench.md $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
