@@ -23,7 +23,7 @@ METRIC_NAMES = {
     "replicas": "framestream_replicas",
 }
 _SECONDS_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-_BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
+_BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 
 
 class Metrics:

@@ -158,7 +158,7 @@ class StreamTransport:
         self, stream: str, group: str, consumer: str, *, count: int, block_ms: int | None
     ) -> list[Entry]:
         """New entries for `consumer` (up to `count`, waiting at most `block_ms`)."""
-        reply = await self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+        reply: Any = await self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
         return [
             Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None)
             for _, items in reply or []
@@ -167,7 +167,7 @@ class StreamTransport:
 
     async def read_own_pending(self, stream: str, group: str, consumer: str, *, count: int) -> list[Entry]:
         """Entries already delivered to `consumer` but not acked (after a restart with the same name)."""
-        reply = await self.client.xreadgroup(group, consumer, {stream: "0"}, count=count)
+        reply: Any = await self.client.xreadgroup(group, consumer, {stream: "0"}, count=count)
         return [
             Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None, deliveries=2)
             for _, items in reply or []
@@ -222,7 +222,7 @@ class StreamTransport:
                 }
                 if e.data is not None and len(e.data) <= _MAX_DEAD_PAYLOAD:
                     fields[FIELD] = e.data
-                pipe.xadd(self.keys.dead, fields)
+                pipe.xadd(self.keys.dead, fields)  # type: ignore[arg-type]
                 pipe.xack(e.stream, group, e.id)
             await pipe.execute()
 
@@ -252,7 +252,7 @@ class StreamTransport:
         if not rows:
             return []
         deliveries = {_s(r["message_id"]): int(r["times_delivered"]) + 1 for r in rows}
-        got = await self.client.xclaim(stream, group, consumer, min_idle_time=min_idle_ms,
+        got: Any = await self.client.xclaim(stream, group, consumer, min_idle_time=min_idle_ms,
                                        message_ids=list(deliveries))  # fmt: skip
         alive: list[Entry] = []
         dead: list[DeadLetter] = []
@@ -280,7 +280,7 @@ class StreamTransport:
         """
         start = f"({after}" if after else "-"
         while True:
-            rows = await self.client.xpending_range(
+            rows: Any = await self.client.xpending_range(
                 stream, group, min=start, max="+", count=count, consumername=consumer
             )
             if not rows:
@@ -311,7 +311,8 @@ class StreamTransport:
                 lag = info.get("lag")
                 if lag is None:  # Redis cannot tell after some deletions: count instead
                     last = _s(info["last-delivered-id"])
-                    lag = len(await self.client.xrange(stream, min=f"({last}", max="+", count=100_000))
+                    unread: Any = await self.client.xrange(stream, min=f"({last}", max="+", count=100_000)
+                    lag = len(unread)
                 elif int(lag) > 0:
                     # Redis 7.0 keeps counting entries an XTRIM deleted unread (lag = added - read),
                     # so the lag never falls back; without a cap ingest would wait on it forever
@@ -355,7 +356,7 @@ class StreamTransport:
         if boundary is None:
             return 0
         if keep > 0:
-            newest = await self.client.xrevrange(stream, max="+", min="-", count=keep)
+            newest: Any = await self.client.xrevrange(stream, max="+", min="-", count=keep)
             if len(newest) < keep:
                 return 0
             boundary = min(boundary, _s(newest[-1][0]), key=_id_tuple)
