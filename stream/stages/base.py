@@ -29,6 +29,7 @@ from stream.settings import Settings
 
 __all__ = [
     "REDIS_TRANSIENT",
+    "is_redis_outage",
     "ConsumerStage",
     "Handled",
     "StageBase",
@@ -47,6 +48,14 @@ _LAG_INTERVAL_S = 2.0
 REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
 """Redis gone for a while: connection lost or refused, a stall past the socket timeout, a restart
 still loading its AOF (BusyLoadingError is a ConnectionError)."""
+
+
+def is_redis_outage(error: BaseException) -> bool:
+    """True for the errors a Redis restart or stall causes, including uvloop's (Ray Serve's event
+    loop) RuntimeError for a write on a connection Redis already closed."""
+    if isinstance(error, REDIS_TRANSIENT):
+        return True
+    return isinstance(error, RuntimeError) and "handler is closed" in str(error)
 
 
 def now_ms() -> float:
@@ -244,7 +253,9 @@ async def run_resilient(
         try:
             await loop.run(stop)
             return
-        except REDIS_TRANSIENT as e:
+        except Exception as e:
+            if not is_redis_outage(e):
+                raise
             if stop.is_set():
                 return  # stopping anyway; what we held is reclaimed by the others
             log.warning("%s: Redis unavailable (%s: %s); reconnecting", loop.name, type(e).__name__, e)
