@@ -90,7 +90,7 @@ async def test_negative_control_a_dead_consumer_deleted_with_its_pending_entries
     """Reclaim defeated on purpose: right after a Preprocess replica is killed, its consumer is
     deleted from the group (XGROUP DELCONSUMER, what a careless cleanup does) before anyone can
     claim its entries. Those frames are gone and the checker must say so."""
-    frames = 6_000
+    frames = 12_000
     replay = await harness.replay("2c-delconsumer", frames)
     group = harness.keys.group("preprocess", harness.model)
     dropped = 0
