@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from stream.adapters.openvino_engine import Engine, open_engine
+from stream.commands.model_check import pump
 
 REAL = ["mobilenet-v1-0.25-128-quant", "mobilenet-v2-1.0-224-quant"]
 SEEDS = ["mobilenet-v1-0.25-128", "mobilenet-v3-small-1.0-224-tf", "mobilenet-v2-pytorch", "mobilenetv2-7"]
@@ -66,29 +67,14 @@ def benchmark_app(engine: Engine, seconds: float) -> tuple[float, float]:
     return fps, (n_long - n_short) / max(cpu_long - cpu_short, 1e-9)
 
 
-async def _pump(engine: Engine, batch: np.ndarray, seconds: float) -> float:
-    done = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-
-    async def worker() -> None:
-        nonlocal done
-        while time.perf_counter() < deadline:
-            await engine.infer_async(batch)
-            done += len(batch)
-
-    await asyncio.gather(*(worker() for _ in range(engine.num_requests)))
-    return done / (time.perf_counter() - start)
-
-
 def engine_rate(engine: Engine, batch_size: int, seconds: float) -> tuple[float, float]:
     """(images/s, images per CPU-second of this whole process) at `batch_size`."""
     h, w = engine.spec.input_hw
     batch = np.random.default_rng(0).integers(0, 256, (batch_size, h, w, 3), dtype=np.uint8)
-    asyncio.run(_pump(engine, batch, min(1.0, seconds / 4)))  # warm-up: first inferences of a new shape
+    asyncio.run(pump(engine, batch, min(1.0, seconds / 4)))  # warm-up: first inferences of a new shape
     cpu0 = time.process_time()
     wall0 = time.perf_counter()
-    ips = asyncio.run(_pump(engine, batch, seconds))
+    ips = asyncio.run(pump(engine, batch, seconds))
     images = ips * (time.perf_counter() - wall0)
     return ips, images / max(time.process_time() - cpu0, 1e-9)
 

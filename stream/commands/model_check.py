@@ -16,10 +16,11 @@ from stream.zoo.contract import run_contract_checks, sample_images
 from stream.zoo.flops import count_flops, count_params
 from stream.zoo.graph import raw_model
 
-__all__ = ["measure_throughput", "run_check"]
+__all__ = ["measure_throughput", "pump", "run_check"]
 
 
-async def _pump(engine: Engine, batch: np.ndarray, seconds: float) -> float:
+async def pump(engine: Engine, batch: np.ndarray, seconds: float) -> float:
+    """Images/s of `batch` through `engine` for `seconds`, `engine.num_requests` batches in flight."""
     done = 0
     start = time.monotonic()
     deadline = start + seconds
@@ -38,8 +39,8 @@ def measure_throughput(engine: Engine, batch_size: int, seconds: float) -> float
     """Images/s with `engine.num_requests` batches of `batch_size` in flight for `seconds`."""
     images = sample_images(engine.spec, min(batch_size, 8))
     batch = np.resize(images, (batch_size, *images.shape[1:])).astype(np.uint8)
-    asyncio.run(_pump(engine, batch, min(seconds, 0.3)))  # warm-up
-    return asyncio.run(_pump(engine, batch, seconds))
+    asyncio.run(pump(engine, batch, min(seconds, 0.3)))  # warm-up
+    return asyncio.run(pump(engine, batch, seconds))
 
 
 def _vs_card(measured: float, card: float | None, tolerance: float) -> str:
