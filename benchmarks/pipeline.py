@@ -103,15 +103,15 @@ def naive(clip: Path, engine: Engine) -> tuple[float, int]:
 
 
 def decode_fps(clip: Path) -> tuple[float, int, list[np.ndarray]]:
-    """Decode-only frames/s (PyAV, frame threads on both cores); keeps 64 frames for the next step."""
+    """Decode-only frames/s (PyAV, as ingest decodes); keeps 64 frames for the next step."""
     src = VideoFileSource(str(clip))
     kept: list[np.ndarray] = []
     n = 0
     start = time.perf_counter()
     while (frame := src.read()) is not None:
         n += 1
-        if len(kept) < 64 and frame.rgb is not None:
-            kept.append(frame.rgb)
+        if len(kept) < 64 and (rgb := frame.to_rgb()) is not None:
+            kept.append(rgb)
     elapsed = time.perf_counter() - start
     src.close()
     return n / elapsed, n, kept

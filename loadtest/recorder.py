@@ -101,9 +101,16 @@ def _add(
     label: str | None,
     encoding: str,
     jpeg_quality: int,
+    i420: np.ndarray | None = None,
 ) -> None:
-    from stream.adapters.jpeg import decode_jpeg, encode_jpeg
+    from stream.adapters.jpeg import decode_jpeg, encode_jpeg, encode_jpeg_i420
+    from stream.adapters.yuv import i420_to_rgb
 
+    if i420 is not None:  # decoded video: JPEG straight from its planes, or RGB for raw
+        if encoding == "jpeg":
+            writer.add_jpeg(encode_jpeg_i420(i420, jpeg_quality), ts, label)
+            return
+        rgb = i420_to_rgb(i420)
     if encoding == "jpeg":
         writer.add_jpeg(jpeg if jpeg is not None else encode_jpeg(rgb, jpeg_quality), ts, label)  # type: ignore[arg-type]
     else:
@@ -160,6 +167,7 @@ def record_source(
                     writer,
                     rgb=frame.rgb,
                     jpeg=frame.jpeg,
+                    i420=frame.i420,
                     ts=ts,
                     label=label,
                     encoding=encoding,

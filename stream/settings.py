@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -60,9 +60,23 @@ class IngestSettings(_Section):
     live_queue: int = Field(8, ge=1, description="frames a live source buffers before dropping")
     jpeg_quality: int = Field(90, ge=1, le=100)
     encoding: Literal["jpeg", "raw"] = "jpeg"
-    frame_short_side_px: int | None = Field(
-        None, ge=16, description="downscale frames with a longer shorter side before publishing; None = keep"
+    frame_short_side_px: int | Literal["auto"] | None = Field(
+        "auto",
+        description=(
+            "downscale decoded frames whose shorter side is longer than this before publishing; "
+            "'auto' = the largest size any model reading the frames stream needs (JPEG sources "
+            "pass on untouched); 0 or None = keep every frame as it is"
+        ),
     )
+
+    @field_validator("frame_short_side_px")
+    @classmethod
+    def _sane_short_side(cls, v: int | str | None) -> int | str | None:
+        if v == 0:
+            return None
+        if isinstance(v, int) and v < 16:
+            raise ValueError(f"frame_short_side_px must be >= 16, 'auto' or 0 (keep), got {v}")
+        return v
 
 
 class InferSettings(_Section):
@@ -71,6 +85,11 @@ class InferSettings(_Section):
     inflight: int = Field(2, ge=1, description="batched requests in flight")
     performance_hint: Literal["THROUGHPUT", "LATENCY"] = "THROUGHPUT"
     num_requests: int = Field(0, ge=0, description="0 = OpenVINO's optimal number")
+    static_batches: bool = Field(
+        True,
+        description="also compile the model for each padded batch size (10-20% less CPU per frame; "
+        "compiled once, then loaded from the compiled-model cache)",
+    )
 
 
 class PostprocessSettings(_Section):

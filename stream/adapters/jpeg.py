@@ -1,18 +1,25 @@
-"""JPEG encode/decode with OpenCV (libjpeg-turbo), RGB in and out.
+"""JPEG encode/decode with libjpeg-turbo: simplejpeg, and OpenCV as the fallback decoder.
 
-`decode_jpeg` can let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling, several times
-faster than a full decode) when the caller only needs an image at least `min_hw` large: that is
-what preprocess asks for, since every model input is far smaller than a camera frame.
+`decode_jpeg` lets libjpeg decode at a reduced scale (DCT scaling, several times faster than a
+full decode) when the caller only needs an image at least `min_hw` large: that is what preprocess
+asks for, since every model input is far smaller than a camera frame. `encode_jpeg_i420` writes
+a decoded video frame's planes straight into a JPEG, with no colour conversion (see
+`stream.adapters.yuv`).
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import simplejpeg
 
+from stream.adapters.yuv import i420_planes
 from stream.errors import CodecError
 
-__all__ = ["decode_jpeg", "encode_jpeg", "jpeg_size"]
+__all__ = ["decode_jpeg", "encode_jpeg", "encode_jpeg_i420", "jpeg_size"]
+
+# One decoded image may not exceed this many pixels (a 16k x 16k bomb stops here, not in RAM).
+_MAX_PIXELS = 100_000_000
 
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
@@ -25,6 +32,15 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     if not ok:
         raise CodecError(f"JPEG encoding failed for an image of shape {rgb.shape}")
     return buf.tobytes()
+
+
+def encode_jpeg_i420(i420: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of a full-range I420 frame (planes as they are, 4:2:0 subsampling)."""
+    try:
+        y, cb, cr = i420_planes(i420)
+    except ValueError as e:
+        raise CodecError(str(e)) from e
+    return simplejpeg.encode_jpeg_yuv_planes(y, cb, cr, quality=quality)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -47,8 +63,26 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_jpeg(data: bytes | np.ndarray, *, min_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode to uint8 HxWx3 RGB; with `min_hw`, at the smallest 1/2^k scale still >= min_hw."""
+    """Decode to uint8 HxWx3 RGB; with `min_hw`, at the smallest DCT scale still >= min_hw.
+
+    simplejpeg (libjpeg-turbo, straight to RGB) first; JPEGs it refuses (CMYK, some damaged
+    files) get a second chance with OpenCV. `CodecError` when neither can decode the bytes.
+    """
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
+    min_h, min_w = min_hw or (0, 0)
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(buf, min_height=min_h, min_width=min_w)
+    except ValueError as e:
+        raise CodecError(f"cannot decode JPEG ({buf.size} bytes): {e}") from e
+    if h * w > _MAX_PIXELS:
+        raise CodecError(f"JPEG is {w}x{h}, over {_MAX_PIXELS} pixels")
+    try:
+        return simplejpeg.decode_jpeg(buf, "RGB", min_height=min_h, min_width=min_w)
+    except ValueError:
+        return _decode_with_opencv(buf, min_hw)
+
+
+def _decode_with_opencv(buf: np.ndarray, min_hw: tuple[int, int] | None) -> np.ndarray:
     flag = cv2.IMREAD_COLOR
     if min_hw is not None:
         size = jpeg_size(bytes(buf[:65536]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["POLICIES", "ResizePlan", "plan_resize"]
+__all__ = ["POLICIES", "ResizePlan", "plan_resize", "source_short_side"]
 
 POLICIES = ("full", "shorter_crop")
 
@@ -66,3 +66,15 @@ def plan_resize(
     top = int(round((res_h - dst_h) / 2.0))
     left = int(round((res_w - dst_w) / 2.0))
     return ResizePlan(resize_hw=(res_h, res_w), top=top, left=left, height=dst_h, width=dst_w)
+
+
+def source_short_side(dst_hw: tuple[int, int], policy: str, shorter: int | None = None) -> int:
+    """The smallest shorter side a source image can have without `plan_resize` upscaling it,
+    whatever its aspect ratio: frames need not be larger than this for the model to see the same
+    detail (ingest's ``frame_short_side_px: auto``)."""
+    _check_hw(dst_hw, "dst_hw")
+    if policy == "full":
+        return max(dst_hw)
+    if policy != "shorter_crop":
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    return max(max(dst_hw), shorter or 0)

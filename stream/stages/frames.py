@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from stream.adapters.jpeg import decode_jpeg, encode_jpeg
+from stream.adapters.jpeg import decode_jpeg, encode_jpeg, encode_jpeg_i420
 from stream.adapters.video import Frame, FrameSource
+from stream.adapters.yuv import shrink_i420
 from stream.core.codec import Message, encode_message
 from stream.core.messages import EOS, FRAME
 from stream.core.sampling import DropBuffer, FrameSampler
@@ -89,14 +90,25 @@ def _shrink(rgb: np.ndarray, short_side: int | None) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
-def prepare_frame(frame: Frame, cfg: IngestSettings) -> PendingFrame:
-    """Downscale (if configured) and encode one frame per the ingest settings."""
+def prepare_frame(frame: Frame, cfg: IngestSettings, auto_short_side_px: int | None = None) -> PendingFrame:
+    """Downscale (if configured) and encode one frame per the ingest settings.
+
+    Decoded video arrives as I420 planes: with JPEG encoding they go into the JPEG as they are
+    (no colour conversion). `auto_short_side_px` is what ``frame_short_side_px: auto`` stands
+    for now (what the models reading the frames stream need; None when unknown). JPEG files
+    pass on untouched unless an explicit size asks for downscaling.
+    """
     capture_ms = frame.capture_ms if frame.capture_ms is not None else time.time() * 1000.0
-    cap = cfg.frame_short_side_px
-    if cfg.encoding == "jpeg" and frame.jpeg is not None and cap is None:
+    setting = cfg.frame_short_side_px
+    explicit = setting != "auto"
+    cap = auto_short_side_px if setting == "auto" else setting
+    if cfg.encoding == "jpeg" and frame.jpeg is not None and (cap is None or not explicit):
         array = np.frombuffer(frame.jpeg, dtype=np.uint8)  # pass JPEG files on untouched
+    elif cfg.encoding == "jpeg" and frame.i420 is not None:
+        jpeg = encode_jpeg_i420(shrink_i420(frame.i420, cap), cfg.jpeg_quality)
+        array = np.frombuffer(jpeg, dtype=np.uint8)
     else:
-        rgb = frame.rgb
+        rgb = frame.to_rgb()
         if rgb is None:
             if frame.jpeg is None:
                 raise SourceError("frame has neither pixels nor JPEG bytes")
@@ -115,7 +127,13 @@ def prepare_frame(frame: Frame, cfg: IngestSettings) -> PendingFrame:
     return PendingFrame(array, cfg.encoding, capture_ms, frame.pts_ms, frame.label)
 
 
-def encode_frames(source: FrameSource, sampler: FrameSampler, n: int, cfg: IngestSettings) -> Chunk:
+def encode_frames(
+    source: FrameSource,
+    sampler: FrameSampler,
+    n: int,
+    cfg: IngestSettings,
+    auto_short_side_px: int | None = None,
+) -> Chunk:
     """Read up to `n` kept frames from a (non-live) source. Blocking: call from a thread."""
     chunk = Chunk()
     while len(chunk.frames) < n and chunk.consumed < _MAX_READS_PER_CHUNK:
@@ -129,7 +147,7 @@ def encode_frames(source: FrameSource, sampler: FrameSampler, n: int, cfg: Inges
             continue
         if chunk.first_pts_ms is None:
             chunk.first_pts_ms = frame.pts_ms
-        chunk.frames.append(prepare_frame(frame, cfg))
+        chunk.frames.append(prepare_frame(frame, cfg, auto_short_side_px))
     return chunk
 
 
@@ -176,7 +194,7 @@ class LivePump:
         new, self._reported = total - self._reported, total
         return new
 
-    def take_encoded(self, n: int, publish: bool) -> Chunk:
+    def take_encoded(self, n: int, publish: bool, auto_short_side_px: int | None = None) -> Chunk:
         """Up to `n` buffered frames, encoded; with `publish` False they are dropped (pipeline behind)."""
         eof = self.eof
         with self._lock:
@@ -185,7 +203,7 @@ class LivePump:
         if not publish:
             chunk.dropped = len(frames)
             return chunk
-        chunk.frames = [prepare_frame(f, self.cfg) for f in frames]
+        chunk.frames = [prepare_frame(f, self.cfg, auto_short_side_px) for f in frames]
         return chunk
 
     def stop(self) -> None:

@@ -26,14 +26,16 @@ from redis.exceptions import ResponseError
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_streams import GroupStats, StreamTransport
 from stream.adapters.video import FrameSource, open_source, skip_frames
+from stream.core.geometry import source_short_side
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.sampling import FrameSampler
-from stream.errors import SourceError
+from stream.errors import ModelError, SourceError
 from stream.settings import Settings
 from stream.stages.frames import LivePump, encode_frames, eos_message
 from stream.stages.sources import SourceSpec, add_source, get_state, list_sources, remove_source
+from stream.zoo.descriptors import load_spec
 
-__all__ = ["IngestStage", "add_source", "list_sources", "remove_source"]
+__all__ = ["IngestStage", "add_source", "auto_short_side", "list_sources", "remove_source"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class IngestStage:
         self.dropped = 0
         self.last_progress_s = time.monotonic()
         self._players: dict[str, _Player] = {}
+        self._readers: tuple[str, ...] = ()
+        self.auto_short_side_px: int | None = None  # what `frame_short_side_px: auto` means now
 
     async def backlog(self) -> GroupStats:
         """The frames stream's slowest consumer group (lag + pending), or its length with no group."""
@@ -90,6 +94,7 @@ class IngestStage:
             groups = []
         stats: list[GroupStats] = []
         length = int(await self.client.xlen(stream))
+        self._note_readers([_name(g) for g in groups])
         for g in groups:
             info = {_name(k): v for k, v in g.items()}
             if info.get("lag") is None:  # Redis cannot tell after some deletions: ask the transport
@@ -101,6 +106,13 @@ class IngestStage:
         if not stats:
             return GroupStats(stream, "", lag=length, pending=0, consumers=0)
         return max(stats, key=lambda s: s.backlog)
+
+    def _note_readers(self, groups: list[str]) -> None:
+        """Work out ``frame_short_side_px: auto`` from the frames stream's consumer groups."""
+        readers = tuple(sorted(groups))
+        if readers != self._readers:
+            self._readers = readers
+            self.auto_short_side_px = auto_short_side(readers)
 
     async def _frames_backlog(self) -> int:
         return (await self.backlog()).backlog
@@ -203,7 +215,9 @@ class IngestStage:
                 self.last_progress_s = time.monotonic()
                 await asyncio.sleep(0.01)
             try:
-                chunk = await asyncio.to_thread(encode_frames, source, sampler, _CHUNK, self.settings.ingest)
+                chunk = await asyncio.to_thread(
+                    encode_frames, source, sampler, _CHUNK, self.settings.ingest, self.auto_short_side_px
+                )
             except SourceError as e:
                 return str(e)
             if player.spec.realtime and chunk.frames:
@@ -234,7 +248,9 @@ class IngestStage:
             while not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
                 behind = await self._frames_backlog() > cfg.high_water
-                chunk = await asyncio.to_thread(pump.take_encoded, _CHUNK, not behind)
+                chunk = await asyncio.to_thread(
+                    pump.take_encoded, _CHUNK, not behind, self.auto_short_side_px
+                )
                 await self._count_drops(player.source_id, cfg.live_policy, pump.drain_dropped())
                 await self._count_drops(player.source_id, "backpressure", chunk.dropped)
                 if chunk.frames:
@@ -289,8 +305,25 @@ class IngestStage:
                  f" ({error})" if error else "")  # fmt: skip
 
 
-def _open_at(uri: str, position: int, short_side_px: int | None = None) -> FrameSource:
-    source = open_source(uri, short_side_px=short_side_px)
+def auto_short_side(groups: tuple[str, ...] | list[str]) -> int | None:
+    """The shorter side frames need for every model whose preprocess group reads the frames
+    stream (``preprocess:<model>``); None (keep frames as they are) with no such group or with a
+    model this process does not know."""
+    needs = []
+    for group in groups:
+        stage, _, model = group.partition(":")
+        if stage != "preprocess" or not model:
+            continue
+        try:
+            spec = load_spec(model)
+        except ModelError:
+            return None
+        needs.append(source_short_side(spec.input_hw, spec.resize, spec.resize_shorter))
+    return max(needs) if needs else None
+
+
+def _open_at(uri: str, position: int, short_side_px: int | str | None = None) -> FrameSource:
+    source = open_source(uri, short_side_px=short_side_px if isinstance(short_side_px, int) else None)
     if position:
         skip_frames(source, position)
     return source

@@ -28,7 +28,7 @@ def test_open_source_picks_the_kind_and_names_unknown_ones(tmp_path: Path) -> No
     assert isinstance(src, VideoFileSource) and not src.live
     frames = [src.read() for _ in range(6)]
     assert [f is None for f in frames] == [False] * 5 + [True]
-    assert frames[0].rgb.shape == (48, 64, 3) and frames[1].pts_ms > frames[0].pts_ms
+    assert frames[0].to_rgb().shape == (48, 64, 3) and frames[1].pts_ms > frames[0].pts_ms
     folder = open_source(str(tmp_path / "imgs"))
     assert isinstance(folder, ImageFolderSource)
     first = folder.read()

@@ -1,0 +1,80 @@
+"""Planar YCbCr 4:2:0 (I420) frames: what video decoders produce and what JPEG stores.
+
+A decoded H.264 frame is already Y, Cb and Cr planes with chroma at half resolution, which is
+exactly what a JPEG holds. Encoding the planes as they are skips two colour conversions (YUV ->
+RGB in the decoder's scaler, RGB -> YCbCr plus chroma subsampling in libjpeg): about half the
+CPU of ingest per frame (measured in benchmarks/ingest.py).
+
+The convention here: an I420 array is one packed uint8 array of shape ``(h * 3 // 2, w)`` (the
+layout of FFmpeg's ``yuv420p`` and OpenCV's ``COLOR_YUV2*_I420``): ``h`` rows of Y, then Cb and
+Cr at ``(h // 2, w // 2)`` each, in **full range** (0..255, JPEG/JFIF), so the planes go into a
+JPEG unchanged. Video is usually limited range (Y 16..235): `to_full_range` converts it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["i420_planes", "i420_shape", "i420_to_rgb", "shrink_i420", "to_full_range"]
+
+# limited ("MPEG", Y 16..235, C 16..240) -> full ("JPEG", 0..255) range, per plane
+_Y_LUT = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+_C_LUT = np.clip(np.round((np.arange(256) - 128) * 255.0 / 224.0 + 128), 0, 255).astype(np.uint8)
+
+
+def i420_shape(i420: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the picture an I420 array holds; ValueError if it is not one."""
+    if i420.dtype != np.uint8 or i420.ndim != 2 or i420.shape[0] % 3 or i420.shape[1] % 2:
+        raise ValueError(f"not a packed I420 array: {i420.dtype} {i420.shape}")
+    h = i420.shape[0] * 2 // 3
+    if h % 2:
+        raise ValueError(f"not a packed I420 array: {i420.dtype} {i420.shape}")
+    return h, i420.shape[1]
+
+
+def i420_planes(i420: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y [h, w], Cb [h/2, w/2] and Cr [h/2, w/2] planes."""
+    h, w = i420_shape(i420)
+    chroma = i420[h:].reshape(2, h // 2, w // 2)
+    return i420[:h], chroma[0], chroma[1]
+
+
+def to_full_range(i420: np.ndarray) -> np.ndarray:
+    """A limited-range (video) I420 array converted to full range (a new array)."""
+    h, _ = i420_shape(i420)
+    out = np.empty_like(i420)
+    cv2.LUT(i420[:h], _Y_LUT, dst=out[:h])
+    cv2.LUT(i420[h:], _C_LUT, dst=out[h:])
+    return out
+
+
+def shrink_i420(i420: np.ndarray, short_side: int | None) -> np.ndarray:
+    """Halve the frame as often as its shorter side stays >= `short_side` (a box filter).
+
+    Halving is INTER_AREA on OpenCV's fast path (a 2x2 average, ~0.03 ms for 640x480 luma; an
+    arbitrary ratio costs 10x that). Odd edge rows/columns that do not fill a box are dropped.
+    Never upscales; `short_side` None or too large returns the frame as it is.
+    """
+    h, w = i420_shape(i420)
+    if not short_side or min(h, w) // 2 < short_side:
+        return i420
+    y, cb, cr = i420_planes(i420)
+    while min(y.shape) // 2 >= short_side and min(cb.shape) >= 2:
+        y, cb, cr = (_halve(y, 2), _halve(cb, 1), _halve(cr, 1))
+    return np.concatenate([y.ravel(), cb.ravel(), cr.ravel()]).reshape(-1, y.shape[1])
+
+
+def _halve(plane: np.ndarray, multiple: int) -> np.ndarray:
+    """The plane at half size, its sides kept multiples of `multiple` (2 for luma, so chroma fits)."""
+    h, w = plane.shape[0] // (2 * multiple) * multiple, plane.shape[1] // (2 * multiple) * multiple
+    return cv2.resize(plane[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_AREA)
+
+
+def i420_to_rgb(i420: np.ndarray) -> np.ndarray:
+    """uint8 [h, w, 3] RGB of a full-range I420 array (JFIF's BT.601 conversion)."""
+    h, w = i420_shape(i420)
+    y, cb, cr = i420_planes(i420)
+    up = cv2.resize(np.dstack((cr, cb)), (w, h), interpolation=cv2.INTER_LINEAR)
+    ycrcb = np.dstack((y, up))
+    return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2RGB)

@@ -1,0 +1,111 @@
+"""Decoded video travels as I420 planes into the JPEG: the pixels a model sees must not change.
+
+The reference is what FFmpeg itself gives as RGB for the same frame (PyAV ``to_ndarray("rgb24")``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from stream.adapters.jpeg import decode_jpeg, encode_jpeg_i420
+from stream.adapters.video import VideoFileSource, write_demo_clip
+from stream.adapters.yuv import i420_planes, i420_shape, i420_to_rgb, shrink_i420
+from stream.errors import CodecError
+from stream.settings import IngestSettings
+from stream.stages.frames import prepare_frame
+
+
+def _ffmpeg_rgb(clip: Path, n: int) -> list[np.ndarray]:
+    with av.open(str(clip)) as c:
+        return [f.to_ndarray(format="rgb24") for _, f in zip(range(n), c.decode(video=0), strict=False)]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_clip(tmp_path_factory.mktemp("yuv") / "c.mp4", frames=6, size=(320, 240))
+
+
+def test_video_frames_come_as_full_range_i420_that_matches_ffmpegs_rgb(clip: Path) -> None:
+    src = VideoFileSource(str(clip))
+    frames = [src.read() for _ in range(6)]
+    src.close()
+    reference = _ffmpeg_rgb(clip, 6)
+    for frame, ref in zip(frames, reference, strict=True):
+        assert frame.i420 is not None and frame.rgb is None
+        assert i420_shape(frame.i420) == (240, 320)
+        rgb = frame.to_rgb()
+        assert rgb.shape == ref.shape
+        # a limited-range plane read as full range would be off by ~10% in contrast
+        diff = np.abs(rgb.astype(int) - ref.astype(int))
+        assert diff.mean() < 3.0, diff.mean()
+
+
+def test_jpeg_from_planes_decodes_to_the_same_picture(clip: Path) -> None:
+    src = VideoFileSource(str(clip))
+    frame = src.read()
+    src.close()
+    ref = _ffmpeg_rgb(clip, 1)[0]
+    pending = prepare_frame(frame, IngestSettings())
+    assert pending.encoding == "jpeg"
+    decoded = decode_jpeg(pending.array)
+    assert decoded.shape == ref.shape
+    assert np.abs(decoded.astype(int) - ref.astype(int)).mean() < 4.0
+    # the reduced-scale decode preprocess uses is still at least the size it asked for
+    small = decode_jpeg(pending.array, min_hw=(100, 100))
+    assert 100 <= small.shape[0] < 240 and small.shape[1] >= 100
+
+
+def test_ingest_downscale_and_raw_encoding_work_from_planes(clip: Path) -> None:
+    src = VideoFileSource(str(clip))
+    frame = src.read()
+    src.close()
+    small = prepare_frame(frame, IngestSettings(frame_short_side_px=100))
+    assert decode_jpeg(small.array).shape == (120, 160, 3)  # a whole factor of 2 keeps >= 100
+    auto = prepare_frame(frame, IngestSettings(), auto_short_side_px=60)
+    assert decode_jpeg(auto.array).shape == (60, 80, 3)
+    kept = prepare_frame(frame, IngestSettings(frame_short_side_px=None), auto_short_side_px=60)
+    assert decode_jpeg(kept.array).shape == (240, 320, 3)
+    raw = prepare_frame(frame, IngestSettings(encoding="raw"))
+    assert raw.encoding == "raw" and raw.array.shape == (240, 320, 3)
+
+
+def test_shrink_keeps_aspect_and_even_sizes_and_never_upscales() -> None:
+    rng = np.random.default_rng(0)
+    i420 = rng.integers(0, 256, (480 * 3 // 2, 640), dtype=np.uint8)
+    out = shrink_i420(i420, 110)  # halved twice: 120 >= 110, a third time would give 60
+    h, w = i420_shape(out)
+    assert (h, w) == (120, 160)
+    assert i420_shape(shrink_i420(i420, 240)) == (240, 320)
+    assert shrink_i420(i420, 241) is i420  # halving would go below 241: kept as is
+    assert shrink_i420(i420, 600) is i420
+    assert shrink_i420(i420, None) is i420
+    y, cb, cr = i420_planes(out)
+    assert y.shape == (120, 160) and cb.shape == cr.shape == (60, 80)
+    # a box filter: a flat picture stays flat, and the mean of a random one is kept
+    flat = np.full_like(i420, 77)
+    assert np.all(shrink_i420(flat, 110) == 77)
+    odd = rng.integers(0, 256, (246 * 3 // 2, 330), dtype=np.uint8)  # 330x246 -> 164x122 (even)
+    assert i420_shape(shrink_i420(odd, 100)) == (122, 164)
+    assert abs(float(y.mean()) - float(i420[:480].mean())) < 1.0
+
+
+def test_flat_colours_survive_the_plane_path() -> None:
+    for rgb in ((200, 30, 30), (20, 180, 40), (10, 10, 220), (128, 128, 128)):
+        img = np.full((64, 96, 3), rgb, np.uint8)
+        ycrcb = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb)  # full range, as JPEG stores it
+        y, cr, cb = ycrcb[..., 0], ycrcb[::2, ::2, 1], ycrcb[::2, ::2, 2]
+        i420 = np.concatenate([y.ravel(), cb.ravel(), cr.ravel()]).reshape(-1, 96)
+        assert np.abs(i420_to_rgb(i420).astype(int) - img).max() <= 2
+        assert np.abs(decode_jpeg(encode_jpeg_i420(i420, 95)).astype(int) - img).max() <= 4
+
+
+def test_bad_i420_and_bad_jpeg_give_codec_errors() -> None:
+    with pytest.raises(CodecError, match="I420"):
+        encode_jpeg_i420(np.zeros((10, 7), np.uint8))
+    with pytest.raises(CodecError, match="cannot decode JPEG"):
+        decode_jpeg(b"\xff\xd8 definitely not a jpeg")
