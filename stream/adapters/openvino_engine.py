@@ -221,9 +221,12 @@ def compile_model(
     performance_hint: str = "THROUGHPUT",
     num_requests: int = 0,
     inference_precision: str | None = None,
+    compiled_cache: Path | None = None,
 ) -> Any:
     """Compile for the CPU. `inference_precision` "f32" forces float32 math; None keeps the
-    device default (bfloat16 on CPUs with AMX/AVX512-BF16, faster, about 3 significant digits)."""
+    device default (bfloat16 on CPUs with AMX/AVX512-BF16, faster, about 3 significant digits).
+    `compiled_cache` is a directory for OpenVINO's compiled-model cache (a restarted stage then
+    loads instead of compiling; the cache key covers the graph and these settings)."""
     if performance_hint not in ("THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT"):
         raise ValueError(f"performance_hint must be THROUGHPUT or LATENCY, got {performance_hint!r}")
     if num_requests < 0:
@@ -235,6 +238,14 @@ def compile_model(
         if inference_precision not in ("f32", "bf16", "f16"):
             raise ValueError(f"inference_precision must be f32, bf16 or f16, got {inference_precision!r}")
         config["INFERENCE_PRECISION_HINT"] = inference_precision
+    if compiled_cache is not None:
+        try:
+            compiled_cache.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(compiled_cache)
+        except OSError as e:  # a read-only home (some containers): compile every time instead
+            log.warning(
+                "compiled-model cache %s is not writable (%s); compiling without it", compiled_cache, e
+            )
     try:
         return _get_core().compile_model(model, "CPU", config)
     except RuntimeError as e:
@@ -267,13 +278,14 @@ def open_engine(
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     location = locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=allow_synthetic)
     model = prepare_model(read_model_file(location.path), spec)
-    compiled = compile_model(model, performance_hint, num_requests, inference_precision)
+    compiled_cache = cache / "compiled"
+    compiled = compile_model(model, performance_hint, num_requests, inference_precision, compiled_cache)
     h, w = spec.input_hw
     static = {}
     for n in sorted(set(static_batch_sizes)):
         fixed = model.clone()
         fixed.reshape([n, h, w, 3])
-        static[n] = compile_model(fixed, performance_hint, num_requests, inference_precision)
+        static[n] = compile_model(fixed, performance_hint, num_requests, inference_precision, compiled_cache)
     labels = find_labels(spec, weights_dir=weights, cache_dir=cache)
     if location.synthetic:
         log.warning(

@@ -56,6 +56,9 @@ class InferStage(StageBase):
                 cache_dir=settings.models.cache_dir,
                 performance_hint=settings.infer.performance_hint,
                 num_requests=settings.infer.num_requests,
+                static_batch_sizes=tuple(batch_buckets(settings.infer.max_batch_size))
+                if settings.infer.static_batches
+                else (1,),
             )
         self.engine = engine
         self.output = keys.scores(model)
