@@ -5,6 +5,11 @@ not exist yet), registers the sources, starts one ingest process and, per model,
 an infer and a postprocess process; then it collects results (dedupe, optional JSONL) until
 every finite source has its end-of-stream result for every model, stops the stages with SIGTERM
 (they drain and ack), and returns a `RunReport`.
+
+The run reads the results through a consumer group of its own (``sink:run-<pid>-<random>``),
+removed at the end: in a group shared with another reader (another run on the same Redis, a
+tool reading group ``sink``) each result, the end-of-stream included, goes to only one of them,
+and a run whose end-of-stream went elsewhere would wait for it until its timeout.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,10 +37,18 @@ from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import Settings
 from stream.stages.base import REDIS_TRANSIENT
-from stream.stages.sinks import JsonlSink, ResultCollector, percentile
+from stream.stages.sinks import SINK_GROUP, JsonlSink, ResultCollector, percentile
 from stream.stages.sources import SourceSpec, add_source
 
-__all__ = ["RunReport", "RunRow", "StageProcess", "create_groups", "run_processes", "source_id_for"]
+__all__ = [
+    "RunReport",
+    "RunRow",
+    "StageProcess",
+    "create_groups",
+    "run_group",
+    "run_processes",
+    "source_id_for",
+]
 
 log = logging.getLogger(__name__)
 _LIVE_PREFIXES = (
@@ -168,7 +182,11 @@ async def run_processes(
     keys = PipelineKeys(settings.streams.pipeline)
     client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)
     sink = JsonlSink(results_path) if results_path else None
-    collector = ResultCollector(client, keys, sink=sink)
+    specs = [s if isinstance(s, SourceSpec) else SourceSpec(uri=s) for s in sources]
+    ids = [source_id_for(i, s.uri) for i, s in enumerate(specs)]
+    collector = ResultCollector(
+        client, keys, group=run_group(), sink=sink, sources=ids or None
+    )  # results of this run's sources only; with none (sources added later) all of them
     procs: list[StageProcess] = []
     started = time.monotonic()
     report = RunReport()
@@ -176,8 +194,6 @@ async def run_processes(
         await create_groups(client, keys, models)
         await collector.ensure_group()
         dead_before = int(await client.xlen(keys.dead))
-        specs = [s if isinstance(s, SourceSpec) else SourceSpec(uri=s) for s in sources]
-        ids = [source_id_for(i, s.uri) for i, s in enumerate(specs)]
         with tempfile.TemporaryDirectory(prefix="framestream-run-") as tmp:
             config = _write_config(settings, Path(tmp))
             tag = f"{os.getpid()}"
@@ -209,8 +225,9 @@ async def run_processes(
                 if before is not None and after is not None:
                     report.stage_cpu_s[proc.label] = after - before
             _stop(procs, settings.streams.drain_timeout_s + 5)
-            while await collector.poll(block_ms=50):  # results written while draining
-                pass
+            with contextlib.suppress(*REDIS_TRANSIENT):
+                while await collector.poll(block_ms=50):  # results written while draining
+                    pass
         report.dead_letters = int(await client.xlen(keys.dead)) - dead_before
         counters = await client.hgetall(keys.counters)
         report.dropped = sum(
@@ -222,7 +239,14 @@ async def run_processes(
         _stop(procs, 5)
         if sink is not None:
             sink.close()
+        with contextlib.suppress(*REDIS_TRANSIENT, aioredis.ResponseError):
+            await collector.destroy_group()
         await client.aclose()
+
+
+def run_group() -> str:
+    """A results consumer group name no other run uses."""
+    return f"{SINK_GROUP}:run-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 async def _wait_ready(
