@@ -120,15 +120,35 @@ async def create_groups(client: aioredis.Redis, keys: PipelineKeys, models: list
 
 
 class StageProcess:
-    """One ``framestream stage`` child process."""
+    """One ``framestream stage`` child process.
 
-    def __init__(self, stage: str, model: str | None, redis_url: str, config: Path, consumer: str) -> None:
+    Redis is given through the environment (``FRAMESTREAM_REDIS__URL`` and, when set,
+    ``__PASSWORD`` / ``__USERNAME``), not on the command line (every local user can read that)
+    nor in the config file: a password in either would be readable by others or land on disk.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        model: str | None,
+        redis_url: str,
+        config: Path,
+        consumer: str,
+        *,
+        password: str | None = None,
+        username: str | None = None,
+    ) -> None:
         self.stage, self.model, self.consumer = stage, model, consumer
-        args = [sys.executable, "-m", "stream.cli", "stage", stage, "--redis", redis_url]
+        args = [sys.executable, "-m", "stream.cli", "stage", stage]
         args += ["--config", str(config), "--consumer", consumer]
         if model:
             args += ["--model", model]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, env=os.environ.copy())
+        env = {**os.environ, "FRAMESTREAM_REDIS__URL": redis_url}
+        if password is not None:
+            env["FRAMESTREAM_REDIS__PASSWORD"] = password
+        if username is not None:
+            env["FRAMESTREAM_REDIS__USERNAME"] = username
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, env=env)
 
     @property
     def label(self) -> str:
@@ -155,9 +175,17 @@ class StageProcess:
             return self.process.wait()
 
 
+_REDIS_SECRETS = ("url", "password", "username")
+"""Left out of the stages' config file; `StageProcess` passes them in the environment."""
+
+
 def _write_config(settings: Settings, directory: Path) -> Path:
+    """The run's settings for the stage processes, without the Redis URL and credentials."""
+    dumped = settings.model_dump(mode="json")
+    for name in _REDIS_SECRETS:
+        dumped["redis"].pop(name, None)
     path = directory / "settings.yaml"
-    path.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+    path.write_text(yaml.safe_dump(dumped, sort_keys=False))
     return path
 
 
@@ -197,10 +225,12 @@ async def run_processes(
         with tempfile.TemporaryDirectory(prefix="framestream-run-") as tmp:
             config = _write_config(settings, Path(tmp))
             tag = f"{os.getpid()}"
+            auth = {"password": settings.redis.password, "username": settings.redis.username}
             for model in models:
                 for stage in ("preprocess", "infer", "postprocess"):
-                    procs.append(StageProcess(stage, model, redis_url, config, f"{stage}-{model}-{tag}"))
-            procs.append(StageProcess("ingest", None, redis_url, config, f"ingest-{tag}"))
+                    name = f"{stage}-{model}-{tag}"
+                    procs.append(StageProcess(stage, model, redis_url, config, name, **auth))
+            procs.append(StageProcess("ingest", None, redis_url, config, f"ingest-{tag}", **auth))
             await _wait_ready(client, keys, procs, ready_timeout_s)
             started = time.monotonic()
             cpu_at_ready = {p.label: p.cpu_s() for p in procs}
