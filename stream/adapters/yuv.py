@@ -2,8 +2,9 @@
 
 A decoded H.264 frame is already Y, Cb and Cr planes with chroma at half resolution, which is
 exactly what a JPEG holds. Encoding the planes as they are skips two colour conversions (YUV ->
-RGB in the decoder's scaler, RGB -> YCbCr plus chroma subsampling in libjpeg): about half the
-CPU of ingest per frame (measured in benchmarks/ingest.py).
+RGB in the decoder's scaler, RGB -> YCbCr plus chroma subsampling in libjpeg): 0.75x the CPU
+per decoded-and-encoded 640x480 frame, 0.6x when frames are also halved to the size a model
+needs (`python -m benchmarks.ingest`).
 
 The convention here: an I420 array is one packed uint8 array of shape ``(h * 3 // 2, w)`` (the
 layout of FFmpeg's ``yuv420p`` and OpenCV's ``COLOR_YUV2*_I420``): ``h`` rows of Y, then Cb and
