@@ -215,12 +215,13 @@ class IngestStage:
         pace_origin: tuple[float, float] | None = None
         chunk_size = _CHUNK if player.spec.realtime else _FAST_CHUNK
         while not player.stop.is_set():
-            while await self._frames_backlog() > high_water and not player.stop.is_set():
+            while (backlog := await self._frames_backlog()) > high_water and not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
                 await asyncio.sleep(0.01)
+            room = max(1, min(chunk_size, high_water - backlog))  # never far past the high-water mark
             try:
                 chunk = await asyncio.to_thread(
-                    encode_frames, source, sampler, chunk_size, self.settings.ingest, self.auto_short_side_px
+                    encode_frames, source, sampler, room, self.settings.ingest, self.auto_short_side_px
                 )
             except SourceError as e:
                 return str(e)
