@@ -2,18 +2,25 @@
 register the sources, follow the results with live progress, stop and drain on Ctrl-C, and sum up.
 
 A *track* is one (source, model) pair: every source is classified by every model of the run.
+
+Redis going away for a while (killed and restarted, stalled, loading its AOF) does not end the
+run: like the stage loops, every Redis call here waits for it and retries (`ride_out`,
+`RedisOutage`), for at most `DriveOptions.max_outage_s`. The results are read by id (XREAD), so
+a read that failed is simply read again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 
@@ -24,8 +31,12 @@ from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import Settings
+from stream.stages.base import is_redis_outage
 
-__all__ = ["DriveOptions", "Stalled", "drive", "source_id"]
+__all__ = ["DriveOptions", "RedisOutage", "Stalled", "drive", "ride_out", "source_id"]
+
+log = logging.getLogger("framestream.run")
+_T = TypeVar("_T")
 
 
 class Stalled(FramestreamError):
@@ -41,6 +52,58 @@ class DriveOptions:
     results: Path | None = None
     stall_timeout_s: float = 180.0
     timeout_s: float | None = None
+    max_outage_s: float = 300.0
+    """How long Redis may stay unavailable before the run gives up."""
+
+
+class RedisOutage:
+    """One Redis outage as the driver lives through it: when it began, how long to wait before the
+    next attempt (doubling from `first_wait_s` up to `max_wait_s`), and giving up after
+    `max_outage_s`. Errors that are not an outage (`is_redis_outage`) are not its business."""
+
+    def __init__(self, max_outage_s: float = 300.0, *, first_wait_s: float = 0.1, max_wait_s: float = 2.0):
+        self.max_outage_s = max_outage_s
+        self.first_wait_s = first_wait_s
+        self.max_wait_s = max_wait_s
+        self.since: float | None = None
+        self.outages = 0
+        self._wait_s = first_wait_s
+
+    async def wait(self, error: BaseException) -> None:
+        """After `error` (an outage): wait before the next attempt; `FramestreamError` once Redis
+        has been unavailable for longer than `max_outage_s`."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self.outages = now, self.outages + 1
+            log.warning("Redis unavailable (%s: %s); waiting for it", type(error).__name__, error)
+        elif now - self.since > self.max_outage_s:
+            raise FramestreamError(
+                f"Redis unavailable for more than {self.max_outage_s:.0f} s ({type(error).__name__}: {error})"
+            ) from error
+        await asyncio.sleep(self._wait_s)
+        self._wait_s = min(2 * self._wait_s, self.max_wait_s)
+
+    def recovered(self) -> bool:
+        """After a call that worked: True when it ends an outage."""
+        if self.since is None:
+            return False
+        log.warning("Redis is back after %.1f s", time.monotonic() - self.since)
+        self.since, self._wait_s = None, self.first_wait_s
+        return True
+
+
+async def ride_out(call: Callable[[], Awaitable[_T]], outage: RedisOutage) -> _T:
+    """`call()`, retried while it fails with a Redis outage (see `RedisOutage`); other errors raise."""
+    while True:
+        try:
+            result = await call()
+        except Exception as e:
+            if not is_redis_outage(e):
+                raise
+            await outage.wait(e)
+            continue
+        outage.recovered()
+        return result
 
 
 def source_id(uri: str, taken: set[str]) -> str:
@@ -84,31 +147,41 @@ async def drive(
     taken: set[str] = set()
     ids = [source_id(uri, taken) for uri in uris]
     tracks = [(s, m) for s in ids for m in options.models]
+    outage = RedisOutage(options.max_outage_s)
     try:
-        first = dict(zip(ids, await _published(client, keys, ids), strict=True))
+        first = dict(zip(ids, await ride_out(lambda: _published(client, keys, ids), outage), strict=True))
         for sid, uri in zip(ids, uris, strict=True):
-            await add_source(client, keys, sid, SourceSpec(uri=uri), replace=True)
+            spec = SourceSpec(uri=uri)
+            await ride_out(
+                lambda sid=sid, spec=spec: add_source(client, keys, sid, spec, replace=True), outage
+            )
         started = time.monotonic()
         watcher = _Watcher(client, keys, options)
         grace_s = settings.streams.drain_timeout_s
         with Progress(console) as progress:
             if options.timeout_s is not None:
                 loop.call_later(options.timeout_s, stop.set)
-            await _until_done(sink, tracks, stop, watcher, progress, options, started, grace_s)
+            await _until_done(sink, tracks, stop, watcher, progress, options, started, grace_s, outage)
             interrupted = stop.is_set() and not sink.finished(tracks, grace_s)
             if interrupted:
                 console.print("stopping: sources removed, draining what is in flight ...")
                 for sid in ids:
-                    await remove_source(client, keys, sid)
+                    await ride_out(lambda sid=sid: remove_source(client, keys, sid), outage)
                 deadline = time.monotonic() + settings.streams.drain_timeout_s + 5
                 while not sink.finished(tracks, grace_s) and time.monotonic() < deadline:
-                    await sink.poll(block_ms=200)
-                    progress.update(await watcher.snapshot(sink, time.monotonic() - started))
-            while await sink.poll(block_ms=300):
+                    await ride_out(lambda: sink.poll(block_ms=200), outage)
+                    progress.update(
+                        await ride_out(lambda: watcher.snapshot(sink, time.monotonic() - started), outage)
+                    )
+            while await ride_out(lambda: sink.poll(block_ms=300), outage):
                 pass
-            progress.update(await watcher.snapshot(sink, time.monotonic() - started))
-        published = dict(zip(ids, await _published(client, keys, ids), strict=True))
-        return await _summary(client, keys, options, sink, ids, first, published, started, interrupted)
+            progress.update(
+                await ride_out(lambda: watcher.snapshot(sink, time.monotonic() - started), outage)
+            )
+        published = dict(zip(ids, await ride_out(lambda: _published(client, keys, ids), outage), strict=True))
+        return await ride_out(
+            lambda: _summary(client, keys, options, sink, ids, first, published, started, interrupted), outage
+        )
     finally:
         sink.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -173,17 +246,26 @@ async def _until_done(
     options: DriveOptions,
     started: float,
     grace_s: float,
+    outage: RedisOutage,
 ) -> None:
     next_view = 0.0
     last_change = time.monotonic()
     last_marker: tuple[int, ...] = ()
     while not stop.is_set() and not sink.finished(tracks, grace_s):
-        await sink.poll(block_ms=200)
-        now = time.monotonic()
-        if now < next_view:
+        try:
+            await sink.poll(block_ms=200)
+            now = time.monotonic()
+            snap = await watcher.snapshot(sink, now - started) if now >= next_view else None
+        except Exception as e:
+            if not is_redis_outage(e):
+                raise
+            await outage.wait(e)  # `stop` is checked again between attempts
+            continue
+        if outage.recovered():
+            last_change = now  # Redis was away: no stall of the pipeline
+        if snap is None:
             continue
         next_view = now + 0.5
-        snap = await watcher.snapshot(sink, now - started)
         progress.update(snap)
         marker = (sink.distinct, snap.published, *(r.handled for r in snap.stages))
         if marker != last_marker:
@@ -226,14 +308,14 @@ class _Watcher:
                 replicas[model] = {}
         first = self.options.models[0]
         rows_in: list[tuple[str, int, int, int]] = [
-            ("ingest", replicas[first].get("Ingest", 0), published, 0)
+            ("ingest", replicas.get(first, {}).get("Ingest", 0), published, 0)
         ]
         for model in self.options.models:
             probes = await probe_stages(self.client, self.keys, model)
             for stage in ("preprocess", "infer", "postprocess"):
                 probe = probes.get(stage)
                 name = stage if len(self.options.models) == 1 else f"{stage} [{model}]"
-                count = replicas[model].get(stage.capitalize(), 0)
+                count = replicas.get(model, {}).get(stage.capitalize(), 0)
                 rows_in.append((name, count, probe.handled if probe else 0, probe.backlog if probe else 0))
         self._rate({name: handled for name, _, handled, _ in rows_in})
         rows = [StageRow(n, r, self._rates.get(n, 0.0), h, b) for n, r, h, b in rows_in]
