@@ -85,6 +85,11 @@ class InferSettings(_Section):
     inflight: int = Field(2, ge=1, description="batched requests in flight")
     performance_hint: Literal["THROUGHPUT", "LATENCY"] = "THROUGHPUT"
     num_requests: int = Field(0, ge=0, description="0 = OpenVINO's optimal number")
+    batch_tuning: bool = Field(
+        True,
+        description="at start, measure each padded batch size up to max_batch_size once per model "
+        "and machine, and use the smallest about as fast as the best (remembered in the model cache)",
+    )
     static_batches: bool = Field(
         True,
         description="also compile the model for each padded batch size (10-20% less CPU per frame; "

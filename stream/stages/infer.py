@@ -26,10 +26,12 @@ from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, SKIP
 from stream.settings import Settings
 from stream.stages.base import Handled, StageBase, now_ms, skip_marker
+from stream.stages.batch_tuning import tuned_batch_size
 
 __all__ = ["InferStage"]
 
 _POLL_S = 0.001
+_MIN_READ_AHEAD = 16
 
 
 class InferStage(StageBase):
@@ -73,7 +75,8 @@ class InferStage(StageBase):
         self._failure: BaseException | None = None
 
     async def start(self) -> None:
-        """Create the group, then run every padded batch shape once per request (warm-up).
+        """Create the group, run every padded batch shape once per request (warm-up), then pick
+        the batch size (`stream.stages.batch_tuning`, once per model and machine).
 
         A dynamic-shape engine is slow on the first call with each new input shape (hundreds of
         ms to seconds); paying that here keeps it out of the first frames' latency.
@@ -87,6 +90,11 @@ class InferStage(StageBase):
             x = np.zeros((size, h, w, 3), np.uint8)
             for _ in range(2):
                 await asyncio.gather(*[self.engine.infer_async(x) for _ in range(requests)])
+        if self.settings.infer.batch_tuning and len(self.buckets) > 1:
+            cache_file = self.settings.models.cache_dir / "compiled" / "batch-tuning.json"
+            size = await tuned_batch_size(self.engine, self.buckets, cache_file, inflight=self.inflight)
+            self.policy = BatchPolicy(size, self.policy.max_wait_ms)
+            self.buckets = [b for b in self.buckets if b <= size]
         self._warm = True
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -95,7 +103,9 @@ class InferStage(StageBase):
         buffer: BatchBuffer[tuple[Entry, Message, float]] = BatchBuffer(self.policy)
         slots = asyncio.Semaphore(self.inflight)
         tasks: set[asyncio.Task[None]] = set()
-        limit = self.policy.max_batch_size * (self.inflight + 1)
+        # read ahead up to `limit` tensors: small batches (a tuned size of 2, say) then still come
+        # from one Redis read per several batches instead of one per batch
+        limit = max(self.policy.max_batch_size * (self.inflight + 1), _MIN_READ_AHEAD)
         try:
             while not stop.is_set():
                 self.tick()
@@ -104,7 +114,7 @@ class InferStage(StageBase):
                 wait_ms = buffer.wait_ms(_ms())
                 if len(buffer) < limit and (wait_ms is None or wait_ms > 0):
                     block = self.settings.streams.block_ms if wait_ms is None else None
-                    entries = await self.next_entries(buffer.room(), block)
+                    entries = await self.next_entries(limit - len(buffer), block)
                     if entries:
                         good, bad = self.transport.decode(entries)
                         await self.dead_letter(bad)
