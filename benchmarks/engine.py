@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import resource
 import subprocess
@@ -41,7 +42,18 @@ def _benchmark_app_once(engine: Engine, seconds: float) -> tuple[float, int, flo
     """(FPS, images, CPU seconds incl. startup) of one benchmark_app run, throughput hint, batch 1."""
     exe = Path(sys.executable).parent / "benchmark_app"
     shape = ",".join(str(d) for d in engine.spec.input_shape)
-    cmd = [str(exe), "-m", str(engine.model_path), "-d", "CPU", "-hint", "throughput", "-t", f"{seconds:g}"]
+    # benchmark_app's -t takes whole seconds: round a fractional duration up rather than fail
+    cmd = [
+        str(exe),
+        "-m",
+        str(engine.model_path),
+        "-d",
+        "CPU",
+        "-hint",
+        "throughput",
+        "-t",
+        str(math.ceil(seconds)),
+    ]
     cmd += ["-shape", f"{engine.spec.input_name}[{shape}]"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120)

@@ -206,6 +206,12 @@ class LivePump:
         chunk.frames = [prepare_frame(f, self.cfg, auto_short_side_px) for f in frames]
         return chunk
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """Stop reading; returns how many buffered frames were never published (the caller counts
+        them as dropped: a removed live source loses them, and says so)."""
         self._stopped.set()
         self.source.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)  # a read in progress still lands in the buffer
+        with self._lock:
+            return len(self._buffer.take(len(self._buffer)))

@@ -267,7 +267,9 @@ class IngestStage:
                 if not chunk.frames:
                     await asyncio.sleep(0.005)
         finally:
-            pump.stop()
+            unpublished = pump.stop()
+            with contextlib.suppress(Exception):  # counting must not hide why the loop ended
+                await self._count_drops(player.source_id, "stopped", unpublished)
         return None
 
     async def _count_drops(self, source_id: str, reason: str, n: int) -> None:

@@ -154,10 +154,13 @@ class _FastLive:
         self.uri = f"fastlive:{rest}"
         self._closed = False
 
+    reads = 0  # frames handed to ingest, across instances
+
     def read(self) -> Frame | None:
         if self._closed:
             return None
         time.sleep(0.002)
+        _FastLive.reads += 1
         return Frame(rgb=np.full((48, 64, 3), 128, np.uint8), capture_ms=time.time() * 1000)
 
     def close(self) -> None:
@@ -166,6 +169,7 @@ class _FastLive:
 
 async def test_live_source_drops_and_counts_every_drop(redis_server: RedisServer, redis_client) -> None:
     register_source_kind("fastlive", _FastLive)
+    _FastLive.reads = 0
     settings = Settings(ingest={"high_water": 10, "live_queue": 4})
     await redis_client.xgroup_create(KEYS.frames, "preprocess:none", id="0", mkstream=True)
     client = await connect(redis_server.url)
@@ -193,5 +197,7 @@ async def test_live_source_drops_and_counts_every_drop(redis_server: RedisServer
     published = int(await redis_client.hget(KEYS.counters, "published:cam"))
     dropped = int(await redis_client.hget(KEYS.counters, "dropped:cam"))
     assert published == len(metas) - 1 and dropped == ingest.dropped > 0
+    # every frame the camera gave is published or counted as dropped, buffered ones at removal too
+    assert published + dropped == _FastLive.reads
     state = json.loads(await redis_client.hget(KEYS.source_state, "cam"))
     assert state["done"] and state["next_seq"] == published + 1
