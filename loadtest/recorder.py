@@ -167,7 +167,7 @@ def record_source(
                     writer,
                     rgb=frame.rgb,
                     jpeg=frame.jpeg,
-                    i420=frame.i420,
+                    i420=frame.jfif_i420(),
                     ts=ts,
                     label=label,
                     encoding=encoding,

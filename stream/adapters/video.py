@@ -55,8 +55,9 @@ _NETWORK_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "u
 
 @dataclass(frozen=True)
 class Frame:
-    """One frame: `rgb` (HxWx3 uint8), `i420` (a full-range planar 4:2:0 array, see
-    `stream.adapters.yuv`; what decoded video gives) or `jpeg` bytes. At least one is set.
+    """One frame: `rgb` (HxWx3 uint8), `i420` (a planar 4:2:0 array, see `stream.adapters.yuv`;
+    what decoded video gives, in video range when `i420_limited`) or `jpeg` bytes. At least one
+    is set.
 
     `pts_ms` is media time (for sampling by target fps); `capture_ms` an epoch time when the
     source knows when the frame was taken (replay files); `label` optional ground truth.
@@ -65,14 +66,23 @@ class Frame:
     rgb: np.ndarray | None = None
     jpeg: bytes | None = None
     i420: np.ndarray | None = None
+    i420_limited: bool = False
     pts_ms: float | None = None
     capture_ms: float | None = None
     label: str | None = None
 
+    def jfif_i420(self, short_side_px: int | None = None) -> np.ndarray | None:
+        """The I420 planes in full range, ready for a JPEG, halved while the shorter side stays
+        >= `short_side_px` (halving first: the range conversion then touches 4x fewer pixels)."""
+        if self.i420 is None:
+            return None
+        planes = shrink_i420(self.i420, short_side_px)
+        return to_full_range(planes) if self.i420_limited else planes
+
     def to_rgb(self) -> np.ndarray | None:
         """The pixels as uint8 [h, w, 3] RGB (converted from `i420` if need be); None for JPEG bytes."""
         if self.rgb is None and self.i420 is not None:
-            return i420_to_rgb(self.i420)
+            return i420_to_rgb(self.jfif_i420())  # type: ignore[arg-type]
         return self.rgb
 
 
@@ -195,10 +205,9 @@ class VideoFileSource:
         self._index += 1
         w, h = frame.width, frame.height
         if frame.format.name in _I420_FORMATS and w % 2 == 0 and h % 2 == 0:
-            i420 = frame.to_ndarray(format=frame.format.name)
+            i420 = shrink_i420(frame.to_ndarray(format=frame.format.name), self.short_side_px)
             full = frame.format.name == "yuvj420p" or frame.color_range == _JPEG_RANGE
-            i420 = shrink_i420(i420 if full else to_full_range(i420), self.short_side_px)
-            return Frame(i420=i420, pts_ms=pts_ms)
+            return Frame(i420=i420, i420_limited=not full, pts_ms=pts_ms)
         if self.short_side_px is not None and min(w, h) > self.short_side_px:
             scale = self.short_side_px / min(w, h)
             w, h = max(1, round(w * scale)), max(1, round(h * scale))

@@ -2,14 +2,15 @@
 
 A decoded H.264 frame is already Y, Cb and Cr planes with chroma at half resolution, which is
 exactly what a JPEG holds. Encoding the planes as they are skips two colour conversions (YUV ->
-RGB in the decoder's scaler, RGB -> YCbCr plus chroma subsampling in libjpeg): 0.75x the CPU
-per decoded-and-encoded 640x480 frame, 0.6x when frames are also halved to the size a model
+RGB in the decoder's scaler, RGB -> YCbCr plus chroma subsampling in libjpeg): 0.78x the CPU
+per decoded-and-encoded 640x480 frame, 0.5x when frames are also halved to the size a model
 needs (`python -m benchmarks.ingest`).
 
 The convention here: an I420 array is one packed uint8 array of shape ``(h * 3 // 2, w)`` (the
 layout of FFmpeg's ``yuv420p`` and OpenCV's ``COLOR_YUV2*_I420``): ``h`` rows of Y, then Cb and
-Cr at ``(h // 2, w // 2)`` each, in **full range** (0..255, JPEG/JFIF), so the planes go into a
-JPEG unchanged. Video is usually limited range (Y 16..235): `to_full_range` converts it.
+Cr at ``(h // 2, w // 2)`` each. JPEG (JFIF) wants **full range** (0..255); video is usually
+limited range (Y 16..235): `to_full_range` converts it, best after `shrink_i420` (fewer pixels).
+`i420_to_rgb` and `stream.adapters.jpeg.encode_jpeg_i420` take full-range planes.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import numpy as np
 
 from stream.adapters.jpeg import decode_jpeg, encode_jpeg, encode_jpeg_i420
 from stream.adapters.video import Frame, FrameSource
-from stream.adapters.yuv import shrink_i420
 from stream.core.codec import Message, encode_message
 from stream.core.messages import EOS, FRAME
 from stream.core.sampling import DropBuffer, FrameSampler
@@ -105,7 +104,7 @@ def prepare_frame(frame: Frame, cfg: IngestSettings, auto_short_side_px: int | N
     if cfg.encoding == "jpeg" and frame.jpeg is not None and (cap is None or not explicit):
         array = np.frombuffer(frame.jpeg, dtype=np.uint8)  # pass JPEG files on untouched
     elif cfg.encoding == "jpeg" and frame.i420 is not None:
-        jpeg = encode_jpeg_i420(shrink_i420(frame.i420, cap), cfg.jpeg_quality)
+        jpeg = encode_jpeg_i420(frame.jfif_i420(cap), cfg.jpeg_quality)  # type: ignore[arg-type]
         array = np.frombuffer(jpeg, dtype=np.uint8)
     else:
         rgb = frame.to_rgb()
