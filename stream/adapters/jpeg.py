@@ -65,15 +65,16 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 def decode_jpeg(data: bytes | np.ndarray, *, min_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Decode to uint8 HxWx3 RGB; with `min_hw`, at the smallest DCT scale still >= min_hw.
 
-    simplejpeg (libjpeg-turbo, straight to RGB) first; JPEGs it refuses (CMYK, some damaged
-    files) get a second chance with OpenCV. `CodecError` when neither can decode the bytes.
+    simplejpeg (libjpeg-turbo, straight to RGB) first; bytes it refuses (CMYK JPEGs, some
+    damaged files, another format such as PNG) get a second chance with OpenCV. `CodecError` when
+    neither can decode them.
     """
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
     min_h, min_w = min_hw or (0, 0)
     try:
         h, w, _, _ = simplejpeg.decode_jpeg_header(buf, min_height=min_h, min_width=min_w)
-    except ValueError as e:
-        raise CodecError(f"cannot decode JPEG ({buf.size} bytes): {e}") from e
+    except ValueError:
+        return _decode_with_opencv(buf, min_hw)  # not a JPEG libjpeg-turbo reads (a PNG, say)
     if h * w > _MAX_PIXELS:
         raise CodecError(f"JPEG is {w}x{h}, over {_MAX_PIXELS} pixels")
     try:

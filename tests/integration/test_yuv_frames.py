@@ -105,6 +105,14 @@ def test_flat_colours_survive_the_plane_path() -> None:
         assert np.abs(decode_jpeg(encode_jpeg_i420(i420, 95)).astype(int) - img).max() <= 4
 
 
+def test_grayscale_jpeg_and_png_bytes_still_decode_to_rgb() -> None:
+    gray = np.tile(np.arange(80, dtype=np.uint8), (64, 1))
+    ok, jpeg = cv2.imencode(".jpg", gray)
+    assert ok and decode_jpeg(jpeg.tobytes()).shape == (64, 80, 3)
+    ok, png = cv2.imencode(".png", np.full((10, 12, 3), 200, np.uint8))
+    assert ok and np.all(decode_jpeg(png.tobytes()) == 200)
+
+
 def test_bad_i420_and_bad_jpeg_give_codec_errors() -> None:
     with pytest.raises(CodecError, match="I420"):
         encode_jpeg_i420(np.zeros((10, 7), np.uint8))
