@@ -53,7 +53,11 @@ class StreamSettings(_Section):
 
 
 class IngestSettings(_Section):
-    high_water: int = Field(2_000, ge=1, description="frames-stream lag that pauses file sources")
+    high_water: int = Field(
+        2_000,
+        ge=1,
+        description="frames outstanding before inference (frames or tensors stream) that pause file sources",
+    )
     target_fps: float | None = Field(None, gt=0)
     every_nth: int = Field(1, ge=1)
     live_policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"

@@ -5,8 +5,9 @@ while the pipeline runs. Each source is played by exactly one ingest replica at 
 replica holds a lease key (SET NX PX, renewed every scan) and records its progress with every
 publish, so a replica that takes over resumes after the last published frame.
 
-File, image and replay sources wait while the frames stream's slowest consumer group has more
-than ``ingest.high_water`` entries outstanding; live sources (RTSP, webcams) never wait: a reader
+File, image and replay sources wait while more than ``ingest.high_water`` frames are outstanding
+before inference (the frames stream's slowest consumer group, or a model's tensors stream when
+its inference lags behind its preprocessing); live sources (RTSP, webcams) never wait: a reader
 thread fills a small buffer that drops by policy, and frames that arrive while the pipeline is
 behind are dropped too. Every drop is counted (metrics and ``keys.counters``).
 """
@@ -91,13 +92,20 @@ class IngestStage:
     async def backlog(self) -> GroupStats:
         """The frames stream's slowest consumer group (lag + pending), or its length with no group."""
         stream = self.keys.frames
+        stats = await self._group_stats(stream)
+        self._note_readers([s.group for s in stats])
+        if not stats:
+            return GroupStats(stream, "", lag=int(await self.client.xlen(stream)), pending=0, consumers=0)
+        return max(stats, key=lambda s: s.backlog)
+
+    async def _group_stats(self, stream: str) -> list[GroupStats]:
+        """Lag + pending of every consumer group of `stream` (none when it has no group)."""
         try:
             groups = await self.client.xinfo_groups(stream)
         except ResponseError:
-            groups = []
+            return []
         stats: list[GroupStats] = []
-        length = int(await self.client.xlen(stream))
-        self._note_readers([_name(g) for g in groups])
+        length = int(await self.client.xlen(stream)) if groups else 0
         for g in groups:
             info = {_name(k): v for k, v in g.items()}
             if info.get("lag") is None:  # Redis cannot tell after some deletions: ask the transport
@@ -106,9 +114,20 @@ class IngestStage:
                 # Redis 7.0 keeps counting entries trimmed away unread in `lag`: never above the length
                 lag, pending = min(int(info["lag"]), length), int(info["pending"])
                 stats.append(GroupStats(stream, _name(info["name"]), lag, pending, int(info["consumers"])))
-        if not stats:
-            return GroupStats(stream, "", lag=length, pending=0, consumers=0)
-        return max(stats, key=lambda s: s.backlog)
+        return stats
+
+    async def _pipeline_backlog(self) -> int:
+        """Frames not yet through inference: the frames stream's backlog, or the tensors stream's of
+        a model whose inference lags behind its preprocessing, whichever is larger. File sources
+        pause on this, so a slow model cannot pile up tensors without bound behind a fast
+        preprocess (v2 tensors are 150 KB each)."""
+        backlog = (await self.backlog()).backlog
+        for reader in self._readers:
+            stage, _, model = reader.partition(":")
+            if stage == "preprocess" and model:
+                for stats in await self._group_stats(self.keys.tensors(model)):
+                    backlog = max(backlog, stats.backlog)
+        return backlog
 
     def _note_readers(self, groups: list[str]) -> None:
         """Work out ``frame_short_side_px: auto`` from the frames stream's consumer groups."""
@@ -116,9 +135,6 @@ class IngestStage:
         if readers != self._readers:
             self._readers = readers
             self.auto_short_side_px = auto_short_side(readers)
-
-    async def _frames_backlog(self) -> int:
-        return (await self.backlog()).backlog
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -215,7 +231,7 @@ class IngestStage:
         pace_origin: tuple[float, float] | None = None
         chunk_size = _CHUNK if player.spec.realtime else _FAST_CHUNK
         while not player.stop.is_set():
-            while (backlog := await self._frames_backlog()) > high_water and not player.stop.is_set():
+            while (backlog := await self._pipeline_backlog()) > high_water and not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
                 await asyncio.sleep(0.01)
             room = max(1, min(chunk_size, high_water - backlog))  # never far past the high-water mark
@@ -252,7 +268,7 @@ class IngestStage:
         try:
             while not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
-                behind = await self._frames_backlog() > cfg.high_water
+                behind = await self._pipeline_backlog() > cfg.high_water
                 chunk = await asyncio.to_thread(
                     pump.take_encoded, _CHUNK, not behind, self.auto_short_side_px
                 )
