@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import signal
@@ -152,9 +153,7 @@ async def drive(
         first = dict(zip(ids, await ride_out(lambda: _published(client, keys, ids), outage), strict=True))
         for sid, uri in zip(ids, uris, strict=True):
             spec = SourceSpec(uri=uri)
-            await ride_out(
-                lambda sid=sid, spec=spec: add_source(client, keys, sid, spec, replace=True), outage
-            )
+            await ride_out(functools.partial(add_source, client, keys, sid, spec, replace=True), outage)
         started = time.monotonic()
         watcher = _Watcher(client, keys, options)
         grace_s = settings.streams.drain_timeout_s
@@ -166,7 +165,7 @@ async def drive(
             if interrupted:
                 console.print("stopping: sources removed, draining what is in flight ...")
                 for sid in ids:
-                    await ride_out(lambda sid=sid: remove_source(client, keys, sid), outage)
+                    await ride_out(functools.partial(remove_source, client, keys, sid), outage)
                 deadline = time.monotonic() + settings.streams.drain_timeout_s + 5
                 while not sink.finished(tracks, grace_s) and time.monotonic() < deadline:
                     await ride_out(lambda: sink.poll(block_ms=200), outage)
