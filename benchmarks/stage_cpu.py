@@ -1,0 +1,93 @@
+"""CPU per frame of every process of the stage-process pipeline, while it runs a clip flat out.
+
+    FRAMESTREAM_WEIGHTS_DIR=../shared/models .venv/bin/python -m benchmarks.stage_cpu \\
+        [--model mobilenet-v1-0.25-128-quant] [--frames 600] [--clip FILE]
+
+The four stage processes and redis-server are started warm (`loadtest.embedded`); their CPU
+times (user + system, every thread, from /proc) are read just before ingest starts the clip and
+again when its last result is in. CPU per frame is far less sensitive than frames/s to other work
+on a shared machine, and says which process to make cheaper. Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from loadtest.baselines import make_clip, measured_from_results
+from loadtest.bench import _play_and_collect
+from loadtest.embedded import EmbeddedPipeline
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_process() -> dict[str, float]:
+    """CPU seconds of this process and every descendant, by role."""
+    table: dict[int, tuple[int, float, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) * _TICK_S, cmd)
+    out: dict[str, float] = {}
+    todo = [os.getpid()]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, cpu, cmd) in table.items():
+            if ppid == parent:
+                todo.append(pid)
+                program = cmd.split()[0].rsplit("/")[-1] if cmd else "?"
+                role = cmd.split(" stage ")[1].split()[0] if " stage " in cmd else program
+                out[role] = out.get(role, 0.0) + cpu
+    me = os.times()
+    out["collector (this process)"] = me.user + me.system
+    return out
+
+
+async def _measure(clip: Path, model: str, frames: int) -> tuple[list, dict[str, float], dict[str, float]]:
+    async with EmbeddedPipeline(model=model, pipeline="cpu") as emb:
+        before = _cpu_by_process()
+        rows = await _play_and_collect(emb.url, "cpu", model, clip, frames, timeout_s=600)
+        after = _cpu_by_process()
+    return rows, before, after
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="mobilenet-v1-0.25-128-quant")
+    parser.add_argument("--frames", type=int, default=600)
+    parser.add_argument("--clip", type=Path, help="a video file (default: a generated 640x480 H.264 clip)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = args.clip or make_clip(Path(tmp) / "clip.mp4", frames=args.frames)
+        rows, before, after = asyncio.run(_measure(clip, args.model, args.frames))
+    measured = measured_from_results("framestream", rows, args.frames, "")
+    n = max(1, len(rows))
+    table = Table(title=f"{args.model}: {measured.fps or 0:.0f} frames/s, CPU per frame by process")
+    table.add_column("process")
+    table.add_column("CPU ms / frame", justify="right")
+    total = 0.0
+    for role in sorted(after, key=lambda r: after[r] - before.get(r, 0.0), reverse=True):
+        spent = after[role] - before.get(role, 0.0)
+        if spent <= 0:
+            continue
+        total += spent
+        table.add_row(role, f"{spent / n * 1000:.2f}")
+    table.add_row("total", f"{total / n * 1000:.2f}", end_section=True)
+    cores = os.cpu_count() or 1
+    table.caption = f"{cores} cores: at most {cores / (total / n):.0f} frames/s at this cost"
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
