@@ -53,11 +53,6 @@ class BatchBuffer(Generic[T]):
         oldest = self._items[0][0] if self._items else None
         return self.policy.wait_ms(len(self._items), oldest, now_ms)
 
-    def room(self) -> int:
-        """Items that would complete the batch being filled (>= 1 while it is not full)."""
-        rest = len(self._items) % self.policy.max_batch_size
-        return self.policy.max_batch_size - rest
-
     def take_ready(self, now_ms: float) -> list[list[T]]:
         """Every batch that is due now, oldest first: all full batches, then a partial one if overdue."""
         batches: list[list[T]] = []

@@ -69,14 +69,6 @@ def test_batches_bounded_fifo_and_never_late(max_batch: int, max_wait: int, arri
     assert len(buf) == 0
 
 
-@given(max_batch=st.integers(1, 8), n=st.integers(0, 40))
-def test_room_completes_the_batch_being_filled(max_batch: int, n: int) -> None:
-    buf: BatchBuffer[int] = BatchBuffer(BatchPolicy(max_batch, 5))
-    buf.add(list(range(n)), 0)
-    buf.add(list(range(buf.room())), 0)
-    assert len(buf) % max_batch == 0 and len(buf) > 0
-
-
 @given(max_batch=st.integers(1, 300), n=st.integers(1, 300))
 def test_padding_buckets_hold_every_batch_with_at_most_double_waste(max_batch: int, n: int) -> None:
     from stream.core.batching import batch_buckets, padded_size
