@@ -305,20 +305,28 @@ class StreamTransport:
         ]
 
     async def group_stats(self, stream: str, group: str) -> GroupStats:
-        """Lag and pending of `group` (XINFO GROUPS), for autoscaling and metrics."""
+        """Lag and pending of `group` (XINFO GROUPS), for autoscaling and metrics; a missing group
+        counts the whole stream as its lag."""
         for info in await self._groups(stream):
             if _s(info["name"]) == group:
-                lag = info.get("lag")
-                if lag is None:  # Redis cannot tell after some deletions: count instead
-                    last = _s(info["last-delivered-id"])
-                    unread: Any = await self.client.xrange(stream, min=f"({last}", max="+", count=100_000)
-                    lag = len(unread)
-                elif int(lag) > 0:
-                    # Redis 7.0 keeps counting entries an XTRIM deleted unread (lag = added - read),
-                    # so the lag never falls back; without a cap ingest would wait on it forever
-                    lag = min(int(lag), int(await self.client.xlen(stream)))
-                return GroupStats(stream, group, int(lag), int(info["pending"]), int(info["consumers"]))
+                return await self._stats(stream, info)
         return GroupStats(stream, group, lag=int(await self.client.xlen(stream)), pending=0, consumers=0)
+
+    async def all_group_stats(self, stream: str) -> list[GroupStats]:
+        """Lag and pending of every consumer group of `stream` (an empty list when it has none)."""
+        return [await self._stats(stream, info) for info in await self._groups(stream)]
+
+    async def _stats(self, stream: str, info: dict[str, Any]) -> GroupStats:
+        lag = info.get("lag")
+        if lag is None:  # Redis cannot tell after some deletions: count instead
+            last = _s(info["last-delivered-id"])
+            unread: Any = await self.client.xrange(stream, min=f"({last}", max="+", count=100_000)
+            lag = len(unread)
+        elif int(lag) > 0:
+            # Redis 7.0 keeps counting entries an XTRIM deleted unread (lag = added - read),
+            # so the lag never falls back; without a cap ingest would wait on it forever
+            lag = min(int(lag), int(await self.client.xlen(stream)))
+        return GroupStats(stream, _s(info["name"]), int(lag), int(info["pending"]), int(info["consumers"]))
 
     async def _groups(self, stream: str) -> list[dict[str, Any]]:
         try:

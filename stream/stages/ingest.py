@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_streams import GroupStats, StreamTransport
@@ -92,29 +91,11 @@ class IngestStage:
     async def backlog(self) -> GroupStats:
         """The frames stream's slowest consumer group (lag + pending), or its length with no group."""
         stream = self.keys.frames
-        stats = await self._group_stats(stream)
+        stats = await self.transport.all_group_stats(stream)
         self._note_readers([s.group for s in stats])
         if not stats:
             return GroupStats(stream, "", lag=int(await self.client.xlen(stream)), pending=0, consumers=0)
         return max(stats, key=lambda s: s.backlog)
-
-    async def _group_stats(self, stream: str) -> list[GroupStats]:
-        """Lag + pending of every consumer group of `stream` (none when it has no group)."""
-        try:
-            groups = await self.client.xinfo_groups(stream)
-        except ResponseError:
-            return []
-        stats: list[GroupStats] = []
-        length = int(await self.client.xlen(stream)) if groups else 0
-        for g in groups:
-            info = {_name(k): v for k, v in g.items()}
-            if info.get("lag") is None:  # Redis cannot tell after some deletions: ask the transport
-                stats.append(await self.transport.group_stats(stream, _name(info["name"])))
-            else:
-                # Redis 7.0 keeps counting entries trimmed away unread in `lag`: never above the length
-                lag, pending = min(int(info["lag"]), length), int(info["pending"])
-                stats.append(GroupStats(stream, _name(info["name"]), lag, pending, int(info["consumers"])))
-        return stats
 
     async def _pipeline_backlog(self) -> int:
         """Frames not yet through inference: the frames stream's backlog, or the tensors stream's of
@@ -125,7 +106,7 @@ class IngestStage:
         for reader in self._readers:
             stage, _, model = reader.partition(":")
             if stage == "preprocess" and model:
-                for stats in await self._group_stats(self.keys.tensors(model)):
+                for stats in await self.transport.all_group_stats(self.keys.tensors(model)):
                     backlog = max(backlog, stats.backlog)
         return backlog
 
