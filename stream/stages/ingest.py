@@ -264,7 +264,7 @@ class IngestStage:
                 if not chunk.frames:
                     await asyncio.sleep(0.005)
         finally:
-            unpublished = pump.stop()
+            unpublished = await asyncio.to_thread(pump.stop)  # joins the reader thread: off the loop
             with contextlib.suppress(Exception):  # counting must not hide why the loop ended
                 await self._count_drops(player.source_id, "stopped", unpublished)
         return None
