@@ -67,7 +67,8 @@ class IngestSettings(_Section):
     frame_short_side_px: int | Literal["auto"] | None = Field(
         "auto",
         description=(
-            "downscale decoded frames whose shorter side is longer than this before publishing; "
+            "make decoded frames smaller before publishing, keeping the shorter side >= this "
+            "(video planes are halved while they stay that large, other pixels scaled to it); "
             "'auto' = the largest size any model reading the frames stream needs (JPEG sources "
             "pass on untouched); 0 or None = keep every frame as it is"
         ),
