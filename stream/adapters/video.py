@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from stream.adapters.yuv import i420_to_rgb, shrink_i420, to_full_range
+from stream.adapters.yuv import i420_to_rgb, shrink_i420, shrink_planes, to_full_range
 from stream.errors import SourceError
 
 __all__ = [
@@ -205,7 +205,7 @@ class VideoFileSource:
         self._index += 1
         w, h = frame.width, frame.height
         if frame.format.name in _I420_FORMATS and w % 2 == 0 and h % 2 == 0:
-            i420 = shrink_i420(frame.to_ndarray(format=frame.format.name), self.short_side_px)
+            i420 = shrink_planes(*_plane_views(frame), self.short_side_px)
             full = frame.format.name == "yuvj420p" or frame.color_range == _JPEG_RANGE
             return Frame(i420=i420, i420_limited=not full, pts_ms=pts_ms)
         if self.short_side_px is not None and min(w, h) > self.short_side_px:
@@ -218,6 +218,16 @@ class VideoFileSource:
 
     def close(self) -> None:
         self._container.close()
+
+
+def _plane_views(frame: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y, Cb, Cr of a decoded 4:2:0 PyAV frame as uint8 views (no copy; rows padded to the line size)."""
+    views = []
+    for plane in frame.planes:
+        rows = np.frombuffer(plane, np.uint8, count=plane.line_size * plane.height)
+        rows = rows.reshape(plane.height, plane.line_size)
+        views.append(rows[:, : plane.width])
+    return views[0], views[1], views[2]
 
 
 class ImageFolderSource:

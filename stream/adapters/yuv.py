@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["i420_planes", "i420_shape", "i420_to_rgb", "shrink_i420", "to_full_range"]
+__all__ = ["i420_planes", "i420_shape", "i420_to_rgb", "shrink_i420", "shrink_planes", "to_full_range"]
 
 # limited ("MPEG", Y 16..235, C 16..240) -> full ("JPEG", 0..255) range, per plane
 _Y_LUT = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
@@ -61,8 +61,20 @@ def shrink_i420(i420: np.ndarray, short_side: int | None) -> np.ndarray:
     h, w = i420_shape(i420)
     if not short_side or min(h, w) // 2 < short_side:
         return i420
-    y, cb, cr = i420_planes(i420)
-    while min(y.shape) // 2 >= short_side and min(cb.shape) >= 2:
+    return shrink_planes(*i420_planes(i420), short_side)
+
+
+def shrink_planes(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, short_side: int | None) -> np.ndarray:
+    """`shrink_i420` of separate Y, Cb, Cr planes (views into a decoder's buffers, say): one new
+    packed I420 array, halved as often as the shorter side stays >= `short_side`.
+
+    Halving straight from the planes saves packing the full-size frame first (~0.05 ms of the
+    ~1 ms a 640x480 H.264 frame costs ingest). The Y plane's sides must be even.
+    """
+    half = (y.shape[0] // 2, y.shape[1] // 2)
+    if y.shape[0] % 2 or y.shape[1] % 2 or cb.shape != half or cr.shape != half:
+        raise ValueError(f"not I420 planes: Y {y.shape}, Cb {cb.shape}, Cr {cr.shape}")
+    while short_side and min(y.shape) // 2 >= short_side and min(cb.shape) >= 2:
         y, cb, cr = (_halve(y, 2), _halve(cb, 1), _halve(cr, 1))
     return np.concatenate([y.ravel(), cb.ravel(), cr.ravel()]).reshape(-1, y.shape[1])
 

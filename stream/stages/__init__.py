@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from stream.adapters.image import use_one_opencv_thread
 from stream.core.messages import STAGES
 from stream.errors import ConfigError
 from stream.settings import Settings
@@ -25,6 +26,7 @@ def build_stage(
     """
     if name not in STAGES:
         raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    use_one_opencv_thread()  # stages scale by processes, not by OpenCV's thread pool
     if name == "ingest":
         from stream.stages.ingest import IngestStage
 

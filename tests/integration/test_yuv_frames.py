@@ -14,7 +14,7 @@ import pytest
 
 from stream.adapters.jpeg import decode_jpeg, encode_jpeg_i420
 from stream.adapters.video import VideoFileSource, write_demo_clip
-from stream.adapters.yuv import i420_planes, i420_shape, i420_to_rgb, shrink_i420
+from stream.adapters.yuv import i420_planes, i420_shape, i420_to_rgb, shrink_i420, shrink_planes
 from stream.errors import CodecError
 from stream.settings import IngestSettings
 from stream.stages.frames import prepare_frame
@@ -44,6 +44,32 @@ def test_video_frames_come_as_i420_that_matches_ffmpegs_rgb(clip: Path) -> None:
         # a limited-range plane read as full range would be off by ~10% in contrast
         diff = np.abs(rgb.astype(int) - ref.astype(int))
         assert diff.mean() < 3.0, diff.mean()
+
+
+@pytest.mark.parametrize("short_side", [None, 60])
+def test_frames_read_from_padded_decoder_rows_are_not_skewed(tmp_path: Path, short_side: int | None) -> None:
+    # 202 pixels wide: FFmpeg pads each row to 256 bytes; reading the padding as pixels would
+    # shear the picture. The source must give what FFmpeg's own packed yuv420p copy gives.
+    padded = write_demo_clip(tmp_path / "odd.mp4", frames=3, size=(202, 130))
+    with av.open(str(padded)) as c:
+        decoded = [f for _, f in zip(range(3), c.decode(video=0), strict=False)]
+        assert decoded[0].planes[0].line_size > 202  # the case under test
+        expected = [shrink_i420(f.to_ndarray(format="yuv420p"), short_side) for f in decoded]
+    src = VideoFileSource(str(padded), short_side_px=short_side)
+    got = [src.read() for _ in range(3)]
+    src.close()
+    for frame, want in zip(got, expected, strict=True):
+        assert frame is not None and frame.i420 is not None
+        assert frame.i420.shape == want.shape and np.array_equal(frame.i420, want)
+    if short_side is not None:
+        assert i420_shape(expected[0]) == (64, 100)
+
+
+def test_shrink_planes_rejects_planes_that_do_not_fit_together() -> None:
+    y, cb = np.zeros((8, 8), np.uint8), np.zeros((4, 4), np.uint8)
+    assert i420_shape(shrink_planes(y, cb, cb, 4)) == (4, 4)
+    with pytest.raises(ValueError, match="not I420 planes"):
+        shrink_planes(y, cb, np.zeros((4, 3), np.uint8), 4)
 
 
 def test_jpeg_from_planes_decodes_to_the_same_picture(clip: Path) -> None:
