@@ -278,6 +278,7 @@ def bench(
             frames=frames,
             systems=chosen,
             console=out,
+            repeat=repeat,
         )
     except (FramestreamError, ValueError) as e:
         raise _fail(str(e)) from None

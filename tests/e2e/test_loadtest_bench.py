@@ -19,11 +19,14 @@ def test_bench_rows_have_fps_latency_and_ratios(shared_dir: Path, tmp_path: Path
     env = {**os.environ, "CI": "true", "FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models")}
     cmd = [
         sys.executable, "-m", "loadtest", "bench", "--model", "mobilenet-v1-0.25-128-quant", "--frames", "60",
-        "--systems", "naive,best_single,ideal", "--json", str(out), "--markdown", str(md),
+        "--systems", "naive,best_single,ideal", "--repeat", "2", "--json", str(out), "--markdown", str(md),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {r["system"]: r for r in json.loads(out.read_text())["rows"]}
+    result = json.loads(out.read_text())
+    rows = {r["system"]: r for r in result["rows"]}
+    # --repeat 2: every system measured twice (rounds alternate), the best kept
+    assert result["repeat"] == 2 and proc.stdout.count("measuring naive loop") == 2
     assert set(rows) == {"naive", "best_single", "ideal"}
     for r in rows.values():
         assert {"name", "fps", "p50_ms", "p99_ms", "ratio_to_naive", "ratio_to_ideal"} <= set(r)
