@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loadtest.baselines import make_clip, measured_from_results
-from loadtest.bench import _play_and_collect
+from loadtest.bench import play_and_collect
 from loadtest.embedded import EmbeddedPipeline
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -57,7 +57,7 @@ def _cpu_by_process() -> dict[str, float]:
 async def _measure(clip: Path, model: str, frames: int) -> tuple[list, dict[str, float], dict[str, float]]:
     async with EmbeddedPipeline(model=model, pipeline="cpu") as emb:
         before = _cpu_by_process()
-        rows = await _play_and_collect(emb.url, "cpu", model, clip, frames, timeout_s=600)
+        rows = await play_and_collect(emb.url, "cpu", model, clip, frames, timeout_s=600)
         after = _cpu_by_process()
     return rows, before, after
 

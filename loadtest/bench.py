@@ -42,6 +42,7 @@ __all__ = [
     "bench_model",
     "framestream_processes",
     "markdown_table",
+    "play_and_collect",
     "run_bench",
 ]
 
@@ -66,7 +67,7 @@ _NAMES = {
 }
 
 
-async def _play_and_collect(
+async def play_and_collect(
     url: str, pipeline: str, model: str, clip: Path, frames: int, timeout_s: float
 ) -> list:
     """Add `clip` as a file source and collect its results until its end-of-stream."""
@@ -97,7 +98,7 @@ def framestream_processes(clip: Path, model: str, *, frames: int, weights_dir: P
 
     async def go() -> list:
         async with EmbeddedPipeline(model=model, weights_dir=weights_dir, pipeline="bench") as emb:
-            return await _play_and_collect(emb.url, "bench", model, clip, frames, timeout_s=600)
+            return await play_and_collect(emb.url, "bench", model, clip, frames, timeout_s=600)
 
     rows = asyncio.run(go())
     return measured_from_results(
