@@ -49,7 +49,7 @@ faults: setup
 bench: setup
 	@mkdir -p out
 	FRAMESTREAM_WEIGHTS_DIR=$${FRAMESTREAM_WEIGHTS_DIR:-../shared/models} \
-	  $(BIN)/loadtest bench --json out/bench.json --markdown out/bench.md $(ARGS)
+	  $(BIN)/loadtest bench --repeat 2 --json out/bench.json --markdown out/bench.md $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
