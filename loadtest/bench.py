@@ -6,9 +6,11 @@ OpenVINO's benchmark_app on the bare model (the inference ceiling) and the sum-o
 1 / (decode + preprocess + infer per frame, each measured alone). Ratios are to the naive loop
 and to the ideal of the same model, measured in the same run.
 
-framestream's figures come from its own result stamps: frames/s is (results - 1) / (last result -
-first result), so process start-up and model compilation are not counted, and latency is each
-frame's end-to-end figure (capture -> result) while the whole clip is pushed as fast as ingest can.
+framestream's figures come from its own result stamps: frames/s is the rate sustained while every
+stage is busy (`loadtest.stats.sustained_rate`: from the end of the first 10% of results to the
+moment ingest read the clip's last frame), so process start-up, model compilation, the pipeline's
+fill and the drain after ingest is done are not counted; latency is each frame's end-to-end figure
+(capture -> result) while the whole clip is pushed as fast as ingest can.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from loadtest.stats import (
     check_slo,
     count_delivery,
     per_second_series,
+    sustained_rate,
     top1_accuracy,
 )
 
@@ -131,3 +132,27 @@ def test_schedule_stats_and_summary_stay_pure() -> None:
                     )
                 ), f"{name} imports {mod}"
                 assert top not in ("time", "datetime", "asyncio"), f"{name} reads a clock via {mod}"
+
+
+def _timeline(n: int, read_every_ms: float, busy_every_ms: float, drain_every_ms: float) -> list[ResultRow]:
+    """Ingest reads a frame every `read_every_ms`; results come every `busy_every_ms` while it
+    still reads (first one after a 50 ms fill), then every `drain_every_ms` (ingest idle)."""
+    rows, t = [], 50.0
+    last_read = (n - 1) * read_every_ms
+    for i in range(n):
+        rows.append(ResultRow(source="s", seq=i, due_ms=i * read_every_ms, result_ms=t, latency_ms=0.0))
+        t += busy_every_ms if t < last_read else drain_every_ms
+    return rows
+
+
+def test_sustained_rate_ignores_the_fill_and_the_drain_after_ingest_finished() -> None:
+    rows = _timeline(600, read_every_ms=1.0, busy_every_ms=2.0, drain_every_ms=1.0)  # 500/s, drain 1000/s
+    first_to_last = (len(rows) - 1) / ((rows[-1].result_ms - rows[0].result_ms) / 1000.0)
+    assert first_to_last > 550  # what timing first to last result would claim
+    assert sustained_rate(rows) == pytest.approx(500.0, rel=0.01)
+
+
+def test_sustained_rate_is_none_when_ingest_finished_before_the_pipeline_filled() -> None:
+    rows = _timeline(50, read_every_ms=0.1, busy_every_ms=2.0, drain_every_ms=2.0)
+    assert sustained_rate(rows) is None
+    assert sustained_rate(rows[:1]) is None
