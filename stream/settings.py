@@ -54,9 +54,10 @@ class StreamSettings(_Section):
 
 class IngestSettings(_Section):
     high_water: int = Field(
-        2_000,
+        256,
         ge=1,
-        description="frames outstanding before inference (frames or tensors stream) that pause file sources",
+        description="frames outstanding before inference (frames or tensors stream) that pause file "
+        "sources; enough to keep a few inference replicas fed, raise it when many share a pipeline",
     )
     target_fps: float | None = Field(None, gt=0)
     every_nth: int = Field(1, ge=1)
