@@ -27,7 +27,7 @@ from loadtest.embedded import EmbeddedPipeline
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_by_process() -> dict[str, float]:
+def cpu_by_process() -> dict[str, float]:
     """CPU seconds of this process and every descendant, by role."""
     table: dict[int, tuple[int, float, str]] = {}
     for entry in os.listdir("/proc"):
@@ -56,9 +56,9 @@ def _cpu_by_process() -> dict[str, float]:
 
 async def _measure(clip: Path, model: str, frames: int) -> tuple[list, dict[str, float], dict[str, float]]:
     async with EmbeddedPipeline(model=model, pipeline="cpu") as emb:
-        before = _cpu_by_process()
+        before = cpu_by_process()
         rows = await play_and_collect(emb.url, "cpu", model, clip, frames, timeout_s=600)
-        after = _cpu_by_process()
+        after = cpu_by_process()
     return rows, before, after
 
 

@@ -1,0 +1,87 @@
+"""CPU per frame of every process of the Ray Serve application, over its sustained window.
+
+    FRAMESTREAM_WEIGHTS_DIR=../shared/models .venv/bin/python -m benchmarks.ray_cpu \\
+        [--model mobilenet-v1-0.25-128-quant] [--frames 1800]
+
+Runs the clip the way `loadtest bench` does (`framestream run --runner ray` against a private
+redis-server), samples every descendant process's CPU time from /proc five times a second, and
+reports the CPU each process spent per result inside `loadtest.stats.sustained_rate`'s window
+(pipeline filled, ingest still reading). Tells Ray's own processes (controller, proxy, GCS,
+raylet, agents) apart from the stage replicas. Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.stage_cpu import cpu_by_process
+from loadtest.baselines import make_clip
+from loadtest.stats import ResultRow
+
+
+def _run(clip: Path, model: str, samples: list[tuple[float, dict[str, float]]]) -> list[ResultRow]:
+    from deployments.runner import RunOptions, run_ray
+    from loadtest.bench_ray import _all_results
+    from loadtest.embedded import embedded_settings
+    from stream.adapters.redis_server import RedisServer
+
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.time() * 1000.0, cpu_by_process()))
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        settings = embedded_settings(pipeline="p")
+        with RedisServer() as server:
+            run_ray(RunOptions(sources=[str(clip)], model=model, redis_url=server.url), settings,
+                    Console(quiet=True))  # fmt: skip
+            return _all_results(server.url, settings.streams.pipeline)
+    finally:
+        stop.set()
+        sampler.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="mobilenet-v1-0.25-128-quant")
+    parser.add_argument("--frames", type=int, default=1800)
+    args = parser.parse_args()
+    samples: list[tuple[float, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = _run(make_clip(Path(tmp) / "clip.mp4", frames=args.frames), args.model, samples)
+    done = sorted(r.result_ms for r in rows)
+    if len(done) < 10 or len(samples) < 2:
+        raise SystemExit(f"too few results ({len(done)}) or CPU samples ({len(samples)}) to measure")
+    start_ms, end_ms = done[int(len(done) * 0.1)], max(r.due_ms for r in rows)
+    first = min(samples, key=lambda s: abs(s[0] - start_ms))
+    last = min(samples, key=lambda s: abs(s[0] - end_ms))
+    results = sum(1 for t in done if first[0] < t <= last[0])
+    seconds = (last[0] - first[0]) / 1000.0
+    if results == 0 or seconds <= 0:
+        raise SystemExit("the sustained window is empty: use more --frames")
+    spent = {k: v - first[1].get(k, 0.0) for k, v in last[1].items()}
+    table = Table(title=f"{args.model}, Ray Serve app: {results / seconds:.0f} frames/s over {seconds:.1f} s")
+    table.add_column("process")
+    table.add_column("CPU ms / frame", justify="right")
+    for role in sorted(spent, key=spent.__getitem__, reverse=True):
+        if spent[role] * 1000 / results >= 0.005:
+            table.add_row(role, f"{spent[role] / results * 1000:.2f}")
+    total = sum(v for v in spent.values() if v > 0)
+    table.add_row("total", f"{total / results * 1000:.2f}", end_section=True)
+    table.caption = f"{total / seconds:.2f} cores busy"
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
