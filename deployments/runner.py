@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.panel import Panel
@@ -127,16 +128,59 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
-def _replica_settings(settings: Settings, redis_url: str) -> dict[str, Any]:
-    """The run's settings for every replica; the Redis password stays in the environment."""
+def _replica_settings(settings: Settings, redis_url: str | None) -> dict[str, Any]:
+    """The run's settings for every replica; the Redis password stays in the environment, and so
+    does the URL when `redis_url` is None (`_redis_through_environment`)."""
     from stream.zoo.store import resolve_weights_dir
 
     dumped = settings.model_dump(mode="json")
     dumped["redis"].pop("password", None)
-    dumped["redis"]["url"] = redis_url
+    if redis_url is None:
+        dumped["redis"].pop("url", None)
+    else:
+        dumped["redis"]["url"] = redis_url
     weights = resolve_weights_dir(settings.models.weights_dir)  # FRAMESTREAM_WEIGHTS_DIR of this shell
     dumped["models"]["weights_dir"] = str(weights) if weights else None
     return dumped
+
+
+def _redis_through_environment(
+    stack: contextlib.ExitStack, settings: Settings, redis_url: str, address: str | None, console: Console
+) -> str | None:
+    """The Redis URL for the Serve config, or None when the replicas get it from the environment.
+
+    The Serve config is shown by `serve status` and the dashboard, so a password must not be in
+    it. A local Ray started by this run spawns every replica from this process's environment:
+    the URL and password go there (``FRAMESTREAM_REDIS__*``, restored when the run ends). An
+    existing cluster has its own environment, which this driver cannot reach: the URL goes into
+    the config as given, with a warning when it carries a password.
+    """
+    import ray
+
+    password = settings.redis.password
+    if urlsplit(redis_url).password is None and password is None:
+        return redis_url
+    if address is not None or ray.is_initialized():
+        if urlsplit(redis_url).password is not None:
+            console.print(
+                "[yellow]warning:[/yellow] the password in the Redis URL goes into the Serve "
+                "application's config on an existing Ray cluster; set FRAMESTREAM_REDIS__URL and "
+                "FRAMESTREAM_REDIS__PASSWORD on the cluster instead to keep it out"
+            )
+        return redis_url
+    wanted = {"FRAMESTREAM_REDIS__URL": redis_url, "FRAMESTREAM_REDIS__PASSWORD": password}
+    for name, value in wanted.items():
+        if value is not None:
+            stack.callback(_restore_env, name, os.environ.get(name))
+            os.environ[name] = value
+    return None
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _private_redis(settings: Settings) -> RedisServer:
@@ -183,9 +227,10 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
             console.print(f"demo clip: {options.demo_frames} generated frames, 640x480 H.264", soft_wrap=True)
             sources = [str(clip)]
         started = time.monotonic()
+        replica_url = _redis_through_environment(stack, settings, redis_url, options.address, console)
         ours = _start_ray(options.address)
         stack.callback(_shutdown_ray if ours else _disconnect_ray)
-        apps, deployed = _ensure_apps(options, settings, models, redis_url, console)
+        apps, deployed = _ensure_apps(options, settings, models, replica_url, console)
         if deployed:
             stack.callback(_delete_apps, list(apps.values()), console)
         console.print(f"Serve application running ({time.monotonic() - started:.1f} s to start)")
@@ -204,7 +249,7 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
 
 
 def _ensure_apps(
-    options: RunOptions, settings: Settings, models: list[str], redis_url: str, console: Console
+    options: RunOptions, settings: Settings, models: list[str], redis_url: str | None, console: Console
 ) -> tuple[dict[str, str], bool]:
     """Deploy the application(s) unless they run already (attached clusters).
 
