@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.faults.conftest import CLAIM_IDLE_MS, Stack
+from tests.faults.conftest import Stack
 from tests.faults.scenario import Harness, Replay
 
 pytestmark = [
@@ -87,25 +87,22 @@ async def test_sigkill_replicas_of_a_stage_loses_nothing(
 async def test_negative_control_a_dead_consumer_deleted_with_its_pending_entries_loses_frames(
     harness: Harness, stack: Stack
 ) -> None:
-    """Reclaim defeated on purpose: right after a Preprocess replica is killed, its consumer is
-    deleted from the group (XGROUP DELCONSUMER, what a careless cleanup does) before anyone can
-    claim its entries. Those frames are gone and the checker must say so."""
+    """Reclaim defeated on purpose: a consumer of the preprocess group reads frames and dies before
+    acking them, and a careless cleanup deletes it from the group (XGROUP DELCONSUMER) before
+    anyone can claim its entries. Those frames are gone and the checker must say so.
+
+    The dead consumer is one of the test's own: it surely holds entries when it "dies". (Killing
+    a Preprocess replica instead left entries behind only when the kill landed mid-batch, which
+    eight tries sometimes missed: the control then failed for want of a loss to detect.)"""
     frames = 12_000
     replay = await harness.replay("2c-delconsumer", frames)
     group = harness.keys.group("preprocess", harness.model)
-    dropped = 0
-    # A killed replica holds entries only if it was mid-batch; Preprocess is often idle-waiting,
-    # so try several kills (each one waits for Serve's replacement) until one held some.
-    for _ in range(8):
-        assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= 300)
-        stack.app.wait_replicas(timeout_s=60)
-        os.kill(stack.app.pids("Preprocess")[0], signal.SIGKILL)
-        await asyncio.sleep(CLAIM_IDLE_MS / 2000.0)  # before anyone may claim (claim_idle_ms)
-        for c in await harness.client.xinfo_consumers(harness.keys.frames, group):
-            if int(c["pending"]) > 0 and int(c["idle"]) >= CLAIM_IDLE_MS / 3:
-                dropped += await harness.client.xgroup_delconsumer(harness.keys.frames, group, c["name"])
-        if dropped:
-            break
+    assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= 300)
+    doomed = "preprocess-doomed"
+    read = await harness.client.xreadgroup(group, doomed, {harness.keys.frames: ">"}, count=32, block=5_000)
+    held = sum(len(items) for _, items in read or [])
+    dropped = await harness.client.xgroup_delconsumer(harness.keys.frames, group, doomed)
+    assert held > 0 and dropped == held, (held, dropped)
     await harness.follow(replay, timeout_s=60, until=lambda: replay.source in replay.sink.eos)
     pending = await harness.settle(replay)
     outcome = await harness.outcome(
@@ -116,4 +113,4 @@ async def test_negative_control_a_dead_consumer_deleted_with_its_pending_entries
     )
     await harness.record(outcome, replay, runner="ray", control=True)
     await harness.close(replay)
-    assert dropped > 0 and outcome.lost > 0, outcome
+    assert outcome.lost == dropped, outcome  # exactly the deleted entries, nothing else
