@@ -37,6 +37,8 @@ class Arrival:
     ingest_ms: float | None
     result_ms: float
     seen_ms: float
+    capture_ms: float | None = None
+    """When the frame was due (a replayed frame's schedule): what the latency counts from."""
 
 
 @dataclass
@@ -127,6 +129,7 @@ class FaultSink:
                     _num(meta.get("ingest_ms")),
                     _num(meta.get("result_ms")) or seen_ms,
                     seen_ms,
+                    _num(meta.get("capture_ms")),
                 )
             )
 

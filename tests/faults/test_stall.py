@@ -30,16 +30,21 @@ TAIL = 0.2
 
 
 def _p99_windows(replay: Replay, stop_ms: float, cont_ms: float) -> tuple[float | None, float | None, float]:
-    """p99 latency of frames ingested from 1 s before the stall to its end, and of the replay's
-    tail; plus the tail's first ingest time (ms after SIGCONT)."""
-    first: dict[int, tuple[float, float]] = {}
+    """p99 latency of frames due from 1 s before the stall to its end, and of the replay's tail;
+    plus the tail's first ingest time (ms after SIGCONT).
+
+    The stall window goes by due time, not publish time: while redis-server is stopped the
+    replayer cannot publish, so the frames due then go out after SIGCONT; chosen by publish time,
+    the window held only frames published before the stall, and whether any of those were still
+    in flight when it began was luck (once none were: p99 145 ms "during" a 5 s stall)."""
+    first: dict[int, tuple[float, float, float]] = {}
     for a in replay.sink.arrivals:
-        if a.ingest_ms is not None and a.latency_ms is not None:
-            first.setdefault(a.seq, (a.ingest_ms, a.latency_ms))
-    during = [lat for ingest, lat in first.values() if stop_ms - 1000 <= ingest <= cont_ms]
+        if a.ingest_ms is not None and a.latency_ms is not None and a.capture_ms is not None:
+            first.setdefault(a.seq, (a.capture_ms, a.ingest_ms, a.latency_ms))
+    during = [lat for due, _, lat in first.values() if stop_ms - 1000 <= due <= cont_ms]
     tail_from = int(replay.frames * (1 - TAIL))
-    after = [lat for seq, (_, lat) in first.items() if seq >= tail_from]
-    tail_start = min((ingest for seq, (ingest, _) in first.items() if seq >= tail_from), default=cont_ms)
+    after = [lat for seq, (_, _, lat) in first.items() if seq >= tail_from]
+    tail_start = min((ingest for seq, (_, ingest, _) in first.items() if seq >= tail_from), default=cont_ms)
     return percentile(during, 99), percentile(after, 99), tail_start - cont_ms
 
 
