@@ -18,15 +18,12 @@ from tests.conftest import SHARED
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_framestream_run_without_arguments_plays_the_demo_and_prints_the_summary(tmp_path: Path):
-    env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("FRAMESTREAM_WEIGHTS_DIR", None)
-    if (SHARED / "models").is_dir():  # real weights when the checkout has them, else the stand-in
-        env["FRAMESTREAM_WEIGHTS_DIR"] = str(SHARED / "models")
+def _framestream_run(env: dict[str, str], cwd: Path) -> str:
+    """`framestream run` with no arguments, no terminal; its output (it must exit 0)."""
     done = subprocess.run(
         [sys.executable, "-m", "stream.cli", "run"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -34,6 +31,15 @@ def test_framestream_run_without_arguments_plays_the_demo_and_prints_the_summary
     )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
+    return out
+
+
+def test_framestream_run_without_arguments_plays_the_demo_and_prints_the_summary(tmp_path: Path):
+    env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("FRAMESTREAM_WEIGHTS_DIR", None)
+    if (SHARED / "models").is_dir():  # real weights when the checkout has them, else the stand-in
+        env["FRAMESTREAM_WEIGHTS_DIR"] = str(SHARED / "models")
+    out = _framestream_run(env, tmp_path)
     assert "framestream run: finished" in out
     published = re.search(r"frames in \(published\)\s*│\s*([\d,]+)", out)
     results = re.search(r"frames out \(distinct results\)\s*│\s*([\d,]+)", out)
@@ -53,17 +59,7 @@ def test_a_redis_password_reaches_the_replicas_but_not_rays_config_or_logs(tmp_p
            "FRAMESTREAM_REDIS__PASSWORD": password}  # fmt: skip
     env.pop("FRAMESTREAM_WEIGHTS_DIR", None)  # the synthetic stand-in is enough here
     started = time.time()
-    done = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "run"],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
+    out = _framestream_run(env, tmp_path)
     results = re.search(r"frames out \(distinct results\)\s*│\s*([\d,]+)", out)
     assert results and int(results[1].replace(",", "")) == 300, out[-4000:]  # replicas logged in
     session = (Path(tempfile.gettempdir()) / "ray" / "session_latest").resolve()
