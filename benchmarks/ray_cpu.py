@@ -23,7 +23,7 @@ from rich.table import Table
 
 from benchmarks.stage_cpu import cpu_by_process
 from loadtest.baselines import make_clip
-from loadtest.stats import ResultRow
+from loadtest.stats import ResultRow, sustained_window
 
 
 def _run(clip: Path, model: str, samples: list[tuple[float, dict[str, float]]]) -> list[ResultRow]:
@@ -60,13 +60,14 @@ def main() -> None:
     samples: list[tuple[float, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         rows = _run(make_clip(Path(tmp) / "clip.mp4", frames=args.frames), args.model, samples)
-    done = sorted(r.result_ms for r in rows)
-    if len(done) < 10 or len(samples) < 2:
-        raise SystemExit(f"too few results ({len(done)}) or CPU samples ({len(samples)}) to measure")
-    start_ms, end_ms = done[int(len(done) * 0.1)], max(r.due_ms for r in rows)
-    first = min(samples, key=lambda s: abs(s[0] - start_ms))
-    last = min(samples, key=lambda s: abs(s[0] - end_ms))
-    results = sum(1 for t in done if first[0] < t <= last[0])
+    window = sustained_window(rows)
+    if len(rows) < 10 or len(samples) < 2:
+        raise SystemExit(f"too few results ({len(rows)}) or CPU samples ({len(samples)}) to measure")
+    if window is None:
+        raise SystemExit("the sustained window is empty: use more --frames")
+    first = min(samples, key=lambda s: abs(s[0] - window[0]))
+    last = min(samples, key=lambda s: abs(s[0] - window[1]))
+    results = sum(1 for r in rows if first[0] < r.result_ms <= last[0])
     seconds = (last[0] - first[0]) / 1000.0
     if results == 0 or seconds <= 0:
         raise SystemExit("the sustained window is empty: use more --frames")

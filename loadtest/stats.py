@@ -24,6 +24,7 @@ __all__ = [
     "count_delivery",
     "per_second_series",
     "sustained_rate",
+    "sustained_window",
     "top1_accuracy",
 ]
 
@@ -221,23 +222,32 @@ def top1_accuracy(rows: Iterable[ResultRow]) -> tuple[float | None, int]:
     return sum(1 for label, truth in labelled if label == truth) / len(labelled), len(labelled)
 
 
-def sustained_rate(rows: Sequence[ResultRow], *, skip_fraction: float = 0.1) -> float | None:
-    """Results per second while the whole pipeline was busy: from the result that ends the first
-    `skip_fraction` of results (the pipeline has filled) to the moment ingest read its last frame
-    (the latest `due_ms`: a file source's frames are stamped as they are read).
-
-    Timing from the first to the last result instead overstates a short run by ~10%: ingest runs
-    ahead of inference, so it reads the last frame well before the last result, and the tail
-    drains with ingest idle and its CPU given to the other stages. None when that window is
-    empty (ingest finished before the pipeline filled: the run is too short to tell).
-    """
+def sustained_window(rows: Sequence[ResultRow], *, skip_fraction: float = 0.1) -> tuple[float, float] | None:
+    """(start, end) epoch ms of the stretch while the whole pipeline was busy: from the result that
+    ends the first `skip_fraction` of results (the pipeline has filled) to the moment ingest read
+    its last frame (the latest `due_ms`: a file source's frames are stamped as they are read).
+    None when it is empty (ingest finished before the pipeline filled: the run is too short)."""
     if len(rows) < 2:
         return None
     done = sorted(r.result_ms for r in rows)
     start = done[min(len(done) - 1, int(len(done) * skip_fraction))]
     end = max(r.due_ms for r in rows)
-    inside = sum(1 for t in done if start < t <= end)
-    return inside / ((end - start) / 1000.0) if end > start and inside else None
+    return (start, end) if end > start else None
+
+
+def sustained_rate(rows: Sequence[ResultRow], *, skip_fraction: float = 0.1) -> float | None:
+    """Results per second inside `sustained_window`; None when there is none, or no result in it.
+
+    Timing from the first to the last result instead overstates a short run by ~10%: ingest runs
+    ahead of inference, so it reads the last frame well before the last result, and the tail
+    drains with ingest idle and its CPU given to the other stages.
+    """
+    window = sustained_window(rows, skip_fraction=skip_fraction)
+    if window is None:
+        return None
+    start, end = window
+    inside = sum(1 for r in rows if start < r.result_ms <= end)
+    return inside / ((end - start) / 1000.0) if inside else None
 
 
 def per_second_series(
