@@ -157,11 +157,11 @@ def _redis_through_environment(
     """
     import ray
 
-    password = settings.redis.password
-    if urlsplit(redis_url).password is None and password is None:
+    password, in_url = settings.redis.password, urlsplit(redis_url).password is not None
+    if not in_url and password is None:
         return redis_url
     if address is not None or ray.is_initialized():
-        if urlsplit(redis_url).password is not None:
+        if in_url:
             console.print(
                 "[yellow]warning:[/yellow] the password in the Redis URL goes into the Serve "
                 "application's config on an existing Ray cluster; set FRAMESTREAM_REDIS__URL and "
