@@ -266,6 +266,8 @@ class IngestStage:
         finally:
             unpublished = await asyncio.to_thread(pump.stop)  # joins the reader thread: off the loop
             with contextlib.suppress(Exception):  # counting must not hide why the loop ended
+                # the last reads may have overflowed the buffer after the last drain: count those too
+                await self._count_drops(player.source_id, cfg.live_policy, pump.drain_dropped())
                 await self._count_drops(player.source_id, "stopped", unpublished)
         return None
 
