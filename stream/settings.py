@@ -56,7 +56,7 @@ class IngestSettings(_Section):
     high_water: int = Field(
         256,
         ge=1,
-        description="frames outstanding before inference (frames or tensors stream) that pause file "
+        description="frames waiting in any stage (frames, tensors or scores stream) that pause file "
         "sources; enough to keep a few inference replicas fed, raise it when many share a pipeline",
     )
     target_fps: float | None = Field(None, gt=0)

@@ -98,16 +98,17 @@ class IngestStage:
         return max(stats, key=lambda s: s.backlog)
 
     async def _pipeline_backlog(self) -> int:
-        """Frames not yet through inference: the frames stream's backlog, or the tensors stream's of
-        a model whose inference lags behind its preprocessing, whichever is larger. File sources
-        pause on this, so a slow model cannot pile up tensors without bound behind a fast
-        preprocess (v2 tensors are 150 KB each)."""
+        """Frames not yet through the pipeline: the largest backlog of the frames stream and of each
+        model's tensors and scores streams. File sources pause on this, so a slow stage cannot
+        pile up entries without bound behind faster ones (v2 tensors are 150 KB each; a stalled
+        postprocess would otherwise let scores grow for as long as the source lasts)."""
         backlog = (await self.backlog()).backlog
         for reader in self._readers:
             stage, _, model = reader.partition(":")
             if stage == "preprocess" and model:
-                for stats in await self.transport.all_group_stats(self.keys.tensors(model)):
-                    backlog = max(backlog, stats.backlog)
+                for stream in (self.keys.tensors(model), self.keys.scores(model)):
+                    for stats in await self.transport.all_group_stats(stream):
+                        backlog = max(backlog, stats.backlog)
         return backlog
 
     def _note_readers(self, groups: list[str]) -> None:

@@ -145,43 +145,46 @@ async def test_file_source_pauses_at_high_water(redis_server: RedisServer, redis
     assert [m["seq"] for m in await frames_published(redis_client)][-1] == 60
 
 
-async def test_file_source_also_pauses_while_inference_lags_behind_preprocess(
-    redis_server: RedisServer, redis_client, clip
+@pytest.mark.parametrize("lagging", ["infer", "postprocess"])
+async def test_file_source_also_pauses_while_a_later_stage_lags_behind(
+    redis_server: RedisServer, redis_client, clip, lagging: str
 ) -> None:
+    """Preprocess keeps up, but inference (tensors pile up) or postprocess (scores pile up) does not."""
     model = "mobilenet-v1-0.25-128"
-    pre, inf, tensors = f"preprocess:{model}", f"infer:{model}", KEYS.tensors(model)
+    pre, slow = f"preprocess:{model}", f"{lagging}:{model}"
+    piled = KEYS.tensors(model) if lagging == "infer" else KEYS.scores(model)
     await redis_client.xgroup_create(KEYS.frames, pre, id="0", mkstream=True)
-    await redis_client.xgroup_create(tensors, inf, id="0", mkstream=True)
+    await redis_client.xgroup_create(piled, slow, id="0", mkstream=True)
     client = await connect(redis_server.url)
     stop = asyncio.Event()
     ingest = IngestStage(Settings(ingest={"high_water": 12}), client, consumer="i")
     task = asyncio.create_task(ingest.run(stop))
     await add_source(redis_client, KEYS, "file", {"uri": str(clip)})
 
-    async def preprocess_step() -> None:  # a preprocess far faster than inference: never behind
+    async def fast_stages_step() -> None:  # the stages before the slow one: never behind
         reply = await redis_client.xreadgroup(pre, "p", {KEYS.frames: ">"}, count=50, block=20)
         for _, items in reply or []:
             for entry_id, _ in items:
-                await redis_client.xadd(tensors, {"d": b"tensor"})
+                await redis_client.xadd(piled, {"d": b"entry"})
                 await redis_client.xack(KEYS.frames, pre, entry_id)
 
-    async def tensors_piled_up() -> bool:
-        await preprocess_step()
-        return await redis_client.xlen(tensors) >= 12
+    async def piled_up() -> bool:
+        await fast_stages_step()
+        return await redis_client.xlen(piled) >= 12
 
-    await wait_for(tensors_piled_up, what="tensors up to high water")
-    deadline = time.monotonic() + 0.5  # give it every chance to overshoot, preprocess keeping up
+    await wait_for(piled_up, what=f"{piled} up to high water")
+    deadline = time.monotonic() + 0.5  # give it every chance to overshoot, the fast stages keeping up
     while time.monotonic() < deadline:
-        await preprocess_step()
-    assert 12 <= await redis_client.xlen(tensors) <= 12 + 8  # the frames stream alone never filled up
+        await fast_stages_step()
+    assert 12 <= await redis_client.xlen(piled) <= 12 + 8  # the frames stream alone never filled up
     assert not (await list_sources(redis_client, KEYS))[0].done
-    # inference catches up: the source resumes and finishes without losing anything
+    # the slow stage catches up: the source resumes and finishes without losing anything
     while not (await list_sources(redis_client, KEYS))[0].done:
-        await preprocess_step()
-        reply = await redis_client.xreadgroup(inf, "c", {tensors: ">"}, count=10, block=20)
+        await fast_stages_step()
+        reply = await redis_client.xreadgroup(slow, "c", {piled: ">"}, count=10, block=20)
         ids = [i for _, items in reply or [] for i, _ in items]
         if ids:
-            await redis_client.xack(tensors, inf, *ids)
+            await redis_client.xack(piled, slow, *ids)
     stop.set()
     await task
     await client.aclose()
