@@ -34,6 +34,27 @@ __all__ = [
 
 _MAX_DEAD_PAYLOAD = 1024 * 1024
 
+_REPAIR_LAG = """
+local function fields(flat)
+  local out = {}
+  for i = 1, #flat, 2 do out[flat[i]] = flat[i + 1] end
+  return out
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local stream = fields(redis.call('XINFO', 'STREAM', KEYS[1]))
+for _, raw in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local g = fields(raw)
+  if g['name'] == ARGV[1] and g['last-delivered-id'] == stream['last-generated-id']
+      and g['lag'] ~= 0 then
+    redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], g['last-delivered-id'],
+               'ENTRIESREAD', stream['entries-added'])
+    return 1
+  end
+end
+return 0
+"""
+"""Set a caught-up group's entries-read to the stream's entries-added (see `repair_lag`)."""
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -336,6 +357,19 @@ class StreamTransport:
                 return []
             raise
         return [{_s(k): v for k, v in g.items()} for g in groups]
+
+    async def repair_lag(self, stream: str, group: str) -> bool:
+        """Reset `group`'s read counter when Redis has visibly lost it; True when it did.
+
+        Redis 7.0 replays XREADGROUP from its AOF as ``XCLAIM ... LASTID``, which moves the group's
+        cursor but not its entries-read counter: after a restart the counter keeps the value of the
+        last AOF rewrite, and the group's lag stays too high by every entry read since, for good
+        (measured: lag ~2,000 with nothing unread; ingest then paused on its high-water mark and
+        throughput fell to ~256 frames per trim interval). When the group has read the stream's
+        newest entry its true lag is 0, so the counter must equal the stream's entries-added; the
+        check and the reset run in one script, so no read can come in between.
+        """
+        return bool(await self.client.eval(_REPAIR_LAG, 1, stream, group))
 
     async def safe_trim_id(self, stream: str) -> str | None:
         """The lowest id some group still needs (oldest pending, or first not yet read).

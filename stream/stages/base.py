@@ -189,11 +189,17 @@ class StageBase:
             metrics.frames(self.name, "ok", len(handled.acks))
 
     async def maintain(self) -> None:
-        """Periodic chores: safe-trim the input stream, publish its lag."""
+        """Periodic chores: safe-trim the input stream, mend its lag counter, publish its lag."""
         now = time.monotonic()
         if now >= self._next_trim_s:
             self._next_trim_s = now + _TRIM_INTERVAL_S
             await self.transport.trim(self.stream)
+            if await self.transport.repair_lag(self.stream, self.group):
+                log.warning(
+                    "%s: Redis had lost the read counter of group %s on %s (restart from an AOF); "
+                    "reset it, so its lag is right again",
+                    self.name, self.group, self.stream,
+                )  # fmt: skip
         if now >= self._next_lag_s:
             self._next_lag_s = now + _LAG_INTERVAL_S
             stats = await self.backlog()
