@@ -1,5 +1,5 @@
 """A live camera stand-in: an HTTP MJPEG stream (multipart/x-mixed-replace, what IP cameras serve)
-at a fixed frame rate, for a fixed number of frames; it counts what it sent. The ingest stage
+at a fixed frame rate, for a fixed number of frames or seconds; it counts what it sent. The ingest stage
 reads it like any network camera (OpenCV/FFmpeg), as a live source that drops by policy."""
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ __all__ = ["MjpegCamera"]
 
 
 class MjpegCamera:
-    """Serves `frames` JPEG frames at `fps` to the first client; later clients get 404 (the stream
-    is over, so a reconnecting reader finds nothing)."""
+    """Serves `frames` JPEG frames at `fps` to the first client, or fewer once `seconds` have passed
+    (when it cannot keep up with `fps`); later clients get 404 (the stream is over, so a
+    reconnecting reader finds nothing)."""
 
-    def __init__(self, payloads: list[bytes], *, fps: float, frames: int) -> None:
+    def __init__(
+        self, payloads: list[bytes], *, fps: float, frames: int, seconds: float | None = None
+    ) -> None:
         if fps <= 0 or frames < 1:
             raise ValueError(f"fps and frames must be positive, got {fps} and {frames}")
-        self.payloads, self.fps, self.frames = payloads, fps, frames
+        self.payloads, self.fps, self.frames, self.seconds = payloads, fps, frames, seconds
         self.sent = 0
         self.started_s: float | None = None
         self.finished_s: float | None = None
@@ -53,6 +56,8 @@ class MjpegCamera:
         self.started_s = t0 = time.monotonic()
         try:
             for i in range(self.frames):
+                if self.seconds is not None and time.monotonic() - t0 >= self.seconds:
+                    break
                 delay = t0 + i / self.fps - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
