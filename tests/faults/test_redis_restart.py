@@ -22,6 +22,7 @@ from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.stages.runner import source_id_for
 from stream.stages.sinks import ResultCollector
+from tests.faults.aof import rewrite_aof
 from tests.faults.conftest import MODEL, Stack, fault_settings
 from tests.faults.frames import write_frame_folder
 from tests.faults.scenario import ROOT, Harness, Replay
@@ -41,16 +42,6 @@ async def _acknowledged(harness: Harness, source: str) -> int:
     return int(json.loads(raw)["next_seq"]) if raw else 0
 
 
-async def _rewrite_aof(harness: Harness) -> None:
-    await harness.client.bgrewriteaof()
-
-    async def done() -> bool:
-        info = await harness.client.info("persistence")
-        return not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
-
-    assert await wait_until(done, timeout_s=30, interval_s=0.05), "the AOF rewrite did not finish"
-
-
 async def _stage_lags(harness: Harness) -> dict[str, int | None]:
     """Redis's own lag of every stage group (None when it cannot tell)."""
     keys, model = harness.keys, harness.model
@@ -67,7 +58,7 @@ async def test_redis_sigkill_and_restart_with_aof_every_acknowledged_frame_gets_
 ) -> None:
     replay = await harness.replay("4-redis-kill-aof", FRAMES)
     assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= FRAMES // 8)
-    await _rewrite_aof(harness)  # as Redis does by itself as its AOF grows (see the lag check)
+    await rewrite_aof(harness.client)  # as Redis does by itself as its AOF grows (see the lag check)
     assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= FRAMES // 4)
     pids_before = {d: set(stack.app.pids(d)) for d in stack.app.replicas}
     acked = await _acknowledged(harness, replay.source)

@@ -12,7 +12,7 @@ from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import Output, StreamTransport, connect
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
-from tests.faults.sink import wait_until
+from tests.faults.aof import rewrite_aof
 
 KEYS = PipelineKeys("t")
 IN, OUT, GROUP = KEYS.frames, KEYS.tensors("m"), "work"
@@ -210,16 +210,6 @@ async def _read_and_ack(transport: StreamTransport, n: int) -> None:
     await transport.forward([], "g", entries)
 
 
-async def _rewrite_aof(client) -> None:
-    await client.bgrewriteaof()
-
-    async def done() -> bool:
-        info = await client.info("persistence")
-        return not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
-
-    assert await wait_until(done, timeout_s=30, interval_s=0.05), "the AOF rewrite did not finish"
-
-
 async def test_a_read_counter_lost_in_an_aof_restart_is_repaired_once_the_group_caught_up(tmp_path):
     server = RedisServer(aof=True, data_dir=tmp_path).start()
     try:
@@ -228,7 +218,7 @@ async def test_a_read_counter_lost_in_an_aof_restart_is_repaired_once_the_group_
         await transport.ensure_group(IN, "g")
         await _produce(transport, 10)
         await _read_and_ack(transport, 10)
-        await _rewrite_aof(client)  # the AOF's base now records 10 entries read
+        await rewrite_aof(client)  # the AOF's base now records 10 entries read
         await _produce(transport, 10)
         await _read_and_ack(transport, 10)  # logged as XCLAIM ... LASTID: no read counter
         await client.aclose()
