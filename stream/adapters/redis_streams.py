@@ -34,6 +34,9 @@ __all__ = [
 
 _MAX_DEAD_PAYLOAD = 1024 * 1024
 
+_COUNT_AFTER = "return #redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])"
+"""Entries after an id, counted inside Redis (the payloads, up to 150 KB each, stay there)."""
+
 _REPAIR_LAG = """
 local function fields(flat)
   local out = {}
@@ -341,8 +344,7 @@ class StreamTransport:
         lag = info.get("lag")
         if lag is None:  # Redis cannot tell after some deletions: count instead
             last = _s(info["last-delivered-id"])
-            unread: Any = await self.client.xrange(stream, min=f"({last}", max="+", count=100_000)
-            lag = len(unread)
+            lag = int(await self.client.eval(_COUNT_AFTER, 1, stream, f"({last}", 100_000))
         elif int(lag) > 0:
             # Redis 7.0 keeps counting entries an XTRIM deleted unread (lag = added - read),
             # so the lag never falls back; without a cap ingest would wait on it forever
