@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -210,43 +211,54 @@ async def _read_and_ack(transport: StreamTransport, n: int) -> None:
     await transport.forward([], "g", entries)
 
 
-async def test_a_read_counter_lost_in_an_aof_restart_is_repaired_once_the_group_caught_up(tmp_path):
+@pytest.fixture
+async def aof_transport(tmp_path) -> AsyncIterator[tuple[RedisServer, StreamTransport]]:
+    """A private redis-server with AOF on, and a transport on it with a group "g" on `IN`."""
     server = RedisServer(aof=True, data_dir=tmp_path).start()
+    transport = StreamTransport(await connect(server.url), KEYS, stage="test")
+    await transport.ensure_group(IN, "g")
     try:
-        client = await connect(server.url)
-        transport = StreamTransport(client, KEYS, stage="test")
-        await transport.ensure_group(IN, "g")
-        await _produce(transport, 10)
-        await _read_and_ack(transport, 10)
-        await rewrite_aof(client)  # the AOF's base now records 10 entries read
-        await _produce(transport, 10)
-        await _read_and_ack(transport, 10)  # logged as XCLAIM ... LASTID: no read counter
-        await client.aclose()
-        server.kill()
-        server.start()
-        client = await connect(server.url)
-        transport = StreamTransport(client, KEYS, stage="test")
-        stale = await transport.group_stats(IN, "g")
-        if stale.lag == 0:
-            pytest.skip("this redis-server keeps a group's read counter across an AOF restart")
-        assert stale.lag == 10  # nothing is unread, yet Redis reports the 10 reads it forgot
-
-        await _produce(transport, 5)
-        cursor = (await client.xinfo_groups(IN))[0]["last-delivered-id"]
-        assert not await transport.repair_lag(IN, "g")  # 5 unread: the true lag is unknown here
-        assert (await client.xinfo_groups(IN))[0]["last-delivered-id"] == cursor
-        assert (await transport.group_stats(IN, "g")).lag == 15  # 5 unread + the 10 forgotten
-
-        await _read_and_ack(transport, 5)
-        assert await transport.repair_lag(IN, "g")
-        assert (await transport.group_stats(IN, "g")).lag == 0
-        assert (await client.xinfo_groups(IN))[0]["last-delivered-id"] != cursor  # nothing re-read
-        await _produce(transport, 3)
-        assert (await transport.group_stats(IN, "g")).lag == 3  # and it counts right from then on
-        assert not await transport.repair_lag(IN, "g")
-        await client.aclose()
+        yield server, transport
     finally:
+        await transport.client.aclose()
         server.close()
+
+
+async def _kill_and_restart(server: RedisServer, transport: StreamTransport) -> None:
+    """`kill -9` redis-server, start it again from its AOF and reconnect `transport`."""
+    await transport.client.aclose()
+    server.kill()
+    server.start()
+    transport.client = await connect(server.url)
+
+
+async def test_a_read_counter_lost_in_an_aof_restart_is_repaired_once_the_group_caught_up(aof_transport):
+    server, transport = aof_transport
+    await _produce(transport, 10)
+    await _read_and_ack(transport, 10)
+    await rewrite_aof(transport.client)  # the AOF's base now records 10 entries read
+    await _produce(transport, 10)
+    await _read_and_ack(transport, 10)  # logged as XCLAIM ... LASTID: no read counter
+    await _kill_and_restart(server, transport)
+    client = transport.client
+    stale = await transport.group_stats(IN, "g")
+    if stale.lag == 0:
+        pytest.skip("this redis-server keeps a group's read counter across an AOF restart")
+    assert stale.lag == 10  # nothing is unread, yet Redis reports the 10 reads it forgot
+
+    await _produce(transport, 5)
+    cursor = (await client.xinfo_groups(IN))[0]["last-delivered-id"]
+    assert not await transport.repair_lag(IN, "g")  # 5 unread: the true lag is unknown here
+    assert (await client.xinfo_groups(IN))[0]["last-delivered-id"] == cursor
+    assert (await transport.group_stats(IN, "g")).lag == 15  # 5 unread + the 10 forgotten
+
+    await _read_and_ack(transport, 5)
+    assert await transport.repair_lag(IN, "g")
+    assert (await transport.group_stats(IN, "g")).lag == 0
+    assert (await client.xinfo_groups(IN))[0]["last-delivered-id"] != cursor  # nothing re-read
+    await _produce(transport, 3)
+    assert (await transport.group_stats(IN, "g")).lag == 3  # and it counts right from then on
+    assert not await transport.repair_lag(IN, "g")
 
 
 async def test_repair_lag_leaves_missing_streams_and_right_counters_alone(transport):
@@ -257,22 +269,12 @@ async def test_repair_lag_leaves_missing_streams_and_right_counters_alone(transp
     assert not await transport.repair_lag(IN, GROUP)  # caught up with a right counter: left alone
 
 
-async def test_group_stats_count_the_unread_entries_when_redis_cannot_tell_the_lag(tmp_path):
-    server = RedisServer(aof=True, data_dir=tmp_path).start()
-    try:
-        client = await connect(server.url)
-        transport = StreamTransport(client, KEYS, stage="test")
-        await transport.ensure_group(IN, "g")
-        await _produce(transport, 20)
-        await transport.read(IN, "g", "c", count=15, block_ms=None)
-        await client.aclose()
-        server.kill()
-        server.start()  # the AOF logged the reads as XCLAIM ... LASTID: Redis lost the counter
-        client = await connect(server.url)
-        if (await client.xinfo_groups(IN))[0]["lag"] is not None:
-            pytest.skip("this redis-server knows the lag after an AOF restart")
-        stats = await StreamTransport(client, KEYS, stage="test").group_stats(IN, "g")
-        assert (stats.lag, stats.pending) == (5, 15)
-        await client.aclose()
-    finally:
-        server.close()
+async def test_group_stats_count_the_unread_entries_when_redis_cannot_tell_the_lag(aof_transport):
+    server, transport = aof_transport
+    await _produce(transport, 20)
+    await transport.read(IN, "g", "c", count=15, block_ms=None)
+    await _kill_and_restart(server, transport)  # the reads were logged as XCLAIM ... LASTID
+    if (await transport.client.xinfo_groups(IN))[0]["lag"] is not None:
+        pytest.skip("this redis-server knows the lag after an AOF restart")
+    stats = await transport.group_stats(IN, "g")
+    assert (stats.lag, stats.pending) == (5, 15)
