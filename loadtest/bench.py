@@ -37,6 +37,7 @@ from loadtest.baselines import (
     preprocess_cost,
     run_benchmark_app,
 )
+from loadtest.systems import ALL_SYSTEMS, SYSTEM_NAMES
 
 __all__ = [
     "ALL_SYSTEMS",
@@ -48,25 +49,7 @@ __all__ = [
     "run_bench",
 ]
 
-ALL_SYSTEMS = (
-    "naive",
-    "best_single",
-    "framestream",
-    "framestream_ray",
-    "ray_serve_batch",
-    "benchmark_app",
-    "ideal",
-)
 DEFAULT_MODELS = ("mobilenet-v1-0.25-128-quant", "mobilenet-v2-1.0-224-quant")
-_NAMES = {
-    "naive": "naive loop",
-    "best_single": "best single process",
-    "framestream": "framestream (stage processes)",
-    "framestream_ray": "framestream (Ray Serve app)",
-    "ray_serve_batch": "plain Ray Serve @serve.batch",
-    "benchmark_app": "benchmark_app (bare model)",
-    "ideal": "sum-of-parts ideal",
-}
 
 
 async def play_and_collect(
@@ -104,7 +87,7 @@ def framestream_processes(clip: Path, model: str, *, frames: int, weights_dir: P
 
     rows = asyncio.run(go())
     return measured_from_results(
-        _NAMES["framestream"], rows, frames, "ingest decodes the H.264 file, 4 stage processes"
+        SYSTEM_NAMES["framestream"], rows, frames, "ingest decodes the H.264 file, 4 stage processes"
     )
 
 
@@ -114,7 +97,7 @@ def _ideal(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> 
     i = infer_cost(model, weights_dir=weights_dir)
     parts = {"decode_ms": d * 1000, "preprocess_ms": p * 1000, "infer_ms": i * 1000}
     note = "1/(decode + preprocess + infer per frame): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
-    return Measured(_NAMES["ideal"], 1.0 / (d + p + i), note=note, extra=parts)
+    return Measured(SYSTEM_NAMES["ideal"], 1.0 / (d + p + i), note=note, extra=parts)
 
 
 def _benchmark_app(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
@@ -170,12 +153,12 @@ def bench_model(
     for _ in range(repeat):
         for system in systems:
             if console is not None:
-                console.print(f"[dim]{model}: measuring {_NAMES[system]} ...[/dim]", highlight=False)
+                console.print(f"[dim]{model}: measuring {SYSTEM_NAMES[system]} ...[/dim]", highlight=False)
             try:
                 m = _RUNNERS[system](clip, model, frames=frames, weights_dir=weights_dir)
             except Exception as e:  # noqa: BLE001 - one failing system must not sink the others' figures
-                m = Measured(_NAMES[system], None, note=f"failed: {type(e).__name__}: {e}")
-            m.name = _NAMES[system]
+                m = Measured(SYSTEM_NAMES[system], None, note=f"failed: {type(e).__name__}: {e}")
+            m.name = SYSTEM_NAMES[system]
             tries[system].append(m)
             if console is not None:
                 fps = "-" if m.fps is None else f"{m.fps:.1f}"

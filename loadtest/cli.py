@@ -17,6 +17,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from loadtest.systems import ALL_SYSTEMS
 from stream.errors import FramestreamError
 
 __all__ = ["app", "main"]
@@ -32,15 +33,6 @@ err = Console(stderr=True)
 # in CI logs and pipes rich would wrap tables at 80 columns; keep rows on one line there
 out = Console(width=None if sys.stdout.isatty() else 160)
 
-_SYSTEMS = (
-    "naive",
-    "best_single",
-    "framestream",
-    "framestream_ray",
-    "ray_serve_batch",
-    "benchmark_app",
-    "ideal",
-)
 REDIS_HELP = (
     "Attach to the pipeline at this Redis URL (default: FRAMESTREAM_REDIS__URL, else --embedded: a private "
     "redis-server and stage processes)."
@@ -257,14 +249,14 @@ def bench(
     model: list[str] = typer.Option([], help="Models to bench (repeat); default: both real TFLite models."),
     weights_dir: Path | None = typer.Option(None, envvar="FRAMESTREAM_WEIGHTS_DIR"),
     frames: int = typer.Option(600, min=10, help="Frames per measurement."),
-    systems: str = typer.Option("all", help="Comma-separated subset: " + ", ".join(_SYSTEMS) + "."),
+    systems: str = typer.Option("all", help="Comma-separated subset: " + ", ".join(ALL_SYSTEMS) + "."),
     repeat: int = typer.Option(1, min=1, help="Measure each system N times and keep the best."),
     json_out: Path | None = typer.Option(None, "--json"),
     markdown: Path | None = typer.Option(None, help="Write the markdown table (for the README) here."),
 ) -> None:
     """Measure framestream next to a naive loop, the best single-process loop, a plain Ray Serve
     deployment, benchmark_app on the bare model and the sum-of-parts ideal, on one clip."""
-    from loadtest.bench import ALL_SYSTEMS, run_bench
+    from loadtest.bench import run_bench
 
     chosen = ALL_SYSTEMS if systems == "all" else tuple(s.strip() for s in systems.split(","))
     unknown = set(chosen) - set(ALL_SYSTEMS)
