@@ -45,6 +45,7 @@ local function fields(flat)
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local stream = fields(redis.call('XINFO', 'STREAM', KEYS[1]))
+if not stream['entries-added'] then return 0 end  -- Redis < 7.0 keeps no read counters
 for _, raw in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local g = fields(raw)
   if g['name'] == ARGV[1] and g['last-delivered-id'] == stream['last-generated-id']
