@@ -72,3 +72,19 @@ def test_live_source_reconnects_with_backoff_then_gives_up() -> None:
             got += 1
     assert got == 3 and src.reconnects == 2  # 2 frames, drop, reconnect, 1 frame, drop, give up
     assert attempts == script[:7]
+
+
+def test_a_motion_jpeg_camera_passes_its_jpeg_images_on_undecoded() -> None:
+    from tests.faults.frames import jpeg_payloads
+    from tests.faults.mjpeg import MjpegCamera
+
+    payloads = jpeg_payloads(4)
+    with MjpegCamera(payloads, fps=500, frames=20) as camera:
+        src = LiveCaptureSource(camera.url, camera.url, max_attempts=1, max_backoff_s=0.01)
+        try:
+            frames = [src.read() for _ in range(20)]
+        finally:
+            src.close()
+    assert src.jpeg_packets
+    assert [f.jpeg for f in frames] == [payloads[i % 4] for i in range(20)]  # byte for byte
+    assert all(f.rgb is None and f.capture_ms is not None for f in frames)
