@@ -32,8 +32,12 @@ OVERLOAD_S = float(os.environ.get("FRAMESTREAM_FAULTS_OVERLOAD_S", "60"))
 """How long the camera sends, as the issue asks."""
 PROBE_FRAMES = 2_000
 FILE_FRAMES = 3_000
-CAP_MB = 64
-"""Redis maxmemory above what the pipeline held before the overload."""
+CAP_MB = 128
+"""Redis maxmemory above what the pipeline held before the overload. What may grow by design:
+the results and events streams up to `streams.max_len` entries each (~50 MB together when they
+start near empty, as on a fresh stack) and up to `ingest.high_water` frames in each of the frames,
+tensors and scores streams (~15 MB). The camera sends ~120,000 frames (~1 GB) in 60 s: a live
+source that did not drop would pass the cap within seconds."""
 
 
 class Sampler:
