@@ -1,5 +1,5 @@
 """Scenario 6: overload. A live camera (HTTP MJPEG) sends at twice the pipeline's measured capacity
-(or as fast as the test's camera can, ~1,000 fps on 2 cores: the note gives the factor reached)
+(the note gives the factor reached: TCP makes the camera wait for ingest's reader)
 while a file source plays too, with Redis capped (maxmemory, noeviction): Redis memory stays
 under the cap, the live source drops by policy and every drop is counted (published + dropped =
 frames the camera sent), and the file source waits instead of dropping (no drop, no loss, the
