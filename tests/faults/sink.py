@@ -38,7 +38,7 @@ class Arrival:
     result_ms: float
     seen_ms: float
     capture_ms: float | None = None
-    """When the frame was due (a replayed frame's schedule): what the latency counts from."""
+    """When the frame was captured (read from its source): what the latency counts from."""
 
 
 @dataclass

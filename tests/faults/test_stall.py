@@ -29,7 +29,7 @@ TAIL = 0.2
 """The 'after' window: frames of the last 20% of the replay (ingested well after the stall)."""
 
 
-def _p99_windows(replay: Replay, cont_ms: float) -> tuple[list[float], list[float], float]:
+def _stall_latencies(replay: Replay, cont_ms: float) -> tuple[list[float], list[float], float]:
     """Latencies of the frames the stall held up and of the replay's tail; plus the tail's first
     ingest time (ms after SIGCONT).
 
@@ -72,7 +72,7 @@ async def test_sigstop_for_5_s_then_sigcont_loses_nothing_and_p99_recovers(
     cont_ms = time.time() * 1000.0
     finished = await harness.follow(replay, timeout_s=180)
     pending = await harness.settle(replay)
-    held, after, tail_after_ms = _p99_windows(replay, cont_ms)
+    held, after, tail_after_ms = _stall_latencies(replay, cont_ms)
     p99_during, p99_after = percentile(held, 99), percentile(after, 99)
     outcome = await harness.outcome(
         f"5 SIGSTOP {target} 5 s",
