@@ -40,7 +40,6 @@ from stream.adapters.redis_server import RedisServer
 from stream.adapters.video import VideoFileSource, write_demo_clip, write_video
 from stream.settings import Settings
 from stream.stages.runner import run_processes
-from stream.stages.sinks import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -170,13 +169,12 @@ def pipeline(clip: Path, model: str, weights: Path | None, short_side: int | Non
         redis_cpu = _cpu_pid_s(server.process.pid) - redis_cpu0
     rows = [json.loads(line) for line in results_file.read_text().splitlines()]
     span_s = (max(r["result_ms"] for r in rows) - min(r["capture_ms"] for r in rows)) / 1000.0
-    latencies = [r["latency_ms"] for r in rows]
     return {
         "fps": len(rows) / span_s,
         "frames": len(rows),
         "mean_batch": report.mean_batch_size,
-        "p50_ms": percentile(latencies, 50),
-        "p99_ms": percentile(latencies, 99),
+        "p50_ms": report.p50_ms,
+        "p99_ms": report.p99_ms,
         "dead": report.dead_letters,
         # CPU of the four stages after start-up plus redis-server, per frame
         "cpu_ms": (sum(report.stage_cpu_s.values()) + redis_cpu) * 1000.0 / len(rows),

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -27,14 +26,16 @@ from rich.console import Console
 
 from deployments.config import replica_counts
 from deployments.display import Progress, Snapshot, StageRow, Summary
-from deployments.watch import ResultSink, percentile, probe_stages, read_counters
+from deployments.watch import probe_stages, read_counters
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
+from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
+from stream.results import JsonlSink, ResultReader
 from stream.settings import Settings
 from stream.stages.base import is_redis_outage
 
-__all__ = ["DriveOptions", "RedisOutage", "Stalled", "drive", "ride_out", "source_id"]
+__all__ = ["DriveOptions", "RedisOutage", "Stalled", "drive", "ride_out"]
 
 log = logging.getLogger("framestream.run")
 _T = TypeVar("_T")
@@ -107,17 +108,6 @@ async def ride_out(call: Callable[[], Awaitable[_T]], outage: RedisOutage) -> _T
         return result
 
 
-def source_id(uri: str, taken: set[str]) -> str:
-    """A source id from a URI (file stem or last path part), unique among `taken` (updated)."""
-    stem = Path(uri.rstrip("/")).stem if "://" not in uri else uri.rstrip("/").rsplit("/", 1)[-1]
-    base = re.sub(r"[^A-Za-z0-9_.\-]", "-", stem)[:100] or "source"
-    name, i = base, 2
-    while name in taken:
-        name, i = f"{base}-{i}", i + 1
-    taken.add(name)
-    return name
-
-
 _first_signal_s: list[float] = []
 
 
@@ -144,13 +134,13 @@ async def drive(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, _on_signal, stop)
-    sink = ResultSink(client, keys, options.results)
-    taken: set[str] = set()
-    ids = [source_id(uri, taken) for uri in uris]
+    sink = _Results(ResultReader(client, keys, sink=JsonlSink(options.results) if options.results else None))
+    ids = source_ids(uris)
     tracks = [(s, m) for s in ids for m in options.models]
     outage = RedisOutage(options.max_outage_s)
     try:
-        first = dict(zip(ids, await ride_out(lambda: _published(client, keys, ids), outage), strict=True))
+        await ride_out(sink.reader.start, outage)  # results from now on: earlier runs' are not ours
+        first = await ride_out(lambda: read_counters(client, keys), outage)
         for sid, uri in zip(ids, uris, strict=True):
             spec = SourceSpec(uri=uri)
             await ride_out(functools.partial(add_source, client, keys, sid, spec, replace=True), outage)
@@ -177,12 +167,12 @@ async def drive(
             progress.update(
                 await ride_out(lambda: watcher.snapshot(sink, time.monotonic() - started), outage)
             )
-        published = dict(zip(ids, await ride_out(lambda: _published(client, keys, ids), outage), strict=True))
         return await ride_out(
-            lambda: _summary(client, keys, options, sink, ids, first, published, started, interrupted), outage
+            lambda: _summary(client, keys, options, sink, ids, first, started, interrupted), outage
         )
     finally:
-        sink.close()
+        if sink.reader.sink is not None:
+            sink.reader.sink.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
@@ -193,35 +183,40 @@ async def _summary(
     client: Any,
     keys: PipelineKeys,
     options: DriveOptions,
-    sink: ResultSink,
+    sink: _Results,
     ids: list[str],
     first: dict[str, int],
-    published: dict[str, int],
     started: float,
     interrupted: bool,
 ) -> Summary:
+    """Every source that played counts: the ones given here and any added meanwhile (over HTTP)."""
     counters = await read_counters(client, keys)
+    ledger = sink.reader.ledger
+    sources = list(dict.fromkeys([*ids, *ledger.sources]))
+    published = {s: counters.get(f"published:{s}", 0) - first.get(f"published:{s}", 0) for s in sources}
     per_track = {}
-    for sid in ids:
+    for sid in sources:
         for model in options.models:
+            track = ledger.track(sid, model)
             per_track[_name(sid, model, options)] = {
-                "published": published[sid] - first[sid],
-                "results": sink.results_per_track.get((sid, model), 0),
-                "label": sink.labels.get((sid, model), "-"),
+                "published": published[sid],
+                "results": track.results,
+                "label": track.label or "-",
             }
+    total = ledger.total()
     return Summary(
         model=", ".join(options.models),
         synthetic=bool(options.synthetic),
         wall_s=time.monotonic() - started,
-        published=sum(published[s] - first[s] for s in ids),
-        results=sink.distinct,
-        duplicates=sink.duplicates,
-        dropped=sum(counters.get(f"dropped:{s}", 0) for s in ids),
+        published=sum(published.values()),
+        results=total.results,
+        duplicates=total.duplicates,
+        dropped=sum(counters.get(f"dropped:{s}", 0) - first.get(f"dropped:{s}", 0) for s in sources),
         dead_lettered=int(await client.xlen(keys.dead)),
-        skipped=sum(int(e.get("skipped") or 0) for e in sink.eos.values()),
-        p50_ms=percentile(sink.latencies_ms, 50),
-        p99_ms=percentile(sink.latencies_ms, 99),
-        max_ms=max(sink.latencies_ms) if sink.latencies_ms else None,
+        skipped=sum(t.skipped for t in ledger.tracks.values()),
+        p50_ms=total.latency.percentile(50),
+        p99_ms=total.latency.percentile(99),
+        max_ms=total.latency.percentile(100),
         per_source=per_track,
         interrupted=interrupted,
     )
@@ -231,13 +226,32 @@ def _name(source: str, model: str, options: DriveOptions) -> str:
     return source if len(options.models) == 1 else f"{source} [{model}]"
 
 
-async def _published(client: Any, keys: PipelineKeys, ids: list[str]) -> list[int]:
-    counters = await read_counters(client, keys)
-    return [counters.get(f"published:{s}", 0) for s in ids]
+class _Results:
+    """The run's `ResultReader`, and when each track's end-of-stream arrived (for `finished`)."""
+
+    def __init__(self, reader: ResultReader) -> None:
+        self.reader = reader
+        self._eos_at: dict[tuple[str, str], float] = {}
+
+    async def poll(self, block_ms: int) -> int:
+        return await self.reader.poll(block_ms=block_ms)
+
+    def finished(self, tracks: list[tuple[str, str]], grace_s: float) -> bool:
+        """True once every track has its end-of-stream and every frame it announced (less the
+        skipped ones) has a result, or `grace_s` passed since the end: "late" results (frames the
+        reorder buffer stopped waiting for) can follow the end."""
+        now = time.monotonic()
+        for pair in tracks:
+            track = self.reader.ledger.tracks.get(pair)
+            if track is None or track.eos is None:
+                return False
+            if not track.complete and now - self._eos_at.setdefault(pair, now) < grace_s:
+                return False
+        return True
 
 
 async def _until_done(
-    sink: ResultSink,
+    sink: _Results,
     tracks: list[tuple[str, str]],
     stop: asyncio.Event,
     watcher: _Watcher,
@@ -266,7 +280,11 @@ async def _until_done(
             continue
         next_view = now + 0.5
         progress.update(snap)
-        marker = (sink.distinct, snap.published, *(r.handled for r in snap.stages))
+        marker = (
+            sum(t.results for t in sink.reader.ledger.tracks.values()),
+            snap.published,
+            *(r.handled for r in snap.stages),
+        )
         if marker != last_marker:
             last_marker, last_change = marker, now
         elif now - last_change > options.stall_timeout_s:
@@ -296,7 +314,7 @@ class _Watcher:
             self._rates = {k: max(0.0, (n - before.get(k, 0)) / (now - then)) for k, n in handled.items()}
             self._last = (now, handled)
 
-    async def snapshot(self, sink: ResultSink, elapsed_s: float) -> Snapshot:
+    async def snapshot(self, sink: _Results, elapsed_s: float) -> Snapshot:
         counters = await read_counters(self.client, self.keys)
         published = counters.get("published:*", 0)
         replicas: dict[str, dict[str, int]] = {}
@@ -318,12 +336,15 @@ class _Watcher:
                 rows_in.append((name, count, probe.handled if probe else 0, probe.backlog if probe else 0))
         self._rate({name: handled for name, _, handled, _ in rows_in})
         rows = [StageRow(n, r, self._rates.get(n, 0.0), h, b) for n, r, h, b in rows_in]
+        tracks = sink.reader.ledger.tracks
         return Snapshot(
             elapsed_s=elapsed_s,
             stages=rows,
-            labels={_name(s, m, self.options): lab for (s, m), lab in sink.labels.items()},
-            results={_name(s, m, self.options): n for (s, m), n in sink.results_per_track.items()},
-            done={_name(s, m, self.options) for (s, m) in sink.eos},
+            labels={
+                _name(s, m, self.options): t.label for (s, m), t in tracks.items() if t.label is not None
+            },
+            results={_name(s, m, self.options): t.results for (s, m), t in tracks.items()},
+            done={_name(s, m, self.options) for (s, m), t in tracks.items() if t.eos is not None},
             published=published,
             dead=0,
         )

@@ -29,8 +29,9 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.ratelimit import RateLimiter
-from deployments.results import ResultReader
+from deployments.results import ResultQueries
 from deployments.stage import open_redis, stage_settings
+from stream.core.source_ids import source_id as source_id_for
 
 __all__ = ["ApiError", "Ingress", "IngressOptions", "api"]
 
@@ -128,13 +129,6 @@ def _deployment(stage: str) -> str:
     return stage[:1].upper() + stage[1:]
 
 
-def _default_id(uri: str) -> str:
-    import re
-
-    tail = uri.rstrip("/").rsplit("/", 1)[-1] or uri
-    return re.sub(r"[^A-Za-z0-9_.\-]", "-", tail)[:128] or "source"
-
-
 def _source_json(status: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -174,7 +168,7 @@ class Ingress:
         self.spec = load_spec(self.model)
         self.keys = PipelineKeys(self.settings.streams.pipeline)
         self.client = await open_redis(self.settings)
-        self.results = ResultReader(self.client, self.keys)
+        self.results = ResultQueries(self.client, self.keys)
         self.classifier = classifier
         self.stages = stages or {}
         self.limiter = RateLimiter(self.cfg.rate_per_s, self.cfg.burst)
@@ -246,7 +240,7 @@ class Ingress:
         from stream.stages.sources import SourceSpec, add_source
 
         self._limit(request)
-        source_id = source.id or _default_id(source.uri)
+        source_id = source.id or source_id_for(source.uri)
         try:
             spec = SourceSpec(**source.model_dump(exclude={"id"}))
         except ValueError as e:

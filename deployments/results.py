@@ -13,12 +13,12 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from stream.core.codec import decode_message
-from stream.core.keys import FIELD, PipelineKeys
+from stream.adapters.redis_streams import last_id
+from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, LABEL_CHANGE, RESULT
-from stream.errors import CodecError
+from stream.results import decode_fields
 
-__all__ = ["ResultReader", "sse_event"]
+__all__ = ["ResultQueries", "sse_event"]
 
 _PAGE = 500
 _MAX_SCAN = 200_000
@@ -29,22 +29,12 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _meta(fields: dict[bytes, bytes] | None) -> dict[str, Any] | None:
-    raw = (fields or {}).get(FIELD.encode())
-    if raw is None:
-        return None
-    try:
-        return dict(decode_message(raw).meta)
-    except CodecError:
-        return None
-
-
 def sse_event(event: str, event_id: str, data: dict[str, Any]) -> str:
     """One Server-Sent Event (``event``, ``id``, one-line JSON ``data``)."""
     return f"event: {event}\nid: {event_id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-class ResultReader:
+class ResultQueries:
     """Queries over ``keys.results`` and ``keys.events`` for one Redis client."""
 
     def __init__(self, client: Any, keys: PipelineKeys) -> None:
@@ -67,7 +57,7 @@ class ResultReader:
             scanned += len(page)
             done = False
             for _id, fields in page:
-                meta = _meta(fields)
+                meta = decode_fields(fields)
                 if meta is None or meta.get("source") != source or meta.get("kind") != RESULT:
                     continue
                 found = True
@@ -110,7 +100,7 @@ class ResultReader:
                 stream = _s(raw_stream)
                 for raw_id, fields in entries:
                     ids[stream] = _s(raw_id)
-                    meta = _meta(fields)
+                    meta = decode_fields(fields)
                     if meta is None or meta.get("kind") not in kinds:
                         continue
                     if source is not None and meta.get("source") != source:
@@ -123,8 +113,7 @@ class ResultReader:
         out = {}
         for stream, entry_id in ids.items():
             if entry_id == "$":
-                last = await self.client.xrevrange(stream, max="+", min="-", count=1)
-                entry_id = _s(last[0][0]) if last else "0-0"
+                entry_id = await last_id(self.client, stream)
             out[stream] = entry_id
         return out
 

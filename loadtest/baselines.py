@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from loadtest.stats import sustained_rate
+from stream.core.latency import LatencyHistogram
 
 __all__ = [
     "Measured",
@@ -55,11 +56,11 @@ class Measured:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _percentiles(latencies_ms: list[float]) -> tuple[float | None, float | None]:
-    if not latencies_ms:
-        return None, None
-    arr = np.asarray(latencies_ms)
-    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+def percentiles(latencies_ms: list[float]) -> tuple[float | None, float | None]:
+    """p50 and p99 by the project's one definition (`LatencyHistogram`)."""
+    hist = LatencyHistogram()
+    hist.record_many(latencies_ms)
+    return hist.percentile(50), hist.percentile(99)
 
 
 def make_clip(path: Path, *, frames: int = 300, width: int = 640, height: int = 480, fps: int = 30) -> Path:
@@ -121,7 +122,7 @@ def naive_loop(clip: Path, model: str, *, frames: int, weights_dir: Path | None)
             engine.infer(fit_to_model(rgb, engine.spec)[None])
             latencies.append((time.perf_counter() - start) * 1000.0)
         elapsed = time.perf_counter() - t0
-    p50, p99 = _percentiles(latencies)
+    p50, p99 = percentiles(latencies)
     return Measured("naive loop", len(latencies) / elapsed, p50, p99, len(latencies),
                     "OpenCV read, resize, sync OpenVINO batch 1 (latency: read done -> result)")  # fmt: skip
 
@@ -189,7 +190,7 @@ def best_single_process(
                 latencies.extend((done - s) * 1000.0 for _, s in items)
         elapsed = time.perf_counter() - t0
         producer.join()
-    p50, p99 = _percentiles(latencies)
+    p50, p99 = percentiles(latencies)
     note = f"decode+resize thread, dynamic batches <= {batch} over the {hint} request pool, no Redis"
     return Measured("best single process", len(latencies) / elapsed, p50, p99, len(latencies), note)
 
@@ -208,7 +209,7 @@ def measured_from_results(name: str, rows: list[Any], expected: int, note: str) 
     overstates a short run, is kept in ``extra`` for comparison."""
     if not rows:
         return Measured(name, None, note=f"no results ({note})")
-    p50, p99 = _percentiles([r.latency_ms for r in rows])
+    p50, p99 = percentiles([r.latency_ms for r in rows])
     batches = [r.batch_size for r in rows if r.batch_size]
     mean_batch = len(batches) / sum(1.0 / b for b in batches) if batches else None
     first_to_last = _rate([r.result_ms for r in rows])

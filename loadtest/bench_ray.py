@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.baselines import Measured, decode_frames, measured_from_results
+from loadtest.baselines import Measured, decode_frames, measured_from_results, percentiles
 from stream.adapters.redis_server import RedisServer, find_free_port
 
 __all__ = ["framestream_ray", "plain_serve_batch"]
@@ -115,13 +115,13 @@ def plain_serve_batch(
     finally:
         serve.shutdown()
         ray.shutdown()
-    arr = np.asarray(latencies)
+    p50_ms, p99_ms = percentiles(latencies)
     mean_batch = len(batches) / sum(1.0 / b for b in batches) if batches else None
     return Measured(
         "plain Ray Serve @serve.batch",
         len(latencies) / elapsed,
-        float(np.percentile(arr, 50)),
-        float(np.percentile(arr, 99)),
+        p50_ms,
+        p99_ms,
         len(latencies),
         f"HTTP JPEG POSTs, {concurrency} in flight, client decodes+encodes the clip",
         {"mean_batch": mean_batch},

@@ -1,20 +1,21 @@
-"""Collect a replay's results from the results stream (plain XREAD: no group, so the load tester
-never takes entries away from a real consumer), and count its dead letters and drops.
+"""Collect a replay's results (through `stream.results.ResultReader`, by cursor: no group, so the
+load tester never takes entries away from a real consumer), and count its dead letters and drops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from loadtest.stats import ResultRow
+from stream.adapters.redis_streams import last_id
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
-from stream.core.messages import EOS, RESULT
+from stream.core.messages import EOS
 from stream.errors import CodecError
+from stream.results import ResultReader
 
 __all__ = ["Collector", "count_dead_letters", "count_drops", "last_id"]
 
@@ -23,43 +24,49 @@ def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-async def last_id(client: Any, stream: str) -> str:
-    """The id of the newest entry of `stream` ("0-0" when empty): read after it for new entries."""
-    newest = await client.xrevrange(stream, max="+", min="-", count=1)
-    return _s(newest[0][0]) if newest else "0-0"
-
-
-@dataclass
 class Collector:
     """Reads results for `sources` into `rows` until told to stop or everything has arrived.
 
-    `truth(source, seq)` gives the ground truth the load tester knows (from the replay file);
-    the result's own ``truth`` field is the fallback.
+    A `ResultReader` by cursor from `start_id` (the load tester never takes results away from a
+    real consumer); every result read becomes a `ResultRow`, duplicates included (the delivery
+    accounting counts them). `truth(source, seq)` gives the
+    ground truth the load tester knows (from the replay file); the result's own ``truth`` field
+    is the fallback.
     """
 
-    client: Any
-    keys: PipelineKeys
-    sources: Collection[str]
-    start_id: str = "0-0"
-    model: str | None = None
-    truth: Callable[[str, int], str | None] | None = None
-    block_ms: int = 100
-    rows: list[ResultRow] = field(default_factory=list)
-    eos: set[str] = field(default_factory=set)
-    undecodable: int = 0
-    last_result_monotonic: float = field(default_factory=time.monotonic)
-    _cursor: str = ""
-
-    def __post_init__(self) -> None:
-        self._cursor = self.start_id
-        self._sources = set(self.sources)
-        self._distinct: set[tuple[str, int]] = set()
+    def __init__(
+        self,
+        client: Any,
+        keys: PipelineKeys,
+        sources: Collection[str],
+        start_id: str = "0-0",
+        *,
+        model: str | None = None,
+        truth: Callable[[str, int], str | None] | None = None,
+        block_ms: int = 100,
+    ) -> None:
+        self.block_ms = block_ms
+        self.truth = truth
+        self.rows: list[ResultRow] = []
+        self.distinct = 0
+        self.eos: set[str] = set()
+        self.last_result_monotonic = time.monotonic()
+        self.reader = ResultReader(
+            client, keys, start_id=start_id, sources=sources, model=model, on_result=self._take
+        )
 
     @property
-    def distinct(self) -> int:
-        return len(self._distinct)
+    def undecodable(self) -> int:
+        return self.reader.undecodable
 
-    def _row(self, m: dict[str, Any]) -> ResultRow:
+    def _take(self, m: Mapping[str, Any], first: bool) -> None:
+        if m.get("kind") == EOS:
+            self.eos.add(str(m["source"]))
+        else:
+            self.rows.append(self._row(m))
+            self.distinct += first
+
+    def _row(self, m: Mapping[str, Any]) -> ResultRow:
         source, seq = str(m["source"]), int(m["seq"])
         capture = float(m.get("capture_ms") or 0.0)
         result_ms = float(m.get("result_ms") or time.time() * 1000.0)
@@ -77,42 +84,11 @@ class Collector:
             truth=truth if truth is not None else m.get("truth"),
         )
 
-    def _take(self, entries: list[Any]) -> int:
-        taken = 0
-        for _, fields in entries:
-            data = fields.get(FIELD.encode()) if fields else None
-            if data is None:
-                continue
-            try:
-                m = decode_message(data).meta
-            except CodecError:
-                self.undecodable += 1
-                continue
-            if m.get("source") not in self._sources:
-                continue
-            if self.model is not None and m.get("model") not in (None, self.model):
-                continue
-            if m.get("kind") == EOS:
-                self.eos.add(str(m["source"]))
-            elif m.get("kind") == RESULT:
-                try:
-                    row = self._row(m)
-                except (KeyError, TypeError, ValueError):
-                    self.undecodable += 1
-                    continue
-                self.rows.append(row)
-                self._distinct.add((row.source, row.seq))
-                taken += 1
-        return taken
-
     async def poll(self, count: int = 1000) -> int:
-        """Read what is there (waiting at most `block_ms`); returns how many results arrived."""
-        reply = await self.client.xread({self.keys.results: self._cursor}, count=count, block=self.block_ms)
-        taken = 0
-        for _, entries in reply or []:
-            if entries:
-                self._cursor = _s(entries[-1][0])
-                taken += self._take(entries)
+        """Read what is there (waiting at most `block_ms`); returns how many new results arrived."""
+        before = self.distinct
+        await self.reader.poll(block_ms=self.block_ms, count=count)
+        taken = self.distinct - before
         if taken:
             self.last_result_monotonic = time.monotonic()
         return taken

@@ -22,11 +22,11 @@ import numpy as np
 from loadtest.collector import Collector, count_dead_letters, count_drops, last_id
 from loadtest.replayfile import ReplayFile
 from loadtest.schedule import Pace, Scheduler, pass_offsets_ms, source_slots
-from loadtest.stats import LatencyHistogram
 from loadtest.summary import summarize_run
 from stream.adapters.redis_streams import Output, StreamTransport
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
+from stream.core.latency import LatencyHistogram
 from stream.core.messages import EOS, FRAME
 
 __all__ = ["Clip", "ReplayPlan", "Replayer", "SendLog", "load_clip", "run_replay"]

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from loadtest.stats import LatencyHistogram  # noqa: E402
+from stream.core.latency import LatencyHistogram  # noqa: E402
 
 __all__ = [
     "PLOTS",

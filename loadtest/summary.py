@@ -12,13 +12,13 @@ from dataclasses import asdict
 from typing import Any
 
 from loadtest.stats import (
-    LatencyHistogram,
     ResultRow,
     check_slo,
     count_delivery,
     per_second_series,
     top1_accuracy,
 )
+from stream.core.latency import LatencyHistogram
 
 __all__ = ["RUN_KEYS", "RUN_KIND", "summarize_run"]
 

@@ -30,6 +30,7 @@ __all__ = [
     "Output",
     "StreamTransport",
     "connect",
+    "last_id",
 ]
 
 _MAX_DEAD_PAYLOAD = 1024 * 1024
@@ -97,6 +98,13 @@ class GroupStats:
     @property
     def backlog(self) -> int:
         return self.lag + self.pending
+
+
+async def last_id(client: aioredis.Redis, stream: str) -> str:
+    """The id of the newest entry of `stream` ("0-0" when empty or missing): read after it for
+    what is added from now on."""
+    newest: Any = await client.xrevrange(stream, max="+", min="-", count=1)
+    return _s(newest[0][0]) if newest else "0-0"
 
 
 async def connect(
@@ -184,6 +192,17 @@ class StreamTransport:
     ) -> list[Entry]:
         """New entries for `consumer` (up to `count`, waiting at most `block_ms`)."""
         reply: Any = await self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+        return [
+            Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None)
+            for _, items in reply or []
+            for i, fields in items
+        ]
+
+    async def read_after(
+        self, stream: str, after_id: str, *, count: int, block_ms: int | None
+    ) -> list[Entry]:
+        """Entries of `stream` after `after_id`, without a group: takes nothing away from anybody."""
+        reply: Any = await self.client.xread({stream: after_id}, count=count, block=block_ms)
         return [
             Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None)
             for _, items in reply or []

@@ -104,8 +104,8 @@ def _run_processes(settings: Settings, url: str, sources, models, results, timeo
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         with console.status("running") as status:
 
-            def progress(collector) -> None:
-                done = sum(len(t.seqs) for t in collector.tracks.values())
+            def progress(ledger) -> None:
+                done = sum(t.results for t in ledger.tracks.values())
                 status.update(f"running: {done} results")
 
             return await run_processes(
@@ -166,9 +166,16 @@ def print_report(report) -> None:
         "skipped",
         "p50 ms",
         "p99 ms",
+        "max ms",
         "error",
     ):
-        table.add_column(col, justify="left" if col in ("source", "model", "error") else "right")
+        names = [getattr(r, col) for r in report.rows] if col in ("source", "model") else []
+        table.add_column(  # names are what a user types next: never cut them
+            col,
+            justify="left" if col in ("source", "model", "error") else "right",
+            no_wrap=bool(names),
+            min_width=max((len(n) for n in names), default=None),
+        )
     for r in report.rows:
         table.add_row(
             r.source,
@@ -179,6 +186,7 @@ def print_report(report) -> None:
             str(r.skipped),
             _ms(r.p50_ms),
             _ms(r.p99_ms),
+            _ms(r.max_ms),
             r.error or "",
         )
     out.print(table)
@@ -186,7 +194,7 @@ def print_report(report) -> None:
     out.print(
         f"{report.results} results in {report.wall_s:.1f} s ({report.frames_per_s:.1f} frames/s), "
         f"dead-lettered {report.dead_letters}, dropped {report.dropped}, mean batch {batch}, "
-        f"latency p50 {_ms(report.p50_ms)} ms / p99 {_ms(report.p99_ms)} ms"
+        f"latency p50 {_ms(report.p50_ms)} ms / p99 {_ms(report.p99_ms)} ms / max {_ms(report.max_ms)} ms"
         + (" (interrupted)" if report.interrupted else "")
     )
 

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -34,10 +33,12 @@ import yaml
 
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
+from stream.core.ledger import ResultLedger, Track
+from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
+from stream.results import SINK_GROUP, JsonlSink, ResultReader
 from stream.settings import Settings
 from stream.stages.base import REDIS_TRANSIENT
-from stream.stages.sinks import SINK_GROUP, JsonlSink, ResultCollector, percentile
 from stream.stages.sources import SourceSpec, add_source
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "create_groups",
     "run_group",
     "run_processes",
-    "source_id_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class RunRow:
     error: str | None
     p50_ms: float | None
     p99_ms: float | None
+    max_ms: float | None = None
 
 
 @dataclass
@@ -87,6 +88,7 @@ class RunReport:
     mean_batch_size: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
+    max_ms: float | None = None
     interrupted: bool = False
     stage_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU each stage used after start-up
 
@@ -97,12 +99,6 @@ class RunReport:
     @property
     def frames_per_s(self) -> float:
         return self.results / self.wall_s if self.wall_s > 0 else 0.0
-
-
-def source_id_for(index: int, uri: str) -> str:
-    """A readable, unique id for the `index`-th source on the command line."""
-    stem = Path(uri.rstrip("/")).stem if "://" not in uri else uri.split("://", 1)[1]
-    return f"s{index}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', stem)[:40] or 'src'}"
 
 
 def _is_live(spec: SourceSpec) -> bool:
@@ -198,7 +194,7 @@ async def run_processes(
     results_path: Path | None = None,
     timeout_s: float | None = None,
     stop: asyncio.Event | None = None,
-    on_progress: Callable[[ResultCollector], None] | None = None,
+    on_progress: Callable[[ResultLedger], None] | None = None,
     ready_timeout_s: float = 120.0,
 ) -> RunReport:
     """Run the pipeline as OS processes until every finite source is done (or `stop`/timeout).
@@ -211,8 +207,8 @@ async def run_processes(
     client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)
     sink = JsonlSink(results_path) if results_path else None
     specs = [s if isinstance(s, SourceSpec) else SourceSpec(uri=s) for s in sources]
-    ids = [source_id_for(i, s.uri) for i, s in enumerate(specs)]
-    collector = ResultCollector(
+    ids = source_ids(s.uri for s in specs)
+    collector = ResultReader(
         client, keys, group=run_group(), sink=sink, sources=ids or None
     )  # results of this run's sources only; with none (sources added later) all of them
     procs: list[StageProcess] = []
@@ -220,7 +216,7 @@ async def run_processes(
     report = RunReport()
     try:
         await create_groups(client, keys, models)
-        await collector.ensure_group()
+        await collector.start()
         dead_before = int(await client.xlen(keys.dead))
         with tempfile.TemporaryDirectory(prefix="framestream-run-") as tmp:
             config = _write_config(settings, Path(tmp))
@@ -263,14 +259,14 @@ async def run_processes(
         report.dropped = sum(
             int(v) for k, v in counters.items() if _s(k).startswith("dropped:") and _s(k)[8:] in ids
         )
-        _fill(report, collector, [(sid, m) for sid in ids for m in models])
+        _fill(report, collector.ledger, [(sid, m) for sid in ids for m in models])
         return report
     finally:
         _stop(procs, 5)
         if sink is not None:
             sink.close()
         with contextlib.suppress(*REDIS_TRANSIENT, aioredis.ResponseError):
-            await collector.destroy_group()
+            await collector.close()
         await client.aclose()
 
 
@@ -301,13 +297,13 @@ async def _wait_ready(
 
 
 async def _collect(
-    collector: ResultCollector,
+    collector: ResultReader,
     finite: set[tuple[str, str]],
     procs: list[StageProcess],
     started: float,
     timeout_s: float | None,
     stop: asyncio.Event | None,
-    on_progress: Callable[[ResultCollector], None] | None,
+    on_progress: Callable[[ResultLedger], None] | None,
     *,
     straggler_s: float = 0.0,
 ) -> bool:
@@ -324,11 +320,12 @@ async def _collect(
         except REDIS_TRANSIENT as e:  # Redis restarting: the stages wait for it too
             log.warning("results: Redis unavailable (%s); retrying", e)
             await asyncio.sleep(0.5)
+        ledger = collector.ledger
         if on_progress is not None:
-            on_progress(collector)
-        if finite and collector.finished(finite):
+            on_progress(ledger)
+        if finite and ledger.finished(finite):
             eos_at = eos_at or time.monotonic()
-            if _complete(collector, finite) or time.monotonic() - eos_at >= straggler_s:
+            if ledger.complete(finite) or time.monotonic() - eos_at >= straggler_s:
                 return False
         if stop is not None and stop.is_set():
             return True
@@ -336,21 +333,10 @@ async def _collect(
             if (code := proc.process.poll()) is not None:
                 raise FramestreamError(f"stage {proc.label} exited with code {code}; see its log above")
         if timeout_s is not None and time.monotonic() - started > timeout_s:
-            missing = sorted(p for p in finite if not collector.finished({p}))
+            missing = sorted(p for p in finite if not ledger.finished({p}))
             raise FramestreamError(
                 f"timed out after {timeout_s:.0f} s waiting for end-of-stream of {missing}"
             )
-
-
-def _complete(collector: ResultCollector, pairs: set[tuple[str, str]]) -> bool:
-    """Every frame its eos counted has a result or a skip (dead-lettered) at the sink."""
-    for pair in pairs:
-        track = collector.track(*pair)
-        eos = track.eos or {}
-        frames = eos.get("frames")
-        if isinstance(frames, int) and len(track.seqs) + int(eos.get("skipped") or 0) < frames:
-            return False
-    return True
 
 
 def _stop(procs: list[StageProcess], timeout_s: float) -> None:
@@ -361,32 +347,31 @@ def _stop(procs: list[StageProcess], timeout_s: float) -> None:
         proc.wait(max(0.1, deadline - time.monotonic()))
 
 
-def _fill(report: RunReport, collector: ResultCollector, pairs: list[tuple[str, str]]) -> None:
-    latencies: list[float] = []
-    batches: list[int] = []
+def _fill(report: RunReport, ledger: ResultLedger, pairs: list[tuple[str, str]]) -> None:
     for source, model in pairs:
-        track = collector.track(source, model)
-        eos = track.eos or {}
-        latencies += track.latencies_ms
-        batches += track.batch_sizes
+        track = ledger.track(source, model)
         report.rows.append(
             RunRow(
                 source=source,
                 model=model,
-                frames=eos.get("frames"),
-                results=len(track.seqs),
+                frames=track.frames,
+                results=track.results,
                 duplicates=track.duplicates,
-                skipped=int(eos.get("skipped", 0) or 0),
-                late=int(eos.get("late", 0) or 0),
-                error=eos.get("error"),
-                p50_ms=percentile(track.latencies_ms, 50),
-                p99_ms=percentile(track.latencies_ms, 99),
+                skipped=track.skipped,
+                late=int((track.eos or {}).get("late", 0) or 0),
+                error=(track.eos or {}).get("error"),
+                **_latency(track),
             )
         )
-    report.p50_ms = percentile(latencies, 50)
-    report.p99_ms = percentile(latencies, 99)
-    # per batch, not per frame: a batch of n frames shows up n times, each weighing 1/n
-    report.mean_batch_size = len(batches) / sum(1.0 / b for b in batches if b > 0) if batches else None
+    total = ledger.total(pairs)
+    latency = _latency(total)
+    report.p50_ms, report.p99_ms, report.max_ms = latency["p50_ms"], latency["p99_ms"], latency["max_ms"]
+    report.mean_batch_size = total.mean_batch_size
+
+
+def _latency(track: Track) -> dict[str, float | None]:
+    hist = track.latency
+    return {"p50_ms": hist.percentile(50), "p99_ms": hist.percentile(99), "max_ms": hist.percentile(100)}
 
 
 def _s(value: bytes | str) -> str:

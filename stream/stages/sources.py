@@ -9,17 +9,15 @@ published frame (no loss; duplicates only if two replicas overlap during a lease
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from stream.core.keys import PipelineKeys
+from stream.core.source_ids import ID_PATTERN
 
 __all__ = ["SourceSpec", "SourceStatus", "add_source", "get_state", "list_sources", "remove_source"]
-
-_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class SourceStatus:
 
 
 def check_source_id(source_id: str) -> str:
-    if not _ID.match(source_id):
+    if not ID_PATTERN.match(source_id):
         raise ValueError(f"source id must be 1-128 of [A-Za-z0-9_.-], got {source_id!r}")
     return source_id
 

@@ -100,11 +100,11 @@ def test_two_models_one_frames_stream_each_full_result_set(
     args = ["--source", str(clip), "--source", str(folder), "--model", V1, "--model", V2]
     run_cli([*args, "--results", str(results_file)], redis_server.url, env)
     results = read_results(results_file)
-    counts = {(src.split("-")[1], model): len(rows) for (src, model), rows in results.items()}
+    counts = {(src, model): len(rows) for (src, model), rows in results.items()}
     assert counts == {("clip", V1): 60, ("clip", V2): 60, ("stills", V1): 15, ("stills", V2): 15}
     for rows in results.values():
         assert [r["seq"] for r in rows] == list(range(len(rows)))
-    still_labels = {first_synonym(r["smoothed_label"]) for r in results[("s1-stills", V2)][SETTLE_FRAMES:]}
+    still_labels = {first_synonym(r["smoothed_label"]) for r in results[("stills", V2)][SETTLE_FRAMES:]}
     assert still_labels == {"Egyptian cat"}
 
 

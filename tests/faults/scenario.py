@@ -17,7 +17,6 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from stream.core.keys import PipelineKeys
-from stream.stages.sinks import ResultCollector, percentile
 from stream.stages.sources import SourceSpec, add_source
 from tests.faults.checker import Outcome, check
 from tests.faults.frames import write_frame_folder
@@ -28,7 +27,6 @@ __all__ = [
     "Harness",
     "Replay",
     "out_dir",
-    "percentile",
     "recoveries_s",
     "recovery_s",
     "timeline",
@@ -60,7 +58,6 @@ class Replay:
     source: str
     frames: int
     sink: FaultSink
-    collector: ResultCollector
     corrupt: Collection[int] = ()
     started_s: float = field(default_factory=time.monotonic)
     started_ms: float = field(default_factory=lambda: time.time() * 1000.0)
@@ -148,9 +145,7 @@ class Harness:
         if not uri:
             uri = str(write_frame_folder(self.tmp / source, frames, corrupt=corrupt))
         sink = await FaultSink(self.client, self.keys, f"faults-{source}", {source}).start()
-        collector = ResultCollector(self.client, self.keys, consumer=source)
-        await collector.ensure_group()
-        replay = Replay(source, frames, sink, collector, corrupt)
+        replay = Replay(source, frames, sink, corrupt)
         await add_source(self.client, self.keys, source, SourceSpec(uri=uri, live=live))
         return replay
 
@@ -164,7 +159,6 @@ class Harness:
         last_count, last_change = -1, time.monotonic()
         while time.monotonic() < deadline:
             await replay.sink.poll(block_ms=100)
-            await self._poll_collector(replay)
             if done():
                 return True
             now = time.monotonic()
@@ -173,17 +167,6 @@ class Harness:
             elif stall_s is not None and now - last_change > stall_s:
                 return False
         return False
-
-    async def _poll_collector(self, replay: Replay) -> None:
-        try:
-            while await replay.collector.poll(block_ms=1, count=2_000):
-                pass
-        except (aioredis.ConnectionError, OSError):
-            pass
-        except aioredis.ResponseError as e:  # NOGROUP after a restart that lost everything
-            if "NOGROUP" not in str(e):
-                raise
-            await replay.collector.ensure_group()
 
     async def pending(self) -> int:
         return await pending_total(self.client, self.keys, [self.model])
@@ -196,7 +179,6 @@ class Harness:
         async def drained() -> bool:
             if replay is not None:
                 await replay.sink.poll(block_ms=10)
-                await self._poll_collector(replay)
             left[0] = await self.pending()
             return left[0] == 0
 

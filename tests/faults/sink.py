@@ -6,19 +6,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
-from stream.core.messages import EOS, RESULT
+from stream.core.ledger import Track
+from stream.core.messages import EOS
 from stream.errors import CodecError
+from stream.results import ResultReader
+from stream.stages.base import REDIS_TRANSIENT
 
 __all__ = ["Arrival", "FaultSink", "dead_letters", "pending_by_group", "pending_total", "wait_until"]
 
@@ -44,7 +45,8 @@ class Arrival:
 @dataclass
 class FaultSink:
     """Reads ``keys.results`` through its own consumer group (created at the stream's end, so only
-    this scenario's results count) and keeps every copy of every result, for `check`."""
+    this scenario's results count) with the project's `ResultReader`, and keeps every copy of
+    every result, for `check`."""
 
     client: aioredis.Redis
     keys: PipelineKeys
@@ -53,85 +55,48 @@ class FaultSink:
     arrivals: list[Arrival] = field(default_factory=list)
     counts: Counter[tuple[str, int]] = field(default_factory=Counter)
     eos: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _seen_ids: set[bytes] = field(default_factory=set)
-    _reread_own: bool = False
+
+    def __post_init__(self) -> None:
+        self.reader = ResultReader(
+            self.client, self.keys, group=self.group, sources=self.sources, on_result=self._record
+        )
 
     async def start(self) -> FaultSink:
-        try:
-            await self.client.xgroup_create(self.keys.results, self.group, id="$", mkstream=True)
-        except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        await self.reader.start()
         return self
 
     async def poll(self, block_ms: int = 100, count: int = 2_000) -> int:
-        """Read and ack one batch of results; returns how many entries it read (0 while Redis is down).
-
-        After a Redis error it first re-reads its own pending entries (a read whose reply was lost
-        left them delivered to this sink); an entry it already recorded is not counted twice.
-        """
+        """Read and ack one batch of results; returns how many entries it read (0 while Redis is
+        down: the reader takes back what it held once Redis answers again)."""
         try:
-            reply = None
-            if self._reread_own:
-                reply = await self.client.xreadgroup(
-                    self.group, "sink", {self.keys.results: "0"}, count=count
-                )
-                self._reread_own = any(items for _, items in reply or [])
-            if not self._reread_own:
-                reply = await self.client.xreadgroup(
-                    self.group, "sink", {self.keys.results: ">"}, count=count, block=block_ms
-                )
-        except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError):
-            self._reread_own = True
+            return await self.reader.poll(block_ms=block_ms, count=count)
+        except (*REDIS_TRANSIENT, ConnectionError, OSError):
             await asyncio.sleep(0.2)
             return 0
-        except ResponseError as e:  # NOGROUP: Redis came back empty (persistence off)
-            if "NOGROUP" not in str(e):
-                raise
-            await asyncio.sleep(0.2)
-            await self.start()
-            return 0
-        ids = []
-        seen_ms = time.time() * 1000.0
-        for _, items in reply or []:
-            for entry_id, fields in items:
-                ids.append(entry_id)
-                if entry_id not in self._seen_ids:
-                    self._seen_ids.add(entry_id)
-                    self._record(fields.get(FIELD.encode()) if fields else None, seen_ms)
-        if ids:
-            try:
-                await self.client.xack(self.keys.results, self.group, *ids)
-            except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError):
-                self._reread_own = True
-        return len(ids)
 
-    def _record(self, raw: bytes | None, seen_ms: float) -> None:
-        if raw is None:
-            return
-        try:
-            meta = decode_message(raw).meta
-        except CodecError:
-            return
+    def _record(self, meta: Mapping[str, Any], first: bool) -> None:
         source = str(meta.get("source"))
-        if self.sources is not None and source not in self.sources:
-            return
         if meta.get("kind") == EOS:
-            self.eos[source] = meta
-        elif meta.get("kind") == RESULT:
-            seq = int(meta["seq"])
-            self.counts[(source, seq)] += 1
-            self.arrivals.append(
-                Arrival(
-                    source,
-                    seq,
-                    _num(meta.get("latency_ms")),
-                    _num(meta.get("ingest_ms")),
-                    _num(meta.get("result_ms")) or seen_ms,
-                    seen_ms,
-                    _num(meta.get("capture_ms")),
-                )
+            self.eos[source] = dict(meta)
+            return
+        seq = int(meta["seq"])
+        self.counts[(source, seq)] += 1
+        seen_ms = time.time() * 1000.0
+        self.arrivals.append(
+            Arrival(
+                source,
+                seq,
+                _num(meta.get("latency_ms")),
+                _num(meta.get("ingest_ms")),
+                _num(meta.get("result_ms")) or seen_ms,
+                seen_ms,
+                _num(meta.get("capture_ms")),
             )
+        )
+
+    def track(self, source: str, model: str) -> Track:
+        """What the reader's ledger (the one every runner uses) made of `source`'s results."""
+        return self.reader.ledger.track(source, model)
 
     @property
     def results(self) -> list[tuple[str, int]]:

@@ -11,7 +11,7 @@ import pytest
 from stream.adapters.redis_streams import StreamTransport
 from stream.core.keys import PipelineKeys
 from tests.faults.report import load_rows, render_table
-from tests.faults.scenario import percentile, recoveries_s, recovery_s
+from tests.faults.scenario import recoveries_s, recovery_s
 from tests.faults.sink import Arrival, FaultSink
 
 pytestmark = pytest.mark.faults
@@ -40,12 +40,6 @@ def test_recovery_also_waits_for_new_frames_to_flow_again() -> None:
     # ingest) came out only at 8000 ms
     sink = _sink_with([(0, 500.0, 1100.0), (1, 7000.0, 8000.0)])
     assert recoveries_s([1000.0], sink) == [7.0]
-
-
-def test_percentile_is_nearest_rank() -> None:
-    assert percentile([], 99) is None
-    assert percentile(list(range(1, 101)), 99) == 99
-    assert percentile([3.0], 50) == 3.0
 
 
 def test_the_report_orders_scenarios_and_renders_every_column(tmp_path: Path) -> None:

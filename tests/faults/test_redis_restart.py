@@ -20,8 +20,7 @@ import yaml
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
-from stream.stages.runner import source_id_for
-from stream.stages.sinks import ResultCollector
+from stream.core.source_ids import source_id
 from tests.faults.aof import rewrite_aof
 from tests.faults.conftest import MODEL, Stack, fault_settings
 from tests.faults.frames import write_frame_folder
@@ -138,15 +137,13 @@ async def test_processes_runner_rides_out_a_redis_kill_and_restart(model_cache: 
     config = tmp_path / "settings.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     folder = write_frame_folder(tmp_path / "clip", FRAMES)
-    source = source_id_for(0, str(folder))
+    source = source_id(str(folder))
     (tmp_path / "redis").mkdir()
     with RedisServer(aof=True, data_dir=tmp_path / "redis") as server:
         client = await connect(server.url)
         harness = Harness(client, PipelineKeys("p"), MODEL, tmp_path, settings.streams.claim_idle_ms)
         sink = await FaultSink(client, harness.keys, "faults-4b", {source}).start()
-        collector = ResultCollector(client, harness.keys, group="faults-4b-collector")
-        await collector.ensure_group()
-        replay = Replay(source, FRAMES, sink, collector)
+        replay = Replay(source, FRAMES, sink)
         cmd = [sys.executable, "-m", "stream.cli", "run", "--runner", "processes", "--redis", server.url]
         cmd += ["--config", str(config), "--model", MODEL, "--source", str(folder), "--timeout", "200"]
         # its own process group, so a hung run can be killed with its stage processes (they hold

@@ -1,7 +1,7 @@
 """The processes runner reads the results through a consumer group of its own.
 
-Another reader in the group ``sink`` (which the runner used to share with anybody reading with the
-default `ResultCollector`) takes its share of the results, so before the fix the run's summary
+Another reader in the group ``sink`` (which the runner used to share with anybody reading with
+that group) takes its share of the results, so before the fix the run's summary
 missed those results and, when the other reader took the end-of-stream, the run waited for it
 until its timeout: the intermittent "runner does not exit" of scenario 4b.
 """
@@ -18,8 +18,9 @@ import pytest
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
-from stream.stages.runner import run_processes, source_id_for
-from stream.stages.sinks import ResultCollector
+from stream.core.source_ids import source_id
+from stream.results import SINK_GROUP, ResultReader
+from stream.stages.runner import run_processes
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder
 from tests.faults.sink import wait_until
@@ -37,10 +38,9 @@ async def test_a_reader_in_group_sink_takes_nothing_from_the_run(
     settings = base.model_copy(update={"streams": base.streams.model_copy(update={"pipeline": pipeline})})
     keys = PipelineKeys(pipeline)
     folder = write_frame_folder(tmp_path / "clip", FRAMES)
-    source = source_id_for(0, str(folder))
+    source = source_id(str(folder))
     client = await connect(redis_server.url)
-    other = ResultCollector(client, keys)  # group "sink", consumer "sink": the defaults
-    await other.ensure_group()
+    other = await ResultReader(client, keys, group=SINK_GROUP).start()  # group "sink", consumer "sink"
     stop = asyncio.Event()
 
     async def compete() -> None:
@@ -57,7 +57,7 @@ async def test_a_reader_in_group_sink_takes_nothing_from_the_run(
         [row] = report.rows
         assert (row.source, row.frames, row.results, row.error) == (source, FRAMES, FRAMES, None)
         # the other reader gets every result too: it reads all along, in its own group
-        assert await wait_until(lambda: other.track(source, MODEL).seqs == set(range(FRAMES)), timeout_s=10)
+        assert await wait_until(lambda: other.ledger.track(source, MODEL).results == FRAMES, timeout_s=10)
         groups = [g["name"].decode() for g in await client.xinfo_groups(keys.results)]
         assert groups == ["sink"], f"the run left its results group behind: {groups}"
     finally:

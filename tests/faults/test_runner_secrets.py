@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from stream.adapters.redis_server import RedisServer
-from stream.stages.runner import run_processes, source_id_for
+from stream.core.source_ids import source_id
+from stream.stages.runner import run_processes
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder
 
@@ -72,7 +73,7 @@ async def test_no_redis_password_in_the_stage_config_file_or_command_line(
         )  # fmt: skip
     [row] = report.rows
     # the stages logged in with what the environment gave them, and did the work
-    assert (row.source, row.results, row.error) == (source_id_for(0, str(folder)), FRAMES, None)
+    assert (row.source, row.results, row.error) == (source_id(str(folder)), FRAMES, None)
     assert seen, "never saw the four stage processes while the run went on"
     [(path, text)] = seen["configs"].items()  # type: ignore[attr-defined]
     assert "pipeline: secret" in text, text  # it is the run's config

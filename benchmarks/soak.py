@@ -1,0 +1,137 @@
+"""Memory of `framestream run` (the driver) and of every stage replica while a looping source plays.
+
+    .venv/bin/python -m benchmarks.soak [--minutes 5] [--model mobilenet-v1-0.25-128-quant]
+
+Starts ``framestream run --timeout`` (Ray runner, a private redis-server, the demo clip), adds a
+second source over the HTTP API that loops a clip until the run's timeout, samples the resident
+memory (VmRSS from /proc) of the driver and of each process it started every 10 s, and prints one
+row per minute plus the growth from the first minute to the last. At the end it checks that the
+summary lists the source added over HTTP. Linux only; uses the synthetic stand-in unless
+FRAMESTREAM_WEIGHTS_DIR points at real weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+_MB = 1024 * 1024
+
+
+def _rss_by_role(root_pid: int) -> dict[str, int]:
+    """Resident bytes of `root_pid` ("driver") and every descendant, summed by role."""
+    parents: dict[int, tuple[int, str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.M)[1])  # type: ignore[index]
+        rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        parents[int(entry)] = (ppid, cmd, int(rss[1]) * 1024 if rss else 0)
+    out = {"driver": parents.get(root_pid, (0, "", 0))[2]}
+    todo = [root_pid]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, cmd, rss) in parents.items():
+            if ppid == parent:
+                todo.append(pid)
+                out[_role(cmd)] = out.get(_role(cmd), 0) + rss
+    return out
+
+
+def _role(cmd: str) -> str:
+    replica = re.search(r"ServeReplica:[^ ]*?:(\w+)", cmd)
+    if replica:
+        return replica[1]
+    program = cmd.split()[0].rsplit("/", 1)[-1] if cmd.strip() else "?"
+    return {"python": "ray workers (idle)", "python3": "ray workers (idle)"}.get(program, program)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--model", default="mobilenet-v1-0.25-128-quant")
+    args = parser.parse_args()
+    from stream.adapters.video import write_demo_clip
+
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="framestream-soak-") as tmp:
+        clip = write_demo_clip(Path(tmp) / "loop.mp4", frames=300)
+        env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(Path(tmp) / "cache")}
+        cmd = [sys.executable, "-m", "stream.cli", "run", "--model", args.model]
+        cmd += ["--timeout", str(args.minutes * 60)]
+        run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output: list[str] = []
+        api: list[str] = []
+
+        def read() -> None:
+            assert run.stdout is not None
+            for line in run.stdout:
+                output.append(line)
+                found = re.search(r"HTTP API: (http://[\d.:]+)/docs", line)
+                if found:
+                    api.append(found[1])
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 300
+        while not api and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not api:
+            run.kill()
+            sys.exit("framestream run did not print its HTTP API:\n" + "".join(output[-40:]))
+        added = httpx.post(f"{api[0]}/v1/sources", json={"uri": str(clip), "loop": True}, timeout=30)
+        added.raise_for_status()
+        source = added.json()["id"]
+        started = time.monotonic()
+        samples: list[tuple[float, dict[str, int]]] = []
+        while run.poll() is None:
+            samples.append((time.monotonic() - started, _rss_by_role(run.pid)))
+            time.sleep(10)
+        reader.join(timeout=30)
+    _report(console, samples)
+    summary = "".join(output)
+    listed = source in summary
+    console.print(
+        f"source added over HTTP ({source}) in the summary: {listed}; run exit code {run.returncode}"
+    )
+    print(summary[-3000:])
+    if not listed or run.returncode != 0:
+        sys.exit(1)
+
+
+def _report(console: Console, samples: list[tuple[float, dict[str, int]]]) -> None:
+    if not samples:
+        return
+    roles = sorted({r for _, s in samples for r in s}, key=lambda r: (r != "driver", r))
+    table = Table(title="resident memory (MB) while a looping source plays")
+    table.add_column("minute", justify="right")
+    for role in roles:
+        table.add_column(role, justify="right")
+    by_minute: dict[int, dict[str, int]] = {}
+    for t, sample in samples:
+        by_minute[int(t // 60)] = sample
+    for minute, sample in sorted(by_minute.items()):
+        table.add_row(str(minute + 1), *(f"{sample.get(r, 0) / _MB:.0f}" for r in roles))
+    first, last = samples[min(len(samples) - 1, 6)][1], samples[-1][1]  # from ~1 min in (warm)
+    table.add_row("growth", *(f"{(last.get(r, 0) - first.get(r, 0)) / _MB:+.1f}" for r in roles))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The one rule that names a source (pure): the same URI gets the same id whichever way it came in
+(``framestream run --source``, either runner, ``POST /v1/sources`` without an id, the load tester).
+
+- a file or folder path: its name without the extension (``clips/traffic.mp4`` -> ``traffic``);
+- a URL: host and path, without the scheme, credentials, port or query
+  (``rtsp://user:pw@cam-7:554/stream?x=1`` -> ``cam-7-stream``): a password never ends up in an id;
+- ``webcam:N`` -> ``webcam-N``; ``replay:FILE`` -> the file's name without extension;
+- characters outside ``[A-Za-z0-9_.-]`` become ``-``, at most 100 of them; ``source`` when nothing
+  is left. Within one run a name already taken gets ``-2``, ``-3``, ... .
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
+
+__all__ = ["ID_PATTERN", "source_id", "source_ids"]
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+"""What a source id may be (ids given explicitly are checked against it)."""
+
+_MAX = 100
+
+
+def _stem(path: str) -> str:
+    name = PurePosixPath(path.rstrip("/")).name
+    return name.rsplit(".", 1)[0] if "." in name.strip(".") else name
+
+
+def source_id(uri: str, taken: set[str] | None = None) -> str:
+    """The id of `uri` (see the module docstring), unique among `taken`, which it updates."""
+    if "://" in uri:
+        parts = urlsplit(uri)
+        base = "-".join(p for p in ((parts.hostname or ""), parts.path.strip("/")) if p)
+    elif uri.startswith("webcam:"):
+        base = uri.replace(":", "-", 1)
+    elif uri.startswith("replay:"):
+        base = _stem(uri.split(":", 1)[1])
+    else:
+        base = _stem(uri)
+    base = re.sub(r"[^A-Za-z0-9_.\-]+", "-", base).strip("-.")[:_MAX] or "source"
+    if taken is None:
+        return base
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def source_ids(uris: Iterable[str]) -> list[str]:
+    """Ids for the sources of one run, in order, unique among themselves."""
+    taken: set[str] = set()
+    return [source_id(uri, taken) for uri in uris]

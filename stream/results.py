@@ -1,0 +1,226 @@
+"""The one reader of a pipeline's results stream: both runners, the load tester and the fault
+suite read results through `ResultReader`, and the bookkeeping (duplicates, end-of-stream, counts,
+latency percentiles) is one `stream.core.ledger.ResultLedger`.
+
+Two ways to read, one class:
+- through a consumer group of its own (`group=`): entries are acked once recorded, undecodable
+  ones dead-lettered, and after a Redis error the reader first takes back what it held; a group
+  Redis lost (restart without persistence) is made again. Every reader that must see *all*
+  results needs a group of its own: consumers of one group share its entries, an end-of-stream
+  included (a run waiting for that end-of-stream would then wait forever);
+- by cursor (`group=None`, XREAD): takes nothing away from anybody; a failed read is read again.
+
+Either way it starts at the stream's end when created (results of earlier runs are not ours)
+unless given `start_id`. Every Redis reply is awaited for at most the read's block time +
+`reply_timeout_s`: a connection Redis never answers on becomes a `redis.TimeoutError`, not a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stream.adapters.redis_streams import Entry, StreamTransport, last_id
+from stream.core.codec import decode_message
+from stream.core.keys import FIELD, PipelineKeys
+from stream.core.ledger import DEDUPE_WINDOW, ResultLedger
+from stream.core.messages import EOS, RESULT
+from stream.errors import CodecError
+from stream.stages.base import REDIS_TRANSIENT
+
+__all__ = ["JsonlSink", "ResultReader", "SINK_GROUP", "decode_fields"]
+
+SINK_GROUP = "sink"
+"""The prefix of readers' group names."""
+
+_T = TypeVar("_T")
+
+OnResult = Callable[[Mapping[str, Any], bool], None]
+"""Called with every result and end-of-stream read (not re-reads) and whether it is new."""
+
+
+def decode_fields(fields: Mapping[bytes, bytes] | None) -> dict[str, Any] | None:
+    """The meta of one raw stream entry's fields; None when missing or undecodable."""
+    raw = (fields or {}).get(FIELD.encode())
+    if raw is None:
+        return None
+    try:
+        return dict(decode_message(raw).meta)
+    except CodecError:
+        return None
+
+
+class JsonlSink:
+    """One JSON object per line; flushed after every batch so a reader can tail the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = self.path.open("w", encoding="utf-8")
+
+    def write(self, records: list[Mapping[str, Any]]) -> None:
+        if self._file is None or not records:
+            return
+        self._file.writelines(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records)
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class ResultReader:
+    """Reads ``keys.results`` into `ledger`; see the module docstring.
+
+    `sources` / `model`, when given, limit what it records (the results stream is shared by every
+    run on the pipeline). `sink` gets every distinct result; `on_result` every result and
+    end-of-stream as read.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: PipelineKeys,
+        *,
+        group: str | None = None,
+        consumer: str = "sink",
+        start_id: str = "$",
+        sources: Collection[str] | None = None,
+        model: str | None = None,
+        sink: JsonlSink | None = None,
+        on_result: OnResult | None = None,
+        window: int = DEDUPE_WINDOW,
+        reply_timeout_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.group = group
+        self.consumer = consumer
+        self.start_id = start_id
+        self.sources = frozenset(sources) if sources is not None else None
+        self.model = model
+        self.sink = sink
+        self.on_result = on_result
+        self.reply_timeout_s = reply_timeout_s
+        self.ledger = ResultLedger(window=window)
+        self.transport = StreamTransport(client, keys, stage="sink")
+        self.undecodable = 0
+        self.regroups = 0
+        """How often the group was gone (Redis came back without it) and was made again."""
+        self._cursor: str | None = None
+        self._reread_own = False
+        self._newest_id: tuple[int, int] = (0, 0)
+
+    async def start(self) -> ResultReader:
+        """Create the group (or fix the cursor) at `start_id`; `$` is the stream's current end."""
+        if self.group is not None:
+            await self._bounded(self.transport.ensure_group(self.keys.results, self.group, self.start_id))
+        elif self._cursor is None:
+            start = self.start_id
+            self._cursor = (
+                await self._bounded(last_id(self.client, self.keys.results)) if start == "$" else start
+            )
+        return self
+
+    async def close(self) -> None:
+        """Remove the group (one left behind keeps the results stream from being trimmed)."""
+        if self.group is not None:
+            await self._bounded(self.client.xgroup_destroy(self.keys.results, self.group))
+
+    async def poll(self, block_ms: int = 200, count: int = 1000) -> int:
+        """Read, record (and ack, with a group) one batch; returns how many entries it read."""
+        if self.group is None and self._cursor is None:
+            await self.start()
+        try:
+            entries = await self._read(block_ms, count)
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # Redis came back without the group: make it again at the start of what is left and
+            # read that again. Nothing of ours is skipped; what we had is recognised as a re-read.
+            await self._bounded(self.transport.ensure_group(self.keys.results, str(self.group), "0"))
+            self.regroups += 1
+            return 0
+        if not entries:
+            return 0
+        good, bad = self.transport.decode(entries)
+        self.undecodable += len(bad)
+        if self.group is not None:
+            await self._bounded(self.transport.dead_letter(bad, self.group))
+        fresh = [self._record(entry, dict(message.meta)) for entry, message in good]
+        if self.sink is not None:
+            self.sink.write([meta for meta in fresh if meta is not None])
+        if self.group is not None and good:
+            try:
+                await self._bounded(self.client.xack(self.keys.results, self.group, *[e.id for e, _ in good]))
+            except REDIS_TRANSIENT:
+                self._reread_own = True
+                raise
+        return len(entries)
+
+    def _record(self, entry: Entry, meta: dict[str, Any]) -> dict[str, Any] | None:
+        """Record one message; returns it when it is a result seen for the first time."""
+        entry_id = _id_tuple(entry.id)
+        reread = entry_id <= self._newest_id  # read before (a lost ack, a group made again)
+        self._newest_id = max(self._newest_id, entry_id)
+        if meta.get("kind") not in (RESULT, EOS):
+            return None
+        if self.sources is not None and str(meta.get("source")) not in self.sources:
+            return None
+        if self.model is not None and meta.get("model") not in (None, self.model):
+            return None
+        first = self.ledger.record(meta, reread=reread)
+        if self.on_result is not None and not reread:
+            self.on_result(meta, first)
+        return meta if first else None
+
+    async def _read(self, block_ms: int, count: int) -> list[Entry]:
+        """New results; with a group, after a Redis error first this consumer's own pending ones
+        (a read whose reply was lost, or an ack that failed, left them delivered to us alone)."""
+        stream = self.keys.results
+        try:
+            if self.group is None:
+                entries = await self._bounded(
+                    self.transport.read_after(stream, str(self._cursor), count=count, block_ms=block_ms),
+                    block_ms,
+                )
+                if entries:
+                    self._cursor = entries[-1].id
+                return entries
+            if self._reread_own:
+                own = await self._bounded(
+                    self.transport.read_own_pending(stream, self.group, self.consumer, count=count)
+                )
+                self._reread_own = bool(own)
+                if own:
+                    return own
+            return await self._bounded(
+                self.transport.read(stream, self.group, self.consumer, count=count, block_ms=block_ms),
+                block_ms,
+            )
+        except REDIS_TRANSIENT:
+            self._reread_own = True
+            raise
+
+    async def _bounded(self, call: Awaitable[_T], block_ms: int = 0) -> _T:
+        """`call`, or a `redis.TimeoutError` when no reply came in time (redis-py drops the
+        connection of a cancelled command, so the next one starts on a fresh connection)."""
+        try:
+            return await asyncio.wait_for(call, timeout=block_ms / 1000.0 + self.reply_timeout_s)
+        except TimeoutError:
+            raise RedisTimeoutError(
+                f"no reply from Redis within {block_ms / 1000.0 + self.reply_timeout_s:.1f} s"
+            ) from None
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
