@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.soak [--minutes 5] [--model mobilenet-v1-0.25-128-quant]
 
-Starts ``framestream run --timeout`` (Ray runner, a private redis-server, the demo clip), adds a
+Starts ``framestream run --loop --timeout`` (Ray runner, a private redis-server, the demo clip), adds a
 second source over the HTTP API that loops a clip until the run's timeout, samples the resident
 memory (VmRSS from /proc) of the driver and of each process it started every 10 s, and prints one
 row per minute plus the growth from the first minute to the last. At the end it checks that the
@@ -74,7 +74,7 @@ def main() -> None:
         clip = write_demo_clip(Path(tmp) / "loop.mp4", frames=300)
         env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(Path(tmp) / "cache")}
         cmd = [sys.executable, "-m", "stream.cli", "run", "--model", args.model]
-        cmd += ["--timeout", str(args.minutes * 60)]
+        cmd += ["--loop", "--timeout", str(args.minutes * 60)]
         run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         output: list[str] = []
         api: list[str] = []

@@ -4,9 +4,9 @@ register the sources, follow the results with live progress, stop and drain on C
 A *track* is one (source, model) pair: every source is classified by every model of the run.
 
 Redis going away for a while (killed and restarted, stalled, loading its AOF) does not end the
-run: like the stage loops, every Redis call here waits for it and retries (`ride_out`,
-`RedisOutage`), for at most `DriveOptions.max_outage_s`. The results are read by id (XREAD), so
-a read that failed is simply read again.
+run: like the stage loops, every Redis call here waits for it and retries
+(`stream.adapters.redis_outage.ride_out`), for at most `DriveOptions.max_outage_s`. The results
+are read by cursor (XREAD), so a read that failed is simply read again.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,15 +26,15 @@ from rich.console import Console
 from deployments.config import replica_counts
 from deployments.display import Progress, Snapshot, StageRow, Summary
 from deployments.watch import probe_stages, read_counters
+from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
 from stream.results import JsonlSink, ResultReader
 from stream.settings import Settings
-from stream.stages.base import is_redis_outage
 
-__all__ = ["DriveOptions", "RedisOutage", "Stalled", "drive", "ride_out"]
+__all__ = ["DriveOptions", "Stalled", "drive"]
 
 log = logging.getLogger("framestream.run")
 _T = TypeVar("_T")
@@ -54,58 +53,10 @@ class DriveOptions:
     results: Path | None = None
     stall_timeout_s: float = 180.0
     timeout_s: float | None = None
+    loop: bool = False
+    """Play the sources over and over: the run ends at `timeout_s` or Ctrl-C."""
     max_outage_s: float = 300.0
     """How long Redis may stay unavailable before the run gives up."""
-
-
-class RedisOutage:
-    """One Redis outage as the driver lives through it: when it began, how long to wait before the
-    next attempt (doubling from `first_wait_s` up to `max_wait_s`), and giving up after
-    `max_outage_s`. Errors that are not an outage (`is_redis_outage`) are not its business."""
-
-    def __init__(self, max_outage_s: float = 300.0, *, first_wait_s: float = 0.1, max_wait_s: float = 2.0):
-        self.max_outage_s = max_outage_s
-        self.first_wait_s = first_wait_s
-        self.max_wait_s = max_wait_s
-        self.since: float | None = None
-        self.outages = 0
-        self._wait_s = first_wait_s
-
-    async def wait(self, error: BaseException) -> None:
-        """After `error` (an outage): wait before the next attempt; `FramestreamError` once Redis
-        has been unavailable for longer than `max_outage_s`."""
-        now = time.monotonic()
-        if self.since is None:
-            self.since, self.outages = now, self.outages + 1
-            log.warning("Redis unavailable (%s: %s); waiting for it", type(error).__name__, error)
-        elif now - self.since > self.max_outage_s:
-            raise FramestreamError(
-                f"Redis unavailable for more than {self.max_outage_s:.0f} s ({type(error).__name__}: {error})"
-            ) from error
-        await asyncio.sleep(self._wait_s)
-        self._wait_s = min(2 * self._wait_s, self.max_wait_s)
-
-    def recovered(self) -> bool:
-        """After a call that worked: True when it ends an outage."""
-        if self.since is None:
-            return False
-        log.warning("Redis is back after %.1f s", time.monotonic() - self.since)
-        self.since, self._wait_s = None, self.first_wait_s
-        return True
-
-
-async def ride_out(call: Callable[[], Awaitable[_T]], outage: RedisOutage) -> _T:
-    """`call()`, retried while it fails with a Redis outage (see `RedisOutage`); other errors raise."""
-    while True:
-        try:
-            result = await call()
-        except Exception as e:
-            if not is_redis_outage(e):
-                raise
-            await outage.wait(e)
-            continue
-        outage.recovered()
-        return result
 
 
 _first_signal_s: list[float] = []
@@ -142,7 +93,7 @@ async def drive(
         await ride_out(sink.reader.start, outage)  # results from now on: earlier runs' are not ours
         first = await ride_out(lambda: read_counters(client, keys), outage)
         for sid, uri in zip(ids, uris, strict=True):
-            spec = SourceSpec(uri=uri)
+            spec = SourceSpec(uri=uri, loop=options.loop)
             await ride_out(functools.partial(add_source, client, keys, sid, spec, replace=True), outage)
         started = time.monotonic()
         watcher = _Watcher(client, keys, options)

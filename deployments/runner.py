@@ -54,6 +54,8 @@ class RunOptions:
     stall_timeout_s: float = 180.0
     timeout_s: float | None = None
     """Stop the sources and drain after this long (like Ctrl-C); None = until the sources end."""
+    loop: bool = False
+    """Play the sources over and over, until `timeout_s` or Ctrl-C."""
     deploy_timeout_s: float = 300.0
 
 
@@ -241,6 +243,7 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
             results=options.results,
             stall_timeout_s=options.stall_timeout_s,
             timeout_s=options.timeout_s,
+            loop=options.loop,
         )
         summary = asyncio.run(drive(drive_options, settings, redis_url, sources, console))
         stack.close()  # drain and stop before the summary, so it is the last word

@@ -27,13 +27,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stream.adapters.redis_outage import REDIS_TRANSIENT
 from stream.adapters.redis_streams import Entry, StreamTransport, last_id
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.ledger import DEDUPE_WINDOW, ResultLedger
 from stream.core.messages import EOS, RESULT
 from stream.errors import CodecError
-from stream.stages.base import REDIS_TRANSIENT
 
 __all__ = ["JsonlSink", "ResultReader", "SINK_GROUP", "decode_fields"]
 

@@ -52,20 +52,25 @@ def run(
     ),
     config: Path | None = typer.Option(None, "--config", help="settings YAML file"),
     timeout_s: float | None = typer.Option(None, "--timeout", help="give up after this many seconds"),
+    loop: bool = typer.Option(
+        False, "--loop", help="play the sources over and over, until --timeout or Ctrl-C"
+    ),
 ) -> None:
     """Run the pipeline until every finite source is fully processed, then print a summary."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s run %(levelname)s %(message)s")
     try:
         settings = load_settings(config)
         if runner is Runner.ray:
-            _run_ray(settings, source, model, results, redis, address, timeout_s)
+            _run_ray(settings, source, model, results, redis, address, timeout_s, loop)
             return
         models = model or [settings.models.default]
         _check_models(settings, models)
         with tempfile.TemporaryDirectory(prefix="framestream-demo-") as tmp:
-            sources = source or [_demo_source(Path(tmp))]
+            from stream.stages.sources import SourceSpec
+
+            sources = [SourceSpec(uri=s, loop=loop) for s in source or [_demo_source(Path(tmp))]]
             report = _run_processes(
-                settings, redis or settings.redis.url, sources, models, results, timeout_s
+                settings, redis or settings.redis.url, sources, models, results, timeout_s, loop
             )
     except FramestreamError as e:
         console.print(f"[red]framestream run: {e}[/red]")
@@ -77,7 +82,7 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_ray(settings: Settings, sources, models, results, redis, address, timeout_s) -> None:
+def _run_ray(settings: Settings, sources, models, results, redis, address, timeout_s, loop) -> None:
     """The Ray runner (`deployments.runner`): it prints its own progress and summary."""
     from deployments.runner import RunOptions, run_ray
 
@@ -88,20 +93,24 @@ def _run_ray(settings: Settings, sources, models, results, redis, address, timeo
         redis_url=redis,
         address=address,
         timeout_s=timeout_s,
+        loop=loop,
     )
     run_ray(options, settings, Console())
     if results:
         console.print(f"results: {results}")
 
 
-def _run_processes(settings: Settings, url: str, sources, models, results, timeout_s):
+def _run_processes(settings: Settings, url: str, sources, models, results, timeout_s, loop=False):
+    """With `loop` the sources never end: the run stops at `timeout_s` (or Ctrl-C) and drains."""
     from stream.stages.runner import run_processes
 
     async def main(redis_url: str):
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        events = asyncio.get_running_loop()
+        events.add_signal_handler(signal.SIGINT, stop.set)
+        events.add_signal_handler(signal.SIGTERM, stop.set)
+        if loop and timeout_s is not None:
+            events.call_later(timeout_s, stop.set)
         with console.status("running") as status:
 
             def progress(ledger) -> None:
@@ -114,7 +123,7 @@ def _run_processes(settings: Settings, url: str, sources, models, results, timeo
                 sources=sources,
                 models=models,
                 results_path=results,
-                timeout_s=timeout_s,
+                timeout_s=None if loop else timeout_s,
                 stop=stop,
                 on_progress=progress,
             )

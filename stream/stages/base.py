@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from stream.adapters.metrics import metrics
+from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
 from stream.adapters.redis_streams import DeadLetter, Entry, GroupStats, Output, StreamTransport
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
@@ -28,8 +26,6 @@ from stream.core.messages import SKIP
 from stream.settings import Settings
 
 __all__ = [
-    "REDIS_TRANSIENT",
-    "is_redis_outage",
     "ConsumerStage",
     "Handled",
     "StageBase",
@@ -43,19 +39,6 @@ log = logging.getLogger(__name__)
 
 _TRIM_INTERVAL_S = 1.0
 _LAG_INTERVAL_S = 2.0
-
-
-REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
-"""Redis gone for a while: connection lost or refused, a stall past the socket timeout, a restart
-still loading its AOF (BusyLoadingError is a ConnectionError)."""
-
-
-def is_redis_outage(error: BaseException) -> bool:
-    """True for the errors a Redis restart or stall causes, including uvloop's (Ray Serve's event
-    loop) RuntimeError for a write on a connection Redis already closed."""
-    if isinstance(error, REDIS_TRANSIENT):
-        return True
-    return isinstance(error, RuntimeError) and "handler is closed" in str(error)
 
 
 def now_ms() -> float:
@@ -270,12 +253,8 @@ async def run_resilient(
 
 
 async def _wait_for_redis(client: aioredis.Redis, stop: asyncio.Event, max_outage_s: float) -> None:
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(REDIS_TRANSIENT),
-        wait=wait_exponential(multiplier=0.1, max=2.0),
-        stop=stop_after_delay(max_outage_s),
-        reraise=True,
-    ):
-        with attempt:
-            if not stop.is_set():
-                await client.ping()
+    async def ping() -> None:
+        if not stop.is_set():
+            await client.ping()
+
+    await ride_out(ping, RedisOutage(max_outage_s, announce=False))  # the loop logs it

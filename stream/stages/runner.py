@@ -31,6 +31,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import yaml
 
+from stream.adapters.redis_outage import REDIS_TRANSIENT
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger, Track
@@ -38,7 +39,6 @@ from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
 from stream.results import SINK_GROUP, JsonlSink, ResultReader
 from stream.settings import Settings
-from stream.stages.base import REDIS_TRANSIENT
 from stream.stages.sources import SourceSpec, add_source
 
 __all__ = [
@@ -233,7 +233,10 @@ async def run_processes(
             for source_id, spec in zip(ids, specs, strict=True):
                 await add_source(client, keys, source_id, spec, replace=True)
             finite = {
-                (sid, m) for sid, spec in zip(ids, specs, strict=True) if not _is_live(spec) for m in models
+                (sid, m)
+                for sid, spec in zip(ids, specs, strict=True)
+                if not (_is_live(spec) or spec.loop)
+                for m in models
             }
             report.interrupted = await _collect(
                 collector,

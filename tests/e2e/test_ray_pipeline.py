@@ -24,6 +24,7 @@ from stream.adapters.redis_server import RedisServer, find_free_port
 from stream.adapters.redis_streams import connect
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
+from stream.core.source_ids import source_id
 from stream.settings import load_settings
 
 ray = pytest.importorskip("ray")
@@ -386,6 +387,10 @@ async def test_sources_results_and_health_over_http(app: App, tmp_path: Path):
         assert (await http.get("/v1/results/nobody")).status_code == 404
         assert (await http.delete("/v1/sources/http-clip")).status_code == 204
         assert (await http.delete("/v1/sources/http-clip")).status_code == 404
+        # without an id the API names a source as both runners name a --source
+        unnamed = await http.post("/v1/sources", json={"uri": str(clip)})
+        assert unnamed.status_code == 201 and unnamed.json()["id"] == source_id(str(clip)) == "http"
+        assert (await http.delete("/v1/sources/http")).status_code == 204
         missing = await http.get("/v1/no-such-route")
         assert missing.status_code == 404 and "error" in missing.json()
         assert "/v1/classify" in (await http.get("/openapi.json")).json()["paths"]

@@ -13,13 +13,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from stream.adapters.redis_outage import REDIS_TRANSIENT
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.ledger import Track
 from stream.core.messages import EOS
 from stream.errors import CodecError
 from stream.results import ResultReader
-from stream.stages.base import REDIS_TRANSIENT
 
 __all__ = ["Arrival", "FaultSink", "dead_letters", "pending_by_group", "pending_total", "wait_until"]
 
