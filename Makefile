@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test lint typecheck faults bench setup redis-server clean
+.PHONY: run test check lint typecheck faults bench setup redis-server clean
 
 setup: $(STAMP) redis-server
 
@@ -35,6 +35,14 @@ run: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
+
+# The inner loop: lint, types, and the unit, integration and manifest tests not marked slow (no Ray,
+# no fault injection). `make test` stays the whole suite, and is what CI runs.
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy stream deployments loadtest
+	$(BIN)/python -m pytest -q tests/unit tests/integration tests/k8s -m "not slow and not ray and not faults" $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

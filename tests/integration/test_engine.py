@@ -67,6 +67,7 @@ def test_expected_top1_through_the_engine(engines, shared_dir, image, model_file
     assert not engine.synthetic
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REAL.values()))
 def test_batch_output_equals_per_image_output(engines, shared_dir, name):
     engine = engines[name]

@@ -184,6 +184,7 @@ async def test_the_ray_runners_summary_counts_every_source_that_played(client: a
     assert summary.per_source["api"]["published"] == summary.per_source["api"]["results"] == 2
 
 
+@pytest.mark.slow
 async def test_the_readers_memory_stays_flat_however_many_results_it_reads(client: aioredis.Redis) -> None:
     """A camera left running for days: the reader keeps counts and histograms, not every result
     (an earlier reader kept ~300 bytes a frame and grew without bound)."""

@@ -188,6 +188,7 @@ async def test_corrupt_frame_is_dead_lettered_every_other_frame_gets_a_result(
     assert waited < 30
 
 
+@pytest.mark.slow
 async def test_two_models_from_one_frames_stream_each_get_every_frame(
     redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path, clip: Path
 ) -> None:
