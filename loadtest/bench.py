@@ -181,7 +181,7 @@ def _f(v: float | None, fmt: str = "{:.1f}") -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The README table: one line per model and system."""
+    """The table of docs/performance.md: one line per model and system."""
     lines = [
         "| model | system | frames/s | p50 ms | p99 ms | x naive | x ideal |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
