@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.ratelimit import RateLimiter
+from deployments.ratelimit import RateLimiter, retry_after_s
 from deployments.results import ResultQueries
 from deployments.stage import open_redis, stage_settings
 from stream.core.source_ids import source_id as source_id_for
@@ -195,7 +195,7 @@ class Ingress:
             raise ApiError(
                 429,
                 f"rate limit: {self.cfg.rate_per_s:g} requests/s per client",
-                {"Retry-After": f"{wait_s:.0f}"},
+                {"Retry-After": str(retry_after_s(wait_s))},
             )
 
     async def _redis(self, coro: Any) -> Any:

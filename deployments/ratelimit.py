@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "retry_after_s"]
+
+
+def retry_after_s(wait_s: float) -> int:
+    """The `Retry-After` value for a wait of `wait_s` seconds: whole seconds, rounded up, >= 1.
+
+    Rounding to nearest would tell a client that must wait 0.4 s to retry after 0 s.
+    """
+    return max(1, math.ceil(wait_s))
 
 
 @dataclass

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from loadtest.baselines import (
     Measured,
@@ -38,6 +37,7 @@ from loadtest.baselines import (
     run_benchmark_app,
 )
 from loadtest.systems import ALL_SYSTEMS, SYSTEM_NAMES
+from stream.tables import Column, print_table
 
 __all__ = [
     "ALL_SYSTEMS",
@@ -181,7 +181,7 @@ def _f(v: float | None, fmt: str = "{:.1f}") -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The README table: one line per model and system."""
+    """The table of docs/performance.md: one line per model and system."""
     lines = [
         "| model | system | frames/s | p50 ms | p99 ms | x naive | x ideal |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -195,13 +195,14 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _print(rows: Sequence[dict[str, Any]], console: Console) -> None:
-    table = Table(title="loadtest bench")
-    for col in ("model", "system", "frames/s", "p50 ms", "p99 ms", "x naive", "x ideal"):
-        table.add_column(col, justify="left" if col in ("model", "system") else "right")
-    for r in rows:
-        table.add_row(r["model"], r["name"], _f(r["fps"]), _f(r["p50_ms"]), _f(r["p99_ms"]),
-                      _f(r["ratio_to_naive"], "{:.2f}"), _f(r["ratio_to_ideal"], "{:.2f}"))  # fmt: skip
-    console.print(table)
+    columns = [Column("model", key=True), Column("system")]
+    columns += [Column(c, justify="right") for c in ("frames/s", "p50 ms", "p99 ms", "x naive", "x ideal")]
+    cells = [
+        (r["model"], r["name"], _f(r["fps"]), _f(r["p50_ms"]), _f(r["p99_ms"]),
+         _f(r["ratio_to_naive"], "{:.2f}"), _f(r["ratio_to_ideal"], "{:.2f}"))
+        for r in rows
+    ]  # fmt: skip
+    print_table(columns, cells, title="loadtest bench", console=console)
 
 
 def run_bench(

@@ -252,7 +252,7 @@ def bench(
     systems: str = typer.Option("all", help="Comma-separated subset: " + ", ".join(ALL_SYSTEMS) + "."),
     repeat: int = typer.Option(1, min=1, help="Measure each system N times and keep the best."),
     json_out: Path | None = typer.Option(None, "--json"),
-    markdown: Path | None = typer.Option(None, help="Write the markdown table (for the README) here."),
+    markdown: Path | None = typer.Option(None, help="Write the markdown table here (docs/performance.md)."),
 ) -> None:
     """Measure framestream next to a naive loop, the best single-process loop, a plain Ray Serve
     deployment, benchmark_app on the bare model and the sum-of-parts ideal, on one clip."""

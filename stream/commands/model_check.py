@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from stream.adapters.openvino_engine import Engine, compile_model, open_engine, read_model_file
 from stream.commands.classify import synthetic_warning
+from stream.tables import Column, print_table
 from stream.zoo.contract import run_contract_checks, sample_images
 from stream.zoo.flops import count_flops, count_params
 from stream.zoo.graph import raw_model
@@ -67,12 +67,12 @@ def run_check(
         raw = compile_model(raw_model(read_model_file(eng.model_path), spec), "LATENCY", 0, "f32")
         results = run_contract_checks(spec, eng.infer, raw, sample_images(spec, 4))
         model_path = eng.model_path
-    table = Table(title=f"{name} contract")
-    for col in ("check", "result", "detail"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]FAIL[/]", r.detail)
-    console.print(table)
+    print_table(
+        (Column("check", key=True), Column("result"), Column("detail")),
+        [(r.name, "ok" if r.ok else "FAIL", r.detail) for r in results],
+        title=f"{name} contract",
+        console=console,
+    )
 
     model = read_model_file(model_path)
     params_m, gflops = count_params(model) / 1e6, count_flops(model)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from stream.errors import FramestreamError
+from stream.tables import Column, print_table
+
+if TYPE_CHECKING:
+    from stream.zoo.descriptors import ModelSpec
 
 __all__ = ["app"]
 
@@ -17,53 +23,93 @@ def _fmt(value: float | None, suffix: str = "") -> str:
     return "-" if value is None else f"{value:g}{suffix}"
 
 
+_LIST_COLUMNS = (
+    Column("name", key=True),
+    Column("framework"),
+    Column("input"),
+    Column("colour"),
+    Column("mean / scale"),
+    Column("classes"),
+    Column("output"),
+    Column("resize"),
+    Column("top-1 %", justify="right"),
+    Column("weights"),
+)
+
+
+def _weights(spec: ModelSpec, weights: Path | None, cache: Path) -> str:
+    from stream.zoo.store import locate_model
+
+    try:
+        return locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=False).source
+    except FramestreamError:
+        return "synthetic only" if spec.has_synthetic else "missing"
+
+
+def _row(spec: ModelSpec, where: str) -> list[str]:
+    norm = "in graph" if spec.normalization_in_graph else f"{_fmt(spec.mean[0])} / {_fmt(spec.scale[0])}"
+    resize = spec.resize if spec.resize == "full" else f"{spec.resize_shorter} + crop"
+    shape = "x".join(str(d) for d in spec.input_shape[1:])
+    return [
+        spec.name,
+        spec.framework,
+        f"{shape} {spec.layout}",
+        spec.color,
+        norm,
+        str(spec.classes),
+        spec.output_kind,
+        resize,
+        _fmt(spec.top1),
+        where,
+    ]
+
+
+def _record(spec: ModelSpec, where: str) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "framework": spec.framework,
+        "input_name": spec.input_name,
+        "input_shape": list(spec.input_shape),
+        "layout": spec.layout,
+        "color": spec.color,
+        "mean": list(spec.mean),
+        "scale": list(spec.scale),
+        "normalization_in_graph": spec.normalization_in_graph,
+        "output_name": spec.output_name,
+        "classes": spec.classes,
+        "output_kind": spec.output_kind,
+        "resize": spec.resize,
+        "resize_shorter": spec.resize_shorter,
+        "top1": spec.top1,
+        "top5": spec.top5,
+        "weights": where,
+    }
+
+
 @app.command("list")
 def list_models(
     weights_dir: Path | None = typer.Option(None, "--weights-dir", envvar="FRAMESTREAM_WEIGHTS_DIR"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="model cache (default: settings)"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list, one object per model"),
 ) -> None:
     """Show every model descriptor and whether its weights are available here."""
-    from rich.console import Console
-    from rich.table import Table
-
     from stream.settings import load_settings
     from stream.zoo import list_specs
-    from stream.zoo.store import locate_model, resolve_weights_dir
+    from stream.zoo.store import resolve_weights_dir
 
     settings = load_settings()
     cache = cache_dir or settings.models.cache_dir
     weights = resolve_weights_dir(weights_dir or settings.models.weights_dir)
-    table = Table(title="framestream models")
-    for col in ("name", "framework", "input", "colour", "mean / scale", "classes", "output", "resize"):
-        table.add_column(col)
-    table.add_column("top-1 %", justify="right")
-    table.add_column("weights")
     try:
         specs = list_specs()
     except FramestreamError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
-    for spec in specs:
-        try:
-            where = locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=False).source
-        except FramestreamError:
-            where = "synthetic only" if spec.has_synthetic else "missing"
-        norm = "in graph" if spec.normalization_in_graph else f"{_fmt(spec.mean[0])} / {_fmt(spec.scale[0])}"
-        resize = spec.resize if spec.resize == "full" else f"{spec.resize_shorter} + crop"
-        shape = "x".join(str(d) for d in spec.input_shape[1:])
-        table.add_row(
-            spec.name,
-            spec.framework,
-            f"{shape} {spec.layout}",
-            spec.color,
-            norm,
-            str(spec.classes),
-            spec.output_kind,
-            resize,
-            _fmt(spec.top1),
-            where,
-        )
-    Console().print(table)
+    found = [(spec, _weights(spec, weights, cache)) for spec in specs]
+    if as_json:
+        typer.echo(json.dumps([_record(spec, where) for spec, where in found], indent=2))
+        return
+    print_table(_LIST_COLUMNS, [_row(spec, where) for spec, where in found], title="framestream models")
 
 
 @app.command("fetch")

@@ -93,11 +93,15 @@ class ModelSpec:
 
 
 def models_dir() -> Path:
-    """The descriptor folder: `$FRAMESTREAM_MODELS_DIR`, else `models/` of the repo checkout."""
+    """The descriptor folder: `$FRAMESTREAM_MODELS_DIR`, else the descriptors installed with the package.
+
+    `stream/zoo/models` is package data (a symlink to the repository's top-level `models/` in a
+    checkout, a copy of it in an installed wheel), so an install that is not editable has them too.
+    """
     override = os.environ.get("FRAMESTREAM_MODELS_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "models"
+    return Path(__file__).resolve().parent / "models"
 
 
 def _names(root: Path) -> list[str]:

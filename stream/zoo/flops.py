@@ -11,7 +11,7 @@ the counts land on the cards: MobileNet v1-0.25-128 467,593 (card 0.468 M), v3-s
 FLOPs: 2 x the multiply-accumulates of convolutions (grouped and depthwise included) and
 matrix multiplications, at batch 1; element-wise ops, activations, pooling and softmax are not
 counted. This is the convention that fits all three cards: v1-0.25-128 0.0271 GFLOPs (card
-0.028), v3-small 0.1130 (card 0.117), tonylins v2 0.6272 (card 0.615). Adding one FLOP per
+0.028), v3-small 0.1130 (card 0.11682), tonylins v2 0.6272 (card 0.615). Adding one FLOP per
 element for bias/activations moves v2 to +5 % of its card, so the cards count multiply-adds.
 """
 

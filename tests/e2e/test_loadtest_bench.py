@@ -1,4 +1,4 @@
-"""`loadtest bench` runs every single-process system on one clip and writes the README table.
+"""`loadtest bench` runs every single-process system on one clip and writes the table of docs/performance.md.
 (The framestream and Ray rows take tens of seconds each; `make bench` runs them.)"""
 
 from __future__ import annotations

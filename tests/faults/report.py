@@ -1,5 +1,5 @@
 """`make faults`: run the fault suite and print its table (scenario, frames, lost, duplicates,
-dead-lettered, pending, recovery time, note) as Markdown, ready for the README.
+dead-lettered, pending, recovery time, note) as Markdown, ready for docs/faults.md.
 
     python -m tests.faults.report              # run tests/faults, then print the table
     python -m tests.faults.report --no-run     # only print the table of the last run

@@ -29,7 +29,7 @@ pytestmark = [
 ]
 
 OVERLOAD_S = float(os.environ.get("FRAMESTREAM_FAULTS_OVERLOAD_S", "60"))
-"""How long the camera sends, as the issue asks."""
+"""How long the camera sends, in seconds (`FRAMESTREAM_FAULTS_OVERLOAD_S` shortens it)."""
 PROBE_FRAMES = 2_000
 FILE_FRAMES = 3_000
 CAP_MB = 128

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -26,6 +29,30 @@ def test_models_list_shows_every_model_and_its_contract(tmp_path):
     for name in NAMES:
         assert name in result.output
     assert "256 + crop" in result.output and "NCHW" in result.output and "1001" in result.output
+
+
+def _framestream(*args: str, columns: int) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": str(columns)}
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_models_list_through_a_pipe_prints_every_name_whole():
+    proc = _framestream("models", "list", columns=60)
+    assert proc.returncode == 0, proc.stderr
+    first_words = [line.split()[0] for line in proc.stdout.splitlines()[1:] if line.strip()]
+    assert sorted(first_words) == sorted(NAMES), proc.stdout
+    assert "…" not in proc.stdout
+
+
+def test_models_list_json_lists_every_model():
+    proc = _framestream("models", "list", "--json", columns=60)
+    assert proc.returncode == 0, proc.stderr
+    models = json.loads(proc.stdout)
+    assert sorted(m["name"] for m in models) == sorted(NAMES)
+    v2 = next(m for m in models if m["name"] == "mobilenetv2-7")
+    assert v2["input_shape"] == [1, 3, 224, 224] and v2["resize_shorter"] == 256 and v2["top1"] == 70.94
 
 
 def test_models_list_says_where_weights_are(shared_dir, tmp_path):

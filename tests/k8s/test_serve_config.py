@@ -17,7 +17,7 @@ from tests.k8s.manifests import K8S, by_kind, pod_templates
 
 Docs = dict[str, list[dict[str, Any]]]
 SOURCE = K8S.parent / "deployments" / "serve_config.yaml"
-NOT_YET = "deployments/serve_config.yaml not written yet"
+MISSING = f"{SOURCE} is missing: the RayService's serveConfigV2 is generated from it"
 
 
 @cache
@@ -31,8 +31,7 @@ def _generator() -> ModuleType:
 
 def serve_graceful_shutdown_s() -> float | None:
     """The longest `graceful_shutdown_timeout_s` of any deployment in the Serve config, if set."""
-    if not SOURCE.is_file():
-        return None
+    assert SOURCE.is_file(), MISSING
     config = yaml.safe_load(SOURCE.read_text())
     values = [
         float(d["graceful_shutdown_timeout_s"])
@@ -45,8 +44,7 @@ def serve_graceful_shutdown_s() -> float | None:
 
 @pytest.fixture(scope="module")
 def source() -> dict[str, Any]:
-    if not SOURCE.is_file():
-        pytest.skip(NOT_YET)
+    assert SOURCE.is_file(), MISSING  # a shipped file: its absence is a failure, not a skip
     return yaml.safe_load(SOURCE.read_text())
 
 

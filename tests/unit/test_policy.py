@@ -172,6 +172,17 @@ def test_rate_limiter_allows_a_burst_then_refills_at_the_rate():
     assert limiter.allow("a", 0.5) == 0.0  # one token back after 1/rate s
 
 
+def test_retry_after_is_the_wait_rounded_up_to_whole_seconds():
+    from deployments.ratelimit import RateLimiter, retry_after_s
+
+    limiter = RateLimiter(rate_per_s=0.25, burst=1)
+    assert limiter.allow("a", 100.0) == 0.0
+    waits = [limiter.allow("a", t) for t in (100.0, 101.0, 103.9)]  # a fake clock: no sleeping
+    assert waits == pytest.approx([4.0, 3.0, 0.1])
+    assert [retry_after_s(w) for w in waits] == [4, 3, 1]
+    assert limiter.allow("a", 104.0) == 0.0
+
+
 @given(times=st.lists(st.floats(0, 100), min_size=1, max_size=200))
 def test_rate_limiter_never_allows_more_than_burst_plus_rate_times_elapsed(times):
     from deployments.ratelimit import RateLimiter
