@@ -13,6 +13,7 @@ FRAMESTREAM_WEIGHTS_DIR points at real weights.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
-from rich.table import Table
+
+from stream.tables import Column, print_table
 
 _MB = 1024 * 1024
 
@@ -105,6 +107,9 @@ def main() -> None:
             time.sleep(10)
         reader.join(timeout=30)
     _report(console, samples)
+    out = Path("out")
+    out.mkdir(exist_ok=True)
+    (out / "soak.json").write_text(json.dumps({"samples": samples}))
     summary = "".join(output)
     listed = source in summary
     console.print(
@@ -116,22 +121,22 @@ def main() -> None:
 
 
 def _report(console: Console, samples: list[tuple[float, dict[str, int]]]) -> None:
+    """One row per process role: resident MB at the end of each minute, and the growth from the
+    end of the first minute (everything warm) to the last sample."""
     if not samples:
         return
-    roles = sorted({r for _, s in samples for r in s}, key=lambda r: (r != "driver", r))
-    table = Table(title="resident memory (MB) while a looping source plays")
-    table.add_column("minute", justify="right")
-    for role in roles:
-        table.add_column(role, justify="right")
     by_minute: dict[int, dict[str, int]] = {}
     for t, sample in samples:
         by_minute[int(t // 60)] = sample
-    for minute, sample in sorted(by_minute.items()):
-        table.add_row(str(minute + 1), *(f"{sample.get(r, 0) / _MB:.0f}" for r in roles))
-    first, last = samples[min(len(samples) - 1, 6)][1], samples[-1][1]  # from ~1 min in (warm)
-    table.add_row("growth", *(f"{(last.get(r, 0) - first.get(r, 0)) / _MB:+.1f}" for r in roles))
-    console.print(table)
-
-
-if __name__ == "__main__":
-    main()
+    warm = by_minute[min(by_minute)]
+    last = samples[-1][1]
+    roles = sorted({r for _, s in samples for r in s}, key=lambda r: (r != "driver", -last.get(r, 0)))
+    minutes = sorted(by_minute)
+    columns = [Column("process", key=True), *(Column(f"min {m + 1}", justify="right") for m in minutes)]
+    columns.append(Column("growth after min 1", justify="right"))
+    rows = [
+        [role, *(f"{by_minute[m].get(role, 0) / _MB:.0f}" for m in minutes),
+         f"{(last.get(role, 0) - warm.get(role, 0)) / _MB:+.1f}"]
+        for role in roles
+    ]  # fmt: skip
+    print_table(columns, rows, title="resident memory (MB) while looping sources play", console=console)
