@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
+from stream.adapters.redis_client import connect
 from stream.core.codec import Message, decode_message
 from stream.core.keys import FIELD, PipelineKeys
-from stream.errors import CodecError, TransportError
+from stream.errors import CodecError
 
 __all__ = [
     "DeadLetter",
@@ -29,7 +29,7 @@ __all__ = [
     "GroupStats",
     "Output",
     "StreamTransport",
-    "connect",
+    "connect",  # re-exported: the factory lives in stream.adapters.redis_client
 ]
 
 _MAX_DEAD_PAYLOAD = 1024 * 1024
@@ -97,42 +97,6 @@ class GroupStats:
     @property
     def backlog(self) -> int:
         return self.lag + self.pending
-
-
-async def connect(
-    url: str, *, password: str | None = None, username: str | None = None, timeout_s: float = 5.0
-) -> aioredis.Redis:
-    """Open a client for `url` and check it with PING; a wrong password fails here, clearly."""
-    kwargs: dict[str, Any] = {"socket_connect_timeout": timeout_s, "health_check_interval": 30}
-    if password is not None:
-        kwargs["password"] = password
-    if username is not None:
-        kwargs["username"] = username
-    client = aioredis.Redis.from_url(url, **kwargs)
-    try:
-        await client.ping()
-    except AuthenticationError as e:
-        await client.aclose()
-        raise TransportError(
-            f"Redis at {_redact(url)} refused the credentials: {e}; "
-            "check FRAMESTREAM_REDIS__PASSWORD or the URL"
-        ) from e
-    except ResponseError as e:
-        await client.aclose()
-        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
-            raise TransportError(f"Redis at {_redact(url)} needs a password: {e}") from e
-        raise TransportError(f"Redis at {_redact(url)} answered PING with an error: {e}") from e
-    except (RedisConnectionError, OSError, TimeoutError) as e:
-        await client.aclose()
-        raise TransportError(f"cannot reach Redis at {_redact(url)}: {e}") from e
-    return client
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1) if "://" in url else ("redis", url)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def _s(value: bytes | str) -> str:

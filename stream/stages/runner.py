@@ -208,7 +208,12 @@ async def run_processes(
     if not models:
         raise ValueError("at least one model is needed")
     keys = PipelineKeys(settings.streams.pipeline)
-    client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)
+    client = await connect(
+        redis_url,
+        password=settings.redis.password,
+        username=settings.redis.username,
+        cluster=settings.redis.cluster,
+    )
     sink = JsonlSink(results_path) if results_path else None
     specs = [s if isinstance(s, SourceSpec) else SourceSpec(uri=s) for s in sources]
     ids = [source_id_for(i, s.uri) for i, s in enumerate(specs)]
