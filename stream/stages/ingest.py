@@ -147,8 +147,10 @@ class IngestStage:
             for keys in self.keys.all_partitions
             for k, v in (await self.client.hgetall(keys.source_state)).items()
         }
+        ended: set[str] = set()
         for source_id, player in list(self._players.items()):
             if player.task is not None and player.task.done():
+                ended.add(source_id)  # `states` may predate its end: do not start it again below
                 del self._players[source_id]
                 await self._release(source_id)
                 if not player.task.cancelled() and (exc := player.task.exception()) is not None:
@@ -162,7 +164,7 @@ class IngestStage:
                 log.warning("ingest %s: lost the lease on %s; stopping it", self.consumer, source_id)
                 player.stop.set()
         for source_id, raw in specs.items():
-            if source_id in self._players or states.get(source_id, {}).get("done"):
+            if source_id in self._players or source_id in ended or states.get(source_id, {}).get("done"):
                 continue
             try:
                 spec = SourceSpec.from_json(raw)
@@ -193,6 +195,8 @@ class IngestStage:
 
     async def _play(self, player: _Player) -> None:
         state = await get_state(self.client, self.keys, player.source_id)
+        if state.get("done"):  # finished between the scan's read of the states and the lease: not again
+            return
         next_seq, position = int(state.get("next_seq", 0)), int(state.get("position", 0))
         player.first_seq = int(state.get("first_seq", 0))
         try:
