@@ -166,7 +166,7 @@ class Ingress:
         self.cfg = IngressOptions(**(options or {}))
         self.model = model or self.settings.models.default
         self.spec = load_spec(self.model)
-        self.keys = PipelineKeys(self.settings.streams.pipeline)
+        self.keys = PipelineKeys(self.settings.streams.pipeline, self.settings.streams.partitions)
         self.client = await open_redis(self.settings)
         self.results = ResultQueries(self.client, self.keys)
         self.classifier = classifier

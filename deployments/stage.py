@@ -49,7 +49,10 @@ async def open_redis(settings: Settings) -> Any:
             "(or redis.url in the application's args) to a Redis every replica can reach"
         )
     return await connect(
-        settings.redis.url, password=settings.redis.password, username=settings.redis.username
+        settings.redis.url,
+        password=settings.redis.password,
+        username=settings.redis.username,
+        cluster=settings.redis.cluster,
     )
 
 

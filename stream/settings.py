@@ -40,10 +40,21 @@ class RedisSettings(_Section):
     username: str | None = None
     aof: bool = Field(False, description="private server only: appendonly everysec")
     maxmemory_mb: int = Field(0, ge=0, description="private server only: 0 = no cap")
+    cluster: bool | None = Field(
+        None,
+        description="Redis Cluster client: None = ask the server (INFO cluster), true/false = force",
+    )
 
 
 class StreamSettings(_Section):
     pipeline: str = "p"
+    partitions: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="streams per stage, each on its own hash tag (Redis Cluster slot); fixed when the "
+        "pipeline is first created; a source goes to partition crc32(source_id) % partitions",
+    )
     read_count: int = Field(64, ge=1)
     block_ms: int = Field(100, ge=1)
     claim_idle_ms: int = Field(5_000, ge=100)

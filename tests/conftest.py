@@ -1,15 +1,18 @@
-"""Shared fixtures: a private redis-server per test session, paths to ../shared when present."""
+"""Shared fixtures: a private redis-server (and a Redis Cluster) per test session, paths to ../shared
+when present."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import connect
+from stream.adapters.redis_client import connect, is_cluster
+from stream.adapters.redis_server import LocalCluster, RedisServer
+from stream.errors import ConfigError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED = Path(os.environ.get("FRAMESTREAM_SHARED_DIR", SHARED))
@@ -34,6 +37,31 @@ def redis_server() -> Iterator[RedisServer]:
 async def redis_client(redis_server: RedisServer) -> AsyncIterator:
     """An asyncio client on a freshly flushed database."""
     client = await connect(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A Redis Cluster (3 masters, 3 replicas) on loopback for the session; skipped, with the
+    reason, where redis-server or redis-cli cannot run one."""
+    try:
+        cluster = LocalCluster(masters=3, replicas=1).start()
+    except ConfigError as e:
+        pytest.skip(f"no local Redis Cluster: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator:
+    """A cluster client on a freshly flushed, healthy cluster (a test may have failed a master over)."""
+    await asyncio.to_thread(redis_cluster.wait_healthy, 60)
+    client = await connect(redis_cluster.url)
+    assert is_cluster(client)
     await client.flushall()
     yield client
     await client.aclose()

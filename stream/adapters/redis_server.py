@@ -1,7 +1,9 @@
-"""A private `redis-server` process on a free loopback port in a temp dir.
+"""A private `redis-server` process on a free loopback port in a temp dir, or a cluster of them.
 
 Used by the embedded mode (``--redis auto``), by the tests (a session fixture) and by the fault
 suite, which kills it with SIGKILL and restarts it on the same port and data dir.
+`LocalCluster` starts a Redis Cluster of such servers (masters + replicas, ``redis-cli --cluster
+create``) for the scale-out tests.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from types import TracebackType
 
@@ -18,7 +21,7 @@ import redis
 
 from stream.errors import ConfigError
 
-__all__ = ["RedisServer", "find_free_port"]
+__all__ = ["LocalCluster", "RedisServer", "find_free_cluster_port", "find_free_port"]
 
 _INSTALL_HINT = (
     "redis-server not found on PATH; install it (apt-get install redis-server, or brew install "
@@ -31,6 +34,27 @@ def find_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def find_free_cluster_port(taken: Collection[int] = ()) -> int:
+    """A port that is free together with its cluster bus port (port + 10000), not in `taken`."""
+    for _ in range(200):
+        port = find_free_port()
+        if port + 10_000 <= 65_535 and port not in taken and _port_free(port + 10_000):
+            return port
+        port = 20_000 + (port % 30_000)  # ephemeral ports are often above 55535: try lower
+        if port not in taken and _port_free(port) and _port_free(port + 10_000):
+            return port
+    raise ConfigError("no free port pair (port, port + 10000) for a cluster node on 127.0.0.1")
 
 
 class RedisServer:
@@ -50,6 +74,7 @@ class RedisServer:
         password: str | None = None,
         maxmemory_mb: int = 0,
         start_timeout_s: float = 10.0,
+        cluster_node_timeout_ms: int | None = None,
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -62,6 +87,8 @@ class RedisServer:
         self.password = password
         self.maxmemory_mb = maxmemory_mb
         self.start_timeout_s = start_timeout_s
+        self.cluster_node_timeout_ms = cluster_node_timeout_ms
+        """None: a plain server; a number: ``cluster-enabled yes`` with that node timeout."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,6 +112,12 @@ class RedisServer:
             args += ["--requirepass", self.password]
         if self.maxmemory_mb:
             args += ["--maxmemory", f"{self.maxmemory_mb}mb", "--maxmemory-policy", "noeviction"]
+        if self.cluster_node_timeout_ms is not None:
+            args += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.data_dir / "nodes.conf"),
+                "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
+            ]  # fmt: skip
         return args
 
     def start(self) -> RedisServer:
@@ -149,6 +182,128 @@ class RedisServer:
 
     def __enter__(self) -> RedisServer:
         return self.start() if self.process is None else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+_CLI_HINT = "redis-cli not found on PATH; it comes with redis-server (apt-get install redis-tools)"
+
+
+class LocalCluster:
+    """A Redis Cluster on loopback: `masters` masters with `replicas` replicas each.
+
+    Every node is a `RedisServer` (cluster-enabled, its own port, bus port + 10000, data dir under
+    one temp dir); `start` joins them with ``redis-cli --cluster create`` and waits until every
+    node reports ``cluster_state:ok`` with all 16384 slots served and every replica in sync.
+    `close` stops every node and deletes the temp dir, also after a failed start.
+    """
+
+    def __init__(
+        self,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1_000,
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        if masters < 3:
+            raise ValueError(f"a Redis Cluster needs at least 3 masters, got {masters}")
+        if replicas < 0:
+            raise ValueError(f"replicas must be >= 0, got {replicas}")
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise ConfigError(_CLI_HINT)
+        self.cli = cli
+        self.masters, self.replicas = masters, replicas
+        self.start_timeout_s = start_timeout_s
+        self.root = Path(tempfile.mkdtemp(prefix="framestream-cluster-"))
+        self.nodes: list[RedisServer] = []
+        taken: set[int] = set()
+        for _ in range(masters * (1 + replicas)):
+            port = find_free_cluster_port(taken)
+            taken.add(port)
+            data_dir = self.root / f"node-{port}"
+            data_dir.mkdir()
+            node = RedisServer(port=port, data_dir=data_dir, cluster_node_timeout_ms=node_timeout_ms)
+            self.nodes.append(node)
+
+    @property
+    def url(self) -> str:
+        """A URL naming one node (the first still running): a cluster client finds the rest."""
+        live = [n for n in self.nodes if n.process is not None]
+        return (live or self.nodes)[0].url
+
+    def start(self) -> LocalCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            create = [self.cli, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                      "--cluster-replicas", str(self.replicas), "--cluster-yes"]  # fmt: skip
+            done = subprocess.run(create, capture_output=True, text=True, timeout=self.start_timeout_s)
+            if done.returncode != 0:
+                raise ConfigError(f"redis-cli --cluster create failed: {(done.stdout + done.stderr)[-800:]}")
+            self.wait_healthy(self.start_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _info(self, node: RedisServer, section: str) -> dict[str, str]:
+        with redis.Redis(port=node.port, socket_timeout=1.0, decode_responses=True) as client:
+            raw = client.cluster("INFO") if section == "cluster" else client.info(section)
+        return {k: str(v) for k, v in raw.items()}
+
+    def healthy(self) -> bool:
+        """Every running node says ``cluster_state:ok`` with all slots served and `masters` masters
+        holding slots, and every running replica's link to its master is up."""
+        live = [n for n in self.nodes if n.process is not None]
+        try:
+            for node in live:
+                info = self._info(node, "cluster")
+                if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
+                    return False
+                if int(info.get("cluster_size", 0)) != self.masters:
+                    return False
+                repl = self._info(node, "replication")
+                if repl.get("role") == "slave" and repl.get("master_link_status") != "up":
+                    return False
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            return False
+        return True
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        """Wait until `healthy` (after a start, a kill or a failover); ConfigError on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                raise ConfigError(f"Redis Cluster on {self.root} not healthy after {timeout_s} s")
+            time.sleep(0.05)
+
+    def master_for_slot(self, slot: int) -> RedisServer:
+        """The running node that serves `slot` now (asked of any running node)."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            try:
+                with redis.Redis(port=node.port, socket_timeout=1.0) as client:
+                    for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
+                        if int(start) <= slot <= int(end):
+                            port = int(master[1])
+                            return next(n for n in self.nodes if n.port == port)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+        raise ConfigError(f"no running node knows who serves slot {slot}")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

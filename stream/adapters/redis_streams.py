@@ -1,7 +1,9 @@
 """Redis Streams transport with framestream's delivery rules (asyncio, redis-py).
 
 - every stage reads through a consumer group;
-- `forward` XADDs outputs and XACKs the inputs they came from in one MULTI/EXEC;
+- `forward` XADDs outputs and XACKs the inputs they came from in one MULTI/EXEC (one per
+  partition: every key of a partition shares its hash tag, so on a Redis Cluster the
+  transaction runs on the one node serving that slot);
 - `reclaim` takes over entries a dead or stuck consumer left pending (XAUTOCLAIM);
 - an entry delivered more than `max_deliveries` times, or one that does not decode, goes to the
   dead-letter stream with stage, reason and original id, and is acked;
@@ -16,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
+from stream.adapters.redis_client import connect
 from stream.core.codec import Message, decode_message
 from stream.core.keys import FIELD, PipelineKeys
-from stream.errors import CodecError, TransportError
+from stream.errors import CodecError
 
 __all__ = [
     "DeadLetter",
@@ -29,7 +31,8 @@ __all__ = [
     "GroupStats",
     "Output",
     "StreamTransport",
-    "connect",
+    "hash_tag",
+    "connect",  # re-exported: the factory lives in stream.adapters.redis_client
     "last_id",
 ]
 
@@ -107,40 +110,14 @@ async def last_id(client: aioredis.Redis, stream: str) -> str:
     return _s(newest[0][0]) if newest else "0-0"
 
 
-async def connect(
-    url: str, *, password: str | None = None, username: str | None = None, timeout_s: float = 5.0
-) -> aioredis.Redis:
-    """Open a client for `url` and check it with PING; a wrong password fails here, clearly."""
-    kwargs: dict[str, Any] = {"socket_connect_timeout": timeout_s, "health_check_interval": 30}
-    if password is not None:
-        kwargs["password"] = password
-    if username is not None:
-        kwargs["username"] = username
-    client = aioredis.Redis.from_url(url, **kwargs)
-    try:
-        await client.ping()
-    except AuthenticationError as e:
-        await client.aclose()
-        raise TransportError(
-            f"Redis at {_redact(url)} refused the credentials: {e}; "
-            "check FRAMESTREAM_REDIS__PASSWORD or the URL"
-        ) from e
-    except ResponseError as e:
-        await client.aclose()
-        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
-            raise TransportError(f"Redis at {_redact(url)} needs a password: {e}") from e
-        raise TransportError(f"Redis at {_redact(url)} answered PING with an error: {e}") from e
-    except (RedisConnectionError, OSError, TimeoutError) as e:
-        await client.aclose()
-        raise TransportError(f"cannot reach Redis at {_redact(url)}: {e}") from e
-    return client
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1) if "://" in url else ("redis", url)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+def hash_tag(key: str) -> str:
+    """The part of `key` Redis Cluster hashes: the first non-empty ``{...}``, else the whole key."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 def _s(value: bytes | str) -> str:
@@ -219,17 +196,29 @@ class StreamTransport:
         ]
 
     async def forward(self, outputs: Sequence[Output], group: str, acks: Iterable[Entry]) -> list[str]:
-        """XADD `outputs` and XACK `acks` in `group`, atomically (MULTI/EXEC). Returns new ids."""
-        by_stream: dict[str, list[str]] = {}
-        for entry in acks:
-            by_stream.setdefault(entry.stream, []).append(entry.id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            for out in outputs:
-                pipe.xadd(out.stream, {FIELD: out.data})
-            for stream, ids in by_stream.items():
-                pipe.xack(stream, group, *ids)
-            replies = await pipe.execute()
-        return [_s(r) for r in replies[: len(outputs)]]
+        """XADD `outputs` and XACK `acks` in `group`, atomically per partition. Returns new ids.
+
+        Outputs and acks of one partition (one hash tag, one Redis Cluster slot) go in one
+        MULTI/EXEC; a batch that spans partitions is one transaction per partition, each atomic
+        on its own (a stage's outputs always stay in their input's partition).
+        """
+        acks = list(acks)
+        tags = list(dict.fromkeys([hash_tag(o.stream) for o in outputs] + [hash_tag(e.stream) for e in acks]))
+        ids: dict[int, str] = {}
+        for tag in tags:
+            mine = [(i, o) for i, o in enumerate(outputs) if hash_tag(o.stream) == tag]
+            by_stream: dict[str, list[str]] = {}
+            for entry in acks:
+                if hash_tag(entry.stream) == tag:
+                    by_stream.setdefault(entry.stream, []).append(entry.id)
+            async with self.client.pipeline(transaction=True) as pipe:
+                for _, out in mine:
+                    pipe.xadd(out.stream, {FIELD: out.data})
+                for stream, entry_ids in by_stream.items():
+                    pipe.xack(stream, group, *entry_ids)
+                replies = await pipe.execute()
+            ids.update((i, _s(r)) for (i, _), r in zip(mine, replies, strict=False))
+        return [ids[i] for i in range(len(outputs))]
 
     async def publish(self, outputs: Sequence[Output]) -> list[str]:
         """XADD without acking anything (ingest, the first stage)."""
@@ -250,25 +239,36 @@ class StreamTransport:
         return good, bad
 
     async def dead_letter(self, letters: Sequence[DeadLetter], group: str) -> None:
-        """Write each letter to the dead-letter stream and ack its entry, atomically."""
-        if not letters:
-            return
-        async with self.client.pipeline(transaction=True) as pipe:
-            for letter in letters:
-                e = letter.entry
-                fields: dict[str, Any] = {
-                    "stage": self.stage,
-                    "reason": letter.reason,
-                    "stream": e.stream,
-                    "group": group,
-                    "id": e.id,
-                    "deliveries": e.deliveries,
-                }
-                if e.data is not None and len(e.data) <= _MAX_DEAD_PAYLOAD:
-                    fields[FIELD] = e.data
-                pipe.xadd(self.keys.dead, fields)  # type: ignore[arg-type]
-                pipe.xack(e.stream, group, e.id)
-            await pipe.execute()
+        """Write each letter to its partition's dead-letter stream and ack its entry, atomically
+        (one MULTI/EXEC per partition)."""
+        by_tag: dict[str, list[DeadLetter]] = {}
+        for letter in letters:
+            by_tag.setdefault(hash_tag(letter.entry.stream), []).append(letter)
+        for tagged in by_tag.values():
+            dead = self._dead_stream(tagged[0].entry.stream)
+            async with self.client.pipeline(transaction=True) as pipe:
+                for letter in tagged:
+                    e = letter.entry
+                    fields: dict[str, Any] = {
+                        "stage": self.stage,
+                        "reason": letter.reason,
+                        "stream": e.stream,
+                        "group": group,
+                        "id": e.id,
+                        "deliveries": e.deliveries,
+                    }
+                    if e.data is not None and len(e.data) <= _MAX_DEAD_PAYLOAD:
+                        fields[FIELD] = e.data
+                    pipe.xadd(dead, fields)  # type: ignore[arg-type]
+                    pipe.xack(e.stream, group, e.id)
+                await pipe.execute()
+
+    def _dead_stream(self, stream: str) -> str:
+        """The dead-letter stream of `stream`'s partition (the pipeline's first for a foreign key)."""
+        try:
+            return self.keys.of_key(stream).dead
+        except ValueError:
+            return self.keys.dead
 
     async def reclaim(self, stream: str, group: str, consumer: str, *, count: int = 100) -> list[Entry]:
         """Take over entries of consumers silent for `claim_idle_ms`; dead-letter those past `max_deliveries`.

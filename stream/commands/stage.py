@@ -49,7 +49,12 @@ def stage(
 
 
 async def _serve(name: str, settings, url: str, consumer: str, model: str | None) -> int:
-    client = await connect(url, password=settings.redis.password, username=settings.redis.username)
+    client = await connect(
+        url,
+        password=settings.redis.password,
+        username=settings.redis.username,
+        cluster=settings.redis.cluster,
+    )
     try:
         loop_ = build_stage(name, settings, client, consumer=consumer, model=model)
         stop = asyncio.Event()

@@ -1,32 +1,103 @@
 """Every Redis key name framestream uses, in one place.
 
-All keys of one pipeline share the hash tag ``{p}`` so a MULTI/EXEC that XADDs to one stream and
-XACKs another stays on one slot of a Redis Cluster.
+A pipeline has P partitions (``streams.partitions``, 1 by default). Partition k's keys share one
+hash tag, so a MULTI/EXEC that XADDs to one of its streams and XACKs another stays on one slot of
+a Redis Cluster, while different partitions land on different slots (and so, on a cluster with
+several masters, on different shards):
+
+- partition 0: ``fs:{<pipeline>}:...`` (with P = 1 these are the only keys, as they always were);
+- partition k >= 1: ``fs:{<pipeline>:<k>}:...`` (``:`` cannot occur in a pipeline name, so no
+  pipeline's tag can collide with another's partition).
+
+Per partition: the frames, tensors, scores, results, events and dead-letter streams, each
+source's progress (``source_state``, written with the frames it publishes) and the counters.
+Pipeline-wide, on partition 0's tag: the source registry, source leases, stage readiness and the
+partition count record. A source belongs to partition ``zlib.crc32(source_id) % P`` (`partition_of`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 
-__all__ = ["PipelineKeys", "FIELD"]
+__all__ = ["PipelineKeys", "FIELD", "partition_of"]
 
 FIELD = "d"
 """The single field every stream entry carries: the encoded message bytes."""
 
 
+def partition_of(source_id: str, partitions: int) -> int:
+    """The partition of `source_id`: CRC-32 (zlib, IEEE) of its UTF-8 bytes, modulo `partitions`.
+
+    Stable across processes, hosts and Python versions (Python's own `hash` of a str is salted per
+    process), so every replica of every stage agrees where a source's frames go.
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    return zlib.crc32(source_id.encode()) % partitions
+
+
 @dataclass(frozen=True)
 class PipelineKeys:
-    """Key names for the pipeline called ``pipeline`` (the hash tag)."""
+    """Key names of partition `index` of the pipeline `pipeline`, which has `partitions` partitions."""
 
     pipeline: str = "p"
+    partitions: int = 1
+    index: int = 0
 
     def __post_init__(self) -> None:
         if not self.pipeline or any(c in self.pipeline for c in "{}: "):
             raise ValueError(f"pipeline name must be non-empty without '{{}}: ', got {self.pipeline!r}")
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {self.partitions}")
+        if not 0 <= self.index < self.partitions:
+            raise ValueError(f"partition index must be in 0..{self.partitions - 1}, got {self.index}")
+
+    # --- partitions -------------------------------------------------------------------------
+
+    def partition(self, index: int) -> PipelineKeys:
+        """The keys of partition `index` of this pipeline."""
+        return replace(self, index=index)
+
+    @property
+    def all_partitions(self) -> list[PipelineKeys]:
+        """The keys of every partition, 0 first (a reader asks each for its stream)."""
+        return [self.partition(k) for k in range(self.partitions)]
+
+    def for_source(self, source_id: str) -> PipelineKeys:
+        """The keys of the partition `source_id` belongs to (`partition_of`)."""
+        return self.partition(partition_of(source_id, self.partitions))
+
+    def of_key(self, key: str) -> PipelineKeys:
+        """The partition a key of this pipeline (any partition's) belongs to."""
+        tag = key[key.find("{") + 1 : key.find("}")] if "{" in key and "}" in key else None
+        if tag == self.pipeline:
+            return self.partition(0)
+        name, _, index = (tag or "").rpartition(":")
+        if name == self.pipeline and index.isdigit() and 0 < int(index) < self.partitions:
+            return self.partition(int(index))
+        raise ValueError(f"{key!r} is not a key of pipeline {self.pipeline!r} ({self.partitions} partitions)")
+
+    @property
+    def results_streams(self) -> list[str]:
+        """Every partition's results stream (what a reader of all results reads)."""
+        return [k.results for k in self.all_partitions]
+
+    @property
+    def tag(self) -> str:
+        """The hash tag of this partition's keys."""
+        return self.pipeline if self.index == 0 else f"{self.pipeline}:{self.index}"
 
     @property
     def prefix(self) -> str:
+        return f"fs:{{{self.tag}}}"
+
+    @property
+    def _home(self) -> str:
+        """Prefix of the pipeline-wide keys: partition 0's tag, whatever this partition is."""
         return f"fs:{{{self.pipeline}}}"
+
+    # --- per partition ----------------------------------------------------------------------
 
     @property
     def frames(self) -> str:
@@ -52,28 +123,36 @@ class PipelineKeys:
         return f"{self.prefix}:dead"
 
     @property
-    def sources(self) -> str:
-        """Hash of source_id -> JSON source spec, for sources added while running."""
-        return f"{self.prefix}:sources"
+    def source_state(self) -> str:
+        """Hash of source_id -> JSON progress {next_seq, position, done} written with each publish
+        (the sources of this partition)."""
+        return f"{self.prefix}:source_state"
 
     @property
-    def source_state(self) -> str:
-        """Hash of source_id -> JSON progress {next_seq, position, done} written with each publish."""
-        return f"{self.prefix}:source_state"
+    def counters(self) -> str:
+        """Hash of counters (drops, published frames, ...) of this partition's sources."""
+        return f"{self.prefix}:counters"
+
+    # --- pipeline-wide ----------------------------------------------------------------------
+
+    @property
+    def sources(self) -> str:
+        """Hash of source_id -> JSON source spec, for sources added while running."""
+        return f"{self._home}:sources"
 
     def source_lease(self, source_id: str) -> str:
         """String key held (SET NX PX, renewed) by the ingest replica that plays `source_id`."""
-        return f"{self.prefix}:lease:{source_id}"
+        return f"{self._home}:lease:{source_id}"
 
     @property
     def stage_ready(self) -> str:
         """Hash of consumer name -> epoch ms at which that stage process was ready (model loaded)."""
-        return f"{self.prefix}:stage_ready"
+        return f"{self._home}:stage_ready"
 
     @property
-    def counters(self) -> str:
-        """Hash of pipeline-wide counters (drops, ingested frames, ...)."""
-        return f"{self.prefix}:counters"
+    def layout(self) -> str:
+        """Hash recording the pipeline's layout (``partitions``), written when it is first created."""
+        return f"{self._home}:layout"
 
     @staticmethod
     def group(stage: str, model: str | None = None) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,6 +20,7 @@ import redis.asyncio as aioredis
 
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
+from stream.adapters.redis_partitions import FanInReader, ensure_layout
 from stream.adapters.redis_streams import DeadLetter, Entry, GroupStats, Output, StreamTransport
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
@@ -74,7 +76,13 @@ def skip_marker(meta: dict[str, Any], reason: str, **extra: Any) -> bytes:
 
 
 class StageBase:
-    """Transport, timers and counters for one stage reading `stream` through `group`."""
+    """Transport, timers and counters for one stage reading its input stream of every partition
+    (``stream_of(partition keys)``) through `group`.
+
+    Every delivery rule holds per partition: a batch's outputs go to its inputs' partition and are
+    committed with their acks in one MULTI/EXEC per partition; own pending entries, silent
+    consumers' entries, trimming and the lag repair are done for each partition's stream.
+    """
 
     name = "stage"
 
@@ -84,17 +92,19 @@ class StageBase:
         client: aioredis.Redis,
         *,
         consumer: str,
-        stream: str,
+        stream_of: Callable[[PipelineKeys], str],
         group: str,
         model: str | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.consumer = consumer
-        self.stream = stream
         self.group = group
         self.model = model
-        self.keys = PipelineKeys(settings.streams.pipeline)
+        self.keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
+        self._partitions = {stream_of(k): k for k in self.keys.all_partitions}
+        self.streams = list(self._partitions)
+        self.stream = self.streams[0]  # partition 0's: the only one with P = 1
         self.transport = StreamTransport(
             client,
             self.keys,
@@ -109,11 +119,26 @@ class StageBase:
         self._next_trim_s = time.monotonic() + _TRIM_INTERVAL_S
         self._next_lag_s = 0.0
         self._started = False
-        self._recover_own = True
+        self._to_recover: list[str] = list(self.streams)
         self._recovered_upto: str | None = None
+        self.reader = FanInReader(self.transport, self.streams, group, consumer)
+
+    def partition_keys(self, entry: Entry) -> PipelineKeys:
+        """The keys of the partition `entry` was read from (its outputs go there too)."""
+        return self._partitions[entry.stream]
 
     async def backlog(self) -> GroupStats:
-        return await self.transport.group_stats(self.stream, self.group)
+        """This group's lag and pending summed over every partition (partition 0's stream named)."""
+        if len(self.streams) == 1:
+            return await self.transport.group_stats(self.stream, self.group)
+        parts = [await self.transport.group_stats(s, self.group) for s in self.streams]
+        return GroupStats(
+            self.stream,
+            self.group,
+            lag=sum(p.lag for p in parts),
+            pending=sum(p.pending for p in parts),
+            consumers=max(p.consumers for p in parts),
+        )
 
     async def start(self) -> None:
         """Create the input group (reading from the start of the stream) if missing.
@@ -121,10 +146,12 @@ class StageBase:
         Called at the top of every `run`; the first read after it takes back what this consumer
         already held (a rerun after a Redis outage, or a restart under the same name).
         """
-        self._recover_own = True
-        self._recovered_upto = None
+        self.reader.cancel()  # a rerun after an error: what those reads got is taken back below
+        self._to_recover, self._recovered_upto = list(self.streams), None
         if not self._started:
-            await self.transport.ensure_group(self.stream, self.group, start_id="0")
+            await ensure_layout(self.client, self.keys)
+            for stream in self.streams:
+                await self.transport.ensure_group(stream, self.group, start_id="0")
             self._started = True
 
     def tick(self) -> None:
@@ -133,25 +160,30 @@ class StageBase:
     async def next_entries(self, count: int, block_ms: int | None) -> list[Entry]:
         """Own pending entries after a (re)start, then entries of silent consumers when a reclaim
         is due and finds some, else new ones."""
-        if self._recover_own:  # page by page: what an earlier page took back may still be in flight
+        while self._to_recover:  # page by page: what an earlier page took back may still be in flight
             own = await self.transport.recover_own(
-                self.stream, self.group, self.consumer, count=count, after=self._recovered_upto
+                self._to_recover[0], self.group, self.consumer, count=count, after=self._recovered_upto
             )
             if own:
                 self._recovered_upto = own[-1].id
                 log.info("%s: took back %d entries this consumer held before", self.name, len(own))
                 return own
-            self._recover_own, self._recovered_upto = False, None
+            self._to_recover.pop(0)
+            self._recovered_upto = None
         now = time.monotonic()
         if now >= self._next_reclaim_s:
             self._next_reclaim_s = now + self.settings.streams.claim_idle_ms / 2000.0
-            reclaimed = await self.transport.reclaim(self.stream, self.group, self.consumer, count=count)
+            reclaimed: list[Entry] = []
+            for stream in self.streams:
+                reclaimed += await self.transport.reclaim(
+                    stream, self.group, self.consumer, count=count - len(reclaimed)
+                )
+                if len(reclaimed) >= count:
+                    break
             if reclaimed:
                 log.info("%s: reclaimed %d idle entries", self.name, len(reclaimed))
                 return reclaimed
-        return await self.transport.read(
-            self.stream, self.group, self.consumer, count=count, block_ms=block_ms
-        )
+        return await self.reader.read(count=count, block_ms=block_ms)
 
     async def dead_letter(self, letters: list[DeadLetter]) -> None:
         if letters:
@@ -176,17 +208,19 @@ class StageBase:
         now = time.monotonic()
         if now >= self._next_trim_s:
             self._next_trim_s = now + _TRIM_INTERVAL_S
-            await self.transport.trim(self.stream)
-            if await self.transport.repair_lag(self.stream, self.group):
-                log.warning(
-                    "%s: Redis had lost the read counter of group %s on %s (restart from an AOF); "
-                    "reset it, so its lag is right again",
-                    self.name, self.group, self.stream,
-                )  # fmt: skip
+            for stream in self.streams:
+                await self.transport.trim(stream)
+                if await self.transport.repair_lag(stream, self.group):
+                    log.warning(
+                        "%s: Redis had lost the read counter of group %s on %s (restart from an AOF); "
+                        "reset it, so its lag is right again",
+                        self.name, self.group, stream,
+                    )  # fmt: skip
         if now >= self._next_lag_s:
             self._next_lag_s = now + _LAG_INTERVAL_S
-            stats = await self.backlog()
-            metrics.stream_lag(self.stream, self.group, stats.backlog)
+            for stream in self.streams:
+                stats = await self.transport.group_stats(stream, self.group)
+                metrics.stream_lag(stream, self.group, stats.backlog)
 
 
 class ConsumerStage(StageBase):
@@ -223,6 +257,10 @@ class ConsumerStage(StageBase):
         await asyncio.wait_for(self._drain(), timeout=self.settings.streams.drain_timeout_s)
 
     async def _drain(self) -> None:
+        good, bad = self.transport.decode(await self.reader.finish())  # reads in flight (P > 1)
+        await self.dead_letter(bad)
+        if good:
+            await self.commit(await self.handle(good))
         await self.commit(await self.flush())
 
 

@@ -40,13 +40,12 @@ class InferStage(StageBase):
     def __init__(
         self, settings: Settings, client: aioredis.Redis, *, consumer: str, model: str, engine: Any = None
     ) -> None:
-        keys = PipelineKeys(settings.streams.pipeline)
         super().__init__(
             settings,
             client,
             consumer=consumer,
-            stream=keys.tensors(model),
-            group=keys.group("infer", model),
+            stream_of=lambda keys: keys.tensors(model),
+            group=PipelineKeys.group("infer", model),
             model=model,
         )
         if engine is None:
@@ -63,7 +62,7 @@ class InferStage(StageBase):
                 else (1,),
             )
         self.engine = engine
-        self.output = keys.scores(model)
+        self.output = self.keys.scores(model)  # partition 0's; `_output` picks each entry's
         cfg = settings.infer
         self.policy = BatchPolicy(cfg.max_batch_size, cfg.max_wait_ms)
         self.inflight = cfg.inflight
@@ -128,6 +127,9 @@ class InferStage(StageBase):
                 if len(buffer) >= limit:
                     await asyncio.sleep(_POLL_S)  # every slot busy: let a batch finish
                 await self.maintain()
+            leftover, bad = self.transport.decode(await self.reader.finish())  # reads in flight (P > 1)
+            await self.dead_letter(bad)
+            buffer.add([(e, m, now_ms()) for e, m in leftover], _ms())
             await asyncio.wait_for(self._drain(buffer, slots, tasks), self.settings.streams.drain_timeout_s)
         finally:
             for task in tasks:
@@ -173,7 +175,7 @@ class InferStage(StageBase):
             else:
                 out.dead.append(DeadLetter(entry, f"infer {self.model}: {reason}"))
                 if "source" in message.meta and "seq" in message.meta:
-                    out.outputs.append(Output(self.output, skip_marker(message.meta, reason)))
+                    out.outputs.append(Output(self._output(entry), skip_marker(message.meta, reason)))
         started = now_ms()
         probs = np.zeros((0, 1000), np.float16)
         if frames:
@@ -193,17 +195,20 @@ class InferStage(StageBase):
             meta = dict(message.meta)
             kind = meta.get("kind")
             if kind in (EOS, SKIP):
-                out.outputs.append(Output(self.output, encode_message(Message(meta=meta))))
+                out.outputs.append(Output(self._output(entry), encode_message(Message(meta=meta))))
                 out.acks.append(entry)
             elif not any(entry is d.entry for d in out.dead):
                 meta["batch_size"] = len(frames)
                 meta["batch_wait_ms"] = round(started - arrived, 3)
                 meta["stamps"] = {**meta.get("stamps", {}), "infer": [arrived, done]}
                 out.outputs.append(
-                    Output(self.output, encode_message(Message(meta=meta, array=next(scores))))
+                    Output(self._output(entry), encode_message(Message(meta=meta, array=next(scores))))
                 )
                 out.acks.append(entry)
         return out
+
+    def _output(self, entry: Entry) -> str:
+        return self.partition_keys(entry).scores(self.model or "")
 
 
 def _bad_tensor(message: Message, model: str, hw: tuple[int, int]) -> str | None:

@@ -5,8 +5,9 @@ while the pipeline runs. Each source is played by exactly one ingest replica at 
 replica holds a lease key (SET NX PX, renewed every scan) and records its progress with every
 publish, so a replica that takes over resumes after the last published frame.
 
-File, image and replay sources wait while more than ``ingest.high_water`` frames are outstanding
-before inference (the frames stream's slowest consumer group, or a model's tensors stream when
+A source's frames, progress and counters go to its partition (``keys.for_source``). File, image
+and replay sources wait while more than ``ingest.high_water`` frames of their partition are
+outstanding before inference (the frames stream's slowest consumer group, or a model's tensors stream when
 its inference lags behind its preprocessing); live sources (RTSP, webcams) never wait: a reader
 thread fills a small buffer that drops by policy, and frames that arrive while the pipeline is
 behind are dropped too. Every drop is counted (metrics and ``keys.counters``).
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from stream.adapters.metrics import metrics
+from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.redis_streams import GroupStats, StreamTransport
 from stream.adapters.video import FrameSource, open_source, skip_frames
 from stream.core.geometry import source_short_side
@@ -77,7 +79,7 @@ class IngestStage:
         self.settings = settings
         self.client = client
         self.consumer = consumer
-        self.keys = PipelineKeys(settings.streams.pipeline)
+        self.keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
         self.transport = StreamTransport(client, self.keys, stage=self.name)
         self.lease_ms = lease_ms
         self.scan_interval_s = scan_interval_s
@@ -89,24 +91,33 @@ class IngestStage:
         self.auto_short_side_px: int | None = None  # what `frame_short_side_px: auto` means now
 
     async def backlog(self) -> GroupStats:
-        """The frames stream's slowest consumer group (lag + pending), or its length with no group."""
-        stream = self.keys.frames
+        """The frames stream's slowest consumer group (lag + pending), or its length with no group;
+        with several partitions, that of the partition furthest behind."""
+        parts = [await self._frames_backlog(keys) for keys in self.keys.all_partitions]
+        return max(parts, key=lambda s: s.backlog)
+
+    async def _frames_backlog(self, keys: PipelineKeys) -> GroupStats:
+        stream = keys.frames
         stats = await self.transport.all_group_stats(stream)
-        self._note_readers([s.group for s in stats])
+        if keys.index == 0:
+            self._note_readers([s.group for s in stats])
         if not stats:
             return GroupStats(stream, "", lag=int(await self.client.xlen(stream)), pending=0, consumers=0)
         return max(stats, key=lambda s: s.backlog)
 
-    async def _pipeline_backlog(self) -> int:
+    async def _pipeline_backlog(self, keys: PipelineKeys) -> int:
         """Frames not yet through the pipeline: the largest backlog of the frames stream and of each
         model's tensors and scores streams. File sources pause on this, so a slow stage cannot
         pile up entries without bound behind faster ones (v2 tensors are 150 KB each; a stalled
-        postprocess would otherwise let scores grow for as long as the source lasts)."""
-        backlog = (await self.backlog()).backlog
+        postprocess would otherwise let scores grow for as long as the source lasts). Per
+        partition (`keys`): a source waits on its own partition only."""
+        if keys.index != 0:
+            await self._frames_backlog(keys.partition(0))  # keep `_readers` current
+        backlog = (await self._frames_backlog(keys)).backlog
         for reader in self._readers:
             stage, _, model = reader.partition(":")
             if stage == "preprocess" and model:
-                for stream in (self.keys.tensors(model), self.keys.scores(model)):
+                for stream in (keys.tensors(model), keys.scores(model)):
                     for stats in await self.transport.all_group_stats(stream):
                         backlog = max(backlog, stats.backlog)
         return backlog
@@ -119,6 +130,7 @@ class IngestStage:
             self.auto_short_side_px = auto_short_side(readers)
 
     async def run(self, stop: asyncio.Event) -> None:
+        await ensure_layout(self.client, self.keys)
         try:
             while not stop.is_set():
                 self.last_progress_s = time.monotonic()
@@ -131,10 +143,14 @@ class IngestStage:
     async def _scan(self) -> None:
         specs = {_name(k): v for k, v in (await self.client.hgetall(self.keys.sources)).items()}
         states = {
-            _name(k): json.loads(v) for k, v in (await self.client.hgetall(self.keys.source_state)).items()
+            _name(k): json.loads(v)
+            for keys in self.keys.all_partitions
+            for k, v in (await self.client.hgetall(keys.source_state)).items()
         }
+        ended: set[str] = set()
         for source_id, player in list(self._players.items()):
             if player.task is not None and player.task.done():
+                ended.add(source_id)  # `states` may predate its end: do not start it again below
                 del self._players[source_id]
                 await self._release(source_id)
                 if not player.task.cancelled() and (exc := player.task.exception()) is not None:
@@ -148,7 +164,7 @@ class IngestStage:
                 log.warning("ingest %s: lost the lease on %s; stopping it", self.consumer, source_id)
                 player.stop.set()
         for source_id, raw in specs.items():
-            if source_id in self._players or states.get(source_id, {}).get("done"):
+            if source_id in self._players or source_id in ended or states.get(source_id, {}).get("done"):
                 continue
             try:
                 spec = SourceSpec.from_json(raw)
@@ -179,6 +195,8 @@ class IngestStage:
 
     async def _play(self, player: _Player) -> None:
         state = await get_state(self.client, self.keys, player.source_id)
+        if state.get("done"):  # finished between the scan's read of the states and the lease: not again
+            return
         next_seq, position = int(state.get("next_seq", 0)), int(state.get("position", 0))
         player.first_seq = int(state.get("first_seq", 0))
         try:
@@ -210,10 +228,11 @@ class IngestStage:
         self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int, position: int
     ) -> str | None:
         high_water = self.settings.ingest.high_water
+        keys = self.keys.for_source(player.source_id)
         pace_origin: tuple[float, float] | None = None
         chunk_size = _CHUNK if player.spec.realtime else _FAST_CHUNK
         while not player.stop.is_set():
-            while (backlog := await self._pipeline_backlog()) > high_water and not player.stop.is_set():
+            while (backlog := await self._pipeline_backlog(keys)) > high_water and not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
                 await asyncio.sleep(0.01)
             room = max(1, min(chunk_size, high_water - backlog))  # never far past the high-water mark
@@ -245,12 +264,13 @@ class IngestStage:
         self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int
     ) -> str | None:
         cfg = self.settings.ingest
+        keys = self.keys.for_source(player.source_id)
         pump = LivePump(source, sampler, cfg)
         pump.start()
         try:
             while not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
-                behind = await self._pipeline_backlog() > cfg.high_water
+                behind = await self._pipeline_backlog(keys) > cfg.high_water
                 chunk = await asyncio.to_thread(
                     pump.take_encoded, _CHUNK, not behind, self.auto_short_side_px
                 )
@@ -277,19 +297,20 @@ class IngestStage:
             self.dropped += n
             metrics.dropped(source_id, reason, n)
             metrics.frames(self.name, "dropped", n)
-            await self.client.hincrby(self.keys.counters, f"dropped:{source_id}", n)
+            await self.client.hincrby(self.keys.for_source(source_id).counters, f"dropped:{source_id}", n)
 
     async def _publish(self, player: _Player, frames: list, next_seq: int, position: int) -> int:
         """XADD the frames with their seq and record progress, in one MULTI/EXEC; returns next seq."""
         source_id = player.source_id
+        keys = self.keys.for_source(source_id)
         ingest_ms = time.time() * 1000.0
         async with self.client.pipeline(transaction=True) as pipe:
             for frame in frames:
-                pipe.xadd(self.keys.frames, {FIELD: frame.encode(source_id, next_seq, ingest_ms)})
+                pipe.xadd(keys.frames, {FIELD: frame.encode(source_id, next_seq, ingest_ms)})
                 next_seq += 1
             state = {"next_seq": next_seq, "position": position, "first_seq": player.first_seq, "done": False}
-            pipe.hset(self.keys.source_state, source_id, json.dumps(state))
-            pipe.hincrby(self.keys.counters, f"published:{source_id}", len(frames))
+            pipe.hset(keys.source_state, source_id, json.dumps(state))
+            pipe.hincrby(keys.counters, f"published:{source_id}", len(frames))
             await pipe.execute()
         self.processed += len(frames)
         metrics.frames(self.name, "ok", len(frames))
@@ -303,9 +324,10 @@ class IngestStage:
         # end-of-stream takes a seq of its own: a source re-added later starts after it
         done = {**state, "next_seq": next_seq + 1, "done": True, "error": error}
         eos = eos_message(source_id, next_seq, first_seq=first_seq, error=error, removed=removed)
+        keys = self.keys.for_source(source_id)
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.frames, {FIELD: eos})
-            pipe.hset(self.keys.source_state, source_id, json.dumps(done))
+            pipe.xadd(keys.frames, {FIELD: eos})
+            pipe.hset(keys.source_state, source_id, json.dumps(done))
             await pipe.execute()
         self.processed += 1
         log.info("ingest: source %s finished after %d frames%s", source_id, next_seq,

@@ -6,7 +6,8 @@ order, then an EMA + hysteresis smoother gives `smoothed_label`; every change of
 end-to-end latency. An input entry is acked only together with the result it produced, so frames
 held in the reorder buffer are redelivered if this replica dies.
 
-Smoothing state lives in this process. It is exact with one postprocess replica per model (the
+A source's results and events go to its partition's streams (the partition its scores came
+from). Smoothing state lives in this process. It is exact with one postprocess replica per model (the
 runner starts one; postprocess is cheap). With several replicas each sees part of every source's
 frames: results stay complete and correct per frame, but the reorder buffer waits out gaps that
 another replica filled and `smoothed_label` is smoothed over a subset of frames (approximate).
@@ -45,6 +46,7 @@ class _Track:
 
     reorder: ReorderBuffer[tuple[Entry, Message]]
     smoother: LabelSmoother
+    keys: PipelineKeys  # the source's partition: where its results and events go
     results: int = 0
     skipped: int = 0
     gaps: int = 0
@@ -69,13 +71,12 @@ class PostprocessStage(ConsumerStage):
         model: str,
         labels: list[str] | None = None,
     ) -> None:
-        keys = PipelineKeys(settings.streams.pipeline)
         super().__init__(
             settings,
             client,
             consumer=consumer,
-            stream=keys.scores(model),
-            group=keys.group("postprocess", model),
+            stream_of=lambda keys: keys.scores(model),
+            group=PipelineKeys.group("postprocess", model),
             model=model,
         )
         if labels is None:
@@ -91,12 +92,13 @@ class PostprocessStage(ConsumerStage):
         self._tracks: dict[str, _Track] = {}
         self._next_results_trim_s = 0.0
 
-    def _track(self, source: str) -> _Track:
+    def _track(self, source: str, entry: Entry) -> _Track:
         track = self._tracks.get(source)
         if track is None:
             track = _Track(
                 ReorderBuffer(self.cfg.reorder_max_frames, self.cfg.reorder_max_wait_ms),
                 LabelSmoother(self.cfg.ema_alpha, self.cfg.hysteresis_frames),
+                self.partition_keys(entry),
             )
             self._tracks[source] = track
         return track
@@ -112,11 +114,12 @@ class PostprocessStage(ConsumerStage):
                 if isinstance(meta.get("source"), str) and isinstance(meta.get("seq"), int):
                     # keep the order moving: this seq will not come (acking twice is harmless)
                     skip = Message(meta={"kind": SKIP, "source": meta["source"], "seq": meta["seq"]})
-                    released = self._track(meta["source"]).reorder.push(meta["seq"], (entry, skip), now)
+                    track = self._track(meta["source"], entry)
+                    released = track.reorder.push(meta["seq"], (entry, skip), now)
                     self._emit(meta["source"], released, out)
                 continue
             source, seq = meta["source"], meta["seq"]
-            self._emit(source, self._track(source).reorder.push(seq, (entry, message), now), out)
+            self._emit(source, self._track(source, entry).reorder.push(seq, (entry, message), now), out)
         return out
 
     def _check(self, message: Message) -> str | None:
@@ -184,7 +187,7 @@ class PostprocessStage(ConsumerStage):
             if s.changed:
                 event = {"kind": LABEL_CHANGE, "source": source, "model": self.model, "seq": meta["seq"],
                          "previous": track.label, "label": smoothed, "result_ms": start}  # fmt: skip
-                events.append(Output(self.keys.events, encode_message(Message(meta=event))))
+                events.append(Output(track.keys.events, encode_message(Message(meta=event))))
             track.label = smoothed
         track.results += 1
         stamps: dict[str, Any] = {**meta.get("stamps", {}), "postprocess": [start, now_ms()]}
@@ -214,7 +217,7 @@ class PostprocessStage(ConsumerStage):
             "truth": meta.get("label"),
             "late": late,
         }
-        return [Output(self.keys.results, encode_message(Message(meta=result))), *events]
+        return [Output(track.keys.results, encode_message(Message(meta=result))), *events]
 
     def _eos(self, source: str, track: _Track, message: Message) -> Output:
         meta = message.meta
@@ -231,14 +234,14 @@ class PostprocessStage(ConsumerStage):
             "reason": meta.get("reason"),
             "result_ms": now_ms(),
         }
-        return Output(self.keys.results, encode_message(Message(meta=eos)))
+        return Output(track.keys.results, encode_message(Message(meta=eos)))
 
     async def maintain(self) -> None:
         await super().maintain()
         now = time.monotonic()
         if now >= self._next_results_trim_s:
             self._next_results_trim_s = now + _RESULTS_TRIM_S
-            for stream in (self.keys.results, self.keys.events):
+            for stream in [s for k in self.keys.all_partitions for s in (k.results, k.events)]:
                 await _trim_output(self.client, self.transport, stream, self.settings.streams.max_len)
 
 

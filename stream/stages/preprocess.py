@@ -57,17 +57,16 @@ class PreprocessStage(ConsumerStage):
     name = "preprocess"
 
     def __init__(self, settings: Settings, client: aioredis.Redis, *, consumer: str, model: str) -> None:
-        keys = PipelineKeys(settings.streams.pipeline)
         super().__init__(
             settings,
             client,
             consumer=consumer,
-            stream=keys.frames,
-            group=keys.group("preprocess", model),
+            stream_of=lambda keys: keys.frames,
+            group=PipelineKeys.group("preprocess", model),
             model=model,
         )
         self.spec = load_spec(model)
-        self.output = keys.tensors(model)
+        self.output = self.keys.tensors(model)  # partition 0's; `_output` picks each entry's
 
     async def handle(self, items: list[tuple[Entry, Message]]) -> Handled:
         return await asyncio.to_thread(self._handle_sync, items)
@@ -78,8 +77,9 @@ class PreprocessStage(ConsumerStage):
             meta = dict(message.meta)
             kind = meta.get("kind")
             meta["model"] = self.model
+            output = self._output(entry)
             if kind in (EOS, SKIP):
-                out.outputs.append(Output(self.output, encode_message(Message(meta=meta))))
+                out.outputs.append(Output(output, encode_message(Message(meta=meta))))
                 out.acks.append(entry)
                 continue
             start = now_ms()
@@ -91,9 +91,12 @@ class PreprocessStage(ConsumerStage):
                 reason = f"preprocess {self.model}: {e}"
                 out.dead.append(DeadLetter(entry, reason))
                 if "source" in meta and "seq" in meta:
-                    out.outputs.append(Output(self.output, skip_marker(meta, reason)))
+                    out.outputs.append(Output(output, skip_marker(meta, reason)))
                 continue
             meta["stamps"] = {**meta.get("stamps", {}), "preprocess": [start, now_ms()]}
-            out.outputs.append(Output(self.output, encode_message(Message(meta=meta, array=tensor))))
+            out.outputs.append(Output(output, encode_message(Message(meta=meta, array=tensor))))
             out.acks.append(entry)
         return out
+
+    def _output(self, entry: Entry) -> str:
+        return self.partition_keys(entry).tensors(self.model or "")

@@ -32,11 +32,12 @@ import redis.asyncio as aioredis
 import yaml
 
 from stream.adapters.redis_outage import REDIS_TRANSIENT
+from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger, Track
 from stream.core.source_ids import source_ids
-from stream.errors import FramestreamError
+from stream.errors import ConfigError, FramestreamError
 from stream.results import SINK_GROUP, JsonlSink, ResultReader
 from stream.settings import Settings
 from stream.stages.sources import SourceSpec, add_source
@@ -106,10 +107,12 @@ def _is_live(spec: SourceSpec) -> bool:
 
 
 async def create_groups(client: aioredis.Redis, keys: PipelineKeys, models: list[str]) -> None:
-    """Every consumer group of the pipeline, at the current end of its stream."""
-    pairs = [(keys.frames, keys.group("preprocess", m)) for m in models]
-    pairs += [(keys.tensors(m), keys.group("infer", m)) for m in models]
-    pairs += [(keys.scores(m), keys.group("postprocess", m)) for m in models]
+    """Every consumer group of the pipeline (every partition), at the current end of its stream;
+    records the partition count of a new pipeline (ConfigError if it was created with another)."""
+    await ensure_layout(client, keys)
+    pairs = [(k.frames, keys.group("preprocess", m)) for k in keys.all_partitions for m in models]
+    pairs += [(k.tensors(m), keys.group("infer", m)) for k in keys.all_partitions for m in models]
+    pairs += [(k.scores(m), keys.group("postprocess", m)) for k in keys.all_partitions for m in models]
     for stream, group in pairs:
         with contextlib.suppress(aioredis.ResponseError):  # BUSYGROUP: it exists, keep its position
             await client.xgroup_create(stream, group, id="$", mkstream=True)
@@ -203,8 +206,19 @@ async def run_processes(
     """
     if not models:
         raise ValueError("at least one model is needed")
+    if settings.streams.partitions != 1:
+        raise ConfigError(
+            f"the processes runner reads results of one partition only, got streams.partitions="
+            f"{settings.streams.partitions}; run partitioned pipelines with the stages "
+            "(framestream stage) and read every partition's results stream"
+        )
     keys = PipelineKeys(settings.streams.pipeline)
-    client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)
+    client = await connect(
+        redis_url,
+        password=settings.redis.password,
+        username=settings.redis.username,
+        cluster=settings.redis.cluster,
+    )
     sink = JsonlSink(results_path) if results_path else None
     specs = [s if isinstance(s, SourceSpec) else SourceSpec(uri=s) for s in sources]
     ids = source_ids(s.uri for s in specs)

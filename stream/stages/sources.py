@@ -1,9 +1,10 @@
 """The source registry in Redis: add, remove and list sources while the pipeline runs.
 
-``keys.sources`` maps source_id -> JSON `SourceSpec`; ``keys.source_state`` maps source_id ->
-JSON progress ``{next_seq, position, done, error}`` that ingest writes in the same MULTI/EXEC as
-the frames it publishes, so a replica that takes a source over resumes right after the last
-published frame (no loss; duplicates only if two replicas overlap during a lease hand-over).
+``keys.sources`` maps source_id -> JSON `SourceSpec` (pipeline-wide); ``keys.source_state`` of
+the source's partition maps source_id -> JSON progress ``{next_seq, position, done, error}`` that
+ingest writes in the same MULTI/EXEC as the frames it publishes, so a replica that takes a source
+over resumes right after the last published frame (no loss; duplicates only if two replicas
+overlap during a lease hand-over).
 """
 
 from __future__ import annotations
@@ -90,10 +91,15 @@ async def add_source(
     state = await get_state(client, keys, source_id)
     next_seq = int(state.get("next_seq", 0))
     fresh = {"next_seq": next_seq, "first_seq": next_seq, "position": 0, "done": False, "error": None}
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.source_state, source_id, json.dumps(fresh))
-        pipe.hset(keys.sources, source_id, spec.to_json())
-        await pipe.execute()
+    state_key = keys.for_source(source_id).source_state
+    if keys.for_source(source_id).index == 0:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hset(state_key, source_id, json.dumps(fresh))
+            pipe.hset(keys.sources, source_id, spec.to_json())
+            await pipe.execute()
+    else:  # two slots: the fresh state first, so ingest never plays the new spec from the old state
+        await client.hset(state_key, source_id, json.dumps(fresh))
+        await client.hset(keys.sources, source_id, spec.to_json())
 
 
 async def remove_source(client: aioredis.Redis, keys: PipelineKeys, source_id: str) -> bool:
@@ -102,7 +108,7 @@ async def remove_source(client: aioredis.Redis, keys: PipelineKeys, source_id: s
 
 
 async def get_state(client: aioredis.Redis, keys: PipelineKeys, source_id: str) -> dict[str, Any]:
-    raw = await client.hget(keys.source_state, source_id)
+    raw = await client.hget(keys.for_source(source_id).source_state, source_id)
     return json.loads(raw) if raw else {}
 
 
