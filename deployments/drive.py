@@ -31,7 +31,7 @@ from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
-from stream.results import JsonlSink, ResultReader
+from stream.results import JsonlSink, ResultReader, dead_letter_count
 from stream.settings import Settings
 
 __all__ = ["DriveOptions", "Stalled", "drive"]
@@ -78,7 +78,7 @@ async def drive(
     """Play `uris` through the running application(s) until done, Ctrl-C or the timeout."""
     from stream.stages.sources import SourceSpec, add_source, remove_source
 
-    keys = PipelineKeys(settings.streams.pipeline)
+    keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
     client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -163,7 +163,7 @@ async def _summary(
         results=total.results,
         duplicates=total.duplicates,
         dropped=sum(counters.get(f"dropped:{s}", 0) - first.get(f"dropped:{s}", 0) for s in sources),
-        dead_lettered=int(await client.xlen(keys.dead)),
+        dead_lettered=await dead_letter_count(client, keys),
         skipped=sum(t.skipped for t in ledger.tracks.values()),
         p50_ms=total.latency.percentile(50),
         p99_ms=total.latency.percentile(99),

@@ -38,7 +38,21 @@ def _group_stage(group: str) -> str:
 
 
 async def probe_stages(client: Any, keys: PipelineKeys, model: str) -> dict[str, StageProbe]:
-    """Every consumer group on the frames, tensors and scores streams of `model`, by stage."""
+    """Every consumer group on the frames, tensors and scores streams of `model`, by stage, summed
+    over the partitions (`stream` names partition 0's)."""
+    out: dict[str, StageProbe] = {}
+    for part in keys.all_partitions:
+        for stage, probe in (await _probe_partition(client, part, model)).items():
+            if stage in out:
+                seen = out[stage]
+                probe = StageProbe(
+                    stage, seen.stream, seen.group, seen.handled + probe.handled, seen.backlog + probe.backlog
+                )
+            out[stage] = probe
+    return out
+
+
+async def _probe_partition(client: Any, keys: PipelineKeys, model: str) -> dict[str, StageProbe]:
     out: dict[str, StageProbe] = {}
     for stream in (keys.frames, keys.tensors(model), keys.scores(model)):
         try:

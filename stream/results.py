@@ -35,7 +35,7 @@ from stream.core.ledger import DEDUPE_WINDOW, ResultLedger
 from stream.core.messages import EOS, RESULT
 from stream.errors import CodecError
 
-__all__ = ["JsonlSink", "ResultReader", "SINK_GROUP", "decode_fields"]
+__all__ = ["JsonlSink", "ResultReader", "SINK_GROUP", "dead_letter_count", "decode_fields"]
 
 SINK_GROUP = "sink"
 """The prefix of readers' group names."""
@@ -55,6 +55,11 @@ def decode_fields(fields: Mapping[bytes, bytes] | None) -> dict[str, Any] | None
         return dict(decode_message(raw).meta)
     except CodecError:
         return None
+
+
+async def dead_letter_count(client: aioredis.Redis, keys: PipelineKeys) -> int:
+    """Entries in the dead-letter streams of every partition."""
+    return sum([int(await client.xlen(k.dead)) for k in keys.all_partitions])
 
 
 class JsonlSink:
@@ -115,29 +120,34 @@ class ResultReader:
         self.undecodable = 0
         self.regroups = 0
         """How often the group was gone (Redis came back without it) and was made again."""
-        self._cursor: str | None = None
+        self.streams = keys.results_streams
+        """Every partition's results stream: a source's results are all in its partition's."""
+        self._cursors: dict[str, str] = {}
         self._reread_own = False
-        self._newest_id: tuple[int, int] = (0, 0)
+        self._newest_id: dict[str, tuple[int, int]] = {}
 
     async def start(self) -> ResultReader:
-        """Create the group (or fix the cursor) at `start_id`; `$` is the stream's current end."""
-        if self.group is not None:
-            await self._bounded(self.transport.ensure_group(self.keys.results, self.group, self.start_id))
-        elif self._cursor is None:
-            start = self.start_id
-            self._cursor = (
-                await self._bounded(last_id(self.client, self.keys.results)) if start == "$" else start
-            )
+        """Create the group (or fix the cursors) at `start_id` on every partition's results stream;
+        `$` is each stream's current end."""
+        for stream in self.streams:
+            if self.group is not None:
+                await self._bounded(self.transport.ensure_group(stream, self.group, self.start_id))
+            elif stream not in self._cursors:
+                start = self.start_id
+                self._cursors[stream] = (
+                    await self._bounded(last_id(self.client, stream)) if start == "$" else start
+                )
         return self
 
     async def close(self) -> None:
         """Remove the group (one left behind keeps the results stream from being trimmed)."""
         if self.group is not None:
-            await self._bounded(self.client.xgroup_destroy(self.keys.results, self.group))
+            for stream in self.streams:
+                await self._bounded(self.client.xgroup_destroy(stream, self.group))
 
     async def poll(self, block_ms: int = 200, count: int = 1000) -> int:
         """Read, record (and ack, with a group) one batch; returns how many entries it read."""
-        if self.group is None and self._cursor is None:
+        if self.group is None and not self._cursors:
             await self.start()
         try:
             entries = await self._read(block_ms, count)
@@ -146,7 +156,8 @@ class ResultReader:
                 raise
             # Redis came back without the group: make it again at the start of what is left and
             # read that again. Nothing of ours is skipped; what we had is recognised as a re-read.
-            await self._bounded(self.transport.ensure_group(self.keys.results, str(self.group), "0"))
+            for stream in self.streams:
+                await self._bounded(self.transport.ensure_group(stream, str(self.group), "0"))
             self.regroups += 1
             return 0
         if not entries:
@@ -160,7 +171,7 @@ class ResultReader:
             self.sink.write([meta for meta in fresh if meta is not None])
         if self.group is not None and good:
             try:
-                await self._bounded(self.client.xack(self.keys.results, self.group, *[e.id for e, _ in good]))
+                await self._ack(self.group, [e for e, _ in good])
             except REDIS_TRANSIENT:
                 self._reread_own = True
                 raise
@@ -168,9 +179,9 @@ class ResultReader:
 
     def _record(self, entry: Entry, meta: dict[str, Any]) -> dict[str, Any] | None:
         """Record one message; returns it when it is a result seen for the first time."""
-        entry_id = _id_tuple(entry.id)
-        reread = entry_id <= self._newest_id  # read before (a lost ack, a group made again)
-        self._newest_id = max(self._newest_id, entry_id)
+        entry_id, newest = _id_tuple(entry.id), self._newest_id.get(entry.stream, (0, 0))
+        reread = entry_id <= newest  # read before (a lost ack, a group made again)
+        self._newest_id[entry.stream] = max(newest, entry_id)
         if meta.get("kind") not in (RESULT, EOS):
             return None
         if self.sources is not None and str(meta.get("source")) not in self.sources:
@@ -184,31 +195,52 @@ class ResultReader:
 
     async def _read(self, block_ms: int, count: int) -> list[Entry]:
         """New results; with a group, after a Redis error first this consumer's own pending ones
-        (a read whose reply was lost, or an ack that failed, left them delivered to us alone)."""
-        stream = self.keys.results
+        (a read whose reply was lost, or an ack that failed, left them delivered to us alone).
+
+        With several partitions every stream is read without waiting first, and only when none
+        had anything does it wait (on all of them at once): a busy partition never waits out a
+        blocking read on an idle one, and a Redis Cluster gets one single-slot read per stream.
+        """
         try:
-            if self.group is None:
-                entries = await self._bounded(
-                    self.transport.read_after(stream, str(self._cursor), count=count, block_ms=block_ms),
-                    block_ms,
-                )
-                if entries:
-                    self._cursor = entries[-1].id
-                return entries
-            if self._reread_own:
-                own = await self._bounded(
-                    self.transport.read_own_pending(stream, self.group, self.consumer, count=count)
+            if self.group is not None and self._reread_own:
+                own = await self._each(
+                    lambda s: self.transport.read_own_pending(s, str(self.group), self.consumer, count=count)
                 )
                 self._reread_own = bool(own)
                 if own:
                     return own
-            return await self._bounded(
-                self.transport.read(stream, self.group, self.consumer, count=count, block_ms=block_ms),
-                block_ms,
-            )
+            if len(self.streams) > 1:
+                entries = await self._each(lambda s: self._read_one(s, count, None))
+                if entries:
+                    return entries
+            return await self._each(lambda s: self._read_one(s, count, block_ms), block_ms)
         except REDIS_TRANSIENT:
             self._reread_own = True
             raise
+
+    async def _read_one(self, stream: str, count: int, block_ms: int | None) -> list[Entry]:
+        if self.group is not None:
+            return await self.transport.read(
+                stream, self.group, self.consumer, count=count, block_ms=block_ms
+            )
+        entries = await self.transport.read_after(
+            stream, self._cursors[stream], count=count, block_ms=block_ms
+        )
+        if entries:
+            self._cursors[stream] = entries[-1].id
+        return entries
+
+    async def _each(self, read: Callable[[str], Awaitable[list[Entry]]], block_ms: int = 0) -> list[Entry]:
+        """`read` on every partition's stream at once; their entries, partition by partition."""
+        batches = await self._bounded(asyncio.gather(*(read(s) for s in self.streams)), block_ms)
+        return [entry for batch in batches for entry in batch]
+
+    async def _ack(self, group: str, entries: list[Entry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.id)
+        for stream, ids in by_stream.items():
+            await self._bounded(self.client.xack(stream, group, *ids))
 
     async def _bounded(self, call: Awaitable[_T], block_ms: int = 0) -> _T:
         """`call`, or a `redis.TimeoutError` when no reply came in time (redis-py drops the

@@ -37,8 +37,8 @@ from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger, Track
 from stream.core.source_ids import source_ids
-from stream.errors import ConfigError, FramestreamError
-from stream.results import SINK_GROUP, JsonlSink, ResultReader
+from stream.errors import FramestreamError
+from stream.results import SINK_GROUP, JsonlSink, ResultReader, dead_letter_count
 from stream.settings import Settings
 from stream.stages.sources import SourceSpec, add_source
 
@@ -206,13 +206,7 @@ async def run_processes(
     """
     if not models:
         raise ValueError("at least one model is needed")
-    if settings.streams.partitions != 1:
-        raise ConfigError(
-            f"the processes runner reads results of one partition only, got streams.partitions="
-            f"{settings.streams.partitions}; run partitioned pipelines with the stages "
-            "(framestream stage) and read every partition's results stream"
-        )
-    keys = PipelineKeys(settings.streams.pipeline)
+    keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
     client = await connect(
         redis_url,
         password=settings.redis.password,
@@ -231,7 +225,7 @@ async def run_processes(
     try:
         await create_groups(client, keys, models)
         await collector.start()
-        dead_before = int(await client.xlen(keys.dead))
+        dead_before = await dead_letter_count(client, keys)
         with tempfile.TemporaryDirectory(prefix="framestream-run-") as tmp:
             config = _write_config(settings, Path(tmp))
             tag = f"{os.getpid()}"
@@ -271,7 +265,7 @@ async def run_processes(
             with contextlib.suppress(*REDIS_TRANSIENT):
                 while await collector.poll(block_ms=50):  # results written while draining
                     pass
-        report.dead_letters = int(await client.xlen(keys.dead)) - dead_before
+        report.dead_letters = await dead_letter_count(client, keys) - dead_before
         counters = await client.hgetall(keys.counters)
         report.dropped = sum(
             int(v) for k, v in counters.items() if _s(k).startswith("dropped:") and _s(k)[8:] in ids

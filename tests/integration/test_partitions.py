@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
-from stream.stages.sinks import ResultCollector
 
 from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.redis_server import LocalCluster
 from stream.adapters.video import write_demo_clip
 from stream.core.keys import PipelineKeys, partition_of
 from stream.errors import ConfigError
+from stream.results import ResultReader
 from stream.settings import Settings
 from stream.stages.runner import create_groups
 from stream.stages.sources import SourceSpec, add_source
@@ -44,21 +44,13 @@ async def stages(url: str, settings: Settings, model: str) -> AsyncIterator[Pipe
                 raise task.exception()  # type: ignore[misc]
 
 
-async def collect(collectors: list[ResultCollector], pairs: set[tuple[str, str]], timeout_s: float) -> None:
+async def collect(reader: ResultReader, pairs: set[tuple[str, str]], timeout_s: float) -> None:
     """Poll every partition's results until each pair has its end-of-stream and all its frames."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        for c in collectors:
-            await c.poll(block_ms=20)
-        done = {p for p in pairs for c in collectors if c.finished({p})}
-        complete = all(
-            len(c.track(*p).seqs) >= int(c.track(*p).eos["frames"]) for c in collectors for p in pairs
-            if c.tracks.get(p) and c.tracks[p].eos
-        )  # fmt: skip
-        if done == pairs and complete:
-            return
-        got = {p: (len(c.tracks[p].seqs), c.tracks[p].eos) for c in collectors for p in c.tracks}
-        assert time.monotonic() < deadline, f"after {timeout_s} s: no eos for {pairs - done}; got {got}"
+    while not reader.ledger.complete(pairs):
+        await reader.poll(block_ms=20)
+        got = {p: (t.results, t.eos) for p, t in reader.ledger.tracks.items()}
+        assert time.monotonic() < deadline, f"after {timeout_s} s: {got}"
 
 
 @pytest.fixture
@@ -76,22 +68,17 @@ async def test_six_sources_over_three_partitions_every_frame_exactly_once_on_sev
     assert sorted(partition_of(s, 3) for s in SOURCES) == [0, 0, 1, 1, 2, 2]
     clip = write_demo_clip(tmp_path / "demo.mp4", frames=FRAMES)
     await create_groups(cluster_client, keys, [V1])
-    collectors = [ResultCollector(cluster_client, k, group="sink:test") for k in keys.all_partitions]
-    for c in collectors:
-        await c.ensure_group(start_id="0")
+    reader = await ResultReader(cluster_client, keys, group="sink:test", start_id="0").start()
     async with stages(redis_cluster.url, settings, V1):
         for source in SOURCES:
             await add_source(cluster_client, keys, source, SourceSpec(uri=str(clip)))
-        await collect(collectors, {(s, V1) for s in SOURCES}, timeout_s=120)
+        await collect(reader, {(s, V1) for s in SOURCES}, timeout_s=120)
 
-    for source in SOURCES:
-        mine = collectors[partition_of(source, 3)]
-        track = mine.track(source, V1)
-        assert sorted(track.seqs) == list(range(FRAMES)), source
-        assert track.duplicates == 0 and track.eos is not None and track.eos["frames"] == FRAMES
+    for source in SOURCES:  # one reader, every partition: every frame exactly once
+        track = reader.ledger.track(source, V1)
+        assert (track.results, track.seqs.floor, track.duplicates) == (FRAMES, FRAMES - 1, 0), source
+        assert track.eos is not None and track.eos["frames"] == FRAMES
         assert track.eos["results"] == FRAMES
-        others = [c for c in collectors if c is not mine]
-        assert all((source, V1) not in c.tracks for c in others), f"{source} leaked into another partition"
     masters = {redis_cluster.master_for_slot(key_slot(k.results.encode())).port for k in keys.all_partitions}
     assert len(masters) >= 2, masters
     for k in keys.all_partitions:  # each partition's streams are on its own slot and hold its results
