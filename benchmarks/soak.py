@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from benchmarks.procs import descendants, own
 from stream.tables import Column, print_table
 
 _MB = 1024 * 1024
@@ -33,35 +34,11 @@ _MB = 1024 * 1024
 
 def _rss_by_role(root_pid: int) -> dict[str, int]:
     """Resident bytes of `root_pid` ("driver") and every descendant, summed by role."""
-    parents: dict[int, tuple[int, str, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.M)[1])  # type: ignore[index]
-        rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-        parents[int(entry)] = (ppid, cmd, int(rss[1]) * 1024 if rss else 0)
-    out = {"driver": parents.get(root_pid, (0, "", 0))[2]}
-    todo = [root_pid]
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, cmd, rss) in parents.items():
-            if ppid == parent:
-                todo.append(pid)
-                out[_role(cmd)] = out.get(_role(cmd), 0) + rss
+    me = own(root_pid)
+    out = {"driver": me.rss_bytes if me else 0}
+    for proc in descendants(root_pid):
+        out[proc.role] = out.get(proc.role, 0) + proc.rss_bytes
     return out
-
-
-def _role(cmd: str) -> str:
-    replica = re.search(r"ServeReplica:[^ ]*?:(\w+)", cmd)
-    if replica:
-        return replica[1]
-    program = cmd.split()[0].rsplit("/", 1)[-1] if cmd.strip() else "?"
-    return {"python": "ray workers (idle)", "python3": "ray workers (idle)"}.get(program, program)
 
 
 def main() -> None:
@@ -140,3 +117,7 @@ def _report(console: Console, samples: list[tuple[float, dict[str, int]]]) -> No
         for role in roles
     ]  # fmt: skip
     print_table(columns, rows, title="resident memory (MB) while looping sources play", console=console)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,35 +20,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.procs import descendants
 from loadtest.baselines import make_clip, measured_from_results
 from loadtest.bench import play_and_collect
 from loadtest.embedded import EmbeddedPipeline
 
-_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-
 
 def cpu_by_process() -> dict[str, float]:
     """CPU seconds of this process and every descendant, by role."""
-    table: dict[int, tuple[int, float, str]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) * _TICK_S, cmd)
     out: dict[str, float] = {}
-    todo = [os.getpid()]
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, cpu, cmd) in table.items():
-            if ppid == parent:
-                todo.append(pid)
-                program = cmd.split()[0].rsplit("/")[-1] if cmd else "?"
-                role = cmd.split(" stage ")[1].split()[0] if " stage " in cmd else program
-                out[role] = out.get(role, 0.0) + cpu
+    for proc in descendants(os.getpid()):
+        out[proc.role] = out.get(proc.role, 0.0) + proc.cpu_s
     me = os.times()
     out["collector (this process)"] = me.user + me.system
     return out
