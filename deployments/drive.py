@@ -76,7 +76,7 @@ async def drive(
     options: DriveOptions, settings: Settings, redis_url: str, uris: list[str], console: Console
 ) -> Summary:
     """Play `uris` through the running application(s) until done, Ctrl-C or the timeout."""
-    from stream.stages.sources import SourceSpec, add_source, remove_source
+    from stream.adapters.source_registry import SourceSpec, add_source, remove_source
 
     keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
     client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)

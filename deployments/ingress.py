@@ -228,7 +228,7 @@ class Ingress:
     @api.get("/v1/sources", tags=["sources"])
     async def get_sources(self, request: Request) -> dict[str, Any]:
         """Every registered source with its progress and the ingest replica playing it."""
-        from stream.stages.sources import list_sources
+        from stream.adapters.source_registry import list_sources
 
         self._limit(request)
         statuses = await self._redis(list_sources(self.client, self.keys))
@@ -237,7 +237,7 @@ class Ingress:
     @api.post("/v1/sources", status_code=201, tags=["sources"])
     async def post_source(self, source: SourceIn, request: Request) -> dict[str, Any]:
         """Add a source; an ingest replica starts playing it within a fraction of a second."""
-        from stream.stages.sources import SourceSpec, add_source
+        from stream.adapters.source_registry import SourceSpec, add_source
 
         self._limit(request)
         source_id = source.id or source_id_for(source.uri)
@@ -256,7 +256,7 @@ class Ingress:
     @api.delete("/v1/sources/{source_id}", status_code=204, tags=["sources"])
     async def delete_source(self, source_id: str, request: Request) -> Response:
         """Stop and unregister a source (its ingest replica publishes end-of-stream)."""
-        from stream.stages.sources import remove_source
+        from stream.adapters.source_registry import remove_source
 
         self._limit(request)
         if not await self._redis(remove_source(self.client, self.keys, source_id)):

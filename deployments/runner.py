@@ -30,9 +30,10 @@ from deployments.display import Summary, summary_table
 from deployments.drive import DriveOptions, drive
 from stream.adapters.redis_server import RedisServer, find_free_port
 from stream.errors import FramestreamError, ModelError
+from stream.runners import RunRequest
 from stream.settings import Settings, load_settings
 
-__all__ = ["RunOptions", "choose_model", "run_ray"]
+__all__ = ["RunOptions", "choose_model", "main", "run_ray"]
 
 log = logging.getLogger("framestream.run")
 
@@ -306,3 +307,25 @@ def _shutdown_ray() -> None:
     with contextlib.suppress(Exception):
         serve.shutdown()
     ray.shutdown()
+
+
+def main(settings: Settings, request: RunRequest) -> int:
+    """`framestream run --runner ray`: the ``ray`` entry point of ``framestream.runners``."""
+    options = RunOptions(
+        sources=list(request.sources),
+        models=list(request.models),
+        results=request.results,
+        redis_url=request.redis,
+        address=request.address,
+        timeout_s=request.timeout_s,
+        loop=request.loop,
+    )
+    errors = Console(stderr=True)
+    try:
+        run_ray(options, settings, Console())
+    except FramestreamError as e:
+        errors.print(f"[red]framestream run: {e}[/red]")
+        return 2
+    if request.results:
+        errors.print(f"results: {request.results}")
+    return 0

@@ -60,8 +60,8 @@ async def play_and_collect(
 
     from loadtest.collector import Collector, last_id
     from stream.adapters.redis_streams import connect
+    from stream.adapters.source_registry import SourceSpec, add_source
     from stream.core.keys import PipelineKeys
-    from stream.stages.sources import SourceSpec, add_source
 
     keys = PipelineKeys(pipeline)
     client = await connect(url)

@@ -1,5 +1,5 @@
 """A private pipeline for `loadtest replay --embedded`: a redis-server on a free port plus the
-stage processes (`stream.stages.runner`, no Ray) for one model, warmed up before use.
+stage processes (`stream.runners.processes`, no Ray) for one model, warmed up before use.
 
 The runner is started with no sources: the load tester publishes frames itself. Before the
 context is entered, one warm-up frame must come back as a result, so the model is compiled and
@@ -68,7 +68,7 @@ class EmbeddedPipeline:
         return self.server.url
 
     async def __aenter__(self) -> EmbeddedPipeline:
-        from stream.stages.runner import run_processes
+        from stream.runners.processes import run_processes
 
         self.server = RedisServer().start()
         try:

@@ -1,7 +1,7 @@
 """Stages: ingest, preprocess, infer, postprocess. Each glues core logic to adapters.
 
 `build_stage` makes any of them from settings and a Redis client; the processes runner
-(`stream.stages.runner`) and the Ray deployments both use it.
+(`stream.runners.processes`) and the Ray deployments both use it.
 """
 
 from __future__ import annotations

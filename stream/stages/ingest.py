@@ -1,6 +1,6 @@
 """ingest: play the registered sources into the frames stream.
 
-Sources live in ``keys.sources`` (see `stream.stages.sources`), so they can be added and removed
+Sources live in ``keys.sources`` (see `stream.adapters.source_registry`), so they can be added and removed
 while the pipeline runs. Each source is played by exactly one ingest replica at a time: the
 replica holds a lease key (SET NX PX, renewed every scan) and records its progress with every
 publish, so a replica that takes over resumes after the last published frame.
@@ -24,17 +24,17 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from stream.adapters.frames import LivePump, encode_frames, eos_message
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.redis_streams import GroupStats, StreamTransport
+from stream.adapters.source_registry import SourceSpec, add_source, get_state, list_sources, remove_source
 from stream.adapters.video import FrameSource, open_source, skip_frames
 from stream.core.geometry import source_short_side
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.sampling import FrameSampler
 from stream.errors import ModelError, SourceError
 from stream.settings import Settings
-from stream.stages.frames import LivePump, encode_frames, eos_message
-from stream.stages.sources import SourceSpec, add_source, get_state, list_sources, remove_source
 from stream.zoo.descriptors import load_spec
 
 __all__ = ["IngestStage", "add_source", "auto_short_side", "list_sources", "remove_source"]

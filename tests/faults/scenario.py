@@ -16,8 +16,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from stream.adapters.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys
-from stream.stages.sources import SourceSpec, add_source
 from tests.faults.checker import Outcome, check
 from tests.faults.frames import write_frame_folder
 from tests.faults.sink import FaultSink, dead_letters, pending_by_group, pending_total, wait_until

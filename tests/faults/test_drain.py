@@ -14,7 +14,7 @@ import yaml
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
-from stream.stages.runner import StageProcess, create_groups
+from stream.runners.processes import StageProcess, create_groups
 from tests.faults.conftest import MODEL, REPLICAS, Stack, fault_settings
 from tests.faults.scenario import Harness
 

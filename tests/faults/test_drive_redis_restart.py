@@ -21,7 +21,7 @@ from deployments.drive import DriveOptions, drive
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
-from stream.stages.runner import StageProcess, create_groups
+from stream.runners.processes import StageProcess, create_groups
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder
 from tests.faults.sink import FaultSink, wait_until

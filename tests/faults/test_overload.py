@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from stream.adapters.redis_streams import StreamTransport
-from stream.stages.sources import remove_source
+from stream.adapters.source_registry import remove_source
 from tests.faults.conftest import Stack
 from tests.faults.frames import jpeg_payloads
 from tests.faults.mjpeg import MjpegCamera

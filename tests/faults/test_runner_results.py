@@ -20,7 +20,7 @@ from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.core.source_ids import source_id
 from stream.results import SINK_GROUP, ResultReader
-from stream.stages.runner import run_processes
+from stream.runners.processes import run_processes
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder
 from tests.faults.sink import wait_until

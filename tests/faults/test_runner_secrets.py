@@ -13,7 +13,7 @@ import pytest
 
 from stream.adapters.redis_server import RedisServer
 from stream.core.source_ids import source_id
-from stream.stages.runner import run_processes
+from stream.runners.processes import run_processes
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder
 

@@ -13,13 +13,13 @@ from redis.crc import key_slot
 
 from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.redis_server import LocalCluster
+from stream.adapters.source_registry import SourceSpec, add_source
 from stream.adapters.video import write_demo_clip
 from stream.core.keys import PipelineKeys, partition_of
 from stream.errors import ConfigError
 from stream.results import ResultReader
+from stream.runners.processes import create_groups
 from stream.settings import Settings
-from stream.stages.runner import create_groups
-from stream.stages.sources import SourceSpec, add_source
 from tests.integration.test_stages import Pipeline, make_settings
 
 V1 = "mobilenet-v1-0.25-128-quant"

@@ -139,7 +139,7 @@ async def test_both_runners_report_the_same_latency_percentiles(client: aioredis
     """The processes runner (its own group) and the Ray runner (by cursor) read the same results
     and print the same p50 / p99 / max: one reader, one ledger, one percentile definition."""
     from deployments.drive import DriveOptions, _Results, _summary
-    from stream.stages.runner import RunReport, _fill
+    from stream.runners.processes import RunReport, _fill
 
     latencies = [float(v) for v in range(1, 101)]  # 1..100 ms: nearest-rank p99 is 99, max 100
     group = await ResultReader(client, KEYS, group="sink:run").start()

@@ -16,11 +16,11 @@ import pytest
 
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect
+from stream.adapters.source_registry import SourceSpec, add_source, list_sources, remove_source
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.settings import Settings
 from stream.stages import build_stage
-from stream.stages.sources import SourceSpec, add_source, list_sources, remove_source
 from tests.clips import SCENE_PHOTOS, read_photo, scene_frames, write_clip
 
 V1 = "mobilenet-v1-0.25-128-quant"

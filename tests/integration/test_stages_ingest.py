@@ -16,12 +16,12 @@ import pytest
 
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect
+from stream.adapters.source_registry import add_source, list_sources, remove_source
 from stream.adapters.video import Frame, register_source_kind, write_demo_clip
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.settings import Settings
 from stream.stages.ingest import IngestStage
-from stream.stages.sources import add_source, list_sources, remove_source
 
 KEYS = PipelineKeys()
 

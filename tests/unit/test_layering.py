@@ -38,3 +38,23 @@ def test_stream_never_imports_deployments_or_loadtest_at_module_level():
                 mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 for mod in mods:
                     assert not mod.startswith(("deployments", "loadtest")), f"{path} imports {mod}"
+
+
+def test_stream_never_imports_deployments_even_lazily():
+    """The runner choice goes through entry points (`stream.runners`), so `stream` can be used and
+    packaged without the Ray layer."""
+    for path in sorted((ROOT / "stream").rglob("*.py")):
+        for name in _imports(path):
+            assert not name.startswith("deployments"), f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_stream_stages_holds_only_stages():
+    modules = {p.stem for p in (ROOT / "stream" / "stages").glob("*.py")}
+    assert modules == {"__init__", "base", "ingest", "preprocess", "infer", "postprocess"}
+
+
+def test_both_runners_are_registered_entry_points():
+    from stream.runners import load_runner, runner_names
+
+    assert {"processes", "ray"} <= set(runner_names())
+    assert callable(load_runner("processes"))

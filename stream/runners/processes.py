@@ -34,13 +34,13 @@ import yaml
 from stream.adapters.redis_outage import REDIS_TRANSIENT
 from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.redis_streams import connect
+from stream.adapters.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger, Track
 from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
 from stream.results import SINK_GROUP, JsonlSink, ResultReader, dead_letter_count
 from stream.settings import Settings
-from stream.stages.sources import SourceSpec, add_source
 
 __all__ = [
     "RunReport",
