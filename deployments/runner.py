@@ -25,7 +25,15 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.panel import Panel
 
-from deployments.config import CONFIG_PATH, app_names, deploy, load_config, override, per_model
+from deployments.config import (
+    CONFIG_PATH,
+    LOCAL_NODE_RESOURCES,
+    app_names,
+    deploy,
+    load_config,
+    override,
+    per_model,
+)
 from deployments.display import Summary, summary_table
 from deployments.drive import DriveOptions, drive
 from stream.adapters.redis_server import RedisServer, find_free_port
@@ -124,7 +132,7 @@ def _start_ray(address: str | None) -> bool:
         return False
     # Ray's token authentication stays on (Ray >= 2.52 default): a local ray.init creates the
     # token (~/.ray/auth_token) and every process of this cluster uses it.
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), **common)
+    ray.init(num_cpus=max(2, os.cpu_count() or 2), resources=LOCAL_NODE_RESOURCES, **common)
     return True
 
 

@@ -72,8 +72,8 @@ def _group(name: str, spec: dict[str, Any], cpu_scale: float) -> Group:
     params = {str(k): str(v) for k, v in (spec.get("rayStartParams") or {}).items()}
     resources = {k: float(v) for k, v in (spec.get("resources") or {}).items()}
     raw = params.pop("resources", None)
-    if raw:  # KubeRay's quoting: '"{\"inference\": 1000}"'
-        resources.update(json.loads(raw.strip().strip("'").strip('"').replace('\\"', '"')))
+    if raw:  # a JSON string inside a string, as KubeRay passes it on: '"{\"inference\": 1000}"'
+        resources.update(json.loads(json.loads(raw)))
     labels = dict(spec.get("labels") or {})
     if "labels" in params:
         labels.update(dict(kv.split("=", 1) for kv in params.pop("labels").split(",") if kv))

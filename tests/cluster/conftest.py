@@ -8,6 +8,7 @@ and `tests.cluster.netns.Network` also cleans up at exit and on SIGTERM/SIGHUP.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from stream.settings import Settings
 from tests.cluster.cluster import Cluster, ClusterApp, groups, scaled_serve_config
 from tests.cluster.netns import netns_unavailable_reason
 from tests.faults.conftest import CLAIM_IDLE_MS, MODEL, fault_settings
-from tests.faults.scenario import Harness
+from tests.faults.scenario import OUT_ENV, ROOT, Harness
 
 CPU_SCALE = 0.25
 """prod pods have 4 (cpu) and 8 (inference) CPUs: 1 and 2 here, with the Serve shares scaled alike."""
@@ -82,8 +83,12 @@ def cluster_stack(prod_rayservice: dict, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture
-async def cluster_harness(cluster_stack: ClusterStack, tmp_path: Path) -> AsyncIterator[Harness]:
-    """A client on the cluster's Redis (over the bridge), once every replica runs and nothing is pending."""
+async def cluster_harness(
+    cluster_stack: ClusterStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Harness]:
+    """A client on the cluster's Redis (over the bridge), once every replica runs and nothing is
+    pending. Outcomes go to ``out/cluster/`` unless $FRAMESTREAM_FAULTS_OUT says otherwise."""
+    monkeypatch.setenv(OUT_ENV, os.environ.get(OUT_ENV) or str(ROOT / "out" / "cluster"))
     cluster_stack.app.wait_replicas(timeout_s=180)
     assert cluster_stack.cluster.redis is not None
     client = await connect(cluster_stack.cluster.redis.url)
