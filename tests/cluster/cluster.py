@@ -268,21 +268,45 @@ class Cluster:
                 )
             time.sleep(0.5)
 
-    def host_of(self, pid: int) -> str | None:
-        """Name of the host whose namespace process `pid` runs in."""
-        try:
-            ns = os.stat(f"/proc/{pid}/ns/net").st_ino
-        except OSError:
-            return None
+    def hosts_of(self, pids: list[int]) -> list[str]:
+        """Name of the host each process in `pids` runs on (its network namespace), sorted."""
+        by_inode = {}
         for name, node in self.nodes.items():
-            pids = node.host.pids()
-            if pids and os.stat(f"/proc/{pids[0]}/ns/net").st_ino == ns:
-                return name
-        return None
+            with contextlib.suppress(OSError):
+                by_inode[os.stat(f"/var/run/netns/{node.host.netns}").st_ino] = name
+        out = []
+        for pid in pids:
+            try:
+                out.append(by_inode.get(os.stat(f"/proc/{pid}/ns/net").st_ino, "?"))
+            except OSError:
+                out.append("?")
+        return sorted(out)
 
     def kill_host(self, name: str) -> int:
         """SIGKILL every process on host `name`; returns how many."""
         return self.nodes[name].host.kill_all()
+
+    def node_alive(self, name: str) -> bool:
+        address = self.nodes[name].host.address
+        return any(n["alive"] and n["ip"] == address for n in self.ray_nodes())
+
+    def revive(self, name: str, *, timeout_s: float = 120.0) -> bool:
+        """Make host `name` a live node again after a fault: plug it back in, and if Ray gave its
+        node up (or it was killed), kill what is left there and ``ray start`` it anew. Returns
+        whether it had to be restarted."""
+        host = self.nodes[name].host
+        host.link(True)
+        assert self.redis is not None
+        with contextlib.suppress(subprocess.CalledProcessError):
+            host.blackhole(self.redis.bind, False)
+        if self.node_alive(name) and host.pids():
+            return False
+        with contextlib.suppress(TimeoutError):  # a SIGKILLed node: let Ray notice first
+            self.wait_nodes({name}, timeout_s=60, alive=False)
+        host.kill_all()
+        self.start_node(name, timeout_s=timeout_s)
+        self.wait_nodes({name}, timeout_s=timeout_s)
+        return True
 
     def close(self) -> None:
         """Stop everything this cluster started (idempotent)."""
@@ -326,6 +350,5 @@ class ClusterApp(FaultApp):
         """Host name of each running replica, per deployment."""
         out: dict[str, list[str]] = {}
         for deployment in ("Ingest", "Preprocess", "Infer", "Postprocess", "Classifier", "Ingress"):
-            hosts = [self.cluster.host_of(pid) for pid in self.pids(deployment)]
-            out[deployment] = sorted(h or "?" for h in hosts)
+            out[deployment] = self.cluster.hosts_of(self.pids(deployment))
         return out

@@ -96,6 +96,10 @@ class Host:
         """Plug or unplug this host's cable (its veth end on the bridge side)."""
         _ip("link", "set", self.veth, "up" if up else "down")
 
+    def blackhole(self, address: str, on: bool) -> None:
+        """Silently drop (or stop dropping) this host's packets to `address`: one peer out of reach."""
+        _ip("-n", self.netns, "route", "add" if on else "del", "blackhole", f"{address}/32", check=on)
+
 
 @dataclass
 class Network:
