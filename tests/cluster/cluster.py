@@ -352,3 +352,7 @@ class ClusterApp(FaultApp):
         for deployment in ("Ingest", "Preprocess", "Infer", "Postprocess", "Classifier", "Ingress"):
             out[deployment] = self.cluster.hosts_of(self.pids(deployment))
         return out
+
+    def placement_text(self) -> str:
+        """`placement` in one line: ``Ingest@cpu0 Infer@inference0,inference1 ...``."""
+        return " ".join(f"{d}@{','.join(hosts)}" for d, hosts in self.placement().items())

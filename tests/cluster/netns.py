@@ -20,7 +20,9 @@ import fcntl
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,6 +98,11 @@ class Host:
         """Plug or unplug this host's cable (its veth end on the bridge side)."""
         _ip("link", "set", self.veth, "up" if up else "down")
 
+    def can_reach(self, address: str, port: int, timeout_s: float = 1.0) -> bool:
+        """Whether a TCP connect from inside this host to `address`:`port` succeeds."""
+        probe = f"import socket; socket.create_connection(({address!r}, {port}), timeout={timeout_s})"
+        return self.run([sys.executable, "-c", probe], timeout_s=timeout_s + 30).returncode == 0
+
     def blackhole(self, address: str, on: bool) -> None:
         """Silently drop (or stop dropping) this host's packets to `address`: one peer out of reach."""
         _ip("-n", self.netns, "route", "add" if on else "del", "blackhole", f"{address}/32", check=on)
@@ -162,10 +169,17 @@ class Network:
             _ip("-n", host.netns, *args)
         return host
 
+    @staticmethod
+    def reachable(host: Host, port: int, timeout_s: float = 1.0) -> bool:
+        """Whether a TCP connect from the root namespace to `host`:`port` succeeds."""
+        try:
+            with socket.create_connection((host.address, port), timeout=timeout_s):
+                return True
+        except OSError:
+            return False
+
     def wait_reachable(self, host: Host, port: int, *, timeout_s: float) -> None:
         """Until a TCP connect from the root namespace to `host`:`port` succeeds."""
-        import socket
-
         deadline = time.monotonic() + timeout_s
         while True:
             try:

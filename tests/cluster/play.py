@@ -42,7 +42,10 @@ async def play_with_fault(
     timeout_s: float = 300.0,
     stall_s: float = 120.0,
     note: str = "",
+    settled: Callable[[], dict[str, Any]] | None = None,
 ) -> Played:
+    """`settled()` runs once the pipeline is idle again; what it returns is recorded too (its
+    ``note`` appended to the fault's)."""
     replay = await harness.replay(scenario.split()[0], frames)
     moving = await harness.follow(replay, timeout_s=120, until=lambda: replay.sink.distinct >= strike_after)
     assert moving, f"{replay.sink.distinct} results before the fault"
@@ -50,6 +53,10 @@ async def play_with_fault(
     note = str(extra.pop("note", "")) or note
     finished = await harness.follow(replay, timeout_s=timeout_s, stall_s=stall_s)
     pending = await harness.settle(replay, extra_s=30)
+    if settled is not None:
+        later = settled()
+        note = "; ".join(n for n in (note, str(later.pop("note", ""))) if n)
+        extra.update(later)
     note = f"{note}; {frames} frames" if note else f"{frames} frames"
     outcome = await harness.outcome(scenario, replay, pending=pending, note=note)
     await harness.record(outcome, replay, runner="ray-cluster", **extra)

@@ -47,7 +47,7 @@ async def test_frames_flow_across_hosts(cluster_harness: Harness, cluster_stack:
         "c0 cluster baseline",
         replay,
         pending=pending,
-        note=f"no fault; {frames} frames; replicas {cluster_stack.app.placement()}",
+        note=f"no fault; {cluster_stack.app.placement_text()}; {frames} frames",
     )
     await cluster_harness.record(outcome, replay, runner="ray-cluster")
     await cluster_harness.close(replay)
