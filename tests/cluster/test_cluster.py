@@ -8,7 +8,12 @@ import pytest
 from tests.cluster.conftest import HOSTS, ClusterStack
 from tests.faults.scenario import Harness
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
 
 def test_nodes_start_with_their_groups_parameters(cluster_stack: ClusterStack) -> None:

@@ -12,7 +12,12 @@ from tests.cluster.conftest import ClusterStack
 from tests.cluster.play import play_with_fault
 from tests.faults.scenario import Harness, Replay
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
 FRAMES = 8_000
 

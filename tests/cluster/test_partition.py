@@ -13,7 +13,12 @@ from tests.cluster.conftest import ClusterStack
 from tests.cluster.play import play_with_fault
 from tests.faults.scenario import Harness, Replay
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
 LINK_DOWN_S = 15.0
 REDIS_CUT_S = 10.0
