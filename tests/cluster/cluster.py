@@ -13,6 +13,12 @@ start itself (and as KubeRay's ``authOptions: {mode: token}`` does): ``RAY_AUTH_
 ``RAY_AUTH_TOKEN`` in the environment of every ``ray start`` and of the driver. Each host has its
 own ``--temp-dir`` (the namespaces share one filesystem).
 
+When the RayService has ``gcsFaultToleranceOptions``, the head keeps the GCS tables in the
+cluster's Redis as Ray documents for ``ray start`` and as KubeRay sets it up: ``RAY_REDIS_ADDRESS``
+and ``--redis-password`` on the head, one ``RAY_external_storage_namespace`` for the cluster, and a
+longer ``RAY_gcs_rpc_server_reconnect_timeout_s`` on the workers, so a head that dies and comes
+back finds the cluster as it was.
+
 The test process is outside the cluster: it reaches Redis over the bridge, and steers Serve through
 `tests.cluster.driver`, a Ray driver it runs on the head host.
 """
@@ -40,13 +46,23 @@ from tests.cluster.driver import MARK
 from tests.cluster.netns import Host, Network
 from tests.faults.rayapp import FaultApp
 
-__all__ = ["Cluster", "ClusterApp", "Group", "groups", "scaled_serve_config", "start_args"]
+__all__ = [
+    "Cluster",
+    "ClusterApp",
+    "Group",
+    "gcs_fault_tolerant",
+    "groups",
+    "scaled_serve_config",
+    "start_args",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 GCS_PORT = 6379
 REDIS_PORT = 6379
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 """Per node: the pipeline passes frames through Redis, not the object store; /dev/shm is shared."""
+GCS_RECONNECT_TIMEOUT_S = 600
+"""Workers wait this long for a lost GCS to come back (KubeRay's value with GCS fault tolerance)."""
 SKIPPED_PARAMS = {"dashboard-host"}
 """rayStartParams that mean nothing without Kubernetes (no dashboard runs here)."""
 
@@ -107,6 +123,11 @@ def start_args(group: Group) -> list[str]:
     return args
 
 
+def gcs_fault_tolerant(rayservice: dict[str, Any]) -> bool:
+    """Whether the RayService asks for GCS fault tolerance (``gcsFaultToleranceOptions``)."""
+    return bool(rayservice["spec"]["rayClusterConfig"].get("gcsFaultToleranceOptions"))
+
+
 def scaled_serve_config(rayservice: dict[str, Any], cpu_scale: float) -> dict[str, Any]:
     """The RayService's serveConfigV2 with every deployment's ``num_cpus`` times `cpu_scale`."""
     config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
@@ -133,6 +154,7 @@ class Cluster:
     worker_groups: dict[str, Group]
     counts: dict[str, int]
     """Hosts per worker group."""
+    gcs_fault_tolerance: bool = False
     network: Network = field(default_factory=Network)
     token: str = field(default_factory=lambda: secrets.token_hex(32))
     nodes: dict[str, Node] = field(default_factory=dict)
@@ -205,9 +227,34 @@ class Cluster:
             "--disable-usage-stats",
             *start_args(node.group),
         ]  # fmt: skip
-        done = node.host.run(argv, env=self.env(), cwd=ROOT, timeout_s=timeout_s)
+        env = self.env()
+        if self.gcs_fault_tolerance and name == "head":
+            assert self.redis is not None and self.redis.password
+            env["RAY_REDIS_ADDRESS"] = f"{self.redis.bind}:{self.redis.port}"
+            env["RAY_external_storage_namespace"] = self.network.tag
+            argv += ["--redis-username", "default", "--redis-password", self.redis.password]
+        elif self.gcs_fault_tolerance:
+            env["RAY_gcs_rpc_server_reconnect_timeout_s"] = str(GCS_RECONNECT_TIMEOUT_S)
+        done = node.host.run(argv, env=env, cwd=ROOT, timeout_s=timeout_s)
         if done.returncode != 0:
             raise RuntimeError(f"ray start on {name} failed ({done.returncode}): {done.stderr[-2000:]}")
+
+    def restart_head(self, *, timeout_s: float = 180.0) -> None:
+        """``ray start --head`` again after a head loss (and the driver with it); returns once
+        every host's node is alive again."""
+        self.head.host.kill_all()
+        if self._driver is not None:
+            with contextlib.suppress(Exception):
+                self._driver.kill()
+                self._driver.wait(5)
+        # A new head pod starts with an empty /tmp. (With the old one, `ray start --head` reads the
+        # last cluster address there, finds the workers' processes naming it on this machine,
+        # and refuses to start as if a GCS still ran here.)
+        old = self.head.temp_dir
+        self.head.temp_dir = old.with_name(f"{old.name}-{time.monotonic_ns() % 10**6}")
+        self.start_node("head", timeout_s=timeout_s)
+        self._start_driver(timeout_s)
+        self.wait_nodes(set(self.nodes), timeout_s=timeout_s)
 
     def _start_driver(self, timeout_s: float) -> None:
         argv = [sys.executable, "-m", "tests.cluster.driver", self.gcs_address]

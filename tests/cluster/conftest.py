@@ -18,7 +18,7 @@ import pytest
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.settings import Settings
-from tests.cluster.cluster import Cluster, ClusterApp, groups, scaled_serve_config
+from tests.cluster.cluster import Cluster, ClusterApp, gcs_fault_tolerant, groups, scaled_serve_config
 from tests.cluster.netns import netns_unavailable_reason
 from tests.faults.conftest import CLAIM_IDLE_MS, MODEL, fault_settings
 from tests.faults.scenario import OUT_ENV, ROOT, Harness
@@ -64,7 +64,9 @@ def cluster_stack(prod_rayservice: dict, tmp_path_factory: pytest.TempPathFactor
     locate_model(load_spec(MODEL), weights_dir=None, cache_dir=cache, allow_synthetic=True)
     settings = fault_settings(cache)
     head, workers = groups(prod_rayservice, CPU_SCALE)
-    cluster = Cluster(head, {g.name: g for g in workers}, HOSTS)
+    cluster = Cluster(
+        head, {g.name: g for g in workers}, HOSTS, gcs_fault_tolerance=gcs_fault_tolerant(prod_rayservice)
+    )
     try:
         cluster.start()
         assert cluster.redis is not None
