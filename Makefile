@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test check lint typecheck faults bench setup redis-server clean
+.PHONY: run test check lint typecheck faults cluster bench setup redis-server clean
 
 setup: $(STAMP) redis-server
 
@@ -53,6 +53,11 @@ typecheck: setup
 
 faults: setup
 	$(BIN)/python -m tests.faults.report
+
+# A head, worker hosts and Redis as network namespaces on this machine (needs root; docs/cluster.md).
+cluster: setup
+	FRAMESTREAM_FAULTS_OUT=$${FRAMESTREAM_FAULTS_OUT:-out/cluster} \
+	  $(BIN)/python -m tests.faults.report --suite tests/cluster $(ARGS)
 
 bench: setup
 	@mkdir -p out

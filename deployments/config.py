@@ -19,6 +19,7 @@ from stream.errors import ConfigError
 
 __all__ = [
     "CONFIG_PATH",
+    "LOCAL_NODE_RESOURCES",
     "app_config",
     "app_names",
     "deploy",
@@ -31,6 +32,10 @@ __all__ = [
 ]
 
 CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
+
+LOCAL_NODE_RESOURCES: dict[str, float] = {"inference": 1.0}
+"""Custom resources a single local Ray node declares (``ray.init(resources=...)``): the config
+places Infer and Classifier on nodes offering `inference`, and on one machine that node is this one."""
 
 
 def load_config(path: Path = CONFIG_PATH) -> dict[str, Any]:

@@ -6,6 +6,12 @@ stand-in with a loud notice), a generated demo clip; live progress; on finish or
 sources stop, the pipeline drains (replicas finish and ack what they hold), a summary prints and
 the command exits 0. ``--redis URL`` and ``--address RAY_ADDRESS`` attach to services that run
 already (an application already RUNNING there is used as it is and left running).
+
+On a cluster (``--address``) the ingest replica opens the sources on whichever host it runs, and
+every replica connects to Redis from its own host. So an attached run needs ``--redis`` with an
+address the cluster's hosts can reach (never a private redis-server on this machine's loopback),
+and it rejects sources only this machine can read: a path in the temp dir (the generated demo clip
+is one), which another host's temp dir does not have.
 """
 
 from __future__ import annotations
@@ -25,15 +31,23 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.panel import Panel
 
-from deployments.config import CONFIG_PATH, app_names, deploy, load_config, override, per_model
+from deployments.config import (
+    CONFIG_PATH,
+    LOCAL_NODE_RESOURCES,
+    app_names,
+    deploy,
+    load_config,
+    override,
+    per_model,
+)
 from deployments.display import Summary, summary_table
 from deployments.drive import DriveOptions, drive
 from stream.adapters.redis_server import RedisServer, find_free_port
-from stream.errors import FramestreamError, ModelError
+from stream.errors import ConfigError, FramestreamError, ModelError
 from stream.runners import RunRequest
 from stream.settings import Settings, load_settings
 
-__all__ = ["RunOptions", "choose_model", "main", "run_ray"]
+__all__ = ["RunOptions", "check_attached", "choose_model", "main", "run_ray"]
 
 log = logging.getLogger("framestream.run")
 
@@ -86,6 +100,71 @@ def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
     return spec.name, True
 
 
+_NETWORK_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+
+
+def _host(url_or_address: str) -> str:
+    """The host part of a URL or of ``HOST:PORT``."""
+    if "://" not in url_or_address:
+        url_or_address = f"x://{url_or_address}"
+    return (urlsplit(url_or_address).hostname or "").lower()
+
+
+def _is_loopback(host: str) -> bool:
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _temp_path(source: str) -> Path | None:
+    """The path `source` names when it lies in this machine's temp dir, else None."""
+    if source.lower().startswith(_NETWORK_PREFIXES) or source.startswith(("webcam:", "/dev/video")):
+        return None
+    prefix, sep, rest = source.partition(":")
+    path = Path(rest if sep and prefix in ("file", "replay") else source).expanduser()
+    try:
+        resolved, tmp = path.resolve(), Path(tempfile.gettempdir()).resolve()
+    except OSError:
+        return None
+    return resolved if resolved == tmp or tmp in resolved.parents else None
+
+
+def check_attached(address: str | None, redis_url: str, sources: list[str]) -> None:
+    """Refuse an attached run (``--address``) that the cluster's other hosts could not serve: no
+    ``--redis`` (a private redis-server listens on this machine's loopback only), a loopback Redis
+    with a remote Ray address, no source (the demo clip is written to this machine's temp dir), or
+    a source path in the temp dir. Raises ConfigError saying what to pass instead."""
+    if not address:
+        return
+    if redis_url == "auto":
+        raise ConfigError(
+            f"--address {address} attaches to a Ray cluster whose replicas may run on other hosts; "
+            "they cannot reach a private redis-server on this machine's 127.0.0.1. Pass --redis "
+            "redis://HOST:PORT/0 with an address every host of the cluster can reach (or set "
+            "FRAMESTREAM_REDIS__URL)"
+        )
+    remote = address != "auto" and not _is_loopback(_host(address))
+    if remote and _is_loopback(_host(redis_url)):
+        raise ConfigError(
+            f"--address {address} is another host, but --redis names this machine's loopback "
+            f"({_host(redis_url)}), which the cluster's hosts cannot reach; pass --redis with an "
+            "address every host of the cluster can reach"
+        )
+    if not sources:
+        raise ConfigError(
+            f"--address {address}: the demo clip would be written to this machine's temp dir, which "
+            "an ingest replica on another host cannot read; pass --source with a URI every host "
+            "can open (rtsp://, http(s)://, or a path on storage the hosts share)"
+        )
+    for source in sources:
+        path = _temp_path(source)
+        if path is not None:
+            raise ConfigError(
+                f"--address {address}: source {source!r} is in this machine's temp dir ({path}), which "
+                "an ingest replica on another host cannot read; put it on storage the hosts share, "
+                "or pass a network URI (rtsp://, http(s)://)"
+            )
+
+
 def _synthetic_notice(console: Console, wanted: str, model: str) -> None:
     text = (
         f"No real weights for [bold]{wanted}[/bold] were found (FRAMESTREAM_WEIGHTS_DIR, model cache).\n"
@@ -127,7 +206,7 @@ def _start_ray(address: str | None) -> bool:
         return False
     # Ray's token authentication stays on (Ray >= 2.52 default): a local ray.init creates the
     # token (~/.ray/auth_token) and every process of this cluster uses it.
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), **common)
+    ray.init(num_cpus=max(2, os.cpu_count() or 2), resources=LOCAL_NODE_RESOURCES, **common)
     return True
 
 
@@ -206,8 +285,14 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
     """Run the pipeline on Ray (see the module docstring) and return what it did."""
     settings = settings or load_settings()
     console = console or Console()
+    redis_url = options.redis_url or settings.redis.url
+    check_attached(options.address, redis_url, list(options.sources))
+    if options.address:
+        console.print(
+            "sources are opened by the ingest replica on whichever host of the cluster it runs: "
+            "each must be readable there"
+        )
     with contextlib.ExitStack() as stack:
-        redis_url = options.redis_url or settings.redis.url
         if redis_url == "auto":
             server = stack.enter_context(_private_redis(settings))
             redis_url = server.url

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -75,7 +75,12 @@ class RedisServer:
         maxmemory_mb: int = 0,
         start_timeout_s: float = 10.0,
         cluster_node_timeout_ms: int | None = None,
+        bind: str = "127.0.0.1",
+        launcher: Sequence[str] = (),
     ) -> None:
+        """`bind` is the address it listens on and clients use; `launcher` is prepended to its
+        command line (``["ip", "netns", "exec", NS]`` runs it on another host of a test network).
+        """
         binary = shutil.which("redis-server")
         if binary is None:
             raise ConfigError(_INSTALL_HINT)
@@ -89,18 +94,21 @@ class RedisServer:
         self.start_timeout_s = start_timeout_s
         self.cluster_node_timeout_ms = cluster_node_timeout_ms
         """None: a plain server; a number: ``cluster-enabled yes`` with that node timeout."""
+        self.bind = bind
+        self.launcher = list(launcher)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://{auth}{self.bind}:{self.port}/0"
 
     def _args(self) -> list[str]:
         args = [
+            *self.launcher,
             self.binary,
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.bind,
             "--dir", str(self.data_dir),
             "--save", "",
             "--daemonize", "no",
@@ -126,7 +134,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
-        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1.0)
+        client = redis.Redis(host=self.bind, port=self.port, password=self.password, socket_timeout=1.0)
         deadline = time.monotonic() + self.start_timeout_s
         try:
             while True:

@@ -77,8 +77,11 @@ def stack(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     settings = fault_settings(model_cache)
     server = RedisServer(aof=True, data_dir=tmp_path_factory.mktemp("fault-redis")).start()
+    from deployments.config import LOCAL_NODE_RESOURCES
+
     ray.init(
         num_cpus=4,
+        resources=LOCAL_NODE_RESOURCES,
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.WARNING,

@@ -51,7 +51,9 @@ class FaultApp:
         replicas: dict[str, int],
         *,
         ingress: dict[str, Any] | None = None,
+        base: dict[str, Any] | None = None,
     ) -> None:
+        """`base` is the Serve config to start from (default: deployments/serve_config.yaml)."""
         self.name = f"faults{os.getpid()}"
         self.http_port = 0
         dumped = settings.model_dump(mode="json")
@@ -59,7 +61,8 @@ class FaultApp:
         dumped["redis"]["url"] = redis_url
         self.replicas = dict(replicas)
         self._base = override(
-            load_config(), args={"model": model, "settings": dumped, "ingress": ingress or {}}
+            base if base is not None else load_config(),
+            args={"model": model, "settings": dumped, "ingress": ingress or {}},
         )
         self._base["applications"][0]["name"] = self.name
 

@@ -4,6 +4,7 @@ dead-lettered, pending, recovery time, note) as Markdown, ready for docs/faults.
     python -m tests.faults.report              # run tests/faults, then print the table
     python -m tests.faults.report --no-run     # only print the table of the last run
     python -m tests.faults.report -- -k kill   # extra pytest arguments after --
+    python -m tests.faults.report --suite tests/cluster   # `make cluster`: the multi-host suite
 
 Each scenario writes one JSON file into ``$FRAMESTREAM_FAULTS_OUT`` (default ``out/faults/``);
 the table is also saved there as ``table.md``. Exits with pytest's exit code.
@@ -69,6 +70,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults.report", description=__doc__.split("\n")[0])
     parser.add_argument("--no-run", action="store_true", help="print the table of the last run only")
+    parser.add_argument("--suite", default="tests/faults", help="test folder to run (default tests/faults)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     folder = out_dir()
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.executable,
             "-m",
             "pytest",
-            "tests/faults",
+            args.suite,
             "-q",
             "-p",
             "no:cacheprovider",
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return code or 1
     table = render_table(rows)
     footer = (
-        f"\nfault suite wall time: {wall_s:.0f} s (pytest exit code {code})" if wall_s is not None else ""
+        f"\n{args.suite} wall time: {wall_s:.0f} s (pytest exit code {code})" if wall_s is not None else ""
     )
     (folder / "table.md").write_text(table + "\n" + footer + "\n")
     print()

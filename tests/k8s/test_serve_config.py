@@ -161,3 +161,28 @@ def test_every_replica_serve_may_ask_for_fits_the_cluster_at_full_size(
 def _cpus(value: str | int) -> float:
     text = str(value)
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def test_placement_on_inference_hosts_is_in_the_serve_config_for_every_runner(
+    rendered: Docs, source: dict[str, Any]
+) -> None:
+    """Infer and Classifier ask for the `inference` resource in deployments/serve_config.yaml
+    itself (so `framestream run --address`, the tests and KubeRay place them alike), the local
+    single node offers it, and the Kubernetes overrides do not carry placement on their own."""
+    from deployments.config import LOCAL_NODE_RESOURCES
+
+    def wanted(config: dict[str, Any]) -> dict[str, set[str]]:
+        return {
+            d["name"]: set(d.get("ray_actor_options", {}).get("resources", {}))
+            for d in config["applications"][0]["deployments"]
+        }
+
+    assert {n for n, r in wanted(source).items() if "inference" in r} == {"Infer", "Classifier"}
+    assert "inference" in LOCAL_NODE_RESOURCES
+    overrides = yaml.safe_load((K8S / "serve-overrides.yaml").read_text())
+    for section in overrides.values():
+        for app in (section or {}).get("applications", {}).values():
+            for name, delta in app.get("deployments", {}).items():
+                assert "resources" not in delta.get("ray_actor_options", {}), name
+    for overlay, docs in rendered.items():
+        assert wanted(_embedded(docs)) == wanted(source), overlay
