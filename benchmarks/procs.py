@@ -30,7 +30,8 @@ class Proc:
         replica = re.search(r"ServeReplica:[^ ]*?:(\w+)", self.cmd)
         if replica:
             return replica[1]
-        return self.cmd.split()[0].rsplit("/", 1)[-1] if self.cmd.strip() else "?"
+        program = self.cmd.split()[0].rsplit("/", 1)[-1] if self.cmd.strip() else "?"
+        return program.split(".", 1)[0] if program.startswith("ray::") else program  # not the task
 
 
 def descendants(root_pid: int) -> list[Proc]:
