@@ -128,6 +128,7 @@ def test_classify_errors_are_clear(shared_dir, tmp_path):
     assert result.exit_code == 1 and "framestream models fetch mobilenet-v2-1.0-224-quant" in result.output
 
 
+@pytest.mark.slow
 def test_models_check_runs_the_contract_and_prints_params_flops(shared_dir, tmp_path):
     result = runner.invoke(
         app,

@@ -73,6 +73,7 @@ async def test_two_replicas_play_each_source_exactly_once(
     assert sum(r.processed for r in replicas) == 4 * 31
 
 
+@pytest.mark.slow
 async def test_killed_replica_is_taken_over_and_nothing_is_lost(
     redis_server: RedisServer, redis_client, clip, tmp_path: Path
 ) -> None:

@@ -11,6 +11,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from stream.zoo import list_specs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +31,7 @@ _NOT_SOURCE = shutil.ignore_patterns(
 )
 
 
+@pytest.mark.slow
 def test_models_list_from_a_wheel_installed_in_a_fresh_venv(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, symlinks=True, ignore=_NOT_SOURCE)
