@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from stream.adapters.metrics import metrics
+from stream.adapters.redis_client import refresh_cluster_view
 from stream.adapters.redis_partitions import FanInReader, ensure_layout
 from stream.adapters.redis_streams import DeadLetter, Entry, GroupStats, Output, StreamTransport
 from stream.core.codec import Message, encode_message
@@ -47,9 +49,16 @@ _TRIM_INTERVAL_S = 1.0
 _LAG_INTERVAL_S = 2.0
 
 
-REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
+REDIS_TRANSIENT = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
 """Redis gone for a while: connection lost or refused, a stall past the socket timeout, a restart
-still loading its AOF (BusyLoadingError is a ConnectionError)."""
+still loading its AOF (BusyLoadingError is a ConnectionError); on a Redis Cluster also a slot
+without a live master while a replica takes over (CLUSTERDOWN, TRYAGAIN, a slot not covered)."""
 
 
 def is_redis_outage(error: BaseException) -> bool:
@@ -57,6 +66,8 @@ def is_redis_outage(error: BaseException) -> bool:
     loop) RuntimeError for a write on a connection Redis already closed."""
     if isinstance(error, REDIS_TRANSIENT):
         return True
+    if isinstance(error, RedisClusterException) and "cannot be connected" in str(error):
+        return True  # no node of the cluster answered the client's refresh of its slot table
     return isinstance(error, RuntimeError) and "handler is closed" in str(error)
 
 
@@ -309,7 +320,7 @@ async def run_resilient(
 
 async def _wait_for_redis(client: aioredis.Redis, stop: asyncio.Event, max_outage_s: float) -> None:
     async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(REDIS_TRANSIENT),
+        retry=retry_if_exception(is_redis_outage),
         wait=wait_exponential(multiplier=0.1, max=2.0),
         stop=stop_after_delay(max_outage_s),
         reraise=True,
@@ -317,3 +328,4 @@ async def _wait_for_redis(client: aioredis.Redis, stop: asyncio.Event, max_outag
         with attempt:
             if not stop.is_set():
                 await client.ping()
+                await refresh_cluster_view(client)

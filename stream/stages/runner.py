@@ -32,6 +32,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import yaml
 
+from stream.adapters.redis_client import refresh_cluster_view
 from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
@@ -338,6 +339,8 @@ async def _collect(
         except REDIS_TRANSIENT as e:  # Redis restarting: the stages wait for it too
             log.warning("results: Redis unavailable (%s); retrying", e)
             await asyncio.sleep(0.5)
+            with contextlib.suppress(*REDIS_TRANSIENT):
+                await refresh_cluster_view(collector.client)  # a failover: a master moved
         if on_progress is not None:
             on_progress(collector)
         if finite and collector.finished(finite):
