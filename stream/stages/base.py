@@ -68,6 +68,8 @@ def is_redis_outage(error: BaseException) -> bool:
         return True
     if isinstance(error, RedisClusterException) and "cannot be connected" in str(error):
         return True  # no node of the cluster answered the client's refresh of its slot table
+    if isinstance(error, AttributeError) and "no attribute 'writelines'" in str(error):
+        return True  # redis-py wrote on a connection another task had just dropped (a failover)
     return isinstance(error, RuntimeError) and "handler is closed" in str(error)
 
 

@@ -1,0 +1,105 @@
+"""The P = 3 failover scenario of test_partitions, run as a child process (see that test).
+
+Prints one JSON line: {"killed_at", "expected", "promoted", "lost": {source: [seq...]}, "duplicates"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from redis.crc import key_slot
+
+from stream.adapters.redis_client import connect, refresh_cluster_view
+from stream.adapters.redis_server import LocalCluster
+from stream.adapters.video import write_demo_clip
+from stream.core.keys import PipelineKeys, partition_of
+from stream.stages import build_stage
+from stream.stages.base import REDIS_TRANSIENT, run_resilient
+from stream.stages.runner import create_groups
+from stream.stages.sinks import ResultCollector
+from stream.stages.sources import SourceSpec, add_source
+from tests.integration.test_partitions import PIPELINE, SOURCES, V1
+from tests.integration.test_stages import make_settings
+
+FRAMES = 300
+
+
+async def _poll(collectors: list[ResultCollector], client) -> None:
+    try:
+        for c in collectors:
+            await c.poll(block_ms=20)
+    except REDIS_TRANSIENT:
+        await asyncio.sleep(0.2)
+        with contextlib.suppress(*REDIS_TRANSIENT):
+            await refresh_cluster_view(client)
+
+
+def _finished(collectors: list[ResultCollector]) -> bool:
+    for source in SOURCES:
+        c = collectors[partition_of(source, 3)]
+        if not c.finished({(source, V1)}) or len(c.track(source, V1).seqs) < FRAMES:
+            return False
+    return True
+
+
+async def scenario(tmp: Path, weights: Path) -> dict:
+    base = make_settings(tmp, weights)
+    settings = base.model_copy(
+        update={"streams": base.streams.model_copy(update={"partitions": 3, "pipeline": PIPELINE})}
+    )
+    keys = PipelineKeys(PIPELINE, 3)
+    clip = write_demo_clip(tmp / "demo.mp4", frames=FRAMES)
+    with LocalCluster(masters=3, replicas=1) as cluster:
+        client = await connect(cluster.url)
+        await create_groups(client, keys, [V1])
+        collectors = [ResultCollector(client, k, group="sink:test") for k in keys.all_partitions]
+        for c in collectors:
+            await c.ensure_group(start_id="0")
+        stop = asyncio.Event()
+        loops, clients = [], []
+        for name in ("preprocess", "infer", "postprocess", "ingest"):
+            clients.append(await connect(cluster.url))
+            model = None if name == "ingest" else V1
+            stage = build_stage(name, settings, clients[-1], consumer=f"{name}-0", model=model)
+            loops.append(asyncio.create_task(run_resilient(stage, stop, clients[-1], max_outage_s=60)))
+        slot = key_slot(keys.partition(1).frames.encode())
+        victim = cluster.master_for_slot(slot)
+        killed_at = None
+        try:
+            for source in SOURCES:
+                await add_source(client, keys, source, SourceSpec(uri=str(clip)))
+            deadline = time.monotonic() + 200
+            while not _finished(collectors):
+                await _poll(collectors, client)
+                got = sum(len(t.seqs) for c in collectors for t in c.tracks.values())
+                if killed_at is None and got >= 300:
+                    victim.kill()
+                    killed_at = got
+                for task in loops:
+                    if task.done():
+                        task.result()  # a stage that crashed: raise its error
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"stuck at {got} results, killed at {killed_at}")
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*loops, return_exceptions=True), 60)
+            for c in [client, *clients]:
+                await c.aclose()
+        promoted = cluster.master_for_slot(slot).port != victim.port
+    lost = {}
+    for source in SOURCES:
+        seqs = collectors[partition_of(source, 3)].track(source, V1).seqs
+        if missing := sorted(set(range(FRAMES)) - seqs):
+            lost[source] = missing
+    duplicates = sum(t.duplicates for c in collectors for t in c.tracks.values())
+    return {"killed_at": killed_at, "expected": len(SOURCES) * FRAMES, "promoted": promoted,
+            "lost": lost, "duplicates": duplicates}  # fmt: skip
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(scenario(Path(sys.argv[1]), Path(sys.argv[2])))))
