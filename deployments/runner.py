@@ -29,7 +29,7 @@ from deployments.config import CONFIG_PATH, app_names, deploy, load_config, over
 from deployments.display import Summary, summary_table
 from deployments.drive import DriveOptions, drive
 from stream.adapters.redis_server import RedisServer, find_free_port
-from stream.errors import FramestreamError, ModelError
+from stream.errors import ConfigError, FramestreamError, ModelError
 from stream.settings import Settings, load_settings
 
 __all__ = ["RunOptions", "choose_model", "run_ray"]
@@ -203,6 +203,12 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
     """Run the pipeline on Ray (see the module docstring) and return what it did."""
     settings = settings or load_settings()
     console = console or Console()
+    if settings.streams.partitions != 1:
+        raise ConfigError(
+            f"the Ray runner reads results of one partition only, got streams.partitions="
+            f"{settings.streams.partitions}; deploy the stages (serve_config) and read every "
+            "partition's results stream"
+        )
     with contextlib.ExitStack() as stack:
         redis_url = options.redis_url or settings.redis.url
         if redis_url == "auto":
