@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stream.errors import TransportError
 
-__all__ = ["connect", "is_cluster", "redact"]
+__all__ = ["connect", "is_cluster", "redact", "refresh_cluster_view"]
 
 
 async def connect(
@@ -67,6 +67,24 @@ async def connect(
 def is_cluster(client: Any) -> bool:
     """True for a client `connect` opened on a Redis Cluster."""
     return isinstance(client, RedisCluster)
+
+
+async def refresh_cluster_view(client: Any) -> None:
+    """On a cluster client, after an outage: load the current slot table and make a live master
+    the node the client asks its own questions (nothing on a plain client).
+
+    redis-py 8.1 asks its default node (the one the URL named) which keys an XREADGROUP touches
+    (``COMMAND GETKEYS``) and keeps that node after it died and its replica took over: every
+    XREADGROUP then failed to connect, for good. Measured with `LocalCluster` and ``kill -9``.
+    """
+    if not is_cluster(client):
+        return
+    await client.nodes_manager.initialize()
+    primaries = client.get_primaries()
+    if primaries:
+        node = primaries[0]
+        client.set_default_node(node)
+        client.commands_parser.node = node
 
 
 async def _cluster_enabled(client: aioredis.Redis) -> bool:

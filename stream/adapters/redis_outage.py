@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -24,9 +25,16 @@ __all__ = ["REDIS_TRANSIENT", "RedisOutage", "is_redis_outage", "ride_out"]
 log = logging.getLogger("framestream.redis")
 _T = TypeVar("_T")
 
-REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
+REDIS_TRANSIENT = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
 """Redis gone for a while: connection lost or refused, a stall past the socket timeout, a restart
-still loading its AOF (BusyLoadingError is a ConnectionError)."""
+still loading its AOF (BusyLoadingError is a ConnectionError); on a Redis Cluster also a slot
+without a live master while a replica takes over (CLUSTERDOWN, TRYAGAIN, a slot not covered)."""
 
 
 def is_redis_outage(error: BaseException) -> bool:
@@ -34,6 +42,10 @@ def is_redis_outage(error: BaseException) -> bool:
     loop) RuntimeError for a write on a connection Redis already closed."""
     if isinstance(error, REDIS_TRANSIENT):
         return True
+    if isinstance(error, RedisClusterException) and "cannot be connected" in str(error):
+        return True  # no node of the cluster answered the client's refresh of its slot table
+    if isinstance(error, AttributeError) and "no attribute 'writelines'" in str(error):
+        return True  # redis-py wrote on a connection another task had just dropped (a failover)
     return isinstance(error, RuntimeError) and "handler is closed" in str(error)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import yaml
 
+from stream.adapters.redis_client import refresh_cluster_view
 from stream.adapters.redis_outage import REDIS_TRANSIENT
 from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.redis_streams import connect
@@ -331,6 +332,8 @@ async def _collect(
         except REDIS_TRANSIENT as e:  # Redis restarting: the stages wait for it too
             log.warning("results: Redis unavailable (%s); retrying", e)
             await asyncio.sleep(0.5)
+            with contextlib.suppress(*REDIS_TRANSIENT):
+                await refresh_cluster_view(collector.client)  # a failover: a master moved
         ledger = collector.ledger
         if on_progress is not None:
             on_progress(ledger)

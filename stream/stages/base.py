@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import redis.asyncio as aioredis
 
 from stream.adapters.metrics import metrics
+from stream.adapters.redis_client import refresh_cluster_view
 from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
 from stream.adapters.redis_partitions import FanInReader, ensure_layout
 from stream.adapters.redis_streams import DeadLetter, Entry, GroupStats, Output, StreamTransport
@@ -294,5 +295,6 @@ async def _wait_for_redis(client: aioredis.Redis, stop: asyncio.Event, max_outag
     async def ping() -> None:
         if not stop.is_set():
             await client.ping()
+            await refresh_cluster_view(client)
 
     await ride_out(ping, RedisOutage(max_outage_s, announce=False))  # the loop logs it

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
 import pytest
+from redis.crc import key_slot
 
 from stream.adapters.redis_client import connect, is_cluster
 from stream.adapters.redis_server import LocalCluster, RedisServer
 from stream.adapters.redis_streams import Output, StreamTransport
+from stream.adapters.video import write_demo_clip
 from stream.core.keys import PipelineKeys
 from stream.errors import TransportError
+
+V1 = "mobilenet-v1-0.25-128-quant"
 
 
 async def test_any_node_url_opens_a_cluster_client_that_follows_redirections(redis_cluster: LocalCluster):
@@ -46,3 +58,71 @@ async def test_forward_is_one_transaction_on_the_partition_slot(cluster_client):
     await transport.forward([Output(keys.tensors("m"), e.data or b"") for e in entries], "work", entries)
     assert await cluster_client.xlen(keys.tensors("m")) == 50
     assert (await transport.group_stats(keys.frames, "work")).backlog == 0
+
+
+def _run_cli(url: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "stream.cli", "run", "--runner", "processes", "--redis", url, *args]
+    return subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _results(path: Path) -> dict[str, list[int]]:
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for line in path.read_text().splitlines() if path.exists() else []:
+        row = json.loads(line)
+        seqs[row["source"]].append(row["seq"])
+    return seqs
+
+
+@pytest.mark.slow
+def test_framestream_run_on_a_replica_node_of_a_cluster(
+    redis_cluster: LocalCluster, shared_dir: Path, tmp_path: Path
+):
+    """What failed with a MovedError before: `framestream run --redis redis://<any cluster node>`."""
+    clip = write_demo_clip(tmp_path / "demo.mp4", frames=60)
+    results = tmp_path / "results.jsonl"
+    replica = redis_cluster.nodes[-1]  # `--cluster create` makes the last nodes replicas
+    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "onenode"}
+    proc = _run_cli(replica.url, ["--source", str(clip), "--model", V1, "--results", str(results)], env)
+    out, err = proc.communicate(timeout=150)
+    assert proc.returncode == 0, err[-3000:]
+    assert sorted(_results(results)["s0-demo"]) == list(range(60))
+    assert "60 results" in out
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_master_mid_run_replica_promoted_no_frame_lost_run_ends_by_itself(
+    shared_dir: Path, tmp_path: Path
+):
+    """P = 1 (the whole pipeline on one slot): SIGKILL the master serving it while frames flow; its
+    replica takes over, every stage and the runner ride it out, and every frame of the file
+    sources gets its result (duplicates, if the last writes were not replicated, are counted in
+    the run's table and removed at the sink)."""
+    frames = 600
+    clips = [write_demo_clip(tmp_path / f"demo{i}.mp4", frames=frames) for i in range(2)]
+    results = tmp_path / "results.jsonl"
+    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "failover"}
+    args = [a for c in clips for a in ("--source", str(c))] + ["--model", V1, "--results", str(results)]
+    with LocalCluster(masters=3, replicas=1) as cluster:
+        slot = key_slot(PipelineKeys("failover").frames.encode())
+        master = cluster.master_for_slot(slot)
+        proc = _run_cli(cluster.url, [*args, "--timeout", "150"], env)
+        try:
+            deadline = time.monotonic() + 120
+            while sum(len(s) for s in _results(results).values()) < 150:  # mid-stream: results flowing
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+                time.sleep(0.05)
+            master.kill()
+            killed_at = sum(len(s) for s in _results(results).values())
+            out, err = proc.communicate(timeout=170)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert cluster.master_for_slot(slot).port != master.port  # the replica was promoted
+    assert proc.returncode == 0, err[-4000:]
+    assert killed_at < 2 * frames, "the kill came after the run had finished: nothing was tested"
+    seqs = _results(results)
+    for i in range(2):
+        assert sorted(seqs[f"s{i}-demo{i}"]) == list(range(frames)), f"source {i}: frames lost"
+    assert f"{2 * frames} results" in out

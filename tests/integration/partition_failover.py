@@ -1,0 +1,100 @@
+"""The P = 3 failover scenario of test_partitions, run as a child process (see that test).
+
+Prints one JSON line: {"killed_at", "expected", "promoted", "lost": {source: [seq...]}, "duplicates"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from redis.crc import key_slot
+
+from stream.adapters.redis_client import connect, refresh_cluster_view
+from stream.adapters.redis_outage import REDIS_TRANSIENT
+from stream.adapters.redis_server import LocalCluster
+from stream.adapters.source_registry import SourceSpec, add_source
+from stream.adapters.video import write_demo_clip
+from stream.core.keys import PipelineKeys
+from stream.results import ResultReader
+from stream.runners.processes import create_groups
+from stream.stages import build_stage
+from stream.stages.base import run_resilient
+from tests.integration.test_partitions import PIPELINE, SOURCES, V1
+from tests.integration.test_stages import make_settings
+
+FRAMES = 300
+
+
+async def _poll(reader: ResultReader, client) -> None:
+    try:
+        await reader.poll(block_ms=20)
+    except REDIS_TRANSIENT:
+        await asyncio.sleep(0.2)
+        with contextlib.suppress(*REDIS_TRANSIENT):
+            await refresh_cluster_view(client)
+
+
+def _finished(reader: ResultReader) -> bool:
+    pairs = {(source, V1) for source in SOURCES}
+    return reader.ledger.finished(pairs) and all(reader.ledger.track(*p).results >= FRAMES for p in pairs)
+
+
+async def scenario(tmp: Path, weights: Path) -> dict:
+    base = make_settings(tmp, weights)
+    settings = base.model_copy(
+        update={"streams": base.streams.model_copy(update={"partitions": 3, "pipeline": PIPELINE})}
+    )
+    keys = PipelineKeys(PIPELINE, 3)
+    clip = write_demo_clip(tmp / "demo.mp4", frames=FRAMES)
+    with LocalCluster(masters=3, replicas=1) as cluster:
+        client = await connect(cluster.url)
+        await create_groups(client, keys, [V1])
+        reader = await ResultReader(client, keys, group="sink:test", start_id="0").start()
+        stop = asyncio.Event()
+        loops, clients = [], []
+        for name in ("preprocess", "infer", "postprocess", "ingest"):
+            clients.append(await connect(cluster.url))
+            model = None if name == "ingest" else V1
+            stage = build_stage(name, settings, clients[-1], consumer=f"{name}-0", model=model)
+            loops.append(asyncio.create_task(run_resilient(stage, stop, clients[-1], max_outage_s=60)))
+        slot = key_slot(keys.partition(1).frames.encode())
+        victim = cluster.master_for_slot(slot)
+        killed_at = None
+        try:
+            for source in SOURCES:
+                await add_source(client, keys, source, SourceSpec(uri=str(clip)))
+            deadline = time.monotonic() + 200
+            while not _finished(reader):
+                await _poll(reader, client)
+                got = reader.ledger.total().results
+                if killed_at is None and got >= 300:
+                    victim.kill()
+                    killed_at = got
+                for task in loops:
+                    if task.done():
+                        task.result()  # a stage that crashed: raise its error
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"stuck at {got} results, killed at {killed_at}")
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*loops, return_exceptions=True), 60)
+            for c in [client, *clients]:
+                await c.aclose()
+        promoted = cluster.master_for_slot(slot).port != victim.port
+    lost = {}
+    for source in SOURCES:
+        seqs = reader.ledger.track(source, V1).seqs
+        if missing := [seq for seq in range(FRAMES) if seq not in seqs]:
+            lost[source] = missing
+    duplicates = reader.ledger.total().duplicates
+    return {"killed_at": killed_at, "expected": len(SOURCES) * FRAMES, "promoted": promoted,
+            "lost": lost, "duplicates": duplicates}  # fmt: skip
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(scenario(Path(sys.argv[1]), Path(sys.argv[2])))))
