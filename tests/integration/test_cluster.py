@@ -87,7 +87,7 @@ def test_framestream_run_on_a_replica_node_of_a_cluster(
     proc = _run_cli(replica.url, ["--source", str(clip), "--model", V1, "--results", str(results)], env)
     out, err = proc.communicate(timeout=150)
     assert proc.returncode == 0, err[-3000:]
-    assert sorted(_results(results)["s0-demo"]) == list(range(60))
+    assert sorted(_results(results)["demo"]) == list(range(60))
     assert "60 results" in out
 
 
@@ -124,5 +124,5 @@ def test_kill_9_of_the_master_mid_run_replica_promoted_no_frame_lost_run_ends_by
     assert killed_at < 2 * frames, "the kill came after the run had finished: nothing was tested"
     seqs = _results(results)
     for i in range(2):
-        assert sorted(seqs[f"s{i}-demo{i}"]) == list(range(frames)), f"source {i}: frames lost"
+        assert sorted(seqs[f"demo{i}"]) == list(range(frames)), f"source {i}: frames lost"
     assert f"{2 * frames} results" in out
