@@ -134,9 +134,18 @@ class _Copy(ConsumerStage):
 
 
 async def test_every_delivery_rule_holds_per_partition_on_the_cluster(cluster_client) -> None:
+    await _check_delivery_rules(cluster_client)
+
+
+async def test_every_delivery_rule_holds_per_partition_on_a_plain_redis(redis_client) -> None:
+    await _check_delivery_rules(redis_client)
+
+
+async def _check_delivery_rules(client) -> None:
     """A consumer dies holding entries of every partition: a live one reclaims them all; garbage is
     dead-lettered in its own partition; every output lands in its input's partition; trimming
     then leaves no acked entry behind, in any partition."""
+    cluster_client = client
     settings = Settings(streams={"pipeline": "rules", "partitions": 3, "claim_idle_ms": 200, "block_ms": 20})
     keys = PipelineKeys("rules", 3)
     transport = StreamTransport(cluster_client, keys, stage="test")
