@@ -305,6 +305,37 @@ class LocalCluster:
                 continue
         raise ConfigError(f"no running node knows who serves slot {slot}")
 
+    def master_nodes(self) -> list[RedisServer]:
+        """The running nodes that serve slots now."""
+        return sorted({self.master_for_slot(slot) for slot in self._slot_starts()}, key=lambda n: n.port)
+
+    def _slot_starts(self) -> list[int]:
+        for node in self.nodes:
+            if node.process is not None:
+                with redis.Redis(port=node.port, socket_timeout=1.0) as client:
+                    return [int(row[0]) for row in client.execute_command("CLUSTER SLOTS")]
+        return []
+
+    def migrate_slot(self, slot: int, target: RedisServer, *, batch: int = 10) -> None:
+        """Move `slot` with its keys to the master `target` while clients keep using it, the way
+        ``redis-cli --cluster reshard`` moves each slot: SETSLOT IMPORTING / MIGRATING, MIGRATE the
+        keys a few at a time, then SETSLOT NODE on every master (target first)."""
+        source = self.master_for_slot(slot)
+        if source.port == target.port:
+            return
+        with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
+            src_id, dst_id = src.cluster("MYID"), dst.cluster("MYID")
+            dst.cluster("SETSLOT", slot, "IMPORTING", src_id)
+            src.cluster("SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.cluster("GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 10_000, "KEYS", *keys)
+            dst.cluster("SETSLOT", slot, "NODE", dst_id)
+            src.cluster("SETSLOT", slot, "NODE", dst_id)
+        for node in self.master_nodes():
+            if node.port not in (source.port, target.port):
+                with redis.Redis(port=node.port) as other:
+                    other.cluster("SETSLOT", slot, "NODE", dst_id)
+
     def close(self) -> None:
         for node in self.nodes:
             node.close()

@@ -167,8 +167,20 @@ class StreamTransport:
     async def read(
         self, stream: str, group: str, consumer: str, *, count: int, block_ms: int | None
     ) -> list[Entry]:
-        """New entries for `consumer` (up to `count`, waiting at most `block_ms`)."""
-        reply: Any = await self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+        """New entries for `consumer` (up to `count`, waiting at most `block_ms`).
+
+        A blocked read whose stream was deleted meanwhile ends empty: on a Redis Cluster that is a
+        slot migration moving the stream to another master (MIGRATE deletes it here and Redis
+        answers ``UNBLOCKED the stream key no longer exists``); the next read follows it there.
+        """
+        try:
+            reply: Any = await self.client.xreadgroup(
+                group, consumer, {stream: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as e:
+            if str(e).startswith("UNBLOCKED"):
+                return []
+            raise
         return [
             Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None)
             for _, items in reply or []
