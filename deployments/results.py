@@ -9,6 +9,7 @@ everything with a higher seq is newer than that entry.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -46,12 +47,13 @@ class ResultQueries:
 
         At most `limit` results, the oldest first.
         """
+        results = self.keys.for_source(source).results  # a source's results are in its partition
         found = False
         collected: dict[int, dict[str, Any]] = {}
         upper = "+"
         scanned = 0
         while scanned < _MAX_SCAN:
-            page = await self.client.xrevrange(self.keys.results, max=upper, min="-", count=_PAGE)
+            page = await self.client.xrevrange(results, max=upper, min="-", count=_PAGE)
             if not page:
                 break
             scanned += len(page)
@@ -82,21 +84,23 @@ class ResultQueries:
     ) -> AsyncIterator[str]:
         """SSE text for every new result / label change / eos, until the client goes away.
 
-        Event ids are ``<results id>,<events id>``; a client reconnecting with ``Last-Event-ID``
-        gets what it missed (as far as the streams still hold it).
+        Event ids are the last ids read of each stream followed, comma-separated: ``<results
+        id>,<events id>`` of one partition (a pipeline of one, or the `source`'s), and those pairs
+        of every partition in order otherwise. A client reconnecting with ``Last-Event-ID`` gets
+        what it missed (as far as the streams still hold it).
         """
-        ids = {self.keys.results: "$", self.keys.events: "$"}
-        if last_event_id and "," in last_event_id:
-            r, e = last_event_id.split(",", 1)
-            ids = {self.keys.results: r or "$", self.keys.events: e or "$"}
-        ids = await self._resolve(ids)
+        parts = [self.keys.for_source(source)] if source is not None else self.keys.all_partitions
+        streams = [s for k in parts for s in (k.results, k.events)]
+        given = (last_event_id or "").split(",")
+        ids = dict(zip(streams, given if len(given) == len(streams) else ["$"] * len(streams), strict=True))
+        ids = await self._resolve({s: i or "$" for s, i in ids.items()})
         yield ": framestream events\n\n"
         while not await disconnected():
-            reply = await self.client.xread(ids, count=200, block=_BLOCK_MS)
-            if not reply:
+            replies = await self._read(parts, ids)
+            if not replies:
                 yield ": keep-alive\n\n"
                 continue
-            for raw_stream, entries in reply:
+            for raw_stream, entries in replies:
                 stream = _s(raw_stream)
                 for raw_id, fields in entries:
                     ids[stream] = _s(raw_id)
@@ -105,8 +109,22 @@ class ResultQueries:
                         continue
                     if source is not None and meta.get("source") != source:
                         continue
-                    event_id = f"{ids[self.keys.results]},{ids[self.keys.events]}"
-                    yield sse_event(str(meta["kind"]), event_id, meta)
+                    yield sse_event(str(meta["kind"]), ",".join(ids[s] for s in streams), meta)
+
+    async def _read(self, parts: list[PipelineKeys], ids: dict[str, str]) -> list[Any]:
+        """New entries of every followed stream: one XREAD per partition (its results and events
+        share a slot); with several, first without waiting, then waiting on all at once."""
+
+        async def one(k: PipelineKeys, block: int | None) -> list[Any]:
+            reply = await self.client.xread({k.results: ids[k.results], k.events: ids[k.events]}, count=200,
+                                            block=block)  # fmt: skip
+            return list(reply or [])
+
+        if len(parts) > 1:
+            ready = [r for rs in await asyncio.gather(*(one(k, None) for k in parts)) for r in rs]
+            if ready:
+                return ready
+        return [r for rs in await asyncio.gather(*(one(k, _BLOCK_MS) for k in parts)) for r in rs]
 
     async def _resolve(self, ids: dict[str, str]) -> dict[str, str]:
         """Replace ``$`` by the stream's current last id, so ids in events are concrete."""

@@ -116,15 +116,23 @@ class Collector:
 
 
 async def count_dead_letters(
-    client: Any, keys: PipelineKeys, sources: Collection[str], *, start_id: str = "0-0"
+    client: Any, keys: PipelineKeys, sources: Collection[str], *, start_ids: Mapping[str, str] | None = None
 ) -> tuple[int, int]:
     """(dead letters whose original message names one of `sources`, dead letters that cannot be
-    attributed because their payload was not kept or does not decode), since `start_id`."""
-    wanted = set(sources)
+    attributed because their payload was not kept or does not decode), in every partition's
+    dead-letter stream after its id in `start_ids` (from the start when missing)."""
+    ours = unknown = 0
+    for k in keys.all_partitions:
+        mine, other = await _count_dead(client, k.dead, set(sources), (start_ids or {}).get(k.dead, "0-0"))
+        ours, unknown = ours + mine, unknown + other
+    return ours, unknown
+
+
+async def _count_dead(client: Any, stream: str, wanted: set[str], start_id: str) -> tuple[int, int]:
     ours = unknown = 0
     cursor = f"({start_id}" if start_id != "0-0" else "-"
     while True:
-        entries = await client.xrange(keys.dead, min=cursor, max="+", count=1000)
+        entries = await client.xrange(stream, min=cursor, max="+", count=1000)
         if not entries:
             return ours, unknown
         for entry_id, fields in entries:

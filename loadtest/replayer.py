@@ -182,7 +182,7 @@ class Replayer:
                     due_epoch = self.log.start_epoch_ms + slot.due_ms
                     outputs.append(
                         Output(
-                            self.keys.frames,
+                            self.keys.for_source(self.names[slot.source]).frames,
                             self._frame(slot.source, slot.seq, slot.frame, due_epoch, epoch_now),
                         )
                     )
@@ -195,7 +195,9 @@ class Replayer:
                 next_report = time.monotonic() + progress_every_s
                 progress({"sent": self.log.total, "elapsed_s": max(0.0, time.monotonic() - t0)})
         eos = [
-            Output(self.keys.frames, encode_message(Message({"kind": EOS, "source": n, "seq": c})))
+            Output(
+                self.keys.for_source(n).frames, encode_message(Message({"kind": EOS, "source": n, "seq": c}))
+            )
             for n, c in self.log.sent.items()
         ]
         await self.transport.publish(eos)
@@ -224,15 +226,15 @@ async def run_replay(
     transport = StreamTransport(client, keys, stage="loadtest")
     replayer = Replayer(transport, keys, plan, clips)
     names = replayer.names
-    results_start = await last_id(client, keys.results)
-    dead_start = await last_id(client, keys.dead)
+    dead_start = {k.dead: await last_id(client, k.dead) for k in keys.all_partitions}
     index = {n: i for i, n in enumerate(names)}
 
     def truth(source: str, seq: int) -> str | None:
         clip = replayer.clip_of(index[source])
         return clip.labels[seq % len(clip)]
 
-    collector = Collector(client, keys, names, results_start, model=model, truth=truth)
+    collector = Collector(client, keys, names, "$", model=model, truth=truth)
+    await collector.reader.start()  # every partition's results from now on
 
     def report(state: Mapping[str, Any]) -> None:
         if progress is not None:
@@ -261,7 +263,7 @@ async def run_replay(
             )
     await collect
     log = await send
-    dead, dead_unknown = await count_dead_letters(client, keys, names, start_id=dead_start)
+    dead, dead_unknown = await count_dead_letters(client, keys, names, start_ids=dead_start)
     dropped = await count_drops(client, keys, names)
     run_config = {
         "sources": plan.sources,

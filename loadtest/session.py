@@ -12,8 +12,8 @@ from rich.table import Table
 
 from loadtest.progress import ProgressView
 from loadtest.replayer import Clip, ReplayPlan, load_clip, run_replay
+from stream.adapters.redis_partitions import recorded_keys
 from stream.adapters.redis_streams import connect
-from stream.core.keys import PipelineKeys
 
 __all__ = ["print_summary", "replay_on", "replay_session"]
 
@@ -35,7 +35,7 @@ async def replay_on(
     client = await connect(url)
     try:
         return await run_replay(
-            client, PipelineKeys(pipeline), clips, plan, model=model, settle_s=settle_s,
+            client, await recorded_keys(client, pipeline), clips, plan, model=model, settle_s=settle_s,
             hard_timeout_s=timeout_s, slo=slo, config=config, progress=progress,
         )  # fmt: skip
     finally:

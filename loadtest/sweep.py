@@ -20,30 +20,28 @@ from rich.console import Console
 from loadtest.replayer import Clip, ReplayPlan, load_clip
 from loadtest.schedule import Pace, RateSearch
 from loadtest.session import replay_on
+from stream.adapters.redis_partitions import recorded_keys
 from stream.adapters.redis_streams import StreamTransport, connect
-from stream.core.keys import PipelineKeys
 
 __all__ = ["plot_sweep", "run_sweep", "sweep_on", "wait_idle"]
 
 
 async def wait_idle(url: str, pipeline: str, *, timeout_s: float = 60.0) -> bool:
-    """Wait until no consumer group of the pipeline's streams has anything left (lag or pending)."""
+    """Wait until no consumer group of the pipeline's streams (every partition's) has anything
+    left (lag or pending)."""
     client = await connect(url)
-    keys = PipelineKeys(pipeline)
+    keys = await recorded_keys(client, pipeline)
     transport = StreamTransport(client, keys, stage="loadtest")
-    skip = {keys.results, keys.events, keys.dead}
+    skip = {s for k in keys.all_partitions for s in (k.results, k.events, k.dead)}
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             busy = False
-            async for raw in client.scan_iter(match=f"{keys.prefix}:*", _type="STREAM"):
-                stream = raw.decode() if isinstance(raw, bytes) else raw
-                if stream in skip:
-                    continue
-                for group in await client.xinfo_groups(stream):
-                    name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
-                    if (await transport.group_stats(stream, name)).backlog:
-                        busy = True
+            for k in keys.all_partitions:
+                async for raw in client.scan_iter(match=f"{k.prefix}:*", _type="STREAM"):
+                    stream = raw.decode() if isinstance(raw, bytes) else raw
+                    if stream not in skip:
+                        busy = busy or any(st.backlog for st in await transport.all_group_stats(stream))
             if not busy:
                 return True
             await asyncio.sleep(0.2)

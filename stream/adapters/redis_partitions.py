@@ -22,7 +22,7 @@ from stream.adapters.redis_streams import Entry, StreamTransport
 from stream.core.keys import PipelineKeys
 from stream.errors import ConfigError
 
-__all__ = ["FanInReader", "ensure_layout"]
+__all__ = ["FanInReader", "ensure_layout", "recorded_keys"]
 
 
 async def ensure_layout(client: aioredis.Redis, keys: PipelineKeys) -> None:
@@ -47,6 +47,14 @@ async def ensure_layout(client: aioredis.Redis, keys: PipelineKeys) -> None:
             f"fixed when a pipeline is created: set it to {have}, or name a new pipeline "
             "(streams.pipeline)"
         )
+
+
+async def recorded_keys(client: aioredis.Redis, pipeline: str) -> PipelineKeys:
+    """The keys of `pipeline` with the partition count it was created with (1 when none was
+    recorded: a pipeline not created yet, or made before counts were recorded). For tools that
+    join a running pipeline without its settings, such as the load tester."""
+    recorded = await client.hget(PipelineKeys(pipeline).layout, "partitions")
+    return PipelineKeys(pipeline, int(recorded or 1))
 
 
 class FanInReader:

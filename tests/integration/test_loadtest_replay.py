@@ -125,3 +125,25 @@ def test_a_replay_file_is_an_ingest_source_kind(image_folder: Path, tmp_path: Pa
     (tmp_path / "bad.fsr").write_bytes(b"nope")
     with pytest.raises(SourceError, match="not a valid replay file"):
         open_source(f"replay:{tmp_path / 'bad.fsr'}")
+
+
+async def test_a_replay_into_a_partitioned_pipeline_sends_each_source_to_its_partition(
+    redis_client, image_folder: Path, tmp_path: Path
+) -> None:
+    """The load tester joins a pipeline with the partition count it was created with."""
+    from stream.adapters.redis_partitions import ensure_layout, recorded_keys
+    from stream.core.keys import partition_of
+
+    await ensure_layout(redis_client, PipelineKeys("ltp", 3))
+    keys = await recorded_keys(redis_client, "ltp")
+    assert keys.partitions == 3
+    rec = record_source(str(image_folder), tmp_path / "clip.fsr")
+    plan = ReplayPlan(sources=4, pace=Pace("max"), source_prefix="cam")
+    await Replayer(
+        StreamTransport(redis_client, keys, stage="loadtest"), keys, plan, [load_clip(rec.path)]
+    ).run()
+    for k in keys.all_partitions:
+        sources = {
+            decode_message(f[FIELD.encode()]).meta["source"] for _, f in await redis_client.xrange(k.frames)
+        }
+        assert sources == {f"cam-{i}" for i in range(4) if partition_of(f"cam-{i}", 3) == k.index}
