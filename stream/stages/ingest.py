@@ -97,29 +97,41 @@ class IngestStage:
         return max(parts, key=lambda s: s.backlog)
 
     async def _frames_backlog(self, keys: PipelineKeys) -> GroupStats:
-        stream = keys.frames
-        stats = await self.transport.all_group_stats(stream)
+        groups = await self._frames_groups(keys)
+        if not groups:
+            return GroupStats(
+                keys.frames, "", lag=int(await self.client.xlen(keys.frames)), pending=0, consumers=0
+            )
+        return max(groups, key=lambda s: s.backlog)
+
+    async def _frames_groups(self, keys: PipelineKeys) -> list[GroupStats]:
+        """Every consumer group of `keys.frames`; partition 0's also tell which models read."""
+        stats = await self.transport.all_group_stats(keys.frames)
         if keys.index == 0:
             self._note_readers([s.group for s in stats])
-        if not stats:
-            return GroupStats(stream, "", lag=int(await self.client.xlen(stream)), pending=0, consumers=0)
-        return max(stats, key=lambda s: s.backlog)
+        return stats
 
     async def _pipeline_backlog(self, keys: PipelineKeys) -> int:
-        """Frames not yet through the pipeline: the largest backlog of the frames stream and of each
-        model's tensors and scores streams. File sources pause on this, so a slow stage cannot
-        pile up entries without bound behind faster ones (v2 tensors are 150 KB each; a stalled
-        postprocess would otherwise let scores grow for as long as the source lasts). Per
-        partition (`keys`): a source waits on its own partition only."""
+        """Frames not yet through the pipeline: per model, the frames its preprocess has not taken
+        plus the tensors its infer and the scores its postprocess have not (the largest such sum
+        over the models). File sources pause on this, so a slow stage cannot pile up entries
+        without bound behind faster ones (v2 tensors are 150 KB each; a stalled postprocess would
+        otherwise let scores grow for as long as the source lasts). A sum, not the largest single
+        backlog: with the largest, each stage could hold up to the mark at once, so what a fast
+        stage moved on while ingest published again overshot it. Streams are read upstream first:
+        a frame moving on between two reads is counted twice, never missed. Per partition
+        (`keys`): a source waits on its own partition only."""
         if keys.index != 0:
-            await self._frames_backlog(keys.partition(0))  # keep `_readers` current
-        backlog = (await self._frames_backlog(keys)).backlog
+            await self._frames_groups(keys.partition(0))  # keep `_readers` current
+        groups = {s.group: s.backlog for s in await self._frames_groups(keys)}
+        backlog = max(groups.values()) if groups else int(await self.client.xlen(keys.frames))
         for reader in self._readers:
             stage, _, model = reader.partition(":")
             if stage == "preprocess" and model:
+                chain = groups.get(reader, backlog)
                 for stream in (keys.tensors(model), keys.scores(model)):
-                    for stats in await self.transport.all_group_stats(stream):
-                        backlog = max(backlog, stats.backlog)
+                    chain += max((s.backlog for s in await self.transport.all_group_stats(stream)), default=0)
+                backlog = max(backlog, chain)
         return backlog
 
     def _note_readers(self, groups: list[str]) -> None:
