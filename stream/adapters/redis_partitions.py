@@ -99,6 +99,15 @@ class FanInReader:
             raise error
         return entries
 
+    def delivered(self) -> set[tuple[str, str]]:
+        """(stream, id) of entries reads in flight have received but `read` has not returned yet."""
+        return {
+            (e.stream, e.id)
+            for task in self._reads.values()
+            if task.done() and not task.cancelled() and task.exception() is None
+            for e in task.result()
+        }
+
     async def finish(self) -> list[Entry]:
         """Wait for the reads in flight (each ends within its block time) and return their entries,
         so a stopping stage can still handle them."""

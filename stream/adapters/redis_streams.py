@@ -323,6 +323,22 @@ class StreamTransport:
         await self.dead_letter(dead, group)
         return alive
 
+    async def own_idle(
+        self, stream: str, group: str, consumer: str, *, count: int = 100
+    ) -> list[dict[str, Any]]:
+        """XPENDING rows of `consumer`'s own entries idle for `claim_idle_ms` (ids as str)."""
+        rows: Any = await self.client.xpending_range(
+            stream, group, min="-", max="+", count=count, consumername=consumer, idle=self.claim_idle_ms
+        )
+        return [{**r, "message_id": _s(r["message_id"])} for r in rows]
+
+    async def claim_rows(
+        self, stream: str, group: str, consumer: str, rows: list[dict[str, Any]]
+    ) -> list[Entry]:
+        """XCLAIM `rows` (from `own_idle`) for `consumer` again; those past `max_deliveries` are
+        dead-lettered."""
+        return await self._claim(stream, group, consumer, rows, min_idle_ms=self.claim_idle_ms)
+
     async def recover_own(
         self, stream: str, group: str, consumer: str, *, count: int = 100, after: str | None = None
     ) -> list[Entry]:

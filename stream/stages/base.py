@@ -122,6 +122,10 @@ class StageBase:
         self._started = False
         self._to_recover: list[str] = list(self.streams)
         self._recovered_upto: str | None = None
+        self._held: set[tuple[str, str]] = set()
+        """(stream, id) of every entry this loop read and has not acked or dead-lettered yet."""
+        self._orphans: list[Entry] = []
+        self._next_orphan_check_s = time.monotonic() + settings.streams.claim_idle_ms / 1000.0
         self.reader = FanInReader(self.transport, self.streams, group, consumer)
 
     def partition_keys(self, entry: Entry) -> PipelineKeys:
@@ -149,6 +153,8 @@ class StageBase:
         """
         self.reader.cancel()  # a rerun after an error: what those reads got is taken back below
         self._to_recover, self._recovered_upto = list(self.streams), None
+        self._held.clear()
+        self._orphans.clear()
         if not self._started:
             await ensure_layout(self.client, self.keys)
             for stream in self.streams:
@@ -159,8 +165,16 @@ class StageBase:
         self.last_progress_s = time.monotonic()
 
     async def next_entries(self, count: int, block_ms: int | None) -> list[Entry]:
-        """Own pending entries after a (re)start, then entries of silent consumers when a reclaim
-        is due and finds some, else new ones."""
+        """Own pending entries after a (re)start, then orphans (below), then entries of silent
+        consumers when a reclaim is due and finds some, else new ones."""
+        entries = await self._next_entries(count, block_ms)
+        self._held.update((e.stream, e.id) for e in entries)
+        return entries
+
+    async def _next_entries(self, count: int, block_ms: int | None) -> list[Entry]:
+        if self._orphans:
+            orphans, self._orphans = self._orphans[:count], self._orphans[count:]
+            return orphans
         while self._to_recover:  # page by page: what an earlier page took back may still be in flight
             own = await self.transport.recover_own(
                 self._to_recover[0], self.group, self.consumer, count=count, after=self._recovered_upto
@@ -187,6 +201,7 @@ class StageBase:
         return await self.reader.read(count=count, block_ms=block_ms)
 
     async def dead_letter(self, letters: list[DeadLetter]) -> None:
+        self._held.difference_update((letter.entry.stream, letter.entry.id) for letter in letters)
         if letters:
             for letter in letters:
                 log.warning("%s: dead-lettered %s: %s", self.name, letter.entry.id, letter.reason)
@@ -201,6 +216,7 @@ class StageBase:
         await self.dead_letter(handled.dead)
         if handled.outputs or handled.acks:
             await self.transport.forward(handled.outputs, self.group, handled.acks)
+            self._held.difference_update((e.stream, e.id) for e in handled.acks)
             self.processed += len(handled.acks)
             metrics.frames(self.name, "ok", len(handled.acks))
 
@@ -217,11 +233,32 @@ class StageBase:
                         "reset it, so its lag is right again",
                         self.name, self.group, stream,
                     )  # fmt: skip
+        if now >= self._next_orphan_check_s:
+            self._next_orphan_check_s = now + self.settings.streams.claim_idle_ms / 1000.0
+            await self._take_back_orphans()
         if now >= self._next_lag_s:
             self._next_lag_s = now + _LAG_INTERVAL_S
             for stream in self.streams:
                 stats = await self.transport.group_stats(stream, self.group)
                 metrics.stream_lag(stream, self.group, stats.backlog)
+
+    async def _take_back_orphans(self) -> None:
+        """Entries Redis delivered to this consumer that this loop never received: a read whose
+        reply was lost (a connection dropped on a timeout while Redis was cut off, its XREADGROUP
+        still carried out when the route came back, after this loop had taken back what it held).
+        Nobody else takes them (this consumer talks to Redis, so it is not silent): pending idle
+        for `claim_idle_ms` and not held here, they are claimed again and handled."""
+        for stream in self.streams:
+            rows = await self.transport.own_idle(stream, self.group, self.consumer, count=100)
+            held = self._held | self.reader.delivered()
+            rows = [r for r in rows if (stream, r["message_id"]) not in held]
+            if rows:
+                taken = await self.transport.claim_rows(stream, self.group, self.consumer, rows)
+                log.warning(
+                    "%s: took back %d entries delivered to this consumer but never received "
+                    "(a read whose reply was lost)", self.name, len(taken),
+                )  # fmt: skip
+                self._orphans += taken
 
 
 class ConsumerStage(StageBase):

@@ -341,3 +341,37 @@ async def test_entries_held_by_a_dead_consumer_are_reclaimed_and_finished(
     assert eos[("ghosted", V1)]["gaps"] == 0
     pending = await redis_client.xpending(keys.frames, group)
     assert pending["pending"] == 0
+
+
+async def test_entries_delivered_to_a_live_consumer_that_never_got_them_are_taken_back(
+    redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path
+) -> None:
+    """A read whose reply was lost: Redis delivered entries to the live preprocess consumer (the
+    read ran after its connection had been given up, as when a host's route to Redis comes back),
+    but the loop never received them. Nobody else may take them (the consumer is not silent); the
+    loop finds them pending under its own name, idle and not held, and handles them."""
+    from stream.adapters.jpeg import encode_jpeg
+
+    settings = make_settings(tmp_path, weights)
+    keys = PipelineKeys()
+    group = keys.group("preprocess", V1)
+    photo = read_photo(weights.parent / "images" / "parrot.jpg")
+    async with pipeline(redis_server.url, settings, [V1]) as p:
+        consumer = p.stages[0].consumer
+        assert p.stages[0].name == "preprocess"
+        async with redis_client.pipeline(transaction=True) as tx:  # Redis serves the loop's blocked
+            for seq, rgb in enumerate(scene_frames(photo, 6, (160, 120))):  # read only after EXEC
+                meta = {"kind": "frame", "source": "lost", "seq": seq, "capture_ms": time.time() * 1000,
+                        "encoding": "jpeg"}  # fmt: skip
+                array = np.frombuffer(encode_jpeg(rgb), np.uint8)
+                tx.xadd(keys.frames, {FIELD: encode_message(Message(meta=meta, array=array))})
+            tx.xadd(
+                keys.frames,
+                {FIELD: encode_message(Message(meta={"kind": "eos", "source": "lost", "seq": 6}))},
+            )
+            tx.xreadgroup(group, consumer, {keys.frames: ">"}, count=100)
+            *_, lost = await tx.execute()
+        assert len(lost[0][1]) == 7  # every entry went to the loop's name, none to the loop
+        results, eos = await collect_results(redis_client, keys, {("lost", V1)}, timeout_s=30)
+    assert sorted(r["seq"] for r in results) == list(range(6))
+    assert (await redis_client.xpending(keys.frames, group))["pending"] == 0
