@@ -380,6 +380,14 @@ class ClusterApp(FaultApp):
         super().__init__(*args, **kwargs)
         self.cluster = cluster
 
+    ROUTE_PREFIX = "/faults"
+    """Not ``/``: a `framestream run --address` on the same cluster deploys its own app there."""
+
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        config["applications"][0]["route_prefix"] = self.ROUTE_PREFIX
+        return config
+
     def deploy(self, http_port: int, timeout_s: float = 240.0) -> None:
         self.http_port = http_port
         self.cluster.call(
