@@ -100,7 +100,6 @@ def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
     return spec.name, True
 
 
-_NETWORK_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 
 
@@ -117,7 +116,9 @@ def _is_loopback(host: str) -> bool:
 
 def _temp_path(source: str) -> Path | None:
     """The path `source` names when it lies in this machine's temp dir, else None."""
-    if source.lower().startswith(_NETWORK_PREFIXES) or source.startswith(("webcam:", "/dev/video")):
+    from stream.adapters.video import NETWORK_PREFIXES
+
+    if source.lower().startswith(NETWORK_PREFIXES) or source.startswith(("webcam:", "/dev/video")):
         return None
     prefix, sep, rest = source.partition(":")
     path = Path(rest if sep and prefix in ("file", "replay") else source).expanduser()

@@ -37,6 +37,7 @@ __all__ = [
     "FrameSource",
     "ImageFolderSource",
     "LiveCaptureSource",
+    "NETWORK_PREFIXES",
     "VideoFileSource",
     "open_source",
     "register_source_kind",
@@ -50,7 +51,9 @@ log = logging.getLogger(__name__)
 _IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _I420_FORMATS = ("yuv420p", "yuvj420p")
 _JPEG_RANGE = 2  # AVCOL_RANGE_JPEG: full range
-_NETWORK_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+NETWORK_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+"""Source specs that name a network stream: any host can open them, none reads a local file."""
+_NETWORK_PREFIXES = NETWORK_PREFIXES
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ GCS_PORT = 6379
 REDIS_PORT = 6379
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 """Per node: the pipeline passes frames through Redis, not the object store; /dev/shm is shared."""
+KEEP_ENV = "FRAMESTREAM_CLUSTER_KEEP"
+"""Set it to keep the hosts' Ray temp dirs (logs) and Redis data after the run, to debug a failure."""
 GCS_RECONNECT_TIMEOUT_S = 600
 """Workers wait this long for a lost GCS to come back (KubeRay's value with GCS fault tolerance)."""
 SKIPPED_PARAMS = {"dashboard-host"}
@@ -365,7 +367,10 @@ class Cluster:
         self.network.close()
         if self.redis is not None:
             self.redis.process = None  # its namespace is gone, and the process with it
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if os.environ.get(KEEP_ENV):
+            print(f"cluster logs kept in {self._dir} (${KEEP_ENV} is set)", file=sys.stderr)
+        else:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 class ClusterApp(FaultApp):
@@ -374,6 +379,14 @@ class ClusterApp(FaultApp):
     def __init__(self, cluster: Cluster, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cluster = cluster
+
+    ROUTE_PREFIX = "/faults"
+    """Not ``/``: a `framestream run --address` on the same cluster deploys its own app there."""
+
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        config["applications"][0]["route_prefix"] = self.ROUTE_PREFIX
+        return config
 
     def deploy(self, http_port: int, timeout_s: float = 240.0) -> None:
         self.http_port = http_port
