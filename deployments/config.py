@@ -140,12 +140,22 @@ def deploy(config: dict[str, Any], *, timeout_s: float = 300.0) -> None:
     Needs ``ray.init`` first. Raises ConfigError with Serve's own message if a deployment fails.
     """
     from ray.serve._private import api as serve_api
-    from ray.serve.schema import ServeDeploySchema
+    from ray.serve.schema import ServeDeploySchema, ServeInstanceDetails
 
     schema = ServeDeploySchema.model_validate(config)
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
     )
+    # a config given to Serve is the whole set of applications: keep the ones running already
+    # (another run's, the cluster's own) that this config does not replace
+    ours = {app.name for app in schema.applications}
+    running = ServeInstanceDetails.model_validate(client.get_serve_details()).applications
+    kept = [
+        details.deployed_app_config
+        for name, details in running.items()
+        if name not in ours and details.deployed_app_config is not None
+    ]
+    schema.applications = [*kept, *schema.applications]
     client.deploy_apps(schema, _blocking=False)
     for app in schema.applications:
         wait_running(app.name, timeout_s=timeout_s)

@@ -68,13 +68,10 @@ def test_framestream_run_attached_to_the_cluster_finishes(attached_run) -> None:
     assert results and int(results[1].replace(",", "")) == FRAMES, out[-4000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: deployments.config.deploy submits only the run's apps through Serve's "
-    "declarative deploy_apps, which removes every other application on the cluster",
-)
 def test_an_attached_run_leaves_the_clusters_other_apps_running(
     attached_run, cluster_stack: ClusterStack
 ) -> None:
+    """A config given to Serve is the whole set of applications: the run keeps the ones already
+    running (`deployments.config.deploy`), or it would remove the cluster's own."""
     _, after = attached_run
     assert after == cluster_stack.app.replicas, after
