@@ -139,7 +139,12 @@ async def test_clip_through_the_four_stages_one_result_per_frame_in_order(
     assert r["label"] == r["top"][0][0] and len(r["top"]) == 5 and 0 < r["score"] <= 1
     assert r["latency_ms"] > 0 and set(r["stages_ms"]) == {"ingest", "preprocess", "infer", "postprocess"}
     assert all(1 <= r["batch_size"] <= 8 for r in results), [r["batch_size"] for r in results]
-    assert results[0]["smoothed_label"].startswith("Egyptian cat")
+    # the cat scene (seq 0-11) reads as a cat once smoothing settles; not "frame 0 is a cat": the
+    # quantized v1 can tie Egyptian cat with mortarboard on that frame (0.0898 each), and which
+    # wins by one quantization step depends on the batch size it ran in, i.e. on the load
+    cat_scene = results[:12]
+    assert cat_scene[-1]["smoothed_label"].startswith("Egyptian cat"), [r["top"][:2] for r in cat_scene]
+    assert sum(r["label"].startswith("Egyptian cat") for r in cat_scene) > len(cat_scene) // 2
     # the label-change events name each switch between scenes
     events = [decode_message(f[FIELD.encode()]).meta for _, f in await redis_client.xrange(keys.events)]
     assert events[0]["previous"] is None and len(events) >= 3
