@@ -60,7 +60,10 @@ async def play_with_fault(
     note = f"{note}; {frames} frames" if note else f"{frames} frames"
     outcome = await harness.outcome(scenario, replay, pending=pending, note=note)
     await harness.record(outcome, replay, runner="ray-cluster", **extra)
-    track = replay.collector.track(replay.source, harness.model)
-    deduped = track.seqs == set(range(frames)) and track.duplicates == outcome.duplicates
+    track = replay.sink.track(replay.source, harness.model)
+    deduped = (track.results, track.seqs.floor) == (
+        frames,
+        frames - 1,
+    ) and track.duplicates == outcome.duplicates
     await harness.close(replay)
     return Played(outcome, finished, replay.sink.distinct, deduped, extra)
