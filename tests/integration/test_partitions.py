@@ -4,12 +4,10 @@ stage loops in this process, as in test_stages (the processes runner and Ray run
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,28 +25,12 @@ from stream.results import ResultReader
 from stream.runners.processes import create_groups
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled
-from tests.integration.test_stages import Pipeline, make_settings
+from tests.integration.test_stages import make_settings, pipeline
 
 V1 = "mobilenet-v1-0.25-128-quant"
 PIPELINE = "fleet"  # its 3 partitions' slots (14574, 4412, 8543) are on 3 different masters
 SOURCES = ["cam-3", "cam-4", "cam-1", "cam-2", "cam-0", "cam-6"]  # crc32 % 3: 0, 0, 1, 1, 2, 2
 FRAMES = 40
-
-
-@contextlib.asynccontextmanager
-async def stages(url: str, settings: Settings, model: str) -> AsyncIterator[Pipeline]:
-    p = Pipeline(url, settings)
-    try:
-        await p.start("preprocess", model)
-        await p.start("infer", model)
-        await p.start("postprocess", model)
-        await p.start("ingest")
-        yield p
-    finally:
-        await p.close()
-        for task in p.tasks:
-            if task.done() and task.exception():
-                raise task.exception()  # type: ignore[misc]
 
 
 async def collect(reader: ResultReader, pairs: set[tuple[str, str]], timeout_s: float) -> None:
@@ -76,7 +58,7 @@ async def test_six_sources_over_three_partitions_every_frame_exactly_once_on_sev
     clip = write_demo_clip(tmp_path / "demo.mp4", frames=FRAMES)
     await create_groups(cluster_client, keys, [V1])
     reader = await ResultReader(cluster_client, keys, group="sink:test", start_id="0").start()
-    async with stages(redis_cluster.url, settings, V1):
+    async with pipeline(redis_cluster.url, settings, [V1]):
         for source in SOURCES:
             await add_source(cluster_client, keys, source, SourceSpec(uri=str(clip)))
         await collect(reader, {(s, V1) for s in SOURCES}, timeout_s=120)
