@@ -82,9 +82,11 @@ def progress_table(snap: Snapshot) -> Group:
             row.stage, str(row.replicas), f"{row.rate_fps:,.1f}", f"{row.handled:,}", f"{row.backlog:,}"
         )
     sources = Table(expand=False)
-    for col in ("source", "results", "current label", ""):
-        sources.add_column(col, justify="right" if col == "results" else "left")
-    for source in sorted(set(snap.labels) | set(snap.results) | snap.done):
+    names = sorted(set(snap.labels) | set(snap.results) | snap.done)
+    _name_column(sources, "source", names)
+    for col in ("results", "current label", ""):
+        sources.add_column(col, justify="right" if col == "results" else "left", overflow="fold")
+    for source in names:
         status = "done" if source in snap.done else ""
         label = escape(snap.labels.get(source, "-"))
         sources.add_row(escape(source), f"{snap.results.get(source, 0):,}", label, status)
@@ -131,11 +133,17 @@ class Progress:
             self._live = None
 
 
+def _name_column(table: Table, header: str, names: list[str]) -> None:
+    """A column of names a user types next (sources): never wrapped or cut; the others fold."""
+    table.add_column(header, no_wrap=True, min_width=max([len(header), *(len(n) for n in names)]))
+
+
 def summary_table(s: Summary) -> Group:
     title = "framestream run: " + ("interrupted, drained" if s.interrupted else "finished")
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
+    table.columns[1].overflow = "fold"
     model = escape(s.model) + ("  (SYNTHETIC stand-in: labels mean nothing)" if s.synthetic else "")
     rows = [
         ("model", model),
@@ -155,8 +163,11 @@ def summary_table(s: Summary) -> Group:
     for what, value in rows:
         table.add_row(what, value)
     per_source = Table(show_header=True)
-    for col in ("source", "published", "results", "final smoothed label"):
-        per_source.add_column(col, justify="left" if col in ("source", "final smoothed label") else "right")
+    _name_column(per_source, "source", list(s.per_source))
+    for col in ("published", "results", "final smoothed label"):
+        per_source.add_column(
+            col, justify="left" if col == "final smoothed label" else "right", overflow="fold"
+        )
     for source, row in sorted(s.per_source.items()):
         published, results = f"{row.get('published', 0):,}", f"{row.get('results', 0):,}"
         per_source.add_row(escape(source), published, results, escape(str(row.get("label", "-"))))
