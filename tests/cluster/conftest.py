@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.settings import Settings
 from tests.cluster.cluster import Cluster, ClusterApp, gcs_fault_tolerant, groups, scaled_serve_config
 from tests.cluster.netns import netns_unavailable_reason
 from tests.faults.conftest import CLAIM_IDLE_MS, MODEL, fault_settings
-from tests.faults.scenario import OUT_ENV, ROOT, Harness
+from tests.faults.scenario import OUT_ENV, ROOT, Harness, settled_harness
 
 CPU_SCALE = 0.25
 """prod pods have 4 (cpu) and 8 (inference) CPUs: 1 and 2 here, with the Serve shares scaled alike."""
@@ -93,11 +92,7 @@ async def cluster_harness(
     monkeypatch.setenv(OUT_ENV, os.environ.get(OUT_ENV) or str(ROOT / "out" / "cluster"))
     cluster_stack.app.wait_replicas(timeout_s=180)
     assert cluster_stack.cluster.redis is not None
-    client = await connect(cluster_stack.cluster.redis.url)
-    h = Harness(client, cluster_stack.keys, cluster_stack.model, tmp_path, CLAIM_IDLE_MS)
-    left = await h.settle(extra_s=15)
-    assert left == 0, f"{left} entries still pending from an earlier scenario"
-    try:
+    async with settled_harness(
+        cluster_stack.cluster.redis.url, cluster_stack.keys, cluster_stack.model, tmp_path, CLAIM_IDLE_MS
+    ) as h:
         yield h
-    finally:
-        await client.aclose()

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from stream.adapters.redis_server import RedisServer, find_free_port
-from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.settings import Settings
 from tests.faults.rayapp import FaultApp
-from tests.faults.scenario import Harness
+from tests.faults.scenario import Harness, settled_harness
 
 MODEL = "mobilenet-v1-0.25-128"
 """The synthetic stand-in (random weights, the real architecture): the fastest full model path,
@@ -105,11 +104,5 @@ async def harness(stack: Stack, tmp_path: Path) -> AsyncIterator[Harness]:
     if stack.redis.process is None or stack.redis.process.poll() is not None:
         stack.redis.start()  # an earlier scenario failed while its server was down
     stack.app.wait_replicas(timeout_s=120)
-    client = await connect(stack.redis.url)
-    h = Harness(client, stack.keys, stack.model, tmp_path, CLAIM_IDLE_MS)
-    left = await h.settle(extra_s=15)
-    assert left == 0, f"{left} entries still pending from an earlier scenario"
-    try:
+    async with settled_harness(stack.redis.url, stack.keys, stack.model, tmp_path, CLAIM_IDLE_MS) as h:
         yield h
-    finally:
-        await client.aclose()

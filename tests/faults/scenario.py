@@ -9,13 +9,14 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from stream.adapters.redis_streams import connect
 from stream.adapters.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys
 from tests.faults.checker import Outcome, check
@@ -29,6 +30,7 @@ __all__ = [
     "out_dir",
     "recoveries_s",
     "recovery_s",
+    "settled_harness",
     "timeline",
     "write_outcome",
 ]
@@ -214,3 +216,18 @@ class Harness:
         """Drop the replay's sink groups (a group left behind would keep the results from trimming)."""
         with contextlib.suppress(aioredis.ResponseError):
             await self.client.xgroup_destroy(self.keys.results, replay.sink.group)
+
+
+@contextlib.asynccontextmanager
+async def settled_harness(
+    redis_url: str, keys: PipelineKeys, model: str, tmp: Path, claim_idle_ms: int
+) -> AsyncIterator[Harness]:
+    """A `Harness` on a client of its own, once nothing is pending from an earlier scenario."""
+    client = await connect(redis_url)
+    try:
+        harness = Harness(client, keys, model, tmp, claim_idle_ms)
+        left = await harness.settle(extra_s=15)
+        assert left == 0, f"{left} entries still pending from an earlier scenario"
+        yield harness
+    finally:
+        await client.aclose()
