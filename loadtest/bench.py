@@ -58,8 +58,8 @@ async def play_and_collect(
     """Add `clip` as a file source and collect its results until its end-of-stream."""
     import secrets
 
-    from loadtest.collector import Collector, last_id
-    from stream.adapters.redis_streams import connect
+    from loadtest.collector import Collector
+    from stream.adapters.redis_streams import connect, last_id
     from stream.adapters.source_registry import SourceSpec, add_source
     from stream.core.keys import PipelineKeys
 

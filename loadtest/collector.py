@@ -10,14 +10,13 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from loadtest.stats import ResultRow
-from stream.adapters.redis_streams import last_id
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import EOS
 from stream.errors import CodecError
 from stream.results import ResultReader
 
-__all__ = ["Collector", "count_dead_letters", "count_drops", "last_id"]
+__all__ = ["Collector", "count_dead_letters", "count_drops"]
 
 
 def _s(v: bytes | str) -> str:

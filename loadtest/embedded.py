@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.collector import Collector, last_id
+from loadtest.collector import Collector
 from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import Output, StreamTransport, connect
+from stream.adapters.redis_streams import Output, StreamTransport, connect, last_id
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME

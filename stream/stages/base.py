@@ -248,9 +248,9 @@ class StageBase:
         still carried out when the route came back, after this loop had taken back what it held).
         Nobody else takes them (this consumer talks to Redis, so it is not silent): pending idle
         for `claim_idle_ms` and not held here, they are claimed again and handled."""
+        held = self._held | self.reader.delivered()
         for stream in self.streams:
             rows = await self.transport.own_idle(stream, self.group, self.consumer, count=100)
-            held = self._held | self.reader.delivered()
             rows = [r for r in rows if (stream, r["message_id"]) not in held]
             if rows:
                 taken = await self.transport.claim_rows(stream, self.group, self.consumer, rows)
