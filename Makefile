@@ -6,9 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test check lint typecheck faults cluster bench setup redis-server clean
+.PHONY: run test check lint typecheck faults cluster bench setup system-packages clean
 
-setup: $(STAMP) redis-server
+setup: $(STAMP) system-packages
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,18 +16,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-# redis-server is a system binary, not a Python package: install it with the OS package
-# manager when we are root, otherwise say exactly what to do.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
+# System programs the tests use, from the OS packages (not Python packages): installed with apt-get
+# when one is missing and we are root, otherwise we say exactly what to install. redis-server is the
+# one `make run` needs; the rest are for the tests (docs/dependencies.md says what each is for).
+APT_PACKAGES ?= redis-server iproute2
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "redis-server not found: installing it with apt-get"; \
-	    (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
-	     (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)); \
-	  else \
+	    echo "installing system packages:$$missing"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null)); \
+	  elif ! command -v redis-server >/dev/null 2>&1; then \
 	    echo "redis-server not found on PATH: install it (sudo apt-get install redis-server," \
 	         "or brew install redis) or pass --redis URL to use an existing server" >&2; exit 1; \
-	  fi; }
+	  else \
+	    echo "note: missing system packages$$missing (tests that need them skip with a reason)" >&2; \
+	  fi; \
+	fi
 
 run: setup
 	$(BIN)/framestream run $(ARGS)
