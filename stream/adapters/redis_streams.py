@@ -6,7 +6,8 @@
   transaction runs on the one node serving that slot);
 - `reclaim` takes over entries a dead or stuck consumer left pending (XAUTOCLAIM);
 - an entry delivered more than `max_deliveries` times, or one that does not decode, goes to the
-  dead-letter stream with stage, reason and original id, and is acked;
+  dead-letter stream with stage, reason, the stream, group and id it came from and its bytes
+  (`stream.adapters.dead_letters` lists, retries and trims them), and is acked;
 - `trim` never deletes an entry that some group has not acked or not yet read (MINID below the
   oldest such id): a plain MAXLEN trim silently deletes delivered-but-unacked entries.
 """
@@ -269,8 +270,10 @@ class StreamTransport:
                         "id": e.id,
                         "deliveries": e.deliveries,
                     }
-                    if e.data is not None and len(e.data) <= _MAX_DEAD_PAYLOAD:
-                        fields[FIELD] = e.data
+                    if e.data is not None:
+                        fields["bytes"] = len(e.data)
+                        if len(e.data) <= _MAX_DEAD_PAYLOAD:
+                            fields[FIELD] = e.data  # what `framestream dead retry` re-drives
                     pipe.xadd(dead, fields)  # type: ignore[arg-type]
                     pipe.xack(e.stream, group, e.id)
                 await pipe.execute()

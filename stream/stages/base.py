@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 
+from stream.adapters.dead_letters import DeadLetters
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_client import refresh_cluster_view
 from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 
 _TRIM_INTERVAL_S = 1.0
 _LAG_INTERVAL_S = 2.0
+_DEAD_TRIM_INTERVAL_S = 30.0
+"""How often old dead letters are deleted (`dead_letters.max_age_s`)."""
+_DEAD_TRIM_AFTER_S = 1.0
+"""After new dead letters, the length bound (`dead_letters.max_len`) holds again within this."""
 
 
 def now_ms() -> float:
@@ -119,6 +124,8 @@ class StageBase:
         self._next_reclaim_s = 0.0
         self._next_trim_s = time.monotonic() + _TRIM_INTERVAL_S
         self._next_lag_s = 0.0
+        self.dead_letters = DeadLetters(client, self.keys)
+        self._next_dead_trim_s = self._dead_trimmed_s = time.monotonic()
         self._started = False
         self._to_recover: list[str] = list(self.streams)
         self._recovered_upto: str | None = None
@@ -206,6 +213,7 @@ class StageBase:
             for letter in letters:
                 log.warning("%s: dead-lettered %s: %s", self.name, letter.entry.id, letter.reason)
             await self.transport.dead_letter(letters, self.group)
+            self._next_dead_trim_s = min(self._next_dead_trim_s, self._dead_trimmed_s + _DEAD_TRIM_AFTER_S)
             metrics.dead_letters(self.name, len(letters))
             metrics.frames(self.name, "dead", len(letters))
             self.dead_lettered += len(letters)
@@ -221,7 +229,8 @@ class StageBase:
             metrics.frames(self.name, "ok", len(handled.acks))
 
     async def maintain(self) -> None:
-        """Periodic chores: safe-trim the input stream, mend its lag counter, publish its lag."""
+        """Periodic chores: safe-trim the input stream, mend its lag counter, publish its lag, trim
+        the dead letters (by age, and by count soon after new ones)."""
         now = time.monotonic()
         if now >= self._next_trim_s:
             self._next_trim_s = now + _TRIM_INTERVAL_S
@@ -233,6 +242,10 @@ class StageBase:
                         "reset it, so its lag is right again",
                         self.name, self.group, stream,
                     )  # fmt: skip
+        if now >= self._next_dead_trim_s:
+            self._dead_trimmed_s, self._next_dead_trim_s = now, now + _DEAD_TRIM_INTERVAL_S
+            cfg = self.settings.dead_letters
+            await self.dead_letters.trim(max_len=cfg.max_len, max_age_s=cfg.max_age_s)
         if now >= self._next_orphan_check_s:
             self._next_orphan_check_s = now + self.settings.streams.claim_idle_ms / 1000.0
             await self._take_back_orphans()
