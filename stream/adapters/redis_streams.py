@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +156,9 @@ class StreamTransport:
         self.stage = stage
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = claim_idle_ms
+        self.on_dead: Callable[[Sequence[DeadLetter]], None] | None = None
+        """Called with the letters of every `dead_letter` once written (also those `reclaim`
+        writes for entries past `max_deliveries`): the stage counts them there."""
 
     async def ensure_group(self, stream: str, group: str, start_id: str = "0") -> None:
         """Create `stream` and `group` if missing (a group made now reads from `start_id`)."""
@@ -277,6 +280,8 @@ class StreamTransport:
                     pipe.xadd(dead, fields)  # type: ignore[arg-type]
                     pipe.xack(e.stream, group, e.id)
                 await pipe.execute()
+        if letters and self.on_dead is not None:
+            self.on_dead(letters)
 
     def _dead_stream(self, stream: str) -> str:
         """The dead-letter stream of `stream`'s partition (the pipeline's first for a foreign key)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -120,6 +120,7 @@ class StageBase:
         )
         self.processed = 0
         self.dead_lettered = 0
+        self.transport.on_dead = self._dead_lettered
         self.last_progress_s = time.monotonic()
         self._next_reclaim_s = 0.0
         self._next_trim_s = time.monotonic() + _TRIM_INTERVAL_S
@@ -210,14 +211,18 @@ class StageBase:
     async def dead_letter(self, letters: list[DeadLetter]) -> None:
         self._held.difference_update((letter.entry.stream, letter.entry.id) for letter in letters)
         if letters:
-            for letter in letters:
-                log.warning("%s: dead-lettered %s: %s", self.name, letter.entry.id, letter.reason)
             await self.transport.dead_letter(letters, self.group)
-            self._next_dead_trim_s = min(self._next_dead_trim_s, self._dead_trimmed_s + _DEAD_TRIM_AFTER_S)
-            metrics.dead_letters(self.name, len(letters))
-            metrics.frames(self.name, "dead", len(letters))
-            self.dead_lettered += len(letters)
-            self.processed += len(letters)
+
+    def _dead_lettered(self, letters: Sequence[DeadLetter]) -> None:
+        """Every dead letter the transport wrote for this stage (bad input, and entries a reclaim
+        found past `max_deliveries`): logged, counted, and the dead-letter trim brought forward."""
+        for letter in letters:
+            log.warning("%s: dead-lettered %s: %s", self.name, letter.entry.id, letter.reason)
+        self._next_dead_trim_s = min(self._next_dead_trim_s, self._dead_trimmed_s + _DEAD_TRIM_AFTER_S)
+        metrics.dead_letters(self.name, len(letters))
+        metrics.frames(self.name, "dead", len(letters))
+        self.dead_lettered += len(letters)
+        self.processed += len(letters)
 
     async def commit(self, handled: Handled) -> None:
         """Dead letters first (each acked with its letter), then outputs + acks atomically."""

@@ -16,6 +16,7 @@ import pytest
 
 from stream.adapters.dead_letters import DeadLetters
 from stream.adapters.jpeg import encode_jpeg
+from stream.adapters.metrics import metrics
 from stream.adapters.redis_partitions import ensure_layout, recorded_keys
 from stream.adapters.redis_server import LocalCluster, RedisServer
 from stream.adapters.redis_streams import StreamTransport, connect
@@ -103,8 +104,12 @@ async def test_dead_letters_are_listed_shown_retried_and_then_processed_by_the_s
     assert await redis_client.xreadgroup(GROUP, "crashed", {keys.frames: ">"}, count=1)
     # ... and bytes that are no frame at all
     await redis_client.xadd(keys.frames, {FIELD: GARBAGE})
-    await preprocess()
+    counted = metrics.total("dead_letters", stage="preprocess")
+    stage = await preprocess()
     await wait_for(lambda: _equals(redis_client.xlen(keys.dead), 2), "both dead-lettered")
+    # both counted where the dashboard looks, the one the reclaim found too
+    await wait_for(lambda: _equals(_value(stage.dead_lettered), 2), "both counted")
+    assert metrics.total("dead_letters", stage="preprocess") - counted == 2
 
     listed = await run_cli(redis_server.url, "list", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -157,6 +162,10 @@ async def test_dead_letters_are_listed_shown_retried_and_then_processed_by_the_s
     (letter,) = await dead.newest(limit=10)
     assert letter.reason.startswith("undecodable")
     assert letter.stage == "preprocess" and letter.payload_bytes == len(GARBAGE)
+
+
+async def _value(value: int) -> int:
+    return value
 
 
 async def _equals(value: Awaitable[int], want: int) -> bool:
