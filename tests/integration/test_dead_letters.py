@@ -189,7 +189,9 @@ async def test_cli_errors_say_what_to_do(redis_server: RedisServer, redis_client
     assert empty.returncode == 0 and empty.stdout.strip() == "no dead letters"
 
 
-async def test_a_letter_without_its_payload_is_not_retried_and_stays(redis_client) -> None:
+async def test_a_letter_without_its_payload_is_not_retried_and_an_older_letter_is_read_alike(
+    redis_client,
+) -> None:
     keys = PipelineKeys()
     entry_id = (await redis_client.xadd(keys.dead, {
         "stage": "infer", "reason": "entry was deleted before it was processed",
@@ -201,6 +203,18 @@ async def test_a_letter_without_its_payload_is_not_retried_and_stays(redis_clien
     assert await redis_client.xlen(keys.dead) == 1 and await redis_client.xlen(keys.scores(MODEL)) == 0
     letter = await dead.get(entry_id)  # a bare entry id names it when one partition has it
     assert letter.payload_bytes is None and letter.summary(time.time() * 1000)["retryable"] is False
+
+    # a letter written before letters recorded their size: read the same way, retried the same way
+    old_frame = frame("old", 3)
+    older = (await redis_client.xadd(keys.dead, {
+        "stage": "preprocess", "reason": "undecodable", "stream": keys.frames, "group": GROUP, "id": "2-0",
+        "deliveries": 1, FIELD: old_frame,
+    })).decode()  # fmt: skip
+    letter = await dead.get(f"0:{older}")
+    assert (letter.payload_bytes, letter.source, letter.seq) == (len(old_frame), "old", 3)
+    outcome = await dead.retry(f"0:{older}")
+    (entry,) = await redis_client.xrange(keys.frames)
+    assert entry[0].decode() == outcome.new_id and decode_message(entry[1][FIELD.encode()]).meta["seq"] == 3
 
 
 async def test_dead_letters_are_trimmed_by_age_and_count_but_never_what_a_group_has_not_acked(
