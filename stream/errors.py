@@ -9,6 +9,7 @@ __all__ = [
     "ModelError",
     "TransportError",
     "SourceError",
+    "LeaseLost",
 ]
 
 
@@ -34,3 +35,11 @@ class TransportError(FramestreamError):
 
 class SourceError(FramestreamError):
     """A frame source cannot be opened or read."""
+
+
+class LeaseLost(TransportError):
+    """A fenced commit found its lease held by another (or by nobody): nothing of it was written."""
+
+    def __init__(self, leases: list[str]) -> None:
+        super().__init__(f"lease(s) lost, commit refused: {', '.join(leases)}")
+        self.leases = leases
