@@ -28,7 +28,9 @@ def frames(seed: int, n: int) -> list[np.ndarray]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), cut=st.integers(0, 40), alpha=st.floats(0.05, 1.0), hyst=st.integers(1, 5))
+@given(
+    seed=st.integers(0, 10_000), cut=st.integers(0, 40), alpha=st.floats(0.05, 1.0), hyst=st.integers(1, 5)
+)
 def test_a_resumed_smoother_continues_exactly(seed: int, cut: int, alpha: float, hyst: int) -> None:
     data = frames(seed, 40)
     whole = LabelSmoother(alpha, hyst)
