@@ -70,4 +70,4 @@ def sequence_differences(
 def label_changes(labels: Mapping[int, Hashable]) -> int:
     """How often the value changes along increasing seq (a source's smoothed-label changes)."""
     ordered = [labels[seq] for seq in sorted(labels)]
-    return sum(1 for prev, cur in zip(ordered, ordered[1:]) if prev != cur)
+    return sum(1 for prev, cur in zip(ordered, ordered[1:], strict=False) if prev != cur)

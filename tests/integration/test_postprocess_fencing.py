@@ -112,8 +112,8 @@ async def test_a_replica_that_lost_its_partition_cannot_overwrite_the_new_owner(
     results = await _results(client, keys)
     assert [r["seq"] for r in results] == list(range(12))  # each once
     reference = PostprocessStage(settings, client, consumer="ref", model=MODEL, labels=LABELS)
-    expected = [reference._track(SOURCE, _entry(keys)).smoother.update(np.eye(5, dtype=np.float32)[(s // 4) % 5])
-                for s in range(12)]  # fmt: skip
+    smoother = reference._track(SOURCE, _entry(keys)).smoother
+    expected = [smoother.update(np.eye(5, dtype=np.float32)[(s // 4) % 5]) for s in range(12)]
     assert [r["smoothed_label"] for r in results] == [LABELS[e.index] for e in expected]
     assert [r["smoothed_score"] for r in results] == [round(e.score, 5) for e in expected]
 
