@@ -80,11 +80,14 @@ class PartitionLeases:
             await self.leases.release(self.lease(partition), token)
 
     def forget(self, partition: int) -> None:
-        """Stop owning `partition` here without releasing it (its lease was lost, or the loop
-        restarts and will take it back under the same value if it can)."""
-        token = self.owned.pop(partition, None)
-        if token is not None:
-            self._earlier[partition] = token
+        """Stop owning `partition` here without releasing it (its lease was lost)."""
+        self.owned.pop(partition, None)
+
+    def suspend(self) -> None:
+        """Stop owning every partition here without releasing them (the loop restarts): `take`
+        gets each back under the same value while its lease has not expired."""
+        self._earlier.update(self.owned)
+        self.owned.clear()
 
     async def leave(self) -> None:
         """Release every lease and leave the members (a replica stopping)."""

@@ -123,8 +123,7 @@ class PostprocessStage(ConsumerStage):
         """(Re)start: whatever this replica held in memory may be ahead of Redis (a commit that
         failed), so it forgets its partitions and takes them back with their saved state."""
         await super().start()
-        for k in list(self.ownership.owned):
-            self.ownership.forget(k)
+        self.ownership.suspend()
         self._tracks.clear()
         self._dirty.clear()
         self.read_streams([])
@@ -157,15 +156,18 @@ class PostprocessStage(ConsumerStage):
                 await self._load(k)
                 log.info("postprocess %s: took partition %d", self.consumer, k)
         if lost or plan.give_up or plan.take:
-            self.read_streams([self.keys.partition(k).scores(self.model or "") for k in self.owned])
+            self._read_owned()
+
+    def _read_owned(self, but: int | None = None) -> None:
+        self.read_streams([self.keys.partition(k).scores(self.model or "") for k in self.owned if k != but])
 
     def _drop(self, partition: int) -> None:
-        """Forget a partition's tracks; its unacked entries stay pending for the next owner."""
+        """Stop reading a partition and forget its tracks; its unacked entries stay pending for
+        the next owner. (The caller gives the lease up or has lost it.)"""
         for source in [s for s, t in self._tracks.items() if t.keys.index == partition]:
             del self._tracks[source]
             self._dirty.discard(source)
-        self.ownership.forget(partition)
-        self.read_streams([self.keys.partition(k).scores(self.model or "") for k in self.owned])
+        self._read_owned(but=partition)
 
     async def _load(self, partition: int) -> None:
         """Load a partition's saved tracks and claim every entry its group has pending."""
@@ -222,6 +224,7 @@ class PostprocessStage(ConsumerStage):
                 k = self.keys.of_key(lease).index
                 log.warning("postprocess %s: partition %d has another owner now; dropped", self.consumer, k)
                 self._drop(k)
+                self.ownership.forget(k)
         self._dirty.clear()
 
     def _fences(self, handled: Handled) -> list[Fenced]:

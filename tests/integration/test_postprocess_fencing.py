@@ -33,7 +33,9 @@ def client(request):
 
 
 def _settings() -> Settings:
-    return Settings(streams={"pipeline": "fence", "partitions": 3, "claim_idle_ms": 400, "block_ms": 20})
+    """Leases live claim_idle_ms: long enough for the steps of a test to stay within one on a busy
+    machine (a replica whose loop stalls longer than that loses its partitions, by design)."""
+    return Settings(streams={"pipeline": "fence", "partitions": 3, "claim_idle_ms": 3_000, "block_ms": 20})
 
 
 async def _publish_scores(transport: StreamTransport, keys: PipelineKeys, seqs: range) -> None:
@@ -127,6 +129,14 @@ async def test_replicas_share_partitions_fairly_and_a_silent_ones_are_taken_with
         await s.start()
     await stages[0].maintain()
     assert stages[0].owned == [0, 1, 2]
+    for s in stages[1:]:  # they join the members; nothing is free yet
+        await s.maintain()
+        assert s.owned == []
+    stages[0]._next_ownership_s = 0.0
+    await stages[0].maintain()  # three members: a keeps one and releases two at once
+    assert len(stages[0].owned) == 1
+    released = [k for k in range(3) if k not in stages[0].owned]
+    assert [await client.exists(keys.partition(k).owner_lease(GROUP)) for k in released] == [0, 0]
     deadline = time.monotonic() + 10
     while sorted(len(s.owned) for s in stages) != [1, 1, 1]:
         assert time.monotonic() < deadline, [s.owned for s in stages]
