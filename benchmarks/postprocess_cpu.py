@@ -43,8 +43,7 @@ def _scores(frames: int, sources: int, seed: int = 0) -> list[tuple[str, int, np
 
 
 def _cpu_s(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return next(p.cpu_s for p in descendants(os.getpid()) if p.pid == pid)
 
 
 async def measure(frames: int, sources: int, partitions: int) -> dict[str, float]:
