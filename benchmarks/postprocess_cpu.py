@@ -4,7 +4,8 @@
 
 A private redis-server is filled with `--frames` score messages (1,000 float16 classes, as infer
 emits them; each source's leading class changes every 40 frames, so smoothing works) over
-`--sources` sources, then one postprocess loop runs in this process until every frame has its
+`--sources` sources, then one postprocess loop (reading `--read-count` entries at a time, so
+committing about that many frames at once) runs in this process until every frame has its
 result. CPU of this process (user + system) and of redis-server is read before and after that
 run only (publishing is not counted). Postprocess gets its 1,000 labels in code: no model is
 loaded. Linux only (redis-server's CPU comes from /proc).
@@ -46,8 +47,9 @@ def _cpu_s(pid: int) -> float:
     return next(p.cpu_s for p in descendants(os.getpid()) if p.pid == pid)
 
 
-async def measure(frames: int, sources: int, partitions: int) -> dict[str, float]:
-    settings = Settings(streams={"pipeline": "ppcpu", "partitions": partitions, "block_ms": 20})
+async def measure(frames: int, sources: int, partitions: int, read_count: int = 64) -> dict[str, float]:
+    streams = {"pipeline": "ppcpu", "partitions": partitions, "block_ms": 20, "read_count": read_count}
+    settings = Settings(streams=streams)
     keys = PipelineKeys("ppcpu", partitions)
     with RedisServer() as server:
         client = await connect(server.url)
@@ -93,9 +95,12 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=8)
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--read-count", type=int, default=64, help="entries per read (per partition): frames per commit"
+    )
     args = parser.parse_args()
     for _ in range(args.repeat):
-        m = asyncio.run(measure(args.frames, args.sources, args.partitions))
+        m = asyncio.run(measure(args.frames, args.sources, args.partitions, args.read_count))
         print(
             f"{m['results']} results in {m['wall_s']:.2f} s: postprocess {m['postprocess_ms_per_frame']:.3f} "
             f"ms/frame, redis-server {m['redis_ms_per_frame']:.3f} ms/frame"
