@@ -64,6 +64,8 @@ class Played:
     owners_seen: list[dict[int, str]] = field(default_factory=list)
     duplicates: int = 0
     frames: int = 0
+    orphaned_s: float | None = None
+    """Seconds from the SIGKILL until the killed replica's partition had a live owner again."""
 
 
 class _Run:
@@ -165,11 +167,13 @@ async def _faults(run: _Run, played: Played) -> None:
     played.owners_seen.append(await run.owners())
     await run.until("more results", _async(lambda: run.results >= played.faults_at["scale to 3"] + 150))
     played.faults_at["SIGKILL pp-b"] = run.results
+    killed = time.monotonic()
     run.procs["pp-b"].process.kill()
     run.procs["pp-b"].process.wait()
     await run.until(
         "pp-b's partition taken over", lambda: _owned_by(run, {"pp-a": None, "pp-c": None}, total=3)
     )
+    played.orphaned_s = time.monotonic() - killed
     played.owners_seen.append(await run.owners())
     await run.until("more results", _async(lambda: run.results >= played.faults_at["SIGKILL pp-b"] + 150))
     played.faults_at["SIGTERM pp-c"] = run.results
