@@ -103,7 +103,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
 local group, n_out, n_ack, n_state = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local ids = {}
 for i = 1, n_out do
-  ids[i] = redis.call('XADD', KEYS[2 + i], '*', 'd', ARGV[5 + i])
+  ids[i] = redis.call('XADD', KEYS[2 + i], '*', '%FIELD%', ARGV[5 + i])
 end
 for i = 1, n_ack do
   redis.call('XACK', KEYS[2 + n_out + i], group, ARGV[5 + n_out + i])
@@ -114,7 +114,7 @@ if n_state > 0 then
   redis.call('HSET', KEYS[2], unpack(fields))
 end
 return ids
-"""
+""".replace("%FIELD%", FIELD)
 """KEYS: lease, state hash, one stream per output, one per ack; ARGV: token, group, counts, the
 outputs' data, the acked ids, the state's field/value pairs. Nil when the lease is not ours."""
 
