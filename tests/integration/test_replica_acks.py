@@ -132,7 +132,9 @@ async def test_cluster_wait_goes_to_the_partition_master_that_took_the_write(
             break
     else:
         pytest.skip("no master of the session cluster has a live replica")
-    transport = StreamTransport(cluster_client, keys, stage="ingest", replica_acks=1, replica_ack_timeout_ms=300)
+    transport = StreamTransport(
+        cluster_client, keys, stage="ingest", replica_acks=1, replica_ack_timeout_ms=300
+    )
     assert await _publish_one(transport, keys.frames, 0)
     with _stopped(replica):
         assert not await _publish_one(transport, keys.frames, 1)
@@ -197,7 +199,9 @@ async def _live_camera_through_a_master_kill(replica_acks: int) -> tuple[Outcome
         seq = 0
         deadline = time.monotonic() + 120
         try:
-            while dead_from is None or len([s for s in acked + short if s >= dead_from]) < _MIN_AFTER_FAILOVER:
+            while (
+                dead_from is None or len([s for s in acked + short if s >= dead_from]) < _MIN_AFTER_FAILOVER
+            ):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"frames did not flow again after the kill at {killed_at}")
                 if seq == 300:
