@@ -24,6 +24,8 @@ from stream.adapters.redis_streams import Output, StreamTransport
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.errors import ConfigError
+from stream.settings import Settings
+from stream.stages import build_stage
 from tests.faults.checker import Outcome, check
 
 SOURCE = "cam-live"
@@ -303,3 +305,25 @@ async def test_live_source_master_kill_loses_no_acknowledged_frame_with_replica_
         # with 0, what only the master held is gone with it: the loss replica_acks=1 prevents
         assert outcome.lost >= 1, figures
     # with 0 and the replica in sync, loss is possible but not certain: reported, not asserted
+
+
+async def test_env_setting_reaches_the_stages_transports(
+    primary_and_replica: tuple[RedisServer, RedisServer], monkeypatch: pytest.MonkeyPatch, tmp_path
+):
+    primary, _ = primary_and_replica
+    monkeypatch.setenv("FRAMESTREAM_STREAMS__REPLICA_ACKS", "1")
+    monkeypatch.setenv("FRAMESTREAM_STREAMS__REPLICA_ACK_TIMEOUT_MS", "250")
+    settings = Settings(models={"cache_dir": tmp_path})
+    client = await connect(primary.url)
+    try:
+        for name in ("ingest", "preprocess"):
+            stage = build_stage(
+                name,
+                settings,
+                client,
+                consumer=f"{name}-0",
+                model=None if name == "ingest" else "mobilenet-v1-0.25-128-quant",
+            )
+            assert (stage.transport.replica_acks, stage.transport.replica_ack_timeout_ms) == (1, 250), name
+    finally:
+        await client.aclose()
