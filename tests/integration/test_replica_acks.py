@@ -283,6 +283,7 @@ async def _live_camera_through_a_master_kill(replica_acks: int, lagging: bool) -
     return outcome, figures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lagging", [False, True], ids=["replica-in-sync", "replica-lagging"])
 @pytest.mark.parametrize("replica_acks", [0, 1])
 async def test_live_source_master_kill_loses_no_acknowledged_frame_with_replica_acks_1(

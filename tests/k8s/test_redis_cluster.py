@@ -176,6 +176,7 @@ def shipped_cluster(rendered: Docs, tmp_path: Path) -> Iterator[list[ShippedRedi
             proc.wait(timeout=15)
 
 
+@pytest.mark.slow
 def test_shipped_cluster_forms_once_and_framestream_runs_on_it(
     rendered: Docs, shipped_cluster: list[ShippedRedis]
 ):
