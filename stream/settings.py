@@ -62,6 +62,18 @@ class StreamSettings(_Section):
     max_deliveries: int = Field(5, ge=1)
     max_len: int = Field(20_000, ge=100, description="approximate stream length kept (safe MINID trim)")
     drain_timeout_s: float = Field(10.0, gt=0)
+    replica_acks: int = Field(
+        0,
+        ge=0,
+        description="Redis replicas that must hold each publish/forward before it returns (WAIT); "
+        "0 = asynchronous replication: a master killed before replicating loses its newest writes",
+    )
+    replica_ack_timeout_ms: int = Field(
+        200,
+        ge=1,
+        description="longest a write waits for replica_acks replicas; a shortfall is logged and "
+        "counted (framestream_replica_ack_shortfalls_total) and the write stands",
+    )
 
 
 class IngestSettings(_Section):

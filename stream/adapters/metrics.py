@@ -23,6 +23,7 @@ METRIC_NAMES = {
     "dropped": "framestream_dropped_frames_total",
     "replicas": "framestream_replicas",
     "e2e_latency": "framestream_e2e_latency_seconds",
+    "replica_shortfalls": "framestream_replica_ack_shortfalls_total",
 }
 _SECONDS_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 _Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -87,6 +88,11 @@ class Metrics:
                     _E2E_BOUNDARIES,
                     ("model",),
                 ),
+                "replica_shortfalls": rm.Counter(
+                    METRIC_NAMES["replica_shortfalls"].removesuffix("_total"),
+                    "Writes that fewer Redis replicas acknowledged than streams.replica_acks",
+                    ("stage",),
+                ),
             }
         return self._ray
 
@@ -136,6 +142,10 @@ class Metrics:
 
     def dropped(self, source: str, reason: str, n: int = 1) -> None:
         self._count("dropped", n, {"source": source, "reason": reason})
+
+    def replica_shortfalls(self, stage: str, n: int = 1) -> None:
+        """Writes that returned with fewer Redis replicas holding them than streams.replica_acks."""
+        self._count("replica_shortfalls", n, {"stage": stage})
 
     def replicas(self, stage: str, n: int) -> None:
         self._set("replicas", n, {"stage": stage})

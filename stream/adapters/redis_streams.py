@@ -11,12 +11,16 @@
 - an entry delivered more than `max_deliveries` times, or one that does not decode, goes to the
   dead-letter stream with stage, reason, the stream, group and id it came from and its bytes
   (`stream.adapters.dead_letters` lists, retries and trims them), and is acked;
+- with `replica_acks` N > 0, each of those transactions waits (WAIT) until N replicas of its
+  master hold it, or `replica_ack_timeout_ms`; a shortfall is logged and counted, not raised;
 - `trim` never deletes an entry that some group has not acked or not yet read (MINID below the
   oldest such id): a plain MAXLEN trim silently deletes delivered-but-unacked entries.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +28,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from stream.adapters import replica_acks as _replica_acks
+from stream.adapters.metrics import metrics
 from stream.adapters.redis_client import connect
 from stream.core.codec import Message, decode_message
 from stream.core.keys import FIELD, PipelineKeys
-from stream.errors import CodecError, LeaseLost
+from stream.errors import CodecError, ConfigError, LeaseLost
 
 __all__ = [
     "DeadLetter",
@@ -41,7 +47,10 @@ __all__ = [
     "last_id",
 ]
 
+log = logging.getLogger("framestream.redis")
+
 _MAX_DEAD_PAYLOAD = 1024 * 1024
+_SHORTFALL_LOG_EVERY_S = 10.0
 
 _COUNT_AFTER = "return #redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])"
 """Entries after an id, counted inside Redis (the payloads, up to 150 KB each, stay there)."""
@@ -183,6 +192,8 @@ class StreamTransport:
         stage: str,
         max_deliveries: int = 5,
         claim_idle_ms: int = 5_000,
+        replica_acks: int = 0,
+        replica_ack_timeout_ms: int = 200,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries}")
@@ -196,7 +207,43 @@ class StreamTransport:
         self.on_dead: Callable[[Sequence[DeadLetter]], None] | None = None
         """Called with the letters of every `dead_letter` once written (also those `reclaim`
         writes for entries past `max_deliveries`): the stage counts them there."""
+        self._init_replica_acks(replica_acks, replica_ack_timeout_ms)
         self._fenced_forward = client.register_script(_FENCED_FORWARD)
+
+    def _init_replica_acks(self, replicas: int, timeout_ms: int) -> None:
+        if replicas < 0 or timeout_ms < 1:
+            raise ValueError(
+                f"replica_acks must be >= 0 and replica_ack_timeout_ms >= 1, got {replicas} and {timeout_ms}"
+            )
+        if replicas and not _replica_acks.supported(self.client.pipeline(transaction=True)):
+            raise ConfigError(
+                f"streams.replica_acks={replicas} needs redis-py 8.x (WAIT on the pipeline's own "
+                "connection); install the redis version pyproject.toml names or set replica_acks to 0"
+            )
+        self.replica_acks = replicas
+        self.replica_ack_timeout_ms = timeout_ms
+        self.replica_shortfalls = 0
+        """Transactions that returned with fewer than `replica_acks` replicas holding them."""
+        self._shortfall_logged_s = -_SHORTFALL_LOG_EVERY_S
+
+    async def _execute(self, pipe: Any) -> list[Any]:
+        """EXEC `pipe`; with `replica_acks`, then WAIT for that many replicas (see the module doc)."""
+        if not self.replica_acks:
+            return list(await pipe.execute())
+        want, timeout_ms = self.replica_acks, self.replica_ack_timeout_ms
+        replies, acked = await _replica_acks.execute_waiting(pipe, want, timeout_ms)
+        if acked < want:
+            self.replica_shortfalls += 1
+            metrics.replica_shortfalls(self.stage)
+            now = time.monotonic()
+            if now - self._shortfall_logged_s >= _SHORTFALL_LOG_EVERY_S:
+                self._shortfall_logged_s = now
+                log.warning(
+                    "%s: a write reached %d of %d replicas within %d ms (%d such writes so far); "
+                    "it is on its master only until replication catches up",
+                    self.stage, acked, want, timeout_ms, self.replica_shortfalls,
+                )  # fmt: skip
+        return replies
 
     async def ensure_group(self, stream: str, group: str, start_id: str = "0") -> None:
         """Create `stream` and `group` if missing (a group made now reads from `start_id`)."""
@@ -291,7 +338,7 @@ class StreamTransport:
                         pipe.xadd(out.stream, {FIELD: out.data})
                     for stream, entry_ids in by_stream.items():
                         pipe.xack(stream, group, *entry_ids)
-                    replies = await pipe.execute()
+                    replies = await self._execute(pipe)
             ids.update((i, _s(r)) for (i, _), r in zip(mine, replies, strict=False))
         if lost:
             raise LeaseLost(lost)
@@ -306,7 +353,12 @@ class StreamTransport:
         keys = [fence.lease, fence.state_key, *(o.stream for o in outputs), *(s for s, _ in acked)]
         args: list[Any] = [fence.token, group, len(outputs), len(acked), len(fence.state)]
         args += [o.data for o in outputs] + [i for _, i in acked] + state
-        reply: Any = await self._fenced_forward(keys=keys, args=args)
+        if self.replica_acks:  # WAIT needs the script's own connection: run it in a transaction
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.eval(_FENCED_FORWARD, len(keys), *keys, *args)
+                reply: Any = (await self._execute(pipe))[0]
+        else:
+            reply = await self._fenced_forward(keys=keys, args=args)
         return None if reply is None else list(reply)
 
     async def publish(self, outputs: Sequence[Output]) -> list[str]:

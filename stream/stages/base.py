@@ -121,6 +121,8 @@ class StageBase:
             stage=self.name,
             max_deliveries=settings.streams.max_deliveries,
             claim_idle_ms=settings.streams.claim_idle_ms,
+            replica_acks=settings.streams.replica_acks,
+            replica_ack_timeout_ms=settings.streams.replica_ack_timeout_ms,
         )
         self.processed = 0
         self.dead_lettered = 0

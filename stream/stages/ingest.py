@@ -76,7 +76,13 @@ class IngestStage:
         self.client = client
         self.consumer = consumer
         self.keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
-        self.transport = StreamTransport(client, self.keys, stage=self.name)
+        self.transport = StreamTransport(
+            client,
+            self.keys,
+            stage=self.name,
+            replica_acks=settings.streams.replica_acks,
+            replica_ack_timeout_ms=settings.streams.replica_ack_timeout_ms,
+        )
         self.lease_ms = lease_ms
         self.leases = Leases(client, lease_ms)
         self.scan_interval_s = scan_interval_s

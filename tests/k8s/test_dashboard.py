@@ -28,6 +28,7 @@ KINDS = {
     "dropped": ("counter", {"source", "reason"}),
     "replicas": ("gauge", {"stage"}),
     "e2e_latency": ("histogram", {"model"}),
+    "replica_shortfalls": ("counter", {"stage"}),
 }
 _SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 _PROMQL_WORDS = {
@@ -153,6 +154,7 @@ _SCRAPE = textwrap.dedent(
         metrics.dropped("cam", "drop_oldest")
         metrics.replicas("infer", 2)
         metrics.e2e_latency("m", 0.2)
+        metrics.replica_shortfalls("ingest")
 
     ray.get(record.remote(), timeout=60)
     want = set(json.loads(sys.argv[1]))

@@ -5,7 +5,6 @@ than evicting stream entries when full."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,72 +14,16 @@ from typing import Any
 import pytest
 import redis
 
-from tests.k8s.manifests import by_kind
+from tests.k8s.shipped_redis import PASSWORD, ShippedRedis
 
 Docs = dict[str, list[dict[str, Any]]]
-PASSWORD = "k8s-test-password"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Shipped:
-    """The dev overlay's Redis container, re-rooted into a temp dir on a free loopback port."""
-
-    def __init__(self, docs: list[dict[str, Any]], root: Path) -> None:
-        (sts,) = by_kind(docs, "StatefulSet")
-        (self.container,) = sts["spec"]["template"]["spec"]["containers"]
-        conf = next(d for d in by_kind(docs, "ConfigMap") if "redis.conf" in d.get("data", {}))
-        self.port = _free_port()
-        self.root = root
-        for sub in ("etc", "run", "data"):
-            (root / sub).mkdir()
-        text = conf["data"]["redis.conf"]
-        for old, new in (
-            ("port 6379", f"port {self.port}"),
-            ("bind * -::*", "bind 127.0.0.1"),
-            ("dir /data", f"dir {root / 'data'}"),
-            ("/run/redis", str(root / "run")),
-        ):
-            assert old in text, old
-            text = text.replace(old, new)
-        (root / "etc" / "redis.conf").write_text(text)
-        self.env = {e["name"]: e.get("value", PASSWORD) for e in self.container["env"]}
-
-    def _local(self, script: str) -> str:
-        return (
-            script.replace("/run/redis", str(self.root / "run"))
-            .replace("/etc/redis", str(self.root / "etc"))
-            .replace("-p 6379", f"-p {self.port}")
-        )
-
-    def start(self) -> subprocess.Popen[bytes]:
-        (script,) = self.container["args"]
-        return subprocess.Popen(
-            [*self.container["command"], self._local(script)],
-            env={"PATH": "/usr/bin:/bin:/usr/local/bin", **self.env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def probe(self, name: str, password: str = PASSWORD) -> int:
-        cmd = self.container[name]["exec"]["command"]
-        return subprocess.run(
-            [*cmd[:-1], self._local(cmd[-1])],
-            env={"PATH": "/usr/bin:/bin:/usr/local/bin", "REDIS_PASSWORD": password},
-            capture_output=True,
-            timeout=10,
-        ).returncode
 
 
 @pytest.fixture
-def shipped(rendered: Docs, tmp_path: Path) -> Iterator[tuple[_Shipped, subprocess.Popen[bytes]]]:
+def shipped(rendered: Docs, tmp_path: Path) -> Iterator[tuple[ShippedRedis, subprocess.Popen[bytes]]]:
     if not (shutil.which("redis-server") and shutil.which("redis-cli")):
         pytest.skip("redis-server/redis-cli not on PATH")
-    server = _Shipped(rendered["dev"], tmp_path)
+    server = ShippedRedis(rendered["dev"], tmp_path)
     proc = server.start()
     try:
         deadline = time.monotonic() + 20
@@ -94,7 +37,9 @@ def shipped(rendered: Docs, tmp_path: Path) -> Iterator[tuple[_Shipped, subproce
         proc.wait(timeout=10)
 
 
-def test_shipped_redis_boots_and_passes_its_probes(shipped: tuple[_Shipped, subprocess.Popen[bytes]]) -> None:
+def test_shipped_redis_boots_and_passes_its_probes(
+    shipped: tuple[ShippedRedis, subprocess.Popen[bytes]],
+) -> None:
     server, proc = shipped
     assert server.probe("livenessProbe") == 0
     assert server.probe("readinessProbe", password="wrong") != 0
@@ -103,7 +48,7 @@ def test_shipped_redis_boots_and_passes_its_probes(shipped: tuple[_Shipped, subp
 
 
 def test_shipped_redis_requires_the_password_and_persists_with_aof(
-    shipped: tuple[_Shipped, subprocess.Popen[bytes]],
+    shipped: tuple[ShippedRedis, subprocess.Popen[bytes]],
 ) -> None:
     server, _ = shipped
     with redis.Redis(port=server.port) as anonymous, pytest.raises(redis.AuthenticationError):
@@ -118,7 +63,7 @@ def test_shipped_redis_requires_the_password_and_persists_with_aof(
 
 
 def test_full_redis_refuses_writes_instead_of_evicting(
-    shipped: tuple[_Shipped, subprocess.Popen[bytes]],
+    shipped: tuple[ShippedRedis, subprocess.Popen[bytes]],
 ) -> None:
     server, _ = shipped
     with redis.Redis(port=server.port, password=PASSWORD) as client:

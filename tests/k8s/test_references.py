@@ -178,20 +178,30 @@ def test_redis_is_durable_capped_probed_and_on_a_volume(rendered: Docs) -> None:
 
 
 def test_network_policy_lets_only_ray_pods_reach_redis(rendered: Docs) -> None:
+    """Ray pods reach Redis; in prod (Redis Cluster) also the Redis pods one another (client port
+    and cluster bus) and the cluster-forming Job; nothing else, and no namespace-wide or IP peers."""
     for overlay, docs in rendered.items():
         (policy,) = by_kind(docs, "NetworkPolicy")
         spec = policy["spec"]
         assert _pods_selected(docs, spec["podSelector"]) == ["StatefulSet/framestream-redis"], overlay
         assert spec["policyTypes"] == ["Ingress"]
-        (rule,) = spec["ingress"]
-        (peer,) = rule["from"]
-        assert set(peer) == {"podSelector"}, "no namespace-wide or IP peers"
-        allowed = _pods_selected(docs, peer["podSelector"])
-        ray_pods = [w for w, _ in pod_templates(by_kind(docs, "RayService"))]
-        assert allowed == ray_pods and len(ray_pods) == 3, (overlay, allowed)
         (sts,) = by_kind(docs, "StatefulSet")
-        redis_port = sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]
-        assert [p["port"] for p in rule["ports"]] in ([redis_port["name"]], [redis_port["containerPort"]])
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        allowed: dict[str, set[int]] = {}
+        for rule in spec["ingress"]:
+            (peer,) = rule["from"]
+            assert set(peer) == {"podSelector"}, "no namespace-wide or IP peers"
+            for pod in _pods_selected(docs, peer["podSelector"]):
+                allowed[pod] = {ports.get(p["port"], p["port"]) for p in rule["ports"]}
+        ray_pods = [w for w, _ in pod_templates(by_kind(docs, "RayService"))]
+        assert len(ray_pods) == 3 and all(allowed[w] == {6379} for w in ray_pods), (overlay, allowed)
+        expected = set(ray_pods)
+        if overlay == "prod":
+            assert allowed["StatefulSet/framestream-redis"] == {6379, 16379}
+            assert allowed["Job/framestream-redis-cluster-init"] == {6379}
+            expected |= {"StatefulSet/framestream-redis", "Job/framestream-redis-cluster-init"}
+        assert set(allowed) == expected, (overlay, allowed)
 
 
 def test_disruption_budgets_cover_redis_head_and_each_worker_pool(rendered: Docs) -> None:
@@ -201,11 +211,11 @@ def test_disruption_budgets_cover_redis_head_and_each_worker_pool(rendered: Docs
             matched = _pods_selected(docs, pdb["spec"]["selector"])
             assert len(matched) == 1, (overlay, pdb["metadata"]["name"], matched)
             covered[matched[0]] = pdb["spec"]
-        assert set(covered) == {w for w, _ in pod_templates(docs)}, overlay
-        assert covered["StatefulSet/framestream-redis"] == {
-            **covered["StatefulSet/framestream-redis"],
-            "minAvailable": 1,
-        }
+        assert set(covered) == {w for w, _ in pod_templates(docs) if not w.startswith("Job/")}, overlay
+        # dev's one Redis pod is never drained away; prod's six go one at a time
+        budget = {"minAvailable": 1} if overlay == "dev" else {"maxUnavailable": 1}
+        redis_budget = covered["StatefulSet/framestream-redis"]
+        assert redis_budget == {**redis_budget, **budget}
 
 
 def test_podmonitor_scrapes_the_metrics_port_of_every_ray_pod_only(rendered: Docs) -> None:
