@@ -22,6 +22,11 @@ METRIC_NAMES = {
     "dead_letters": "framestream_dead_letters_total",
     "dropped": "framestream_dropped_frames_total",
     "replicas": "framestream_replicas",
+    "source_frames": "framestream_source_frames_total",
+    "source_dropped": "framestream_source_dropped_total",
+    "source_reconnects": "framestream_source_reconnects_total",
+    "source_last_frame_age": "framestream_source_last_frame_age_seconds",
+    "source_up": "framestream_source_up",
 }
 _SECONDS_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 _BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
@@ -73,6 +78,27 @@ class Metrics:
                     ("source", "reason"),
                 ),
                 "replicas": rm.Gauge(METRIC_NAMES["replicas"], "Running replicas per stage", ("stage",)),
+                "source_frames": rm.Counter(
+                    METRIC_NAMES["source_frames"].removesuffix("_total"),
+                    "Frames a source published",
+                    ("source",),
+                ),
+                "source_dropped": rm.Counter(
+                    METRIC_NAMES["source_dropped"].removesuffix("_total"),
+                    "Frames of a source dropped (any reason)",
+                    ("source",),
+                ),
+                "source_reconnects": rm.Counter(
+                    METRIC_NAMES["source_reconnects"].removesuffix("_total"),
+                    "Attempts to reopen a live source's stream",
+                    ("source",),
+                ),
+                "source_last_frame_age": rm.Gauge(
+                    METRIC_NAMES["source_last_frame_age"], "Seconds since a source's last frame", ("source",)
+                ),
+                "source_up": rm.Gauge(
+                    METRIC_NAMES["source_up"], "1 while a source is playing, else 0", ("source",)
+                ),
             }
         return self._ray
 
@@ -121,6 +147,26 @@ class Metrics:
 
     def replicas(self, stage: str, n: int) -> None:
         self._set("replicas", n, {"stage": stage})
+
+    def source_frames(self, source: str, n: int) -> None:
+        self._count("source_frames", n, {"source": source})
+
+    def source_dropped(self, source: str, n: int) -> None:
+        self._count("source_dropped", n, {"source": source})
+
+    def source_reconnects(self, source: str, n: int) -> None:
+        self._count("source_reconnects", n, {"source": source})
+
+    def source_last_frame_age(self, source: str, seconds: float) -> None:
+        self._set("source_last_frame_age", seconds, {"source": source})
+
+    def source_up(self, source: str, up: bool) -> None:
+        self._set("source_up", 1.0 if up else 0.0, {"source": source})
+
+    def gauge(self, key: str, **tags: str) -> float | None:
+        """A gauge's last value for exactly `tags` (for summaries and tests)."""
+        with self._lock:
+            return self.gauges.get((key, tuple(sorted(tags.items()))))
 
     def total(self, key: str, **tags: str) -> float:
         """Sum of a counter over every tag set that includes `tags` (for summaries and tests)."""
