@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from stream.adapters.metrics import metrics
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect
 from stream.adapters.source_registry import SourceStatus, add_source, list_sources
+from stream.adapters.video import write_demo_clip
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.settings import Settings
@@ -166,3 +168,24 @@ async def test_a_camera_that_stops_sending_but_stays_connected_is_marked_stalled
         changes = [e["change"] for e in await status_events(redis_client, source)]
         assert changes[0] == "stalled" and changes[-1] == "recovered", changes
         assert metrics.total("source_reconnects", source=source) >= 1
+
+
+async def test_files_finish_and_a_missing_file_fails_with_its_reason_without_retrying(
+    redis_client: Any, ingest: IngestStage, tmp_path: Path
+) -> None:
+    clip = write_demo_clip(tmp_path / "clip.mp4", frames=12, size=(64, 48))
+    await add_source(redis_client, KEYS, "clip", {"uri": str(clip)})
+    await add_source(redis_client, KEYS, "gone", {"uri": str(tmp_path / "gone.mp4")})
+
+    async def both_done() -> bool:
+        return all(s.done for s in await list_sources(redis_client, KEYS))
+
+    await until(both_done, 30, "both sources done")
+    clip_status, gone = await status(redis_client, "clip"), await status(redis_client, "gone")
+    assert (clip_status.status, clip_status.reason, clip_status.frames) == ("finished", None, 12)
+    assert clip_status.reconnects == 0 and clip_status.fps is None
+    assert gone.status == "failed" and "no such file" in (gone.reason or "") and gone.frames == 0
+    (event,) = await status_events(redis_client, "gone")
+    assert event["change"] == "failed" and event["reason"] == gone.reason
+    assert await status_events(redis_client, "clip") == []  # a normal end is the eos, not an event
+    assert metrics.gauge("source_up", source="clip") == 0.0
