@@ -74,6 +74,7 @@ class SourceReport:
         self._fps.add(n, time.monotonic())
         self.last_frame_ms = time.time() * 1000.0
         metrics.source_frames(self.source_id, n)
+        self._metrics()
 
     def observe(self, status: str, reason: str | None, source_reconnects: int) -> bool:
         """Take one status the source is in (or passed through); returns whether the state should

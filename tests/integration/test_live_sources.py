@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from deployments.ingress import _source_json
+from deployments.results import KINDS, ResultQueries
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect
@@ -110,6 +113,12 @@ async def test_an_rtsp_camera_that_goes_away_is_reconnected_and_the_outage_shows
     await until(reconnecting, 30, "status reconnecting while the camera is down")
     down = await status(redis_client, source)
     assert down.reason and down.fps is None and down.owner == "ingest-0"
+    item = json.loads(json.dumps(_source_json(down)))  # one item of GET /v1/sources
+    assert {k: item[k] for k in ("id", "status", "frames", "dropped", "reconnects", "fps")} == {
+        "id": source, "status": "reconnecting", "frames": down.frames, "dropped": down.dropped,
+        "reconnects": down.reconnects, "fps": None,
+    }  # fmt: skip
+    assert item["reason"] == down.reason and isinstance(item["last_frame_age_s"], float)
     await until(lambda: metrics.gauge("source_up", source=source) == 0.0, 10, "source_up 0")
     await until(lambda: metrics.total("source_reconnects", source=source) >= 1, 10, "a reconnect attempt")
     frames_at_outage = len(await published(redis_client, source))
@@ -135,12 +144,27 @@ async def test_an_rtsp_camera_that_goes_away_is_reconnected_and_the_outage_shows
     assert metrics.gauge("source_up", source=source) == 1.0
     assert metrics.total("source_reconnects", source=source) == after.reconnects
     assert metrics.total("source_frames", source=source) >= len(seqs)
+    assert metrics.total("source_dropped", source=source) == after.dropped
 
 
 async def test_a_camera_that_stops_sending_but_stays_connected_is_marked_stalled_and_reconnected(
     redis_client: Any, ingest: IngestStage
 ) -> None:
     source = "door-mjpeg"
+    sse: list[str] = []
+    closed = asyncio.Event()
+
+    async def follow() -> None:  # what GET /v1/events sends a client
+        async def gone() -> bool:
+            return closed.is_set()
+
+        async for text in ResultQueries(redis_client, KEYS).follow(
+            None, source=source, kinds=set(KINDS), disconnected=gone
+        ):
+            sse.append(text)
+
+    feed = asyncio.create_task(follow())
+    await until(lambda: bool(sse), 10, "the event feed to open")
     with MjpegCamera(jpeg_payloads(4), fps=20, frames=100_000, hold_after=10, serve_again=True) as camera:
         await add_source(redis_client, KEYS, source, {"uri": camera.url})
         assert await wait_until(camera.holding.is_set, timeout_s=30, interval_s=0.05), "camera never held"
@@ -168,6 +192,14 @@ async def test_a_camera_that_stops_sending_but_stays_connected_is_marked_stalled
         changes = [e["change"] for e in await status_events(redis_client, source)]
         assert changes[0] == "stalled" and changes[-1] == "recovered", changes
         assert metrics.total("source_reconnects", source=source) >= 1
+
+    async def relayed() -> bool:
+        return sum(t.startswith("event: source_status\n") for t in sse) >= len(changes)
+
+    await until(relayed, 10, "the status events on the SSE feed")
+    closed.set()
+    await asyncio.wait_for(feed, 10)
+    assert [json.loads(t.split("data: ", 1)[1])["change"] for t in sse if "source_status" in t] == changes
 
 
 async def test_files_finish_and_a_missing_file_fails_with_its_reason_without_retrying(
