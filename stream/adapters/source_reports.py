@@ -69,10 +69,13 @@ class SourceReport:
             "fps": fps,
         }
 
-    def published(self, n: int) -> None:
-        """`n` frames went out just now."""
+    def publishing(self, n: int) -> None:
+        """`n` frames go out now (call before the write that carries `fields()`)."""
         self._fps.add(n, time.monotonic())
         self.last_frame_ms = time.time() * 1000.0
+
+    def published(self, n: int) -> None:
+        """The write with `n` frames went through: count them."""
         metrics.source_frames(self.source_id, n)
         self._metrics()
 

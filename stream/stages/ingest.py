@@ -343,7 +343,7 @@ class IngestStage:
                     "done": False}  # fmt: skip
         status: dict = {}
         if player.report is not None:
-            player.report.published(len(frames))
+            player.report.publishing(len(frames))
             status = player.report.fields()
         async with self.client.pipeline(transaction=True) as pipe:
             for frame in frames:
@@ -353,6 +353,8 @@ class IngestStage:
             pipe.hincrby(keys.counters, f"published:{source_id}", len(frames))
             await pipe.execute()
         player.progress = progress
+        if player.report is not None:
+            player.report.published(len(frames))
         self.processed += len(frames)
         metrics.frames(self.name, "ok", len(frames))
         return next_seq
