@@ -334,7 +334,8 @@ class LiveCaptureSource:
 
     Network streams open through FFmpeg with its open and read timeouts set (OpenCV's
     CAP_PROP_OPEN_TIMEOUT_MSEC / CAP_PROP_READ_TIMEOUT_MSEC), so neither an open nor a read blocks
-    longer than `open_timeout_s` / `stall_after_s`. A V4L2 read gives up on its own after 10 s;
+    longer than `open_timeout_s` / `stall_after_s`. OpenCV has no read timeout for V4L2: a webcam
+    read gives up after its select timeout (10 s, env OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT);
     `health()` reports such a source stalled from `stall_after_s` on regardless.
 
     A network stream of Motion JPEG (what many IP cameras serve over HTTP) is read as its JPEG
