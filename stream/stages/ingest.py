@@ -229,8 +229,8 @@ class IngestStage:
             await self._finish(player.source_id, state, error=str(e), report=player.report)
             return
         live = player.spec.live if player.spec.live is not None else source.live
-        if not live:
-            player.report.observe(PLAYING, None, 0)  # written with the first frames
+        if not live and player.report.observe(PLAYING, None, 0):
+            await self._write_report(player)  # playing, even while it waits for the pipeline
         sampler = FrameSampler(
             player.spec.target_fps or self.settings.ingest.target_fps,
             player.spec.every_nth or self.settings.ingest.every_nth,
@@ -322,9 +322,13 @@ class IngestStage:
         for status, reason in (*health.passed, (health.status, health.reason)):
             dirty = player.report.observe(status, reason, health.reconnects) or dirty
         if dirty:
-            async with self.client.pipeline(transaction=True) as pipe:
-                player.report.queue_write(pipe, player.progress)
-                await pipe.execute()
+            await self._write_report(player)
+
+    async def _write_report(self, player: _Player) -> None:
+        assert player.report is not None
+        async with self.client.pipeline(transaction=True) as pipe:
+            player.report.queue_write(pipe, player.progress)
+            await pipe.execute()
 
     async def _count_drops(self, source_id: str, reason: str, n: int) -> None:
         if n:
