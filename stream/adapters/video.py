@@ -297,11 +297,9 @@ class LiveOptions:
     open_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("reconnect_initial_backoff_s", "reconnect_max_backoff_s", "stall_after_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.open_timeout_s <= 0:
-            raise ValueError(f"open_timeout_s must be > 0, got {self.open_timeout_s}")
+        for name, value in vars(self).items():
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
 
 
 @dataclass(frozen=True)
