@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from deployments.results import KINDS, ResultQueries
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect
-from stream.adapters.source_registry import SourceStatus, add_source, list_sources
+from stream.adapters.source_registry import SourceStatus, add_source, list_sources, remove_source
 from stream.adapters.video import write_demo_clip
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
@@ -221,3 +222,32 @@ async def test_files_finish_and_a_missing_file_fails_with_its_reason_without_ret
     assert event["change"] == "failed" and event["reason"] == gone.reason
     assert await status_events(redis_client, "clip") == []  # a normal end is the eos, not an event
     assert metrics.gauge("source_up", source="clip") == 0.0
+
+
+async def test_an_unreachable_camera_is_tried_past_any_limit_until_it_is_removed(
+    redis_client: Any, ingest: IngestStage
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"rtsp://127.0.0.1:{sock.getsockname()[1]}/cam"
+    source = "door-unreachable"
+    await add_source(redis_client, KEYS, source, {"uri": url})
+
+    async def still_trying() -> bool:
+        s = await status(redis_client, source)
+        return s.status == "reconnecting" and s.reconnects >= 10  # 8 attempts was the old limit
+
+    await until(still_trying, 60, "ten reconnect attempts")
+    s = await status(redis_client, source)
+    assert not s.done and s.reason and url.split("@")[-1] in s.reason and s.frames == 0
+    assert s.last_frame_age_s is None and s.fps is None
+    assert await status_events(redis_client, source) == []  # never played: nothing recovered or lost
+    assert await remove_source(redis_client, KEYS, source)
+
+    async def ended() -> bool:
+        metas = [decode_message(f[FIELD.encode()]).meta for _, f in await redis_client.xrange(KEYS.frames)]
+        return any(m["kind"] == "eos" and m["source"] == source for m in metas)
+
+    await until(ended, 15, "end-of-stream after removal")
+    state = json.loads(await redis_client.hget(KEYS.source_state, source))
+    assert (state["status"], state["reason"], state["done"]) == ("finished", "removed", True)
