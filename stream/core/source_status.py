@@ -52,7 +52,7 @@ def status_change(previous: str | None, status: str) -> str | None:
     return None
 
 
-def status_event(  # noqa: PLR0913 - one field each
+def status_event(
     source: str,
     change: str,
     status: str,
