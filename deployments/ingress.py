@@ -141,6 +141,13 @@ def _source_json(status: Any) -> dict[str, Any]:
         "done": status.done,
         "error": status.error,
         "owner": status.owner,
+        "status": status.status,
+        "reason": status.reason,
+        "frames": status.frames,
+        "dropped": status.dropped,
+        "reconnects": status.reconnects,
+        "last_frame_age_s": status.last_frame_age_s,
+        "fps": status.fps,
     }
 
 
@@ -229,7 +236,10 @@ class Ingress:
 
     @api.get("/v1/sources", tags=["sources"])
     async def get_sources(self, request: Request) -> dict[str, Any]:
-        """Every registered source with its progress and the ingest replica playing it."""
+        """Every registered source with its progress, the ingest replica playing it, and its status:
+        ``status`` (playing, reconnecting, stalled, finished, failed) with a ``reason``,
+        ``frames`` published, ``dropped``, ``reconnects`` (attempts to reopen a live stream),
+        ``last_frame_age_s`` and ``fps`` (recent frames/s while playing)."""
         from stream.adapters.source_registry import list_sources
 
         self._limit(request)
@@ -289,9 +299,13 @@ class Ingress:
         self,
         request: Request,
         source: str | None = Query(None, description="only this source"),
-        kinds: str = Query("result,label_change", description="comma-separated: result, label_change, eos"),
+        kinds: str = Query(
+            "result,label_change,source_status",
+            description="comma-separated: result, label_change, source_status, eos",
+        ),
     ) -> StreamingResponse:
-        """Server-Sent Events: results and label changes as they happen (``Last-Event-ID`` resumes)."""
+        """Server-Sent Events: results, label changes and source status changes as they happen
+        (``Last-Event-ID`` resumes)."""
         self._limit(request)
         wanted = {k.strip() for k in kinds.split(",") if k.strip()}
         last_id = request.headers.get("last-event-id")

@@ -17,6 +17,7 @@ from typing import Any
 from stream.adapters.redis_streams import last_id
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, LABEL_CHANGE, RESULT
+from stream.core.source_status import SOURCE_STATUS
 from stream.results import decode_fields
 
 __all__ = ["ResultQueries", "sse_event"]
@@ -82,7 +83,8 @@ class ResultQueries:
         kinds: set[str],
         disconnected: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[str]:
-        """SSE text for every new result / label change / eos, until the client goes away.
+        """SSE text for every new result / label change / source status change / eos, until the
+        client goes away.
 
         Event ids are the last ids read of each stream followed, comma-separated: ``<results
         id>,<events id>`` of one partition (a pipeline of one, or the `source`'s), and those pairs
@@ -136,4 +138,4 @@ class ResultQueries:
         return out
 
 
-KINDS = (RESULT, LABEL_CHANGE, EOS)
+KINDS = (RESULT, LABEL_CHANGE, SOURCE_STATUS, EOS)

@@ -99,6 +99,29 @@ class IngestSettings(_Section):
         ),
     )
 
+    reconnect_initial_backoff_s: float = Field(
+        0.5,
+        gt=0,
+        description="live sources (RTSP/HTTP/webcam): the first wait before reopening a lost or "
+        "stalled stream; each failed attempt doubles the bound, each wait is random below it (jitter)",
+    )
+    reconnect_max_backoff_s: float = Field(
+        10.0,
+        gt=0,
+        description="live sources: the cap on the wait between reconnect attempts (they never stop)",
+    )
+    stall_after_s: float = Field(
+        10.0,
+        gt=0,
+        description="live sources: connected but no frame for this long = stalled: the read is cut "
+        "off, the source is marked stalled and reconnects",
+    )
+    open_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="live network sources: the most one attempt to open the stream may take",
+    )
+
     @field_validator("frame_short_side_px")
     @classmethod
     def _sane_short_side(cls, v: int | str | None) -> int | str | None:

@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 
 from stream.adapters.jpeg import decode_jpeg, encode_jpeg, encode_jpeg_i420
-from stream.adapters.video import Frame, FrameSource
+from stream.adapters.video import Frame, FrameSource, LiveHealth
 from stream.core.codec import Message, encode_message
 from stream.core.messages import EOS, FRAME
 from stream.core.sampling import DropBuffer, FrameSampler
+from stream.core.source_status import PLAYING
 from stream.errors import CodecError, SourceError
 from stream.settings import IngestSettings
 
@@ -163,6 +164,7 @@ class LivePump:
         self._reported = 0
         self.eof = False
         self.error: str | None = None
+        self._last_frame_s: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"live:{source.uri}", daemon=True)
 
     def start(self) -> None:
@@ -174,6 +176,7 @@ class LivePump:
                 frame = self.source.read()
                 if frame is None:
                     break
+                self._last_frame_s = time.monotonic()
                 t_ms = frame.capture_ms if frame.capture_ms is not None else time.time() * 1000.0
                 if self.sampler.keep(t_ms):
                     with self._lock:
@@ -185,6 +188,18 @@ class LivePump:
             self.error = f"{type(e).__name__}: {e}"
         finally:
             self.eof = True
+
+    def health(self) -> LiveHealth:
+        """The source's own report (`LiveCaptureSource.health`); a source kind without one is
+        playing while it gives frames."""
+        report = getattr(self.source, "health", None)
+        if callable(report):
+            health = report()
+            if isinstance(health, LiveHealth):
+                return health
+        last = self._last_frame_s
+        age = round(time.monotonic() - last, 3) if last is not None else None
+        return LiveHealth(PLAYING, None, 0, age)
 
     def drain_dropped(self) -> int:
         """Frames the buffer dropped since the last call."""

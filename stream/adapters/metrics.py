@@ -24,6 +24,11 @@ METRIC_NAMES = {
     "replicas": "framestream_replicas",
     "e2e_latency": "framestream_e2e_latency_seconds",
     "replica_shortfalls": "framestream_replica_ack_shortfalls_total",
+    "source_frames": "framestream_source_frames_total",
+    "source_dropped": "framestream_source_dropped_total",
+    "source_reconnects": "framestream_source_reconnects_total",
+    "source_last_frame_age": "framestream_source_last_frame_age_seconds",
+    "source_up": "framestream_source_up",
 }
 _SECONDS_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 _Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -93,6 +98,27 @@ class Metrics:
                     "Writes that fewer Redis replicas acknowledged than streams.replica_acks",
                     ("stage",),
                 ),
+                "source_frames": rm.Counter(
+                    METRIC_NAMES["source_frames"].removesuffix("_total"),
+                    "Frames a source published",
+                    ("source",),
+                ),
+                "source_dropped": rm.Counter(
+                    METRIC_NAMES["source_dropped"].removesuffix("_total"),
+                    "Frames of a source dropped (any reason)",
+                    ("source",),
+                ),
+                "source_reconnects": rm.Counter(
+                    METRIC_NAMES["source_reconnects"].removesuffix("_total"),
+                    "Attempts to reopen a live source's stream",
+                    ("source",),
+                ),
+                "source_last_frame_age": rm.Gauge(
+                    METRIC_NAMES["source_last_frame_age"], "Seconds since a source's last frame", ("source",)
+                ),
+                "source_up": rm.Gauge(
+                    METRIC_NAMES["source_up"], "1 while a source is playing, else 0", ("source",)
+                ),
             }
         return self._ray
 
@@ -159,6 +185,26 @@ class Metrics:
         with self._lock:
             found = [v for (k, t), v in self.tallies.items() if k == key and set(tags.items()) <= set(t)]
         return int(sum(v[0] for v in found)), float(sum(v[1] for v in found))
+
+    def source_frames(self, source: str, n: int) -> None:
+        self._count("source_frames", n, {"source": source})
+
+    def source_dropped(self, source: str, n: int) -> None:
+        self._count("source_dropped", n, {"source": source})
+
+    def source_reconnects(self, source: str, n: int) -> None:
+        self._count("source_reconnects", n, {"source": source})
+
+    def source_last_frame_age(self, source: str, seconds: float) -> None:
+        self._set("source_last_frame_age", seconds, {"source": source})
+
+    def source_up(self, source: str, up: bool) -> None:
+        self._set("source_up", 1.0 if up else 0.0, {"source": source})
+
+    def gauge(self, key: str, **tags: str) -> float | None:
+        """A gauge's last value for exactly `tags` (for summaries and tests)."""
+        with self._lock:
+            return self.gauges.get((key, tuple(sorted(tags.items()))))
 
     def total(self, key: str, **tags: str) -> float:
         """Sum of a counter over every tag set that includes `tags` (for summaries and tests)."""

@@ -4,12 +4,14 @@
 the source's partition maps source_id -> JSON progress ``{next_seq, position, done, error}`` that
 ingest writes in the same MULTI/EXEC as the frames it publishes, so a replica that takes a source
 over resumes right after the last published frame (no loss; duplicates only if two replicas
-overlap during a lease hand-over).
+overlap during a lease hand-over). The same JSON carries the source's status
+(`stream.adapters.source_reports`), written with the progress and whenever the status changes.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ import redis.asyncio as aioredis
 
 from stream.core.keys import PipelineKeys
 from stream.core.source_ids import ID_PATTERN
+from stream.core.source_status import FAILED, FINISHED, PLAYING, RECONNECTING, STATUSES, frame_age_s
 
 __all__ = ["SourceSpec", "SourceStatus", "add_source", "get_state", "list_sources", "remove_source"]
 
@@ -57,12 +60,36 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class SourceStatus:
+    """A registered source as ``GET /v1/sources`` shows it: progress, owner (the ingest replica
+    playing it), `status` (see `stream.core.source_status`) with its `reason`, frames published
+    and dropped, attempts to reconnect, seconds since the last frame and recent frames/s."""
+
     source_id: str
     spec: SourceSpec
     next_seq: int
     done: bool
     error: str | None
     owner: str | None
+    status: str = RECONNECTING
+    reason: str | None = None
+    frames: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    last_frame_age_s: float | None = None
+    fps: float | None = None
+
+
+def _status(state: dict[str, Any], owner: str | None) -> tuple[str, str | None]:
+    """The status to show: what ingest wrote, unless the source is done (finished or failed) or
+    no ingest replica holds it (waiting for one, e.g. after its replica died)."""
+    if state.get("done"):
+        return (FAILED, state.get("error")) if state.get("error") else (FINISHED, state.get("reason"))
+    if owner is None:
+        return RECONNECTING, "waiting for an ingest replica to play it"
+    status = state.get("status")
+    if status not in STATUSES:  # taken, not yet reported
+        return RECONNECTING, "opening the source"
+    return status, state.get("reason")
 
 
 def check_source_id(source_id: str) -> str:
@@ -119,7 +146,13 @@ async def list_sources(client: aioredis.Redis, keys: PipelineKeys) -> list[Sourc
     for raw_id, raw_spec in sorted(specs.items()):
         source_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
         state = await get_state(client, keys, source_id)
-        owner = await client.get(keys.source_lease(source_id))
+        raw_owner = await client.get(keys.source_lease(source_id))
+        owner = raw_owner.decode() if isinstance(raw_owner, bytes) else raw_owner
+        published, dropped = await client.hmget(
+            keys.for_source(source_id).counters, f"published:{source_id}", f"dropped:{source_id}"
+        )
+        status, reason = _status(state, owner)
+        last_frame_ms = state.get("last_frame_ms")
         out.append(
             SourceStatus(
                 source_id=source_id,
@@ -127,7 +160,16 @@ async def list_sources(client: aioredis.Redis, keys: PipelineKeys) -> list[Sourc
                 next_seq=int(state.get("next_seq", 0)),
                 done=bool(state.get("done", False)),
                 error=state.get("error"),
-                owner=owner.decode() if isinstance(owner, bytes) else owner,
+                owner=owner,
+                status=status,
+                reason=reason,
+                frames=int(published or 0),
+                dropped=int(dropped or 0),
+                reconnects=int(state.get("reconnects") or 0),
+                last_frame_age_s=frame_age_s(last_frame_ms, time.time() * 1000.0)
+                if isinstance(last_frame_ms, int | float)
+                else None,
+                fps=state.get("fps") if status == PLAYING else None,
             )
         )
     return out

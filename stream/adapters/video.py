@@ -3,7 +3,8 @@
 `open_source(spec)` picks a kind from the spec string:
 
 - ``rtsp://...``, ``rtsps://...``, ``rtmp://...``, ``http(s)://...`` -> a live network stream that
-  reconnects with exponential backoff (tenacity); Motion JPEG streams pass their JPEG images on;
+  reconnects forever with capped, jittered exponential backoff (tenacity) and notices a stalled
+  stream; Motion JPEG streams pass their JPEG images on;
 - ``webcam:N`` or ``/dev/videoN`` -> a live V4L2 webcam;
 - a directory, a glob (``frames/*.jpg``) or a single image -> an image sequence (JPEG files are
   passed on as their bytes, not decoded and re-encoded);
@@ -19,6 +20,7 @@ from __future__ import annotations
 import glob
 import importlib.metadata
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -27,9 +29,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_random_exponential,
+)
 
 from stream.adapters.yuv import i420_to_rgb, shrink_i420, shrink_planes, to_full_range
+from stream.core.source_status import PLAYING, RECONNECTING, STALLED
 from stream.errors import SourceError
 
 __all__ = [
@@ -37,6 +46,8 @@ __all__ = [
     "FrameSource",
     "ImageFolderSource",
     "LiveCaptureSource",
+    "LiveHealth",
+    "LiveOptions",
     "NETWORK_PREFIXES",
     "VideoFileSource",
     "open_source",
@@ -133,11 +144,15 @@ def _load_plugin_kinds() -> None:
             log.warning("source plugin %s failed to load: %s", entry.name, e)
 
 
-def open_source(spec: str, *, short_side_px: int | None = None) -> FrameSource:
+def open_source(
+    spec: str, *, short_side_px: int | None = None, live_options: LiveOptions | None = None
+) -> FrameSource:
     """Open the source `spec` names (see the module docstring); `SourceError` if it cannot.
 
     `short_side_px` is a hint: video files then scale frames to that shorter side as they
-    decode them; other kinds ignore it.
+    decode them; other kinds ignore it. `live_options`: how RTSP/HTTP streams and webcams
+    reconnect and when they count as stalled. A live source does not connect here: its first
+    read does (and keeps trying), so opening one never fails for an unreachable camera.
     """
     if not spec:
         raise SourceError("empty source spec")
@@ -148,11 +163,11 @@ def open_source(spec: str, *, short_side_px: int | None = None) -> FrameSource:
         return _KINDS[prefix](rest)
     lowered = spec.lower()
     if lowered.startswith(_NETWORK_PREFIXES):
-        return LiveCaptureSource(spec, spec)
+        return LiveCaptureSource(spec, spec, options=live_options)
     if prefix == "webcam" and rest.isdigit():
-        return LiveCaptureSource(spec, int(rest), backend=cv2.CAP_V4L2)
+        return LiveCaptureSource(spec, int(rest), backend=cv2.CAP_V4L2, options=live_options)
     if spec.startswith("/dev/video"):
-        return LiveCaptureSource(spec, spec, backend=cv2.CAP_V4L2)
+        return LiveCaptureSource(spec, spec, backend=cv2.CAP_V4L2, options=live_options)
     if prefix == "file" and sep:
         spec = rest
     path = Path(spec)
@@ -272,12 +287,54 @@ class ImageFolderSource:
         self._index = len(self.files)
 
 
-class LiveCaptureSource:
-    """RTSP/HTTP streams and V4L2 webcams through OpenCV; reconnects with exponential backoff.
+@dataclass(frozen=True)
+class LiveOptions:
+    """How a live source keeps its stream (the ``ingest`` settings of the same names)."""
 
-    A read that fails closes the capture and reopens it, waiting 0.5 s, 1 s, 2 s, ... (at most
-    `max_backoff_s`) between attempts; after `max_attempts` failed reopenings the source raises
-    `SourceError` (the ingest stage reports it and publishes end-of-stream).
+    reconnect_initial_backoff_s: float = 0.5
+    reconnect_max_backoff_s: float = 10.0
+    stall_after_s: float = 10.0
+    open_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class LiveHealth:
+    """A live source's connection as of now: `status` is playing, reconnecting or stalled (see
+    `stream.core.source_status`); `reconnects` counts attempts to reopen the stream."""
+
+    status: str
+    reason: str | None
+    reconnects: int
+    last_frame_age_s: float | None
+    passed: tuple[tuple[str, str | None], ...] = ()
+    """(status, reason) the source went through since the previous `health()` call, oldest
+    first: a brief outage shows even to a caller that asks only now and then."""
+
+
+_PASSED_KEPT = 32  # statuses remembered between two health() calls
+
+
+class LiveCaptureSource:
+    """RTSP/HTTP streams and V4L2 webcams through OpenCV; reconnects forever, with backoff.
+
+    The stream is opened by the first `read` (on the reader's thread), not by the constructor, so
+    an unreachable camera never blocks whoever opens the source. An open that fails, a read that
+    fails (the stream ended or the connection dropped) and a stream silent for `stall_after_s`
+    (the read is cut off there) all close the capture and reopen it, with a random wait below
+    min(`reconnect_max_backoff_s`, `reconnect_initial_backoff_s` x 2^attempt) between attempts
+    (tenacity's "full jitter", so cameras behind one restarted recorder do not come back in step);
+    only `close` ends the attempts. `health()` tells how it goes, for status reports.
+
+    Network streams open through FFmpeg with its open and read timeouts set (OpenCV's
+    CAP_PROP_OPEN_TIMEOUT_MSEC / CAP_PROP_READ_TIMEOUT_MSEC), so neither an open nor a read blocks
+    longer than `open_timeout_s` / `stall_after_s`. OpenCV has no read timeout for V4L2: a webcam
+    read gives up after its select timeout (10 s, env OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT);
+    `health()` reports such a source stalled from `stall_after_s` on regardless.
 
     A network stream of Motion JPEG (what many IP cameras serve over HTTP) is read as its JPEG
     images, not decoded: FFmpeg hands over each packet (OpenCV's raw mode) and frames carry
@@ -294,24 +351,70 @@ class LiveCaptureSource:
         target: str | int,
         *,
         backend: int = cv2.CAP_ANY,
-        max_attempts: int = 8,
-        max_backoff_s: float = 10.0,
+        options: LiveOptions | None = None,
         opener: Callable[[], Any] | None = None,
     ) -> None:
         self.uri = uri
+        self.options = options or LiveOptions()
         self._target = target
         self._backend = backend
         self._opener = opener or self._open_capture
-        self.max_attempts = max_attempts
-        self.max_backoff_s = max_backoff_s
-        self.reconnects = 0
         self.jpeg_packets = False  # the open capture hands over JPEG images (MJPEG, raw mode)
         self._cap: Any = None
-        self._closed = False
-        self._connect()
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._attempts = 0
+        self._status: str = RECONNECTING
+        self._reason: str | None = "opening the stream"
+        self._last_frame_s: float | None = None
+        self._connected_s: float | None = None
+        self._reading = False
+        self._passed: list[tuple[str, str | None]] = []
+
+    @property
+    def reconnects(self) -> int:
+        """Attempts to reopen the stream (every open after the first)."""
+        return max(0, self._attempts - 1)
+
+    def health(self) -> LiveHealth:
+        """Status, reason, reconnect attempts, seconds since the last frame, and the statuses
+        passed through since the previous call (for one caller: it takes them). Thread-safe.
+
+        A source playing but silent for `stall_after_s` is stalled from then on, even while its
+        read still blocks (a backend without a read timeout); a frame makes it playing again."""
+        now = time.monotonic()
+        with self._lock:
+            silent_since = max(t for t in (self._last_frame_s, self._connected_s) if t is not None) \
+                if self._connected_s is not None else None  # fmt: skip
+            stall_s = self.options.stall_after_s
+            if self._status == PLAYING and silent_since is not None and now - silent_since >= stall_s:
+                self._set_locked(STALLED, f"no frame for {now - silent_since:.0f} s (limit {stall_s:g} s)")
+            status, reason, last, reconnects = self._status, self._reason, self._last_frame_s, self.reconnects
+            passed, self._passed = tuple(self._passed), []
+        age = round(now - last, 3) if last is not None else None
+        return LiveHealth(status, reason, reconnects, age, passed)
+
+    def _set(self, status: str, reason: str | None) -> None:
+        with self._lock:
+            self._set_locked(status, reason)
+
+    def _set_locked(self, status: str, reason: str | None) -> None:
+        if (status, reason) != (self._status, self._reason):
+            self._passed.append((self._status, self._reason))
+            del self._passed[:-_PASSED_KEPT]
+        self._status, self._reason = status, reason
 
     def _open_capture(self) -> Any:
-        cap = cv2.VideoCapture(self._target, self._backend)
+        if isinstance(self._target, str) and self._backend == cv2.CAP_ANY:
+            timeouts = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                max(1, round(self.options.open_timeout_s * 1000)),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                max(1, round(self.options.stall_after_s * 1000)),
+            ]
+            cap = cv2.VideoCapture(self._target, cv2.CAP_FFMPEG, timeouts)
+        else:
+            cap = cv2.VideoCapture(self._target, self._backend)
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {self.uri}")
@@ -320,43 +423,96 @@ class LiveCaptureSource:
             self.jpeg_packets = fourcc == b"MJPG" and bool(cap.set(cv2.CAP_PROP_FORMAT, -1))
         return cap
 
-    def _connect(self) -> None:
+    def _attempt(self) -> Any:
+        with self._lock:
+            self._attempts += 1
         self.jpeg_packets = False
+        cap = self._opener()
+        with self._lock:
+            self._connected_s = time.monotonic()
+        return cap
+
+    def _failed_attempt(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        self._set(RECONNECTING, str(error) if error else "cannot open the stream")
+        log.warning("%s: open attempt %d failed (%s); trying again", self.uri, state.attempt_number, error)
+
+    def _pause(self, seconds: float) -> None:
+        self._closing.wait(seconds)  # close() cuts a wait short
+
+    def _connect(self) -> Any:
+        """Open the stream, trying again until it opens or the source is closed (SourceError then)."""
         retrying = Retrying(
             retry=retry_if_exception_type(SourceError),
-            wait=wait_exponential(multiplier=0.5, max=self.max_backoff_s),
-            stop=stop_after_attempt(self.max_attempts),
-            reraise=True,
-            before_sleep=lambda rs: log.warning(
-                "%s: reconnect attempt %d failed", self.uri, rs.attempt_number
+            wait=wait_random_exponential(
+                multiplier=self.options.reconnect_initial_backoff_s, max=self.options.reconnect_max_backoff_s
             ),
+            stop=stop_when_event_set(self._closing),
+            sleep=self._pause,
+            reraise=True,
+            before_sleep=self._failed_attempt,
         )
-        self._cap = retrying(self._opener)
+        return retrying(self._attempt)
 
     def read(self) -> Frame | None:
-        while not self._closed:
-            ok, data = self._cap.read() if self._cap is not None else (False, None)
+        """The next frame; blocks through outages and reconnects; None only once closed."""
+        with self._lock:
+            self._reading = True
+        try:
+            return self._read()
+        finally:
+            with self._lock:
+                self._reading = False
+            if self._closing.is_set():
+                self._release()  # close() left the capture to this thread: it was reading from it
+
+    def _read(self) -> Frame | None:
+        while not self._closing.is_set():
+            if self._cap is None:
+                try:
+                    self._cap = self._connect()
+                except SourceError:
+                    break  # closed while reconnecting
+                continue
+            started = time.monotonic()
+            ok, data = self._cap.read()
             if ok and data is not None:
+                with self._lock:
+                    self._last_frame_s = time.monotonic()
+                    self._set_locked(PLAYING, None)
                 now_ms = time.time() * 1000.0
                 if self.jpeg_packets:  # a bad image travels on: preprocess dead-letters it, with why
                     return Frame(jpeg=data.tobytes(), capture_ms=now_ms)
                 return Frame(rgb=cv2.cvtColor(data, cv2.COLOR_BGR2RGB), capture_ms=now_ms)
-            if self._closed:
+            if self._closing.is_set():
                 break
-            log.warning("%s: read failed, reconnecting", self.uri)
+            waited_s = time.monotonic() - started
+            limit_s = self.options.stall_after_s
+            if waited_s >= 0.9 * limit_s:  # the read timeout cut a silent stream off
+                with self._lock:  # unless health() called it stalled already (same outage, one event)
+                    if self._status != STALLED:
+                        self._set_locked(STALLED, f"no frame for {waited_s:.0f} s (limit {limit_s:g} s)")
+                log.warning("%s: stalled (no frame for %.1f s), reconnecting", self.uri, waited_s)
+            else:
+                self._set(RECONNECTING, "the stream ended or the connection dropped")
+                log.warning("%s: read failed, reconnecting", self.uri)
             self._release()
-            self.reconnects += 1
-            self._connect()
         return None
 
     def _release(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
 
     def close(self) -> None:
-        self._closed = True
-        self._release()
+        """Stop reading and reconnecting (a wait between attempts ends at once). A read in
+        progress on another thread returns within the read timeout and releases the capture
+        itself: OpenCV must not release a capture another thread is reading from."""
+        self._closing.set()
+        with self._lock:
+            reading = self._reading
+        if not reading:
+            self._release()
 
 
 def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: int = 25, crf: int = 20) -> Path:

@@ -117,7 +117,8 @@ class PipelineKeys:
 
     @property
     def events(self) -> str:
-        """Label-change events (one entry each time a source's smoothed label changes)."""
+        """Events: a label change each time a source's smoothed label changes, a source status
+        change each time a source starts reconnecting, stalls, recovers or fails."""
         return f"{self.prefix}:events"
 
     @property

@@ -27,7 +27,9 @@ results (``fs:{p}:results``), written by postprocess, no array:
     late: bool (True when the frame came after the reorder buffer gave up waiting for it, or is a
     redelivered duplicate: not fed to smoothing),
   and kind="eos" (source, model, frames, skipped, error) once a source's last frame has a result.
-events (``fs:{p}:events``): kind="label_change", source, model, seq, previous, label, result_ms.
+events (``fs:{p}:events``): kind="label_change", source, model, seq, previous, label, result_ms;
+  kind="source_status" (also type="source_status"), written by ingest: source, change
+  (reconnecting | stalled | recovered | failed), status, previous, reason, reconnects, time_ms.
 dead (``fs:{p}:dead``): fields stage, reason, stream, group, id, deliveries, bytes (size of the
     original bytes), d (the original bytes, when at most 1 MiB).
 """

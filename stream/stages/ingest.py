@@ -30,12 +30,14 @@ from stream.adapters.redis_leases import Leases
 from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.redis_streams import GroupStats, StreamTransport
 from stream.adapters.source_registry import SourceSpec, add_source, get_state, list_sources, remove_source
-from stream.adapters.video import FrameSource, open_source, skip_frames
+from stream.adapters.source_reports import SourceReport
+from stream.adapters.video import FrameSource, LiveOptions, open_source, skip_frames
 from stream.core.geometry import source_short_side
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.sampling import FrameSampler
+from stream.core.source_status import PLAYING
 from stream.errors import ModelError, SourceError
-from stream.settings import Settings
+from stream.settings import IngestSettings, Settings
 from stream.zoo.descriptors import load_spec
 
 __all__ = ["IngestStage", "add_source", "auto_short_side", "list_sources", "remove_source"]
@@ -56,6 +58,8 @@ class _Player:
     removed: bool = False
     first_seq: int = 0
     task: asyncio.Task[None] | None = None
+    report: SourceReport | None = None
+    progress: dict = field(default_factory=dict)  # the state's progress fields, as last written
 
 
 class IngestStage:
@@ -211,15 +215,22 @@ class IngestStage:
             return
         next_seq, position = int(state.get("next_seq", 0)), int(state.get("position", 0))
         player.first_seq = int(state.get("first_seq", 0))
+        player.progress = {
+            "next_seq": next_seq,
+            "position": position,
+            "first_seq": player.first_seq,
+            "done": False,
+        }
+        player.report = SourceReport(player.source_id, self.keys, state)
         try:
-            source = await asyncio.to_thread(
-                _open_at, player.spec.uri, position, self.settings.ingest.frame_short_side_px
-            )
+            source = await asyncio.to_thread(_open_at, player.spec.uri, position, self.settings.ingest)
         except SourceError as e:
             log.error("ingest: source %s cannot be read: %s", player.source_id, e)
-            await self._finish(player.source_id, state, error=str(e))
+            await self._finish(player.source_id, state, error=str(e), report=player.report)
             return
         live = player.spec.live if player.spec.live is not None else source.live
+        if not live and player.report.observe(PLAYING, None, 0):
+            await self._write_report(player)  # playing, even while it waits for the pipeline
         sampler = FrameSampler(
             player.spec.target_fps or self.settings.ingest.target_fps,
             player.spec.every_nth or self.settings.ingest.every_nth,
@@ -234,7 +245,7 @@ class IngestStage:
             await asyncio.to_thread(source.close)
         if error is not None or player.removed or not player.stop.is_set():
             await self._finish(player.source_id, await get_state(self.client, self.keys, player.source_id),
-                               error=error, removed=player.removed)  # fmt: skip
+                               error=error, removed=player.removed, report=player.report)  # fmt: skip
 
     async def _play_file(
         self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int, position: int
@@ -264,9 +275,7 @@ class IngestStage:
                     return None
                 await asyncio.to_thread(source.close)
                 try:
-                    source = await asyncio.to_thread(
-                        _open_at, player.spec.uri, 0, self.settings.ingest.frame_short_side_px
-                    )
+                    source = await asyncio.to_thread(_open_at, player.spec.uri, 0, self.settings.ingest)
                 except SourceError as e:
                     return str(e)
                 position, sampler.seen, pace_origin = 0, 0, None
@@ -290,6 +299,7 @@ class IngestStage:
                 await self._count_drops(player.source_id, "backpressure", chunk.dropped)
                 if chunk.frames:
                     next_seq = await self._publish(player, chunk.frames, next_seq, 0)
+                await self._report_health(player, pump)
                 if pump.error is not None:
                     return pump.error
                 if chunk.eof:
@@ -304,10 +314,27 @@ class IngestStage:
                 await self._count_drops(player.source_id, "stopped", unpublished)
         return None
 
+    async def _report_health(self, player: _Player, pump: LivePump) -> None:
+        """Write a live source's status when it changed (with an event for a change worth one)."""
+        assert player.report is not None
+        health = pump.health()
+        dirty = False
+        for status, reason in (*health.passed, (health.status, health.reason)):
+            dirty = player.report.observe(status, reason, health.reconnects) or dirty
+        if dirty:
+            await self._write_report(player)
+
+    async def _write_report(self, player: _Player) -> None:
+        assert player.report is not None
+        async with self.client.pipeline(transaction=True) as pipe:
+            player.report.queue_write(pipe, player.progress)
+            await pipe.execute()
+
     async def _count_drops(self, source_id: str, reason: str, n: int) -> None:
         if n:
             self.dropped += n
             metrics.dropped(source_id, reason, n)
+            metrics.source_dropped(source_id, n)
             metrics.frames(self.name, "dropped", n)
             await self.client.hincrby(self.keys.for_source(source_id).counters, f"dropped:{source_id}", n)
 
@@ -316,30 +343,46 @@ class IngestStage:
         source_id = player.source_id
         keys = self.keys.for_source(source_id)
         ingest_ms = time.time() * 1000.0
+        progress = {"next_seq": next_seq + len(frames), "position": position, "first_seq": player.first_seq,
+                    "done": False}  # fmt: skip
+        status: dict = {}
+        if player.report is not None:
+            player.report.publishing(len(frames))
+            status = player.report.fields()
         async with self.client.pipeline(transaction=True) as pipe:
             for frame in frames:
                 pipe.xadd(keys.frames, {FIELD: frame.encode(source_id, next_seq, ingest_ms)})
                 next_seq += 1
-            state = {"next_seq": next_seq, "position": position, "first_seq": player.first_seq, "done": False}
-            pipe.hset(keys.source_state, source_id, json.dumps(state))
+            pipe.hset(keys.source_state, source_id, json.dumps({**progress, **status}))
             pipe.hincrby(keys.counters, f"published:{source_id}", len(frames))
             await pipe.execute()
+        player.progress = progress
+        if player.report is not None:
+            player.report.published(len(frames))
         self.processed += len(frames)
         metrics.frames(self.name, "ok", len(frames))
         return next_seq
 
     async def _finish(
-        self, source_id: str, state: dict, *, error: str | None = None, removed: bool = False
+        self,
+        source_id: str,
+        state: dict,
+        *,
+        error: str | None = None,
+        removed: bool = False,
+        report: SourceReport | None = None,
     ) -> None:
-        """Publish end-of-stream and mark the source done, atomically."""
+        """Publish end-of-stream and mark the source done (finished or failed), atomically."""
         next_seq, first_seq = int(state.get("next_seq", 0)), int(state.get("first_seq", 0))
         # end-of-stream takes a seq of its own: a source re-added later starts after it
         done = {**state, "next_seq": next_seq + 1, "done": True, "error": error}
         eos = eos_message(source_id, next_seq, first_seq=first_seq, error=error, removed=removed)
         keys = self.keys.for_source(source_id)
+        report = report or SourceReport(source_id, self.keys, state)
+        report.end(error, removed)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(keys.frames, {FIELD: eos})
-            pipe.hset(keys.source_state, source_id, json.dumps(done))
+            report.queue_write(pipe, done)
             await pipe.execute()
         self.processed += 1
         log.info("ingest: source %s finished after %d frames%s", source_id, next_seq,
@@ -363,8 +406,15 @@ def auto_short_side(groups: tuple[str, ...] | list[str]) -> int | None:
     return max(needs) if needs else None
 
 
-def _open_at(uri: str, position: int, short_side_px: int | str | None = None) -> FrameSource:
-    source = open_source(uri, short_side_px=short_side_px if isinstance(short_side_px, int) else None)
+def _open_at(uri: str, position: int, cfg: IngestSettings) -> FrameSource:
+    short_side_px = cfg.frame_short_side_px if isinstance(cfg.frame_short_side_px, int) else None
+    live_options = LiveOptions(
+        reconnect_initial_backoff_s=cfg.reconnect_initial_backoff_s,
+        reconnect_max_backoff_s=cfg.reconnect_max_backoff_s,
+        stall_after_s=cfg.stall_after_s,
+        open_timeout_s=cfg.open_timeout_s,
+    )
+    source = open_source(uri, short_side_px=short_side_px, live_options=live_options)
     if position:
         skip_frames(source, position)
     return source

@@ -384,6 +384,9 @@ async def test_sources_results_and_health_over_http(app: App, tmp_path: Path):
             results += page.json()["results"]
             await asyncio.sleep(0.3)
         assert [r["seq"] for r in results] == list(range(40))
+        (item,) = [s for s in (await http.get("/v1/sources")).json()["sources"] if s["id"] == "http-clip"]
+        assert item["status"] in ("playing", "finished") and item["frames"] >= 40, item
+        assert (item["reconnects"], item["dropped"]) == (0, 0) and item["last_frame_age_s"] is not None
         assert (await http.get("/v1/results/nobody")).status_code == 404
         assert (await http.delete("/v1/sources/http-clip")).status_code == 204
         assert (await http.delete("/v1/sources/http-clip")).status_code == 404

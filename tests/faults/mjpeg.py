@@ -14,14 +14,29 @@ __all__ = ["MjpegCamera"]
 class MjpegCamera:
     """Serves `frames` JPEG frames at `fps` to the first client, or fewer once `seconds` have passed
     (when it cannot keep up with `fps`); later clients get 404 (the stream is over, so a
-    reconnecting reader finds nothing)."""
+    reconnecting reader finds nothing), or with `serve_again` a stream of their own.
+
+    `hold_after` makes the first client's stream stall: after that many frames the camera sends
+    nothing more but keeps the connection open (until the camera is closed), as a hung camera
+    does. `connections` counts the clients served."""
 
     def __init__(
-        self, payloads: list[bytes], *, fps: float, frames: int, seconds: float | None = None
+        self,
+        payloads: list[bytes],
+        *,
+        fps: float,
+        frames: int,
+        seconds: float | None = None,
+        hold_after: int | None = None,
+        serve_again: bool = False,
     ) -> None:
         if fps <= 0 or frames < 1:
             raise ValueError(f"fps and frames must be positive, got {fps} and {frames}")
         self.payloads, self.fps, self.frames, self.seconds = payloads, fps, frames, seconds
+        self.hold_after, self.serve_again = hold_after, serve_again
+        self.connections = 0
+        self.holding = threading.Event()  # the first stream went silent
+        self._closing = threading.Event()
         self.sent = 0
         self.started_s: float | None = None
         self.finished_s: float | None = None
@@ -31,11 +46,13 @@ class MjpegCamera:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if not camera._served.acquire(blocking=False):
+                first = camera._served.acquire(blocking=False)
+                if not first and not camera.serve_again:
                     self.send_error(404, "the stream is over")
                     return
+                camera.connections += 1
                 try:
-                    camera._stream(self)
+                    camera._stream(self, hold_after=camera.hold_after if first else None)
                 finally:
                     camera.finished.set()
 
@@ -49,7 +66,7 @@ class MjpegCamera:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/stream.mjpg"
 
-    def _stream(self, handler: BaseHTTPRequestHandler) -> None:
+    def _stream(self, handler: BaseHTTPRequestHandler, *, hold_after: int | None = None) -> None:
         handler.send_response(200)
         handler.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         handler.end_headers()
@@ -58,6 +75,11 @@ class MjpegCamera:
             for i in range(self.frames):
                 if self.seconds is not None and time.monotonic() - t0 >= self.seconds:
                     break
+                if i == hold_after:
+                    handler.wfile.flush()
+                    self.holding.set()
+                    self._closing.wait()  # silent, connection open
+                    return
                 delay = t0 + i / self.fps - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -85,5 +107,6 @@ class MjpegCamera:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()

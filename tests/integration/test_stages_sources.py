@@ -1,7 +1,10 @@
-"""Frame sources: kinds by spec, image folders passing JPEG bytes on, live reconnect with backoff."""
+"""Frame sources: kinds by spec, image folders passing JPEG bytes on, live sources reconnecting
+forever with backoff and noticing a stall."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -11,6 +14,7 @@ import pytest
 from stream.adapters.video import (
     ImageFolderSource,
     LiveCaptureSource,
+    LiveOptions,
     VideoFileSource,
     open_source,
     register_source_kind,
@@ -54,9 +58,9 @@ class _FlakyCapture:
         pass
 
 
-def test_live_source_reconnects_with_backoff_then_gives_up() -> None:
+def test_live_source_reconnects_forever_and_reports_what_it_goes_through() -> None:
     attempts: list[str] = []
-    script = ["fail", "ok:2", "fail", "ok:1", "fail", "fail", "fail"]
+    script = ["ok:2", *["fail"] * 12, "ok:1", "fail"]  # then fails for good
 
     def opener():
         step = script[len(attempts)] if len(attempts) < len(script) else "fail"
@@ -65,13 +69,65 @@ def test_live_source_reconnects_with_backoff_then_gives_up() -> None:
             raise SourceError("connection refused")
         return _FlakyCapture(int(step.split(":")[1]))
 
-    src = LiveCaptureSource("rtsp://camera/stream", "x", opener=opener, max_attempts=3, max_backoff_s=0.01)
-    got = 0
-    with pytest.raises(SourceError, match="connection refused"):
-        while src.read() is not None:
-            got += 1
-    assert got == 3 and src.reconnects == 2  # 2 frames, drop, reconnect, 1 frame, drop, give up
-    assert attempts == script[:7]
+    options = LiveOptions(reconnect_initial_backoff_s=0.001, reconnect_max_backoff_s=0.005)
+    src = LiveCaptureSource("rtsp://camera/stream", "x", opener=opener, options=options)
+    assert attempts == []  # the constructor does not connect: an unreachable camera blocks nobody
+    assert [src.read() is not None for _ in range(3)] == [True] * 3  # 2 frames, 12 failures, 1 frame
+    health = src.health()
+    assert health.status == "playing" and health.reconnects == 13 == len(attempts) - 1
+    assert ("reconnecting", "connection refused") in health.passed
+    assert health.last_frame_age_s is not None and health.last_frame_age_s < 1
+
+    # fails for good: it keeps trying (far past the old 8 attempts) until it is closed
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(src.read()))
+    reader.start()
+    deadline = time.monotonic() + 30
+    while len(attempts) < 60 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(attempts) >= 60 and src.health().status == "reconnecting"
+    assert src.health().reason == "connection refused"
+    src.close()
+    reader.join(timeout=5)
+    assert not reader.is_alive() and got == [None]
+
+
+class _SilentCapture:
+    """Connected, but its read blocks (a backend without a read timeout) until let go."""
+
+    def __init__(self) -> None:
+        self.let_go = threading.Event()
+        self.released = threading.Event()
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        if self.reads == 1:
+            return True, np.zeros((4, 4, 3), np.uint8)
+        self.let_go.wait(30)
+        return False, None
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def test_a_read_that_blocks_past_the_stall_limit_shows_as_stalled_and_close_waits_for_it() -> None:
+    capture = _SilentCapture()
+    src = LiveCaptureSource("webcam:9", 9, opener=lambda: capture, options=LiveOptions(stall_after_s=0.3))
+    assert src.read() is not None and src.health().status == "playing"
+    reader = threading.Thread(target=src.read)
+    reader.start()
+    deadline = time.monotonic() + 10
+    while src.health().status != "stalled" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    health = src.health()
+    assert health.status == "stalled" and "no frame" in (health.reason or "")
+    assert health.last_frame_age_s is not None and health.last_frame_age_s >= 0.3
+    src.close()  # the reader is inside read(): releasing under it would crash OpenCV
+    assert not capture.released.is_set()
+    capture.let_go.set()
+    reader.join(timeout=5)
+    assert not reader.is_alive() and capture.released.is_set()
 
 
 def test_a_motion_jpeg_camera_passes_its_jpeg_images_on_undecoded() -> None:
@@ -80,7 +136,7 @@ def test_a_motion_jpeg_camera_passes_its_jpeg_images_on_undecoded() -> None:
 
     payloads = jpeg_payloads(4)
     with MjpegCamera(payloads, fps=500, frames=20) as camera:
-        src = LiveCaptureSource(camera.url, camera.url, max_attempts=1, max_backoff_s=0.01)
+        src = LiveCaptureSource(camera.url, camera.url)
         try:
             frames = [src.read() for _ in range(20)]
         finally:

@@ -29,6 +29,11 @@ KINDS = {
     "replicas": ("gauge", {"stage"}),
     "e2e_latency": ("histogram", {"model"}),
     "replica_shortfalls": ("counter", {"stage"}),
+    "source_frames": ("counter", {"source"}),
+    "source_dropped": ("counter", {"source"}),
+    "source_reconnects": ("counter", {"source"}),
+    "source_last_frame_age": ("gauge", {"source"}),
+    "source_up": ("gauge", {"source"}),
 }
 _SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 _PROMQL_WORDS = {
@@ -129,6 +134,24 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         )
 
 
+def test_dashboard_shows_each_source_status_reconnects_and_silence() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    by_metric = {
+        name: p for p in dashboard["panels"] for e in queries({"panels": [p]}) for name in parse_query(e)[0]
+    }
+    for metric in (
+        "source_up",
+        "source_last_frame_age",
+        "source_reconnects",
+        "source_frames",
+        "source_dropped",
+    ):
+        series = {n for n in exported_series() if exported_series()[n][0] == metric}
+        panel = next(by_metric[n] for n in series if n in by_metric)
+        assert all("by (source)" in t["expr"] for t in panel["targets"]), panel["title"]
+        assert "{{source}}" in panel["targets"][0]["legendFormat"], panel["title"]
+
+
 def test_query_parser_finds_names_and_labels() -> None:
     names, labels = parse_query(
         'histogram_quantile(0.9, sum by (le, stage) (rate(x_bucket{outcome!="ok"}[$__rate_interval]))) / y'
@@ -155,6 +178,11 @@ _SCRAPE = textwrap.dedent(
         metrics.replicas("infer", 2)
         metrics.e2e_latency("m", 0.2)
         metrics.replica_shortfalls("ingest")
+        metrics.source_frames("cam", 8)
+        metrics.source_dropped("cam", 1)
+        metrics.source_reconnects("cam", 1)
+        metrics.source_last_frame_age("cam", 0.5)
+        metrics.source_up("cam", True)
 
     ray.get(record.remote(), timeout=60)
     want = set(json.loads(sys.argv[1]))
