@@ -11,9 +11,14 @@
   dead letters of every partition (`stream.adapters.dead_letters`, as ``framestream dead``);
 - ``/healthz`` (the process answers), ``/readyz`` (Redis and the model answer), ``/docs``.
 
-Every error is JSON ``{"error": reason}`` with 400/404/409/413/415/429/503 (500 only for a bug,
-without its traceback). Requests are rate-limited per client address by a token bucket per
-ingress replica.
+Every ``/v1`` route, including ones added later, passes `_guard` first (an app-wide dependency):
+the per-client rate limit (a token bucket per ingress replica, 429), then the API tokens when
+``api`` tokens are configured (`deployments.auth`: 401 without a valid token, 403 for a read token on
+a route that changes something). ``POST /v1/sources`` checks the URI against
+``ingest.allowed_sources`` (`stream.core.source_policy`: 400 malformed, 403 not allowed).
+
+Every error is JSON ``{"error": reason}`` with 400/401/403/404/409/413/415/429/503 (500 only for a
+bug, without its traceback); `deployments.openapi` lists each route's codes in ``/openapi.json``.
 """
 
 # No `from __future__ import annotations` here: Serve pickles the ingress class by value and
@@ -23,13 +28,16 @@ import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import APIKeyQuery, HTTPBearer
 from pydantic import BaseModel, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.auth import Access, bearer_token
+from deployments.openapi import complete_openapi, errors
 from deployments.ratelimit import RateLimiter, retry_after_s
 from deployments.results import ResultQueries
 from deployments.stage import open_redis, stage_settings
@@ -41,6 +49,8 @@ log = logging.getLogger("framestream.ingress")
 
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png"}
 _BODY_TYPES = ("image/jpeg", "image/png")
+SOURCE_CHECK_TIMEOUT_S = 5.0
+"""Longest a source check may take (a host name that resolves slowly is refused after this)."""
 
 
 class ApiError(Exception):
@@ -75,11 +85,36 @@ class SourceIn(BaseModel):
     realtime: bool = False
 
 
+# Declared for the OpenAPI document (so clients and /docs know how to send a token); `_guard`
+# reads the token from the request itself.
+_bearer = HTTPBearer(auto_error=False, description="an API token (api.read_tokens / api.admin_tokens)")
+_query_token = APIKeyQuery(
+    name="token", auto_error=False, description="the same token, for EventSource and links"
+)
+
+
+async def _guard(request: Request, _b: Any = Depends(_bearer), _q: Any = Depends(_query_token)) -> None:
+    """Every route's first step (fail closed: routes added later get it too): rate limit and tokens
+    on ``/v1``, nothing on health, docs and the console's files."""
+    if not Access.guarded(request.url.path):
+        return
+    ingress: Any = serve.get_replica_context().servable_object
+    ingress.admit(request)
+
+
+class _EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
 api = FastAPI(
     title="framestream",
     version="1",
-    description="Classify video frames at high throughput: sources, results, live events, push-classify.",
+    description="Classify video frames at high throughput: sources, results, live events, push-classify. "
+    "Routes under /v1 need a token when the deployment configures them (Authorization: Bearer, or "
+    "?token=); GET routes accept read and admin tokens, the others admin tokens only.",
+    dependencies=[Depends(_guard)],
 )
+api.openapi = complete_openapi(api)  # type: ignore[method-assign]
 
 
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -161,6 +196,7 @@ class Ingress:
         model: str | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
+        from stream.adapters.source_access import policy_from
         from stream.core.keys import PipelineKeys
         from stream.zoo.descriptors import load_spec
 
@@ -174,6 +210,11 @@ class Ingress:
         self.classifier = classifier
         self.stages = stages or {}
         self.limiter = RateLimiter(self.cfg.rate_per_s, self.cfg.burst)
+        self.access = Access(
+            [t.get_secret_value() for t in self.settings.api.read_tokens],
+            [t.get_secret_value() for t in self.settings.api.admin_tokens],
+        )
+        self.source_policy = policy_from(self.settings.ingest.allowed_sources)
         self._gauges = asyncio.get_running_loop().create_task(self._publish_replicas())
 
     async def _publish_replicas(self) -> None:
@@ -191,7 +232,8 @@ class Ingress:
                 log.info("replica gauge: %r", e)
             await asyncio.sleep(5.0)
 
-    def _limit(self, request: Request) -> None:
+    def admit(self, request: Request) -> None:
+        """Rate limit first (so guessing tokens costs requests), then the token; ApiError if not."""
         wait_s = self.limiter.allow(_client(request), time.monotonic())
         if wait_s > 0:
             raise ApiError(
@@ -199,6 +241,10 @@ class Ingress:
                 f"rate limit: {self.cfg.rate_per_s:g} requests/s per client",
                 {"Retry-After": str(retry_after_s(wait_s))},
             )
+        token = bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
+        refusal = self.access.check(request.method, request.url.path, token)
+        if refusal is not None:
+            raise ApiError(refusal.status, refusal.reason, refusal.headers)
 
     async def _redis(self, coro: Any) -> Any:
         from redis.exceptions import RedisError
@@ -215,7 +261,7 @@ class Ingress:
         """The ingress answers (liveness)."""
         return {"status": "ok"}
 
-    @api.get("/readyz", tags=["health"])
+    @api.get("/readyz", tags=["health"], responses=errors(503))
     async def readyz(self) -> dict[str, Any]:
         """Redis answers and the model is loaded (readiness); 503 with the reason otherwise."""
         await self._redis(self.client.ping())
@@ -227,24 +273,26 @@ class Ingress:
 
     # -- sources --------------------------------------------------------------------------
 
-    @api.get("/v1/sources", tags=["sources"])
-    async def get_sources(self, request: Request) -> dict[str, Any]:
+    @api.get("/v1/sources", tags=["sources"], responses=errors(503))
+    async def get_sources(self) -> dict[str, Any]:
         """Every registered source with its progress and the ingest replica playing it."""
         from stream.adapters.source_registry import list_sources
 
-        self._limit(request)
         statuses = await self._redis(list_sources(self.client, self.keys))
         return {"sources": [_source_json(s) for s in statuses]}
 
-    @api.post("/v1/sources", status_code=201, tags=["sources"])
-    async def post_source(self, source: SourceIn, request: Request) -> dict[str, Any]:
-        """Add a source; an ingest replica starts playing it within a fraction of a second."""
+    @api.post("/v1/sources", status_code=201, tags=["sources"], responses=errors(403, 409, 503))
+    async def post_source(self, source: SourceIn) -> dict[str, Any]:
+        """Add a source; an ingest replica starts playing it within a fraction of a second.
+
+        The URI must pass ``ingest.allowed_sources`` (400 malformed, 403 not allowed, with the
+        reason); a file path is stored resolved through its symlinks."""
         from stream.adapters.source_registry import SourceSpec, add_source
 
-        self._limit(request)
         source_id = source.id or source_id_for(source.uri)
+        uri = await self._allowed_uri(source.uri)
         try:
-            spec = SourceSpec(**source.model_dump(exclude={"id"}))
+            spec = SourceSpec(**{**source.model_dump(exclude={"id"}), "uri": uri})
         except ValueError as e:
             raise ApiError(400, str(e)) from e
         if await self._redis(self.client.hexists(self.keys.sources, source_id)):
@@ -253,30 +301,45 @@ class Ingress:
             await self._redis(add_source(self.client, self.keys, source_id, spec))
         except ValueError as e:
             raise ApiError(409 if "exists" in str(e) else 400, str(e)) from e
-        return {"id": source_id, **source.model_dump(exclude={"id"})}
+        return {"id": source_id, **source.model_dump(exclude={"id"}), "uri": uri}
 
-    @api.delete("/v1/sources/{source_id}", status_code=204, tags=["sources"])
-    async def delete_source(self, source_id: str, request: Request) -> Response:
+    async def _allowed_uri(self, uri: str) -> str:
+        """The URI to register, or ApiError(400/403) saying why `uri` may not be played."""
+        from stream.adapters.source_access import check_uri
+
+        try:
+            verdict = await asyncio.wait_for(
+                asyncio.to_thread(check_uri, uri, self.source_policy), SOURCE_CHECK_TIMEOUT_S
+            )
+        except TimeoutError as e:
+            raise ApiError(
+                403, f"the source could not be checked within {SOURCE_CHECK_TIMEOUT_S:g} s (slow DNS?)"
+            ) from e
+        if not verdict.allowed:
+            raise ApiError(
+                400 if verdict.outcome == "malformed" else 403, f"source refused: {verdict.reason}"
+            )
+        return verdict.uri
+
+    @api.delete("/v1/sources/{source_id}", status_code=204, tags=["sources"], responses=errors(403, 404, 503))
+    async def delete_source(self, source_id: str) -> Response:
         """Stop and unregister a source (its ingest replica publishes end-of-stream)."""
         from stream.adapters.source_registry import remove_source
 
-        self._limit(request)
         if not await self._redis(remove_source(self.client, self.keys, source_id)):
             raise ApiError(404, f"no source {source_id!r}")
         return Response(status_code=204)
 
     # -- results --------------------------------------------------------------------------
 
-    @api.get("/v1/results/{source_id}", tags=["results"])
+    @api.get("/v1/results/{source_id}", tags=["results"], responses=errors(404, 503))
     async def get_results(
         self,
         source_id: str,
-        request: Request,
         after_seq: int = Query(-1, ge=-1, description="only results with seq > after_seq"),
         limit: int = Query(100, ge=1),
     ) -> dict[str, Any]:
         """Results of `source_id` with seq > `after_seq`, in seq order (at most `limit`)."""
-        self._limit(request)
         limit = min(limit, self.cfg.max_results)
         found, results = await self._redis(self.results.after(source_id, after_seq, limit))
         if not found and not await self._redis(self.client.hexists(self.keys.sources, source_id)):
@@ -284,7 +347,7 @@ class Ingress:
         next_after = results[-1]["seq"] if results else after_seq
         return {"source": source_id, "results": results, "next_after_seq": next_after}
 
-    @api.get("/v1/events", tags=["results"])
+    @api.get("/v1/events", tags=["results"], response_class=_EventStream, responses=errors(503))
     async def events(
         self,
         request: Request,
@@ -292,7 +355,6 @@ class Ingress:
         kinds: str = Query("result,label_change", description="comma-separated: result, label_change, eos"),
     ) -> StreamingResponse:
         """Server-Sent Events: results and label changes as they happen (``Last-Event-ID`` resumes)."""
-        self._limit(request)
         wanted = {k.strip() for k in kinds.split(",") if k.strip()}
         last_id = request.headers.get("last-event-id")
         await self._redis(self.client.ping())
@@ -310,6 +372,7 @@ class Ingress:
     @api.post(
         "/v1/classify",
         tags=["classify"],
+        responses=errors(403, 413, 415, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -321,7 +384,6 @@ class Ingress:
     )
     async def classify(self, request: Request) -> dict[str, Any]:
         """Classify one JPEG or PNG image sent as the request body; batched with concurrent pushes."""
-        self._limit(request)
         started = time.monotonic()
         body = await self._read_image_body(request)
         tensor = await asyncio.to_thread(self._prepare, body)
@@ -368,9 +430,8 @@ class Ingress:
     # -- stages ---------------------------------------------------------------------------
 
     @api.get("/v1/stages", tags=["health"])
-    async def get_stages(self, request: Request) -> dict[str, Any]:
+    async def get_stages(self) -> dict[str, Any]:
         """Per stage: replicas by state (from Serve) and one replica's view of rate and backlog."""
-        self._limit(request)
         replicas = await asyncio.to_thread(_replica_states)
         out: dict[str, Any] = {}
         for name, handle in self.stages.items():
