@@ -265,8 +265,14 @@ class ModelSettings(_Section):
 class Settings(BaseSettings):
     """Everything configurable, with defaults for the embedded (laptop) mode."""
 
+    # hide_input_in_errors: a rejected value may be a secret (an API token, a Redis password), and
+    # replicas log these errors; our own messages name what was wrong without repeating secrets
     model_config = SettingsConfigDict(
-        env_prefix="FRAMESTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid"
+        env_prefix="FRAMESTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        hide_input_in_errors=True,
     )
 
     redis: RedisSettings = RedisSettings()
