@@ -11,11 +11,12 @@
   dead letters of every partition (`stream.adapters.dead_letters`, as ``framestream dead``);
 - ``/healthz`` (the process answers), ``/readyz`` (Redis and the model answer), ``/docs``.
 
-Every ``/v1`` route, including ones added later, passes `_guard` first (an app-wide dependency):
-the per-client rate limit (a token bucket per ingress replica, 429), then the API tokens when
-``api`` tokens are configured (`deployments.auth`: 401 without a valid token, 403 for a read token on
-a route that changes something). ``POST /v1/sources`` checks the URI against
-``ingest.allowed_sources`` (`stream.core.source_policy`: 400 malformed, 403 not allowed).
+Every ``/v1`` route, including ones added later, passes `deployments.guard.guard` first (an
+app-wide dependency): `Ingress.admit` applies the per-client rate limit (a token bucket per
+ingress replica, 429), then the API tokens when ``api`` tokens are configured (`deployments.auth`:
+401 without a valid token, 403 for a read token on a route that changes something).
+``POST /v1/sources`` checks the URI against ``ingest.allowed_sources``
+(`stream.core.source_policy`: 400 malformed, 403 not allowed).
 
 Every error is JSON ``{"error": reason}`` with 400/401/403/404/409/413/415/429/503 (500 only for a
 bug, without its traceback); `deployments.openapi` lists each route's codes in ``/openapi.json``.
@@ -31,12 +32,12 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.security import APIKeyQuery, HTTPBearer
 from pydantic import BaseModel, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.auth import Access, bearer_token
+from deployments.guard import guard
 from deployments.openapi import complete_openapi, errors
 from deployments.ratelimit import RateLimiter, retry_after_s
 from deployments.results import ResultQueries
@@ -49,8 +50,6 @@ log = logging.getLogger("framestream.ingress")
 
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png"}
 _BODY_TYPES = ("image/jpeg", "image/png")
-SOURCE_CHECK_TIMEOUT_S = 5.0
-"""Longest a source check may take (a host name that resolves slowly is refused after this)."""
 
 
 class ApiError(Exception):
@@ -85,23 +84,6 @@ class SourceIn(BaseModel):
     realtime: bool = False
 
 
-# Declared for the OpenAPI document (so clients and /docs know how to send a token); `_guard`
-# reads the token from the request itself.
-_bearer = HTTPBearer(auto_error=False, description="an API token (api.read_tokens / api.admin_tokens)")
-_query_token = APIKeyQuery(
-    name="token", auto_error=False, description="the same token, for EventSource and links"
-)
-
-
-async def _guard(request: Request, _b: Any = Depends(_bearer), _q: Any = Depends(_query_token)) -> None:
-    """Every route's first step (fail closed: routes added later get it too): rate limit and tokens
-    on ``/v1``, nothing on health, docs and the console's files."""
-    if not Access.guarded(request.url.path):
-        return
-    ingress: Any = serve.get_replica_context().servable_object
-    ingress.admit(request)
-
-
 class _EventStream(StreamingResponse):
     media_type = "text/event-stream"
 
@@ -112,7 +94,7 @@ api = FastAPI(
     description="Classify video frames at high throughput: sources, results, live events, push-classify. "
     "Routes under /v1 need a token when the deployment configures them (Authorization: Bearer, or "
     "?token=); GET routes accept read and admin tokens, the others admin tokens only.",
-    dependencies=[Depends(_guard)],
+    dependencies=[Depends(guard)],
 )
 api.openapi = complete_openapi(api)  # type: ignore[method-assign]
 
@@ -305,16 +287,9 @@ class Ingress:
 
     async def _allowed_uri(self, uri: str) -> str:
         """The URI to register, or ApiError(400/403) saying why `uri` may not be played."""
-        from stream.adapters.source_access import check_uri
+        from stream.adapters.source_access import check_uri_async
 
-        try:
-            verdict = await asyncio.wait_for(
-                asyncio.to_thread(check_uri, uri, self.source_policy), SOURCE_CHECK_TIMEOUT_S
-            )
-        except TimeoutError as e:
-            raise ApiError(
-                403, f"the source could not be checked within {SOURCE_CHECK_TIMEOUT_S:g} s (slow DNS?)"
-            ) from e
+        verdict = await check_uri_async(uri, self.source_policy)
         if not verdict.allowed:
             raise ApiError(
                 400 if verdict.outcome == "malformed" else 403, f"source refused: {verdict.reason}"
