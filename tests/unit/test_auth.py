@@ -109,3 +109,15 @@ def test_configured_tokens_reach_the_replicas_and_are_not_printed() -> None:
     with contextlib.ExitStack() as stack:  # an attached run cannot set the cluster's environment
         assert _tokens_through_environment(stack, Settings(), "ray://head:10001") is None
         assert "FRAMESTREAM_API__ADMIN_TOKENS" not in os.environ
+
+
+def test_the_stage_processes_config_file_has_no_tokens(tmp_path) -> None:
+    """A dump masks tokens as '**********'; a stage reading that back would fail (or, worse, take
+    it as a token), so the processes runner leaves the section out."""
+    from stream.runners.processes import _write_config
+    from stream.settings import load_settings
+
+    path = _write_config(Settings(api={"admin_tokens": [ADMIN]}), tmp_path)
+    text = path.read_text()
+    assert ADMIN not in text and "**" not in text
+    assert not load_settings(path).api.enabled
