@@ -419,10 +419,9 @@ class Ingress:
 
     # -- dead letters ---------------------------------------------------------------------
 
-    @api.get("/v1/dead-letters", tags=["dead letters"])
+    @api.get("/v1/dead-letters", tags=["dead letters"], responses=errors(503))
     async def get_dead_letters(
         self,
-        request: Request,
         stage: str | None = Query(None, description="only dead letters of this stage"),
         limit: int = Query(100, ge=1, le=1000, description="the newest N"),
     ) -> dict[str, Any]:
@@ -430,29 +429,26 @@ class Ingress:
         503 when Redis is unavailable)."""
         from stream.adapters.dead_letters import DeadLetters
 
-        self._limit(request)
         dead = DeadLetters(self.client, self.keys)
         records = await self._redis(dead.newest(limit=limit, stage=stage))
         total = await self._redis(dead.count())
         now_ms = time.time() * 1000.0
         return {"total": total, "dead_letters": [r.summary(now_ms) for r in records]}
 
-    @api.get("/v1/dead-letters/{dead_id}", tags=["dead letters"])
-    async def get_dead_letter(self, dead_id: str, request: Request) -> dict[str, Any]:
+    @api.get("/v1/dead-letters/{dead_id}", tags=["dead letters"], responses=errors(404, 503))
+    async def get_dead_letter(self, dead_id: str) -> dict[str, Any]:
         """One dead letter in full: 200; 400 for a malformed id, 404 when there is none."""
-        self._limit(request)
         record = await self._dead_letter_call(lambda dead: dead.get(dead_id))
         return dict(record.detail(time.time() * 1000.0))
 
-    @api.post("/v1/dead-letters/{dead_id}/retry", tags=["dead letters"])
-    async def retry_dead_letter(self, dead_id: str, request: Request) -> dict[str, Any]:
+    @api.post("/v1/dead-letters/{dead_id}/retry", tags=["dead letters"], responses=errors(404, 409, 503))
+    async def retry_dead_letter(self, dead_id: str) -> dict[str, Any]:
         """Put a dead letter back on the stream it came from, then delete it (one transaction).
 
         200 with the new entry's stream and id; 400 for a malformed id; 404 when there is no such
         dead letter (already retried, trimmed); 409 when it cannot be retried (no payload kept);
         503 when Redis is unavailable. One still bad is dead-lettered again with its reason.
         """
-        self._limit(request)
         outcome = await self._dead_letter_call(lambda dead: dead.retry(dead_id))
         return {"id": outcome.ref, "stream": outcome.stream, "new_id": outcome.new_id}
 
