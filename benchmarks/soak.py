@@ -52,6 +52,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="framestream-soak-") as tmp:
         clip = write_demo_clip(Path(tmp) / "loop.mp4", frames=300)
         env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(Path(tmp) / "cache")}
+        for name in ("FRAMESTREAM_API__ADMIN_TOKENS", "FRAMESTREAM_API__READ_TOKENS"):
+            env.pop(name, None)  # so the run makes its own token and prints it
         cmd = [sys.executable, "-m", "stream.cli", "run", "--model", args.model]
         cmd += ["--loop", "--timeout", str(args.minutes * 60)]
         run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -62,9 +64,9 @@ def main() -> None:
             assert run.stdout is not None
             for line in run.stdout:
                 output.append(line)
-                found = re.search(r"HTTP API: (http://[\d.:]+)/docs", line)
-                if found:
-                    api.append(found[1])
+                found = re.search(r"^console: (http://[\d.:]+)/\?token=(\S+)", line)
+                if found:  # the run's generated admin token guards its API
+                    api.extend([found[1], found[2]])
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
@@ -73,8 +75,13 @@ def main() -> None:
             time.sleep(0.2)
         if not api:
             run.kill()
-            sys.exit("framestream run did not print its HTTP API:\n" + "".join(output[-40:]))
-        added = httpx.post(f"{api[0]}/v1/sources", json={"uri": str(clip), "loop": True}, timeout=30)
+            sys.exit("framestream run did not print its console link:\n" + "".join(output[-40:]))
+        added = httpx.post(
+            f"{api[0]}/v1/sources",
+            json={"uri": str(clip), "loop": True},
+            headers={"Authorization": f"Bearer {api[1]}"},
+            timeout=30,
+        )
         added.raise_for_status()
         source = added.json()["id"]
         started = time.monotonic()

@@ -11,9 +11,15 @@
   dead letters of every partition (`stream.adapters.dead_letters`, as ``framestream dead``);
 - ``/healthz`` (the process answers), ``/readyz`` (Redis and the model answer), ``/docs``.
 
-Every error is JSON ``{"error": reason}`` with 400/404/409/413/415/429/503 (500 only for a bug,
-without its traceback). Requests are rate-limited per client address by a token bucket per
-ingress replica.
+Every ``/v1`` route, including ones added later, passes `deployments.guard.guard` first (an
+app-wide dependency): `Ingress.admit` applies the per-client rate limit (a token bucket per
+ingress replica, 429), then the API tokens when ``api`` tokens are configured (`deployments.auth`:
+401 without a valid token, 403 for a read token on a route that changes something).
+``POST /v1/sources`` checks the URI against ``ingest.allowed_sources``
+(`stream.core.source_policy`: 400 malformed, 403 not allowed).
+
+Every error is JSON ``{"error": reason}`` with 400/401/403/404/409/413/415/429/503 (500 only for a
+bug, without its traceback); `deployments.openapi` lists each route's codes in ``/openapi.json``.
 """
 
 # No `from __future__ import annotations` here: Serve pickles the ingress class by value and
@@ -23,13 +29,16 @@ import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.auth import Access, bearer_token
+from deployments.guard import guard
+from deployments.openapi import complete_openapi, errors
 from deployments.ratelimit import RateLimiter, retry_after_s
 from deployments.results import ResultQueries
 from deployments.stage import open_redis, stage_settings
@@ -75,11 +84,19 @@ class SourceIn(BaseModel):
     realtime: bool = False
 
 
+class _EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
 api = FastAPI(
     title="framestream",
     version="1",
-    description="Classify video frames at high throughput: sources, results, live events, push-classify.",
+    description="Classify video frames at high throughput: sources, results, live events, push-classify. "
+    "Routes under /v1 need a token when the deployment configures them (Authorization: Bearer, or "
+    "?token=); GET routes accept read and admin tokens, the others admin tokens only.",
+    dependencies=[Depends(guard)],
 )
+api.openapi = complete_openapi(api)  # type: ignore[method-assign]
 
 
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -168,6 +185,7 @@ class Ingress:
         model: str | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
+        from stream.adapters.source_access import policy_from
         from stream.core.keys import PipelineKeys
         from stream.zoo.descriptors import load_spec
 
@@ -181,6 +199,11 @@ class Ingress:
         self.classifier = classifier
         self.stages = stages or {}
         self.limiter = RateLimiter(self.cfg.rate_per_s, self.cfg.burst)
+        self.access = Access(
+            [t.get_secret_value() for t in self.settings.api.read_tokens],
+            [t.get_secret_value() for t in self.settings.api.admin_tokens],
+        )
+        self.source_policy = policy_from(self.settings.ingest.allowed_sources)
         self._gauges = asyncio.get_running_loop().create_task(self._publish_replicas())
 
     async def _publish_replicas(self) -> None:
@@ -198,7 +221,8 @@ class Ingress:
                 log.info("replica gauge: %r", e)
             await asyncio.sleep(5.0)
 
-    def _limit(self, request: Request) -> None:
+    def admit(self, request: Request) -> None:
+        """Rate limit first (so guessing tokens costs requests), then the token; ApiError if not."""
         wait_s = self.limiter.allow(_client(request), time.monotonic())
         if wait_s > 0:
             raise ApiError(
@@ -206,6 +230,10 @@ class Ingress:
                 f"rate limit: {self.cfg.rate_per_s:g} requests/s per client",
                 {"Retry-After": str(retry_after_s(wait_s))},
             )
+        token = bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
+        refusal = self.access.check(request.method, request.url.path, token)
+        if refusal is not None:
+            raise ApiError(refusal.status, refusal.reason, refusal.headers)
 
     async def _redis(self, coro: Any) -> Any:
         from redis.exceptions import RedisError
@@ -222,7 +250,7 @@ class Ingress:
         """The ingress answers (liveness)."""
         return {"status": "ok"}
 
-    @api.get("/readyz", tags=["health"])
+    @api.get("/readyz", tags=["health"], responses=errors(503))
     async def readyz(self) -> dict[str, Any]:
         """Redis answers and the model is loaded (readiness); 503 with the reason otherwise."""
         await self._redis(self.client.ping())
@@ -234,27 +262,29 @@ class Ingress:
 
     # -- sources --------------------------------------------------------------------------
 
-    @api.get("/v1/sources", tags=["sources"])
-    async def get_sources(self, request: Request) -> dict[str, Any]:
+    @api.get("/v1/sources", tags=["sources"], responses=errors(503))
+    async def get_sources(self) -> dict[str, Any]:
         """Every registered source with its progress, the ingest replica playing it, and its status:
         ``status`` (playing, reconnecting, stalled, finished, failed) with a ``reason``,
         ``frames`` published, ``dropped``, ``reconnects`` (attempts to reopen a live stream),
         ``last_frame_age_s`` and ``fps`` (recent frames/s while playing)."""
         from stream.adapters.source_registry import list_sources
 
-        self._limit(request)
         statuses = await self._redis(list_sources(self.client, self.keys))
         return {"sources": [_source_json(s) for s in statuses]}
 
-    @api.post("/v1/sources", status_code=201, tags=["sources"])
-    async def post_source(self, source: SourceIn, request: Request) -> dict[str, Any]:
-        """Add a source; an ingest replica starts playing it within a fraction of a second."""
+    @api.post("/v1/sources", status_code=201, tags=["sources"], responses=errors(403, 409, 503))
+    async def post_source(self, source: SourceIn) -> dict[str, Any]:
+        """Add a source; an ingest replica starts playing it within a fraction of a second.
+
+        The URI must pass ``ingest.allowed_sources`` (400 malformed, 403 not allowed, with the
+        reason); a file path is stored resolved through its symlinks."""
         from stream.adapters.source_registry import SourceSpec, add_source
 
-        self._limit(request)
         source_id = source.id or source_id_for(source.uri)
+        uri = await self._allowed_uri(source.uri)
         try:
-            spec = SourceSpec(**source.model_dump(exclude={"id"}))
+            spec = SourceSpec(**{**source.model_dump(exclude={"id"}), "uri": uri})
         except ValueError as e:
             raise ApiError(400, str(e)) from e
         if await self._redis(self.client.hexists(self.keys.sources, source_id)):
@@ -263,30 +293,38 @@ class Ingress:
             await self._redis(add_source(self.client, self.keys, source_id, spec))
         except ValueError as e:
             raise ApiError(409 if "exists" in str(e) else 400, str(e)) from e
-        return {"id": source_id, **source.model_dump(exclude={"id"})}
+        return {"id": source_id, **source.model_dump(exclude={"id"}), "uri": uri}
 
-    @api.delete("/v1/sources/{source_id}", status_code=204, tags=["sources"])
-    async def delete_source(self, source_id: str, request: Request) -> Response:
+    async def _allowed_uri(self, uri: str) -> str:
+        """The URI to register, or ApiError(400/403) saying why `uri` may not be played."""
+        from stream.adapters.source_access import check_uri_async
+
+        verdict = await check_uri_async(uri, self.source_policy)
+        if not verdict.allowed:
+            raise ApiError(
+                400 if verdict.outcome == "malformed" else 403, f"source refused: {verdict.reason}"
+            )
+        return verdict.uri
+
+    @api.delete("/v1/sources/{source_id}", status_code=204, tags=["sources"], responses=errors(403, 404, 503))
+    async def delete_source(self, source_id: str) -> Response:
         """Stop and unregister a source (its ingest replica publishes end-of-stream)."""
         from stream.adapters.source_registry import remove_source
 
-        self._limit(request)
         if not await self._redis(remove_source(self.client, self.keys, source_id)):
             raise ApiError(404, f"no source {source_id!r}")
         return Response(status_code=204)
 
     # -- results --------------------------------------------------------------------------
 
-    @api.get("/v1/results/{source_id}", tags=["results"])
+    @api.get("/v1/results/{source_id}", tags=["results"], responses=errors(404, 503))
     async def get_results(
         self,
         source_id: str,
-        request: Request,
         after_seq: int = Query(-1, ge=-1, description="only results with seq > after_seq"),
         limit: int = Query(100, ge=1),
     ) -> dict[str, Any]:
         """Results of `source_id` with seq > `after_seq`, in seq order (at most `limit`)."""
-        self._limit(request)
         limit = min(limit, self.cfg.max_results)
         found, results = await self._redis(self.results.after(source_id, after_seq, limit))
         if not found and not await self._redis(self.client.hexists(self.keys.sources, source_id)):
@@ -294,7 +332,7 @@ class Ingress:
         next_after = results[-1]["seq"] if results else after_seq
         return {"source": source_id, "results": results, "next_after_seq": next_after}
 
-    @api.get("/v1/events", tags=["results"])
+    @api.get("/v1/events", tags=["results"], response_class=_EventStream, responses=errors(503))
     async def events(
         self,
         request: Request,
@@ -306,7 +344,6 @@ class Ingress:
     ) -> StreamingResponse:
         """Server-Sent Events: results, label changes and source status changes as they happen
         (``Last-Event-ID`` resumes)."""
-        self._limit(request)
         wanted = {k.strip() for k in kinds.split(",") if k.strip()}
         last_id = request.headers.get("last-event-id")
         await self._redis(self.client.ping())
@@ -324,6 +361,7 @@ class Ingress:
     @api.post(
         "/v1/classify",
         tags=["classify"],
+        responses=errors(403, 413, 415, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -335,7 +373,6 @@ class Ingress:
     )
     async def classify(self, request: Request) -> dict[str, Any]:
         """Classify one JPEG or PNG image sent as the request body; batched with concurrent pushes."""
-        self._limit(request)
         started = time.monotonic()
         body = await self._read_image_body(request)
         tensor = await asyncio.to_thread(self._prepare, body)
@@ -382,9 +419,8 @@ class Ingress:
     # -- stages ---------------------------------------------------------------------------
 
     @api.get("/v1/stages", tags=["health"])
-    async def get_stages(self, request: Request) -> dict[str, Any]:
+    async def get_stages(self) -> dict[str, Any]:
         """Per stage: replicas by state (from Serve) and one replica's view of rate and backlog."""
-        self._limit(request)
         replicas = await asyncio.to_thread(_replica_states)
         out: dict[str, Any] = {}
         for name, handle in self.stages.items():
@@ -397,10 +433,9 @@ class Ingress:
 
     # -- dead letters ---------------------------------------------------------------------
 
-    @api.get("/v1/dead-letters", tags=["dead letters"])
+    @api.get("/v1/dead-letters", tags=["dead letters"], responses=errors(503))
     async def get_dead_letters(
         self,
-        request: Request,
         stage: str | None = Query(None, description="only dead letters of this stage"),
         limit: int = Query(100, ge=1, le=1000, description="the newest N"),
     ) -> dict[str, Any]:
@@ -408,29 +443,26 @@ class Ingress:
         503 when Redis is unavailable)."""
         from stream.adapters.dead_letters import DeadLetters
 
-        self._limit(request)
         dead = DeadLetters(self.client, self.keys)
         records = await self._redis(dead.newest(limit=limit, stage=stage))
         total = await self._redis(dead.count())
         now_ms = time.time() * 1000.0
         return {"total": total, "dead_letters": [r.summary(now_ms) for r in records]}
 
-    @api.get("/v1/dead-letters/{dead_id}", tags=["dead letters"])
-    async def get_dead_letter(self, dead_id: str, request: Request) -> dict[str, Any]:
+    @api.get("/v1/dead-letters/{dead_id}", tags=["dead letters"], responses=errors(404, 503))
+    async def get_dead_letter(self, dead_id: str) -> dict[str, Any]:
         """One dead letter in full: 200; 400 for a malformed id, 404 when there is none."""
-        self._limit(request)
         record = await self._dead_letter_call(lambda dead: dead.get(dead_id))
         return dict(record.detail(time.time() * 1000.0))
 
-    @api.post("/v1/dead-letters/{dead_id}/retry", tags=["dead letters"])
-    async def retry_dead_letter(self, dead_id: str, request: Request) -> dict[str, Any]:
+    @api.post("/v1/dead-letters/{dead_id}/retry", tags=["dead letters"], responses=errors(404, 409, 503))
+    async def retry_dead_letter(self, dead_id: str) -> dict[str, Any]:
         """Put a dead letter back on the stream it came from, then delete it (one transaction).
 
         200 with the new entry's stream and id; 400 for a malformed id; 404 when there is no such
         dead letter (already retried, trimmed); 409 when it cannot be retried (no payload kept);
         503 when Redis is unavailable. One still bad is dead-lettered again with its reason.
         """
-        self._limit(request)
         outcome = await self._dead_letter_call(lambda dead: dead.retry(dead_id))
         return {"id": outcome.ref, "stream": outcome.stream, "new_id": outcome.new_id}
 

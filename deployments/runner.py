@@ -12,6 +12,10 @@ every replica connects to Redis from its own host. So an attached run needs ``--
 address the cluster's hosts can reach (never a private redis-server on this machine's loopback),
 and it rejects sources only this machine can read: a path in the temp dir (the generated demo clip
 is one), which another host's temp dir does not have.
+
+The HTTP API's tokens (``api`` settings) reach the replicas through the environment of a local Ray
+this run starts, never through the Serve config; with none configured the run makes a random admin
+token and prints one line ``console: http://HOST:PORT/?token=TOKEN`` to open the API with.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import tempfile
 import time
@@ -218,6 +223,7 @@ def _replica_settings(settings: Settings, redis_url: str | None) -> dict[str, An
 
     dumped = settings.model_dump(mode="json")
     dumped["redis"].pop("password", None)
+    dumped.pop("api", None)  # tokens: through the environment (`_tokens_through_environment`)
     if redis_url is None:
         dumped["redis"].pop("url", None)
     else:
@@ -257,6 +263,36 @@ def _redis_through_environment(
             stack.callback(_restore_env, name, os.environ.get(name))
             os.environ[name] = value
     return None
+
+
+API_TOKEN_VARIABLES = ("FRAMESTREAM_API__READ_TOKENS", "FRAMESTREAM_API__ADMIN_TOKENS")
+
+
+def _tokens_through_environment(
+    stack: contextlib.ExitStack, settings: Settings, address: str | None
+) -> str | None:
+    """Hand the API tokens to the replicas of a local Ray this run starts, through the environment
+    they inherit (restored when the run ends); with no token configured, make an admin token for
+    this run. Returns the token to print in the console URL (None: a configured or no token).
+
+    An attached run (`address`, or a Ray that runs already) cannot set its replicas' environment:
+    the cluster's own ``FRAMESTREAM_API__*`` settings apply there.
+    """
+    import ray
+
+    if address is not None or ray.is_initialized():
+        return None
+    api = settings.api
+    generated = None if api.enabled else secrets.token_urlsafe(32)
+    admin = [t.get_secret_value() for t in api.admin_tokens] or ([generated] if generated else [])
+    values = {
+        "FRAMESTREAM_API__READ_TOKENS": ",".join(t.get_secret_value() for t in api.read_tokens),
+        "FRAMESTREAM_API__ADMIN_TOKENS": ",".join(admin),
+    }
+    for name, value in values.items():
+        stack.callback(_restore_env, name, os.environ.get(name))
+        os.environ[name] = value
+    return generated
 
 
 def _restore_env(name: str, value: str | None) -> None:
@@ -317,9 +353,10 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
             sources = [str(clip)]
         started = time.monotonic()
         replica_url = _redis_through_environment(stack, settings, redis_url, options.address, console)
+        token = _tokens_through_environment(stack, settings, options.address)
         ours = _start_ray(options.address)
         stack.callback(_shutdown_ray if ours else _disconnect_ray)
-        apps, deployed = _ensure_apps(options, settings, models, replica_url, console)
+        apps, deployed = _ensure_apps(options, settings, models, replica_url, console, token)
         if deployed:
             stack.callback(_delete_apps, list(apps.values()), console)
         console.print(f"Serve application running ({time.monotonic() - started:.1f} s to start)")
@@ -339,9 +376,15 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
 
 
 def _ensure_apps(
-    options: RunOptions, settings: Settings, models: list[str], redis_url: str | None, console: Console
+    options: RunOptions,
+    settings: Settings,
+    models: list[str],
+    redis_url: str | None,
+    console: Console,
+    token: str | None = None,
 ) -> tuple[dict[str, str], bool]:
-    """Deploy the application(s) unless they run already (attached clusters).
+    """Deploy the application(s) unless they run already (attached clusters); print where the
+    HTTP API and the console are (with `token`, the run's generated admin token, in the URL).
 
     Returns the Serve application name per model and whether we deployed them.
     """
@@ -366,7 +409,10 @@ def _ensure_apps(
                 return apps, False
     console.print("deploying the Serve application (deployments/serve_config.yaml) ...")
     deploy(config, timeout_s=options.deploy_timeout_s)
-    console.print(f"HTTP API: http://127.0.0.1:{config['http_options']['port']}/docs")
+    base = f"http://127.0.0.1:{config['http_options']['port']}"
+    console.print(f"HTTP API: {base}/docs", soft_wrap=True)
+    # one line, never wrapped, so a terminal makes it a link and a script can read it
+    console.print(f"console: {base}/" + (f"?token={token}" if token else ""), soft_wrap=True, markup=False)
     return apps, True
 
 

@@ -7,18 +7,23 @@ Nested sections use ``__`` in environment names: ``FRAMESTREAM_INFER__MAX_BATCH_
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
 
 __all__ = [
+    "AllowedSources",
+    "ApiSettings",
     "IngestSettings",
     "InferSettings",
     "DeadLetterSettings",
@@ -33,6 +38,106 @@ __all__ = [
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _word_list(value: object) -> object:
+    """A list from the environment: a JSON list (``["a", "b"]``) or comma-separated words."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [word.strip() for word in text.split(",") if word.strip()]
+    return value
+
+
+MIN_TOKEN_CHARS = 16
+
+
+class ApiSettings(_Section):
+    """Who may use the HTTP API (``/v1``): bearer tokens in two scopes. No token configured = the API
+    is open; `framestream run` then makes a random admin token for its run."""
+
+    read_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="tokens for GET routes (results, sources, events, stages); comma-separated or a "
+        f"JSON list in FRAMESTREAM_API__READ_TOKENS; each at least {MIN_TOKEN_CHARS} characters",
+    )
+    admin_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="tokens for every route (adding and removing sources, push-classify, and what "
+        "read tokens may do); comma-separated or a JSON list in FRAMESTREAM_API__ADMIN_TOKENS",
+    )
+
+    @field_validator("read_tokens", "admin_tokens", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _word_list(value)
+
+    @field_validator("read_tokens", "admin_tokens")
+    @classmethod
+    def _long_enough(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        for i, token in enumerate(tokens):
+            n = len(token.get_secret_value())
+            if n < MIN_TOKEN_CHARS:  # the token itself is never shown, only its place and length
+                raise ValueError(
+                    f"token #{i + 1} has {n} characters, fewer than {MIN_TOKEN_CHARS}; make one with "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                )
+        return tokens
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.read_tokens or self.admin_tokens)
+
+
+class AllowedSources(_Section):
+    """Which sources ``POST /v1/sources`` accepts (`framestream run --source` is not checked)."""
+
+    schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["file", "replay", "http", "https", "rtsp", "rtsps", "rtmp"],
+        description="source kinds the API accepts: 'file' (a path or file:PATH), URL schemes "
+        "(rtsp, http, ...), plug-in prefixes (replay); add 'webcam' for webcam:N and /dev/videoN",
+    )
+    roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path(tempfile.gettempdir())],
+        description="folders whose files (video files, image folders, replay files) the API may "
+        "play, checked after resolving symlinks; paths must be absolute",
+    )
+    networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="address ranges (CIDR) a network source may reach although they are loopback, "
+        "link-local, unspecified or cloud metadata (refused otherwise), e.g. 127.0.0.0/8",
+    )
+
+    @field_validator("schemes", "roots", "networks", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _word_list(value)
+
+    @field_validator("schemes")
+    @classmethod
+    def _lower(cls, schemes: list[str]) -> list[str]:
+        return [s.lower().rstrip(":/") for s in schemes]
+
+    @field_validator("roots")
+    @classmethod
+    def _absolute(cls, roots: list[Path]) -> list[Path]:
+        relative = [str(r) for r in roots if not r.is_absolute()]
+        if relative:
+            raise ValueError(f"roots must be absolute paths, got {relative}")
+        return roots
+
+    @field_validator("networks")
+    @classmethod
+    def _cidr(cls, networks: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"networks: {net!r} is not an address range (CIDR): {e}") from e
+        return networks
 
 
 class RedisSettings(_Section):
@@ -121,6 +226,10 @@ class IngestSettings(_Section):
         gt=0,
         description="live network sources: the most one attempt to open the stream may take",
     )
+    allowed_sources: AllowedSources = Field(
+        default_factory=lambda: AllowedSources(),
+        description="what POST /v1/sources may open (schemes, file roots, address ranges)",
+    )
 
     @field_validator("frame_short_side_px")
     @classmethod
@@ -190,8 +299,14 @@ class ModelSettings(_Section):
 class Settings(BaseSettings):
     """Everything configurable, with defaults for the embedded (laptop) mode."""
 
+    # hide_input_in_errors: a rejected value may be a secret (an API token, a Redis password), and
+    # replicas log these errors; our own messages name what was wrong without repeating secrets
     model_config = SettingsConfigDict(
-        env_prefix="FRAMESTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid"
+        env_prefix="FRAMESTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        hide_input_in_errors=True,
     )
 
     redis: RedisSettings = RedisSettings()
@@ -201,6 +316,7 @@ class Settings(BaseSettings):
     postprocess: PostprocessSettings = PostprocessSettings()
     models: ModelSettings = ModelSettings()
     dead_letters: DeadLetterSettings = DeadLetterSettings()
+    api: ApiSettings = ApiSettings()
 
     @classmethod
     def settings_customise_sources(

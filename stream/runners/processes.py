@@ -181,10 +181,12 @@ _REDIS_SECRETS = ("url", "password", "username")
 
 
 def _write_config(settings: Settings, directory: Path) -> Path:
-    """The run's settings for the stage processes, without the Redis URL and credentials."""
+    """The run's settings for the stage processes, without the Redis URL and credentials, and
+    without the HTTP API's tokens (no stage serves HTTP; a dump masks them as ``**********``)."""
     dumped = settings.model_dump(mode="json")
     for name in _REDIS_SECRETS:
         dumped["redis"].pop(name, None)
+    dumped.pop("api", None)
     path = directory / "settings.yaml"
     path.write_text(yaml.safe_dump(dumped, sort_keys=False))
     return path

@@ -52,12 +52,15 @@ class FaultApp:
         *,
         ingress: dict[str, Any] | None = None,
         base: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> None:
-        """`base` is the Serve config to start from (default: deployments/serve_config.yaml)."""
-        self.name = f"faults{os.getpid()}"
+        """`base` is the Serve config to start from (default: deployments/serve_config.yaml);
+        `name` the application's (default: ``faults<pid>``)."""
+        self.name = name or f"faults{os.getpid()}"
         self.http_port = 0
         dumped = settings.model_dump(mode="json")
         dumped["redis"].pop("password", None)
+        dumped.pop("api", None)  # tokens come from the environment, as with `framestream run`
         dumped["redis"]["url"] = redis_url
         self.replicas = dict(replicas)
         self._base = override(

@@ -15,7 +15,7 @@ from tests.k8s.manifests import by_kind, pod_templates, selects
 Docs = dict[str, list[dict[str, Any]]]
 Doc = dict[str, Any]
 # Secrets the prod overlay expects to exist already (created by the operator, see its kustomization).
-EXTERNAL_SECRETS = {"prod": {"framestream-redis-auth": {"password"}}, "dev": {}}
+EXTERNAL_SECRETS = {"prod": {"framestream-redis-auth": {"password", "api-admin-tokens"}}, "dev": {}}
 SERVE_DEFAULT_GRACEFUL_SHUTDOWN_S = 20.0
 
 
@@ -67,8 +67,8 @@ def _references(template: Doc) -> list[tuple[str, str, str | None]]:
     for c in _containers(template):
         for env in c.get("env", []):
             for field, ref in env.get("valueFrom", {}).items():
-                if field in kinds:
-                    refs.append((kinds[field], ref["name"], ref["key"]))
+                if field in kinds:  # an optional key may be absent (it then sets nothing)
+                    refs.append((kinds[field], ref["name"], None if ref.get("optional") else ref["key"]))
         for src in c.get("envFrom", []):
             refs += [(kinds[field], ref["name"], None) for field, ref in src.items() if field in kinds]
     for vol in template["spec"].get("volumes", []):
@@ -151,6 +151,24 @@ def test_redis_url_points_at_the_redis_service_and_password_comes_from_its_secre
             for c in template["spec"]["containers"]:
                 client = next(e for e in c["env"] if e["name"] == "FRAMESTREAM_REDIS__PASSWORD")
                 assert client["valueFrom"]["secretKeyRef"] == server_ref, (overlay, where)
+
+
+def test_api_tokens_come_from_the_secret_and_the_dev_token_is_valid(rendered: Docs) -> None:
+    """Every Ray container gets the HTTP API's admin tokens from the Secret (required: the API
+    is never open on a cluster), read tokens optionally; the dev token passes the settings' rules."""
+    import base64
+
+    for overlay, docs in rendered.items():
+        for where, template in pod_templates(by_kind(docs, "RayService")):
+            for c in template["spec"]["containers"]:
+                env = {e["name"]: e for e in c["env"]}
+                admin = env["FRAMESTREAM_API__ADMIN_TOKENS"]["valueFrom"]["secretKeyRef"]
+                assert admin["name"].startswith("framestream-redis-auth") and not admin.get("optional")
+                read = env["FRAMESTREAM_API__READ_TOKENS"]["valueFrom"]["secretKeyRef"]
+                assert read["optional"] is True, (overlay, where)
+    (secret,) = [d for d in by_kind(rendered["dev"], "Secret") if "api-admin-tokens" in d.get("data", {})]
+    token = base64.b64decode(secret["data"]["api-admin-tokens"]).decode()
+    assert Settings(api={"admin_tokens": token}).api.enabled
 
 
 def test_redis_is_durable_capped_probed_and_on_a_volume(rendered: Docs) -> None:

@@ -1,0 +1,51 @@
+"""The file system and DNS for `stream.core.source_policy`: what ``POST /v1/sources`` may open.
+
+`policy_from(settings.ingest.allowed_sources)` resolves the roots through their symlinks once;
+`check_uri(uri, policy)` asks the real file system (``os.path.realpath``) and the system resolver
+(``getaddrinfo``, every address of the host). `check_uri` blocks (DNS): call it from a thread,
+or await `check_uri_async`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from stream.core.source_policy import SourcePolicy, SourceVerdict, check_source
+from stream.settings import AllowedSources
+
+__all__ = ["CHECK_TIMEOUT_S", "check_uri", "check_uri_async", "policy_from", "resolve_host"]
+
+CHECK_TIMEOUT_S = 5.0
+"""Longest a check may take (a host name that resolves slowly is refused after this)."""
+
+
+def policy_from(allowed: AllowedSources) -> SourcePolicy:
+    """The pure policy for `allowed`, its roots resolved through symlinks (as paths will be)."""
+    return SourcePolicy.build(
+        allowed.schemes, [os.path.realpath(root) for root in allowed.roots], allowed.networks
+    )
+
+
+def resolve_host(host: str) -> list[str]:
+    """Every address `host` resolves to here (IPv4 and IPv6); OSError when it does not resolve."""
+    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def check_uri(uri: str, policy: SourcePolicy) -> SourceVerdict:
+    """`check_source` with the real file system and resolver."""
+    return check_source(uri, policy, real_path=os.path.realpath, resolve=resolve_host)
+
+
+async def check_uri_async(
+    uri: str, policy: SourcePolicy, timeout_s: float = CHECK_TIMEOUT_S
+) -> SourceVerdict:
+    """`check_uri` in a thread (DNS blocks), refused when it takes longer than `timeout_s`."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(check_uri, uri, policy), timeout_s)
+    except TimeoutError:
+        return SourceVerdict(
+            "forbidden", f"the source could not be checked within {timeout_s:g} s (slow DNS?)"
+        )
