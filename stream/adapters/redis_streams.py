@@ -273,6 +273,7 @@ class StreamTransport:
                         fields[FIELD] = e.data
                     pipe.xadd(dead, fields)  # type: ignore[arg-type]
                     pipe.xack(e.stream, group, e.id)
+                pipe.hincrby(self.keys.of_key(dead).counters, f"dead:{self.stage}", len(tagged))
                 await pipe.execute()
 
     def _dead_stream(self, stream: str) -> str:
