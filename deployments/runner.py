@@ -366,7 +366,9 @@ def _ensure_apps(
                 return apps, False
     console.print("deploying the Serve application (deployments/serve_config.yaml) ...")
     deploy(config, timeout_s=options.deploy_timeout_s)
-    console.print(f"HTTP API: http://127.0.0.1:{config['http_options']['port']}/docs")
+    port = config["http_options"]["port"]
+    console.print(f"HTTP API: http://127.0.0.1:{port}/docs", soft_wrap=True)
+    console.print(f"console: http://127.0.0.1:{port}/", soft_wrap=True)
     return apps, True
 
 

@@ -134,7 +134,7 @@ function renderSources(sources) {
     cell(row, "dropped", show(source.dropped), "num");
     cell(row, "reconnects", show(source.reconnects), "num");
     cell(row, "age", source.last_frame_age_s == null ? DASH : `${source.last_frame_age_s.toFixed(1)} s ago`, "num");
-    cell(row, "label", show(source.label));
+    cell(row, "label", show(source.label)).dataset.seq = source.result_seq ?? "";
     cell(row, "score", show(source.score, 3), "num");
     removeButton(row, source);
   }
