@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # System programs the tests use, from the OS packages (not Python packages): installed with apt-get
 # when one is missing and we are root, otherwise we say exactly what to install. redis-server is the
 # one `make run` needs; the rest are for the tests (docs/dependencies.md says what each is for).
-APT_PACKAGES ?= redis-server iproute2
+APT_PACKAGES ?= redis-server iproute2 chromium
 
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
