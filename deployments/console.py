@@ -205,6 +205,7 @@ class ConsoleFeed:
                     self.latest.note(meta)
                 elif kind in TIMELINE_KINDS:
                     yield sse_event(kind, event_id, meta)
-            if time.monotonic() >= next_tick:  # the snapshots keep the connection alive too
+            now = time.monotonic()
+            if now >= next_tick:  # the snapshots keep the connection alive too
                 yield sse_event("snapshot", event_id, await self.snapshot())
-                next_tick = time.monotonic() + self.interval_s
+                next_tick = max(next_tick + self.interval_s, now)  # a fixed rate, however long one takes
