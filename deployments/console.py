@@ -29,10 +29,13 @@ from stream.core.rates import RateMeter
 
 __all__ = [
     "SOURCE_STATUS",
+    "TIMELINE_KINDS",
     "ConsoleFeed",
     "LatestResults",
     "index_html",
+    "read_stage_counts",
     "source_row",
+    "stage_counts",
     "stage_rows",
     "static_file",
 ]
