@@ -145,6 +145,10 @@ def test_the_console_shows_the_run_adds_a_source_and_removes_it(run: Run, tmp_pa
             )
             page.wait_for_function(_LABEL_SEQ_ABOVE, arg=["street", seq])
             page.wait_for_function(_THUMBNAIL_SHOWN, arg="street")
+            shown = page.request.get(f"{run.console_url}v1/sources/street/thumbnail")
+            assert shown.status == 200 and shown.headers["content-type"] == "image/jpeg"
+            missing = page.request.get(f"{run.console_url}v1/sources/nowhere/thumbnail")
+            assert missing.status == 404 and "nowhere" in missing.json()["error"]
             page.wait_for_function(_STAGE_RUNS, arg="infer")
             expect(page.locator('#timeline li[data-source="street"]').first).to_be_visible()
 
