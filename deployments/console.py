@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from deployments.results import ResultQueries, event_kind, sse_event
 from deployments.watch import probe_stages, read_counters
 from stream.core.keys import PipelineKeys
@@ -48,6 +50,8 @@ SOURCE_FIELDS = ("status", "reason", "frames", "dropped", "reconnects", "last_fr
 """A source's status fields in ``GET /v1/sources`` items; None in the snapshot when absent."""
 _SPEC_FIELDS = ("uri", "loop", "live", "realtime", "target_fps", "every_nth")
 _PROGRESS_FIELDS = ("next_seq", "done", "error", "owner")
+RECONNECT_MS = 2_000
+"""How long a browser waits before it opens the feed again after it ended."""
 _STATIC = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
 
 
@@ -188,7 +192,16 @@ class ConsoleFeed:
         }
 
     async def stream(self, disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
-        """The SSE text of the feed until the client goes away (see the module docstring)."""
+        """The SSE text of the feed until the client goes away (see the module docstring). When
+        Redis fails, an ``error`` event with the reason ends it (the browser then reconnects)."""
+        yield f"retry: {RECONNECT_MS}\n\n"
+        try:
+            async for text in self._events(disconnected):
+                yield text
+        except (RedisError, OSError) as e:
+            yield sse_event("error", "", {"error": f"redis unavailable: {e}"})
+
+    async def _events(self, disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
         cursor = await self.queries.cursor(None, source=None)  # first: nothing after it is missed
         for recent in await self.queries.recent_results(500):
             self.latest.note(recent)

@@ -232,14 +232,13 @@ class Ingress:
     async def get_sources(self, request: Request) -> dict[str, Any]:
         """Every registered source with its progress and the ingest replica playing it."""
         self._limit(request)
-        return {"sources": await self._source_items()}
+        return {"sources": await self._redis(self._source_items())}
 
     async def _source_items(self) -> list[dict[str, Any]]:
         """The items of ``GET /v1/sources`` (the console's snapshot shows the same)."""
         from stream.adapters.source_registry import list_sources
 
-        statuses = await self._redis(list_sources(self.client, self.keys))
-        return [_source_json(s) for s in statuses]
+        return [_source_json(s) for s in await list_sources(self.client, self.keys)]
 
     @api.post("/v1/sources", status_code=201, tags=["sources"])
     async def post_source(self, source: SourceIn, request: Request) -> dict[str, Any]:

@@ -6,6 +6,7 @@
 const token = new URLSearchParams(location.search).get("token");
 const THUMBNAIL_EVERY_MS = 1000;
 const TIMELINE_MAX = 200;
+const RECONNECT_MS = 3000;
 const DASH = "\u2013";
 
 const $ = (selector) => document.querySelector(selector);
@@ -200,10 +201,13 @@ function connect() {
   const feed = new EventSource(withToken("v1/console/events"));
   const state = $("#connection");
   feed.addEventListener("open", () => { state.textContent = "live"; state.dataset.state = "live"; });
-  feed.addEventListener("error", () => {
-    // EventSource reconnects by itself; the next "timeline" event replaces the list
+  feed.addEventListener("error", (e) => {
+    // EventSource reconnects by itself after a stream ends; the next "timeline" event replaces
+    // the list. After an error status (503: Redis away) it gives up, so we open a new one.
     state.textContent = "reconnecting";
     state.dataset.state = "down";
+    if (e.data) say(`live feed: ${JSON.parse(e.data).error}`, "error");
+    if (feed.readyState === EventSource.CLOSED) setTimeout(connect, RECONNECT_MS);
   });
   feed.addEventListener("timeline", (e) => {
     $("#timeline").replaceChildren();

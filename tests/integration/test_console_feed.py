@@ -145,3 +145,35 @@ async def test_the_feed_pushes_timeline_label_changes_and_snapshots(redis_client
     with pytest.raises(StopAsyncIteration):
         while True:
             await asyncio.wait_for(anext(feed), 10)
+
+
+async def test_the_feed_ends_with_an_error_event_when_redis_goes_away(tmp_path: Path) -> None:
+    from stream.adapters.redis_server import RedisServer
+    from stream.adapters.redis_streams import connect
+
+    server = RedisServer(data_dir=tmp_path).start()
+    client = await connect(server.url)
+    try:
+        await add_source(client, KEYS, "cam-0", {"uri": "/clips/cam-0.mp4"})
+
+        async def sources() -> list[dict[str, Any]]:
+            return [{"id": s.source_id} for s in await list_sources(client, KEYS)]
+
+        async def replicas() -> dict[str, dict[str, int]]:
+            return {}
+
+        async def connected() -> bool:
+            return False
+
+        feed = ConsoleFeed(ResultQueries(client, KEYS), "m", ["ingest"], sources, replicas, interval_s=0.2)
+        events = feed.stream(connected)
+        assert (await anext(events)).startswith("retry: ")
+        await _next_event(events, "snapshot")
+        server.close()
+        error = await asyncio.wait_for(_next_event(events, "error"), 60)
+        assert "redis unavailable" in error["error"]
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(events), 10)
+    finally:
+        await client.aclose()
+        server.close()
