@@ -118,6 +118,7 @@ _STAGE_RUNS = """(stage) => {
 }"""
 
 
+@pytest.mark.timeout(900)  # starting Ray and the application takes minutes on a busy 2-core machine
 def test_the_console_shows_the_run_adds_a_source_and_removes_it(run: Run, tmp_path: Path) -> None:
     import redis
     from playwright.sync_api import expect, sync_playwright
