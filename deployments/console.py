@@ -212,9 +212,10 @@ class ConsoleFeed:
         yield sse_event("snapshot", "", await self.snapshot())
         next_tick = time.monotonic() + self.interval_s
         block_ms = max(50, round(self.interval_s * 250))
-        async for event_id, meta in self.queries.entries(
-            cursor, disconnected=disconnected, block_ms=block_ms
-        ):
+        entries = self.queries.entries(
+            cursor, disconnected=disconnected, block_ms=block_ms, caught_up_pause_s=self.interval_s / 10
+        )
+        async for event_id, meta in entries:
             if meta is not None:
                 kind = event_kind(meta)
                 if kind == RESULT:

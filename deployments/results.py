@@ -25,6 +25,7 @@ __all__ = ["Cursor", "ResultQueries", "event_kind", "sse_event"]
 _PAGE = 500
 _MAX_SCAN = 200_000
 _BLOCK_MS = 1_000
+_READ_COUNT = 200
 
 
 def _s(value: bytes | str) -> str:
@@ -124,17 +125,26 @@ class ResultQueries:
         return Cursor(parts, streams, await self._resolve({s: i or "$" for s, i in ids.items()}), source)
 
     async def entries(
-        self, cursor: Cursor, *, disconnected: Callable[[], Awaitable[bool]], block_ms: int = _BLOCK_MS
+        self,
+        cursor: Cursor,
+        *,
+        disconnected: Callable[[], Awaitable[bool]],
+        block_ms: int = _BLOCK_MS,
+        caught_up_pause_s: float = 0.0,
     ) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
         """(event id, meta) of every new entry of the results and events streams after `cursor`
         (of its source only, when it has one), until the client goes away; ``(id, None)`` after
-        a read that found nothing within `block_ms`. Ids as in `follow`."""
+        a read that found nothing within `block_ms`. Ids as in `follow`. With
+        `caught_up_pause_s`, a read that was not full waits that long before the next one, so
+        a reader that needs no entry at once reads batches instead of a trickle of round trips."""
         ids, streams = cursor.ids, cursor.streams
         while not await disconnected():
             replies = await self._read(cursor.parts, ids, block_ms)
             if not replies:
                 yield ",".join(ids[s] for s in streams), None
                 continue
+            if caught_up_pause_s and all(len(entries) < _READ_COUNT for _, entries in replies):
+                await asyncio.sleep(caught_up_pause_s)  # before handing them out: ids stay in order
             for raw_stream, entries in replies:
                 stream = _s(raw_stream)
                 for raw_id, fields in entries:
@@ -168,8 +178,8 @@ class ResultQueries:
         share a slot); with several, first without waiting, then waiting on all at once."""
 
         async def one(k: PipelineKeys, block: int | None) -> list[Any]:
-            reply = await self.client.xread({k.results: ids[k.results], k.events: ids[k.events]}, count=200,
-                                            block=block)  # fmt: skip
+            wanted = {k.results: ids[k.results], k.events: ids[k.events]}
+            reply = await self.client.xread(wanted, count=_READ_COUNT, block=block)
             return list(reply or [])
 
         if len(parts) > 1:
