@@ -188,7 +188,7 @@ class ConsoleFeed:
             "t_ms": round(time.time() * 1000.0),
             "model": self.model,
             "sources": [source_row(i, self.latest.get(str(i.get("id")))) for i in items],
-            "stages": stage_rows(counts, await self.replicas(), rates if rates else {}),
+            "stages": stage_rows(counts, await self.replicas(), rates),
         }
 
     async def stream(self, disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:

@@ -125,9 +125,11 @@ function renderSources(sources) {
       body.appendChild(row);
     }
     thumbnailCell(row, source);
-    const id = cell(row, "id", "", "id");
-    if (!id.firstChild) {
+    if (!row.querySelector('td[data-field="id"]')) {
+      const id = Object.assign(document.createElement("td"), { className: "id" });
+      id.dataset.field = "id";
       id.append(source.id, Object.assign(document.createElement("small"), { textContent: source.uri ?? "" }));
+      row.appendChild(id);
     }
     cell(row, "status", statusText(source)).className = source.status ? `status-${source.status}` : "";
     cell(row, "frames", show(source.frames ?? source.next_seq), "num");
