@@ -412,7 +412,16 @@ class Ingress:
             raise ApiError(404, f"no console file {name!r}")
         return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-cache"})
 
-    @api.get("/v1/console/events", tags=["console"])
+    @api.get(
+        "/v1/console/events",
+        tags=["console"],
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "the feed (see docs/console.md)"},
+            429: {"description": "rate limit"},
+            503: {"description": "Redis unavailable"},
+        },
+    )
     async def console_events(self, request: Request) -> StreamingResponse:
         """Server-Sent Events for the console: ``timeline`` (recent label/status changes), then
         ``label_change`` and ``source_status`` as they happen and a ``snapshot`` of every source
