@@ -9,6 +9,8 @@
 - ``GET /v1/stages``: replicas, rate, lag and dead letters per stage;
 - ``GET /`` and ``/console/*``: the web console (`deployments.console`), live through
   ``GET /v1/console/events``; ``GET /v1/sources/{id}/thumbnail``: a recent frame (JPEG);
+- ``GET /v1/dead-letters``, ``GET /v1/dead-letters/{id}``, ``POST /v1/dead-letters/{id}/retry``:
+  dead letters of every partition (`stream.adapters.dead_letters`, as ``framestream dead``);
 - ``/healthz`` (the process answers), ``/readyz`` (Redis and the model answer), ``/docs``.
 
 Every error is JSON ``{"error": reason}`` with 400/404/409/413/415/429/503 (500 only for a bug,
@@ -455,6 +457,58 @@ class Ingress:
         if data is None:
             raise ApiError(404, f"no thumbnail of source {source_id!r} (unknown, not playing, or expired)")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    # -- dead letters ---------------------------------------------------------------------
+
+    @api.get("/v1/dead-letters", tags=["dead letters"])
+    async def get_dead_letters(
+        self,
+        request: Request,
+        stage: str | None = Query(None, description="only dead letters of this stage"),
+        limit: int = Query(100, ge=1, le=1000, description="the newest N"),
+    ) -> dict[str, Any]:
+        """The newest dead letters of every partition, oldest first, and how many are kept (200;
+        503 when Redis is unavailable)."""
+        from stream.adapters.dead_letters import DeadLetters
+
+        self._limit(request)
+        dead = DeadLetters(self.client, self.keys)
+        records = await self._redis(dead.newest(limit=limit, stage=stage))
+        total = await self._redis(dead.count())
+        now_ms = time.time() * 1000.0
+        return {"total": total, "dead_letters": [r.summary(now_ms) for r in records]}
+
+    @api.get("/v1/dead-letters/{dead_id}", tags=["dead letters"])
+    async def get_dead_letter(self, dead_id: str, request: Request) -> dict[str, Any]:
+        """One dead letter in full: 200; 400 for a malformed id, 404 when there is none."""
+        self._limit(request)
+        record = await self._dead_letter_call(lambda dead: dead.get(dead_id))
+        return dict(record.detail(time.time() * 1000.0))
+
+    @api.post("/v1/dead-letters/{dead_id}/retry", tags=["dead letters"])
+    async def retry_dead_letter(self, dead_id: str, request: Request) -> dict[str, Any]:
+        """Put a dead letter back on the stream it came from, then delete it (one transaction).
+
+        200 with the new entry's stream and id; 400 for a malformed id; 404 when there is no such
+        dead letter (already retried, trimmed); 409 when it cannot be retried (no payload kept);
+        503 when Redis is unavailable. One still bad is dead-lettered again with its reason.
+        """
+        self._limit(request)
+        outcome = await self._dead_letter_call(lambda dead: dead.retry(dead_id))
+        return {"id": outcome.ref, "stream": outcome.stream, "new_id": outcome.new_id}
+
+    async def _dead_letter_call(self, call: Any) -> Any:
+        from stream.adapters.dead_letters import DeadLetters
+        from stream.errors import DeadLetterError, UnknownDeadLetter
+
+        try:
+            return await self._redis(call(DeadLetters(self.client, self.keys)))
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
+        except UnknownDeadLetter as e:
+            raise ApiError(404, str(e)) from e
+        except DeadLetterError as e:
+            raise ApiError(409, str(e)) from e
 
     async def __del__(self) -> None:
         gauges = getattr(self, "_gauges", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stream.commands import classify, models, run, stage
+from stream.commands import classify, dead, models, run, stage
 
 __all__ = ["app", "main"]
 
@@ -16,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models")
+app.add_typer(dead.app, name="dead")
 app.command("classify")(classify.classify)
 app.command("stage")(stage.stage)
 app.command("run")(run.run)

@@ -9,6 +9,8 @@ __all__ = [
     "ModelError",
     "TransportError",
     "SourceError",
+    "DeadLetterError",
+    "UnknownDeadLetter",
 ]
 
 
@@ -34,3 +36,11 @@ class TransportError(FramestreamError):
 
 class SourceError(FramestreamError):
     """A frame source cannot be opened or read."""
+
+
+class DeadLetterError(FramestreamError):
+    """A dead letter cannot be retried (no payload kept, no origin recorded, ...)."""
+
+
+class UnknownDeadLetter(DeadLetterError):
+    """No dead letter has that id (retried, trimmed, or never there)."""

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stream.adapters.dead_letters import DeadLetters
 from stream.adapters.redis_outage import REDIS_TRANSIENT
 from stream.adapters.redis_streams import Entry, StreamTransport, last_id
 from stream.core.codec import decode_message
@@ -58,8 +59,8 @@ def decode_fields(fields: Mapping[bytes, bytes] | None) -> dict[str, Any] | None
 
 
 async def dead_letter_count(client: aioredis.Redis, keys: PipelineKeys) -> int:
-    """Entries in the dead-letter streams of every partition."""
-    return sum([int(await client.xlen(k.dead)) for k in keys.all_partitions])
+    """Entries in the dead-letter streams of every partition (`DeadLetters.count`)."""
+    return await DeadLetters(client, keys).count()
 
 
 class JsonlSink:

@@ -21,6 +21,7 @@ from pydantic_settings import (
 __all__ = [
     "IngestSettings",
     "InferSettings",
+    "DeadLetterSettings",
     "ModelSettings",
     "PostprocessSettings",
     "RedisSettings",
@@ -134,6 +135,15 @@ class PostprocessSettings(_Section):
     reorder_max_wait_ms: int = Field(2_000, ge=0)
 
 
+class DeadLetterSettings(_Section):
+    max_len: int = Field(
+        10_000, ge=1, description="dead letters kept per partition; the oldest go first (MAXLEN trim)"
+    )
+    max_age_s: float = Field(
+        7 * 86_400.0, gt=0, description="dead letters older than this are deleted (MINID trim)"
+    )
+
+
 class ModelSettings(_Section):
     default: str = "mobilenet-v2-1.0-224-quant"
     weights_dir: Path | None = None
@@ -153,6 +163,7 @@ class Settings(BaseSettings):
     infer: InferSettings = InferSettings()
     postprocess: PostprocessSettings = PostprocessSettings()
     models: ModelSettings = ModelSettings()
+    dead_letters: DeadLetterSettings = DeadLetterSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -22,8 +22,13 @@ METRIC_NAMES = {
     "dead_letters": "framestream_dead_letters_total",
     "dropped": "framestream_dropped_frames_total",
     "replicas": "framestream_replicas",
+    "e2e_latency": "framestream_e2e_latency_seconds",
 }
 _SECONDS_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+_Key = tuple[str, tuple[tuple[str, str], ...]]
+"""A metric's key and its sorted tags."""
+_E2E_BOUNDARIES = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0]
+"""Capture to result: a few ms (an idle pipeline) to tens of seconds (a backlog, queueing)."""
 _BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 
 
@@ -32,9 +37,12 @@ class Metrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
-        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self.observations: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
+        self.counters: dict[_Key, float] = defaultdict(float)
+        self.gauges: dict[_Key, float] = {}
+        self.observations: dict[_Key, list[float]] = defaultdict(list)
+        """The latest observations per histogram and tag set (bounded: older ones are let go)."""
+        self.tallies: dict[_Key, list[float]] = defaultdict(lambda: [0, 0.0])
+        """[count, sum] of every observation per histogram and tag set, as Prometheus keeps them."""
         self._ray: dict[str, Any] | None = None
 
     def _ray_metrics(self) -> dict[str, Any] | None:
@@ -73,6 +81,12 @@ class Metrics:
                     ("source", "reason"),
                 ),
                 "replicas": rm.Gauge(METRIC_NAMES["replicas"], "Running replicas per stage", ("stage",)),
+                "e2e_latency": rm.Histogram(
+                    METRIC_NAMES["e2e_latency"],
+                    "Time from a frame's capture to its result (queueing included)",
+                    _E2E_BOUNDARIES,
+                    ("model",),
+                ),
             }
         return self._ray
 
@@ -85,7 +99,11 @@ class Metrics:
 
     def _observe(self, key: str, value: float, tags: dict[str, str]) -> None:
         with self._lock:
-            obs = self.observations[(key, tuple(sorted(tags.items())))]
+            tagged = (key, tuple(sorted(tags.items())))
+            tally = self.tallies[tagged]
+            tally[0] += 1
+            tally[1] += value
+            obs = self.observations[tagged]
             obs.append(value)
             if len(obs) > 10_000:
                 del obs[:5_000]
@@ -121,6 +139,16 @@ class Metrics:
 
     def replicas(self, stage: str, n: int) -> None:
         self._set("replicas", n, {"stage": stage})
+
+    def e2e_latency(self, model: str, seconds: float) -> None:
+        """Capture to result of one frame (wall clocks of two hosts: a negative skew counts as 0)."""
+        self._observe("e2e_latency", max(0.0, seconds), {"model": model})
+
+    def tally(self, key: str, **tags: str) -> tuple[int, float]:
+        """(count, sum) of a histogram's observations over every tag set that includes `tags`."""
+        with self._lock:
+            found = [v for (k, t), v in self.tallies.items() if k == key and set(tags.items()) <= set(t)]
+        return int(sum(v[0] for v in found)), float(sum(v[1] for v in found))
 
     def total(self, key: str, **tags: str) -> float:
         """Sum of a counter over every tag set that includes `tags` (for summaries and tests)."""

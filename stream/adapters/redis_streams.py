@@ -6,14 +6,15 @@
   transaction runs on the one node serving that slot);
 - `reclaim` takes over entries a dead or stuck consumer left pending (XAUTOCLAIM);
 - an entry delivered more than `max_deliveries` times, or one that does not decode, goes to the
-  dead-letter stream with stage, reason and original id, and is acked;
+  dead-letter stream with stage, reason, the stream, group and id it came from and its bytes
+  (`stream.adapters.dead_letters` lists, retries and trims them), and is acked;
 - `trim` never deletes an entry that some group has not acked or not yet read (MINID below the
   oldest such id): a plain MAXLEN trim silently deletes delivered-but-unacked entries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +156,9 @@ class StreamTransport:
         self.stage = stage
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = claim_idle_ms
+        self.on_dead: Callable[[Sequence[DeadLetter]], None] | None = None
+        """Called with the letters of every `dead_letter` once written (also those `reclaim`
+        writes for entries past `max_deliveries`): the stage counts them there."""
 
     async def ensure_group(self, stream: str, group: str, start_id: str = "0") -> None:
         """Create `stream` and `group` if missing (a group made now reads from `start_id`)."""
@@ -269,12 +273,16 @@ class StreamTransport:
                         "id": e.id,
                         "deliveries": e.deliveries,
                     }
-                    if e.data is not None and len(e.data) <= _MAX_DEAD_PAYLOAD:
-                        fields[FIELD] = e.data
+                    if e.data is not None:
+                        fields["bytes"] = len(e.data)
+                        if len(e.data) <= _MAX_DEAD_PAYLOAD:
+                            fields[FIELD] = e.data  # what `framestream dead retry` re-drives
                     pipe.xadd(dead, fields)  # type: ignore[arg-type]
                     pipe.xack(e.stream, group, e.id)
                 pipe.hincrby(self.keys.of_key(dead).counters, f"dead:{self.stage}", len(tagged))
                 await pipe.execute()
+        if letters and self.on_dead is not None:
+            self.on_dead(letters)
 
     def _dead_stream(self, stream: str) -> str:
         """The dead-letter stream of `stream`'s partition (the pipeline's first for a foreign key)."""

@@ -28,7 +28,8 @@ results (``fs:{p}:results``), written by postprocess, no array:
     redelivered duplicate: not fed to smoothing),
   and kind="eos" (source, model, frames, skipped, error) once a source's last frame has a result.
 events (``fs:{p}:events``): kind="label_change", source, model, seq, previous, label, result_ms.
-dead (``fs:{p}:dead``): fields stage, reason, stream, group, id, deliveries, d (original bytes).
+dead (``fs:{p}:dead``): fields stage, reason, stream, group, id, deliveries, bytes (size of the
+    original bytes), d (the original bytes, when at most 1 MiB).
 """
 
 from __future__ import annotations

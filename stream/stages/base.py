@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 
+from stream.adapters.dead_letters import DeadLetters
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_client import refresh_cluster_view
 from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 
 _TRIM_INTERVAL_S = 1.0
 _LAG_INTERVAL_S = 2.0
+_DEAD_TRIM_INTERVAL_S = 30.0
+"""How often old dead letters are deleted (`dead_letters.max_age_s`)."""
+_DEAD_TRIM_AFTER_S = 1.0
+"""After new dead letters, the length bound (`dead_letters.max_len`) holds again within this."""
 
 
 def now_ms() -> float:
@@ -115,10 +120,13 @@ class StageBase:
         )
         self.processed = 0
         self.dead_lettered = 0
+        self.transport.on_dead = self._dead_lettered
         self.last_progress_s = time.monotonic()
         self._next_reclaim_s = 0.0
         self._next_trim_s = time.monotonic() + _TRIM_INTERVAL_S
         self._next_lag_s = 0.0
+        self.dead_letters = DeadLetters(client, self.keys)
+        self._next_dead_trim_s = self._dead_trimmed_s = time.monotonic()
         self._started = False
         self._to_recover: list[str] = list(self.streams)
         self._recovered_upto: str | None = None
@@ -203,13 +211,18 @@ class StageBase:
     async def dead_letter(self, letters: list[DeadLetter]) -> None:
         self._held.difference_update((letter.entry.stream, letter.entry.id) for letter in letters)
         if letters:
-            for letter in letters:
-                log.warning("%s: dead-lettered %s: %s", self.name, letter.entry.id, letter.reason)
             await self.transport.dead_letter(letters, self.group)
-            metrics.dead_letters(self.name, len(letters))
-            metrics.frames(self.name, "dead", len(letters))
-            self.dead_lettered += len(letters)
-            self.processed += len(letters)
+
+    def _dead_lettered(self, letters: Sequence[DeadLetter]) -> None:
+        """Every dead letter the transport wrote for this stage (bad input, and entries a reclaim
+        found past `max_deliveries`): logged, counted, and the dead-letter trim brought forward."""
+        for letter in letters:
+            log.warning("%s: dead-lettered %s: %s", self.name, letter.entry.id, letter.reason)
+        self._next_dead_trim_s = min(self._next_dead_trim_s, self._dead_trimmed_s + _DEAD_TRIM_AFTER_S)
+        metrics.dead_letters(self.name, len(letters))
+        metrics.frames(self.name, "dead", len(letters))
+        self.dead_lettered += len(letters)
+        self.processed += len(letters)
 
     async def commit(self, handled: Handled) -> None:
         """Dead letters first (each acked with its letter), then outputs + acks atomically."""
@@ -221,7 +234,8 @@ class StageBase:
             metrics.frames(self.name, "ok", len(handled.acks))
 
     async def maintain(self) -> None:
-        """Periodic chores: safe-trim the input stream, mend its lag counter, publish its lag."""
+        """Periodic chores: safe-trim the input stream, mend its lag counter, publish its lag, trim
+        the dead letters (by age, and by count soon after new ones)."""
         now = time.monotonic()
         if now >= self._next_trim_s:
             self._next_trim_s = now + _TRIM_INTERVAL_S
@@ -233,6 +247,10 @@ class StageBase:
                         "reset it, so its lag is right again",
                         self.name, self.group, stream,
                     )  # fmt: skip
+        if now >= self._next_dead_trim_s:
+            self._dead_trimmed_s, self._next_dead_trim_s = now, now + _DEAD_TRIM_INTERVAL_S
+            cfg = self.settings.dead_letters
+            await self.dead_letters.trim(max_len=cfg.max_len, max_age_s=cfg.max_age_s)
         if now >= self._next_orphan_check_s:
             self._next_orphan_check_s = now + self.settings.streams.claim_idle_ms / 1000.0
             await self._take_back_orphans()

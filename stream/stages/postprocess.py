@@ -23,6 +23,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from stream.adapters.metrics import metrics
 from stream.adapters.redis_streams import DeadLetter, Entry, Output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
@@ -197,6 +198,8 @@ class PostprocessStage(ConsumerStage):
         result_ms = now_ms()
         capture_ms = meta.get("capture_ms")
         latency_ms = round(result_ms - capture_ms, 3) if isinstance(capture_ms, int | float) else None
+        if latency_ms is not None:
+            metrics.e2e_latency(str(self.model), latency_ms / 1000.0)
         result = {
             "kind": RESULT,
             "source": source,

@@ -425,6 +425,65 @@ async def test_events_stream_results_as_server_sent_events(app: App):
     await client.aclose()
 
 
+async def test_dead_letters_over_http_are_listed_shown_and_retried(app: App):
+    """A frame the pipeline dead-lettered is put back over HTTP and gets its result; garbage put
+    back is dead-lettered again; every answer has its documented status code."""
+    from stream.adapters.jpeg import encode_jpeg
+    from stream.adapters.redis_streams import DeadLetter, Entry, StreamTransport
+
+    client = await connect(app.redis_url)
+    rgb = np.tile(np.arange(96, dtype=np.uint8)[:, None, None], (1, 128, 3))
+    meta = {"kind": "frame", "source": "dl-http", "seq": 0, "capture_ms": time.time() * 1000.0}
+    good = encode_message(
+        Message(meta={**meta, "encoding": "jpeg"}, array=np.frombuffer(encode_jpeg(rgb), np.uint8))
+    )
+    group = KEYS.group("preprocess", app.model)
+    # as preprocess writes one after a frame crashed its replicas max_deliveries times
+    writer = StreamTransport(client, KEYS, stage="preprocess")
+    await writer.dead_letter([DeadLetter(Entry(KEYS.frames, "1-1", good, 6), "delivered 6 times")], group)
+    await client.xadd(KEYS.frames, {FIELD: b"dl-http garbage"})
+    async with httpx.AsyncClient(base_url=app.base_url, timeout=30) as http:
+
+        async def letters() -> list[dict]:
+            page = await http.get("/v1/dead-letters", params={"limit": 1000})
+            assert page.status_code == 200, page.text
+            return page.json()["dead_letters"]
+
+        deadline = time.monotonic() + 60
+        while not any(r["reason"].startswith("undecodable") for r in await letters()):
+            assert time.monotonic() < deadline, "the garbage was not dead-lettered"
+            await asyncio.sleep(0.3)
+        mine = await letters()
+        (crashed,) = [r for r in mine if r["source"] == "dl-http"]
+        (garbage,) = [r for r in mine if r["reason"].startswith("undecodable")]
+        shown = await http.get(f"/v1/dead-letters/{crashed['id']}")
+        assert shown.status_code == 200 and shown.json()["payload"]["message"]["meta"]["seq"] == 0
+
+        retried = await http.post(f"/v1/dead-letters/{crashed['id']}/retry")
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["stream"] == KEYS.frames and retried.json()["new_id"]
+        deadline = time.monotonic() + 60
+        while not (await http.get("/v1/results/dl-http")).json().get("results"):
+            assert time.monotonic() < deadline, "the retried frame got no result"
+            await asyncio.sleep(0.3)
+        assert (await http.post(f"/v1/dead-letters/{crashed['id']}/retry")).status_code == 404
+
+        assert (await http.post(f"/v1/dead-letters/{garbage['id']}/retry")).status_code == 200
+        deadline = time.monotonic() + 60
+        while True:
+            again = [r for r in await letters() if r["reason"].startswith("undecodable")]
+            if again and again[-1]["id"] != garbage["id"]:
+                break
+            assert time.monotonic() < deadline, "the retried garbage was not dead-lettered again"
+            await asyncio.sleep(0.3)
+        assert (await http.get(f"/v1/dead-letters/{garbage['id']}")).status_code == 404
+        assert (await http.post("/v1/dead-letters/nonsense/retry")).status_code == 400
+        no_payload = await client.xadd(KEYS.dead, {"stage": "infer", "reason": "gone", "stream": KEYS.frames})
+        refused = await http.post(f"/v1/dead-letters/0:{no_payload.decode()}/retry")
+        assert refused.status_code == 409 and "kept no payload" in refused.json()["error"]
+    await client.aclose()
+
+
 # -- health check (the replica's own logic, without Ray) --------------------------------------
 
 

@@ -13,12 +13,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from stream.adapters.dead_letters import DeadLetters
 from stream.adapters.redis_outage import REDIS_TRANSIENT
-from stream.core.codec import decode_message
-from stream.core.keys import FIELD, PipelineKeys
+from stream.core.keys import PipelineKeys
 from stream.core.ledger import Track
 from stream.core.messages import EOS
-from stream.errors import CodecError
 from stream.results import ResultReader
 
 __all__ = ["Arrival", "FaultSink", "dead_letters", "pending_by_group", "pending_total", "wait_until"]
@@ -149,27 +148,13 @@ async def pending_total(client: aioredis.Redis, keys: PipelineKeys, models: list
 
 
 async def dead_letters(client: aioredis.Redis, keys: PipelineKeys, sources: set[str]) -> list[dict[str, Any]]:
-    """Dead letters of `sources`: stage, reason and the (source, seq) of the frame each one held."""
-    out = []
-    for _, fields in await client.xrange(keys.dead, "-", "+"):
-        f = {_s(k): v for k, v in fields.items()}
-        raw = f.get(FIELD)
-        if raw is None:
-            continue
-        try:
-            meta = decode_message(raw).meta
-        except CodecError:
-            continue
-        if meta.get("source") in sources:
-            out.append(
-                {
-                    "source": meta["source"],
-                    "seq": int(meta["seq"]),
-                    "stage": _s(f.get("stage", b"")),
-                    "reason": _s(f.get("reason", b"")),
-                }
-            )
-    return out
+    """Dead letters of `sources` over every partition: stage, reason and the (source, seq) of the
+    frame each one held (read as `framestream dead list` reads them)."""
+    return [
+        {"source": r.source, "seq": r.seq, "stage": r.stage, "reason": r.reason}
+        async for r in DeadLetters(client, keys).each()
+        if r.source in sources and r.seq is not None
+    ]
 
 
 async def wait_until(predicate: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.2) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.adapters.metrics import metrics
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect
 from stream.adapters.source_registry import SourceSpec, add_source, list_sources, remove_source
@@ -153,6 +154,27 @@ async def test_clip_through_the_four_stages_one_result_per_frame_in_order(
     for stream in (keys.frames, keys.tensors(V1), keys.scores(V1)):
         for g in await redis_client.xinfo_groups(stream):
             assert g["pending"] == 0, (stream, g)
+
+
+async def test_end_to_end_latency_histogram_counts_every_result_with_its_queueing(
+    redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path, clip: Path
+) -> None:
+    """framestream_e2e_latency_seconds{model}: one observation per result, capture to result."""
+    settings = make_settings(tmp_path, weights)
+    keys = PipelineKeys()
+    count_before, sum_before = metrics.tally("e2e_latency", model=V1)
+    async with pipeline(redis_server.url, settings, [V1]):
+        await add_source(redis_client, keys, "cam-e2e", SourceSpec(uri=str(clip)))
+        results, _ = await collect_results(redis_client, keys, {("cam-e2e", V1)})
+    count, total_s = metrics.tally("e2e_latency", model=V1)
+    count, total_s = count - count_before, total_s - sum_before
+    assert count == len(results) == 36
+    # the same numbers the results carry, in seconds
+    assert total_s == pytest.approx(sum(r["latency_ms"] for r in results) / 1000.0, rel=1e-3)
+    # capture to result covers every stage's time and the waits between them
+    stage_s = sum(sum(r["stages_ms"].values()) for r in results) / 1000.0
+    assert total_s / count >= stage_s / count > 0
+    assert total_s / count < 60  # seconds, not milliseconds
 
 
 async def _scores(client, keys: PipelineKeys, model: str, after: str, n: int) -> tuple[list[dict], str]:

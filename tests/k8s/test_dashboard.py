@@ -27,6 +27,7 @@ KINDS = {
     "dead_letters": ("counter", {"stage"}),
     "dropped": ("counter", {"source", "reason"}),
     "replicas": ("gauge", {"stage"}),
+    "e2e_latency": ("histogram", {"model"}),
 }
 _SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 _PROMQL_WORDS = {
@@ -120,6 +121,11 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         assert (
             f"histogram_quantile({q}, sum by (le, stage) (rate(ray_framestream_stage_seconds_bucket" in exprs
         )
+        # capture to result per model: what a user waits, queueing included (stage times hide it)
+        assert (
+            f"histogram_quantile({q}, sum by (le, model) (rate(ray_framestream_e2e_latency_seconds_bucket"
+            in exprs
+        )
 
 
 def test_query_parser_finds_names_and_labels() -> None:
@@ -146,6 +152,7 @@ _SCRAPE = textwrap.dedent(
         metrics.dead_letters("infer")
         metrics.dropped("cam", "drop_oldest")
         metrics.replicas("infer", 2)
+        metrics.e2e_latency("m", 0.2)
 
     ray.get(record.remote(), timeout=60)
     want = set(json.loads(sys.argv[1]))
