@@ -11,6 +11,7 @@ __all__ = [
     "SourceError",
     "DeadLetterError",
     "UnknownDeadLetter",
+    "LeaseLost",
 ]
 
 
@@ -44,3 +45,11 @@ class DeadLetterError(FramestreamError):
 
 class UnknownDeadLetter(DeadLetterError):
     """No dead letter has that id (retried, trimmed, or never there)."""
+
+
+class LeaseLost(TransportError):
+    """A fenced commit found its lease held by another (or by nobody): nothing of it was written."""
+
+    def __init__(self, leases: list[str]) -> None:
+        super().__init__(f"lease(s) lost, commit refused: {', '.join(leases)}")
+        self.leases = leases

@@ -133,6 +133,20 @@ class PostprocessSettings(_Section):
     hysteresis_frames: int = Field(3, ge=1)
     reorder_max_frames: int = Field(64, ge=1)
     reorder_max_wait_ms: int = Field(2_000, ge=0)
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="postprocess processes per model that the processes runner starts (they share "
+        "the partitions, a fair share each; more than streams.partitions only stand by); the Ray "
+        "app autoscales Postprocess instead",
+    )
+    save_state: bool = Field(
+        True,
+        description="write each source's reorder/smoothing state with every commit and load it when "
+        "a replica takes a partition over, so the new owner continues exactly; false: a new owner "
+        "starts every source of the partition afresh (smoothing restarts, the reorder buffer waits "
+        "for seq 0)",
+    )
 
 
 class DeadLetterSettings(_Section):

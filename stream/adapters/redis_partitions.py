@@ -68,10 +68,17 @@ class FanInReader:
         self.group, self.consumer = group, consumer
         self._reads: dict[str, asyncio.Task[list[Entry]]] = {}
 
+    def read_streams(self, streams: Sequence[str]) -> None:
+        """Read `streams` from now on; reads in flight on the others are dropped (what Redis
+        delivered to them stays pending for this consumer)."""
+        self.streams = list(streams)
+        for stream in [s for s in self._reads if s not in self.streams]:
+            self._reads.pop(stream).cancel()
+
     async def read(self, *, count: int, block_ms: int | None) -> list[Entry]:
         """Up to `count` entries per partition, from whichever partitions have some first (waiting
         at most about `block_ms`, or not at all with None)."""
-        if len(self.streams) == 1:
+        if len(self.streams) == 1 and not self._reads:
             return await self.transport.read(
                 self.streams[0], self.group, self.consumer, count=count, block_ms=block_ms
             )

@@ -4,6 +4,9 @@
 - `forward` XADDs outputs and XACKs the inputs they came from in one MULTI/EXEC (one per
   partition: every key of a partition shares its hash tag, so on a Redis Cluster the
   transaction runs on the one node serving that slot);
+- a `Fenced` forward (postprocess, which owns partitions) runs as one script instead: only while
+  the partition's lease holds the committer's value, and writes the committer's state hash with
+  the outputs and acks;
 - `reclaim` takes over entries a dead or stuck consumer left pending (XAUTOCLAIM);
 - an entry delivered more than `max_deliveries` times, or one that does not decode, goes to the
   dead-letter stream with stage, reason, the stream, group and id it came from and its bytes
@@ -24,11 +27,12 @@ from redis.exceptions import ResponseError
 from stream.adapters.redis_client import connect
 from stream.core.codec import Message, decode_message
 from stream.core.keys import FIELD, PipelineKeys
-from stream.errors import CodecError
+from stream.errors import CodecError, LeaseLost
 
 __all__ = [
     "DeadLetter",
     "Entry",
+    "Fenced",
     "GroupStats",
     "Output",
     "StreamTransport",
@@ -81,6 +85,39 @@ class Output:
 
     stream: str
     data: bytes
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """The condition and state of a commit to one partition: it is written only while the
+    string key `lease` holds `token`, and sets `state` (field -> text) in the hash `state_key`
+    in the same atomic step. Every key shares the partition's hash tag."""
+
+    lease: str
+    token: str
+    state_key: str
+    state: dict[str, str]
+
+
+_FENCED_FORWARD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local group, n_out, n_ack, n_state = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ids = {}
+for i = 1, n_out do
+  ids[i] = redis.call('XADD', KEYS[2 + i], '*', '%FIELD%', ARGV[5 + i])
+end
+for i = 1, n_ack do
+  redis.call('XACK', KEYS[2 + n_out + i], group, ARGV[5 + n_out + i])
+end
+if n_state > 0 then
+  local fields = {}
+  for i = 1, 2 * n_state do fields[i] = ARGV[5 + n_out + n_ack + i] end
+  redis.call('HSET', KEYS[2], unpack(fields))
+end
+return ids
+""".replace("%FIELD%", FIELD)
+"""KEYS: lease, state hash, one stream per output, one per ack; ARGV: token, group, counts, the
+outputs' data, the acked ids, the state's field/value pairs. Nil when the lease is not ours."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +196,7 @@ class StreamTransport:
         self.on_dead: Callable[[Sequence[DeadLetter]], None] | None = None
         """Called with the letters of every `dead_letter` once written (also those `reclaim`
         writes for entries past `max_deliveries`): the stage counts them there."""
+        self._fenced_forward = client.register_script(_FENCED_FORWARD)
 
     async def ensure_group(self, stream: str, group: str, start_id: str = "0") -> None:
         """Create `stream` and `group` if missing (a group made now reads from `start_id`)."""
@@ -211,30 +249,65 @@ class StreamTransport:
             for i, fields in items
         ]
 
-    async def forward(self, outputs: Sequence[Output], group: str, acks: Iterable[Entry]) -> list[str]:
+    async def forward(
+        self,
+        outputs: Sequence[Output],
+        group: str,
+        acks: Iterable[Entry],
+        fenced: Sequence[Fenced] = (),
+    ) -> list[str]:
         """XADD `outputs` and XACK `acks` in `group`, atomically per partition. Returns new ids.
 
         Outputs and acks of one partition (one hash tag, one Redis Cluster slot) go in one
         MULTI/EXEC; a batch that spans partitions is one transaction per partition, each atomic
-        on its own (a stage's outputs always stay in their input's partition).
+        on its own (a stage's outputs always stay in their input's partition). A partition with a
+        `Fenced` entry is committed by one script instead, only while its lease holds the token,
+        with its state; partitions whose lease was lost write nothing and raise `LeaseLost` (after
+        the other partitions are committed).
         """
         acks = list(acks)
-        tags = list(dict.fromkeys([hash_tag(o.stream) for o in outputs] + [hash_tag(e.stream) for e in acks]))
+        fences = {hash_tag(f.lease): f for f in fenced}
+        tags = list(
+            dict.fromkeys(
+                [hash_tag(o.stream) for o in outputs] + [hash_tag(e.stream) for e in acks] + list(fences)
+            )
+        )
         ids: dict[int, str] = {}
+        lost: list[str] = []
         for tag in tags:
             mine = [(i, o) for i, o in enumerate(outputs) if hash_tag(o.stream) == tag]
             by_stream: dict[str, list[str]] = {}
             for entry in acks:
                 if hash_tag(entry.stream) == tag:
                     by_stream.setdefault(entry.stream, []).append(entry.id)
-            async with self.client.pipeline(transaction=True) as pipe:
-                for _, out in mine:
-                    pipe.xadd(out.stream, {FIELD: out.data})
-                for stream, entry_ids in by_stream.items():
-                    pipe.xack(stream, group, *entry_ids)
-                replies = await pipe.execute()
+            if tag in fences:
+                replies = await self._forward_fenced(fences[tag], [o for _, o in mine], group, by_stream)
+                if replies is None:
+                    lost.append(fences[tag].lease)
+                    continue
+            else:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    for _, out in mine:
+                        pipe.xadd(out.stream, {FIELD: out.data})
+                    for stream, entry_ids in by_stream.items():
+                        pipe.xack(stream, group, *entry_ids)
+                    replies = await pipe.execute()
             ids.update((i, _s(r)) for (i, _), r in zip(mine, replies, strict=False))
+        if lost:
+            raise LeaseLost(lost)
         return [ids[i] for i in range(len(outputs))]
+
+    async def _forward_fenced(
+        self, fence: Fenced, outputs: list[Output], group: str, acks: dict[str, list[str]]
+    ) -> list[Any] | None:
+        """One partition's outputs, acks and state in one script, if `fence.lease` holds its token."""
+        acked = [(stream, i) for stream, entry_ids in acks.items() for i in entry_ids]
+        state = [x for kv in fence.state.items() for x in kv]
+        keys = [fence.lease, fence.state_key, *(o.stream for o in outputs), *(s for s, _ in acked)]
+        args: list[Any] = [fence.token, group, len(outputs), len(acked), len(fence.state)]
+        args += [o.data for o in outputs] + [i for _, i in acked] + state
+        reply: Any = await self._fenced_forward(keys=keys, args=args)
+        return None if reply is None else list(reply)
 
     async def publish(self, outputs: Sequence[Output]) -> list[str]:
         """XADD without acking anything (ingest, the first stage)."""
@@ -309,6 +382,24 @@ class StreamTransport:
             if len(rows) >= count:
                 break
         return await self._claim(stream, group, consumer, rows, min_idle_ms=self.claim_idle_ms)
+
+    async def take_over(
+        self, stream: str, group: str, consumer: str, *, count: int = 100, include_own: bool = False
+    ) -> list[Entry]:
+        """Claim for `consumer` up to `count` entries of `group` that other consumers hold on
+        `stream` (and its own too with `include_own`), however briefly they have held them: for
+        the owner of a partition (lease), where anything another consumer holds was left behind
+        by a previous owner, whose commits its lease check now refuses. Those past
+        `max_deliveries` are dead-lettered."""
+        rows: list[dict[str, Any]] = []
+        start = "-"
+        while len(rows) < count:
+            page: Any = await self.client.xpending_range(stream, group, min=start, max="+", count=count)
+            rows += [r for r in page if include_own or _s(r["consumer"]) != consumer][: count - len(rows)]
+            if len(page) < count:
+                break
+            start = f"({_s(page[-1]['message_id'])}"
+        return await self._claim(stream, group, consumer, rows, min_idle_ms=0)
 
     async def _claim(
         self, stream: str, group: str, consumer: str, rows: list[dict[str, Any]], *, min_idle_ms: int

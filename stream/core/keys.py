@@ -11,8 +11,10 @@ several masters, on different shards):
 
 Per partition: the frames, tensors, scores, results, events and dead-letter streams, each
 source's progress (``source_state``, written with the frames it publishes) and the counters.
-Pipeline-wide, on partition 0's tag: the source registry, source leases, stage readiness and the
-partition count record. A source belongs to partition ``zlib.crc32(source_id) % P`` (`partition_of`).
+Per partition and postprocess group: the owner's lease and the state hash. Pipeline-wide, on
+partition 0's tag: the source registry, source leases, the members of groups that own
+partitions, stage readiness and the partition count record. A source belongs to partition
+``zlib.crc32(source_id) % P`` (`partition_of`).
 """
 
 from __future__ import annotations
@@ -138,6 +140,16 @@ class PipelineKeys:
         of the source's partition, ``for_source(source_id).thumbnail(source_id)``)."""
         return f"{self.prefix}:thumb:{source_id}"
 
+    def owner_lease(self, group: str) -> str:
+        """String key (a lease) held by the replica of consumer group `group` that owns this
+        partition (postprocess: one owner per partition and model)."""
+        return f"{self.prefix}:owner:{group}"
+
+    def group_state(self, group: str) -> str:
+        """Hash of source_id -> JSON state of `group`'s work on this partition's sources
+        (postprocess: reorder and smoothing), written with each commit by the partition's owner."""
+        return f"{self.prefix}:state:{group}"
+
     # --- pipeline-wide ----------------------------------------------------------------------
 
     @property
@@ -148,6 +160,11 @@ class PipelineKeys:
     def source_lease(self, source_id: str) -> str:
         """String key held (SET NX PX, renewed) by the ingest replica that plays `source_id`."""
         return f"{self._home}:lease:{source_id}"
+
+    def members(self, group: str) -> str:
+        """Sorted set of the live replicas of consumer group `group` (scored by expiry), that
+        share its partitions."""
+        return f"{self._home}:members:{group}"
 
     @property
     def stage_ready(self) -> str:

@@ -41,6 +41,32 @@ class LabelSmoother:
         self._streak = 0
         self.frames = 0
 
+    @property
+    def candidate(self) -> int | None:
+        """The leader waiting out its hysteresis (None when the leader is the label)."""
+        return self._candidate
+
+    @property
+    def streak(self) -> int:
+        """Consecutive frames `candidate` has led."""
+        return self._streak
+
+    def resume(
+        self, ema: np.ndarray | None, label: int | None, candidate: int | None, streak: int, frames: int
+    ) -> None:
+        """Continue from a saved state (`stream.core.track_state`): the next `update` then gives
+        exactly what it would have given in the smoother that state was saved from."""
+        if ema is not None and ema.ndim != 1:
+            raise ValueError(f"ema must be 1-D, got shape {ema.shape}")
+        n = None if ema is None else ema.shape[0]
+        for name, value in (("label", label), ("candidate", candidate)):
+            if value is not None and (n is None or not 0 <= value < n):
+                raise ValueError(f"{name} {value} is not a class index of a {n}-class ema")
+        if streak < 0 or frames < 0:
+            raise ValueError(f"streak and frames must be >= 0, got {streak}, {frames}")
+        self.ema = None if ema is None else np.array(ema, dtype=np.float32)
+        self.label, self._candidate, self._streak, self.frames = label, candidate, streak, frames
+
     def update(self, probs: np.ndarray) -> Smoothed:
         """Fold one frame's probabilities (1-D) into the state and report the smoothed label."""
         p = np.asarray(probs, dtype=np.float32).reshape(-1)

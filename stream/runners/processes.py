@@ -2,9 +2,10 @@
 
 `run_processes` creates every consumer group up front (so ingest never outruns a group that does
 not exist yet), registers the sources, starts one ingest process and, per model, a preprocess,
-an infer and a postprocess process; then it collects results (dedupe, optional JSONL) until
-every finite source has its end-of-stream result for every model, stops the stages with SIGTERM
-(they drain and ack), and returns a `RunReport`.
+an infer and ``postprocess.replicas`` postprocess processes (they share the partitions); then
+it collects results (dedupe, optional JSONL) until every finite source has its end-of-stream
+result for every model, stops the stages with SIGTERM (they drain and ack), and returns a
+`RunReport`.
 
 The run reads the results through a consumer group of its own (``sink:run-<pid>-<random>``),
 removed at the end: in a group shared with another reader (another run on the same Redis, a
@@ -233,12 +234,14 @@ async def run_processes(
             auth = {"password": settings.redis.password, "username": settings.redis.username}
             for model in models:
                 for stage in ("preprocess", "infer", "postprocess"):
-                    name = f"{stage}-{model}-{tag}"
-                    procs.append(StageProcess(stage, model, redis_url, config, name, **auth))
+                    copies = settings.postprocess.replicas if stage == "postprocess" else 1
+                    for i in range(copies):  # postprocess replicas share the partitions (leases)
+                        name = f"{stage}-{model}-{tag}" + (f"-{i}" if i else "")
+                        procs.append(StageProcess(stage, model, redis_url, config, name, **auth))
             procs.append(StageProcess("ingest", None, redis_url, config, f"ingest-{tag}", **auth))
             await _wait_ready(client, keys, procs, ready_timeout_s)
             started = time.monotonic()
-            cpu_at_ready = {p.label: p.cpu_s() for p in procs}
+            cpu_at_ready = {p.consumer: p.cpu_s() for p in procs}
             for source_id, spec in zip(ids, specs, strict=True):
                 await add_source(client, keys, source_id, spec, replace=True)
             finite = {
@@ -259,9 +262,10 @@ async def run_processes(
             )
             report.wall_s = time.monotonic() - started
             for proc in procs:
-                before, after = cpu_at_ready[proc.label], proc.cpu_s()
+                before, after = cpu_at_ready[proc.consumer], proc.cpu_s()
                 if before is not None and after is not None:
-                    report.stage_cpu_s[proc.label] = after - before
+                    used = report.stage_cpu_s.get(proc.label, 0.0)
+                    report.stage_cpu_s[proc.label] = used + after - before
             _stop(procs, settings.streams.drain_timeout_s + 5)
             with contextlib.suppress(*REDIS_TRANSIENT):
                 while await collector.poll(block_ms=50):  # results written while draining

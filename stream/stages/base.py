@@ -23,7 +23,7 @@ from stream.adapters.metrics import metrics
 from stream.adapters.redis_client import refresh_cluster_view
 from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
 from stream.adapters.redis_partitions import FanInReader, ensure_layout
-from stream.adapters.redis_streams import DeadLetter, Entry, GroupStats, Output, StreamTransport
+from stream.adapters.redis_streams import DeadLetter, Entry, Fenced, GroupStats, Output, StreamTransport
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import SKIP
@@ -67,11 +67,13 @@ class StageLoop(Protocol):
 
 @dataclass
 class Handled:
-    """What handling a batch produced: outputs to add, entries to ack with them, dead letters."""
+    """What handling a batch produced: outputs to add, entries to ack with them, dead letters, and
+    (a stage owning partitions) each partition's lease check and state, committed with them."""
 
     outputs: list[Output] = field(default_factory=list)
     acks: list[Entry] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    fenced: list[Fenced] = field(default_factory=list)
 
 
 def skip_marker(meta: dict[str, Any], reason: str, **extra: Any) -> bytes:
@@ -109,7 +111,9 @@ class StageBase:
         self.model = model
         self.keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
         self._partitions = {stream_of(k): k for k in self.keys.all_partitions}
-        self.streams = list(self._partitions)
+        self.all_streams = list(self._partitions)
+        self.streams = list(self.all_streams)
+        """The streams this loop reads (every partition's, unless it owns partitions)."""
         self.stream = self.streams[0]  # partition 0's: the only one with P = 1
         self.transport = StreamTransport(
             client,
@@ -142,9 +146,9 @@ class StageBase:
 
     async def backlog(self) -> GroupStats:
         """This group's lag and pending summed over every partition (partition 0's stream named)."""
-        if len(self.streams) == 1:
+        if len(self.all_streams) == 1:
             return await self.transport.group_stats(self.stream, self.group)
-        parts = [await self.transport.group_stats(s, self.group) for s in self.streams]
+        parts = [await self.transport.group_stats(s, self.group) for s in self.all_streams]
         return GroupStats(
             self.stream,
             self.group,
@@ -165,9 +169,21 @@ class StageBase:
         self._orphans.clear()
         if not self._started:
             await ensure_layout(self.client, self.keys)
-            for stream in self.streams:
+            for stream in self.all_streams:
                 await self.transport.ensure_group(stream, self.group, start_id="0")
             self._started = True
+
+    def read_streams(self, streams: list[str]) -> None:
+        """Read only `streams` from now on (a stage that owns partitions reads only its own).
+
+        Reads in flight on a stream left out are dropped: what Redis delivered to them stays
+        pending for this consumer, for the stream's new owner to claim.
+        """
+        self.streams = [s for s in self.all_streams if s in streams]
+        self._to_recover = [s for s in self._to_recover if s in self.streams]
+        self._held = {h for h in self._held if h[0] in self.streams}
+        self._orphans = [e for e in self._orphans if e.stream in self.streams]
+        self.reader.read_streams(self.streams)
 
     def tick(self) -> None:
         self.last_progress_s = time.monotonic()
@@ -206,6 +222,9 @@ class StageBase:
             if reclaimed:
                 log.info("%s: reclaimed %d idle entries", self.name, len(reclaimed))
                 return reclaimed
+        if not self.streams:  # owns no partition (yet): nothing to read
+            await asyncio.sleep((block_ms or 0) / 1000.0)
+            return []
         return await self.reader.read(count=count, block_ms=block_ms)
 
     async def dead_letter(self, letters: list[DeadLetter]) -> None:
@@ -227,8 +246,8 @@ class StageBase:
     async def commit(self, handled: Handled) -> None:
         """Dead letters first (each acked with its letter), then outputs + acks atomically."""
         await self.dead_letter(handled.dead)
-        if handled.outputs or handled.acks:
-            await self.transport.forward(handled.outputs, self.group, handled.acks)
+        if handled.outputs or handled.acks or handled.fenced:
+            await self.transport.forward(handled.outputs, self.group, handled.acks, handled.fenced)
             self._held.difference_update((e.stream, e.id) for e in handled.acks)
             self.processed += len(handled.acks)
             metrics.frames(self.name, "ok", len(handled.acks))
@@ -266,7 +285,7 @@ class StageBase:
         still carried out when the route came back, after this loop had taken back what it held).
         Nobody else takes them (this consumer talks to Redis, so it is not silent): pending idle
         for `claim_idle_ms` and not held here, they are claimed again and handled."""
-        held = self._held | self.reader.delivered()
+        held = self._held | self.reader.delivered() | {(e.stream, e.id) for e in self._orphans}
         for stream in self.streams:
             rows = await self.transport.own_idle(stream, self.group, self.consumer, count=100)
             rows = [r for r in rows if (stream, r["message_id"]) not in held]

@@ -7,14 +7,21 @@ end-to-end latency. An input entry is acked only together with the result it pro
 held in the reorder buffer are redelivered if this replica dies.
 
 A source's results and events go to its partition's streams (the partition its scores came
-from). Smoothing state lives in this process. It is exact with one postprocess replica per model (the
-runner starts one; postprocess is cheap). With several replicas each sees part of every source's
-frames: results stay complete and correct per frame, but the reorder buffer waits out gaps that
-another replica filled and `smoothed_label` is smoothed over a subset of frames (approximate).
+from). Replicas own partitions (`stream.adapters.partition_leases`: a lease each, a fair share of
+the live replicas each) and read only their own partitions' scores. Each commit of a partition runs
+only while its lease holds (a replica that lost it writes nothing) and writes the state of every
+(source, model) it changed (`stream.core.track_state`: the reorder buffer's next seq, the smoother,
+the counters) into the partition's state hash, in the same atomic step as the results and acks.
+A replica that takes a partition loads that state and claims every entry the partition's group
+still has pending (the frames a previous owner held in its reorder buffer were never acked), so it
+continues exactly where the previous owner stopped. A stopping replica does not flush its reorder
+buffers: what they hold goes to the next owner.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,13 +31,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from stream.adapters.metrics import metrics
-from stream.adapters.redis_streams import DeadLetter, Entry, Output
+from stream.adapters.partition_leases import PartitionLeases
+from stream.adapters.redis_streams import DeadLetter, Entry, Fenced, Output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP
 from stream.core.reorder import Released, ReorderBuffer
 from stream.core.scoring import top_k
 from stream.core.smoothing import LabelSmoother
+from stream.core.track_state import SavedTrack, decode_track, encode_track
+from stream.errors import LeaseLost
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms
 from stream.zoo.descriptors import load_spec
@@ -38,7 +48,10 @@ from stream.zoo.store import find_labels, resolve_weights_dir
 
 __all__ = ["PostprocessStage"]
 
+log = logging.getLogger(__name__)
+
 _RESULTS_TRIM_S = 5.0
+_TAKE_OVER_COUNT = 500
 
 
 @dataclass
@@ -58,6 +71,11 @@ class _Track:
         """After end-of-stream: a source re-added later continues its seq, with fresh statistics."""
         self.smoother, self.label = smoother, None
         self.results = self.skipped = self.gaps = self.late = 0
+
+    def saved(self) -> str:
+        """This track's state as `stream.core.track_state` text (held frames are not part of it)."""
+        counters = {"results": self.results, "skipped": self.skipped, "gaps": self.gaps, "late": self.late}
+        return encode_track(self.reorder.next_seq, self.smoother, counters)
 
 
 class PostprocessStage(ConsumerStage):
@@ -91,7 +109,143 @@ class PostprocessStage(ConsumerStage):
         self.labels = labels
         self.cfg = settings.postprocess
         self._tracks: dict[str, _Track] = {}
+        self._dirty: set[str] = set()
+        """Sources whose track changed since the last commit (their state goes with it)."""
         self._next_results_trim_s = 0.0
+        claim_idle_ms = settings.streams.claim_idle_ms
+        self.ownership = PartitionLeases(client, self.keys, self.group, consumer, ttl_ms=claim_idle_ms)
+        self._ownership_interval_s = claim_idle_ms / 4000.0
+        self._next_ownership_s = 0.0
+        self._next_take_over_s = 0.0
+        self.save_state = settings.postprocess.save_state
+        self.read_streams([])  # nothing until it owns partitions
+
+    async def start(self) -> None:
+        """(Re)start: whatever this replica held in memory may be ahead of Redis (a commit that
+        failed), so it forgets its partitions and takes them back with their saved state."""
+        await super().start()
+        self.ownership.suspend()
+        self._tracks.clear()
+        self._dirty.clear()
+        self.read_streams([])
+        self._next_ownership_s = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await super().run(stop)
+        await self.ownership.leave()  # the next owners need not wait for the leases to expire
+
+    # --- ownership ------------------------------------------------------------------------
+
+    @property
+    def owned(self) -> list[int]:
+        """The partitions this replica owns now."""
+        return sorted(self.ownership.owned)
+
+    async def _rebalance(self) -> None:
+        """Renew leases, then give up or take partitions towards a fair share."""
+        lost = await self.ownership.renew()
+        for k in lost:
+            log.warning("postprocess %s: lost the lease on partition %d", self.consumer, k)
+            self._drop(k)
+        plan = await self.ownership.plan()
+        for k in plan.give_up:
+            self._drop(k)
+            await self.ownership.give_up(k)
+            log.info("postprocess %s: gave partition %d up", self.consumer, k)
+        for k in plan.take:
+            if await self.ownership.take(k):
+                await self._load(k)
+                log.info("postprocess %s: took partition %d", self.consumer, k)
+        if lost or plan.give_up or plan.take:
+            self._read_owned()
+
+    def _read_owned(self, but: int | None = None) -> None:
+        self.read_streams([self.keys.partition(k).scores(self.model or "") for k in self.owned if k != but])
+
+    def _drop(self, partition: int) -> None:
+        """Stop reading a partition and forget its tracks; its unacked entries stay pending for
+        the next owner. (The caller gives the lease up or has lost it.)"""
+        for source in [s for s, t in self._tracks.items() if t.keys.index == partition]:
+            del self._tracks[source]
+            self._dirty.discard(source)
+        self._read_owned(but=partition)
+
+    async def _load(self, partition: int) -> None:
+        """Load a partition's saved tracks and claim every entry its group has pending."""
+        keys = self.keys.partition(partition)
+        saved = await self.client.hgetall(keys.group_state(self.group)) if self.save_state else {}
+        for raw_source, raw in saved.items():
+            source = raw_source.decode() if isinstance(raw_source, bytes) else str(raw_source)
+            try:
+                track = decode_track(raw, classes=len(self.labels), alpha=self.cfg.ema_alpha,
+                                     hysteresis_frames=self.cfg.hysteresis_frames)  # fmt: skip
+            except ValueError as e:
+                log.error("postprocess %s: saved state of %s is unusable (%s); it starts afresh",
+                          self.consumer, source, e)  # fmt: skip
+                continue
+            self._tracks[source] = self._resumed(track, keys)
+        stream = keys.scores(self.model or "")
+        while claimed := await self.transport.take_over(
+            stream, self.group, self.consumer, count=_TAKE_OVER_COUNT, include_own=True
+        ):
+            self._orphans += claimed
+            if len(claimed) < _TAKE_OVER_COUNT:
+                break
+
+    def _resumed(self, saved: SavedTrack, keys: PipelineKeys) -> _Track:
+        reorder: ReorderBuffer[tuple[Entry, Message]] = ReorderBuffer(
+            self.cfg.reorder_max_frames, self.cfg.reorder_max_wait_ms, next_seq=saved.next_seq
+        )
+        c = saved.counters
+        track = _Track(reorder, saved.smoother, keys, c["results"], c["skipped"], c["gaps"], c["late"])
+        if saved.smoother.label is not None:
+            track.label = self.labels[saved.smoother.label]
+        return track
+
+    async def _take_leftovers(self) -> None:
+        """Entries another consumer holds in a partition this replica owns: read by a previous
+        owner after it gave the partition up (its commits are refused now); claimed here."""
+        for stream in self.streams:
+            claimed = await self.transport.take_over(
+                stream, self.group, self.consumer, count=_TAKE_OVER_COUNT
+            )
+            if claimed:
+                log.info(
+                    "postprocess %s: claimed %d entries a previous owner left", self.consumer, len(claimed)
+                )
+                self._orphans += claimed
+
+    async def commit(self, handled: Handled) -> None:
+        """Commit with each touched partition's lease check and changed track states."""
+        handled.fenced = self._fences(handled)
+        try:
+            await super().commit(handled)
+        except LeaseLost as e:
+            for lease in e.leases:
+                k = self.keys.of_key(lease).index
+                log.warning("postprocess %s: partition %d has another owner now; dropped", self.consumer, k)
+                self._drop(k)
+                self.ownership.forget(k)
+        self._dirty.clear()
+
+    def _fences(self, handled: Handled) -> list[Fenced]:
+        touched = {self.keys.of_key(o.stream).index for o in handled.outputs}
+        touched |= {self.keys.of_key(e.stream).index for e in handled.acks}
+        states: dict[int, dict[str, str]] = {}
+        for source in self._dirty:
+            track = self._tracks.get(source)
+            if track is not None and self.save_state:
+                states.setdefault(track.keys.index, {})[source] = track.saved()
+        fences = []
+        for k in sorted(touched | set(states)):
+            token = self.ownership.owned.get(k)
+            if token is None:  # not ours (any more): a commit without the lease would be refused anyway
+                token = ""
+            keys = self.keys.partition(k)
+            fences.append(
+                Fenced(keys.owner_lease(self.group), token, keys.group_state(self.group), states.get(k, {}))
+            )
+        return fences
 
     def _track(self, source: str, entry: Entry) -> _Track:
         track = self._tracks.get(source)
@@ -107,7 +261,10 @@ class PostprocessStage(ConsumerStage):
     async def handle(self, items: list[tuple[Entry, Message]]) -> Handled:
         out = Handled()
         now = _ms()
+        owned = set(self.streams)
         for entry, message in items:
+            if entry.stream not in owned:  # a partition given up meanwhile: left for its owner
+                continue
             meta = message.meta
             reason = self._check(message)
             if reason is not None:
@@ -148,13 +305,14 @@ class PostprocessStage(ConsumerStage):
         return out
 
     async def flush(self) -> Handled:
-        out = Handled()
-        for source, track in list(self._tracks.items()):
-            self._emit(source, track.reorder.flush(), out)
-        return out
+        """Nothing: frames held in the reorder buffers stay pending for the partitions' next
+        owner, which resumes from the saved state (a flush would give up on their gaps)."""
+        return Handled()
 
     def _emit(self, source: str, released: Released[tuple[Entry, Message]], out: Handled) -> None:
         track = self._tracks[source]
+        if released.ordered or released.late or released.skipped:
+            self._dirty.add(source)
         track.gaps += released.skipped
         for _, (entry, message) in released.ordered:
             out.acks.append(entry)
@@ -242,6 +400,12 @@ class PostprocessStage(ConsumerStage):
     async def maintain(self) -> None:
         await super().maintain()
         now = time.monotonic()
+        if now >= self._next_ownership_s:
+            self._next_ownership_s = now + self._ownership_interval_s
+            await self._rebalance()
+        if now >= self._next_take_over_s:
+            self._next_take_over_s = now + self.settings.streams.claim_idle_ms / 2000.0
+            await self._take_leftovers()
         if now >= self._next_results_trim_s:
             self._next_results_trim_s = now + _RESULTS_TRIM_S
             for stream in [s for k in self.keys.all_partitions for s in (k.results, k.events)]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -158,3 +159,29 @@ def test_synthetic_seed_model_without_shared_data(redis_server: RedisServer, tmp
     assert [r["seq"] for r in rows] == list(range(60))
     assert all(len(r["top"]) == 5 for r in rows)
     assert "synthetic" in proc.stderr
+
+
+def test_postprocess_replicas_share_the_partitions_and_every_frame_comes_out_once_in_order(
+    redis_server: RedisServer, shared_dir: Path, scenes_clip: Path, tmp_path: Path
+) -> None:
+    """P = 3 and postprocess.replicas = 3: each replica owns partitions of its own (leases); every
+    source's results are complete and in seq order."""
+    sources = []
+    for name in ("cam-3", "cam-1", "cam-0"):  # partitions 0, 1, 2
+        (tmp_path / f"{name}.mp4").symlink_to(scenes_clip)
+        sources += ["--source", str(tmp_path / f"{name}.mp4")]
+    results_file = tmp_path / "results.jsonl"
+    env = {
+        "FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"),
+        "FRAMESTREAM_STREAMS__PIPELINE": "shared",
+        "FRAMESTREAM_STREAMS__PARTITIONS": "3",
+        "FRAMESTREAM_POSTPROCESS__REPLICAS": "3",
+    }
+    proc = run_cli([*sources, "--model", V1, "--results", str(results_file)], redis_server.url, env)
+    results = read_results(results_file)
+    total = len(SCENE_PHOTOS) * SCENE_FRAMES
+    assert sorted(source for source, _ in results) == ["cam-0", "cam-1", "cam-3"]
+    for rows in results.values():
+        assert [r["seq"] for r in rows] == list(range(total))
+    takers = set(re.findall(r"postprocess (\S+): took partition", proc.stderr))
+    assert len(takers) >= 2, proc.stderr[-3000:]  # the partitions were shared, not all on one replica

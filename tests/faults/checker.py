@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
-__all__ = ["Outcome", "check"]
+__all__ = ["Outcome", "check", "label_changes", "sequence_differences"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,23 @@ def check(
         recovery_s=recovery_s,
         note=note,
     )
+
+
+def sequence_differences(
+    expected: Mapping[str, Mapping[int, Hashable]], got: Mapping[str, Mapping[int, Hashable]]
+) -> dict[str, list[int]]:
+    """Per source, the seqs whose value (e.g. smoothed label and score) differs between two runs,
+    or that only one run has; sources without a difference are left out."""
+    out: dict[str, list[int]] = {}
+    for source in sorted(set(expected) | set(got)):
+        a, b = expected.get(source, {}), got.get(source, {})
+        diff = sorted(seq for seq in set(a) | set(b) if a.get(seq, ...) != b.get(seq, ...))
+        if diff:
+            out[source] = diff
+    return out
+
+
+def label_changes(labels: Mapping[int, Hashable]) -> int:
+    """How often the value changes along increasing seq (a source's smoothed-label changes)."""
+    ordered = [labels[seq] for seq in sorted(labels)]
+    return sum(1 for prev, cur in zip(ordered, ordered[1:], strict=False) if prev != cur)

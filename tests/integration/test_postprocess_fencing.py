@@ -1,0 +1,172 @@
+"""Partition ownership of postprocess on a real Redis (plain and Cluster): a replica that lost a
+partition's lease writes nothing there any more (results, acks, state), the new owner resumes from
+the saved state and gets what the old one held, and replicas share partitions fairly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+
+from stream.adapters.redis_partitions import ensure_layout
+from stream.adapters.redis_streams import Entry, Fenced, Output, StreamTransport
+from stream.core.codec import Message, decode_message, encode_message
+from stream.core.keys import FIELD, PipelineKeys
+from stream.core.messages import FRAME
+from stream.errors import LeaseLost
+from stream.settings import Settings
+from stream.stages.postprocess import PostprocessStage
+
+LABELS = [f"class-{i}" for i in range(5)]
+MODEL = "m"
+GROUP = PipelineKeys.group("postprocess", MODEL)
+SOURCE = "cam-1"  # partition 1 of 3
+
+
+@pytest.fixture(params=["plain", "cluster"])
+def client(request):
+    name = "redis_client" if request.param == "plain" else "cluster_client"
+    return request.getfixturevalue(name)
+
+
+def _settings() -> Settings:
+    """Leases live claim_idle_ms: long enough for the steps of a test to stay within one on a busy
+    machine (a replica whose loop stalls longer than that loses its partitions, by design)."""
+    return Settings(streams={"pipeline": "fence", "partitions": 3, "claim_idle_ms": 3_000, "block_ms": 20})
+
+
+async def _publish_scores(transport: StreamTransport, keys: PipelineKeys, seqs: range) -> None:
+    eye = np.eye(len(LABELS), dtype=np.float32)
+    outs = [
+        Output(keys.for_source(SOURCE).scores(MODEL), encode_message(Message(
+            {"kind": FRAME, "source": SOURCE, "seq": s, "model": MODEL}, eye[(s // 4) % len(LABELS)])))
+        for s in seqs
+    ]  # fmt: skip
+    await transport.publish(outs)
+
+
+async def _results(client, keys: PipelineKeys) -> list[dict]:
+    rows = await client.xrange(keys.for_source(SOURCE).results)
+    return [decode_message(f[FIELD.encode()]).meta for _, f in rows]
+
+
+async def test_a_fenced_commit_writes_only_while_its_lease_holds(client) -> None:
+    keys = PipelineKeys("fence", 3).partition(1)
+    transport = StreamTransport(client, keys, stage="test")
+    await transport.ensure_group(keys.scores(MODEL), GROUP)
+    await transport.publish([Output(keys.scores(MODEL), b"x")])
+    entry = (await transport.read(keys.scores(MODEL), GROUP, "old", count=1, block_ms=None))[0]
+    lease, state = keys.owner_lease(GROUP), keys.group_state(GROUP)
+    await client.set(lease, "new/1")
+    stale = Fenced(lease, "old/1", state, {SOURCE: '{"v": 1}'})
+    with pytest.raises(LeaseLost, match="owner:postprocess:m"):
+        await transport.forward([Output(keys.results, b"r")], GROUP, [entry], [stale])
+    assert await client.xlen(keys.results) == 0  # nothing of it: no output, no ack, no state
+    assert (await transport.group_stats(keys.scores(MODEL), GROUP)).pending == 1
+    assert await client.hgetall(state) == {}
+
+    ids = await transport.forward(
+        [Output(keys.results, b"r")], GROUP, [entry], [Fenced(lease, "new/1", state, {SOURCE: "s"})]
+    )
+    assert len(ids) == 1 and await client.xlen(keys.results) == 1
+    assert (await transport.group_stats(keys.scores(MODEL), GROUP)).pending == 0
+    assert await client.hgetall(state) == {SOURCE.encode(): b"s"}
+
+
+async def test_a_replica_that_lost_its_partition_cannot_overwrite_the_new_owner(client) -> None:
+    """Replica a reads frames of partition 1 and stalls; its lease expires and b takes the
+    partition (loading the saved state, claiming what a held). a's late commit is refused whole;
+    b produces every result once, continuing a's smoothing."""
+    settings = _settings()
+    keys = PipelineKeys("fence", 3)
+    transport = StreamTransport(client, keys, stage="test")
+    await ensure_layout(client, keys)
+    a = PostprocessStage(settings, client, consumer="a", model=MODEL, labels=LABELS)
+    await a.start()
+    await a.maintain()  # takes every partition: the only member
+    assert a.owned == [0, 1, 2]
+    await _publish_scores(transport, keys, range(0, 6))
+    first = await _handle_all(a)
+    await a.commit(first)
+    assert [r["seq"] for r in await _results(client, keys)] == list(range(6))
+    saved = json.loads((await client.hget(keys.partition(1).group_state(GROUP), SOURCE)) or b"{}")
+    assert saved["next_seq"] == 6 and saved["results"] == 6
+
+    await _publish_scores(transport, keys, range(6, 12))
+    stalled = await _handle_all(a)  # a handled 6..11 but has not committed yet
+    assert len(stalled.outputs) >= 6
+    await client.delete(keys.partition(1).owner_lease(GROUP))  # its lease expired while it stalled
+    b = PostprocessStage(settings, client, consumer="b", model=MODEL, labels=LABELS)
+    await b.start()
+    assert await b.ownership.take(1)
+    await b._load(1)  # what a new owner does on taking a partition
+
+    await a.commit(stalled)  # refused: a no longer holds the lease
+    assert 1 not in a.owned
+    assert [r["seq"] for r in await _results(client, keys)] == list(range(6))
+    assert json.loads(await client.hget(keys.partition(1).group_state(GROUP), SOURCE) or b"{}") == saved
+
+    b.read_streams([keys.partition(1).scores(MODEL)])
+    await b.commit(await _handle_all(b))
+    results = await _results(client, keys)
+    assert [r["seq"] for r in results] == list(range(12))  # each once
+    reference = PostprocessStage(settings, client, consumer="ref", model=MODEL, labels=LABELS)
+    smoother = reference._track(SOURCE, _entry(keys)).smoother
+    expected = [smoother.update(np.eye(5, dtype=np.float32)[(s // 4) % 5]) for s in range(12)]
+    assert [r["smoothed_label"] for r in results] == [LABELS[e.index] for e in expected]
+    assert [r["smoothed_score"] for r in results] == [round(e.score, 5) for e in expected]
+
+
+async def test_replicas_share_partitions_fairly_and_a_silent_ones_are_taken_within_the_lease(client) -> None:
+    settings = _settings()
+    keys = PipelineKeys("fence", 3)
+    await ensure_layout(client, keys)
+    stages = [PostprocessStage(settings, client, consumer=c, model=MODEL, labels=LABELS) for c in "abc"]
+    for s in stages:
+        await s.start()
+    await stages[0].maintain()
+    assert stages[0].owned == [0, 1, 2]
+    for s in stages[1:]:  # they join the members; nothing is free yet
+        await s.maintain()
+        assert s.owned == []
+    stages[0]._next_ownership_s = 0.0
+    await stages[0].maintain()  # three members: a keeps one and releases two at once
+    assert len(stages[0].owned) == 1
+    released = [k for k in range(3) if k not in stages[0].owned]
+    assert [await client.exists(keys.partition(k).owner_lease(GROUP)) for k in released] == [0, 0]
+    deadline = time.monotonic() + 10
+    while sorted(len(s.owned) for s in stages) != [1, 1, 1]:
+        assert time.monotonic() < deadline, [s.owned for s in stages]
+        for s in stages:
+            s._next_ownership_s = 0.0
+            await s.maintain()
+        await asyncio.sleep(0.02)
+    assert sorted(k for s in stages for k in s.owned) == [0, 1, 2]
+
+    silent = stages.pop(1)  # stops renewing (a SIGKILL): within the lease time its partition moves
+    died = time.monotonic()
+    while sorted(k for s in stages for k in s.owned) != [0, 1, 2]:
+        assert time.monotonic() - died < 1.25 * settings.streams.claim_idle_ms / 1000 + 1, [
+            s.owned for s in stages
+        ]
+        for s in stages:
+            s._next_ownership_s = 0.0
+            await s.maintain()
+        await asyncio.sleep(0.05)
+    assert sorted(len(s.owned) for s in stages) == [1, 2]
+    assert silent.owned  # it still believes it owns one: its commits would be refused
+
+
+async def _handle_all(stage: PostprocessStage):
+    entries: list[Entry] = []
+    for _ in range(5):
+        entries += await stage.next_entries(100, 20)
+    good, _ = stage.transport.decode(entries)
+    return await stage.handle(good)
+
+
+def _entry(keys: PipelineKeys) -> Entry:
+    return Entry(keys.for_source(SOURCE).scores(MODEL), "0-1", None)
