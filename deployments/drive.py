@@ -29,6 +29,7 @@ from deployments.watch import probe_stages, read_counters
 from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
 from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
+from stream.core.rates import RateMeter
 from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
 from stream.results import JsonlSink, ResultReader, dead_letter_count
@@ -253,17 +254,7 @@ class _Watcher:
         self.client = client
         self.keys = keys
         self.options = options
-        self._last: tuple[float, dict[str, int]] | None = None
-        self._rates: dict[str, float] = {}
-
-    def _rate(self, handled: dict[str, int]) -> None:
-        now = time.monotonic()
-        if self._last is None:
-            self._last = (now, handled)
-        elif now - self._last[0] >= 0.9:
-            then, before = self._last
-            self._rates = {k: max(0.0, (n - before.get(k, 0)) / (now - then)) for k, n in handled.items()}
-            self._last = (now, handled)
+        self._rates = RateMeter()
 
     async def snapshot(self, sink: _Results, elapsed_s: float) -> Snapshot:
         counters = await read_counters(self.client, self.keys)
@@ -285,8 +276,8 @@ class _Watcher:
                 name = stage if len(self.options.models) == 1 else f"{stage} [{model}]"
                 count = replicas.get(model, {}).get(stage.capitalize(), 0)
                 rows_in.append((name, count, probe.handled if probe else 0, probe.backlog if probe else 0))
-        self._rate({name: handled for name, _, handled, _ in rows_in})
-        rows = [StageRow(n, r, self._rates.get(n, 0.0), h, b) for n, r, h, b in rows_in]
+        rates = self._rates.update({name: handled for name, _, handled, _ in rows_in}, time.monotonic())
+        rows = [StageRow(n, r, rates.get(n, 0.0), h, b) for n, r, h, b in rows_in]
         tracks = sink.reader.ledger.tracks
         return Snapshot(
             elapsed_s=elapsed_s,

@@ -6,7 +6,9 @@
 - ``GET /v1/results/{source}?after_seq=N``: results of a source after a seq;
 - ``GET /v1/events``: Server-Sent Events of results and label changes, read from the streams
   (``Last-Event-ID`` resumes where a client left off);
-- ``GET /v1/stages``: replicas, rate and backlog per stage;
+- ``GET /v1/stages``: replicas, rate, lag and dead letters per stage;
+- ``GET /`` and ``/console/*``: the web console (`deployments.console`), live through
+  ``GET /v1/console/events``; ``GET /v1/sources/{id}/thumbnail``: a recent frame (JPEG);
 - ``GET /v1/dead-letters``, ``GET /v1/dead-letters/{id}``, ``POST /v1/dead-letters/{id}/retry``:
   dead letters of every partition (`stream.adapters.dead_letters`, as ``framestream dead``);
 - ``/healthz`` (the process answers), ``/readyz`` (Redis and the model answer), ``/docs``.
@@ -31,11 +33,12 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments import console
 from deployments.auth import Access, bearer_token
 from deployments.guard import guard
 from deployments.openapi import complete_openapi, errors
@@ -268,10 +271,13 @@ class Ingress:
         ``status`` (playing, reconnecting, stalled, finished, failed) with a ``reason``,
         ``frames`` published, ``dropped``, ``reconnects`` (attempts to reopen a live stream),
         ``last_frame_age_s`` and ``fps`` (recent frames/s while playing)."""
+        return {"sources": await self._redis(self._source_items())}
+
+    async def _source_items(self) -> list[dict[str, Any]]:
+        """The items of ``GET /v1/sources`` (the console's snapshot shows the same)."""
         from stream.adapters.source_registry import list_sources
 
-        statuses = await self._redis(list_sources(self.client, self.keys))
-        return {"sources": [_source_json(s) for s in statuses]}
+        return [_source_json(s) for s in await list_sources(self.client, self.keys)]
 
     @api.post("/v1/sources", status_code=201, tags=["sources"], responses=errors(403, 409, 503))
     async def post_source(self, source: SourceIn) -> dict[str, Any]:
@@ -420,16 +426,82 @@ class Ingress:
 
     @api.get("/v1/stages", tags=["health"])
     async def get_stages(self) -> dict[str, Any]:
-        """Per stage: replicas by state (from Serve) and one replica's view of rate and backlog."""
+        """Per stage: replicas by state (from Serve), one replica's view of rate and backlog, and
+        from Redis (every partition): entries handled, lag and dead letters."""
         replicas = await asyncio.to_thread(_replica_states)
+        counts = await self._redis(
+            console.read_stage_counts(self.client, self.keys, self.model, list(self.stages))
+        )
         out: dict[str, Any] = {}
         for name, handle in self.stages.items():
             try:
                 status = await asyncio.wait_for(handle.status.remote(), 5.0)
             except Exception as e:
                 status = {"error": f"{type(e).__name__}: {e}"}
-            out[name] = {"replicas": replicas.get(_deployment(name), {}), **status}
+            out[name] = {"replicas": replicas.get(_deployment(name), {}), **status, **counts[name]}
         return {"stages": out}
+
+    async def _stage_replicas(self) -> dict[str, dict[str, int]]:
+        """Replica counts by state per stage for the console, from Serve at most every 2 s, shared
+        by every open console: one page's feed cost 9.5% of a core reading them every tick, 4.6%
+        so (docs/console.md)."""
+        seen = getattr(self, "_replicas_seen", None)
+        if seen is None or time.monotonic() - seen[0] > 2.0:
+            seen = self._replicas_seen = (time.monotonic(), await asyncio.to_thread(_replica_states))
+        return {name: seen[1].get(_deployment(name), {}) for name in self.stages}
+
+    # -- console --------------------------------------------------------------------------
+
+    @api.get("/", include_in_schema=False)
+    async def console_page(self, request: Request) -> HTMLResponse:
+        return HTMLResponse(console.index_html(request.scope.get("root_path", "")),
+                            headers={"Cache-Control": "no-cache"})  # fmt: skip
+
+    @api.get("/console/{name}", include_in_schema=False)
+    async def console_file(self, name: str) -> Response:
+        found = console.static_file(name)
+        if found is None:
+            raise ApiError(404, f"no console file {name!r}")
+        return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-cache"})
+
+    @api.get(
+        "/v1/console/events",
+        tags=["console"],
+        response_class=StreamingResponse,
+        responses={
+            **errors(503),
+            200: {"content": {"text/event-stream": {}}, "description": "the feed (see docs/console.md)"},
+        },
+    )
+    async def console_events(self, request: Request) -> StreamingResponse:
+        """Server-Sent Events for the console: ``timeline`` (recent label/status changes), then
+        ``label_change`` and ``source_status`` as they happen and a ``snapshot`` of every source
+        and stage about once a second."""
+        await self._redis(self.client.ping())
+        feed = console.ConsoleFeed(
+            self.results, self.model, list(self.stages), self._source_items, self._stage_replicas
+        )
+        return StreamingResponse(
+            feed.stream(request.is_disconnected),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @api.get(
+        "/v1/sources/{source_id}/thumbnail",
+        tags=["sources"],
+        response_class=Response,
+        responses={
+            **errors(404, 503),
+            200: {"content": {"image/jpeg": {}}, "description": "a recent frame of the source (JPEG)"},
+        },
+    )
+    async def get_thumbnail(self, source_id: str) -> Response:
+        """A recent frame of the source as JPEG (ingest keeps one per source about once a second)."""
+        data = await self._redis(self.client.get(self.keys.for_source(source_id).thumbnail(source_id)))
+        if data is None:
+            raise ApiError(404, f"no thumbnail of source {source_id!r} (unknown, not playing, or expired)")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     # -- dead letters ---------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from stream.adapters.redis_streams import last_id
@@ -20,20 +21,37 @@ from stream.core.messages import EOS, LABEL_CHANGE, RESULT
 from stream.core.source_status import SOURCE_STATUS
 from stream.results import decode_fields
 
-__all__ = ["ResultQueries", "sse_event"]
+__all__ = ["Cursor", "ResultQueries", "event_kind", "sse_event"]
 
 _PAGE = 500
 _MAX_SCAN = 200_000
 _BLOCK_MS = 1_000
+_READ_COUNT = 200
 
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def event_kind(meta: dict[str, Any]) -> str:
+    """What an entry of the results or events streams is: its ``kind`` (result, eos,
+    label_change, ...), or its ``type`` for events that name it so (source_status)."""
+    return str(meta.get("kind") or meta.get("type") or "")
+
+
 def sse_event(event: str, event_id: str, data: dict[str, Any]) -> str:
     """One Server-Sent Event (``event``, ``id``, one-line JSON ``data``)."""
     return f"event: {event}\nid: {event_id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@dataclass
+class Cursor:
+    """The last ids read of the streams a feed follows (`ResultQueries.cursor`)."""
+
+    parts: list[PipelineKeys]
+    streams: list[str]
+    ids: dict[str, str]
+    source: str | None
 
 
 class ResultQueries:
@@ -91,42 +109,86 @@ class ResultQueries:
         of every partition in order otherwise. A client reconnecting with ``Last-Event-ID`` gets
         what it missed (as far as the streams still hold it).
         """
+        cursor = await self.cursor(last_event_id, source=source)
+        yield ": framestream events\n\n"
+        async for event_id, meta in self.entries(cursor, disconnected=disconnected):
+            if meta is None:
+                yield ": keep-alive\n\n"
+            elif event_kind(meta) in kinds:
+                yield sse_event(event_kind(meta), event_id, meta)
+
+    async def cursor(self, last_event_id: str | None, *, source: str | None) -> Cursor:
+        """Where `entries` starts: after `last_event_id` (ids as in `follow`), else the streams'
+        current ends (resolved now, so nothing written after this call is missed)."""
         parts = [self.keys.for_source(source)] if source is not None else self.keys.all_partitions
         streams = [s for k in parts for s in (k.results, k.events)]
         given = (last_event_id or "").split(",")
         ids = dict(zip(streams, given if len(given) == len(streams) else ["$"] * len(streams), strict=True))
-        ids = await self._resolve({s: i or "$" for s, i in ids.items()})
-        yield ": framestream events\n\n"
+        return Cursor(parts, streams, await self._resolve({s: i or "$" for s, i in ids.items()}), source)
+
+    async def entries(
+        self,
+        cursor: Cursor,
+        *,
+        disconnected: Callable[[], Awaitable[bool]],
+        block_ms: int = _BLOCK_MS,
+        caught_up_pause_s: float = 0.0,
+    ) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
+        """(event id, meta) of every new entry of the results and events streams after `cursor`
+        (of its source only, when it has one), until the client goes away; ``(id, None)`` after
+        a read that found nothing within `block_ms`. Ids as in `follow`. With
+        `caught_up_pause_s`, a read that was not full waits that long before the next one, so
+        a reader that needs no entry at once reads batches instead of a trickle of round trips."""
+        ids, streams = cursor.ids, cursor.streams
         while not await disconnected():
-            replies = await self._read(parts, ids)
+            replies = await self._read(cursor.parts, ids, block_ms)
             if not replies:
-                yield ": keep-alive\n\n"
+                yield ",".join(ids[s] for s in streams), None
                 continue
+            if caught_up_pause_s and all(len(entries) < _READ_COUNT for _, entries in replies):
+                await asyncio.sleep(caught_up_pause_s)  # before handing them out: ids stay in order
             for raw_stream, entries in replies:
                 stream = _s(raw_stream)
                 for raw_id, fields in entries:
                     ids[stream] = _s(raw_id)
                     meta = decode_fields(fields)
-                    if meta is None or meta.get("kind") not in kinds:
+                    if meta is None or (cursor.source is not None and meta.get("source") != cursor.source):
                         continue
-                    if source is not None and meta.get("source") != source:
-                        continue
-                    yield sse_event(str(meta["kind"]), ",".join(ids[s] for s in streams), meta)
+                    yield ",".join(ids[s] for s in streams), meta
 
-    async def _read(self, parts: list[PipelineKeys], ids: dict[str, str]) -> list[Any]:
+    async def recent_events(self, count: int) -> list[dict[str, Any]]:
+        """The newest `count` entries of every partition's events stream, the oldest first."""
+        found: list[dict[str, Any]] = []
+        for k in self.keys.all_partitions:
+            for _id, fields in await self.client.xrevrange(k.events, count=count):
+                meta = decode_fields(fields)
+                if meta is not None:
+                    found.append(meta)
+        found.sort(key=lambda m: float(m.get("result_ms") or m.get("ts_ms") or 0.0))
+        return found[-count:]
+
+    async def recent_results(self, count: int) -> list[dict[str, Any]]:
+        """The newest `count` entries of every partition's results stream (decoded), oldest first."""
+        found: list[dict[str, Any]] = []
+        for k in self.keys.all_partitions:
+            page = await self.client.xrevrange(k.results, count=count)
+            found.extend(m for _id, fields in reversed(page) if (m := decode_fields(fields)) is not None)
+        return found
+
+    async def _read(self, parts: list[PipelineKeys], ids: dict[str, str], block_ms: int) -> list[Any]:
         """New entries of every followed stream: one XREAD per partition (its results and events
         share a slot); with several, first without waiting, then waiting on all at once."""
 
         async def one(k: PipelineKeys, block: int | None) -> list[Any]:
-            reply = await self.client.xread({k.results: ids[k.results], k.events: ids[k.events]}, count=200,
-                                            block=block)  # fmt: skip
+            wanted = {k.results: ids[k.results], k.events: ids[k.events]}
+            reply = await self.client.xread(wanted, count=_READ_COUNT, block=block)
             return list(reply or [])
 
         if len(parts) > 1:
             ready = [r for rs in await asyncio.gather(*(one(k, None) for k in parts)) for r in rs]
             if ready:
                 return ready
-        return [r for rs in await asyncio.gather(*(one(k, _BLOCK_MS) for k in parts)) for r in rs]
+        return [r for rs in await asyncio.gather(*(one(k, block_ms) for k in parts)) for r in rs]
 
     async def _resolve(self, ids: dict[str, str]) -> dict[str, str]:
         """Replace ``$`` by the stream's current last id, so ids in events are concrete."""

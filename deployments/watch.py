@@ -72,13 +72,14 @@ async def _probe_partition(client: Any, keys: PipelineKeys, model: str) -> dict[
 
 
 async def read_counters(client: Any, keys: PipelineKeys) -> dict[str, int]:
-    """Pipeline counters (``published:<source>``, ``dropped:<source>``, ...) summed by kind too."""
-    raw = await client.hgetall(keys.counters)
+    """Pipeline counters (``published:<source>``, ``dropped:<source>``, ``dead:<stage>``, ...) of
+    every partition, summed by kind too (``published:*``)."""
     out: dict[str, int] = {}
-    for k, v in raw.items():
-        name, value = _s(k), int(v)
-        out[name] = value
-        kind = name.split(":", 1)[0]
-        if kind != name:
-            out[f"{kind}:*"] = out.get(f"{kind}:*", 0) + value
+    for part in keys.all_partitions:
+        for k, v in (await client.hgetall(part.counters)).items():
+            name, value = _s(k), int(v)
+            out[name] = out.get(name, 0) + value
+            kind = name.split(":", 1)[0]
+            if kind != name:
+                out[f"{kind}:*"] = out.get(f"{kind}:*", 0) + value
     return out

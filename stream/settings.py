@@ -192,6 +192,18 @@ class IngestSettings(_Section):
     every_nth: int = Field(1, ge=1)
     live_policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
     live_queue: int = Field(8, ge=1, description="frames a live source buffers before dropping")
+    thumbnail_interval_ms: int = Field(
+        1_000,
+        ge=0,
+        description="at most one thumbnail per source this often: the JPEG bytes of a published frame, "
+        "kept in Redis for the console (no extra encode; raw encoding has none); 0 = no thumbnails",
+    )
+    thumbnail_max_bytes: int = Field(
+        1_048_576, ge=1024, description="frames larger than this are not kept as thumbnails"
+    )
+    thumbnail_ttl_s: int = Field(
+        30, ge=1, description="a thumbnail expires this long after the source's last one (stopped sources)"
+    )
     jpeg_quality: int = Field(90, ge=1, le=100)
     encoding: Literal["jpeg", "raw"] = "jpeg"
     frame_short_side_px: int | Literal["auto"] | None = Field(

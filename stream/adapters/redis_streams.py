@@ -404,6 +404,7 @@ class StreamTransport:
                             fields[FIELD] = e.data  # what `framestream dead retry` re-drives
                     pipe.xadd(dead, fields)  # type: ignore[arg-type]
                     pipe.xack(e.stream, group, e.id)
+                pipe.hincrby(self.keys.of_key(dead).counters, f"dead:{self.stage}", len(tagged))
                 await pipe.execute()
         if letters and self.on_dead is not None:
             self.on_dead(letters)

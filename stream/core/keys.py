@@ -133,8 +133,13 @@ class PipelineKeys:
 
     @property
     def counters(self) -> str:
-        """Hash of counters (drops, published frames, ...) of this partition's sources."""
+        """Hash of counters (drops, published frames, dead letters per stage, ...) of this partition."""
         return f"{self.prefix}:counters"
+
+    def thumbnail(self, source_id: str) -> str:
+        """String key: the JPEG of a recent frame of `source_id` (ingest, with a TTL; use the keys
+        of the source's partition, ``for_source(source_id).thumbnail(source_id)``)."""
+        return f"{self.prefix}:thumb:{source_id}"
 
     def owner_lease(self, group: str) -> str:
         """String key (a lease) held by the replica of consumer group `group` that owns this

@@ -21,10 +21,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from stream.adapters.frames import LivePump, encode_frames, eos_message
+from stream.adapters.frames import LivePump, PendingFrame, encode_frames, eos_message
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_leases import Leases
 from stream.adapters.redis_partitions import ensure_layout
@@ -36,6 +37,7 @@ from stream.core.geometry import source_short_side
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.sampling import FrameSampler
 from stream.core.source_status import PLAYING
+from stream.core.thumbnails import ThumbnailThrottle
 from stream.errors import ModelError, SourceError
 from stream.settings import IngestSettings, Settings
 from stream.zoo.descriptors import load_spec
@@ -96,6 +98,8 @@ class IngestStage:
         self._players: dict[str, _Player] = {}
         self._readers: tuple[str, ...] = ()
         self.auto_short_side_px: int | None = None  # what `frame_short_side_px: auto` means now
+        cfg = settings.ingest
+        self._thumbnails = ThumbnailThrottle(cfg.thumbnail_interval_ms, cfg.thumbnail_max_bytes)
 
     async def backlog(self) -> GroupStats:
         """The frames stream's slowest consumer group (lag + pending), or its length with no group;
@@ -171,6 +175,7 @@ class IngestStage:
             if player.task is not None and player.task.done():
                 ended.add(source_id)  # `states` may predate its end: do not start it again below
                 del self._players[source_id]
+                self._thumbnails.forget(source_id)
                 await self._release(source_id)
                 if not player.task.cancelled() and (exc := player.task.exception()) is not None:
                     raise exc
@@ -355,6 +360,7 @@ class IngestStage:
                 next_seq += 1
             pipe.hset(keys.source_state, source_id, json.dumps({**progress, **status}))
             pipe.hincrby(keys.counters, f"published:{source_id}", len(frames))
+            self._thumbnail(pipe, keys, source_id, frames[-1], ingest_ms)
             await pipe.execute()
         player.progress = progress
         if player.report is not None:
@@ -362,6 +368,16 @@ class IngestStage:
         self.processed += len(frames)
         metrics.frames(self.name, "ok", len(frames))
         return next_seq
+
+    def _thumbnail(
+        self, pipe: Any, keys: PipelineKeys, source_id: str, frame: PendingFrame, now_ms: float
+    ) -> None:
+        """Keep the frame's JPEG bytes as the source's thumbnail when one is due (`ThumbnailThrottle`)."""
+        if frame.encoding != "jpeg":
+            return
+        data = frame.array.data  # a view: no copy unless it is taken
+        if self._thumbnails.take(source_id, data, now_ms):
+            pipe.set(keys.thumbnail(source_id), data, ex=self.settings.ingest.thumbnail_ttl_s)
 
     async def _finish(
         self,

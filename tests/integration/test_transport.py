@@ -120,6 +120,7 @@ async def test_malformed_entries_are_dead_lettered_with_a_reason(transport):
         assert fields[b"stream"] == IN.encode()
         assert fields[FIELD.encode()] == b"garbage"
     assert (await transport.group_stats(IN, GROUP)).pending == 0
+    assert await transport.client.hget(KEYS.counters, "dead:test") == b"10"  # the console's count
 
 
 async def test_poison_entry_is_dead_lettered_after_max_deliveries_not_before(transport):
@@ -140,6 +141,7 @@ async def test_poison_entry_is_dead_lettered_after_max_deliveries_not_before(tra
     assert len(dead) == 1
     assert b"max_deliveries=3" in dead[0][1][b"reason"]
     assert int(dead[0][1][b"deliveries"]) == 4
+    assert await transport.client.hget(KEYS.counters, "dead:test") == b"1"
     assert sorted(await _output_seqs(transport.client)) == [s for s in range(20) if s != 7]
 
 

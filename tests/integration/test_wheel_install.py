@@ -1,5 +1,6 @@
-"""A wheel install, not editable and away from the source tree, still lists every model: the
-descriptors ship as package data (`stream/zoo/models`, a symlink to `models/` in the checkout)."""
+"""A wheel install, not editable and away from the source tree, still lists every model and serves
+the web console: the descriptors and the console's files ship as package data
+(`stream/zoo/models`, a symlink to `models/` in the checkout; `deployments/web`)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ _NOT_SOURCE = shutil.ignore_patterns(
 
 
 @pytest.mark.slow
-def test_models_list_from_a_wheel_installed_in_a_fresh_venv(tmp_path):
+def test_models_list_and_console_files_from_a_wheel_installed_in_a_fresh_venv(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, symlinks=True, ignore=_NOT_SOURCE)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(src), "-w", str(tmp_path / "dist")])
@@ -53,3 +54,10 @@ def test_models_list_from_a_wheel_installed_in_a_fresh_venv(tmp_path):
     assert where.startswith(str(fresh_site)), where
     proc = _run([str(venv / "bin" / "framestream"), "models", "list", "--json"], cwd=away, env=env)
     assert sorted(m["name"] for m in json.loads(proc.stdout)) == sorted(s.name for s in list_specs())
+    console = (
+        "import deployments, deployments.console as c; print(deployments.__file__); "
+        "print(all(c.static_file(n) for n in ('console.js', 'console.css')) "
+        "and 'console.js' in c.index_html(''))"
+    )
+    where, served = _run([str(python), "-c", console], cwd=away, env=env).stdout.split()
+    assert where.startswith(str(fresh_site)) and served == "True", (where, served)

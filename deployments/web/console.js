@@ -1,0 +1,253 @@
+// The framestream console: one EventSource on v1/console/events (snapshots of every source and
+// stage about once a second, label and status changes as they happen), forms that call the API.
+// A `token` in the page's own URL goes with every request (Authorization: Bearer on fetch,
+// ?token= where a header cannot be set: the EventSource and the thumbnail images).
+
+const token = new URLSearchParams(location.search).get("token");
+const THUMBNAIL_EVERY_MS = 1000;
+const TIMELINE_MAX = 200;
+const RECONNECT_MS = 3000;
+const DASH = "\u2013";
+
+const $ = (selector) => document.querySelector(selector);
+
+function withToken(url) {
+  if (!token) return url;
+  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (!response.ok) {
+    let reason = `${response.status} ${response.statusText}`;
+    try { reason = (await response.json()).error || reason; } catch { /* not JSON */ }
+    throw new Error(reason);
+  }
+  return response.status === 204 ? null : response.json();
+}
+
+function say(text, kind = "info") {
+  const box = $("#message");
+  box.textContent = text;
+  box.dataset.kind = kind;
+  box.hidden = !text;
+}
+
+function show(value, digits) {
+  if (value === null || value === undefined || value === "") return DASH;
+  if (typeof value === "number" && digits !== undefined) return value.toFixed(digits);
+  return String(value);
+}
+
+function cell(row, field, text, cls) {
+  let td = row.querySelector(`td[data-field="${field}"]`);
+  if (!td) {
+    td = document.createElement("td");
+    td.dataset.field = field;
+    if (cls) td.className = cls;
+    row.appendChild(td);
+  }
+  if (td.textContent !== text) td.textContent = text;
+  return td;
+}
+
+// -- sources ---------------------------------------------------------------------------------
+
+const thumbnails = new Map(); // source id -> {img, loading, lastMs, frames}
+
+function thumbnailCell(row, source) {
+  let td = row.querySelector('td[data-field="thumb"]');
+  if (!td) {
+    td = document.createElement("td");
+    td.dataset.field = "thumb";
+    const img = document.createElement("img");
+    img.className = "thumb none";
+    img.alt = `latest frame of ${source.id}`;
+    const state = { img, loading: false, lastMs: 0, frames: null };
+    img.addEventListener("load", () => { state.loading = false; img.classList.remove("none"); });
+    img.addEventListener("error", () => { state.loading = false; img.classList.add("none"); });
+    thumbnails.set(source.id, state);
+    td.appendChild(img);
+    row.appendChild(td);
+  }
+  const state = thumbnails.get(source.id);
+  const frames = source.frames ?? source.next_seq;
+  const now = Date.now();
+  // at most once a second, one request at a time, and only while new frames arrive
+  if (!state.loading && now - state.lastMs >= THUMBNAIL_EVERY_MS && frames !== state.frames) {
+    state.loading = true;
+    state.lastMs = now;
+    state.frames = frames;
+    state.img.src = withToken(`v1/sources/${encodeURIComponent(source.id)}/thumbnail?t=${now}`);
+  }
+}
+
+function removeButton(row, source) {
+  let td = row.querySelector('td[data-field="actions"]');
+  if (td) return;
+  td = document.createElement("td");
+  td.dataset.field = "actions";
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = "Remove";
+  button.className = "remove";
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      await api("DELETE", `v1/sources/${encodeURIComponent(source.id)}`);
+      say(`source ${source.id} removed: its ingest replica stops it`);
+    } catch (e) {
+      say(`removing ${source.id} failed: ${e.message}`, "error");
+      button.disabled = false;
+    }
+  });
+  td.appendChild(button);
+  row.appendChild(td);
+}
+
+function statusText(source) {
+  if (!source.status) return DASH;
+  return source.reason ? `${source.status}: ${source.reason}` : source.status;
+}
+
+function renderSources(sources) {
+  const body = $("#sources tbody");
+  const seen = new Set();
+  for (const source of sources) {
+    seen.add(source.id);
+    let row = body.querySelector(`tr[data-source="${CSS.escape(source.id)}"]`);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.source = source.id;
+      body.appendChild(row);
+    }
+    thumbnailCell(row, source);
+    if (!row.querySelector('td[data-field="id"]')) {
+      const id = Object.assign(document.createElement("td"), { className: "id" });
+      id.dataset.field = "id";
+      id.append(source.id, Object.assign(document.createElement("small"), { textContent: source.uri ?? "" }));
+      row.appendChild(id);
+    }
+    cell(row, "status", statusText(source)).className = source.status ? `status-${source.status}` : "";
+    cell(row, "frames", show(source.frames ?? source.next_seq), "num");
+    cell(row, "fps", show(source.fps, 1), "num");
+    cell(row, "dropped", show(source.dropped), "num");
+    cell(row, "reconnects", show(source.reconnects), "num");
+    cell(row, "age", source.last_frame_age_s == null ? DASH : `${source.last_frame_age_s.toFixed(1)} s ago`, "num");
+    cell(row, "label", show(source.label)).dataset.seq = source.result_seq ?? "";
+    cell(row, "score", show(source.score, 3), "num");
+    removeButton(row, source);
+  }
+  for (const row of [...body.querySelectorAll("tr[data-source]")]) {
+    if (!seen.has(row.dataset.source)) {
+      thumbnails.delete(row.dataset.source);
+      row.remove();
+    }
+  }
+  $("#no-sources").hidden = sources.length > 0;
+}
+
+// -- stages ----------------------------------------------------------------------------------
+
+function renderStages(stages) {
+  const body = $("#stages tbody");
+  const seen = new Set();
+  for (const stage of stages) {
+    seen.add(stage.stage);
+    let row = body.querySelector(`tr[data-stage="${CSS.escape(stage.stage)}"]`);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.stage = stage.stage;
+      body.appendChild(row);
+    }
+    cell(row, "stage", stage.stage, "id");
+    cell(row, "replicas", show(stage.replicas), "num");
+    cell(row, "fps", show(stage.fps, 1), "num");
+    cell(row, "lag", show(stage.lag), "num");
+    cell(row, "dead_letters", show(stage.dead_letters), "num");
+  }
+  for (const row of [...body.querySelectorAll("tr[data-stage]")]) {
+    if (!seen.has(row.dataset.stage)) row.remove();
+  }
+}
+
+// -- timeline --------------------------------------------------------------------------------
+
+function describe(event) {
+  const kind = event.kind || event.type;
+  if (kind === "label_change") return `${event.source}: ${event.previous ?? DASH} \u2192 ${event.label}`;
+  const why = event.reason ? ` (${event.reason})` : "";
+  return `${event.source}: ${event.status ?? kind}${why}`;
+}
+
+function addToTimeline(event) {
+  const list = $("#timeline");
+  const item = document.createElement("li");
+  item.dataset.kind = event.kind || event.type || "";
+  item.dataset.source = event.source ?? "";
+  const when = event.result_ms ?? event.ts_ms ?? Date.now();
+  const time = document.createElement("time");
+  time.dateTime = new Date(when).toISOString();
+  time.textContent = new Date(when).toLocaleTimeString();
+  item.append(time, describe(event));
+  list.prepend(item);
+  while (list.children.length > TIMELINE_MAX) list.lastChild.remove();
+}
+
+// -- the feed --------------------------------------------------------------------------------
+
+function connect() {
+  const feed = new EventSource(withToken("v1/console/events"));
+  const state = $("#connection");
+  feed.addEventListener("open", () => { state.textContent = "live"; state.dataset.state = "live"; });
+  feed.addEventListener("error", (e) => {
+    // EventSource reconnects by itself after a stream ends; the next "timeline" event replaces
+    // the list. After an error status (503: Redis away) it gives up, so we open a new one.
+    state.textContent = "reconnecting";
+    state.dataset.state = "down";
+    if (e.data) say(`live feed: ${JSON.parse(e.data).error}`, "error");
+    if (feed.readyState === EventSource.CLOSED) setTimeout(connect, RECONNECT_MS);
+  });
+  feed.addEventListener("timeline", (e) => {
+    $("#timeline").replaceChildren();
+    for (const event of JSON.parse(e.data).events) addToTimeline(event);
+  });
+  feed.addEventListener("snapshot", (e) => {
+    const snapshot = JSON.parse(e.data);
+    $("#model").textContent = `model ${snapshot.model}`;
+    renderSources(snapshot.sources);
+    renderStages(snapshot.stages);
+  });
+  for (const kind of ["label_change", "source_status"]) {
+    feed.addEventListener(kind, (e) => addToTimeline(JSON.parse(e.data)));
+  }
+}
+
+function formSource(form) {
+  const data = new FormData(form);
+  const body = { uri: data.get("uri").trim(), loop: data.has("loop"), realtime: data.has("realtime") };
+  if (data.get("id")) body.id = data.get("id").trim();
+  if (data.get("target_fps")) body.target_fps = Number(data.get("target_fps"));
+  if (data.get("live")) body.live = data.get("live") === "true";
+  return body;
+}
+
+$("#add-source").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const form = e.currentTarget;
+  try {
+    const added = await api("POST", "v1/sources", formSource(form));
+    say(`source ${added.id} added: an ingest replica starts it`);
+    form.reset();
+  } catch (err) {
+    say(`adding the source failed: ${err.message}`, "error");
+  }
+});
+
+if (token) {
+  for (const link of [$("#docs-link"), $("#openapi-link")]) link.href = withToken(link.getAttribute("href"));
+}
+connect();

@@ -1,0 +1,179 @@
+"""The console's data on a real redis-server: ingest keeps a thumbnail per source about once a
+second (the JPEG it publishes, with a TTL), and the console feed pushes the timeline, label
+changes and a snapshot of sources and stages over a partitioned pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from deployments.console import ConsoleFeed
+from deployments.results import ResultQueries
+from stream.adapters.jpeg import decode_jpeg
+from stream.adapters.source_registry import add_source, list_sources
+from stream.adapters.video import write_demo_clip
+from stream.core.codec import Message, encode_message
+from stream.core.keys import FIELD, PipelineKeys
+from stream.core.messages import LABEL_CHANGE, RESULT
+from stream.settings import Settings
+from stream.stages.ingest import IngestStage
+
+KEYS = PipelineKeys("console", 3)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_clip(tmp_path_factory.mktemp("console") / "demo.mp4", frames=75, size=(320, 240))
+
+
+async def _play(client: aioredis.Redis, settings: Settings, source: str, uri: str) -> float:
+    """Play `uri` in real time through one ingest loop until it is done; returns the seconds."""
+    keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
+    stop = asyncio.Event()
+    ingest = IngestStage(settings, client, consumer="ingest-0")
+    task = asyncio.create_task(ingest.run(stop))
+    started = time.monotonic()
+    await add_source(client, keys, source, {"uri": uri, "realtime": True})
+    deadline = started + 60
+    while not all(s.done for s in await list_sources(client, keys)):
+        assert time.monotonic() < deadline, "the source did not finish within 60 s"
+        assert not task.done(), task
+        await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - started
+    stop.set()
+    await task
+    return elapsed
+
+
+async def _set_calls(client: aioredis.Redis) -> int:
+    return int((await client.info("commandstats")).get("cmdstat_set", {}).get("calls", 0))
+
+
+async def test_ingest_keeps_the_published_jpeg_as_thumbnail_at_most_once_a_second(
+    redis_client: aioredis.Redis, clip: Path
+) -> None:
+    settings = Settings(streams={"pipeline": "console", "partitions": 3})
+    await redis_client.config_resetstat()
+    elapsed = await _play(redis_client, settings, "cam-1", str(clip))  # 75 frames at 25/s: ~3 s
+    thumbnail = await redis_client.get(KEYS.for_source("cam-1").thumbnail("cam-1"))
+    assert thumbnail is not None, "no thumbnail"
+    assert decode_jpeg(thumbnail).ndim == 3  # a real JPEG of a frame
+    assert 0 < await redis_client.ttl(KEYS.for_source("cam-1").thumbnail("cam-1")) <= 30
+    writes = await _set_calls(redis_client) - 1  # the one other SET: ingest's lease on the source
+    assert 2 <= writes <= math.ceil(elapsed) + 1, (writes, elapsed)
+
+
+async def test_no_thumbnail_with_raw_encoding_or_when_turned_off(
+    redis_client: aioredis.Redis, clip: Path
+) -> None:
+    for ingest in ({"encoding": "raw"}, {"thumbnail_interval_ms": 0}):
+        settings = Settings(streams={"pipeline": "console", "partitions": 3}, ingest=ingest)
+        await redis_client.flushall()
+        await _play(redis_client, settings, "cam-0", str(clip))
+        assert await redis_client.get(KEYS.for_source("cam-0").thumbnail("cam-0")) is None, ingest
+
+
+async def _publish(client: aioredis.Redis, source: str, meta: dict[str, Any]) -> None:
+    keys = KEYS.for_source(source)
+    stream = keys.results if meta["kind"] == RESULT else keys.events
+    await client.xadd(stream, {FIELD: encode_message(Message(meta={"source": source, **meta}))})  # type: ignore[dict-item]
+
+
+def _result(seq: int, label: str, score: float) -> dict[str, Any]:
+    return {"kind": RESULT, "seq": seq, "model": "m", "smoothed_label": label, "smoothed_score": score}
+
+
+async def _next_event(feed: Any, name: str) -> dict[str, Any]:
+    while True:
+        text = await asyncio.wait_for(anext(feed), 10)
+        if text.startswith(f"event: {name}\n"):
+            return json.loads(text.split("\ndata: ", 1)[1])
+
+
+async def test_the_feed_pushes_timeline_label_changes_and_snapshots(redis_client: aioredis.Redis) -> None:
+    for source in ("cam-0", "cam-1"):
+        await add_source(redis_client, KEYS, source, {"uri": f"/clips/{source}.mp4", "loop": True})
+    await _publish(redis_client, "cam-1", {"kind": LABEL_CHANGE, "seq": 0, "model": "m", "previous": None,
+                                           "label": "cat", "result_ms": 1.0})  # fmt: skip
+    await _publish(redis_client, "cam-1", _result(0, "cat", 0.4))
+    await redis_client.hset(KEYS.for_source("cam-1").counters, "published:cam-1", 10)
+
+    async def sources() -> list[dict[str, Any]]:
+        return [{"id": s.source_id, **asdict(s.spec), "next_seq": s.next_seq} for s in
+                await list_sources(redis_client, KEYS)]  # fmt: skip
+
+    async def replicas() -> dict[str, dict[str, int]]:  # Serve's view; no Serve here
+        return {"infer": {"RUNNING": 2}}
+
+    gone = asyncio.Event()
+
+    async def disconnected() -> bool:
+        return gone.is_set()
+
+    stages = ["ingest", "preprocess", "infer", "postprocess"]
+    console = ConsoleFeed(ResultQueries(redis_client, KEYS), "m", stages, sources, replicas, interval_s=0.2)
+    feed = console.stream(disconnected)
+    timeline = await _next_event(feed, "timeline")
+    assert [(e["source"], e["label"]) for e in timeline["events"]] == [("cam-1", "cat")]
+    snap = await _next_event(feed, "snapshot")
+    rows = {s["id"]: s for s in snap["sources"]}
+    assert set(rows) == {"cam-0", "cam-1"} and rows["cam-0"]["uri"] == "/clips/cam-0.mp4"
+    assert (rows["cam-1"]["label"], rows["cam-1"]["score"]) == ("cat", 0.4)  # from before the page opened
+    assert rows["cam-0"]["label"] is None and rows["cam-0"]["status"] is None  # nothing yet: shown as '-'
+    assert [s["stage"] for s in snap["stages"]] == stages and snap["stages"][2]["replicas"] == 2
+
+    await _publish(redis_client, "cam-0", _result(7, "dog", 0.9))
+    await _publish(redis_client, "cam-0", {"kind": LABEL_CHANGE, "seq": 7, "model": "m", "previous": None,
+                                           "label": "dog", "result_ms": 2.0})  # fmt: skip
+    await redis_client.hset(KEYS.for_source("cam-1").counters, "published:cam-1", 30)
+    change = await _next_event(feed, "label_change")
+    assert (change["source"], change["label"]) == ("cam-0", "dog")
+    snap = await _next_event(feed, "snapshot")
+    rows = {s["id"]: s for s in snap["sources"]}
+    assert (rows["cam-0"]["label"], rows["cam-0"]["result_seq"]) == ("dog", 7)
+    ingest = snap["stages"][0]
+    assert ingest["handled"] == 30 and ingest["fps"] is not None and ingest["fps"] > 0  # 20 frames since
+    gone.set()
+    with pytest.raises(StopAsyncIteration):
+        while True:
+            await asyncio.wait_for(anext(feed), 10)
+
+
+async def test_the_feed_ends_with_an_error_event_when_redis_goes_away(tmp_path: Path) -> None:
+    from stream.adapters.redis_server import RedisServer
+    from stream.adapters.redis_streams import connect
+
+    server = RedisServer(data_dir=tmp_path).start()
+    client = await connect(server.url)
+    try:
+        await add_source(client, KEYS, "cam-0", {"uri": "/clips/cam-0.mp4"})
+
+        async def sources() -> list[dict[str, Any]]:
+            return [{"id": s.source_id} for s in await list_sources(client, KEYS)]
+
+        async def replicas() -> dict[str, dict[str, int]]:
+            return {}
+
+        async def connected() -> bool:
+            return False
+
+        feed = ConsoleFeed(ResultQueries(client, KEYS), "m", ["ingest"], sources, replicas, interval_s=0.2)
+        events = feed.stream(connected)
+        assert (await anext(events)).startswith("retry: ")
+        await _next_event(events, "snapshot")
+        server.close()
+        error = await asyncio.wait_for(_next_event(events, "error"), 60)
+        assert "redis unavailable" in error["error"]
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(events), 10)
+    finally:
+        await client.aclose()
+        server.close()
