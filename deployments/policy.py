@@ -114,12 +114,21 @@ def decide(
             capacity = measured if capacity is None else (1 - w) * capacity + w * measured
         if not capacity:
             return Decision(bounded(current), capacity, "saturated, no progress yet")
-        need = math.ceil((total_fps + backlog / params.drain_target_s) / capacity)
+        need = _replicas((total_fps + backlog / params.drain_target_s) / capacity)
         return Decision(bounded(max(current, need)), capacity, f"saturated: backlog {backlog:.0f}")
     if not capacity:
         return Decision(bounded(current), capacity, "keeping up, capacity unknown")
-    need = math.ceil(total_fps / (capacity * params.target_utilization))
+    need = _replicas(total_fps / (capacity * params.target_utilization))
     return Decision(bounded(min(current, max(need, 1))), capacity, f"keeping up at {total_fps:.1f} fps")
+
+
+def _replicas(load: float) -> int:
+    """Replicas for `load` (rate / capacity): a capacity measured near zero (a replica that had
+    barely started) makes it huge or infinite, which the bounds then cap; it never raises."""
+    return math.ceil(load) if load < _MANY else _MANY
+
+
+_MANY = 1_000_000
 
 
 def _latest(metric: dict[Any, float] | None) -> list[float]:

@@ -9,10 +9,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from stream.adapters.redis_client import connect, is_cluster
 from stream.adapters.redis_server import LocalCluster, RedisServer
 from stream.errors import ConfigError
+
+# Hypothesis's per-example deadline (200 ms) is a wall-clock threshold: on a busy 2-core machine a
+# correct example can take longer. What the property tests assert is behaviour, never speed.
+settings.register_profile("framestream", deadline=None)
+settings.load_profile("framestream")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED = Path(os.environ.get("FRAMESTREAM_SHARED_DIR", SHARED))

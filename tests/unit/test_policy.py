@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from deployments.policy import (
@@ -111,6 +111,7 @@ def test_bad_parameters_are_named(kwargs: dict[str, Any]):
     lo=st.integers(0, 4),
     span=st.integers(0, 6),
 )
+@example(current=1, backlog=1e6, rates=[2.2e-313], capacity=None, lo=0, span=0)  # a near-zero rate
 def test_the_decision_is_always_within_bounds_and_moves_the_right_way(
     current, backlog, rates, capacity, lo, span
 ):
