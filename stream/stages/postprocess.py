@@ -30,9 +30,10 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from stream.adapters.fenced_commit import Fenced
 from stream.adapters.metrics import metrics
 from stream.adapters.partition_leases import PartitionLeases
-from stream.adapters.redis_streams import DeadLetter, Entry, Fenced, Output
+from stream.adapters.stream_entries import DeadLetter, Entry, Output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP

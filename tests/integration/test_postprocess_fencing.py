@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pytest
 
+from stream.adapters.fenced_commit import Fenced
 from stream.adapters.redis_partitions import ensure_layout
-from stream.adapters.redis_streams import Entry, Fenced, Output, StreamTransport
+from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.stream_entries import Entry, Output
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import FRAME

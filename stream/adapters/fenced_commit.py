@@ -1,0 +1,92 @@
+"""A commit to one partition that holds only while the partition's lease is the committer's.
+
+Postprocess owns partitions (`stream.adapters.partition_leases`); a replica that lost a lease
+must write nothing more to that partition. `FencedCommit` runs one script that checks the lease
+and, only if it holds the committer's token, adds the outputs, acks the entries they came from
+and sets the committer's state fields (`Fenced.state`) in the partition's state hash, all in one
+atomic step. Every key shares the partition's hash tag (one Redis Cluster slot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from stream.adapters.stream_entries import Output
+from stream.core.keys import FIELD
+
+__all__ = ["Fenced", "FencedCommit"]
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """The condition and state of a commit to one partition: it is written only while the
+    string key `lease` holds `token`, and sets `state` (field -> text) in the hash `state_key`
+    in the same atomic step. Every key shares the partition's hash tag."""
+
+    lease: str
+    token: str
+    state_key: str
+    state: dict[str, str]
+
+
+_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local group, n_out, n_ack, n_state = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ids = {}
+for i = 1, n_out do
+  ids[i] = redis.call('XADD', KEYS[2 + i], '*', '%FIELD%', ARGV[5 + i])
+end
+for i = 1, n_ack do
+  redis.call('XACK', KEYS[2 + n_out + i], group, ARGV[5 + n_out + i])
+end
+if n_state > 0 then
+  local fields = {}
+  for i = 1, 2 * n_state do fields[i] = ARGV[5 + n_out + n_ack + i] end
+  redis.call('HSET', KEYS[2], unpack(fields))
+end
+return ids
+""".replace("%FIELD%", FIELD)
+"""KEYS: lease, state hash, one stream per output, one per ack; ARGV: token, group, counts, the
+outputs' data, the acked ids, the state's field/value pairs. Nil when the lease is not ours."""
+
+Execute = Callable[[Any], Awaitable[list[Any]]]
+"""Runs a MULTI/EXEC pipeline and returns its replies (the transport's, which may WAIT)."""
+
+
+class FencedCommit:
+    """The fenced commit script, registered on one client."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._script = client.register_script(_SCRIPT)
+
+    async def __call__(
+        self,
+        fence: Fenced,
+        outputs: list[Output],
+        group: str,
+        acks: dict[str, list[str]],
+        *,
+        in_transaction: Execute | None = None,
+    ) -> list[Any] | None:
+        """One partition's outputs, acks and state, if `fence.lease` holds its token: the new
+        outputs' ids, or None when the lease is not the committer's (nothing was written).
+
+        With `in_transaction`, the script runs inside a MULTI/EXEC given to it (a WAIT for
+        replicas needs the script's own connection)."""
+        acked = [(stream, i) for stream, entry_ids in acks.items() for i in entry_ids]
+        state = [x for kv in fence.state.items() for x in kv]
+        keys = [fence.lease, fence.state_key, *(o.stream for o in outputs), *(s for s, _ in acked)]
+        args: list[Any] = [fence.token, group, len(outputs), len(acked), len(fence.state)]
+        args += [o.data for o in outputs] + [i for _, i in acked] + state
+        if in_transaction is not None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.eval(_SCRIPT, len(keys), *keys, *args)
+                reply: Any = (await in_transaction(pipe))[0]
+        else:
+            reply = await self._script(keys=keys, args=args)
+        return None if reply is None else list(reply)
