@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from stream.adapters.group_stats import group_infos
 from stream.adapters.stream_entries import id_tuple, next_id, text
 
-__all__ = ["safe_trim_id", "trim"]
+__all__ = ["safe_trim_id", "trim", "trim_output"]
 
 
 async def safe_trim_id(client: aioredis.Redis, stream: str) -> str | None:
@@ -48,3 +49,16 @@ async def trim(client: aioredis.Redis, stream: str, *, keep: int = 0) -> int:
             return 0
         boundary = min(boundary, text(newest[-1][0]), key=id_tuple)
     return int(await client.xtrim(stream, minid=boundary, approximate=False))
+
+
+async def trim_output(client: aioredis.Redis, stream: str, *, keep: int) -> None:
+    """An output stream (results, events): keep about `keep` entries, never deleting what a
+    consumer group still needs (`trim`); one without groups is cut to about `keep` (MAXLEN)."""
+    try:
+        groups = await client.xinfo_groups(stream)
+    except ResponseError:
+        return
+    if groups:
+        await trim(client, stream, keep=keep)
+    else:
+        await client.xtrim(stream, maxlen=keep, approximate=True)

@@ -28,19 +28,20 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from stream.adapters.fenced_commit import Fenced
 from stream.adapters.metrics import metrics
 from stream.adapters.partition_leases import PartitionLeases
+from stream.adapters.partition_state import fences, load_tracks
 from stream.adapters.stream_entries import DeadLetter, Entry, Output
+from stream.adapters.stream_trim import trim_output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP
 from stream.core.reorder import Released, ReorderBuffer
 from stream.core.scoring import top_k
 from stream.core.smoothing import LabelSmoother
-from stream.core.track_state import SavedTrack, decode_track, encode_track
+from stream.core.track_state import SavedTrack, encode_track
 from stream.errors import LeaseLost
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms
@@ -174,17 +175,14 @@ class PostprocessStage(ConsumerStage):
     async def _load(self, partition: int) -> None:
         """Load a partition's saved tracks and claim every entry its group has pending."""
         keys = self.keys.partition(partition)
-        saved = await self.client.hgetall(keys.group_state(self.group)) if self.save_state else {}
-        for raw_source, raw in saved.items():
-            source = raw_source.decode() if isinstance(raw_source, bytes) else str(raw_source)
-            try:
-                track = decode_track(raw, classes=len(self.labels), alpha=self.cfg.ema_alpha,
-                                     hysteresis_frames=self.cfg.hysteresis_frames)  # fmt: skip
-            except ValueError as e:
-                log.error("postprocess %s: saved state of %s is unusable (%s); it starts afresh",
-                          self.consumer, source, e)  # fmt: skip
-                continue
-            self._tracks[source] = self._resumed(track, keys)
+        if self.save_state:
+            cfg = self.cfg
+            saved = await load_tracks(
+                self.client, keys, self.group,
+                classes=len(self.labels), alpha=cfg.ema_alpha, hysteresis_frames=cfg.hysteresis_frames,
+            )  # fmt: skip
+            for source, track in saved.items():
+                self._tracks[source] = self._resumed(track, keys)
         stream = keys.scores(self.model or "")
         while claimed := await self.transport.take_over(
             stream, self.group, self.consumer, count=_TAKE_OVER_COUNT, include_own=True
@@ -237,16 +235,7 @@ class PostprocessStage(ConsumerStage):
             track = self._tracks.get(source)
             if track is not None and self.save_state:
                 states.setdefault(track.keys.index, {})[source] = track.saved()
-        fences = []
-        for k in sorted(touched | set(states)):
-            token = self.ownership.owned.get(k)
-            if token is None:  # not ours (any more): a commit without the lease would be refused anyway
-                token = ""
-            keys = self.keys.partition(k)
-            fences.append(
-                Fenced(keys.owner_lease(self.group), token, keys.group_state(self.group), states.get(k, {}))
-            )
-        return fences
+        return fences(self.keys, self.group, touched | set(states), self.ownership.owned, states)
 
     def _track(self, source: str, entry: Entry) -> _Track:
         track = self._tracks.get(source)
@@ -410,19 +399,7 @@ class PostprocessStage(ConsumerStage):
         if now >= self._next_results_trim_s:
             self._next_results_trim_s = now + _RESULTS_TRIM_S
             for stream in [s for k in self.keys.all_partitions for s in (k.results, k.events)]:
-                await _trim_output(self.client, self.transport, stream, self.settings.streams.max_len)
-
-
-async def _trim_output(client: aioredis.Redis, transport: Any, stream: str, keep: int) -> None:
-    """Results/events: keep about `keep` entries, never deleting what a consumer group still needs."""
-    try:
-        groups = await client.xinfo_groups(stream)
-    except ResponseError:
-        return
-    if groups:
-        await transport.trim(stream, keep=keep)
-    else:
-        await client.xtrim(stream, maxlen=keep, approximate=True)
+                await trim_output(self.client, stream, keep=self.settings.streams.max_len)
 
 
 def _ms() -> float:
