@@ -34,7 +34,7 @@ from redis.exceptions import ResponseError
 from stream.adapters import group_stats as _group_stats
 from stream.adapters import replica_acks as _replica_acks
 from stream.adapters import stream_trim as _stream_trim
-from stream.adapters.dead_letter_writer import write_dead_letters
+from stream.adapters.dead_letter_writer import dead_stream, letter_fields, write_dead_letters
 from stream.adapters.fenced_commit import Fenced, FencedCommit
 from stream.adapters.group_stats import GroupStats
 from stream.adapters.metrics import metrics
@@ -171,6 +171,8 @@ class StreamTransport:
         group: str,
         acks: Iterable[Entry],
         fenced: Sequence[Fenced] = (),
+        *,
+        dead: Sequence[DeadLetter] = (),
     ) -> list[str]:
         """XADD `outputs` and XACK `acks` in `group`, atomically per partition. Returns new ids.
 
@@ -179,26 +181,36 @@ class StreamTransport:
         on its own (a stage's outputs always stay in their input's partition). A partition with a
         `Fenced` entry is committed by one script instead, only while its lease holds the token,
         with its state; partitions whose lease was lost write nothing and raise `LeaseLost` (after
-        the other partitions are committed).
+        the other partitions are committed). `dead` letters are written (and their entries acked)
+        in their partition's commit, under its lease check when it is fenced; `on_dead` gets
+        those written.
         """
         acks = list(acks)
         fences = {hash_tag(f.lease): f for f in fenced}
         tags = list(
             dict.fromkeys(
-                [hash_tag(o.stream) for o in outputs] + [hash_tag(e.stream) for e in acks] + list(fences)
+                [hash_tag(o.stream) for o in outputs]
+                + [hash_tag(e.stream) for e in acks]
+                + [hash_tag(d.entry.stream) for d in dead]
+                + list(fences)
             )
         )
         ids: dict[int, str] = {}
         lost: list[str] = []
+        written: list[DeadLetter] = []
         for tag in tags:
             mine = [(i, o) for i, o in enumerate(outputs) if hash_tag(o.stream) == tag]
+            letters = [d for d in dead if hash_tag(d.entry.stream) == tag]
             by_stream: dict[str, list[str]] = {}
-            for entry in acks:
+            for entry in [*acks, *(d.entry for d in letters)]:
                 if hash_tag(entry.stream) == tag:
                     by_stream.setdefault(entry.stream, []).append(entry.id)
+            dead_fields = [
+                (dead_stream(self.keys, d.entry.stream), letter_fields(d, self.stage, group)) for d in letters
+            ]
             if tag in fences:
                 replies = await self._fenced_commit(
-                    fences[tag], [o for _, o in mine], group, by_stream,
+                    fences[tag], [o for _, o in mine], group, by_stream, dead_fields,
                     in_transaction=self._execute if self.replica_acks else None,
                 )  # fmt: skip
                 if replies is None:
@@ -210,8 +222,13 @@ class StreamTransport:
                         pipe.xadd(out.stream, {FIELD: out.data})
                     for stream, entry_ids in by_stream.items():
                         pipe.xack(stream, group, *entry_ids)
+                    for stream, fields in dead_fields:
+                        pipe.xadd(stream, fields)  # type: ignore[arg-type]
                     replies = await self._execute(pipe)
             ids.update((i, text(r)) for (i, _), r in zip(mine, replies, strict=False))
+            written += letters
+        if written and self.on_dead is not None:
+            self.on_dead(written)
         if lost:
             raise LeaseLost(lost)
         return [ids[i] for i in range(len(outputs))]

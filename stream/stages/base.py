@@ -249,11 +249,14 @@ class StageBase:
         self.processed += len(letters)
 
     async def commit(self, handled: Handled) -> None:
-        """Dead letters first (each acked with its letter), then outputs + acks atomically."""
-        await self.dead_letter(handled.dead)
+        """Dead letters first (each acked with its letter), then outputs + acks atomically; a
+        fenced commit writes the dead letters too, under the same lease check."""
+        dead = handled.dead if handled.fenced else []
+        if not handled.fenced:
+            await self.dead_letter(handled.dead)
         if handled.outputs or handled.acks or handled.fenced:
-            await self.transport.forward(handled.outputs, self.group, handled.acks, handled.fenced)
-            self._held.difference_update((e.stream, e.id) for e in handled.acks)
+            await self.transport.forward(handled.outputs, self.group, handled.acks, handled.fenced, dead=dead)
+            self._held.difference_update((e.stream, e.id) for e in [*handled.acks, *(d.entry for d in dead)])
             self.processed += len(handled.acks)
             metrics.frames(self.name, "ok", len(handled.acks))
 

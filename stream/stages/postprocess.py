@@ -11,7 +11,8 @@ from). Replicas own partitions (`stream.adapters.partition_leases`: a lease each
 the live replicas each) and read only their own partitions' scores. Each commit of a partition runs
 only while its lease holds (a replica that lost it writes nothing) and writes the state of every
 (source, model) it changed (`stream.core.track_state`: the reorder buffer's next seq, the smoother,
-the counters) into the partition's state hash, in the same atomic step as the results and acks.
+the counters) into the partition's state hash, in the same atomic step as the results, acks and
+dead letters.
 A replica that takes a partition loads that state and claims every entry the partition's group
 still has pending (the frames a previous owner held in its reorder buffer were never acked), so it
 continues exactly where the previous owner stopped. A stopping replica does not flush its reorder
@@ -228,8 +229,9 @@ class PostprocessStage(ConsumerStage):
         self._dirty.clear()
 
     def _fences(self, handled: Handled) -> list[Fenced]:
-        touched = {self.keys.of_key(o.stream).index for o in handled.outputs}
-        touched |= {self.keys.of_key(e.stream).index for e in handled.acks}
+        streams = [o.stream for o in handled.outputs] + [e.stream for e in handled.acks]
+        streams += [d.entry.stream for d in handled.dead]  # dead letters are fenced too
+        touched = {self.keys.of_key(s).index for s in streams}
         states: dict[int, dict[str, str]] = {}
         for source in self._dirty:
             track = self._tracks.get(source)
