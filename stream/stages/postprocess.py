@@ -40,7 +40,7 @@ from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP
 from stream.core.reorder import Released, ReorderBuffer
-from stream.core.scoring import top_k
+from stream.core.scoring import scores_problem, top_k
 from stream.core.smoothing import LabelSmoother
 from stream.core.track_state import SavedTrack, encode_track
 from stream.errors import LeaseLost
@@ -258,7 +258,7 @@ class PostprocessStage(ConsumerStage):
             if entry.stream not in owned:  # a partition given up meanwhile: left for its owner
                 continue
             meta = message.meta
-            reason = self._check(message)
+            reason = scores_problem(message, self.model or "", len(self.labels))
             if reason is not None:
                 out.dead.append(DeadLetter(entry, f"postprocess {self.model}: {reason}"))
                 if isinstance(meta.get("source"), str) and isinstance(meta.get("seq"), int):
@@ -271,22 +271,6 @@ class PostprocessStage(ConsumerStage):
             source, seq = meta["source"], meta["seq"]
             self._emit(source, self._track(source, entry).reorder.push(seq, (entry, message), now), out)
         return out
-
-    def _check(self, message: Message) -> str | None:
-        meta = message.meta
-        kind = meta.get("kind")
-        if kind not in (FRAME, EOS, SKIP):
-            return f"unknown message kind {kind!r}"
-        if not isinstance(meta.get("source"), str) or not isinstance(meta.get("seq"), int) or meta["seq"] < 0:
-            return "message has no valid source/seq"
-        if meta.get("model") not in (None, self.model):
-            return f"scores are for model {meta.get('model')!r}, this stage serves {self.model!r}"
-        if kind == FRAME:
-            a = message.array
-            if a is None or a.ndim != 1 or a.shape[0] != len(self.labels) or a.dtype.kind != "f":
-                got = "no array" if a is None else f"{a.dtype} {a.shape}"
-                return f"expected float scores [{len(self.labels)}], got {got}"
-        return None
 
     async def on_idle(self) -> Handled:
         out = Handled()
