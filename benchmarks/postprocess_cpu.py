@@ -21,8 +21,10 @@ import time
 import numpy as np
 
 from benchmarks.procs import descendants
+from stream.adapters.redis_client import connect
 from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import Output, StreamTransport, connect
+from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.stream_entries import Output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.settings import Settings

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from benchmarks.procs import descendants, own
 from stream.adapters.redis_client import connect
 from stream.adapters.redis_server import LocalCluster
-from stream.adapters.redis_streams import Output, StreamTransport
+from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.stream_entries import Output
 from stream.core.keys import PipelineKeys
 
 KEYS = PipelineKeys("acksbench")

@@ -23,7 +23,7 @@ __all__ = ["framestream_ray", "plain_serve_batch"]
 def _all_results(url: str, pipeline: str) -> list[Any]:
     """Every result on the results stream (any source)."""
     from loadtest.collector import Collector
-    from stream.adapters.redis_streams import connect
+    from stream.adapters.redis_client import connect
     from stream.core.codec import decode_message
     from stream.core.keys import FIELD, PipelineKeys
 

@@ -29,7 +29,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.adapters.dead_letters import DeadLetters
 from stream.adapters.redis_outage import REDIS_TRANSIENT
-from stream.adapters.redis_streams import Entry, StreamTransport, last_id
+from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.stream_entries import Entry, last_id
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.ledger import DEDUPE_WINDOW, ResultLedger

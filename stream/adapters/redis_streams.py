@@ -4,17 +4,21 @@
 - `forward` XADDs outputs and XACKs the inputs they came from in one MULTI/EXEC (one per
   partition: every key of a partition shares its hash tag, so on a Redis Cluster the
   transaction runs on the one node serving that slot);
-- a `Fenced` forward (postprocess, which owns partitions) runs as one script instead: only while
-  the partition's lease holds the committer's value, and writes the committer's state hash with
-  the outputs and acks;
+- a `Fenced` forward (postprocess, which owns partitions) runs as one script instead
+  (`stream.adapters.fenced_commit`): only while the partition's lease holds the committer's
+  value, and writes the committer's state hash with the outputs and acks;
 - `reclaim` takes over entries a dead or stuck consumer left pending (XAUTOCLAIM);
 - an entry delivered more than `max_deliveries` times, or one that does not decode, goes to the
-  dead-letter stream with stage, reason, the stream, group and id it came from and its bytes
-  (`stream.adapters.dead_letters` lists, retries and trims them), and is acked;
+  dead-letter stream (`stream.adapters.dead_letter_writer`: stage, reason, the stream, group and
+  id it came from and its bytes; `stream.adapters.dead_letters` lists, retries and trims them),
+  and is acked;
 - with `replica_acks` N > 0, each of those transactions waits (WAIT) until N replicas of its
   master hold it, or `replica_ack_timeout_ms`; a shortfall is logged and counted, not raised;
-- `trim` never deletes an entry that some group has not acked or not yet read (MINID below the
-  oldest such id): a plain MAXLEN trim silently deletes delivered-but-unacked entries.
+- `trim` never deletes an entry that some group has not acked or not yet read
+  (`stream.adapters.stream_trim`); `group_stats` reports lag and pending
+  (`stream.adapters.group_stats`).
+
+Entries, outputs, dead letters and stream ids are `stream.adapters.stream_entries`.
 """
 
 from __future__ import annotations
@@ -22,15 +26,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from stream.adapters import group_stats as _group_stats
 from stream.adapters import replica_acks as _replica_acks
+from stream.adapters import stream_trim as _stream_trim
+from stream.adapters.dead_letter_writer import dead_stream, letter_fields, write_dead_letters
+from stream.adapters.fenced_commit import Fenced, FencedCommit
+from stream.adapters.group_stats import GroupStats
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_client import connect
+from stream.adapters.stream_entries import DeadLetter, Entry, Output, entry_of, hash_tag, last_id, text
 from stream.core.codec import Message, decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.errors import CodecError, ConfigError, LeaseLost
@@ -46,139 +55,11 @@ __all__ = [
     "connect",  # re-exported: the factory lives in stream.adapters.redis_client
     "last_id",
 ]
+"""The names stages and tools import from here; each lives in the module its import names."""
 
 log = logging.getLogger("framestream.redis")
 
-_MAX_DEAD_PAYLOAD = 1024 * 1024
 _SHORTFALL_LOG_EVERY_S = 10.0
-
-_COUNT_AFTER = "return #redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])"
-"""Entries after an id, counted inside Redis (the payloads, up to 150 KB each, stay there)."""
-
-_REPAIR_LAG = """
-local function fields(flat)
-  local out = {}
-  for i = 1, #flat, 2 do out[flat[i]] = flat[i + 1] end
-  return out
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local stream = fields(redis.call('XINFO', 'STREAM', KEYS[1]))
-if not stream['entries-added'] then return 0 end  -- Redis < 7.0 keeps no read counters
-for _, raw in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local g = fields(raw)
-  if g['name'] == ARGV[1] and g['last-delivered-id'] == stream['last-generated-id']
-      and g['lag'] ~= 0 then
-    redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], g['last-delivered-id'],
-               'ENTRIESREAD', stream['entries-added'])
-    return 1
-  end
-end
-return 0
-"""
-"""Set a caught-up group's entries-read to the stream's entries-added (see `repair_lag`)."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One entry read from `stream`; `data` is None when it was deleted before we read it."""
-
-    stream: str
-    id: str
-    data: bytes | None
-    deliveries: int = 1
-
-
-@dataclass(frozen=True)
-class Output:
-    """An entry to add to `stream`."""
-
-    stream: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Fenced:
-    """The condition and state of a commit to one partition: it is written only while the
-    string key `lease` holds `token`, and sets `state` (field -> text) in the hash `state_key`
-    in the same atomic step. Every key shares the partition's hash tag."""
-
-    lease: str
-    token: str
-    state_key: str
-    state: dict[str, str]
-
-
-_FENCED_FORWARD = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-local group, n_out, n_ack, n_state = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local ids = {}
-for i = 1, n_out do
-  ids[i] = redis.call('XADD', KEYS[2 + i], '*', '%FIELD%', ARGV[5 + i])
-end
-for i = 1, n_ack do
-  redis.call('XACK', KEYS[2 + n_out + i], group, ARGV[5 + n_out + i])
-end
-if n_state > 0 then
-  local fields = {}
-  for i = 1, 2 * n_state do fields[i] = ARGV[5 + n_out + n_ack + i] end
-  redis.call('HSET', KEYS[2], unpack(fields))
-end
-return ids
-""".replace("%FIELD%", FIELD)
-"""KEYS: lease, state hash, one stream per output, one per ack; ARGV: token, group, counts, the
-outputs' data, the acked ids, the state's field/value pairs. Nil when the lease is not ours."""
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    entry: Entry
-    reason: str
-
-
-@dataclass(frozen=True)
-class GroupStats:
-    """Backlog of one consumer group: `lag` = not yet delivered, `pending` = delivered, not acked."""
-
-    stream: str
-    group: str
-    lag: int
-    pending: int
-    consumers: int
-
-    @property
-    def backlog(self) -> int:
-        return self.lag + self.pending
-
-
-async def last_id(client: aioredis.Redis, stream: str) -> str:
-    """The id of the newest entry of `stream` ("0-0" when empty or missing): read after it for
-    what is added from now on."""
-    newest: Any = await client.xrevrange(stream, max="+", min="-", count=1)
-    return _s(newest[0][0]) if newest else "0-0"
-
-
-def hash_tag(key: str) -> str:
-    """The part of `key` Redis Cluster hashes: the first non-empty ``{...}``, else the whole key."""
-    start = key.find("{")
-    if start >= 0:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            return key[start + 1 : end]
-    return key
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _next_id(entry_id: str) -> str:
-    ms, seq = _id_tuple(entry_id)
-    return f"{ms}-{seq + 1}"
 
 
 class StreamTransport:
@@ -208,7 +89,7 @@ class StreamTransport:
         """Called with the letters of every `dead_letter` once written (also those `reclaim`
         writes for entries past `max_deliveries`): the stage counts them there."""
         self._init_replica_acks(replica_acks, replica_ack_timeout_ms)
-        self._fenced_forward = client.register_script(_FENCED_FORWARD)
+        self._fenced_commit = FencedCommit(client)
 
     def _init_replica_acks(self, replicas: int, timeout_ms: int) -> None:
         if replicas < 0 or timeout_ms < 1:
@@ -270,31 +151,19 @@ class StreamTransport:
             if str(e).startswith("UNBLOCKED"):
                 return []
             raise
-        return [
-            Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None)
-            for _, items in reply or []
-            for i, fields in items
-        ]
+        return [entry_of(stream, i, fields) for _, items in reply or [] for i, fields in items]
 
     async def read_after(
         self, stream: str, after_id: str, *, count: int, block_ms: int | None
     ) -> list[Entry]:
         """Entries of `stream` after `after_id`, without a group: takes nothing away from anybody."""
         reply: Any = await self.client.xread({stream: after_id}, count=count, block=block_ms)
-        return [
-            Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None)
-            for _, items in reply or []
-            for i, fields in items
-        ]
+        return [entry_of(stream, i, fields) for _, items in reply or [] for i, fields in items]
 
     async def read_own_pending(self, stream: str, group: str, consumer: str, *, count: int) -> list[Entry]:
         """Entries already delivered to `consumer` but not acked (after a restart with the same name)."""
         reply: Any = await self.client.xreadgroup(group, consumer, {stream: "0"}, count=count)
-        return [
-            Entry(stream, _s(i), fields.get(FIELD.encode()) if fields else None, deliveries=2)
-            for _, items in reply or []
-            for i, fields in items
-        ]
+        return [entry_of(stream, i, fields, deliveries=2) for _, items in reply or [] for i, fields in items]
 
     async def forward(
         self,
@@ -302,6 +171,8 @@ class StreamTransport:
         group: str,
         acks: Iterable[Entry],
         fenced: Sequence[Fenced] = (),
+        *,
+        dead: Sequence[DeadLetter] = (),
     ) -> list[str]:
         """XADD `outputs` and XACK `acks` in `group`, atomically per partition. Returns new ids.
 
@@ -310,56 +181,73 @@ class StreamTransport:
         on its own (a stage's outputs always stay in their input's partition). A partition with a
         `Fenced` entry is committed by one script instead, only while its lease holds the token,
         with its state; partitions whose lease was lost write nothing and raise `LeaseLost` (after
-        the other partitions are committed).
+        the other partitions are committed). `dead` letters are written (and their entries acked)
+        in their partition's commit, under its lease check when it is fenced; `on_dead` gets
+        those written.
         """
         acks = list(acks)
         fences = {hash_tag(f.lease): f for f in fenced}
         tags = list(
             dict.fromkeys(
-                [hash_tag(o.stream) for o in outputs] + [hash_tag(e.stream) for e in acks] + list(fences)
+                [hash_tag(o.stream) for o in outputs]
+                + [hash_tag(e.stream) for e in acks]
+                + [hash_tag(d.entry.stream) for d in dead]
+                + list(fences)
             )
         )
         ids: dict[int, str] = {}
         lost: list[str] = []
+        written: list[DeadLetter] = []
         for tag in tags:
             mine = [(i, o) for i, o in enumerate(outputs) if hash_tag(o.stream) == tag]
-            by_stream: dict[str, list[str]] = {}
-            for entry in acks:
-                if hash_tag(entry.stream) == tag:
-                    by_stream.setdefault(entry.stream, []).append(entry.id)
-            if tag in fences:
-                replies = await self._forward_fenced(fences[tag], [o for _, o in mine], group, by_stream)
-                if replies is None:
-                    lost.append(fences[tag].lease)
-                    continue
-            else:
-                async with self.client.pipeline(transaction=True) as pipe:
-                    for _, out in mine:
-                        pipe.xadd(out.stream, {FIELD: out.data})
-                    for stream, entry_ids in by_stream.items():
-                        pipe.xack(stream, group, *entry_ids)
-                    replies = await self._execute(pipe)
-            ids.update((i, _s(r)) for (i, _), r in zip(mine, replies, strict=False))
+            letters = [d for d in dead if hash_tag(d.entry.stream) == tag]
+            acked = [e for e in acks if hash_tag(e.stream) == tag]
+            replies = await self._commit(tag, [o for _, o in mine], group, acked, letters, fences.get(tag))
+            if replies is None:
+                lost.append(fences[tag].lease)
+                continue
+            ids.update((i, text(r)) for (i, _), r in zip(mine, replies, strict=False))
+            written += letters
+        if written and self.on_dead is not None:
+            self.on_dead(written)
         if lost:
             raise LeaseLost(lost)
         return [ids[i] for i in range(len(outputs))]
 
-    async def _forward_fenced(
-        self, fence: Fenced, outputs: list[Output], group: str, acks: dict[str, list[str]]
+    async def _commit(
+        self,
+        tag: str,
+        outputs: list[Output],
+        group: str,
+        acks: list[Entry],
+        letters: list[DeadLetter],
+        fence: Fenced | None,
     ) -> list[Any] | None:
-        """One partition's outputs, acks and state in one script, if `fence.lease` holds its token."""
-        acked = [(stream, i) for stream, entry_ids in acks.items() for i in entry_ids]
-        state = [x for kv in fence.state.items() for x in kv]
-        keys = [fence.lease, fence.state_key, *(o.stream for o in outputs), *(s for s, _ in acked)]
-        args: list[Any] = [fence.token, group, len(outputs), len(acked), len(fence.state)]
-        args += [o.data for o in outputs] + [i for _, i in acked] + state
-        if self.replica_acks:  # WAIT needs the script's own connection: run it in a transaction
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.eval(_FENCED_FORWARD, len(keys), *keys, *args)
-                reply: Any = (await self._execute(pipe))[0]
-        else:
-            reply = await self._fenced_forward(keys=keys, args=args)
-        return None if reply is None else list(reply)
+        """One partition's part of `forward`: its replies, or None when its fence's lease is lost."""
+        by_stream: dict[str, list[str]] = {}
+        for entry in [*acks, *(d.entry for d in letters)]:
+            by_stream.setdefault(entry.stream, []).append(entry.id)
+        dead_fields = [
+            (dead_stream(self.keys, d.entry.stream), letter_fields(d, self.stage, group)) for d in letters
+        ]
+        counted = None  # the per-stage dead-letter count in the partition's counters hash
+        if letters:
+            counted = (self.keys.of_key(dead_fields[0][0]).counters, f"dead:{self.stage}")
+        if fence is not None:
+            return await self._fenced_commit(
+                fence, outputs, group, by_stream, dead_fields, counted,
+                in_transaction=self._execute if self.replica_acks else None,
+            )  # fmt: skip
+        async with self.client.pipeline(transaction=True) as pipe:
+            for out in outputs:
+                pipe.xadd(out.stream, {FIELD: out.data})
+            for stream, entry_ids in by_stream.items():
+                pipe.xack(stream, group, *entry_ids)
+            for stream, fields in dead_fields:
+                pipe.xadd(stream, fields)  # type: ignore[arg-type]
+            if counted is not None:
+                pipe.hincrby(*counted, len(letters))
+            return await self._execute(pipe)
 
     async def publish(self, outputs: Sequence[Output]) -> list[str]:
         """XADD without acking anything (ingest, the first stage)."""
@@ -382,39 +270,9 @@ class StreamTransport:
     async def dead_letter(self, letters: Sequence[DeadLetter], group: str) -> None:
         """Write each letter to its partition's dead-letter stream and ack its entry, atomically
         (one MULTI/EXEC per partition)."""
-        by_tag: dict[str, list[DeadLetter]] = {}
-        for letter in letters:
-            by_tag.setdefault(hash_tag(letter.entry.stream), []).append(letter)
-        for tagged in by_tag.values():
-            dead = self._dead_stream(tagged[0].entry.stream)
-            async with self.client.pipeline(transaction=True) as pipe:
-                for letter in tagged:
-                    e = letter.entry
-                    fields: dict[str, Any] = {
-                        "stage": self.stage,
-                        "reason": letter.reason,
-                        "stream": e.stream,
-                        "group": group,
-                        "id": e.id,
-                        "deliveries": e.deliveries,
-                    }
-                    if e.data is not None:
-                        fields["bytes"] = len(e.data)
-                        if len(e.data) <= _MAX_DEAD_PAYLOAD:
-                            fields[FIELD] = e.data  # what `framestream dead retry` re-drives
-                    pipe.xadd(dead, fields)  # type: ignore[arg-type]
-                    pipe.xack(e.stream, group, e.id)
-                pipe.hincrby(self.keys.of_key(dead).counters, f"dead:{self.stage}", len(tagged))
-                await pipe.execute()
+        await write_dead_letters(self.client, self.keys, self.stage, letters, group)
         if letters and self.on_dead is not None:
             self.on_dead(letters)
-
-    def _dead_stream(self, stream: str) -> str:
-        """The dead-letter stream of `stream`'s partition (the pipeline's first for a foreign key)."""
-        try:
-            return self.keys.of_key(stream).dead
-        except ValueError:
-            return self.keys.dead
 
     async def reclaim(self, stream: str, group: str, consumer: str, *, count: int = 100) -> list[Entry]:
         """Take over entries of consumers silent for `claim_idle_ms`; dead-letter those past `max_deliveries`.
@@ -447,10 +305,10 @@ class StreamTransport:
         start = "-"
         while len(rows) < count:
             page: Any = await self.client.xpending_range(stream, group, min=start, max="+", count=count)
-            rows += [r for r in page if include_own or _s(r["consumer"]) != consumer][: count - len(rows)]
+            rows += [r for r in page if include_own or text(r["consumer"]) != consumer][: count - len(rows)]
             if len(page) < count:
                 break
-            start = f"({_s(page[-1]['message_id'])}"
+            start = f"({text(page[-1]['message_id'])}"
         return await self._claim(stream, group, consumer, rows, min_idle_ms=0)
 
     async def _claim(
@@ -459,14 +317,13 @@ class StreamTransport:
         """XCLAIM the XPENDING `rows` for `consumer`; dead-letter those past `max_deliveries`."""
         if not rows:
             return []
-        deliveries = {_s(r["message_id"]): int(r["times_delivered"]) + 1 for r in rows}
+        deliveries = {text(r["message_id"]): int(r["times_delivered"]) + 1 for r in rows}
         got: Any = await self.client.xclaim(stream, group, consumer, min_idle_time=min_idle_ms,
                                        message_ids=list(deliveries))  # fmt: skip
         alive: list[Entry] = []
         dead: list[DeadLetter] = []
         for raw_id, fields in got:
-            entry = Entry(stream, _s(raw_id), fields.get(FIELD.encode()) if fields else None,
-                          deliveries[_s(raw_id)])  # fmt: skip
+            entry = entry_of(stream, raw_id, fields, deliveries[text(raw_id)])
             if entry.deliveries > self.max_deliveries:
                 reason = f"delivered {entry.deliveries} times, more than max_deliveries={self.max_deliveries}"
                 dead.append(DeadLetter(entry, reason))
@@ -482,7 +339,7 @@ class StreamTransport:
         rows: Any = await self.client.xpending_range(
             stream, group, min="-", max="+", count=count, consumername=consumer, idle=self.claim_idle_ms
         )
-        return [{**r, "message_id": _s(r["message_id"])} for r in rows]
+        return [{**r, "message_id": text(r["message_id"])} for r in rows]
 
     async def claim_rows(
         self, stream: str, group: str, consumer: str, rows: list[dict[str, Any]]
@@ -512,7 +369,7 @@ class StreamTransport:
             alive = await self._claim(stream, group, consumer, rows, min_idle_ms=0)
             if alive:
                 return alive
-            start = f"({_s(rows[-1]['message_id'])}"  # a page of dead letters only: next page
+            start = f"({text(rows[-1]['message_id'])}"  # a page of dead letters only: next page
 
     async def _silent_consumers(self, stream: str, group: str, consumer: str) -> list[str]:
         """Other consumers of `group` holding entries that have been idle for `claim_idle_ms`."""
@@ -523,85 +380,29 @@ class StreamTransport:
                 return []
             raise
         return [
-            _s(c["name"])
+            text(c["name"])
             for c in infos
-            if _s(c["name"]) != consumer and int(c["pending"]) > 0 and int(c["idle"]) >= self.claim_idle_ms
+            if text(c["name"]) != consumer and int(c["pending"]) > 0 and int(c["idle"]) >= self.claim_idle_ms
         ]
 
     async def group_stats(self, stream: str, group: str) -> GroupStats:
         """Lag and pending of `group` (XINFO GROUPS), for autoscaling and metrics; a missing group
         counts the whole stream as its lag."""
-        for info in await self._groups(stream):
-            if _s(info["name"]) == group:
-                return await self._stats(stream, info)
-        return GroupStats(stream, group, lag=int(await self.client.xlen(stream)), pending=0, consumers=0)
+        return await _group_stats.group_stats(self.client, stream, group)
 
     async def all_group_stats(self, stream: str) -> list[GroupStats]:
         """Lag and pending of every consumer group of `stream` (an empty list when it has none)."""
-        return [await self._stats(stream, info) for info in await self._groups(stream)]
-
-    async def _stats(self, stream: str, info: dict[str, Any]) -> GroupStats:
-        lag = info.get("lag")
-        if lag is None:  # Redis cannot tell after some deletions: count instead
-            last = _s(info["last-delivered-id"])
-            lag = int(await self.client.eval(_COUNT_AFTER, 1, stream, f"({last}", 100_000))
-        elif int(lag) > 0:
-            # Redis 7.0 keeps counting entries an XTRIM deleted unread (lag = added - read),
-            # so the lag never falls back; without a cap ingest would wait on it forever
-            lag = min(int(lag), int(await self.client.xlen(stream)))
-        return GroupStats(stream, _s(info["name"]), int(lag), int(info["pending"]), int(info["consumers"]))
-
-    async def _groups(self, stream: str) -> list[dict[str, Any]]:
-        try:
-            groups = await self.client.xinfo_groups(stream)
-        except ResponseError as e:
-            if "no such key" in str(e).lower():
-                return []
-            raise
-        return [{_s(k): v for k, v in g.items()} for g in groups]
+        return await _group_stats.all_group_stats(self.client, stream)
 
     async def repair_lag(self, stream: str, group: str) -> bool:
-        """Reset `group`'s read counter when Redis has visibly lost it; True when it did.
-
-        Redis 7.0 replays XREADGROUP from its AOF as ``XCLAIM ... LASTID``, which moves the group's
-        cursor but not its entries-read counter: after a restart the counter keeps the value of the
-        last AOF rewrite, and the group's lag stays too high by every entry read since, for good
-        (measured: lag ~2,000 with nothing unread; ingest then paused on its high-water mark and
-        throughput fell to ~256 frames per trim interval). When the group has read the stream's
-        newest entry its true lag is 0, so the counter must equal the stream's entries-added; the
-        check and the reset run in one script, so no read can come in between.
-        """
-        return bool(await self.client.eval(_REPAIR_LAG, 1, stream, group))
+        """Reset `group`'s read counter when Redis has visibly lost it (`group_stats.repair_lag`)."""
+        return await _group_stats.repair_lag(self.client, stream, group)
 
     async def safe_trim_id(self, stream: str) -> str | None:
-        """The lowest id some group still needs (oldest pending, or first not yet read).
-
-        None means no group needs anything of `stream`, or `stream` has no group at all.
-        """
-        groups = await self._groups(stream)
-        needed: list[str] = []
-        for g in groups:
-            name = _s(g["name"])
-            if int(g["pending"]) > 0:
-                summary = await self.client.xpending(stream, name)
-                if summary["min"] is not None:  # None: acked since XINFO; fall back to the read cursor
-                    needed.append(_s(summary["min"]))
-                    continue
-            needed.append(_next_id(_s(g["last-delivered-id"])))
-        return min(needed, key=_id_tuple) if needed else None
+        """The lowest id some group still needs (`stream_trim.safe_trim_id`)."""
+        return await _stream_trim.safe_trim_id(self.client, stream)
 
     async def trim(self, stream: str, *, keep: int = 0) -> int:
-        """Delete entries every group has acked, keeping at least the newest `keep` entries.
-
-        Never deletes an entry a group has pending or has not read yet. A stream without any
-        group is left alone. Returns how many entries were deleted.
-        """
-        boundary = await self.safe_trim_id(stream)
-        if boundary is None:
-            return 0
-        if keep > 0:
-            newest: Any = await self.client.xrevrange(stream, max="+", min="-", count=keep)
-            if len(newest) < keep:
-                return 0
-            boundary = min(boundary, _s(newest[-1][0]), key=_id_tuple)
-        return int(await self.client.xtrim(stream, minid=boundary, approximate=False))
+        """Delete entries every group has acked, keeping at least the newest `keep` entries;
+        never one a group has pending or not read yet (`stream_trim.trim`)."""
+        return await _stream_trim.trim(self.client, stream, keep=keep)

@@ -1,4 +1,4 @@
-"""Class scores to probabilities and top-k (pure numpy).
+"""Class scores to probabilities and top-k, and what a usable scores message is (pure numpy).
 
 Models differ in what they emit: probabilities or raw scores (logits), over 1000 ImageNet classes or
 1001 with a background class at index 0. `to_probabilities` turns any of them into probabilities
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["drop_background", "softmax", "to_probabilities", "top_k"]
+from stream.core.codec import Message
+from stream.core.messages import EOS, FRAME, SKIP
+
+__all__ = ["drop_background", "scores_problem", "softmax", "to_probabilities", "top_k"]
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -55,3 +58,23 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     # stable sort of the negated values keeps equal scores in index order
     idx = np.argsort(-p.astype(np.float64, copy=False), axis=-1, kind="stable")[..., :k]
     return idx, np.take_along_axis(p, idx, axis=-1)
+
+
+def scores_problem(message: Message, model: str, classes: int) -> str | None:
+    """Why `message` is not a scores entry postprocess can use for `model` (`classes` classes),
+    or None when it is one: a frame with float scores [classes], an end-of-stream or a skip
+    marker, each with a source and a seq >= 0."""
+    meta = message.meta
+    kind = meta.get("kind")
+    if kind not in (FRAME, EOS, SKIP):
+        return f"unknown message kind {kind!r}"
+    if not isinstance(meta.get("source"), str) or not isinstance(meta.get("seq"), int) or meta["seq"] < 0:
+        return "message has no valid source/seq"
+    if meta.get("model") not in (None, model):
+        return f"scores are for model {meta.get('model')!r}, this stage serves {model!r}"
+    if kind == FRAME:
+        a = message.array
+        if a is None or a.ndim != 1 or a.shape[0] != classes or a.dtype.kind != "f":
+            got = "no array" if a is None else f"{a.dtype} {a.shape}"
+            return f"expected float scores [{classes}], got {got}"
+    return None

@@ -32,10 +32,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import yaml
 
-from stream.adapters.redis_client import refresh_cluster_view
+from stream.adapters.redis_client import connect, refresh_cluster_view
 from stream.adapters.redis_outage import REDIS_TRANSIENT
 from stream.adapters.redis_partitions import ensure_layout
-from stream.adapters.redis_streams import connect
 from stream.adapters.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger, Track

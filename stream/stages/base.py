@@ -19,11 +19,14 @@ from typing import Any, Protocol, runtime_checkable
 import redis.asyncio as aioredis
 
 from stream.adapters.dead_letters import DeadLetters
+from stream.adapters.fenced_commit import Fenced
+from stream.adapters.group_stats import GroupStats
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_client import refresh_cluster_view
 from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
 from stream.adapters.redis_partitions import FanInReader, ensure_layout
-from stream.adapters.redis_streams import DeadLetter, Entry, Fenced, GroupStats, Output, StreamTransport
+from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.stream_entries import DeadLetter, Entry, Output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import SKIP
@@ -246,11 +249,14 @@ class StageBase:
         self.processed += len(letters)
 
     async def commit(self, handled: Handled) -> None:
-        """Dead letters first (each acked with its letter), then outputs + acks atomically."""
-        await self.dead_letter(handled.dead)
+        """Dead letters first (each acked with its letter), then outputs + acks atomically; a
+        fenced commit writes the dead letters too, under the same lease check."""
+        dead = handled.dead if handled.fenced else []
+        if not handled.fenced:
+            await self.dead_letter(handled.dead)
         if handled.outputs or handled.acks or handled.fenced:
-            await self.transport.forward(handled.outputs, self.group, handled.acks, handled.fenced)
-            self._held.difference_update((e.stream, e.id) for e in handled.acks)
+            await self.transport.forward(handled.outputs, self.group, handled.acks, handled.fenced, dead=dead)
+            self._held.difference_update((e.stream, e.id) for e in [*handled.acks, *(d.entry for d in dead)])
             self.processed += len(handled.acks)
             metrics.frames(self.name, "ok", len(handled.acks))
 

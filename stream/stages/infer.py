@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from stream.adapters.batch_tuning import tuned_batch_size
 from stream.adapters.metrics import metrics
-from stream.adapters.redis_streams import DeadLetter, Entry, Output
+from stream.adapters.stream_entries import DeadLetter, Entry, Output
 from stream.core.batching import BatchBuffer, BatchPolicy, batch_buckets, padded_size
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys

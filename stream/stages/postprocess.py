@@ -11,7 +11,8 @@ from). Replicas own partitions (`stream.adapters.partition_leases`: a lease each
 the live replicas each) and read only their own partitions' scores. Each commit of a partition runs
 only while its lease holds (a replica that lost it writes nothing) and writes the state of every
 (source, model) it changed (`stream.core.track_state`: the reorder buffer's next seq, the smoother,
-the counters) into the partition's state hash, in the same atomic step as the results and acks.
+the counters) into the partition's state hash, in the same atomic step as the results, acks and
+dead letters.
 A replica that takes a partition loads that state and claims every entry the partition's group
 still has pending (the frames a previous owner held in its reorder buffer were never acked), so it
 continues exactly where the previous owner stopped. A stopping replica does not flush its reorder
@@ -28,18 +29,20 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
+from stream.adapters.fenced_commit import Fenced
 from stream.adapters.metrics import metrics
 from stream.adapters.partition_leases import PartitionLeases
-from stream.adapters.redis_streams import DeadLetter, Entry, Fenced, Output
+from stream.adapters.partition_state import fences, load_tracks
+from stream.adapters.stream_entries import DeadLetter, Entry, Output
+from stream.adapters.stream_trim import trim_output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP
 from stream.core.reorder import Released, ReorderBuffer
-from stream.core.scoring import top_k
+from stream.core.scoring import scores_problem, top_k
 from stream.core.smoothing import LabelSmoother
-from stream.core.track_state import SavedTrack, decode_track, encode_track
+from stream.core.track_state import SavedTrack, encode_track
 from stream.errors import LeaseLost
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms
@@ -173,17 +176,14 @@ class PostprocessStage(ConsumerStage):
     async def _load(self, partition: int) -> None:
         """Load a partition's saved tracks and claim every entry its group has pending."""
         keys = self.keys.partition(partition)
-        saved = await self.client.hgetall(keys.group_state(self.group)) if self.save_state else {}
-        for raw_source, raw in saved.items():
-            source = raw_source.decode() if isinstance(raw_source, bytes) else str(raw_source)
-            try:
-                track = decode_track(raw, classes=len(self.labels), alpha=self.cfg.ema_alpha,
-                                     hysteresis_frames=self.cfg.hysteresis_frames)  # fmt: skip
-            except ValueError as e:
-                log.error("postprocess %s: saved state of %s is unusable (%s); it starts afresh",
-                          self.consumer, source, e)  # fmt: skip
-                continue
-            self._tracks[source] = self._resumed(track, keys)
+        if self.save_state:
+            cfg = self.cfg
+            saved = await load_tracks(
+                self.client, keys, self.group,
+                classes=len(self.labels), alpha=cfg.ema_alpha, hysteresis_frames=cfg.hysteresis_frames,
+            )  # fmt: skip
+            for source, track in saved.items():
+                self._tracks[source] = self._resumed(track, keys)
         stream = keys.scores(self.model or "")
         while claimed := await self.transport.take_over(
             stream, self.group, self.consumer, count=_TAKE_OVER_COUNT, include_own=True
@@ -229,23 +229,15 @@ class PostprocessStage(ConsumerStage):
         self._dirty.clear()
 
     def _fences(self, handled: Handled) -> list[Fenced]:
-        touched = {self.keys.of_key(o.stream).index for o in handled.outputs}
-        touched |= {self.keys.of_key(e.stream).index for e in handled.acks}
+        streams = [o.stream for o in handled.outputs] + [e.stream for e in handled.acks]
+        streams += [d.entry.stream for d in handled.dead]  # dead letters are fenced too
+        touched = {self.keys.of_key(s).index for s in streams}
         states: dict[int, dict[str, str]] = {}
         for source in self._dirty:
             track = self._tracks.get(source)
             if track is not None and self.save_state:
                 states.setdefault(track.keys.index, {})[source] = track.saved()
-        fences = []
-        for k in sorted(touched | set(states)):
-            token = self.ownership.owned.get(k)
-            if token is None:  # not ours (any more): a commit without the lease would be refused anyway
-                token = ""
-            keys = self.keys.partition(k)
-            fences.append(
-                Fenced(keys.owner_lease(self.group), token, keys.group_state(self.group), states.get(k, {}))
-            )
-        return fences
+        return fences(self.keys, self.group, touched | set(states), self.ownership.owned, states)
 
     def _track(self, source: str, entry: Entry) -> _Track:
         track = self._tracks.get(source)
@@ -266,7 +258,7 @@ class PostprocessStage(ConsumerStage):
             if entry.stream not in owned:  # a partition given up meanwhile: left for its owner
                 continue
             meta = message.meta
-            reason = self._check(message)
+            reason = scores_problem(message, self.model or "", len(self.labels))
             if reason is not None:
                 out.dead.append(DeadLetter(entry, f"postprocess {self.model}: {reason}"))
                 if isinstance(meta.get("source"), str) and isinstance(meta.get("seq"), int):
@@ -279,22 +271,6 @@ class PostprocessStage(ConsumerStage):
             source, seq = meta["source"], meta["seq"]
             self._emit(source, self._track(source, entry).reorder.push(seq, (entry, message), now), out)
         return out
-
-    def _check(self, message: Message) -> str | None:
-        meta = message.meta
-        kind = meta.get("kind")
-        if kind not in (FRAME, EOS, SKIP):
-            return f"unknown message kind {kind!r}"
-        if not isinstance(meta.get("source"), str) or not isinstance(meta.get("seq"), int) or meta["seq"] < 0:
-            return "message has no valid source/seq"
-        if meta.get("model") not in (None, self.model):
-            return f"scores are for model {meta.get('model')!r}, this stage serves {self.model!r}"
-        if kind == FRAME:
-            a = message.array
-            if a is None or a.ndim != 1 or a.shape[0] != len(self.labels) or a.dtype.kind != "f":
-                got = "no array" if a is None else f"{a.dtype} {a.shape}"
-                return f"expected float scores [{len(self.labels)}], got {got}"
-        return None
 
     async def on_idle(self) -> Handled:
         out = Handled()
@@ -409,19 +385,7 @@ class PostprocessStage(ConsumerStage):
         if now >= self._next_results_trim_s:
             self._next_results_trim_s = now + _RESULTS_TRIM_S
             for stream in [s for k in self.keys.all_partitions for s in (k.results, k.events)]:
-                await _trim_output(self.client, self.transport, stream, self.settings.streams.max_len)
-
-
-async def _trim_output(client: aioredis.Redis, transport: Any, stream: str, keep: int) -> None:
-    """Results/events: keep about `keep` entries, never deleting what a consumer group still needs."""
-    try:
-        groups = await client.xinfo_groups(stream)
-    except ResponseError:
-        return
-    if groups:
-        await transport.trim(stream, keep=keep)
-    else:
-        await client.xtrim(stream, maxlen=keep, approximate=True)
+                await trim_output(self.client, stream, keep=self.settings.streams.max_len)
 
 
 def _ms() -> float:

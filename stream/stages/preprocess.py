@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from stream.adapters.image import fit_to_model
 from stream.adapters.jpeg import decode_jpeg
-from stream.adapters.redis_streams import DeadLetter, Entry, Output
+from stream.adapters.stream_entries import DeadLetter, Entry, Output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, SKIP

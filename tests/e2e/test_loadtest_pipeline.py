@@ -19,8 +19,8 @@ from loadtest.recorder import read_labels_tsv, record_source
 from loadtest.replayer import ReplayPlan, load_clip
 from loadtest.schedule import Pace
 from loadtest.session import replay_on
+from stream.adapters.redis_client import connect
 from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import connect
 from stream.core.codec import Message
 from stream.settings import Settings
 from stream.stages import build_stage

@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
+from stream.adapters.redis_client import connect
 from stream.adapters.redis_server import RedisServer, find_free_port
-from stream.adapters.redis_streams import connect
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.source_ids import source_id
@@ -432,7 +432,8 @@ async def test_dead_letters_over_http_are_listed_shown_and_retried(app: App):
     """A frame the pipeline dead-lettered is put back over HTTP and gets its result; garbage put
     back is dead-lettered again; every answer has its documented status code."""
     from stream.adapters.jpeg import encode_jpeg
-    from stream.adapters.redis_streams import DeadLetter, Entry, StreamTransport
+    from stream.adapters.redis_streams import StreamTransport
+    from stream.adapters.stream_entries import DeadLetter, Entry
 
     client = await connect(app.redis_url)
     rgb = np.tile(np.arange(96, dtype=np.uint8)[:, None, None], (1, 128, 3))
@@ -497,7 +498,7 @@ class _FakeLoop:
         self.processed = 0
 
     async def backlog(self):
-        from stream.adapters.redis_streams import GroupStats
+        from stream.adapters.group_stats import GroupStats
 
         return GroupStats("s", "g", lag=self._backlog, pending=0, consumers=1)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from stream.adapters.redis_streams import connect
+from stream.adapters.redis_client import connect
 from stream.adapters.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys
 from tests.faults.checker import Outcome, check

@@ -18,8 +18,8 @@ import pytest
 from rich.console import Console
 
 from deployments.drive import DriveOptions, drive
+from stream.adapters.redis_client import connect
 from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.runners.processes import StageProcess, create_groups
 from tests.faults.conftest import MODEL, fault_settings

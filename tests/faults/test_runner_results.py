@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from stream.adapters.redis_client import connect
 from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.core.source_ids import source_id
 from stream.results import SINK_GROUP, ResultReader

@@ -15,7 +15,8 @@ from redis.crc import key_slot
 
 from stream.adapters.redis_client import connect, is_cluster
 from stream.adapters.redis_server import LocalCluster, RedisServer
-from stream.adapters.redis_streams import Output, StreamTransport
+from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.stream_entries import Output
 from stream.adapters.video import write_demo_clip
 from stream.core.keys import PipelineKeys
 from stream.errors import TransportError

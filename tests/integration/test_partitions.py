@@ -15,8 +15,9 @@ from redis.crc import key_slot
 
 from stream.adapters.redis_partitions import FanInReader, ensure_layout
 from stream.adapters.redis_server import LocalCluster
-from stream.adapters.redis_streams import Entry, Output, StreamTransport
+from stream.adapters.redis_streams import StreamTransport
 from stream.adapters.source_registry import SourceSpec, add_source
+from stream.adapters.stream_entries import Entry, Output
 from stream.adapters.video import write_demo_clip
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys, partition_of

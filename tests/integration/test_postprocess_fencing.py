@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pytest
 
+from stream.adapters.fenced_commit import Fenced
 from stream.adapters.redis_partitions import ensure_layout
-from stream.adapters.redis_streams import Entry, Fenced, Output, StreamTransport
+from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.stream_entries import Entry, Output
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import FRAME
@@ -118,6 +120,50 @@ async def test_a_replica_that_lost_its_partition_cannot_overwrite_the_new_owner(
     expected = [smoother.update(np.eye(5, dtype=np.float32)[(s // 4) % 5]) for s in range(12)]
     assert [r["smoothed_label"] for r in results] == [LABELS[e.index] for e in expected]
     assert [r["smoothed_score"] for r in results] == [round(e.score, 5) for e in expected]
+
+
+async def test_a_replica_that_lost_its_partition_cannot_dead_letter_there(client) -> None:
+    """Scores that do not validate are dead-lettered with a skip marker in the reorder buffer. A
+    replica whose lease expired writes neither: the entry stays pending for the new owner, which
+    dead-letters it itself and moves on at once instead of waiting `reorder_max_wait_ms` for a
+    seq whose entry was acked behind its back."""
+    # a wait for seq 3 would show as missing results
+    settings = _settings().model_copy(update={"postprocess": _settings().postprocess.model_copy(
+        update={"reorder_max_wait_ms": 60_000})})  # fmt: skip
+    keys = PipelineKeys("fence", 3)
+    transport = StreamTransport(client, keys, stage="test")
+    await ensure_layout(client, keys)
+    a = PostprocessStage(settings, client, consumer="a", model=MODEL, labels=LABELS)
+    await a.start()
+    await a.maintain()
+    await _publish_scores(transport, keys, range(0, 3))
+    await a.commit(await _handle_all(a))
+    bad = Message({"kind": FRAME, "source": SOURCE, "seq": 3, "model": MODEL}, np.zeros(3, np.float32))
+    await transport.publish([Output(keys.for_source(SOURCE).scores(MODEL), encode_message(bad))])
+    await _publish_scores(transport, keys, range(4, 6))
+    stalled = await _handle_all(a)
+    assert len(stalled.dead) == 1
+    await client.delete(keys.partition(1).owner_lease(GROUP))  # expired while a stalled
+
+    await a.commit(stalled)  # refused whole: no result, no dead letter, no ack
+    dead = keys.partition(1).dead
+    assert await client.xlen(dead) == 0
+    assert [r["seq"] for r in await _results(client, keys)] == [0, 1, 2]
+
+    b = PostprocessStage(settings, client, consumer="b", model=MODEL, labels=LABELS)
+    await b.start()
+    assert await b.ownership.take(1)
+    await b._load(1)
+    b.read_streams([keys.partition(1).scores(MODEL)])
+    await b.commit(await _handle_all(b))
+    assert [r["seq"] for r in await _results(client, keys)] == [0, 1, 2, 4, 5]
+    letters = await client.xrange(dead)
+    assert len(letters) == 1 and b"expected float scores [5]" in letters[0][1][b"reason"]
+    counted = await client.hgetall(keys.partition(1).counters)  # the console's per-stage count
+    assert [int(v) for k, v in counted.items() if k.startswith(b"dead:")] == [1], counted
+    saved = json.loads(await client.hget(keys.partition(1).group_state(GROUP), SOURCE) or b"{}")
+    assert saved["next_seq"] == 6 and saved["skipped"] == 1
+    assert (await transport.group_stats(keys.partition(1).scores(MODEL), GROUP)).pending == 0
 
 
 async def test_replicas_share_partitions_fairly_and_a_silent_ones_are_taken_within_the_lease(client) -> None:

@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stream.adapters.redis_client import connect
 from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import connect
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import EOS, RESULT

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from stream.adapters.metrics import metrics
+from stream.adapters.redis_client import connect
 from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import connect
 from stream.adapters.source_registry import SourceSpec, add_source, list_sources, remove_source
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.adapters.redis_client import connect
 from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import connect
 from stream.adapters.source_registry import add_source, list_sources, remove_source
 from stream.adapters.video import Frame, register_source_kind, write_demo_clip
 from stream.core.codec import decode_message

@@ -19,7 +19,8 @@ from redis.crc import key_slot
 
 from stream.adapters.redis_client import connect, is_cluster
 from stream.adapters.redis_server import find_free_cluster_port
-from stream.adapters.redis_streams import Output, StreamTransport
+from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.stream_entries import Output
 from stream.core.keys import PipelineKeys
 from stream.settings import Settings
 from tests.k8s.manifests import by_kind

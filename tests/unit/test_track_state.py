@@ -46,10 +46,13 @@ def test_a_resumed_smoother_continues_exactly(seed: int, cut: int, alpha: float,
     assert resumed == expected[cut:]  # labels, scores (float equality), leaders, changes
 
 
-def test_a_fresh_track_saves_without_an_ema_and_is_small() -> None:
-    text = encode_track(12, LabelSmoother(0.3, 3), {})
+def test_a_fresh_track_saves_its_next_seq_alone_and_a_used_one_its_ema() -> None:
+    text = encode_track(12, LabelSmoother(0.3, 3), {"results": 0})
+    assert text == "12"  # an ended source: what a re-added one continues from, nothing else
     saved = decode_track(text, classes=1000, alpha=0.3, hysteresis_frames=3)
     assert saved.smoother.ema is None and saved.smoother.label is None and saved.next_seq == 12
+    assert saved.counters == {"results": 0, "skipped": 0, "gaps": 0, "late": 0}
+    assert json.loads(encode_track(12, LabelSmoother(0.3, 3), {"gaps": 1}))["gaps"] == 1
     s = LabelSmoother(0.3, 3)
     s.update(np.full(1000, 0.001, dtype=np.float32))
     assert len(encode_track(5, s, {})) < 5_600  # 1,000 float32 in base64 plus a few fields
@@ -68,6 +71,8 @@ def _doc(**changes: object) -> str:
     [
         ("not json", "not JSON"),
         ("[1, 2]", "JSON object"),
+        ("-3", "next seq must be >= 0"),
+        ("true", "JSON object"),
         (_doc(v=2), "version 2"),
         (_doc(next_seq=-1), "'next_seq' must be an int >= 0"),
         (_doc(streak="3"), "'streak' must be an int >= 0"),
