@@ -183,6 +183,11 @@ def wait_running(app_name: str, *, timeout_s: float) -> None:
     raise ConfigError(f"Serve application {app_name!r} not running after {timeout_s:.0f} s: {message}")
 
 
+def _value(state: Any) -> str:
+    """A state as its plain name (Serve's states are ``str`` enums: ``str()`` adds the class)."""
+    return str(getattr(state, "value", state))
+
+
 def replica_counts(app_name: str) -> dict[str, int]:
     """RUNNING replicas per deployment of `app_name`.
 
@@ -200,6 +205,6 @@ def replica_counts(app_name: str) -> dict[str, int]:
     if app is None:
         return {}
     return {
-        name: sum(1 for r in d.get("replicas") or [] if str(r.get("state")) == "RUNNING")
+        name: sum(1 for r in d.get("replicas") or [] if _value(r.get("state")) == "RUNNING")
         for name, d in (app.get("deployments") or {}).items()
     }
