@@ -13,6 +13,7 @@ raylet, agents) apart from the stage replicas. Linux only.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -21,12 +22,28 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.procs import descendants
 from benchmarks.stage_cpu import cpu_by_process
 from loadtest.baselines import make_clip
 from loadtest.stats import ResultRow, sustained_window
 
+Sample = tuple[float, dict[str, float], dict[str, int]]
+"""(epoch ms, CPU seconds by role, processes by role)."""
+DRIVER = "collector (this process)"
 
-def _run(clip: Path, model: str, samples: list[tuple[float, dict[str, float]]]) -> list[ResultRow]:
+
+def _sample() -> Sample:
+    """A sample; the driver's CPU excludes this sampling thread's (a walk of all of /proc, five
+    times a second, costs more than the driver itself on a machine with many processes)."""
+    counts: dict[str, int] = {}
+    for proc in descendants(os.getpid()):
+        counts[proc.role] = counts.get(proc.role, 0) + 1
+    cpu = cpu_by_process()
+    cpu[DRIVER] -= time.thread_time()
+    return time.time() * 1000.0, cpu, counts
+
+
+def _run(clip: Path, model: str, samples: list[Sample]) -> list[ResultRow]:
     from deployments.runner import RunOptions, run_ray
     from loadtest.bench_ray import _all_results
     from loadtest.embedded import embedded_settings
@@ -36,7 +53,7 @@ def _run(clip: Path, model: str, samples: list[tuple[float, dict[str, float]]]) 
 
     def sample() -> None:
         while not stop.is_set():
-            samples.append((time.time() * 1000.0, cpu_by_process()))
+            samples.append(_sample())
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -57,7 +74,7 @@ def main() -> None:
     parser.add_argument("--model", default="mobilenet-v1-0.25-128-quant")
     parser.add_argument("--frames", type=int, default=1800)
     args = parser.parse_args()
-    samples: list[tuple[float, dict[str, float]]] = []
+    samples: list[Sample] = []
     with tempfile.TemporaryDirectory() as tmp:
         rows = _run(make_clip(Path(tmp) / "clip.mp4", frames=args.frames), args.model, samples)
     window = sustained_window(rows)
@@ -74,12 +91,16 @@ def main() -> None:
     spent = {k: v - first[1].get(k, 0.0) for k, v in last[1].items()}
     table = Table(title=f"{args.model}, Ray Serve app: {results / seconds:.0f} frames/s over {seconds:.1f} s")
     table.add_column("process")
+    table.add_column("processes", justify="right")
     table.add_column("CPU ms / frame", justify="right")
+    inside = [s for s in samples if first[0] <= s[0] <= last[0]]
     for role in sorted(spent, key=spent.__getitem__, reverse=True):
         if spent[role] * 1000 / results >= 0.005:
-            table.add_row(role, f"{spent[role] / results * 1000:.2f}")
+            seen = sorted({s[2].get(role, 0) for s in inside})
+            table.add_row(role, "-".join(str(n) for n in (seen[0], seen[-1]) if n) if seen else "-",
+                          f"{spent[role] / results * 1000:.2f}")  # fmt: skip
     total = sum(v for v in spent.values() if v > 0)
-    table.add_row("total", f"{total / results * 1000:.2f}", end_section=True)
+    table.add_row("total", "", f"{total / results * 1000:.2f}", end_section=True)
     table.caption = f"{total / seconds:.2f} cores busy"
     Console().print(table)
 

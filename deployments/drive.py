@@ -250,21 +250,33 @@ async def _until_done(
 class _Watcher:
     """Snapshots for the progress view: stage groups per model, replica counts, rates."""
 
+    REPLICAS_EVERY_S = 5.0
+    """Replica counts come from the Serve controller, which builds its whole status for each
+    ask: ask it this seldom (counts change on a scale of seconds), read Redis every snapshot."""
+
     def __init__(self, client: Any, keys: PipelineKeys, options: DriveOptions) -> None:
         self.client = client
         self.keys = keys
         self.options = options
         self._rates = RateMeter()
+        self._replicas: dict[str, dict[str, int]] = {}
+        self._replicas_at = -self.REPLICAS_EVERY_S
+
+    async def _replica_counts(self) -> dict[str, dict[str, int]]:
+        now = time.monotonic()
+        if now - self._replicas_at >= self.REPLICAS_EVERY_S:
+            self._replicas_at = now
+            for model, app in self.options.apps.items():
+                try:
+                    self._replicas[model] = await asyncio.to_thread(replica_counts, app)
+                except Exception:
+                    self._replicas[model] = {}
+        return self._replicas
 
     async def snapshot(self, sink: _Results, elapsed_s: float) -> Snapshot:
         counters = await read_counters(self.client, self.keys)
         published = counters.get("published:*", 0)
-        replicas: dict[str, dict[str, int]] = {}
-        for model, app in self.options.apps.items():
-            try:
-                replicas[model] = await asyncio.to_thread(replica_counts, app)
-            except Exception:
-                replicas[model] = {}
+        replicas = await self._replica_counts()
         first = self.options.models[0]
         rows_in: list[tuple[str, int, int, int]] = [
             ("ingest", replicas.get(first, {}).get("Ingest", 0), published, 0)

@@ -379,6 +379,9 @@ class ClusterApp(FaultApp):
     def __init__(self, cluster: Cluster, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cluster = cluster
+        self.autoscaling: dict[str, dict[str, Any]] = {}
+        """Deployments that autoscale instead of a fixed count: entries merged into the config's
+        own ``autoscaling_config`` (its policy stays). Not in `replicas` meanwhile."""
 
     ROUTE_PREFIX = "/faults"
     """Not ``/``: a `framestream run --address` on the same cluster deploys its own app there."""
@@ -386,7 +389,31 @@ class ClusterApp(FaultApp):
     def config(self) -> dict[str, Any]:
         config = super().config()
         config["applications"][0]["route_prefix"] = self.ROUTE_PREFIX
+        for entry in config["applications"][0]["deployments"]:
+            if entry["name"] in self.autoscaling:
+                entry.pop("num_replicas", None)
+                entry["autoscaling_config"] = {
+                    **entry.get("autoscaling_config", {}),
+                    **self.autoscaling[entry["name"]],
+                }
         return config
+
+    def autoscale(self, deployment: str, options: dict[str, Any], *, timeout_s: float = 120.0) -> None:
+        """Let `deployment` autoscale with `options` on top of its config's autoscaling_config."""
+        self.replicas.pop(deployment, None)
+        self.autoscaling[deployment] = dict(options)
+        self.cluster.call(
+            {"op": "deploy", "config": self.config(), "timeout_s": timeout_s}, timeout_s=timeout_s + 30
+        )
+
+    def fix(self, deployment: str, n: int, *, timeout_s: float = 120.0) -> None:
+        """Back to a fixed count of `n` replicas (after `autoscale`)."""
+        self.autoscaling.pop(deployment, None)
+        self.scale(deployment, n, timeout_s=timeout_s)
+
+    def host_address(self, host: str) -> str:
+        """The IP address of host `host` (the node IP Ray reports for it)."""
+        return self.cluster.nodes[host].host.address
 
     def deploy(self, http_port: int, timeout_s: float = 240.0) -> None:
         self.http_port = http_port

@@ -43,6 +43,17 @@ def test_infer_runs_only_on_inference_hosts(cluster_stack: ClusterStack) -> None
     assert not any("head" in hosts for hosts in placement.values()), placement
 
 
+def test_other_stages_prefer_the_cpu_hosts(cluster_stack: ClusterStack) -> None:
+    """The deployments without `inference` ask for framestream.io/pool=cpu with a fallback to
+    anywhere; the cpu host has room for all of them here (shares 0.575 of its 1 CPU), so that is
+    where they run. (Where it has none, they run elsewhere: test_host_loss kills it.)"""
+    placement = cluster_stack.app.placement()
+    cpu_hosts = {name for name, node in cluster_stack.cluster.nodes.items() if node.group.name == "cpu"}
+    for deployment in ("Ingest", "Preprocess", "Postprocess", "Ingress"):
+        hosts = placement[deployment]
+        assert hosts and set(hosts) <= cpu_hosts, (deployment, placement)
+
+
 async def test_frames_flow_across_hosts(cluster_harness: Harness, cluster_stack: ClusterStack) -> None:
     frames = 600
     replay = await cluster_harness.replay("c0-flow", frames)
