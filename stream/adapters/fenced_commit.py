@@ -78,7 +78,7 @@ class FencedCommit:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self._script = client.register_script(_SCRIPT)
+        self._script: Any = None  # registered on first use: most transports never commit fenced
 
     async def __call__(
         self,
@@ -116,5 +116,7 @@ class FencedCommit:
                 pipe.eval(_SCRIPT, len(keys), *keys, *args)
                 reply: Any = (await in_transaction(pipe))[0]
         else:
+            if self._script is None:
+                self._script = self.client.register_script(_SCRIPT)
             reply = await self._script(keys=keys, args=args)
         return None if reply is None else list(reply)
