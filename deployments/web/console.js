@@ -174,6 +174,97 @@ function renderStages(stages) {
   }
 }
 
+// -- dead letters ---------------------------------------------------------------------------
+// Read again when the snapshot's dead-letter counts change and after a retry; nothing else polls.
+
+const DEAD_LETTERS_SHOWN = 50;
+const deadLetters = { counted: null, reading: null, again: false, fetchedMs: 0 };
+
+function deadLetterButton(td, text, cls, action) {
+  const button = Object.assign(document.createElement("button"), { type: "button", textContent: text, className: cls });
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try { await action(); } finally { button.disabled = false; }
+  });
+  td.appendChild(button);
+}
+
+async function showDeadLetter(id) {
+  const detail = $("#dead-letter-detail");
+  try {
+    detail.textContent = JSON.stringify(await api("GET", `v1/dead-letters/${encodeURIComponent(id)}`), null, 2);
+    detail.dataset.id = id;
+    detail.hidden = false;
+  } catch (e) {
+    say(`showing dead letter ${id} failed: ${e.message}`, "error");
+  }
+}
+
+async function retryDeadLetter(id) {
+  try {
+    const outcome = await api("POST", `v1/dead-letters/${encodeURIComponent(id)}/retry`);
+    say(`dead letter ${id} retried: back on ${outcome.stream} as ${outcome.new_id}`);
+    if ($("#dead-letter-detail").dataset.id === id) $("#dead-letter-detail").hidden = true;
+  } catch (e) {
+    say(`retrying dead letter ${id} failed: ${e.message}`, "error");
+  }
+  readDeadLetters();
+}
+
+function deadLetterAge(letter) {
+  return `${Math.round(letter.age_s + (Date.now() - deadLetters.fetchedMs) / 1000)} s ago`;
+}
+
+function renderDeadLetters(listing) {
+  const body = $("#dead-letters tbody");
+  const rows = [];
+  for (const letter of [...listing.dead_letters].reverse()) { // newest first
+    let row = body.querySelector(`tr[data-id="${CSS.escape(letter.id)}"]`);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.id = letter.id;
+      const actions = document.createElement("td");
+      actions.dataset.field = "actions";
+      deadLetterButton(actions, "Show", "show", () => showDeadLetter(letter.id));
+      if (letter.retryable) deadLetterButton(actions, "Retry", "retry", () => retryDeadLetter(letter.id));
+      for (const field of ["id", "stage", "reason", "source", "seq", "age"]) cell(row, field, "", field === "seq" || field === "age" ? "num" : "");
+      row.appendChild(actions);
+    }
+    row.letter = letter;
+    for (const field of ["id", "stage", "reason", "source", "seq"]) cell(row, field, show(letter[field]));
+    cell(row, "age", deadLetterAge(letter));
+    rows.push(row);
+  }
+  body.replaceChildren(...rows);
+  $("#dead-letters-total").textContent = listing.total > rows.length ? `(newest ${rows.length} of ${listing.total})` : "";
+  $("#no-dead-letters").hidden = rows.length > 0;
+  $("#dead-letters").dataset.total = listing.total;
+}
+
+async function readDeadLetters() {
+  if (deadLetters.reading) { deadLetters.again = true; return; } // one request at a time
+  deadLetters.reading = api("GET", `v1/dead-letters?limit=${DEAD_LETTERS_SHOWN}`);
+  try {
+    const listing = await deadLetters.reading;
+    deadLetters.fetchedMs = Date.now();
+    renderDeadLetters(listing);
+  } catch (e) {
+    say(`reading the dead letters failed: ${e.message}`, "error");
+  } finally {
+    deadLetters.reading = null;
+  }
+  if (deadLetters.again) { deadLetters.again = false; readDeadLetters(); }
+}
+
+function noteDeadLetterCounts(stages) {
+  const counted = stages.map((s) => `${s.stage}=${s.dead_letters ?? 0}`).join(",");
+  if (counted !== deadLetters.counted) {
+    deadLetters.counted = counted;
+    readDeadLetters();
+  }
+  for (const row of $("#dead-letters tbody").children) cell(row, "age", deadLetterAge(row.letter));
+}
+
 // -- timeline --------------------------------------------------------------------------------
 
 function describe(event) {
@@ -220,6 +311,7 @@ function connect() {
     $("#model").textContent = `model ${snapshot.model}`;
     renderSources(snapshot.sources);
     renderStages(snapshot.stages);
+    noteDeadLetterCounts(snapshot.stages);
   });
   for (const kind of ["label_change", "source_status"]) {
     feed.addEventListener(kind, (e) => addToTimeline(JSON.parse(e.data)));

@@ -11,6 +11,9 @@ outstanding before inference (the frames stream's slowest consumer group, or a m
 its inference lags behind its preprocessing); live sources (RTSP, webcams) never wait: a reader
 thread fills a small buffer that drops by policy, and frames that arrive while the pipeline is
 behind are dropped too. Every drop is counted (metrics and ``keys.counters``).
+
+The backlog it waits on is `stream.adapters.pipeline_backlog`; its writes to Redis (frames with
+progress and status, thumbnails, drops, end-of-stream) are `stream.adapters.source_writes`.
 """
 
 from __future__ import annotations
@@ -21,28 +24,26 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
 
-from stream.adapters.frames import LivePump, PendingFrame, encode_frames, eos_message
+from stream.adapters.frames import LivePump, PendingFrame, encode_frames
 from stream.adapters.metrics import metrics
+from stream.adapters.pipeline_backlog import PipelineBacklog
 from stream.adapters.redis_leases import Leases
 from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.redis_streams import GroupStats, StreamTransport
 from stream.adapters.source_registry import SourceSpec, add_source, get_state, list_sources, remove_source
 from stream.adapters.source_reports import SourceReport
+from stream.adapters.source_writes import SourceWrites
 from stream.adapters.video import FrameSource, LiveOptions, open_source, skip_frames
-from stream.core.geometry import source_short_side
-from stream.core.keys import FIELD, PipelineKeys
+from stream.core.keys import PipelineKeys
 from stream.core.sampling import FrameSampler
 from stream.core.source_status import PLAYING
-from stream.core.thumbnails import ThumbnailThrottle
-from stream.errors import ModelError, SourceError
+from stream.errors import SourceError
 from stream.settings import IngestSettings, Settings
-from stream.zoo.descriptors import load_spec
 
-__all__ = ["IngestStage", "add_source", "auto_short_side", "list_sources", "remove_source"]
+__all__ = ["IngestStage", "add_source", "list_sources", "remove_source"]
 
 log = logging.getLogger(__name__)
 
@@ -96,61 +97,17 @@ class IngestStage:
         self.dropped = 0
         self.last_progress_s = time.monotonic()
         self._players: dict[str, _Player] = {}
-        self._readers: tuple[str, ...] = ()
-        self.auto_short_side_px: int | None = None  # what `frame_short_side_px: auto` means now
-        cfg = settings.ingest
-        self._thumbnails = ThumbnailThrottle(cfg.thumbnail_interval_ms, cfg.thumbnail_max_bytes)
+        self.pipeline = PipelineBacklog(client, self.keys, self.transport)
+        self.writes = SourceWrites(client, self.keys, settings.ingest)
+
+    @property
+    def auto_short_side_px(self) -> int | None:
+        """What ``frame_short_side_px: auto`` means now (`PipelineBacklog.auto_short_side_px`)."""
+        return self.pipeline.auto_short_side_px
 
     async def backlog(self) -> GroupStats:
-        """The frames stream's slowest consumer group (lag + pending), or its length with no group;
-        with several partitions, that of the partition furthest behind."""
-        parts = [await self._frames_backlog(keys) for keys in self.keys.all_partitions]
-        return max(parts, key=lambda s: s.backlog)
-
-    async def _frames_backlog(self, keys: PipelineKeys) -> GroupStats:
-        groups = await self._frames_groups(keys)
-        if not groups:
-            return GroupStats(
-                keys.frames, "", lag=int(await self.client.xlen(keys.frames)), pending=0, consumers=0
-            )
-        return max(groups, key=lambda s: s.backlog)
-
-    async def _frames_groups(self, keys: PipelineKeys) -> list[GroupStats]:
-        """Every consumer group of `keys.frames`; partition 0's also tell which models read."""
-        stats = await self.transport.all_group_stats(keys.frames)
-        if keys.index == 0:
-            self._note_readers([s.group for s in stats])
-        return stats
-
-    async def _pipeline_backlog(self, keys: PipelineKeys) -> int:
-        """Frames not yet through the pipeline: per model, the frames its preprocess has not taken
-        plus the tensors its infer and the scores its postprocess have not (the largest such sum
-        over the models). File sources pause on this, so a slow stage cannot pile up entries
-        without bound behind faster ones (v2 tensors are 150 KB each; a stalled postprocess would
-        otherwise let scores grow for as long as the source lasts). A sum, not the largest single
-        backlog: with the largest, each stage could hold up to the mark at once, so what a fast
-        stage moved on while ingest published again overshot it. Streams are read upstream first:
-        a frame moving on between two reads is counted twice, never missed. Per partition
-        (`keys`): a source waits on its own partition only."""
-        if keys.index != 0:
-            await self._frames_groups(keys.partition(0))  # keep `_readers` current
-        groups = {s.group: s.backlog for s in await self._frames_groups(keys)}
-        backlog = max(groups.values()) if groups else int(await self.client.xlen(keys.frames))
-        for reader in self._readers:
-            stage, _, model = reader.partition(":")
-            if stage == "preprocess" and model:
-                chain = groups.get(reader, backlog)
-                for stream in (keys.tensors(model), keys.scores(model)):
-                    chain += max((s.backlog for s in await self.transport.all_group_stats(stream)), default=0)
-                backlog = max(backlog, chain)
-        return backlog
-
-    def _note_readers(self, groups: list[str]) -> None:
-        """Work out ``frame_short_side_px: auto`` from the frames stream's consumer groups."""
-        readers = tuple(sorted(groups))
-        if readers != self._readers:
-            self._readers = readers
-            self.auto_short_side_px = auto_short_side(readers)
+        """The frames stream's slowest consumer group, over every partition (for the autoscaler)."""
+        return await self.pipeline.slowest()
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_layout(self.client, self.keys)
@@ -175,7 +132,7 @@ class IngestStage:
             if player.task is not None and player.task.done():
                 ended.add(source_id)  # `states` may predate its end: do not start it again below
                 del self._players[source_id]
-                self._thumbnails.forget(source_id)
+                self.writes.forget(source_id)
                 await self._release(source_id)
                 if not player.task.cancelled() and (exc := player.task.exception()) is not None:
                     raise exc
@@ -260,7 +217,9 @@ class IngestStage:
         pace_origin: tuple[float, float] | None = None
         chunk_size = _CHUNK if player.spec.realtime else _FAST_CHUNK
         while not player.stop.is_set():
-            while (backlog := await self._pipeline_backlog(keys)) > high_water and not player.stop.is_set():
+            while (
+                backlog := await self.pipeline.of_partition(keys)
+            ) > high_water and not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
                 await asyncio.sleep(0.01)
             room = max(1, min(chunk_size, high_water - backlog))  # never far past the high-water mark
@@ -296,7 +255,7 @@ class IngestStage:
         try:
             while not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
-                behind = await self._pipeline_backlog(keys) > cfg.high_water
+                behind = await self.pipeline.of_partition(keys) > cfg.high_water
                 chunk = await asyncio.to_thread(
                     pump.take_encoded, _CHUNK, not behind, self.auto_short_side_px
                 )
@@ -331,9 +290,7 @@ class IngestStage:
 
     async def _write_report(self, player: _Player) -> None:
         assert player.report is not None
-        async with self.client.pipeline(transaction=True) as pipe:
-            player.report.queue_write(pipe, player.progress)
-            await pipe.execute()
+        await self.writes.report(player.report, player.progress)
 
     async def _count_drops(self, source_id: str, reason: str, n: int) -> None:
         if n:
@@ -341,43 +298,19 @@ class IngestStage:
             metrics.dropped(source_id, reason, n)
             metrics.source_dropped(source_id, n)
             metrics.frames(self.name, "dropped", n)
-            await self.client.hincrby(self.keys.for_source(source_id).counters, f"dropped:{source_id}", n)
+            await self.writes.count_drops(source_id, n)
 
-    async def _publish(self, player: _Player, frames: list, next_seq: int, position: int) -> int:
-        """XADD the frames with their seq and record progress, in one MULTI/EXEC; returns next seq."""
-        source_id = player.source_id
-        keys = self.keys.for_source(source_id)
-        ingest_ms = time.time() * 1000.0
+    async def _publish(
+        self, player: _Player, frames: list[PendingFrame], next_seq: int, position: int
+    ) -> int:
+        """Publish the frames with their seq and record progress (one MULTI/EXEC); returns next seq."""
         progress = {"next_seq": next_seq + len(frames), "position": position, "first_seq": player.first_seq,
                     "done": False}  # fmt: skip
-        status: dict = {}
-        if player.report is not None:
-            player.report.publishing(len(frames))
-            status = player.report.fields()
-        async with self.client.pipeline(transaction=True) as pipe:
-            for frame in frames:
-                pipe.xadd(keys.frames, {FIELD: frame.encode(source_id, next_seq, ingest_ms)})
-                next_seq += 1
-            pipe.hset(keys.source_state, source_id, json.dumps({**progress, **status}))
-            pipe.hincrby(keys.counters, f"published:{source_id}", len(frames))
-            self._thumbnail(pipe, keys, source_id, frames[-1], ingest_ms)
-            await pipe.execute()
+        await self.writes.publish(player.source_id, frames, next_seq, progress, player.report)
         player.progress = progress
-        if player.report is not None:
-            player.report.published(len(frames))
         self.processed += len(frames)
         metrics.frames(self.name, "ok", len(frames))
-        return next_seq
-
-    def _thumbnail(
-        self, pipe: Any, keys: PipelineKeys, source_id: str, frame: PendingFrame, now_ms: float
-    ) -> None:
-        """Keep the frame's JPEG bytes as the source's thumbnail when one is due (`ThumbnailThrottle`)."""
-        if frame.encoding != "jpeg":
-            return
-        data = frame.array.data  # a view: no copy unless it is taken
-        if self._thumbnails.take(source_id, data, now_ms):
-            pipe.set(keys.thumbnail(source_id), data, ex=self.settings.ingest.thumbnail_ttl_s)
+        return next_seq + len(frames)
 
     async def _finish(
         self,
@@ -389,37 +322,10 @@ class IngestStage:
         report: SourceReport | None = None,
     ) -> None:
         """Publish end-of-stream and mark the source done (finished or failed), atomically."""
-        next_seq, first_seq = int(state.get("next_seq", 0)), int(state.get("first_seq", 0))
-        # end-of-stream takes a seq of its own: a source re-added later starts after it
-        done = {**state, "next_seq": next_seq + 1, "done": True, "error": error}
-        eos = eos_message(source_id, next_seq, first_seq=first_seq, error=error, removed=removed)
-        keys = self.keys.for_source(source_id)
-        report = report or SourceReport(source_id, self.keys, state)
-        report.end(error, removed)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.frames, {FIELD: eos})
-            report.queue_write(pipe, done)
-            await pipe.execute()
+        frames = await self.writes.finish(source_id, state, error=error, removed=removed, report=report)
         self.processed += 1
-        log.info("ingest: source %s finished after %d frames%s", source_id, next_seq,
+        log.info("ingest: source %s finished after %d frames%s", source_id, frames,
                  f" ({error})" if error else "")  # fmt: skip
-
-
-def auto_short_side(groups: tuple[str, ...] | list[str]) -> int | None:
-    """The shorter side frames need for every model whose preprocess group reads the frames
-    stream (``preprocess:<model>``); None (keep frames as they are) with no such group or with a
-    model this process does not know."""
-    needs = []
-    for group in groups:
-        stage, _, model = group.partition(":")
-        if stage != "preprocess" or not model:
-            continue
-        try:
-            spec = load_spec(model)
-        except ModelError:
-            return None
-        needs.append(source_short_side(spec.input_hw, spec.resize, spec.resize_shorter))
-    return max(needs) if needs else None
 
 
 def _open_at(uri: str, position: int, cfg: IngestSettings) -> FrameSource:

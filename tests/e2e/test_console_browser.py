@@ -1,6 +1,7 @@
 """The web console in a real browser (Debian's chromium, headless, driven by Playwright) against a
 real `framestream run` on local Ray: the running source shows up with its smoothed label updating
-and a thumbnail, a source added through the form plays, removing it through the page stops it."""
+and a thumbnail, a source added through the form plays, removing it through the page stops it; a
+dead letter shows up in the dead-letters panel and its retry button re-drives it."""
 
 from __future__ import annotations
 
@@ -183,6 +184,67 @@ def test_the_console_shows_the_run_adds_a_source_and_removes_it(run: Run, tmp_pa
     assert feeds and all(f"token={run.token}" in url for url in feeds), feeds
     deletes = [(url, auth) for method, url, auth in requests if method == "DELETE"]
     assert deletes == [(f"{run.console_url}v1/sources/yard", f"Bearer {run.token}")], deletes
+
+
+GARBAGE = b"\x80\x04garbage that is no framestream message" * 3
+_DEAD_LETTER_ROWS = """() => [...document.querySelectorAll('#dead-letters tbody tr')].map((row) => {
+  const cell = (f) => row.querySelector(`td[data-field="${f}"]`).textContent;
+  return {id: row.dataset.id, stage: cell("stage"), reason: cell("reason"), source: cell("source")};
+})"""
+_DEAD_LETTER_SHOWN = """(n) => document.querySelectorAll('#dead-letters tbody tr').length >= n"""
+
+
+@pytest.mark.timeout(900)
+def test_the_console_lists_a_dead_letter_shows_it_and_retries_it(run: Run) -> None:
+    import redis
+    from playwright.sync_api import expect, sync_playwright
+
+    from stream.core.keys import FIELD, PipelineKeys
+
+    assert run.redis_port is not None
+    store = redis.Redis(port=run.redis_port)
+    with sync_playwright() as pw, contextlib.closing(store):
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(WAIT_MS)
+            posts: list[tuple[str, str | None]] = []
+            page.on(
+                "request",
+                lambda r: r.method == "POST" and posts.append((r.url, r.headers.get("authorization"))),
+            )
+            page.goto(f"{run.console_url}?token={run.token}")
+            expect(page.locator("#connection")).to_have_text("live")
+            page.wait_for_selector("#dead-letters[data-total]", state="attached")  # the first listing
+            before = {row["id"] for row in page.evaluate(_DEAD_LETTER_ROWS)}
+
+            # bytes that are no frame, on the run's frames stream: preprocess dead-letters them
+            store.xadd(PipelineKeys().frames, {FIELD: GARBAGE})
+            page.wait_for_function(_DEAD_LETTER_SHOWN, arg=len(before) + 1)
+            (letter,) = [row for row in page.evaluate(_DEAD_LETTER_ROWS) if row["id"] not in before]
+            assert letter["stage"] == "preprocess" and letter["reason"].startswith("undecodable"), letter
+            expect(page.locator("#no-dead-letters")).to_be_hidden()
+            row = page.locator(f'#dead-letters tr[data-id="{letter["id"]}"]')
+
+            row.locator("button.show").click()  # its detail: the payload could not be decoded
+            detail = page.locator("#dead-letter-detail")
+            expect(detail).to_be_visible()
+            expect(detail).to_contain_text(f'"bytes": {len(GARBAGE)}')
+            expect(detail).to_contain_text('"undecodable"')
+
+            # retried: gone from the panel; the garbage is dead-lettered again, with its reason
+            row.locator("button.retry").click()
+            expect(page.locator("#message")).to_contain_text(f"dead letter {letter['id']} retried")
+            expect(row).to_have_count(0)
+            expect(detail).to_be_hidden()
+            page.wait_for_function(_DEAD_LETTER_SHOWN, arg=len(before) + 1)
+            again = [r for r in page.evaluate(_DEAD_LETTER_ROWS) if r["id"] not in before]
+            assert len(again) == 1 and again[0]["id"] != letter["id"], again
+            assert again[0]["reason"].startswith("undecodable"), again
+        finally:
+            browser.close()
+    retry_url = f"{run.console_url}v1/dead-letters/{letter['id'].replace(':', '%3A')}/retry"
+    assert posts == [(retry_url, f"Bearer {run.token}")], posts
 
 
 def _wait_until_done(store, source: str, timeout_s: float = 60.0) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from deployments.ingress import _source_json
 from deployments.results import KINDS, ResultQueries
+from deployments.source_routes import _source_json
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_server import RedisServer
 from stream.adapters.redis_streams import connect

@@ -40,12 +40,12 @@ def test_names_taken_in_one_run_get_a_suffix_in_order() -> None:
 
 
 def test_the_runners_and_the_api_use_this_rule() -> None:
-    """Both runners and the ingress name sources with this module (no private copy of the rule)."""
+    """Both runners and the ingress's source routes name sources with this module (no copy)."""
     import ast
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    for path in ("stream/runners/processes.py", "deployments/drive.py", "deployments/ingress.py"):
+    for path in ("stream/runners/processes.py", "deployments/drive.py", "deployments/source_routes.py"):
         tree = ast.parse((root / path).read_text())
         modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert "stream.core.source_ids" in modules, path

@@ -1,0 +1,161 @@
+"""Routes of sources and their results (an ``APIRouter`` the ingress's app includes):
+
+- ``GET/POST /v1/sources``, ``DELETE /v1/sources/{id}``: the source registry in Redis;
+  ``POST`` checks the URI against ``ingest.allowed_sources`` (`stream.core.source_policy`:
+  400 malformed, 403 not allowed);
+- ``GET /v1/results/{source}?after_seq=N``: results of a source after a seq;
+- ``GET /v1/events``: Server-Sent Events of results and label changes, read from the streams
+  (``Last-Event-ID`` resumes where a client left off).
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the route annotations at runtime.
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from deployments.http_errors import ApiError, redis_call
+from deployments.openapi import errors
+from deployments.replica import serving_replica
+from stream.core.keys import PipelineKeys
+from stream.core.source_ids import source_id as source_id_for
+
+__all__ = ["SourceIn", "router", "source_items"]
+
+router = APIRouter()
+
+
+class SourceIn(BaseModel):
+    """A source to add; `id` defaults to a name derived from the URI."""
+
+    uri: str = Field(..., min_length=1, examples=["rtsp://camera.local/stream", "/data/clip.mp4", "webcam:0"])
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
+    target_fps: float | None = Field(None, gt=0)
+    every_nth: int | None = Field(None, ge=1)
+    loop: bool = False
+    live: bool | None = None
+    realtime: bool = False
+
+
+class _EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+def _source_json(status: Any) -> dict[str, Any]:
+    return {
+        "id": status.source_id,
+        **asdict(status.spec),
+        "next_seq": status.next_seq,
+        "done": status.done,
+        "error": status.error,
+        "owner": status.owner,
+        "status": status.status,
+        "reason": status.reason,
+        "frames": status.frames,
+        "dropped": status.dropped,
+        "reconnects": status.reconnects,
+        "last_frame_age_s": status.last_frame_age_s,
+        "fps": status.fps,
+    }
+
+
+async def source_items(client: Any, keys: PipelineKeys) -> list[dict[str, Any]]:
+    """The items of ``GET /v1/sources`` (the console's snapshot shows the same)."""
+    from stream.adapters.source_registry import list_sources
+
+    return [_source_json(s) for s in await list_sources(client, keys)]
+
+
+@router.get("/v1/sources", tags=["sources"], responses=errors(503))
+async def get_sources(ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
+    """Every registered source with its progress, the ingest replica playing it, and its status:
+    ``status`` (playing, reconnecting, stalled, finished, failed) with a ``reason``,
+    ``frames`` published, ``dropped``, ``reconnects`` (attempts to reopen a live stream),
+    ``last_frame_age_s`` and ``fps`` (recent frames/s while playing)."""
+    return {"sources": await redis_call(source_items(ingress.client, ingress.keys))}
+
+
+@router.post("/v1/sources", status_code=201, tags=["sources"], responses=errors(403, 409, 503))
+async def post_source(source: SourceIn, ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
+    """Add a source; an ingest replica starts playing it within a fraction of a second.
+
+    The URI must pass ``ingest.allowed_sources`` (400 malformed, 403 not allowed, with the
+    reason); a file path is stored resolved through its symlinks."""
+    from stream.adapters.source_registry import SourceSpec, add_source
+
+    source_id = source.id or source_id_for(source.uri)
+    uri = await _allowed_uri(source.uri, ingress.source_policy)
+    try:
+        spec = SourceSpec(**{**source.model_dump(exclude={"id"}), "uri": uri})
+    except ValueError as e:
+        raise ApiError(400, str(e)) from e
+    if await redis_call(ingress.client.hexists(ingress.keys.sources, source_id)):
+        raise ApiError(409, f"source {source_id!r} already exists; DELETE it first")
+    try:
+        await redis_call(add_source(ingress.client, ingress.keys, source_id, spec))
+    except ValueError as e:
+        raise ApiError(409 if "exists" in str(e) else 400, str(e)) from e
+    return {"id": source_id, **source.model_dump(exclude={"id"}), "uri": uri}
+
+
+async def _allowed_uri(uri: str, policy: Any) -> str:
+    """The URI to register, or ApiError(400/403) saying why `uri` may not be played."""
+    from stream.adapters.source_access import check_uri_async
+
+    verdict = await check_uri_async(uri, policy)
+    if not verdict.allowed:
+        raise ApiError(400 if verdict.outcome == "malformed" else 403, f"source refused: {verdict.reason}")
+    return verdict.uri
+
+
+@router.delete("/v1/sources/{source_id}", status_code=204, tags=["sources"], responses=errors(403, 404, 503))
+async def delete_source(source_id: str, ingress: Any = Depends(serving_replica)) -> Response:
+    """Stop and unregister a source (its ingest replica publishes end-of-stream)."""
+    from stream.adapters.source_registry import remove_source
+
+    if not await redis_call(remove_source(ingress.client, ingress.keys, source_id)):
+        raise ApiError(404, f"no source {source_id!r}")
+    return Response(status_code=204)
+
+
+@router.get("/v1/results/{source_id}", tags=["results"], responses=errors(404, 503))
+async def get_results(
+    source_id: str,
+    after_seq: int = Query(-1, ge=-1, description="only results with seq > after_seq"),
+    limit: int = Query(100, ge=1),
+    ingress: Any = Depends(serving_replica),
+) -> dict[str, Any]:
+    """Results of `source_id` with seq > `after_seq`, in seq order (at most `limit`)."""
+    limit = min(limit, ingress.cfg.max_results)
+    found, results = await redis_call(ingress.results.after(source_id, after_seq, limit))
+    if not found and not await redis_call(ingress.client.hexists(ingress.keys.sources, source_id)):
+        raise ApiError(404, f"no source {source_id!r} and no results for it")
+    next_after = results[-1]["seq"] if results else after_seq
+    return {"source": source_id, "results": results, "next_after_seq": next_after}
+
+
+@router.get("/v1/events", tags=["results"], response_class=_EventStream, responses=errors(503))
+async def events(
+    request: Request,
+    source: str | None = Query(None, description="only this source"),
+    kinds: str = Query(
+        "result,label_change,source_status",
+        description="comma-separated: result, label_change, source_status, eos",
+    ),
+    ingress: Any = Depends(serving_replica),
+) -> StreamingResponse:
+    """Server-Sent Events: results, label changes and source status changes as they happen
+    (``Last-Event-ID`` resumes)."""
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+    last_id = request.headers.get("last-event-id")
+    await redis_call(ingress.client.ping())
+    stream = ingress.results.follow(
+        last_id, source=source, kinds=wanted, disconnected=request.is_disconnected
+    )
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,98 @@
+"""How far the pipeline is behind ingest, read from the consumer groups in Redis, and which models
+read the frames (so ingest knows what ``frame_short_side_px: auto`` means).
+
+Ingest pauses file sources on `PipelineBacklog.of_partition` and reports `PipelineBacklog.slowest`
+to the autoscaler; both read every consumer group of the streams involved (``XINFO GROUPS``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.adapters.redis_streams import GroupStats, StreamTransport
+from stream.core.geometry import source_short_side
+from stream.core.keys import PipelineKeys
+from stream.errors import ModelError
+from stream.zoo.descriptors import load_spec
+
+__all__ = ["PipelineBacklog", "auto_short_side"]
+
+
+class PipelineBacklog:
+    """The backlog of the frames stream and of each model's chain after it, over every partition;
+    `readers` and `auto_short_side_px` follow the frames stream's consumer groups as it reads them."""
+
+    def __init__(self, client: Any, keys: PipelineKeys, transport: StreamTransport) -> None:
+        self.client = client
+        self.keys = keys
+        self.transport = transport
+        self.readers: tuple[str, ...] = ()
+        self.auto_short_side_px: int | None = None  # what `frame_short_side_px: auto` means now
+
+    async def slowest(self) -> GroupStats:
+        """The frames stream's slowest consumer group (lag + pending), or its length with no group;
+        with several partitions, that of the partition furthest behind."""
+        parts = [await self._frames_backlog(keys) for keys in self.keys.all_partitions]
+        return max(parts, key=lambda s: s.backlog)
+
+    async def of_partition(self, keys: PipelineKeys) -> int:
+        """Frames not yet through the pipeline: per model, the frames its preprocess has not taken
+        plus the tensors its infer and the scores its postprocess have not (the largest such sum
+        over the models). File sources pause on this, so a slow stage cannot pile up entries
+        without bound behind faster ones (v2 tensors are 150 KB each; a stalled postprocess would
+        otherwise let scores grow for as long as the source lasts). A sum, not the largest single
+        backlog: with the largest, each stage could hold up to the mark at once, so what a fast
+        stage moved on while ingest published again overshot it. Streams are read upstream first:
+        a frame moving on between two reads is counted twice, never missed. Per partition
+        (`keys`): a source waits on its own partition only."""
+        if keys.index != 0:
+            await self._frames_groups(keys.partition(0))  # keep `readers` current
+        groups = {s.group: s.backlog for s in await self._frames_groups(keys)}
+        backlog = max(groups.values()) if groups else int(await self.client.xlen(keys.frames))
+        for reader in self.readers:
+            stage, _, model = reader.partition(":")
+            if stage == "preprocess" and model:
+                chain = groups.get(reader, backlog)
+                for stream in (keys.tensors(model), keys.scores(model)):
+                    chain += max((s.backlog for s in await self.transport.all_group_stats(stream)), default=0)
+                backlog = max(backlog, chain)
+        return backlog
+
+    async def _frames_backlog(self, keys: PipelineKeys) -> GroupStats:
+        groups = await self._frames_groups(keys)
+        if not groups:
+            return GroupStats(
+                keys.frames, "", lag=int(await self.client.xlen(keys.frames)), pending=0, consumers=0
+            )
+        return max(groups, key=lambda s: s.backlog)
+
+    async def _frames_groups(self, keys: PipelineKeys) -> list[GroupStats]:
+        """Every consumer group of `keys.frames`; partition 0's also tell which models read."""
+        stats = await self.transport.all_group_stats(keys.frames)
+        if keys.index == 0:
+            self._note_readers([s.group for s in stats])
+        return stats
+
+    def _note_readers(self, groups: list[str]) -> None:
+        """Work out ``frame_short_side_px: auto`` from the frames stream's consumer groups."""
+        readers = tuple(sorted(groups))
+        if readers != self.readers:
+            self.readers = readers
+            self.auto_short_side_px = auto_short_side(readers)
+
+
+def auto_short_side(groups: tuple[str, ...] | list[str]) -> int | None:
+    """The shorter side frames need for every model whose preprocess group reads the frames
+    stream (``preprocess:<model>``); None (keep frames as they are) with no such group or with a
+    model this process does not know."""
+    needs = []
+    for group in groups:
+        stage, _, model = group.partition(":")
+        if stage != "preprocess" or not model:
+            continue
+        try:
+            spec = load_spec(model)
+        except ModelError:
+            return None
+        needs.append(source_short_side(spec.input_hw, spec.resize, spec.resize_shorter))
+    return max(needs) if needs else None
