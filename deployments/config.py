@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +189,8 @@ def _value(state: Any) -> str:
     return str(getattr(state, "value", state))
 
 
-def replica_counts(app_name: str) -> dict[str, int]:
-    """RUNNING replicas per deployment of `app_name`.
+def replica_states(app_name: str) -> dict[str, dict[str, int]]:
+    """Replicas per state (RUNNING, STARTING, ...) per deployment of `app_name`.
 
     Read from the controller's details as a plain dict: `serve.status()` builds Serve's pydantic
     models from the same dict, and their validators cloudpickle every deployment's request router
@@ -205,6 +206,11 @@ def replica_counts(app_name: str) -> dict[str, int]:
     if app is None:
         return {}
     return {
-        name: sum(1 for r in d.get("replicas") or [] if _value(r.get("state")) == "RUNNING")
+        name: dict(Counter(_value(r.get("state")) for r in d.get("replicas") or []))
         for name, d in (app.get("deployments") or {}).items()
     }
+
+
+def replica_counts(app_name: str) -> dict[str, int]:
+    """RUNNING replicas per deployment of `app_name` (`replica_states`)."""
+    return {name: states.get("RUNNING", 0) for name, states in replica_states(app_name).items()}

@@ -36,6 +36,7 @@ from ray import serve
 
 from deployments import classify_routes, console, console_routes, dead_letter_routes, source_routes
 from deployments.auth import Access, bearer_token
+from deployments.config import replica_states
 from deployments.guard import guard
 from deployments.http_errors import ApiError, install_error_handlers, redis_call
 from deployments.openapi import complete_openapi, errors
@@ -76,15 +77,8 @@ def _client(request: Request) -> str:
 
 
 def _replica_states() -> dict[str, dict[str, int]]:
-    """Replica counts by state per deployment of this application (Serve's own status)."""
-    context = serve.get_replica_context()
-    app = serve.status().applications.get(context.app_name)
-    if app is None:
-        return {}
-    return {
-        name: {str(getattr(state, "value", state)): n for state, n in d.replica_states.items()}
-        for name, d in app.deployments.items()
-    }
+    """Replica counts by state per deployment of this application (from the Serve controller)."""
+    return replica_states(serve.get_replica_context().app_name)
 
 
 def _deployment(stage: str) -> str:
