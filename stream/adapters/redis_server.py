@@ -266,7 +266,7 @@ class LocalCluster:
 
     def healthy(self) -> bool:
         """Every running node says ``cluster_state:ok`` with all slots served and `masters` masters
-        holding slots, and every running replica's link to its master is up."""
+        holding slots, and every running replica's link to its master is up, seen from both ends."""
         live = [n for n in self.nodes if n.process is not None]
         try:
             for node in live:
@@ -278,6 +278,11 @@ class LocalCluster:
                 repl = self._info(node, "replication")
                 if repl.get("role") == "slave" and repl.get("master_link_status") != "up":
                     return False
+                # the master's side of the link: a replica whose link is up may still be waiting
+                # for the master to see its first sync through (state send_bulk, not online)
+                for key, row in repl.items():
+                    if key.startswith("slave") and isinstance(row, dict) and row.get("state") != "online":
+                        return False
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
             return False
         return True
