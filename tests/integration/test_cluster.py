@@ -69,8 +69,10 @@ def _run_cli(url: str, args: list[str], env: dict[str, str]) -> subprocess.Popen
 
 
 def _results(path: Path) -> dict[str, list[int]]:
+    """Source -> seqs of the results in the JSONL file, which the run may be appending to: only
+    complete lines count (the last one may be half written)."""
     seqs: dict[str, list[int]] = defaultdict(list)
-    for line in path.read_text().splitlines() if path.exists() else []:
+    for line in path.read_text().split("\n")[:-1] if path.exists() else []:
         row = json.loads(line)
         seqs[row["source"]].append(row["seq"])
     return seqs
