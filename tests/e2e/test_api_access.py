@@ -10,7 +10,6 @@ limit is high enough that the fuzzer reaches the routes.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import tempfile
@@ -58,10 +57,9 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     from ray import serve
 
-    from deployments.config import LOCAL_NODE_RESOURCES
     from stream.zoo.descriptors import load_spec
     from stream.zoo.store import locate_model
-    from tests.faults.rayapp import FaultApp
+    from tests.faults.rayapp import FaultApp, start_local_ray
 
     cache = tmp_path_factory.mktemp("api-models")
     locate_model(load_spec(MODEL), weights_dir=None, cache_dir=cache, allow_synthetic=True)
@@ -75,13 +73,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     # from this process, never through the Serve config (which Ray logs and `serve config` shows)
     saved = {name: os.environ.get(name) for name in TOKEN_VARIABLES}
     os.environ.update(zip(TOKEN_VARIABLES, (READ, ADMIN), strict=True))
-    ray.init(
-        num_cpus=4,
-        resources=LOCAL_NODE_RESOURCES,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
+    start_local_ray()
     try:
         app = FaultApp(
             settings,

@@ -8,7 +8,6 @@ consumer group), so nothing is flushed between them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from stream.adapters.redis_server import RedisServer, find_free_port
 from stream.core.keys import PipelineKeys
 from stream.settings import Settings
-from tests.faults.rayapp import FaultApp
+from tests.faults.rayapp import FaultApp, start_local_ray
 from tests.faults.scenario import Harness, settled_harness
 
 MODEL = "mobilenet-v1-0.25-128"
@@ -76,16 +75,7 @@ def stack(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     settings = fault_settings(model_cache)
     server = RedisServer(aof=True, data_dir=tmp_path_factory.mktemp("fault-redis")).start()
-    from deployments.config import LOCAL_NODE_RESOURCES
-
-    ray.init(
-        num_cpus=4,
-        resources=LOCAL_NODE_RESOURCES,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        ignore_reinit_error=True,
-    )
+    start_local_ray()
     try:
         app = FaultApp(settings, server.url, MODEL, REPLICAS, ingress={"rate_per_s": 2, "burst": 5})
         app.deploy(find_free_port())

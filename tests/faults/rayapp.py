@@ -11,15 +11,31 @@ need the Ray dashboard, which the suite does not start.)
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from deployments.config import deploy, load_config, override, replica_counts
+from deployments.config import LOCAL_NODE_RESOURCES, deploy, load_config, override, replica_counts
 from stream.settings import Settings
 
 __all__ = ["FaultApp", "process_pids"]
+
+
+def start_local_ray() -> None:
+    """The local Ray the fault and API suites deploy on: 4 CPUs and the `inference` resource (as
+    `framestream run` declares on its one node), no dashboard, workers' logs kept off the driver."""
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        resources=LOCAL_NODE_RESOURCES,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        ignore_reinit_error=True,
+    )
 
 
 def process_pids(title: str) -> list[int]:
