@@ -3,10 +3,11 @@
 Hosts are network namespaces (`tests.cluster.netns`): a Ray head, the worker hosts of each
 worker group, and Redis on a host of its own. Every Ray node is started with ``ray start`` and the
 ``rayStartParams``, group ``labels`` and ``resources`` of its group in the rendered
-``k8s/overlays/prod`` RayService; CPU counts (the pod's CPU limit, or ``num-cpus``) and the
-Serve deployments' ``num_cpus`` are multiplied by one `cpu_scale`, so what fits in a prod pool
-fits the same way here. The Serve config deployed is that overlay's ``serveConfigV2``, scaled the
-same way (the fault suite then fixes replica counts and the model, `ClusterApp`).
+``k8s/overlays/prod`` RayService, with the ``RAY_*`` variables its container sets; CPU counts
+(the pod's CPU limit, or ``num-cpus``) and the Serve deployments' ``num_cpus`` are multiplied by
+one `cpu_scale`, so what fits in a prod pool fits the same way here. The Serve config deployed is
+that overlay's ``serveConfigV2``, scaled the same way (the fault suite then fixes replica counts
+and the model, `ClusterApp`).
 
 Token authentication stays on, given to every node as Ray documents for clusters it does not
 start itself (and as KubeRay's ``authOptions: {mode: token}`` does): ``RAY_AUTH_MODE=token`` and
@@ -79,6 +80,8 @@ class Group:
     labels: dict[str, str]
     resources: dict[str, float]
     num_cpus: float
+    env: dict[str, str]
+    """``RAY_*`` variables the group's container sets to a literal value (Ray's own knobs)."""
 
 
 def _cpu_quantity(value: str | int | float) -> float:
@@ -100,7 +103,13 @@ def _group(name: str, spec: dict[str, Any], cpu_scale: float) -> Group:
     else:
         limits = spec["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
         cpus = _cpu_quantity(limits.get("cpu", 1))
-    return Group(name, int(spec.get("replicas", 1)), params, labels, resources, cpus * cpu_scale)
+    container = spec["template"]["spec"]["containers"][0]
+    env = {
+        e["name"]: str(e["value"])
+        for e in container.get("env") or []
+        if e["name"].startswith("RAY_") and "value" in e
+    }
+    return Group(name, int(spec.get("replicas", 1)), params, labels, resources, cpus * cpu_scale, env)
 
 
 def groups(rayservice: dict[str, Any], cpu_scale: float) -> tuple[Group, list[Group]]:
@@ -229,7 +238,7 @@ class Cluster:
             "--disable-usage-stats",
             *start_args(node.group),
         ]  # fmt: skip
-        env = self.env()
+        env = {**self.env(), **node.group.env}
         if self.gcs_fault_tolerance and name == "head":
             assert self.redis is not None and self.redis.password
             env["RAY_REDIS_ADDRESS"] = f"{self.redis.bind}:{self.redis.port}"

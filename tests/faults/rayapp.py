@@ -17,7 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deployments.config import LOCAL_NODE_RESOURCES, deploy, load_config, override, replica_counts
+from deployments.config import (
+    LOCAL_NODE_RESOURCES,
+    apply_head_env,
+    deploy,
+    load_config,
+    override,
+    replica_counts,
+)
 from stream.settings import Settings
 
 __all__ = ["FaultApp", "process_pids"]
@@ -25,9 +32,11 @@ __all__ = ["FaultApp", "process_pids"]
 
 def start_local_ray() -> None:
     """The local Ray the fault and API suites deploy on: 4 CPUs and the `inference` resource (as
-    `framestream run` declares on its one node), no dashboard, workers' logs kept off the driver."""
+    `framestream run` declares on its one node) and its head environment (RAY_HEAD_ENV), no
+    dashboard, workers' logs kept off the driver."""
     import ray
 
+    apply_head_env()
     ray.init(
         num_cpus=4,
         resources=LOCAL_NODE_RESOURCES,

@@ -186,3 +186,17 @@ def test_placement_on_inference_hosts_is_in_the_serve_config_for_every_runner(
                 assert "resources" not in delta.get("ray_actor_options", {}), name
     for overlay, docs in rendered.items():
         assert wanted(_embedded(docs)) == wanted(source), overlay
+
+
+def test_every_head_runs_serve_with_the_local_runs_environment(rendered: Docs) -> None:
+    """The RayService's head sets the same Ray variables (`RAY_HEAD_ENV`: the Serve controller's
+    loop period) as `framestream run`'s local Ray, and the namespace cluster starts its head with
+    them, so every runner measures and runs the same controller."""
+    from deployments.config import RAY_HEAD_ENV
+    from tests.cluster.cluster import groups
+
+    assert RAY_HEAD_ENV
+    for overlay, docs in rendered.items():
+        (svc,) = by_kind(docs, "RayService")
+        head, _ = groups(svc, 1.0)
+        assert {k: head.env.get(k) for k in RAY_HEAD_ENV} == RAY_HEAD_ENV, overlay
