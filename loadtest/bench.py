@@ -4,7 +4,9 @@ Rows per model: the naive loop, the best single-process loop, framestream as sta
 framestream as the Ray Serve application, a plain Ray Serve ``@serve.batch`` HTTP deployment,
 OpenVINO's benchmark_app on the bare model (the inference ceiling) and the sum-of-parts ideal
 1 / (decode + preprocess + infer per frame, each measured alone). Ratios are to the naive loop
-and to the ideal of the same model, measured in the same run.
+and to the ideal of the same model, measured in the same run. The Ray Serve app's row also has its
+ratio to the stage processes round by round (the two run back to back in each round, so a slow or
+fast minute of a shared machine hits both) and the median of those (`ratio_to_processes`).
 
 framestream's figures come from its own result stamps: frames/s is the rate sustained while every
 stage is busy (`loadtest.stats.sustained_rate`: from the end of the first 10% of results to the
@@ -16,6 +18,7 @@ fill and the drain after ingest is done are not counted; latency is each frame's
 from __future__ import annotations
 
 import asyncio
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -166,6 +169,11 @@ def bench_model(
                 console.print(f"  {m.name}: {fps} fps  {m.note}", highlight=False)
     # best of `repeat`: noise from other work on the machine only ever makes a system slower
     measured = {system: max(ms, key=lambda t: t.fps or 0.0) for system, ms in tries.items()}
+    paired = [
+        ray.fps / plain.fps
+        for plain, ray in zip(tries.get("framestream", []), tries.get("framestream_ray", []), strict=False)
+        if ray.fps and plain.fps
+    ]
     naive = measured.get("naive")
     ideal = measured.get("ideal")
     rows = []
@@ -173,6 +181,10 @@ def bench_model(
         row = {"system": system, **asdict(m), "model": model}
         row["ratio_to_naive"] = m.fps / naive.fps if m.fps and naive and naive.fps else None
         row["ratio_to_ideal"] = m.fps / ideal.fps if m.fps and ideal and ideal.fps else None
+        row["ratio_to_processes"] = None
+        if system == "framestream_ray" and paired:
+            row["ratio_to_processes"] = statistics.median(paired)
+            row["extra"] = {**(row.get("extra") or {}), "ratio_to_processes_by_round": paired}
         rows.append(row)
     return rows
 
@@ -192,7 +204,23 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {r['model']} | {r['name']} | {_f(r['fps'])} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} "
             f"| {_f(r['ratio_to_naive'], '{:.2f}')} | {_f(r['ratio_to_ideal'], '{:.2f}')} |"
         )
+    paired = _paired_lines(rows)
+    if paired:
+        lines += ["", *paired]
     return "\n".join(lines) + "\n"
+
+
+def _paired_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per model: the Ray Serve app's frames/s over the stage processes', round by round."""
+    out = []
+    for r in rows:
+        if r.get("ratio_to_processes") is not None:
+            rounds = ", ".join(f"{x:.2f}" for x in r["extra"]["ratio_to_processes_by_round"])
+            out.append(
+                f"- {r['model']}: Ray Serve app / stage processes, round by round {rounds}; "
+                f"median {r['ratio_to_processes']:.2f}"
+            )
+    return out
 
 
 def _print(rows: Sequence[dict[str, Any]], console: Console) -> None:
@@ -204,6 +232,8 @@ def _print(rows: Sequence[dict[str, Any]], console: Console) -> None:
         for r in rows
     ]  # fmt: skip
     print_table(columns, cells, title="loadtest bench", console=console)
+    for line in _paired_lines(rows):
+        console.print(line, highlight=False)
 
 
 def run_bench(
@@ -211,7 +241,7 @@ def run_bench(
     clip: Path | None = None,
     models: Sequence[str] | None = None,
     weights_dir: Path | None = None,
-    frames: int = 600,
+    frames: int = 3000,
     systems: Sequence[str] = ALL_SYSTEMS,
     console: Console | None = None,
     repeat: int = 1,
@@ -231,7 +261,8 @@ def run_bench(
                                 console=console, repeat=repeat)  # fmt: skip
     if console is not None:
         _print(rows, console)
-    columns = ("model", "system", "name", "fps", "p50_ms", "p99_ms", "ratio_to_naive", "ratio_to_ideal")
+    columns = ("model", "system", "name", "fps", "p50_ms", "p99_ms", "ratio_to_naive", "ratio_to_ideal",
+               "ratio_to_processes")  # fmt: skip
     return {
         "frames": frames,
         "repeat": repeat,

@@ -248,7 +248,13 @@ def bench(
     clip: Path | None = typer.Option(None, help="Replay file or video to use (default: generate one)."),
     model: list[str] = typer.Option([], help="Models to bench (repeat); default: both real TFLite models."),
     weights_dir: Path | None = typer.Option(None, envvar="FRAMESTREAM_WEIGHTS_DIR"),
-    frames: int = typer.Option(600, min=10, help="Frames per measurement."),
+    frames: int = typer.Option(
+        3000,
+        min=10,
+        help="Frames per measurement. framestream's figure is over the stretch while every stage is "
+        "busy, which ends when ingest reads the last frame, up to ingest.high_water frames before "
+        "the last result: below a few thousand frames a fast model's stretch lasts under a second.",
+    ),
     systems: str = typer.Option("all", help="Comma-separated subset: " + ", ".join(ALL_SYSTEMS) + "."),
     repeat: int = typer.Option(1, min=1, help="Measure each system N times and keep the best."),
     json_out: Path | None = typer.Option(None, "--json"),
