@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.procs import descendants
+from stream.core.messages import STAGES
 
 _SETTLE_S = 15.0
 
@@ -31,7 +32,8 @@ _SETTLE_S = 15.0
 def _cpu_by_role() -> dict[str, float]:
     out: dict[str, float] = {}
     for proc in descendants(os.getpid()):
-        out[proc.role] = out.get(proc.role, 0.0) + proc.cpu_s
+        role = proc.role.lower() if proc.role.lower() in STAGES else proc.role  # a replica: its stage
+        out[role] = out.get(role, 0.0) + proc.cpu_s
     return out
 
 

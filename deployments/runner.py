@@ -43,6 +43,7 @@ from deployments.config import (
     apply_head_env,
     deploy,
     load_config,
+    one_node,
     override,
     per_model,
 )
@@ -358,7 +359,7 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
         token = _tokens_through_environment(stack, settings, options.address)
         ours = _start_ray(options.address)
         stack.callback(_shutdown_ray if ours else _disconnect_ray)
-        apps, deployed = _ensure_apps(options, settings, models, replica_url, console, token)
+        apps, deployed = _ensure_apps(options, settings, models, replica_url, console, token, local=ours)
         if deployed:
             stack.callback(_delete_apps, list(apps.values()), console)
         console.print(f"Serve application running ({time.monotonic() - started:.1f} s to start)")
@@ -384,9 +385,13 @@ def _ensure_apps(
     redis_url: str | None,
     console: Console,
     token: str | None = None,
+    *,
+    local: bool = False,
 ) -> tuple[dict[str, str], bool]:
     """Deploy the application(s) unless they run already (attached clusters); print where the
     HTTP API and the console are (with `token`, the run's generated admin token, in the URL).
+    `local`: on the one-node Ray this run started, OpenVINO deployments stay at one replica
+    (`deployments.config.one_node`).
 
     Returns the Serve application name per model and whether we deployed them.
     """
@@ -400,6 +405,8 @@ def _ensure_apps(
         ),
         models,
     )
+    if local:
+        config = one_node(config)
     apps = app_names(config)
     if options.address:
         with contextlib.suppress(Exception):
