@@ -23,17 +23,19 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.procs import descendants
+from benchmarks.stage_cpu import SELF, cpu_by_process
 from stream.core.messages import STAGES
 
 _SETTLE_S = 15.0
 
 
 def _cpu_by_role() -> dict[str, float]:
+    """`stage_cpu.cpu_by_process` without this process, a replica named by its stage."""
     out: dict[str, float] = {}
-    for proc in descendants(os.getpid()):
-        role = proc.role.lower() if proc.role.lower() in STAGES else proc.role  # a replica: its stage
-        out[role] = out.get(role, 0.0) + proc.cpu_s
+    for role, cpu in cpu_by_process().items():
+        if role != SELF:
+            name = role.lower() if role.lower() in STAGES else role
+            out[name] = out.get(name, 0.0) + cpu
     return out
 
 
@@ -50,8 +52,7 @@ def ray_app(model: str, seconds: float) -> dict[str, float]:
     import ray
     from ray import serve
 
-    from deployments.config import deploy, load_config, override
-    from deployments.runner import _start_ray
+    from deployments.config import deploy, load_config, override, start_local_ray
     from loadtest.embedded import embedded_settings
     from stream.adapters.redis_server import RedisServer, find_free_port
 
@@ -59,7 +60,7 @@ def ray_app(model: str, seconds: float) -> dict[str, float]:
     dumped.pop("api", None)
     with RedisServer() as server:
         dumped["redis"] = {"url": server.url}
-        _start_ray(None)
+        start_local_ray()
         try:
             config = override(load_config(), args={"model": model, "settings": dumped},
                               http={"host": "127.0.0.1", "port": find_free_port()})  # fmt: skip

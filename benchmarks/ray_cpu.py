@@ -23,13 +23,12 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.procs import descendants
-from benchmarks.stage_cpu import cpu_by_process
+from benchmarks.stage_cpu import SELF, cpu_by_process
 from loadtest.baselines import make_clip
 from loadtest.stats import ResultRow, sustained_window
 
 Sample = tuple[float, dict[str, float], dict[str, int]]
 """(epoch ms, CPU seconds by role, processes by role)."""
-DRIVER = "collector (this process)"
 
 
 def _sample() -> Sample:
@@ -39,7 +38,7 @@ def _sample() -> Sample:
     for proc in descendants(os.getpid()):
         counts[proc.role] = counts.get(proc.role, 0) + 1
     cpu = cpu_by_process()
-    cpu[DRIVER] -= time.thread_time()
+    cpu[SELF] -= time.thread_time()
     return time.time() * 1000.0, cpu, counts
 
 

@@ -53,14 +53,7 @@ def main() -> None:
 
     import ray
 
-    from deployments.config import (
-        LOCAL_NODE_RESOURCES,
-        app_names,
-        apply_head_env,
-        deploy,
-        load_config,
-        override,
-    )
+    from deployments.config import app_names, deploy, load_config, override, start_local_ray
     from deployments.runner import choose_model
     from stream.adapters.redis_server import RedisServer, find_free_port
     from stream.settings import load_settings
@@ -68,8 +61,7 @@ def main() -> None:
     settings = load_settings()
     model, _ = choose_model("mobilenet-v1-0.25-128", settings)
     with RedisServer() as server:
-        apply_head_env()
-        ray.init(num_cpus=2, resources=LOCAL_NODE_RESOURCES, include_dashboard=False, log_to_driver=False)
+        start_local_ray(num_cpus=2)
         try:
             config = override(
                 load_config(),

@@ -25,6 +25,9 @@ from loadtest.baselines import make_clip, measured_from_results
 from loadtest.bench import play_and_collect
 from loadtest.embedded import EmbeddedPipeline
 
+SELF = "collector (this process)"
+"""The role `cpu_by_process` gives this process's own CPU."""
+
 
 def cpu_by_process() -> dict[str, float]:
     """CPU seconds of this process and every descendant, by role."""
@@ -32,7 +35,7 @@ def cpu_by_process() -> dict[str, float]:
     for proc in descendants(os.getpid()):
         out[proc.role] = out.get(proc.role, 0.0) + proc.cpu_s
     me = os.times()
-    out["collector (this process)"] = me.user + me.system
+    out[SELF] = me.user + me.system
     return out
 
 

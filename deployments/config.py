@@ -8,6 +8,7 @@ autoscaling knobs for a test), so what they exercise is what users deploy.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from collections import Counter
@@ -24,7 +25,6 @@ __all__ = [
     "LOCAL_NODE_RESOURCES",
     "RAY_HEAD_ENV",
     "app_config",
-    "apply_head_env",
     "app_names",
     "deploy",
     "deployment_config",
@@ -33,6 +33,7 @@ __all__ = [
     "override",
     "per_model",
     "replica_counts",
+    "start_local_ray",
     "wait_running",
 ]
 
@@ -52,11 +53,24 @@ measured idle on this app (docs/performance.md), 52 ms of CPU a second for the c
 3 s and more."""
 
 
-def apply_head_env() -> None:
-    """Put `RAY_HEAD_ENV` into this process's environment before a local ``ray.init`` starts a
-    node: the raylet inherits it, and so every Ray process of the node. A value already set wins."""
+def start_local_ray(num_cpus: int | None = None, **options: Any) -> None:
+    """Start a one-node Ray in this process the way `framestream run` does: the `inference`
+    resource (`LOCAL_NODE_RESOURCES`), the head's environment (`RAY_HEAD_ENV`, put into this
+    process's environment first, so the raylet and every Ray process of the node inherit it; a
+    value already set wins), no dashboard, workers' logs kept off the driver. `num_cpus` defaults
+    to this machine's cores (at least 2); `options` go to ``ray.init`` too."""
+    import ray
+
     for name, value in RAY_HEAD_ENV.items():
         os.environ.setdefault(name, value)
+    ray.init(
+        num_cpus=num_cpus or max(2, os.cpu_count() or 2),
+        resources=LOCAL_NODE_RESOURCES,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        **options,
+    )
 
 
 def load_config(path: Path = CONFIG_PATH) -> dict[str, Any]:

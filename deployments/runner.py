@@ -38,14 +38,13 @@ from rich.panel import Panel
 
 from deployments.config import (
     CONFIG_PATH,
-    LOCAL_NODE_RESOURCES,
     app_names,
-    apply_head_env,
     deploy,
     load_config,
     one_node,
     override,
     per_model,
+    start_local_ray,
 )
 from deployments.display import Summary, summary_table
 from deployments.drive import DriveOptions, drive
@@ -214,8 +213,7 @@ def _start_ray(address: str | None) -> bool:
         return False
     # Ray's token authentication stays on (Ray >= 2.52 default): a local ray.init creates the
     # token (~/.ray/auth_token) and every process of this cluster uses it.
-    apply_head_env()
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), resources=LOCAL_NODE_RESOURCES, **common)
+    start_local_ray()
     return True
 
 

@@ -61,7 +61,7 @@ class App:
 @pytest.fixture(scope="module")
 def app(redis_server: RedisServer) -> Iterator[App]:
     from deployments.app import APP_NAME
-    from deployments.config import LOCAL_NODE_RESOURCES, apply_head_env, deploy, load_config, override
+    from deployments.config import deploy, load_config, override, start_local_ray
     from deployments.runner import choose_model
     from stream.zoo.descriptors import load_spec
     from tests.conftest import SHARED
@@ -71,8 +71,7 @@ def app(redis_server: RedisServer) -> Iterator[App]:
     settings = load_settings(models={"weights_dir": weights_dir})
     model, synthetic = choose_model(REAL_MODEL if real else None, settings)
     assert synthetic != real
-    apply_head_env()
-    ray.init(num_cpus=2, resources=LOCAL_NODE_RESOURCES, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2)
     port = find_free_port()
     config = override(
         load_config(),

@@ -11,40 +11,22 @@ need the Ray dashboard, which the suite does not start.)
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from deployments.config import (
-    LOCAL_NODE_RESOURCES,
-    apply_head_env,
-    deploy,
-    load_config,
-    override,
-    replica_counts,
-)
+from deployments.config import deploy, load_config, override, replica_counts
+from deployments.config import start_local_ray as _start_local_ray
 from stream.settings import Settings
 
 __all__ = ["FaultApp", "process_pids"]
 
 
 def start_local_ray() -> None:
-    """The local Ray the fault and API suites deploy on: 4 CPUs and the `inference` resource (as
-    `framestream run` declares on its one node) and its head environment (RAY_HEAD_ENV), no
-    dashboard, workers' logs kept off the driver."""
-    import ray
-
-    apply_head_env()
-    ray.init(
-        num_cpus=4,
-        resources=LOCAL_NODE_RESOURCES,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        ignore_reinit_error=True,
-    )
+    """The local Ray the fault and API suites deploy on: `framestream run`'s one node
+    (`deployments.config.start_local_ray`) with 4 CPUs."""
+    _start_local_ray(num_cpus=4, ignore_reinit_error=True)
 
 
 def process_pids(title: str) -> list[int]:
