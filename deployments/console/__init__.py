@@ -1,0 +1,1 @@
+"""The web console: its page (web/), its routes and its live feed."""

@@ -1,0 +1,1 @@
+"""Pixels: video and camera sources, still images, JPEG, planar YCbCr."""

@@ -1,0 +1,1 @@
+"""OpenVINO: the inference engine."""

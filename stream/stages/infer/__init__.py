@@ -1,0 +1,1 @@
+"""The infer stage (`stage.py`) and its batch-size measurement."""
