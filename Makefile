@@ -65,7 +65,7 @@ faults: setup
 # A head, worker hosts and Redis as network namespaces on this machine (needs root; docs/cluster.md).
 cluster: setup
 	FRAMESTREAM_FAULTS_OUT=$${FRAMESTREAM_FAULTS_OUT:-out/cluster} \
-	  $(BIN)/python -m tests.faults.report --suite tests/cluster $(ARGS)
+	  $(BIN)/python -m tests.faults.report --suite tests/hosts $(ARGS)
 
 bench: setup
 	@mkdir -p out

@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=30.0)
     parser.add_argument("--model", default="mobilenet-v1-0.25-128")
     args = parser.parse_args()
-    from stream.adapters.video import write_demo_clip
+    from stream.adapters.media.video import write_demo_clip
     from stream.core.keys import PipelineKeys
 
     with tempfile.TemporaryDirectory(prefix="framestream-console-") as tmp:

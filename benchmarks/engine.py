@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.adapters.openvino_engine import Engine, open_engine
+from stream.adapters.openvino.engine import Engine, open_engine
 from stream.commands.model_check import pump
 
 REAL = ["mobilenet-v1-0.25-128-quant", "mobilenet-v2-1.0-224-quant"]

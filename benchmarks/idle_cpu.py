@@ -5,7 +5,7 @@ the stage processes.
         [--model mobilenet-v1-0.25-128-quant] [--seconds 30] [--only ray|processes]
 
 Starts each pipeline with no source, the way `framestream run` (a local Ray, the Serve config with
-its head environment, `deployments.config.RAY_HEAD_ENV`) and `loadtest bench` (the four stage
+its head environment, `deployments.serve.config.RAY_HEAD_ENV`) and `loadtest bench` (the four stage
 processes, `loadtest.embedded`) do, lets it settle for 15 s, then reads every descendant process's
 CPU time from /proc over `--seconds`. What a pipeline spends idle it spends every second under
 load too (timers, health checks, metrics, Ray's own processes): at 500 frames/s, 10 ms a second
@@ -52,9 +52,9 @@ def ray_app(model: str, seconds: float) -> dict[str, float]:
     import ray
     from ray import serve
 
-    from deployments.config import deploy, load_config, override, start_local_ray
+    from deployments.serve.config import deploy, load_config, override, start_local_ray
     from loadtest.embedded import embedded_settings
-    from stream.adapters.redis_server import RedisServer, find_free_port
+    from stream.adapters.redis.server import RedisServer, find_free_port
 
     dumped = embedded_settings(pipeline="idle").model_dump(mode="json")
     dumped.pop("api", None)

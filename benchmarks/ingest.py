@@ -20,10 +20,10 @@ import av
 from rich.console import Console
 from rich.table import Table
 
-from stream.adapters.frames import prepare_frame
-from stream.adapters.jpeg import encode_jpeg
-from stream.adapters.video import Frame, VideoFileSource, write_demo_clip
+from stream.adapters.media.jpeg import encode_jpeg
+from stream.adapters.media.video import Frame, VideoFileSource, write_demo_clip
 from stream.settings import IngestSettings
+from stream.stages.ingest.frames import prepare_frame
 
 
 def _rgb_path(clip: Path, n: int) -> float:

@@ -21,14 +21,14 @@ import time
 import numpy as np
 
 from benchmarks.procs import descendants
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Output
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.entries import Output
+from stream.adapters.redis.server import RedisServer
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.settings import Settings
-from stream.stages.postprocess import PostprocessStage
+from stream.stages.postprocess.stage import PostprocessStage
 
 MODEL = "bench"
 CLASSES = 1000

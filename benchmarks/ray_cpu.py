@@ -43,10 +43,10 @@ def _sample() -> Sample:
 
 
 def _run(clip: Path, model: str, samples: list[Sample]) -> list[ResultRow]:
-    from deployments.runner import RunOptions, run_ray
+    from deployments.local.runner import RunOptions, run_ray
     from loadtest.bench_ray import _all_results
     from loadtest.embedded import embedded_settings
-    from stream.adapters.redis_server import RedisServer
+    from stream.adapters.redis.server import RedisServer
 
     stop = threading.Event()
 

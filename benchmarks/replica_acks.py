@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 
 from benchmarks.procs import descendants, own
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import LocalCluster
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Output
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.entries import Output
+from stream.adapters.redis.server import LocalCluster
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.keys import PipelineKeys
 
 KEYS = PipelineKeys("acksbench")

@@ -7,7 +7,7 @@ local Ray) the way `framestream run` does, then asks for the replica counts `--c
 way and reports the CPU each call costs in this process (the driver) and in the Serve controller
 (from /proc). `serve.status()` validates the controller's details into Serve's pydantic models,
 whose validators cloudpickle every deployment's request router and autoscaling policy on each
-call; `deployments.config.replica_counts` reads the same details as a dict. Linux only.
+call; `deployments.serve.config.replica_counts` reads the same details as a dict. Linux only.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def main() -> None:
 
     import ray
 
-    from deployments.config import app_names, deploy, load_config, override, start_local_ray
-    from deployments.runner import choose_model
-    from stream.adapters.redis_server import RedisServer, find_free_port
+    from deployments.local.runner import choose_model
+    from deployments.serve.config import app_names, deploy, load_config, override, start_local_ray
+    from stream.adapters.redis.server import RedisServer, find_free_port
     from stream.settings import load_settings
 
     settings = load_settings()
@@ -70,7 +70,7 @@ def main() -> None:
             )
             deploy(config)
             (app,) = app_names(config).values()
-            from deployments.config import replica_counts
+            from deployments.serve.config import replica_counts
 
             rows = {
                 "serve.status()": _cost(lambda: _status_counts(app), args.calls),

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks.procs import descendants, own
-from stream.adapters.jpeg import encode_jpeg
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import LocalCluster, RedisServer
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Entry, Output
+from stream.adapters.media.jpeg import encode_jpeg
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.entries import Entry, Output
+from stream.adapters.redis.server import LocalCluster, RedisServer
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.keys import PipelineKeys, partition_of
 
 SIZES = {"v1 (128x128)": 128, "v2 (224x224)": 224}

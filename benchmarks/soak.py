@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--model", default="mobilenet-v1-0.25-128-quant")
     args = parser.parse_args()
-    from stream.adapters.video import write_demo_clip
+    from stream.adapters.media.video import write_demo_clip
 
     console = Console()
     with tempfile.TemporaryDirectory(prefix="framestream-soak-") as tmp:

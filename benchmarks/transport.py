@@ -16,10 +16,10 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Output
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.entries import Output
+from stream.adapters.redis.server import RedisServer
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.keys import PipelineKeys
 
 KEYS = PipelineKeys("bench")

@@ -1,5 +1,5 @@
-"""The Ray layer: each stage as a Ray Serve deployment, the autoscaling policy, the HTTP ingress,
-the Serve application (described by ``serve_config.yaml``) and the Ray runner of ``framestream run``.
+"""The Ray layer: the Serve application (`serve/`), the HTTP API (`api/`), the web console
+(`console/`) and the Ray runner of ``framestream run`` (`local/`).
 
-Nothing in `stream` imports this package at module level.
+Nothing in `stream` imports this package.
 """

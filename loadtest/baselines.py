@@ -110,8 +110,8 @@ def _cv2_frames(clip: Path, limit: int) -> Any:
 
 def naive_loop(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
     """OpenCV read -> RGB -> resize -> synchronous OpenVINO batch 1, one frame at a time."""
-    from stream.adapters.image import fit_to_model
-    from stream.adapters.openvino_engine import open_engine
+    from stream.adapters.media.image import fit_to_model
+    from stream.adapters.openvino.engine import open_engine
 
     with open_engine(model, weights_dir=weights_dir, performance_hint="LATENCY") as engine:
         latencies: list[float] = []
@@ -159,8 +159,8 @@ def best_single_process(
 ) -> Measured:
     """Decode (OpenCV/FFmpeg) + resize in one thread; in the other, take what is ready (up to
     `batch`) and run it split over OpenVINO's request pool, so decode and inference overlap."""
-    from stream.adapters.image import fit_to_model
-    from stream.adapters.openvino_engine import open_engine
+    from stream.adapters.media.image import fit_to_model
+    from stream.adapters.openvino.engine import open_engine
 
     engine = open_engine(model, weights_dir=weights_dir, performance_hint=hint)
     handoff: queue.Queue[tuple[np.ndarray, float] | None] = queue.Queue(maxsize=4 * batch)
@@ -240,7 +240,7 @@ def preprocess_cost(clip: Path, model: str) -> float:
     """Seconds per frame for the model's resize/crop of a decoded frame (one thread per core)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from stream.adapters.image import fit_to_model
+    from stream.adapters.media.image import fit_to_model
     from stream.zoo.descriptors import load_spec
 
     spec = load_spec(model)
@@ -251,7 +251,7 @@ def preprocess_cost(clip: Path, model: str) -> float:
 
 def infer_cost(model: str, *, weights_dir: Path | None, batch: int = 8) -> float:
     """Seconds per frame of batched async inference alone, several requests in flight."""
-    from stream.adapters.openvino_engine import open_engine
+    from stream.adapters.openvino.engine import open_engine
 
     with open_engine(model, weights_dir=weights_dir, performance_hint="THROUGHPUT") as engine:
         h, w = engine.input_hw

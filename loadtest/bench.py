@@ -62,9 +62,9 @@ async def play_and_collect(
     import secrets
 
     from loadtest.collector import Collector
-    from stream.adapters.redis_client import connect
-    from stream.adapters.source_registry import SourceSpec, add_source
-    from stream.adapters.stream_entries import last_id
+    from stream.adapters.redis.client import connect
+    from stream.adapters.redis.entries import last_id
+    from stream.adapters.redis.source_registry import SourceSpec, add_source
     from stream.core.keys import PipelineKeys
 
     keys = PipelineKeys(pipeline)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.baselines import Measured, decode_frames, measured_from_results, percentiles
-from stream.adapters.redis_server import RedisServer, find_free_port
+from stream.adapters.redis.server import RedisServer, find_free_port
 
 __all__ = ["framestream_ray", "plain_serve_batch"]
 
@@ -23,7 +23,7 @@ __all__ = ["framestream_ray", "plain_serve_batch"]
 def _all_results(url: str, pipeline: str) -> list[Any]:
     """Every result on the results stream (any source)."""
     from loadtest.collector import Collector
-    from stream.adapters.redis_client import connect
+    from stream.adapters.redis.client import connect
     from stream.core.codec import decode_message
     from stream.core.keys import FIELD, PipelineKeys
 
@@ -47,7 +47,7 @@ def framestream_ray(clip: Path, model: str, *, frames: int, weights_dir: Path | 
     """`framestream run` (Ray runner) on the clip against a redis-server we own, then its results."""
     from rich.console import Console
 
-    from deployments.runner import RunOptions, run_ray
+    from deployments.local.runner import RunOptions, run_ray
     from loadtest.embedded import embedded_settings
 
     settings = embedded_settings(pipeline="p", weights_dir=weights_dir)
@@ -69,7 +69,7 @@ def plain_serve_batch(
     from ray import serve
 
     from loadtest.serve_plain import PlainClassifier
-    from stream.adapters.jpeg import encode_jpeg
+    from stream.adapters.media.jpeg import encode_jpeg
 
     logging.getLogger("ray").setLevel(logging.WARNING)
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,

@@ -111,7 +111,7 @@ async def _record_stream(
     url: str, pipeline: str, output: Path, sources: set[str] | None, lab: Any, max_frames: int | None
 ) -> Any:
     from loadtest.recorder import record_stream
-    from stream.adapters.redis_client import connect
+    from stream.adapters.redis.client import connect
     from stream.core.keys import PipelineKeys
 
     client = await connect(url)

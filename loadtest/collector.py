@@ -1,4 +1,4 @@
-"""Collect a replay's results (through `stream.results.ResultReader`, by cursor: no group, so the
+"""Collect a replay's results (through `stream.readers.results.ResultReader`, by cursor: no group, so the
 load tester never takes entries away from a real consumer), and count its dead letters and drops.
 """
 
@@ -14,7 +14,7 @@ from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import EOS
 from stream.errors import CodecError
-from stream.results import ResultReader
+from stream.readers.results import ResultReader
 
 __all__ = ["Collector", "count_dead_letters", "count_drops"]
 

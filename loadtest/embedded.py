@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from loadtest.collector import Collector
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Output, last_id
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.entries import Output, last_id
+from stream.adapters.redis.server import RedisServer
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME

@@ -103,8 +103,8 @@ def _add(
     jpeg_quality: int,
     i420: np.ndarray | None = None,
 ) -> None:
-    from stream.adapters.jpeg import decode_jpeg, encode_jpeg, encode_jpeg_i420
-    from stream.adapters.yuv import i420_to_rgb
+    from stream.adapters.media.jpeg import decode_jpeg, encode_jpeg, encode_jpeg_i420
+    from stream.adapters.media.yuv import i420_to_rgb
 
     if i420 is not None:  # decoded video: JPEG straight from its planes, or RGB for raw
         if encoding == "jpeg":
@@ -128,13 +128,13 @@ def record_source(
     every_nth: int = 1,
     on_frame: Callable[[int], None] | None = None,
 ) -> Recording:
-    """Record `spec` (anything `stream.adapters.video.open_source` opens) into `out`.
+    """Record `spec` (anything `stream.adapters.media.video.open_source` opens) into `out`.
 
     Stops at the end of a finite source, after `max_frames`, or on Ctrl-C (live sources), and
     keeps what was recorded.
     Timestamps are the source's capture time when it has one (live), else its media time.
     """
-    from stream.adapters.video import open_source
+    from stream.adapters.media.video import open_source
 
     if encoding not in ("jpeg", "raw"):
         raise ConfigError(f"encoding must be 'jpeg' or 'raw', got {encoding!r}")

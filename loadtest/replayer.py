@@ -23,8 +23,8 @@ from loadtest.collector import Collector, count_dead_letters, count_drops
 from loadtest.replayfile import ReplayFile
 from loadtest.schedule import Pace, Scheduler, pass_offsets_ms, source_slots
 from loadtest.summary import summarize_run
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Output, last_id
+from stream.adapters.redis.entries import Output, last_id
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.latency import LatencyHistogram

@@ -18,13 +18,13 @@ class PlainClassifier:
     def __init__(self, model: str, weights_dir: str | None = None) -> None:
         from pathlib import Path
 
-        from stream.adapters.openvino_engine import open_engine
+        from stream.adapters.openvino.engine import open_engine
 
         self.engine = open_engine(model, weights_dir=Path(weights_dir) if weights_dir else None)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def classify(self, images: list[bytes]) -> list[dict[str, Any]]:
-        from stream.adapters.image import decode_image, fit_to_model
+        from stream.adapters.media.image import decode_image, fit_to_model
 
         batch = np.stack([fit_to_model(decode_image(b), self.engine.spec) for b in images])
         probs = await self.engine.infer_async(batch)

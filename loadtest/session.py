@@ -12,8 +12,8 @@ from rich.table import Table
 
 from loadtest.progress import ProgressView
 from loadtest.replayer import Clip, ReplayPlan, load_clip, run_replay
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_partitions import recorded_keys
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.partitions import recorded_keys
 
 __all__ = ["print_summary", "replay_on", "replay_session"]
 

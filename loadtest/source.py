@@ -1,6 +1,6 @@
 """A replay file as an ingest source: ``framestream run --source replay:clip.fsr``.
 
-`ReplaySource` satisfies `stream.adapters.video.FrameSource`; `register()` adds the ``replay:``
+`ReplaySource` satisfies `stream.adapters.media.video.FrameSource`; `register()` adds the ``replay:``
 prefix to `open_source`. As a source for the ingest stage it plays like a video file (not live:
 the ingest stage paces or blocks it, it never drops); `pts_ms` is the recorded time since the
 first frame. For open-loop load at a controlled rate use `loadtest replay` instead.
@@ -9,7 +9,7 @@ first frame. For open-loop load at a controlled rate use `loadtest replay` inste
 from __future__ import annotations
 
 from loadtest.replayfile import ReplayFile, ReplayFormatError
-from stream.adapters.video import Frame, register_source_kind
+from stream.adapters.media.video import Frame, register_source_kind
 from stream.errors import SourceError
 
 __all__ = ["PREFIX", "ReplaySource", "register"]

@@ -20,9 +20,9 @@ from rich.console import Console
 from loadtest.replayer import Clip, ReplayPlan, load_clip
 from loadtest.schedule import Pace, RateSearch
 from loadtest.session import replay_on
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_partitions import recorded_keys
-from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.partitions import recorded_keys
+from stream.adapters.redis.streams import StreamTransport
 
 __all__ = ["plot_sweep", "run_sweep", "sweep_on", "wait_idle"]
 

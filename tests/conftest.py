@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from stream.adapters.redis_client import connect, is_cluster
-from stream.adapters.redis_server import LocalCluster, RedisServer
+from stream.adapters.redis.client import connect, is_cluster
+from stream.adapters.redis.server import LocalCluster, RedisServer
 from stream.errors import ConfigError
 
 # Hypothesis's per-example deadline (200 ms) is a wall-clock threshold: on a busy 2-core machine a

@@ -1,6 +1,6 @@
 """``POST /v1/classify`` (an ``APIRouter`` the ingress's app includes): one JPEG/PNG image in the
 body, its classification back, batched with other pushed images by
-`deployments.classifier.Classifier` (415 other types, 413 over ``max_image_bytes``, 400 an image
+`deployments.serve.classifier.Classifier` (415 other types, 413 over ``max_image_bytes``, 400 an image
 that does not decode, 503 when the classifier is busy or does not answer in time)."""
 
 # No `from __future__ import annotations`: FastAPI resolves the route annotations at runtime.
@@ -10,9 +10,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from deployments.http_errors import ApiError
-from deployments.openapi import errors
-from deployments.replica import serving_replica
+from deployments.api.http_errors import ApiError
+from deployments.api.openapi import errors
+from deployments.api.replica import serving_replica
 
 __all__ = ["IMAGE_TYPES", "router"]
 
@@ -70,7 +70,7 @@ async def _read_image_body(request: Request, limit: int) -> bytes:
 
 
 def _prepare(body: bytes, spec: Any) -> Any:
-    from stream.adapters.image import decode_image, fit_to_model
+    from stream.adapters.media.image import decode_image, fit_to_model
     from stream.errors import CodecError
 
     try:

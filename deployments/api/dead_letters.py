@@ -1,5 +1,5 @@
 """Routes of dead letters (an ``APIRouter`` the ingress's app includes), over every partition
-through `stream.adapters.dead_letters`, as ``framestream dead`` does:
+through `stream.adapters.redis.dead_letters`, as ``framestream dead`` does:
 
 - ``GET /v1/dead-letters``: the newest, oldest first, and how many are kept;
 - ``GET /v1/dead-letters/{id}``: one in full (400 malformed id, 404 none);
@@ -13,9 +13,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from deployments.http_errors import ApiError, redis_call
-from deployments.openapi import errors
-from deployments.replica import serving_replica
+from deployments.api.http_errors import ApiError, redis_call
+from deployments.api.openapi import errors
+from deployments.api.replica import serving_replica
 
 __all__ = ["router"]
 
@@ -30,7 +30,7 @@ async def get_dead_letters(
 ) -> dict[str, Any]:
     """The newest dead letters of every partition, oldest first, and how many are kept (200;
     503 when Redis is unavailable)."""
-    from stream.adapters.dead_letters import DeadLetters
+    from stream.adapters.redis.dead_letters import DeadLetters
 
     dead = DeadLetters(ingress.client, ingress.keys)
     records = await redis_call(dead.newest(limit=limit, stage=stage))
@@ -59,7 +59,7 @@ async def retry_dead_letter(dead_id: str, ingress: Any = Depends(serving_replica
 
 
 async def _dead_letter_call(ingress: Any, call: Callable[[Any], Awaitable[Any]]) -> Any:
-    from stream.adapters.dead_letters import DeadLetters
+    from stream.adapters.redis.dead_letters import DeadLetters
     from stream.errors import DeadLetterError, UnknownDeadLetter
 
     try:

@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyQuery, HTTPBearer
 from ray import serve
 
-from deployments.auth import Access
+from deployments.api.auth import Access
 
 __all__ = ["guard"]
 

@@ -4,22 +4,22 @@ The routes live in one module per concern, each an ``APIRouter`` included in `ap
 (which is also the order of ``/openapi.json``):
 
 - ``/healthz`` (the process answers), ``/readyz`` (Redis and the model answer): here;
-- sources, results and events (`deployments.source_routes`);
-- ``POST /v1/classify`` (`deployments.classify_routes`);
+- sources, results and events (`deployments.api.sources`);
+- ``POST /v1/classify`` (`deployments.api.classify`);
 - ``GET /v1/stages``: replicas, rate, lag and dead letters per stage: here;
-- the web console and thumbnails (`deployments.console_routes`);
-- dead letters (`deployments.dead_letter_routes`).
+- the web console and thumbnails (`deployments.console.routes`);
+- dead letters (`deployments.api.dead_letters`).
 
 Their handlers reach this replica's `Ingress` (Redis client, keys, options) through
-`deployments.replica.serving_replica`, as Serve's own class-based routes do.
+`deployments.api.replica.serving_replica`, as Serve's own class-based routes do.
 
-Every ``/v1`` route, including ones added later, passes `deployments.guard.guard` first (an
+Every ``/v1`` route, including ones added later, passes `deployments.api.guard.guard` first (an
 app-wide dependency): `Ingress.admit` applies the per-client rate limit (a token bucket per
-ingress replica, 429), then the API tokens when ``api`` tokens are configured (`deployments.auth`:
+ingress replica, 429), then the API tokens when ``api`` tokens are configured (`deployments.api.auth`:
 401 without a valid token, 403 for a read token on a route that changes something).
 
 Every error is JSON ``{"error": reason}`` with 400/401/403/404/409/413/415/429/503 (500 only for a
-bug, without its traceback; `deployments.http_errors`); `deployments.openapi` lists each route's
+bug, without its traceback; `deployments.api.http_errors`); `deployments.api.openapi` lists each route's
 codes in ``/openapi.json``.
 """
 
@@ -34,16 +34,20 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments import classify_routes, console, console_routes, dead_letter_routes, source_routes
-from deployments.auth import Access, bearer_token
-from deployments.config import replica_states
-from deployments.guard import guard
-from deployments.http_errors import ApiError, install_error_handlers, redis_call
-from deployments.openapi import complete_openapi, errors
-from deployments.ratelimit import RateLimiter, retry_after_s
-from deployments.replica import serving_replica
-from deployments.results import ResultQueries
-from deployments.stage import open_redis, stage_settings
+from deployments.api import classify as classify_routes
+from deployments.api import dead_letters as dead_letter_routes
+from deployments.api import sources as source_routes
+from deployments.api.auth import Access, bearer_token
+from deployments.api.guard import guard
+from deployments.api.http_errors import ApiError, install_error_handlers, redis_call
+from deployments.api.openapi import complete_openapi, errors
+from deployments.api.ratelimit import RateLimiter, retry_after_s
+from deployments.api.replica import serving_replica
+from deployments.console import feed as console
+from deployments.console import routes as console_routes
+from deployments.serve.config import replica_states
+from deployments.serve.stage import open_redis, stage_settings
+from stream.readers.queries import ResultQueries
 
 __all__ = ["ApiError", "Ingress", "IngressOptions", "api"]
 
@@ -82,7 +86,7 @@ def _replica_states() -> dict[str, dict[str, int]]:
 
 
 def _deployment(stage: str) -> str:
-    """Deployment name of a stage (`deployments.app.DEPLOYMENT_NAMES`: the stage, capitalized)."""
+    """Deployment name of a stage (`deployments.serve.app.DEPLOYMENT_NAMES`: the stage, capitalized)."""
     return stage[:1].upper() + stage[1:]
 
 

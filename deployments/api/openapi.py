@@ -5,7 +5,7 @@ ones that follow from the app's rules to every operation, so a route added later
 
 - 400 for any operation with parameters or a body (validation errors come back as 400, not
   FastAPI's 422, which is removed);
-- on ``/v1`` (`deployments.auth`): 401 (no or unknown token), 403 on methods other than GET/HEAD
+- on ``/v1`` (`deployments.api.auth`): 401 (no or unknown token), 403 on methods other than GET/HEAD
   (a read token), 429 (rate limit, with ``Retry-After``), and the token security schemes;
 - outside ``/v1`` (health, docs, the console): no security.
 """
@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from deployments.auth import READ_METHODS, Access
+from deployments.api.auth import READ_METHODS, Access
 
 __all__ = ["ErrorBody", "complete_openapi", "errors"]
 

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from deployments.http_errors import ApiError, redis_call
-from deployments.openapi import errors
-from deployments.replica import serving_replica
+from deployments.api.http_errors import ApiError, redis_call
+from deployments.api.openapi import errors
+from deployments.api.replica import serving_replica
 from stream.core.keys import PipelineKeys
 from stream.core.source_ids import source_id as source_id_for
 
@@ -63,7 +63,7 @@ def _source_json(status: Any) -> dict[str, Any]:
 
 async def source_items(client: Any, keys: PipelineKeys) -> list[dict[str, Any]]:
     """The items of ``GET /v1/sources`` (the console's snapshot shows the same)."""
-    from stream.adapters.source_registry import list_sources
+    from stream.adapters.redis.source_registry import list_sources
 
     return [_source_json(s) for s in await list_sources(client, keys)]
 
@@ -83,7 +83,7 @@ async def post_source(source: SourceIn, ingress: Any = Depends(serving_replica))
 
     The URI must pass ``ingest.allowed_sources`` (400 malformed, 403 not allowed, with the
     reason); a file path is stored resolved through its symlinks."""
-    from stream.adapters.source_registry import SourceSpec, add_source
+    from stream.adapters.redis.source_registry import SourceSpec, add_source
 
     source_id = source.id or source_id_for(source.uri)
     uri = await _allowed_uri(source.uri, ingress.source_policy)
@@ -113,7 +113,7 @@ async def _allowed_uri(uri: str, policy: Any) -> str:
 @router.delete("/v1/sources/{source_id}", status_code=204, tags=["sources"], responses=errors(403, 404, 503))
 async def delete_source(source_id: str, ingress: Any = Depends(serving_replica)) -> Response:
     """Stop and unregister a source (its ingest replica publishes end-of-stream)."""
-    from stream.adapters.source_registry import remove_source
+    from stream.adapters.redis.source_registry import remove_source
 
     if not await redis_call(remove_source(ingress.client, ingress.keys, source_id)):
         raise ApiError(404, f"no source {source_id!r}")

@@ -1,6 +1,6 @@
 """The web console the ingress serves at ``/``: its files and its live feed.
 
-- The page is three static files shipped as package data (``deployments/web/``: index.html,
+- The page is three static files shipped as package data (``deployments/console/web/``: index.html,
   console.js, console.css; no build step, nothing from a CDN). `index_html` fills in the
   ``<base href>`` from the route prefix, so the page's relative URLs (``v1/...``) reach its own
   application wherever it is mounted.
@@ -23,11 +23,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from deployments.results import ResultQueries, event_kind, sse_event
-from deployments.watch import probe_stages, read_counters
 from stream.core.keys import PipelineKeys
 from stream.core.messages import LABEL_CHANGE, RESULT
 from stream.core.rates import RateMeter
+from stream.readers.queries import ResultQueries, event_kind, sse_event
+from stream.readers.watch import probe_stages, read_counters
 
 __all__ = [
     "SOURCE_STATUS",
@@ -56,7 +56,7 @@ _STATIC = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/
 
 
 def _web(name: str) -> bytes:
-    return (resources.files("deployments") / "web" / name).read_bytes()
+    return (resources.files("deployments.console") / "web" / name).read_bytes()
 
 
 def index_html(root_path: str) -> str:

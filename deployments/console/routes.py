@@ -1,6 +1,6 @@
 """Routes of the web console (an ``APIRouter`` the ingress's app includes): the page
-(``GET /``, ``GET /console/{name}``, from ``deployments/web``), its live feed
-``GET /v1/console/events`` (`deployments.console.ConsoleFeed`, docs/console.md) and
+(``GET /``, ``GET /console/{name}``, from ``deployments/console/web``), its live feed
+``GET /v1/console/events`` (`deployments.console.feed.ConsoleFeed`, docs/console.md) and
 ``GET /v1/sources/{id}/thumbnail``, a recent frame of a source (JPEG) that ingest keeps."""
 
 # No `from __future__ import annotations`: FastAPI resolves the route annotations at runtime.
@@ -10,11 +10,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
-from deployments import console
-from deployments.http_errors import ApiError, redis_call
-from deployments.openapi import errors
-from deployments.replica import serving_replica
-from deployments.source_routes import source_items
+from deployments.api.http_errors import ApiError, redis_call
+from deployments.api.openapi import errors
+from deployments.api.replica import serving_replica
+from deployments.api.sources import source_items
+from deployments.console import feed as console
 
 __all__ = ["router"]
 

@@ -5,7 +5,7 @@ A *track* is one (source, model) pair: every source is classified by every model
 
 Redis going away for a while (killed and restarted, stalled, loading its AOF) does not end the
 run: like the stage loops, every Redis call here waits for it and retries
-(`stream.adapters.redis_outage.ride_out`), for at most `DriveOptions.max_outage_s`. The results
+(`stream.adapters.redis.outage.ride_out`), for at most `DriveOptions.max_outage_s`. The results
 are read by cursor (XREAD), so a read that failed is simply read again.
 """
 
@@ -23,16 +23,16 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from deployments.config import replica_counts
-from deployments.display import Progress, Snapshot, StageRow, Summary
-from deployments.watch import probe_stages, read_counters
-from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
-from stream.adapters.redis_streams import connect
+from deployments.local.display import Progress, Snapshot, StageRow, Summary
+from deployments.serve.config import replica_counts
+from stream.adapters.redis.outage import RedisOutage, is_redis_outage, ride_out
+from stream.adapters.redis.streams import connect
 from stream.core.keys import PipelineKeys
 from stream.core.rates import RateMeter
 from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
-from stream.results import JsonlSink, ResultReader, dead_letter_count
+from stream.readers.results import JsonlSink, ResultReader, dead_letter_count
+from stream.readers.watch import probe_stages, read_counters
 from stream.settings import Settings
 
 __all__ = ["DriveOptions", "Stalled", "drive"]
@@ -77,7 +77,7 @@ async def drive(
     options: DriveOptions, settings: Settings, redis_url: str, uris: list[str], console: Console
 ) -> Summary:
     """Play `uris` through the running application(s) until done, Ctrl-C or the timeout."""
-    from stream.adapters.source_registry import SourceSpec, add_source, remove_source
+    from stream.adapters.redis.source_registry import SourceSpec, add_source, remove_source
 
     keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
     client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)

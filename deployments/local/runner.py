@@ -1,7 +1,7 @@
 """`framestream run --runner ray` (the default): the whole pipeline as one Serve application.
 
 With no arguments: a private redis-server, a local Ray, the application from
-``deployments/serve_config.yaml``, the default model (real weights when found, else a synthetic
+``deployments/serve/serve_config.yaml``, the default model (real weights when found, else a synthetic
 stand-in with a loud notice), a generated demo clip; live progress; on finish or Ctrl-C the
 sources stop, the pipeline drains (replicas finish and ack what they hold), a summary prints and
 the command exits 0. ``--redis URL`` and ``--address RAY_ADDRESS`` attach to services that run
@@ -36,7 +36,9 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.panel import Panel
 
-from deployments.config import (
+from deployments.local.display import Summary, summary_table
+from deployments.local.drive import DriveOptions, drive
+from deployments.serve.config import (
     CONFIG_PATH,
     app_names,
     deploy,
@@ -46,9 +48,7 @@ from deployments.config import (
     per_model,
     start_local_ray,
 )
-from deployments.display import Summary, summary_table
-from deployments.drive import DriveOptions, drive
-from stream.adapters.redis_server import RedisServer, find_free_port
+from stream.adapters.redis.server import RedisServer, find_free_port
 from stream.errors import ConfigError, FramestreamError, ModelError
 from stream.runners import RunRequest
 from stream.settings import Settings, load_settings
@@ -122,7 +122,7 @@ def _is_loopback(host: str) -> bool:
 
 def _temp_path(source: str) -> Path | None:
     """The path `source` names when it lies in this machine's temp dir, else None."""
-    from stream.adapters.video import NETWORK_PREFIXES
+    from stream.adapters.media.video import NETWORK_PREFIXES
 
     if source.lower().startswith(NETWORK_PREFIXES) or source.startswith(("webcam:", "/dev/video")):
         return None
@@ -347,7 +347,7 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="framestream-run-")))
         sources = list(options.sources)
         if not sources:
-            from stream.adapters.video import write_demo_clip
+            from stream.adapters.media.video import write_demo_clip
 
             clip = write_demo_clip(tmp / "demo.mp4", frames=options.demo_frames, size=(640, 480))
             console.print(f"demo clip: {options.demo_frames} generated frames, 640x480 H.264", soft_wrap=True)
@@ -389,7 +389,7 @@ def _ensure_apps(
     """Deploy the application(s) unless they run already (attached clusters); print where the
     HTTP API and the console are (with `token`, the run's generated admin token, in the URL).
     `local`: on the one-node Ray this run started, OpenVINO deployments stay at one replica
-    (`deployments.config.one_node`).
+    (`deployments.serve.config.one_node`).
 
     Returns the Serve application name per model and whether we deployed them.
     """
@@ -414,7 +414,7 @@ def _ensure_apps(
                     "using the Serve application(s) already running there (their own settings apply)"
                 )
                 return apps, False
-    console.print("deploying the Serve application (deployments/serve_config.yaml) ...")
+    console.print("deploying the Serve application (deployments/serve/serve_config.yaml) ...")
     deploy(config, timeout_s=options.deploy_timeout_s)
     base = f"http://127.0.0.1:{config['http_options']['port']}"
     console.print(f"HTTP API: {base}/docs", soft_wrap=True)

@@ -1,1 +1,3 @@
-"""The Serve application: the stage deployments, the push classifier, the autoscaling policy, and the config that deploys them."""
+"""The Serve application: the stage deployments, the push classifier, the autoscaling policy, and the
+config that deploys them.
+"""

@@ -1,7 +1,7 @@
 """The framestream Serve application: ingress + push classifier + one deployment per stage.
 
-``deployments/serve_config.yaml`` names `build_app` as its import path and passes `AppArgs` as
-``args``; `serve run deployments/serve_config.yaml`, the KubeRay RayService and
+``deployments/serve/serve_config.yaml`` names `build_app` as its import path and passes `AppArgs` as
+``args``; `serve run deployments/serve/serve_config.yaml`, the KubeRay RayService and
 ``framestream run`` all deploy through it. Deployment names (what the config's ``deployments:``
 entries refer to) are in `DEPLOYMENT_NAMES`.
 """
@@ -13,9 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve import Application
 
-from deployments.classifier import Classifier
-from deployments.ingress import Ingress, IngressOptions
-from deployments.stage import StageDeployment
+from deployments.api.ingress import Ingress, IngressOptions
+from deployments.serve.classifier import Classifier
+from deployments.serve.stage import StageDeployment
 from stream.core.messages import STAGES
 
 __all__ = ["APP_NAME", "AppArgs", "DEPLOYMENT_NAMES", "build_app"]

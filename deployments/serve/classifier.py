@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.stage import stage_settings
+from deployments.serve.stage import stage_settings
 from stream.core.scoring import top_k
 
 __all__ = ["Classifier"]
@@ -39,7 +39,7 @@ class Classifier:
         max_batch_size: int | None = None,
         batch_wait_ms: float | None = None,
     ) -> None:
-        from stream.adapters.openvino_engine import open_engine
+        from stream.adapters.openvino.engine import open_engine
 
         s = stage_settings(settings)
         self.model = model or s.models.default

@@ -127,7 +127,7 @@ def override(
     """A copy of `config` with `args` merged into the app's args (nested dicts merge), `http`
     into ``http_options`` and ``deployments[name]`` into that deployment's entry; `stages`
     deploys only those stages (Serve rejects entries for deployments the app does not have)."""
-    from deployments.app import DEPLOYMENT_NAMES
+    from deployments.serve.app import DEPLOYMENT_NAMES
 
     out = copy.deepcopy(config)
     app = app_config(out)
@@ -146,7 +146,7 @@ def per_model(config: dict[str, Any], models: list[str]) -> dict[str, Any]:
     """A copy of `config` whose first application serves ``models[0]`` and, for each further
     model, a copy of it named ``<name>-<model>`` at ``/models/<model>`` without its own ingest:
     one frames stream feeds every model (one preprocess/infer/postprocess group per model)."""
-    from deployments.app import DEPLOYMENT_NAMES
+    from deployments.serve.app import DEPLOYMENT_NAMES
 
     out = copy.deepcopy(config)
     base = app_config(out)

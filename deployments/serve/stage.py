@@ -4,7 +4,7 @@
   Redis group is the Serve replica id, so a replaced replica is a new consumer and the dead one's
   pending entries are reclaimed by the survivors (XAUTOCLAIM after ``claim_idle_ms``).
 - ``record_autoscaling_stats`` reports the group's backlog and this replica's measured rate;
-  `deployments.policy.BacklogPolicy` sizes the deployment from them.
+  `deployments.serve.policy.BacklogPolicy` sizes the deployment from them.
 - Scale-down and shutdown drain: Serve calls ``__del__``, which stops the loop from reading and
   waits (at most ``streams.drain_timeout_s``) while it finishes and acks what it holds. The
   deployment's ``graceful_shutdown_timeout_s`` is set above that so Serve never cuts a drain short.
@@ -21,9 +21,9 @@ from typing import Any
 
 from ray import serve
 
-from deployments.policy import BACKLOG_KEY, RATE_KEY
+from deployments.serve.policy import BACKLOG_KEY, RATE_KEY
 from stream.adapters import metrics as _metrics
-from stream.adapters.redis_streams import connect
+from stream.adapters.redis.streams import connect
 from stream.settings import Settings, load_settings
 
 __all__ = ["DRAIN_MARGIN_S", "StageDeployment", "open_redis", "stage_settings"]

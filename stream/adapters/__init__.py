@@ -1,1 +1,1 @@
-"""Adapters: one module per external system (Redis, redis-server, OpenVINO, video)."""
+"""Adapters: one folder per outside system (redis/, media/, openvino/), plus metrics and the file\nsystem and DNS checks of the source policy."""

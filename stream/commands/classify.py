@@ -12,7 +12,7 @@ import typer
 from stream.errors import FramestreamError, SourceError
 
 if TYPE_CHECKING:
-    from stream.adapters.openvino_engine import Engine
+    from stream.adapters.openvino.engine import Engine
 
 __all__ = ["classify", "synthetic_warning"]
 
@@ -41,7 +41,7 @@ def classify(
     ),
 ) -> None:
     """Classify images: top-K ImageNet labels and probabilities per image."""
-    from stream.adapters.openvino_engine import open_engine
+    from stream.adapters.openvino.engine import open_engine
     from stream.settings import load_settings
 
     settings = load_settings()
@@ -82,7 +82,7 @@ def classify(
 
 def _classify_all(engine: Engine, images: list[Path], top: int) -> tuple[list[dict[str, Any]], int]:
     """Top-`top` hits per readable image, and how many images could not be read."""
-    from stream.adapters.image import fit_to_model, read_image
+    from stream.adapters.media.image import fit_to_model, read_image
     from stream.core.scoring import top_k
 
     fitted: list[tuple[Path, np.ndarray]] = []

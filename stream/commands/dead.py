@@ -1,6 +1,6 @@
 """`framestream dead list | show ID | retry ID|--all`: the dead letters of every partition.
 
-The Redis side is `stream.adapters.dead_letters.DeadLetters`, which the HTTP API uses too.
+The Redis side is `stream.adapters.redis.dead_letters.DeadLetters`, which the HTTP API uses too.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def format_age(seconds: float) -> str:
 
 def _run(config: Path | None, redis: str | None, work: Callable[[Any], Awaitable[_T]]) -> _T:
     """Connect to the pipeline's Redis, call `work(DeadLetters)`, close; errors exit 2 with the reason."""
-    from stream.adapters.dead_letters import DeadLetters
-    from stream.adapters.redis_client import connect
-    from stream.adapters.redis_partitions import recorded_keys
+    from stream.adapters.redis.client import connect
+    from stream.adapters.redis.dead_letters import DeadLetters
+    from stream.adapters.redis.partitions import recorded_keys
     from stream.settings import load_settings
 
     async def go() -> _T:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from stream.adapters.openvino_engine import Engine, compile_model, open_engine, read_model_file
+from stream.adapters.openvino.engine import Engine, compile_model, open_engine, read_model_file
 from stream.commands.classify import synthetic_warning
 from stream.tables import Column, print_table
 from stream.zoo.contract import run_contract_checks, sample_images

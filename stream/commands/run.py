@@ -1,5 +1,5 @@
 """`framestream run`: the whole pipeline, played by a runner chosen by name (`stream.runners`):
-``ray`` (the default: one Ray Serve application, `deployments.runner`) or ``processes`` (each
+``ray`` (the default: one Ray Serve application, `deployments.local.runner`) or ``processes`` (each
 stage its own OS process, `stream.runners.processes_cli`)."""
 
 from __future__ import annotations

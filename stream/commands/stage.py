@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from stream.adapters.redis_client import connect
+from stream.adapters.redis.client import connect
 from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import load_settings

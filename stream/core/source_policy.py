@@ -6,7 +6,7 @@ cannot be understood) or ``forbidden`` (it can, and the policy says no), with a 
 act on. The caller supplies `real_path` (``os.path.realpath``) and `resolve` (host -> addresses), so
 this module reads no disk and asks no DNS; ``stream.adapters.source_access`` wires the real ones.
 
-The kinds follow `stream.adapters.video.open_source`: a bare path or ``file:PATH`` is kind ``file``,
+The kinds follow `stream.adapters.media.video.open_source`: a bare path or ``file:PATH`` is kind ``file``,
 ``replay:PATH`` (and other path-carrying plug-in prefixes in `PATH_KINDS`) carries a path,
 ``SCHEME://host/...`` is a network source, ``webcam:N`` and ``/dev/videoN`` are kind ``webcam``.
 """

@@ -1,1 +1,3 @@
-"""Readers of a pipeline's Redis streams that need no Ray: results, result pages and feeds for HTTP clients, what a run watches of the stages."""
+"""Readers of a pipeline's Redis streams that need no Ray: results, result pages and feeds for HTTP
+clients, what a run watches of the stages.
+"""

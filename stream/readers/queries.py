@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stream.adapters.redis_streams import last_id
+from stream.adapters.redis.streams import last_id
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, LABEL_CHANGE, RESULT
 from stream.core.source_status import SOURCE_STATUS
-from stream.results import decode_fields
+from stream.readers.results import decode_fields
 
 __all__ = ["Cursor", "ResultQueries", "event_kind", "sse_event"]
 

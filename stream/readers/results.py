@@ -27,10 +27,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stream.adapters.dead_letters import DeadLetters
-from stream.adapters.redis_outage import REDIS_TRANSIENT
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Entry, last_id
+from stream.adapters.redis.dead_letters import DeadLetters
+from stream.adapters.redis.entries import Entry, last_id
+from stream.adapters.redis.outage import REDIS_TRANSIENT
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.ledger import DEDUPE_WINDOW, ResultLedger

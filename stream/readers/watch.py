@@ -1,5 +1,5 @@
 """What `framestream run` watches of the stages while the pipeline runs, read from Redis only
-(the results are read by `stream.results.ResultReader`).
+(the results are read by `stream.readers.results.ResultReader`).
 
 - `probe_stages` reads every stage's consumer group (XINFO GROUPS): entries handled, backlog.
 - `read_counters` reads the pipeline's counters (published, dropped, ...).

@@ -1,7 +1,7 @@
 """Runners: what plays a pipeline end to end for `framestream run`, chosen by name through the
 ``framestream.runners`` entry points (as source kinds are through ``framestream.sources``), so
 `stream` never imports the Ray layer: ``processes`` (every stage an OS process, this package) and
-``ray`` (one Ray Serve application, `deployments.runner`)."""
+``ray`` (one Ray Serve application, `deployments.local.runner`)."""
 
 from __future__ import annotations
 

@@ -32,15 +32,15 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import yaml
 
-from stream.adapters.redis_client import connect, refresh_cluster_view
-from stream.adapters.redis_outage import REDIS_TRANSIENT
-from stream.adapters.redis_partitions import ensure_layout
-from stream.adapters.source_registry import SourceSpec, add_source
+from stream.adapters.redis.client import connect, refresh_cluster_view
+from stream.adapters.redis.outage import REDIS_TRANSIENT
+from stream.adapters.redis.partitions import ensure_layout
+from stream.adapters.redis.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger, Track
 from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
-from stream.results import SINK_GROUP, JsonlSink, ResultReader, dead_letter_count
+from stream.readers.results import SINK_GROUP, JsonlSink, ResultReader, dead_letter_count
 from stream.settings import Settings
 
 __all__ = [

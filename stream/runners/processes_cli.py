@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from stream.adapters.redis_server import RedisServer
-from stream.adapters.source_registry import SourceSpec
+from stream.adapters.redis.server import RedisServer
+from stream.adapters.redis.source_registry import SourceSpec
 from stream.errors import FramestreamError
 from stream.runners import RunRequest
 from stream.runners.processes import RunReport, run_processes
@@ -98,7 +98,7 @@ def _check_models(settings: Settings, models: list[str]) -> None:
 
 
 def _demo_source(directory: Path) -> str:
-    from stream.adapters.video import write_demo_clip
+    from stream.adapters.media.video import write_demo_clip
 
     return str(write_demo_clip(directory / "demo.mp4"))
 

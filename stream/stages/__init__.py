@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from stream.adapters.image import use_one_opencv_thread
+from stream.adapters.media.image import use_one_opencv_thread
 from stream.core.messages import STAGES
 from stream.errors import ConfigError
 from stream.settings import Settings
@@ -28,7 +28,7 @@ def build_stage(
         raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     use_one_opencv_thread()  # stages scale by processes, not by OpenCV's thread pool
     if name == "ingest":
-        from stream.stages.ingest import IngestStage
+        from stream.stages.ingest.stage import IngestStage
 
         return IngestStage(settings, client, consumer=consumer)
     model = model or settings.models.default
@@ -37,9 +37,9 @@ def build_stage(
 
         return PreprocessStage(settings, client, consumer=consumer, model=model)
     if name == "infer":
-        from stream.stages.infer import InferStage
+        from stream.stages.infer.stage import InferStage
 
         return InferStage(settings, client, consumer=consumer, model=model)
-    from stream.stages.postprocess import PostprocessStage
+    from stream.stages.postprocess.stage import PostprocessStage
 
     return PostprocessStage(settings, client, consumer=consumer, model=model)

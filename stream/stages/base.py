@@ -18,15 +18,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 
-from stream.adapters.dead_letters import DeadLetters
-from stream.adapters.fenced_commit import Fenced
-from stream.adapters.group_stats import GroupStats
 from stream.adapters.metrics import metrics
-from stream.adapters.redis_client import refresh_cluster_view
-from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
-from stream.adapters.redis_partitions import FanInReader, ensure_layout
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import DeadLetter, Entry, Output
+from stream.adapters.redis.client import refresh_cluster_view
+from stream.adapters.redis.dead_letters import DeadLetters
+from stream.adapters.redis.entries import DeadLetter, Entry, Output
+from stream.adapters.redis.fenced_commit import Fenced
+from stream.adapters.redis.group_stats import GroupStats
+from stream.adapters.redis.outage import RedisOutage, is_redis_outage, ride_out
+from stream.adapters.redis.partitions import FanInReader, ensure_layout
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import SKIP

@@ -14,9 +14,9 @@ import asyncio
 import numpy as np
 import redis.asyncio as aioredis
 
-from stream.adapters.image import fit_to_model
-from stream.adapters.jpeg import decode_jpeg
-from stream.adapters.stream_entries import DeadLetter, Entry, Output
+from stream.adapters.media.image import fit_to_model
+from stream.adapters.media.jpeg import decode_jpeg
+from stream.adapters.redis.entries import DeadLetter, Entry, Output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, SKIP

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from stream.adapters.redis_server import RedisServer, find_free_port
+from stream.adapters.redis.server import RedisServer, find_free_port
 from stream.settings import Settings
 
 ray = pytest.importorskip("ray")
@@ -119,7 +119,7 @@ def _v1_routes() -> list[tuple[str, str]]:
     """(method, path) of every /v1 route the app has, path parameters filled in."""
     import re
 
-    from deployments.ingress import api
+    from deployments.api.ingress import api
 
     found = []
     for path, methods in _routes(api.router):
@@ -225,7 +225,7 @@ def test_metadata_addresses_are_refused_by_the_default_policy() -> None:
 
 
 def test_a_file_under_an_allowed_folder_plays(live: Live) -> None:
-    from stream.adapters.video import write_demo_clip
+    from stream.adapters.media.video import write_demo_clip
 
     frames = 20
     clip = write_demo_clip(live.media / "allowed.mp4", frames=frames)

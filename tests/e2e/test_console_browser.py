@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.adapters.video import write_demo_clip
+from stream.adapters.media.video import write_demo_clip
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -19,8 +19,8 @@ from loadtest.recorder import read_labels_tsv, record_source
 from loadtest.replayer import ReplayPlan, load_clip
 from loadtest.schedule import Pace
 from loadtest.session import replay_on
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer
 from stream.core.codec import Message
 from stream.settings import Settings
 from stream.stages import build_stage
@@ -112,7 +112,7 @@ def labelled_clip(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def _offline_labels(path: Path, weights: Path) -> list[str]:
     """What the model answers on the replay file's frames, with the engine directly."""
-    from stream.adapters.openvino_engine import open_engine
+    from stream.adapters.openvino.engine import open_engine
     from stream.stages.preprocess import prepare_tensor
 
     clip = load_clip(path)

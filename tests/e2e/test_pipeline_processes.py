@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from stream.adapters.redis_server import RedisServer
+from stream.adapters.redis.server import RedisServer
 from stream.errors import ModelError
 from tests.clips import SCENE_PHOTOS, expected_labels, read_photo, scene_frames, write_clip
 
@@ -144,7 +144,7 @@ def test_synthetic_seed_model_without_shared_data(redis_server: RedisServer, tmp
     """What a fresh clone can run: a generated clip through a synthetic seed model (labels unchecked)."""
     cache = tmp_path / "cache"
     _synthetic_available(cache)
-    from stream.adapters.video import write_demo_clip
+    from stream.adapters.media.video import write_demo_clip
 
     clip = write_demo_clip(tmp_path / "demo.mp4", frames=60)
     results_file = tmp_path / "results.jsonl"

@@ -1,6 +1,6 @@
 """The pipeline as one Ray Serve application: per-stage autoscaling, replica loss, the HTTP ingress.
 
-One local Ray and one deployment of ``deployments/serve_config.yaml`` serve the whole module
+One local Ray and one deployment of ``deployments/serve/serve_config.yaml`` serve the whole module
 (Ray takes ~5 s to start and the application ~20 s to deploy on 2 cores). Tests keep apart by
 source id. The model is the real v2 TFLite file from ../shared when present, else a synthetic
 stand-in of the same architecture (the label checks then skip).
@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer, find_free_port
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer, find_free_port
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.source_ids import source_id
@@ -60,9 +60,9 @@ class App:
 
 @pytest.fixture(scope="module")
 def app(redis_server: RedisServer) -> Iterator[App]:
-    from deployments.app import APP_NAME
-    from deployments.config import deploy, load_config, override, start_local_ray
-    from deployments.runner import choose_model
+    from deployments.local.runner import choose_model
+    from deployments.serve.app import APP_NAME
+    from deployments.serve.config import deploy, load_config, override, start_local_ray
     from stream.zoo.descriptors import load_spec
     from tests.conftest import SHARED
 
@@ -102,7 +102,7 @@ def app(redis_server: RedisServer) -> Iterator[App]:
 
 
 def _replicas() -> dict[str, dict[str, int]]:
-    from deployments.app import APP_NAME
+    from deployments.serve.app import APP_NAME
 
     status = serve.status().applications[APP_NAME]
     return {name: {str(k): v for k, v in d.replica_states.items()} for name, d in status.deployments.items()}
@@ -255,7 +255,7 @@ async def test_an_inference_burst_scales_infer_alone_up_then_down_without_losing
 async def test_a_killed_infer_replica_is_replaced_and_its_pending_entries_reclaimed(app: App):
     """ray.kill on the Infer replica mid-stream: Serve starts another, the dead consumer's pending
     entries are claimed by the new one, and every frame gets a result (duplicates counted)."""
-    from deployments.app import APP_NAME
+    from deployments.serve.app import APP_NAME
 
     client = await connect(app.redis_url)
     source, frames = "killed", 400
@@ -363,7 +363,7 @@ async def test_bad_pushes_get_json_errors(app: App, body: bytes, headers: dict[s
 
 async def test_sources_results_and_health_over_http(app: App, tmp_path: Path):
     """A source added over HTTP plays through the stages; its results come back by seq."""
-    from stream.adapters.video import write_demo_clip
+    from stream.adapters.media.video import write_demo_clip
 
     clip = write_demo_clip(tmp_path / "http.mp4", frames=40)
     async with httpx.AsyncClient(base_url=app.base_url, timeout=60) as http:
@@ -431,9 +431,9 @@ async def test_events_stream_results_as_server_sent_events(app: App):
 async def test_dead_letters_over_http_are_listed_shown_and_retried(app: App):
     """A frame the pipeline dead-lettered is put back over HTTP and gets its result; garbage put
     back is dead-lettered again; every answer has its documented status code."""
-    from stream.adapters.jpeg import encode_jpeg
-    from stream.adapters.redis_streams import StreamTransport
-    from stream.adapters.stream_entries import DeadLetter, Entry
+    from stream.adapters.media.jpeg import encode_jpeg
+    from stream.adapters.redis.entries import DeadLetter, Entry
+    from stream.adapters.redis.streams import StreamTransport
 
     client = await connect(app.redis_url)
     rgb = np.tile(np.arange(96, dtype=np.uint8)[:, None, None], (1, 128, 3))
@@ -498,13 +498,13 @@ class _FakeLoop:
         self.processed = 0
 
     async def backlog(self):
-        from stream.adapters.group_stats import GroupStats
+        from stream.adapters.redis.group_stats import GroupStats
 
         return GroupStats("s", "g", lag=self._backlog, pending=0, consumers=1)
 
 
 def _replica(loop: _FakeLoop, task: asyncio.Future, stuck_after_s: float = 30.0):
-    from deployments.stage import StageDeployment
+    from deployments.serve.stage import StageDeployment
 
     replica = object.__new__(StageDeployment.func_or_class)
     replica.stage, replica.consumer, replica.loop = "infer", "r1", loop

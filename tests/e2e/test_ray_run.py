@@ -76,7 +76,7 @@ def test_the_run_guards_its_api_with_a_generated_token_and_prints_one_console_li
 
     import httpx
 
-    from stream.adapters.video import write_demo_clip
+    from stream.adapters.media.video import write_demo_clip
 
     clip = write_demo_clip(tmp_path / "own.mp4", frames=60)
     media = tmp_path / "media"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.adapters.redis_server import RedisServer, find_free_port
+from stream.adapters.redis.server import RedisServer, find_free_port
 from stream.core.keys import PipelineKeys
 from stream.settings import Settings
 from tests.faults.rayapp import FaultApp, start_local_ray
@@ -27,7 +27,7 @@ CLAIM_IDLE_MS = 3_000
 """Low, so reclaim after a kill is quick; not lower: on a busy 2-core machine a live replica can
 hold a read batch for over a second, and a sibling would then reclaim (and duplicate) it."""
 REPLICAS = {"Ingest": 1, "Preprocess": 2, "Infer": 2, "Postprocess": 1}
-"""Fixed replica counts (autoscaling off), as in deployments/serve_config.yaml except that the two
+"""Fixed replica counts (autoscaling off), as in deployments/serve/serve_config.yaml except that the two
 scalable stages run two replicas, so a killed one has a live sibling."""
 
 

@@ -1,5 +1,5 @@
 """The framestream Serve application as the fault suite runs it: the real config file
-(``deployments/serve_config.yaml``) with a unique application name, fixed replica counts and fault-
+(``deployments/serve/serve_config.yaml``) with a unique application name, fixed replica counts and fault-
 friendly settings, deployed on a local Ray; plus finding a replica's OS process to kill.
 
 Replica processes are found from outside, by their process title (Ray names an actor's worker
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deployments.config import deploy, load_config, override, replica_counts
-from deployments.config import start_local_ray as _start_local_ray
+from deployments.serve.config import deploy, load_config, override, replica_counts
+from deployments.serve.config import start_local_ray as _start_local_ray
 from stream.settings import Settings
 
 __all__ = ["FaultApp", "process_pids"]
@@ -25,7 +25,7 @@ __all__ = ["FaultApp", "process_pids"]
 
 def start_local_ray() -> None:
     """The local Ray the fault and API suites deploy on: `framestream run`'s one node
-    (`deployments.config.start_local_ray`) with 4 CPUs."""
+    (`deployments.serve.config.start_local_ray`) with 4 CPUs."""
     _start_local_ray(num_cpus=4, ignore_reinit_error=True)
 
 
@@ -61,7 +61,7 @@ class FaultApp:
         base: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
-        """`base` is the Serve config to start from (default: deployments/serve_config.yaml);
+        """`base` is the Serve config to start from (default: deployments/serve/serve_config.yaml);
         `name` the application's (default: ``faults<pid>``)."""
         self.name = name or f"faults{os.getpid()}"
         self.http_port = 0

@@ -4,7 +4,7 @@ dead-lettered, pending, recovery time, note) as Markdown, ready for docs/faults.
     python -m tests.faults.report              # run tests/faults, then print the table
     python -m tests.faults.report --no-run     # only print the table of the last run
     python -m tests.faults.report -- -k kill   # extra pytest arguments after --
-    python -m tests.faults.report --suite tests/cluster   # `make cluster`: the multi-host suite
+    python -m tests.faults.report --suite tests/hosts   # `make cluster`: the multi-host suite
 
 Each scenario writes one JSON file into ``$FRAMESTREAM_FAULTS_OUT`` (default ``out/faults/``);
 the table is also saved there as ``table.md``. Exits with pytest's exit code.

@@ -16,8 +16,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from stream.adapters.redis_client import connect
-from stream.adapters.source_registry import SourceSpec, add_source
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys
 from tests.faults.checker import Outcome, check
 from tests.faults.frames import write_frame_folder

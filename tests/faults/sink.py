@@ -13,12 +13,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from stream.adapters.dead_letters import DeadLetters
-from stream.adapters.redis_outage import REDIS_TRANSIENT
+from stream.adapters.redis.dead_letters import DeadLetters
+from stream.adapters.redis.outage import REDIS_TRANSIENT
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import Track
 from stream.core.messages import EOS
-from stream.results import ResultReader
+from stream.readers.results import ResultReader
 
 __all__ = ["Arrival", "FaultSink", "dead_letters", "pending_by_group", "pending_total", "wait_until"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.keys import PipelineKeys
 from tests.faults.report import load_rows, render_table
 from tests.faults.scenario import recoveries_s, recovery_s

@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer
 from stream.core.keys import PipelineKeys
 from stream.runners.processes import StageProcess, create_groups
 from tests.faults.conftest import MODEL, REPLICAS, Stack, fault_settings

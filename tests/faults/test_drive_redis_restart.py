@@ -1,4 +1,4 @@
-"""The Ray runner's results loop (`deployments.drive.drive`, what `framestream run --runner ray`
+"""The Ray runner's results loop (`deployments.local.drive.drive`, what `framestream run --runner ray`
 runs while the application works) rides out a `kill -9` + restart of redis-server (AOF everysec).
 
 The loop talks only to Redis, so the pipeline behind it here is the four stages as
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from deployments.drive import DriveOptions, drive
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
+from deployments.local.drive import DriveOptions, drive
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer
 from stream.core.keys import PipelineKeys
 from stream.runners.processes import StageProcess, create_groups
 from tests.faults.conftest import MODEL, fault_settings

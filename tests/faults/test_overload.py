@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.source_registry import remove_source
+from stream.adapters.redis.source_registry import remove_source
+from stream.adapters.redis.streams import StreamTransport
 from tests.faults.conftest import Stack
 from tests.faults.frames import jpeg_payloads
 from tests.faults.mjpeg import MjpegCamera

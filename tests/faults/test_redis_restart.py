@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer
 from stream.core.keys import PipelineKeys
 from stream.core.source_ids import source_id
 from tests.faults.aof import rewrite_aof

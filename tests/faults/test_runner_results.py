@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer
 from stream.core.keys import PipelineKeys
 from stream.core.source_ids import source_id
-from stream.results import SINK_GROUP, ResultReader
+from stream.readers.results import SINK_GROUP, ResultReader
 from stream.runners.processes import run_processes
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.adapters.redis_server import RedisServer
+from stream.adapters.redis.server import RedisServer
 from stream.core.source_ids import source_id
 from stream.runners.processes import run_processes
 from tests.faults.conftest import MODEL, fault_settings

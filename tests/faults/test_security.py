@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer, find_free_port
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer, find_free_port
 from stream.errors import TransportError
 from stream.settings import load_settings
 from tests.faults.conftest import Stack

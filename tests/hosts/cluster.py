@@ -1,6 +1,6 @@
 """A multi-host Ray cluster on one machine, shaped like the prod overlay's RayService.
 
-Hosts are network namespaces (`tests.cluster.netns`): a Ray head, the worker hosts of each
+Hosts are network namespaces (`tests.hosts.netns`): a Ray head, the worker hosts of each
 worker group, and Redis on a host of its own. Every Ray node is started with ``ray start`` and the
 ``rayStartParams``, group ``labels`` and ``resources`` of its group in the rendered
 ``k8s/overlays/prod`` RayService, with the ``RAY_*`` variables its container sets; CPU counts
@@ -21,7 +21,7 @@ longer ``RAY_gcs_rpc_server_reconnect_timeout_s`` on the workers, so a head that
 back finds the cluster as it was.
 
 The test process is outside the cluster: it reaches Redis over the bridge, and steers Serve through
-`tests.cluster.driver`, a Ray driver it runs on the head host.
+`tests.hosts.driver`, a Ray driver it runs on the head host.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from typing import Any
 
 import yaml
 
-from stream.adapters.redis_server import RedisServer
-from tests.cluster.driver import MARK
-from tests.cluster.netns import Host, Network
+from stream.adapters.redis.server import RedisServer
 from tests.faults.rayapp import FaultApp
+from tests.hosts.driver import MARK
+from tests.hosts.netns import Host, Network
 
 __all__ = [
     "Cluster",
@@ -268,7 +268,7 @@ class Cluster:
         self.wait_nodes(set(self.nodes), timeout_s=timeout_s)
 
     def _start_driver(self, timeout_s: float) -> None:
-        argv = [sys.executable, "-m", "tests.cluster.driver", self.gcs_address]
+        argv = [sys.executable, "-m", "tests.hosts.driver", self.gcs_address]
         self._driver = self.head.host.popen(
             argv,
             env=self.env(),
@@ -299,7 +299,7 @@ class Cluster:
         return json.loads(result[0])
 
     def call(self, request: dict[str, Any], *, timeout_s: float = 60.0) -> dict[str, Any]:
-        """One command to the driver on the head (see `tests.cluster.driver`)."""
+        """One command to the driver on the head (see `tests.hosts.driver`)."""
         with self._driver_lock:
             assert self._driver is not None and self._driver.stdin is not None
             self._driver.stdin.write(json.dumps(request) + "\n")

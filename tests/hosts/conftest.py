@@ -1,9 +1,9 @@
-"""Fixtures of the cluster suite: one multi-host cluster (`tests.cluster.cluster`) with the prod
+"""Fixtures of the cluster suite: one multi-host cluster (`tests.hosts.cluster`) with the prod
 overlay's Serve application deployed, for the whole package; a per-test fault `Harness` on it.
 
 The suite skips, with the reason, where it cannot build hosts (not root, no network namespaces)
 or render the overlay (no kubectl). Everything it starts is stopped in the fixture's finalizer,
-and `tests.cluster.netns.Network` also cleans up at exit and on SIGTERM/SIGHUP.
+and `tests.hosts.netns.Network` also cleans up at exit and on SIGTERM/SIGHUP.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pytest
 
 from stream.core.keys import PipelineKeys
 from stream.settings import Settings
-from tests.cluster.cluster import Cluster, ClusterApp, gcs_fault_tolerant, groups, scaled_serve_config
-from tests.cluster.netns import netns_unavailable_reason
 from tests.faults.conftest import CLAIM_IDLE_MS, MODEL, fault_settings
 from tests.faults.scenario import OUT_ENV, ROOT, Harness, settled_harness
+from tests.hosts.cluster import Cluster, ClusterApp, gcs_fault_tolerant, groups, scaled_serve_config
+from tests.hosts.netns import netns_unavailable_reason
 
 CPU_SCALE = 0.25
 """prod pods have 4 (cpu) and 8 (inference) CPUs: 1 and 2 here, with the Serve shares scaled alike."""

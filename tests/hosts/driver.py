@@ -1,7 +1,7 @@
 """A Ray driver on the cluster's head host, steered through stdin/stdout (one JSON object a line).
 
 The test process sits outside the cluster (a client on the bridge), and a Ray driver must run on a
-Ray node, so `tests.cluster.cluster` starts this module inside the head's namespace once and sends
+Ray node, so `tests.hosts.cluster` starts this module inside the head's namespace once and sends
 it commands:
 
     {"op": "deploy", "config": {...}, "timeout_s": 240} -> {"ok": true}
@@ -26,7 +26,7 @@ MARK = "@@driver "
 def _handle(request: dict[str, Any]) -> dict[str, Any]:
     import ray
 
-    from deployments.config import deploy, replica_counts
+    from deployments.serve.config import deploy, replica_counts
 
     op = request.get("op")
     if op == "deploy":

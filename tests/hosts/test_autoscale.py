@@ -1,7 +1,7 @@
 """A burst on the cluster: Infer autoscales out onto both inference hosts and back, no frame lost.
 
 Infer starts at one replica (one inference host) with the config's own policy
-(`deployments.policy.BacklogPolicy`) at a fast pace. Tensors written straight into the tensors
+(`deployments.serve.policy.BacklogPolicy`) at a fast pace. Tensors written straight into the tensors
 stream build a backlog on Infer alone; the test keeps that backlog up until Serve runs an Infer
 replica on each inference host, then ends the source and waits for Infer to shrink back to one.
 Each replica's host is its network namespace, the node IP Ray reports for it.
@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream.adapters.frames import eos_message
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD
-from tests.cluster.conftest import HOSTS, REPLICAS, ClusterStack
+from stream.stages.ingest.frames import eos_message
 from tests.faults.scenario import Harness, Replay
 from tests.faults.sink import FaultSink
+from tests.hosts.conftest import HOSTS, REPLICAS, ClusterStack
 
 pytestmark = [
     pytest.mark.ray,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster.conftest import HOSTS, ClusterStack
 from tests.faults.scenario import Harness
+from tests.hosts.conftest import HOSTS, ClusterStack
 
 pytestmark = [
     pytest.mark.ray,

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from tests.cluster import netns
-from tests.cluster.cluster import gcs_fault_tolerant, groups, start_args
-from tests.cluster.conftest import CPU_SCALE
+from tests.hosts import netns
+from tests.hosts.cluster import gcs_fault_tolerant, groups, start_args
+from tests.hosts.conftest import CPU_SCALE
 
 
 def test_without_root_the_reason_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

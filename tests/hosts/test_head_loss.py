@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from tests.cluster.conftest import ClusterStack
-from tests.cluster.play import play_with_fault
 from tests.faults.scenario import Harness, Replay
+from tests.hosts.conftest import ClusterStack
+from tests.hosts.play import play_with_fault
 
 pytestmark = [
     pytest.mark.ray,

@@ -16,9 +16,9 @@ import sys
 
 import pytest
 
-from tests.cluster.cluster import ROOT
-from tests.cluster.conftest import ClusterStack
 from tests.faults.frames import write_frame_folder
+from tests.hosts.cluster import ROOT
+from tests.hosts.conftest import ClusterStack
 
 pytestmark = [
     pytest.mark.ray,
@@ -72,6 +72,6 @@ def test_an_attached_run_leaves_the_clusters_other_apps_running(
     attached_run, cluster_stack: ClusterStack
 ) -> None:
     """A config given to Serve is the whole set of applications: the run keeps the ones already
-    running (`deployments.config.deploy`), or it would remove the cluster's own."""
+    running (`deployments.serve.config.deploy`), or it would remove the cluster's own."""
     _, after = attached_run
     assert after == cluster_stack.app.replicas, after

@@ -20,9 +20,9 @@ import pytest
 
 from benchmarks.procs import own
 from loadtest.baselines import make_clip
-from tests.cluster.cluster import Cluster
-from tests.cluster.conftest import ClusterStack
 from tests.faults.scenario import Harness
+from tests.hosts.cluster import Cluster
+from tests.hosts.conftest import ClusterStack
 
 pytestmark = [
     pytest.mark.ray,

@@ -17,13 +17,13 @@ from pathlib import Path
 
 from redis.crc import key_slot
 
-from stream.adapters.redis_client import connect, refresh_cluster_view
-from stream.adapters.redis_outage import REDIS_TRANSIENT
-from stream.adapters.redis_server import LocalCluster
-from stream.adapters.source_registry import SourceSpec, add_source
-from stream.adapters.video import write_demo_clip
+from stream.adapters.media.video import write_demo_clip
+from stream.adapters.redis.client import connect, refresh_cluster_view
+from stream.adapters.redis.outage import REDIS_TRANSIENT
+from stream.adapters.redis.server import LocalCluster
+from stream.adapters.redis.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys
-from stream.results import ResultReader
+from stream.readers.results import ResultReader
 from stream.runners.processes import create_groups
 from stream.stages import build_stage
 from stream.stages.base import run_resilient

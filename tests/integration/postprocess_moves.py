@@ -21,10 +21,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from stream.adapters.redis_client import connect
-from stream.adapters.source_registry import SourceSpec, add_source
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys, partition_of
-from stream.results import ResultReader
+from stream.readers.results import ResultReader
 from stream.runners.processes import StageProcess, _write_config, create_groups
 from stream.settings import Settings
 from tests.clips import SCENE_PHOTOS, read_photo, scene_frames, write_clip

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.adapters.batch_tuning import tuned_batch_size
-from stream.adapters.openvino_engine import open_engine
+from stream.adapters.openvino.engine import open_engine
+from stream.stages.infer.batch_tuning import tuned_batch_size
 
 
 class _Counting:

@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from deployments.console import ConsoleFeed
-from deployments.results import ResultQueries
-from stream.adapters.jpeg import decode_jpeg
-from stream.adapters.source_registry import add_source, list_sources
-from stream.adapters.video import write_demo_clip
+from deployments.console.feed import ConsoleFeed
+from stream.adapters.media.jpeg import decode_jpeg
+from stream.adapters.media.video import write_demo_clip
+from stream.adapters.redis.source_registry import add_source, list_sources
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import LABEL_CHANGE, RESULT
+from stream.readers.queries import ResultQueries
 from stream.settings import Settings
-from stream.stages.ingest import IngestStage
+from stream.stages.ingest.stage import IngestStage
 
 KEYS = PipelineKeys("console", 3)
 
@@ -148,8 +148,8 @@ async def test_the_feed_pushes_timeline_label_changes_and_snapshots(redis_client
 
 
 async def test_the_feed_ends_with_an_error_event_when_redis_goes_away(tmp_path: Path) -> None:
-    from stream.adapters.redis_server import RedisServer
-    from stream.adapters.redis_streams import connect
+    from stream.adapters.redis.server import RedisServer
+    from stream.adapters.redis.streams import connect
 
     server = RedisServer(data_dir=tmp_path).start()
     client = await connect(server.url)

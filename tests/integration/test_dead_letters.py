@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 import pytest
 
-from stream.adapters.dead_letters import DeadLetters
-from stream.adapters.jpeg import encode_jpeg
+from stream.adapters.media.jpeg import encode_jpeg
 from stream.adapters.metrics import metrics
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_partitions import ensure_layout, recorded_keys
-from stream.adapters.redis_server import LocalCluster, RedisServer
-from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.dead_letters import DeadLetters
+from stream.adapters.redis.partitions import ensure_layout, recorded_keys
+from stream.adapters.redis.server import LocalCluster, RedisServer
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.errors import UnknownDeadLetter

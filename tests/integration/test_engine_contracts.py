@@ -20,8 +20,8 @@ import openvino as ov
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stream.adapters.image import fit_to_model
-from stream.adapters.openvino_engine import open_engine
+from stream.adapters.media.image import fit_to_model
+from stream.adapters.openvino.engine import open_engine
 
 MEAN_TORCH = np.array([123.675, 116.28, 103.53], np.float32)
 

@@ -23,7 +23,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from stream.adapters.openvino_engine import open_engine
+from stream.adapters.openvino.engine import open_engine
 from stream.cli import app
 from stream.errors import ModelError
 from stream.zoo import load_spec

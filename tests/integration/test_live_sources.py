@@ -16,17 +16,17 @@ from typing import Any
 
 import pytest
 
-from deployments.results import KINDS, ResultQueries
-from deployments.source_routes import _source_json
+from deployments.api.sources import _source_json
+from stream.adapters.media.video import write_demo_clip
 from stream.adapters.metrics import metrics
-from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import connect
-from stream.adapters.source_registry import SourceStatus, add_source, list_sources, remove_source
-from stream.adapters.video import write_demo_clip
+from stream.adapters.redis.server import RedisServer
+from stream.adapters.redis.source_registry import SourceStatus, add_source, list_sources, remove_source
+from stream.adapters.redis.streams import connect
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
+from stream.readers.queries import KINDS, ResultQueries
 from stream.settings import Settings
-from stream.stages.ingest import IngestStage
+from stream.stages.ingest.stage import IngestStage
 from tests.faults.frames import jpeg_payloads
 from tests.faults.mjpeg import MjpegCamera
 from tests.faults.rtsp import RtspCamera, rtsp_server_missing

@@ -13,7 +13,7 @@ from loadtest.recorder import Labels, read_labels_tsv, record_source, record_str
 from loadtest.replayer import Replayer, ReplayPlan, load_clip
 from loadtest.replayfile import ReplayFile
 from loadtest.schedule import Pace
-from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.errors import ConfigError
@@ -108,7 +108,7 @@ async def test_a_frames_stream_records_back_into_the_same_frames(
 
 def test_a_replay_file_is_an_ingest_source_kind(image_folder: Path, tmp_path: Path) -> None:
     from loadtest.source import register
-    from stream.adapters.video import open_source
+    from stream.adapters.media.video import open_source
 
     rec = record_source(str(image_folder), tmp_path / "clip.fsr", labels=Labels(default="cat"))
     register()
@@ -131,7 +131,7 @@ async def test_a_replay_into_a_partitioned_pipeline_sends_each_source_to_its_par
     redis_client, image_folder: Path, tmp_path: Path
 ) -> None:
     """The load tester joins a pipeline with the partition count it was created with."""
-    from stream.adapters.redis_partitions import ensure_layout, recorded_keys
+    from stream.adapters.redis.partitions import ensure_layout, recorded_keys
     from stream.core.keys import partition_of
 
     await ensure_layout(redis_client, PipelineKeys("ltp", 3))

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from stream.adapters.redis_partitions import FanInReader, ensure_layout
-from stream.adapters.redis_server import LocalCluster
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.source_registry import SourceSpec, add_source
-from stream.adapters.stream_entries import Entry, Output
-from stream.adapters.video import write_demo_clip
+from stream.adapters.media.video import write_demo_clip
+from stream.adapters.redis.entries import Entry, Output
+from stream.adapters.redis.partitions import FanInReader, ensure_layout
+from stream.adapters.redis.server import LocalCluster
+from stream.adapters.redis.source_registry import SourceSpec, add_source
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys, partition_of
 from stream.errors import ConfigError
-from stream.results import ResultReader
+from stream.readers.results import ResultReader
 from stream.runners.processes import create_groups
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream.adapters.redis_partitions import ensure_layout
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Entry, Output
+from stream.adapters.redis.entries import Entry, Output
+from stream.adapters.redis.partitions import ensure_layout
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import EOS, FRAME
 from stream.settings import Settings
-from stream.stages.postprocess import PostprocessStage
+from stream.stages.postprocess.stage import PostprocessStage
 
 LABELS = [f"class-{i}" for i in range(1000)]
 MODEL = "m"

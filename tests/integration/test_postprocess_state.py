@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.adapters.redis_server import LocalCluster
+from stream.adapters.redis.server import LocalCluster
 from tests.faults.checker import label_changes, sequence_differences
 from tests.integration.postprocess_moves import SOURCES, Played, make_clip, play_sync, scenario_settings
 

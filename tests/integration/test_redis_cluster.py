@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from stream.adapters.redis_client import connect, is_cluster
-from stream.adapters.redis_server import LocalCluster, RedisServer
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Output
-from stream.adapters.video import write_demo_clip
+from stream.adapters.media.video import write_demo_clip
+from stream.adapters.redis.client import connect, is_cluster
+from stream.adapters.redis.entries import Output
+from stream.adapters.redis.server import LocalCluster, RedisServer
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.keys import PipelineKeys
 from stream.errors import TransportError
 

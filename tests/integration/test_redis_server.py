@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer
 from stream.errors import TransportError
 
 

@@ -20,7 +20,7 @@ def test_a_fresh_process_opens_replay_sources_without_importing_loadtest_itself(
         writer.add_jpeg(jpg.tobytes(), i * 33.0, label="kite")
     writer.close()
     code = (
-        "from stream.adapters.video import open_source\n"
+        "from stream.adapters.media.video import open_source\n"
         f"src = open_source('replay:{path}')\n"
         "print(sum(1 for _ in iter(src.read, None)))\n"
     )

@@ -16,13 +16,13 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from stream.adapters.fenced_commit import Fenced
 from stream.adapters.metrics import metrics
-from stream.adapters.redis_client import connect, refresh_cluster_view
-from stream.adapters.redis_outage import REDIS_TRANSIENT
-from stream.adapters.redis_server import LocalCluster, RedisServer
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Output
+from stream.adapters.redis.client import connect, refresh_cluster_view
+from stream.adapters.redis.entries import Output
+from stream.adapters.redis.fenced_commit import Fenced
+from stream.adapters.redis.outage import REDIS_TRANSIENT
+from stream.adapters.redis.server import LocalCluster, RedisServer
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.errors import ConfigError, LeaseLost

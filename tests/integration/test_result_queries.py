@@ -7,10 +7,10 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from deployments.results import ResultQueries
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys, partition_of
 from stream.core.messages import LABEL_CHANGE, RESULT
+from stream.readers.queries import ResultQueries
 
 KEYS = PipelineKeys("queries", 3)
 SOURCES = ["cam-0", "cam-1", "cam-3"]  # crc32 % 3: 2, 1, 0: one source per partition

@@ -14,12 +14,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import EOS, RESULT
-from stream.results import JsonlSink, ResultReader
+from stream.readers.results import JsonlSink, ResultReader
 
 KEYS = PipelineKeys("collector")
 MODEL = "m"
@@ -138,7 +138,7 @@ async def test_by_cursor_it_takes_nothing_away_and_starts_at_the_end(client: aio
 async def test_both_runners_report_the_same_latency_percentiles(client: aioredis.Redis) -> None:
     """The processes runner (its own group) and the Ray runner (by cursor) read the same results
     and print the same p50 / p99 / max: one reader, one ledger, one percentile definition."""
-    from deployments.drive import DriveOptions, _Results, _summary
+    from deployments.local.drive import DriveOptions, _Results, _summary
     from stream.runners.processes import RunReport, _fill
 
     latencies = [float(v) for v in range(1, 101)]  # 1..100 ms: nearest-rank p99 is 99, max 100
@@ -165,8 +165,8 @@ async def test_both_runners_report_the_same_latency_percentiles(client: aioredis
 async def test_the_ray_runners_summary_counts_every_source_that_played(client: aioredis.Redis) -> None:
     """A source added over HTTP while `framestream run` plays its own counts in the summary too,
     and frames published before the run (an earlier run's) do not."""
-    from deployments.drive import DriveOptions, _Results, _summary
-    from deployments.watch import read_counters
+    from deployments.local.drive import DriveOptions, _Results, _summary
+    from stream.readers.watch import read_counters
 
     await client.hset(KEYS.counters, "published:cli", 7)  # an earlier run of the same source
     first = await read_counters(client, KEYS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.runner import check_attached
+from deployments.local.runner import check_attached
 from stream.errors import ConfigError
 
 CLUSTER = "198.18.77.10:6379"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from stream.adapters.metrics import metrics
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
-from stream.adapters.source_registry import SourceSpec, add_source, list_sources, remove_source
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer
+from stream.adapters.redis.source_registry import SourceSpec, add_source, list_sources, remove_source
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.settings import Settings
@@ -249,7 +249,7 @@ async def test_corrupt_frame_is_dead_lettered_every_other_frame_gets_a_result(
     keys = PipelineKeys()
     photo = read_photo(weights.parent / "images" / "cat.bmp")
     frames = scene_frames(photo, 20, (160, 120))
-    from stream.adapters.jpeg import encode_jpeg
+    from stream.adapters.media.jpeg import encode_jpeg
 
     async with pipeline(redis_server.url, settings, [V1]):
         for seq, rgb in enumerate(frames):
@@ -336,7 +336,7 @@ async def test_entries_held_by_a_dead_consumer_are_reclaimed_and_finished(
     redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path
 ) -> None:
     """A preprocess consumer read frames and died before acking: the live one reclaims them."""
-    from stream.adapters.jpeg import encode_jpeg
+    from stream.adapters.media.jpeg import encode_jpeg
     from stream.settings import PostprocessSettings
 
     # the reorder buffer must outwait the reclaim (claim_idle_ms=1000) to keep results in order
@@ -377,7 +377,7 @@ async def test_entries_delivered_to_a_live_consumer_that_never_got_them_are_take
     read ran after its connection had been given up, as when a host's route to Redis comes back),
     but the loop never received them. Nobody else may take them (the consumer is not silent); the
     loop finds them pending under its own name, idle and not held, and handles them."""
-    from stream.adapters.jpeg import encode_jpeg
+    from stream.adapters.media.jpeg import encode_jpeg
 
     settings = make_settings(tmp_path, weights)
     keys = PipelineKeys()

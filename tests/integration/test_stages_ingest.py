@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
-from stream.adapters.source_registry import add_source, list_sources, remove_source
-from stream.adapters.video import Frame, register_source_kind, write_demo_clip
+from stream.adapters.media.video import Frame, register_source_kind, write_demo_clip
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.server import RedisServer
+from stream.adapters.redis.source_registry import add_source, list_sources, remove_source
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.settings import Settings
-from stream.stages.ingest import IngestStage
+from stream.stages.ingest.stage import IngestStage
 
 KEYS = PipelineKeys()
 

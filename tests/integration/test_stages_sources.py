@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.adapters.video import (
+from stream.adapters.media.video import (
     ImageFolderSource,
     LiveCaptureSource,
     LiveOptions,

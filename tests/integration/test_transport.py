@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from stream.adapters.redis_client import connect
-from stream.adapters.redis_server import RedisServer
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Output
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.entries import Output
+from stream.adapters.redis.server import RedisServer
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from tests.faults.aof import rewrite_aof

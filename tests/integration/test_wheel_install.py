@@ -1,6 +1,6 @@
 """A wheel install, not editable and away from the source tree, still lists every model and serves
 the web console: the descriptors and the console's files ship as package data
-(`stream/zoo/models`, a symlink to `models/` in the checkout; `deployments/web`)."""
+(`stream/zoo/models`, a symlink to `models/` in the checkout; `deployments/console/web`)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_models_list_and_console_files_from_a_wheel_installed_in_a_fresh_venv(tm
     proc = _run([str(venv / "bin" / "framestream"), "models", "list", "--json"], cwd=away, env=env)
     assert sorted(m["name"] for m in json.loads(proc.stdout)) == sorted(s.name for s in list_specs())
     console = (
-        "import deployments, deployments.console as c; print(deployments.__file__); "
+        "import deployments, deployments.console.feed as c; print(deployments.__file__); "
         "print(all(c.static_file(n) for n in ('console.js', 'console.css')) "
         "and 'console.js' in c.index_html(''))"
     )

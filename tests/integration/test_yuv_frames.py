@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.adapters.frames import prepare_frame
-from stream.adapters.jpeg import decode_jpeg, encode_jpeg_i420
-from stream.adapters.video import VideoFileSource, write_demo_clip
-from stream.adapters.yuv import i420_planes, i420_shape, i420_to_rgb, shrink_i420, shrink_planes
+from stream.adapters.media.jpeg import decode_jpeg, encode_jpeg_i420
+from stream.adapters.media.video import VideoFileSource, write_demo_clip
+from stream.adapters.media.yuv import i420_planes, i420_shape, i420_to_rgb, shrink_i420, shrink_planes
 from stream.errors import CodecError
 from stream.settings import IngestSettings
+from stream.stages.ingest.frames import prepare_frame
 
 
 def _ffmpeg_rgb(clip: Path, n: int) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from stream.adapters.redis_server import find_free_port
+from stream.adapters.redis.server import find_free_port
 from tests.k8s.manifests import by_kind
 
 __all__ = ["PASSWORD", "ShippedRedis"]

@@ -17,10 +17,10 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from stream.adapters.redis_client import connect, is_cluster
-from stream.adapters.redis_server import find_free_cluster_port
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Output
+from stream.adapters.redis.client import connect, is_cluster
+from stream.adapters.redis.entries import Output
+from stream.adapters.redis.server import find_free_cluster_port
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.keys import PipelineKeys
 from stream.settings import Settings
 from tests.k8s.manifests import by_kind

@@ -1,4 +1,4 @@
-"""serveConfigV2 is generated from deployments/serve_config.yaml, is a valid Serve config whose
+"""serveConfigV2 is generated from deployments/serve/serve_config.yaml, is a valid Serve config whose
 import paths resolve in the package, and fits the Ray cluster it is deployed on."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 from tests.k8s.manifests import K8S, by_kind, pod_templates
 
 Docs = dict[str, list[dict[str, Any]]]
-SOURCE = K8S.parent / "deployments" / "serve_config.yaml"
+SOURCE = K8S.parent / "deployments" / "serve" / "serve_config.yaml"
 MISSING = f"{SOURCE} is missing: the RayService's serveConfigV2 is generated from it"
 
 
@@ -95,7 +95,7 @@ def test_rendered_serve_config_is_the_source_plus_only_cluster_deltas(
 def test_embedded_config_is_a_valid_serve_config(rendered: Docs, source: dict[str, Any]) -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.app import DEPLOYMENT_NAMES, AppArgs
+    from deployments.serve.app import DEPLOYMENT_NAMES, AppArgs
 
     for overlay, docs in rendered.items():
         config = ServeDeploySchema.model_validate(_embedded(docs))
@@ -166,10 +166,10 @@ def _cpus(value: str | int) -> float:
 def test_placement_on_inference_hosts_is_in_the_serve_config_for_every_runner(
     rendered: Docs, source: dict[str, Any]
 ) -> None:
-    """Infer and Classifier ask for the `inference` resource in deployments/serve_config.yaml
+    """Infer and Classifier ask for the `inference` resource in deployments/serve/serve_config.yaml
     itself (so `framestream run --address`, the tests and KubeRay place them alike), the local
     single node offers it, and the Kubernetes overrides do not carry placement on their own."""
-    from deployments.config import LOCAL_NODE_RESOURCES
+    from deployments.serve.config import LOCAL_NODE_RESOURCES
 
     def wanted(config: dict[str, Any]) -> dict[str, set[str]]:
         return {
@@ -192,8 +192,8 @@ def test_every_head_runs_serve_with_the_local_runs_environment(rendered: Docs) -
     """The RayService's head sets the same Ray variables (`RAY_HEAD_ENV`: the Serve controller's
     loop period) as `framestream run`'s local Ray, and the namespace cluster starts its head with
     them, so every runner measures and runs the same controller."""
-    from deployments.config import RAY_HEAD_ENV
-    from tests.cluster.cluster import groups
+    from deployments.serve.config import RAY_HEAD_ENV
+    from tests.hosts.cluster import groups
 
     assert RAY_HEAD_ENV
     for overlay, docs in rendered.items():

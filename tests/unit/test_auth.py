@@ -1,4 +1,4 @@
-"""Who may call which route (`deployments.auth`, pure) and how `framestream run` hands tokens to
+"""Who may call which route (`deployments.api.auth`, pure) and how `framestream run` hands tokens to
 the replicas (through the environment, never the Serve config)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from deployments.auth import Access, bearer_token
+from deployments.api.auth import Access, bearer_token
 from stream.settings import Settings
 
 READ = "r" * 20
@@ -86,7 +86,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("_clean_env")
 def test_the_run_makes_a_token_for_a_local_ray_and_keeps_it_out_of_the_serve_config() -> None:
-    from deployments.runner import _replica_settings, _tokens_through_environment
+    from deployments.local.runner import _replica_settings, _tokens_through_environment
 
     with contextlib.ExitStack() as stack:
         token = _tokens_through_environment(stack, Settings(), None)
@@ -99,7 +99,7 @@ def test_the_run_makes_a_token_for_a_local_ray_and_keeps_it_out_of_the_serve_con
 
 @pytest.mark.usefixtures("_clean_env")
 def test_configured_tokens_reach_the_replicas_and_are_not_printed() -> None:
-    from deployments.runner import _tokens_through_environment
+    from deployments.local.runner import _tokens_through_environment
 
     settings = Settings(api={"admin_tokens": [ADMIN], "read_tokens": [READ]})  # e.g. from --config
     with contextlib.ExitStack() as stack:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from deployments.console import (
+from deployments.console.feed import (
     LatestResults,
     index_html,
     source_row,

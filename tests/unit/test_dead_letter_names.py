@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.adapters.dead_letters import parse_ref
+from stream.adapters.redis.dead_letters import parse_ref
 from stream.commands.dead import format_age
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from deployments.display import Snapshot, StageRow, Summary, progress_table, summary_table
+from deployments.local.display import Snapshot, StageRow, Summary, progress_table, summary_table
 
 LONG = "parking-lot-north-entrance-camera-07"
 

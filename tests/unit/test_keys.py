@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stream.adapters.stream_entries import hash_tag
+from stream.adapters.redis.entries import hash_tag
 from stream.core.keys import PipelineKeys, partition_of
 
 

@@ -3,7 +3,7 @@ a second one on the same cores only competes with the first's inference streams.
 
 from __future__ import annotations
 
-from deployments.config import load_config, one_node, per_model
+from deployments.serve.config import load_config, one_node, per_model
 
 
 def _scaling(config: dict, app: int = 0) -> dict[str, dict]:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from deployments.policy import (
+from deployments.serve.policy import (
     BACKLOG_KEY,
     RATE_KEY,
     BacklogPolicy,
@@ -163,7 +163,7 @@ def test_the_plain_function_form_works_without_metrics():
 
 # The ingress rate limiter is pure logic of the Ray layer too; it is tested here with the policy.
 def test_rate_limiter_allows_a_burst_then_refills_at_the_rate():
-    from deployments.ratelimit import RateLimiter
+    from deployments.api.ratelimit import RateLimiter
 
     limiter = RateLimiter(rate_per_s=2.0, burst=3)
     assert [limiter.allow("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
@@ -174,7 +174,7 @@ def test_rate_limiter_allows_a_burst_then_refills_at_the_rate():
 
 
 def test_retry_after_is_the_wait_rounded_up_to_whole_seconds():
-    from deployments.ratelimit import RateLimiter, retry_after_s
+    from deployments.api.ratelimit import RateLimiter, retry_after_s
 
     limiter = RateLimiter(rate_per_s=0.25, burst=1)
     assert limiter.allow("a", 100.0) == 0.0
@@ -186,7 +186,7 @@ def test_retry_after_is_the_wait_rounded_up_to_whole_seconds():
 
 @given(times=st.lists(st.floats(0, 100), min_size=1, max_size=200))
 def test_rate_limiter_never_allows_more_than_burst_plus_rate_times_elapsed(times):
-    from deployments.ratelimit import RateLimiter
+    from deployments.api.ratelimit import RateLimiter
 
     limiter = RateLimiter(rate_per_s=5.0, burst=4, max_clients=1)
     times = sorted(times)

@@ -1,6 +1,6 @@
 from redis.exceptions import BusyLoadingError, ConnectionError, ResponseError, TimeoutError
 
-from stream.adapters.redis_outage import is_redis_outage
+from stream.adapters.redis.outage import is_redis_outage
 
 
 def test_outage_errors_are_told_apart_from_bugs():

@@ -11,7 +11,7 @@ from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stream.adapters.redis_outage import RedisOutage, ride_out
+from stream.adapters.redis.outage import RedisOutage, ride_out
 from stream.errors import FramestreamError
 
 

@@ -10,7 +10,7 @@ import os
 import pytest
 from rich.console import Console
 
-from deployments.runner import _redis_through_environment, _replica_settings
+from deployments.local.runner import _redis_through_environment, _replica_settings
 from stream.settings import Settings
 
 URL = "redis://:s3cret-pw@127.0.0.1:6390/0"

@@ -45,7 +45,7 @@ def test_the_runners_and_the_api_use_this_rule() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    for path in ("stream/runners/processes.py", "deployments/drive.py", "deployments/source_routes.py"):
+    for path in ("stream/runners/processes.py", "deployments/local/drive.py", "deployments/api/sources.py"):
         tree = ast.parse((root / path).read_text())
         modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert "stream.core.source_ids" in modules, path

@@ -4,7 +4,7 @@
 full decode) when the caller only needs an image at least `min_hw` large: that is what preprocess
 asks for, since every model input is far smaller than a camera frame. `encode_jpeg_i420` writes
 a decoded video frame's planes straight into a JPEG, with no colour conversion (see
-`stream.adapters.yuv`).
+`stream.adapters.media.yuv`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from stream.adapters.yuv import i420_planes
+from stream.adapters.media.yuv import i420_planes
 from stream.errors import CodecError
 
 __all__ = ["decode_jpeg", "encode_jpeg", "encode_jpeg_i420", "jpeg_size"]

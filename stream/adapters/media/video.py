@@ -37,7 +37,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from stream.adapters.yuv import i420_to_rgb, shrink_i420, shrink_planes, to_full_range
+from stream.adapters.media.yuv import i420_to_rgb, shrink_i420, shrink_planes, to_full_range
 from stream.core.source_status import PLAYING, RECONNECTING, STALLED
 from stream.errors import SourceError
 
@@ -69,7 +69,7 @@ _NETWORK_PREFIXES = NETWORK_PREFIXES
 
 @dataclass(frozen=True)
 class Frame:
-    """One frame: `rgb` (HxWx3 uint8), `i420` (a planar 4:2:0 array, see `stream.adapters.yuv`;
+    """One frame: `rgb` (HxWx3 uint8), `i420` (a planar 4:2:0 array, see `stream.adapters.media.yuv`;
     what decoded video gives, in video range when `i420_limited`) or `jpeg` bytes. At least one
     is set.
 

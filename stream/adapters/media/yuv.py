@@ -10,7 +10,7 @@ The convention here: an I420 array is one packed uint8 array of shape ``(h * 3 /
 layout of FFmpeg's ``yuv420p`` and OpenCV's ``COLOR_YUV2*_I420``): ``h`` rows of Y, then Cb and
 Cr at ``(h // 2, w // 2)`` each. JPEG (JFIF) wants **full range** (0..255); video is usually
 limited range (Y 16..235): `to_full_range` converts it, best after `shrink_i420` (fewer pixels).
-`i420_to_rgb` and `stream.adapters.jpeg.encode_jpeg_i420` take full-range planes.
+`i420_to_rgb` and `stream.adapters.media.jpeg.encode_jpeg_i420` take full-range planes.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A letter holds the stage, the reason, the stream, group and id the entry came from, how often it
 was delivered, its size and (up to 1 MiB) its bytes, which `framestream dead retry` re-drives
-(`stream.adapters.dead_letters` lists, retries and trims them).
+(`stream.adapters.redis.dead_letters` lists, retries and trims them).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from stream.adapters.stream_entries import DeadLetter, hash_tag
+from stream.adapters.redis.entries import DeadLetter, hash_tag
 from stream.core.keys import FIELD, PipelineKeys
 
 __all__ = ["dead_stream", "letter_fields", "write_dead_letters"]

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from msgpack import ExtType
 from redis.exceptions import ResponseError
 
-from stream.adapters.redis_streams import StreamTransport
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.errors import CodecError, DeadLetterError, UnknownDeadLetter
@@ -213,7 +213,7 @@ def _record(keys: PipelineKeys, entry_id: str, fields: Mapping[bytes, bytes]) ->
 
 class DeadLetters:
     """The dead letters of every partition of the pipeline `keys` (its recorded partition count:
-    `stream.adapters.redis_partitions.recorded_keys`)."""
+    `stream.adapters.redis.partitions.recorded_keys`)."""
 
     def __init__(self, client: aioredis.Redis, keys: PipelineKeys) -> None:
         self.client = client

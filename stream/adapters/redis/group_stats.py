@@ -8,7 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from stream.adapters.stream_entries import text
+from stream.adapters.redis.entries import text
 
 __all__ = ["GroupStats", "all_group_stats", "group_infos", "group_stats", "repair_lag"]
 

@@ -4,7 +4,7 @@ A *lease* is a string key holding its holder's value, with an expiry: taken with
 renewed and released only by the holder (a script compares the value first), so a holder that
 died loses it within its time to live. Ingest holds one per source it plays; postprocess one per
 partition it owns (`stream.stages.ownership`), whose value its commits check (`Fenced`
-in `stream.adapters.redis_streams`).
+in `stream.adapters.redis.streams`).
 
 `Members` counts the live replicas of one role: each one heartbeats into a sorted set scored by
 its expiry on Redis's own clock (``TIME`` inside the script), so hosts with skewed clocks agree.

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from stream.adapters.redis_streams import StreamTransport
-from stream.adapters.stream_entries import Entry
+from stream.adapters.redis.entries import Entry
+from stream.adapters.redis.streams import StreamTransport
 from stream.core.keys import PipelineKeys
 from stream.errors import ConfigError
 

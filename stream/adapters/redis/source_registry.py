@@ -5,7 +5,7 @@ the source's partition maps source_id -> JSON progress ``{next_seq, position, do
 ingest writes in the same MULTI/EXEC as the frames it publishes, so a replica that takes a source
 over resumes right after the last published frame (no loss; duplicates only if two replicas
 overlap during a lease hand-over). The same JSON carries the source's status
-(`stream.adapters.source_reports`), written with the progress and whenever the status changes.
+(`stream.stages.ingest.source_reports`), written with the progress and whenever the status changes.
 """
 
 from __future__ import annotations

@@ -5,20 +5,20 @@
   partition: every key of a partition shares its hash tag, so on a Redis Cluster the
   transaction runs on the one node serving that slot);
 - a `Fenced` forward (postprocess, which owns partitions) runs as one script instead
-  (`stream.adapters.fenced_commit`): only while the partition's lease holds the committer's
+  (`stream.adapters.redis.fenced_commit`): only while the partition's lease holds the committer's
   value, and writes the committer's state hash with the outputs and acks;
 - `reclaim` takes over entries a dead or stuck consumer left pending (XAUTOCLAIM);
 - an entry delivered more than `max_deliveries` times, or one that does not decode, goes to the
-  dead-letter stream (`stream.adapters.dead_letter_writer`: stage, reason, the stream, group and
-  id it came from and its bytes; `stream.adapters.dead_letters` lists, retries and trims them),
+  dead-letter stream (`stream.adapters.redis.dead_letter_writer`: stage, reason, the stream, group and
+  id it came from and its bytes; `stream.adapters.redis.dead_letters` lists, retries and trims them),
   and is acked;
 - with `replica_acks` N > 0, each of those transactions waits (WAIT) until N replicas of its
   master hold it, or `replica_ack_timeout_ms`; a shortfall is logged and counted, not raised;
 - `trim` never deletes an entry that some group has not acked or not yet read
-  (`stream.adapters.stream_trim`); `group_stats` reports lag and pending
-  (`stream.adapters.group_stats`).
+  (`stream.adapters.redis.trim`); `group_stats` reports lag and pending
+  (`stream.adapters.redis.group_stats`).
 
-Entries, outputs, dead letters and stream ids are `stream.adapters.stream_entries`.
+Entries, outputs, dead letters and stream ids are `stream.adapters.redis.entries`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from stream.adapters import group_stats as _group_stats
-from stream.adapters import replica_acks as _replica_acks
-from stream.adapters import stream_trim as _stream_trim
-from stream.adapters.dead_letter_writer import dead_stream, letter_fields, write_dead_letters
-from stream.adapters.fenced_commit import Fenced, FencedCommit
-from stream.adapters.group_stats import GroupStats
 from stream.adapters.metrics import metrics
-from stream.adapters.redis_client import connect
-from stream.adapters.stream_entries import DeadLetter, Entry, Output, entry_of, hash_tag, last_id, text
+from stream.adapters.redis import group_stats as _group_stats
+from stream.adapters.redis import replica_acks as _replica_acks
+from stream.adapters.redis import trim as _trim
+from stream.adapters.redis.client import connect
+from stream.adapters.redis.dead_letter_writer import dead_stream, letter_fields, write_dead_letters
+from stream.adapters.redis.entries import DeadLetter, Entry, Output, entry_of, hash_tag, last_id, text
+from stream.adapters.redis.fenced_commit import Fenced, FencedCommit
+from stream.adapters.redis.group_stats import GroupStats
 from stream.core.codec import Message, decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.errors import CodecError, ConfigError, LeaseLost
@@ -52,7 +52,7 @@ __all__ = [
     "Output",
     "StreamTransport",
     "hash_tag",
-    "connect",  # re-exported: the factory lives in stream.adapters.redis_client
+    "connect",  # re-exported: the factory lives in stream.adapters.redis.client
     "last_id",
 ]
 """The names stages and tools import from here; each lives in the module its import names."""
@@ -399,10 +399,10 @@ class StreamTransport:
         return await _group_stats.repair_lag(self.client, stream, group)
 
     async def safe_trim_id(self, stream: str) -> str | None:
-        """The lowest id some group still needs (`stream_trim.safe_trim_id`)."""
-        return await _stream_trim.safe_trim_id(self.client, stream)
+        """The lowest id some group still needs (`trim.safe_trim_id`)."""
+        return await _trim.safe_trim_id(self.client, stream)
 
     async def trim(self, stream: str, *, keep: int = 0) -> int:
         """Delete entries every group has acked, keeping at least the newest `keep` entries;
-        never one a group has pending or not read yet (`stream_trim.trim`)."""
-        return await _stream_trim.trim(self.client, stream, keep=keep)
+        never one a group has pending or not read yet (`trim.trim`)."""
+        return await _trim.trim(self.client, stream, keep=keep)

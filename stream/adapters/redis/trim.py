@@ -11,8 +11,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from stream.adapters.group_stats import group_infos
-from stream.adapters.stream_entries import id_tuple, next_id, text
+from stream.adapters.redis.entries import id_tuple, next_id, text
+from stream.adapters.redis.group_stats import group_infos
 
 __all__ = ["safe_trim_id", "trim", "trim_output"]
 

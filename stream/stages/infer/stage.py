@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
-from stream.adapters.batch_tuning import tuned_batch_size
 from stream.adapters.metrics import metrics
-from stream.adapters.stream_entries import DeadLetter, Entry, Output
+from stream.adapters.redis.entries import DeadLetter, Entry, Output
 from stream.core.batching import BatchBuffer, BatchPolicy, batch_buckets, padded_size
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, SKIP
 from stream.settings import Settings
 from stream.stages.base import Handled, StageBase, now_ms, skip_marker
+from stream.stages.infer.batch_tuning import tuned_batch_size
 
 __all__ = ["InferStage"]
 
@@ -49,7 +49,7 @@ class InferStage(StageBase):
             model=model,
         )
         if engine is None:
-            from stream.adapters.openvino_engine import open_engine
+            from stream.adapters.openvino.engine import open_engine
 
             engine = open_engine(
                 model,
@@ -75,7 +75,7 @@ class InferStage(StageBase):
 
     async def start(self) -> None:
         """Create the group, run every padded batch shape once per request (warm-up), then pick
-        the batch size (`stream.adapters.batch_tuning`, once per model and machine).
+        the batch size (`stream.stages.infer.batch_tuning`, once per model and machine).
 
         A dynamic-shape engine is slow on the first call with each new input shape (hundreds of
         ms to seconds); paying that here keeps it out of the first frames' latency.

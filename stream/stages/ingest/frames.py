@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from stream.adapters.jpeg import decode_jpeg, encode_jpeg, encode_jpeg_i420
-from stream.adapters.video import Frame, FrameSource, LiveHealth
+from stream.adapters.media.jpeg import decode_jpeg, encode_jpeg, encode_jpeg_i420
+from stream.adapters.media.video import Frame, FrameSource, LiveHealth
 from stream.core.codec import Message, encode_message
 from stream.core.messages import EOS, FRAME
 from stream.core.sampling import DropBuffer, FrameSampler

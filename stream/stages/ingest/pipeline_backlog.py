@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.adapters.redis_streams import GroupStats, StreamTransport
+from stream.adapters.redis.streams import GroupStats, StreamTransport
 from stream.core.geometry import source_short_side
 from stream.core.keys import PipelineKeys
 from stream.errors import ModelError

@@ -12,11 +12,11 @@ import json
 import time
 from typing import Any
 
-from stream.adapters.frames import PendingFrame, eos_message
-from stream.adapters.source_reports import SourceReport
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.thumbnails import ThumbnailThrottle
 from stream.settings import IngestSettings
+from stream.stages.ingest.frames import PendingFrame, eos_message
+from stream.stages.ingest.source_reports import SourceReport
 
 __all__ = ["SourceWrites"]
 

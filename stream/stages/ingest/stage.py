@@ -1,8 +1,8 @@
 """ingest: play the registered sources into the frames stream.
 
-Sources live in ``keys.sources`` (see `stream.adapters.source_registry`), so they can be added and removed
-while the pipeline runs. Each source is played by exactly one ingest replica at a time: the
-replica holds a lease (`stream.adapters.redis_leases`, renewed every scan) and records its progress with every
+Sources live in ``keys.sources`` (see `stream.adapters.redis.source_registry`), so they can be added
+and removed while the pipeline runs. Each source is played by exactly one ingest replica at a time: the
+replica holds a lease (`stream.adapters.redis.leases`, renewed every scan) and records its progress with every
 publish, so a replica that takes over resumes after the last published frame.
 
 A source's frames, progress and counters go to its partition (``keys.for_source``). File, image
@@ -12,8 +12,8 @@ its inference lags behind its preprocessing); live sources (RTSP, webcams) never
 thread fills a small buffer that drops by policy, and frames that arrive while the pipeline is
 behind are dropped too. Every drop is counted (metrics and ``keys.counters``).
 
-The backlog it waits on is `stream.adapters.pipeline_backlog`; its writes to Redis (frames with
-progress and status, thumbnails, drops, end-of-stream) are `stream.adapters.source_writes`.
+The backlog it waits on is `stream.stages.ingest.pipeline_backlog`; its writes to Redis (frames with
+progress and status, thumbnails, drops, end-of-stream) are `stream.stages.ingest.source_writes`.
 """
 
 from __future__ import annotations
@@ -27,21 +27,27 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from stream.adapters.frames import LivePump, PendingFrame, encode_frames
+from stream.adapters.media.video import FrameSource, LiveOptions, open_source, skip_frames
 from stream.adapters.metrics import metrics
-from stream.adapters.pipeline_backlog import PipelineBacklog
-from stream.adapters.redis_leases import Leases
-from stream.adapters.redis_partitions import ensure_layout
-from stream.adapters.redis_streams import GroupStats, StreamTransport
-from stream.adapters.source_registry import SourceSpec, add_source, get_state, list_sources, remove_source
-from stream.adapters.source_reports import SourceReport
-from stream.adapters.source_writes import SourceWrites
-from stream.adapters.video import FrameSource, LiveOptions, open_source, skip_frames
+from stream.adapters.redis.leases import Leases
+from stream.adapters.redis.partitions import ensure_layout
+from stream.adapters.redis.source_registry import (
+    SourceSpec,
+    add_source,
+    get_state,
+    list_sources,
+    remove_source,
+)
+from stream.adapters.redis.streams import GroupStats, StreamTransport
 from stream.core.keys import PipelineKeys
 from stream.core.sampling import FrameSampler
 from stream.core.source_status import PLAYING
 from stream.errors import SourceError
 from stream.settings import IngestSettings, Settings
+from stream.stages.ingest.frames import LivePump, PendingFrame, encode_frames
+from stream.stages.ingest.pipeline_backlog import PipelineBacklog
+from stream.stages.ingest.source_reports import SourceReport
+from stream.stages.ingest.source_writes import SourceWrites
 
 __all__ = ["IngestStage", "add_source", "list_sources", "remove_source"]
 

@@ -1,1 +1,3 @@
-"""The postprocess stage (`stage.py`) and the I/O only it needs: partition leases, saved track states and commit fences."""
+"""The postprocess stage (`stage.py`) and the I/O only it needs: partition leases, saved track states
+and commit fences.
+"""

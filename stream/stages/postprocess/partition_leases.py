@@ -14,7 +14,7 @@ import secrets
 
 import redis.asyncio as aioredis
 
-from stream.adapters.redis_leases import Leases, Members
+from stream.adapters.redis.leases import Leases, Members
 from stream.core.keys import PipelineKeys
 from stream.core.ownership import Rebalance, rebalance
 

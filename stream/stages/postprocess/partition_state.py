@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 
 import redis.asyncio as aioredis
 
-from stream.adapters.fenced_commit import Fenced
-from stream.adapters.stream_entries import text
+from stream.adapters.redis.entries import text
+from stream.adapters.redis.fenced_commit import Fenced
 from stream.core.keys import PipelineKeys
 from stream.core.track_state import SavedTrack, decode_track
 
