@@ -70,7 +70,7 @@ def main() -> None:
             )
             deploy(config)
             (app,) = app_names(config).values()
-            from deployments.serve.config import replica_counts
+            from deployments.serve.status import replica_counts
 
             rows = {
                 "serve.status()": _cost(lambda: _status_counts(app), args.calls),

@@ -45,8 +45,8 @@ from deployments.api.ratelimit import RateLimiter, retry_after_s
 from deployments.api.replica import serving_replica
 from deployments.console import feed as console
 from deployments.console import routes as console_routes
-from deployments.serve.config import replica_states
 from deployments.serve.stage import open_redis, stage_settings
+from deployments.serve.status import replica_states
 from stream.readers.queries import ResultQueries
 
 __all__ = ["ApiError", "Ingress", "IngressOptions", "api"]

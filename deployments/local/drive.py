@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 
 from deployments.local.display import Progress, Snapshot, StageRow, Summary
-from deployments.serve.config import replica_counts
+from deployments.serve.status import replica_counts
 from stream.adapters.redis.outage import RedisOutage, is_redis_outage, ride_out
 from stream.adapters.redis.streams import connect
 from stream.core.keys import PipelineKeys

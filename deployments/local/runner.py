@@ -38,6 +38,7 @@ from rich.panel import Panel
 
 from deployments.local.display import Summary, summary_table
 from deployments.local.drive import DriveOptions, drive
+from deployments.ray_internals import reload_auth_config
 from deployments.serve.config import (
     CONFIG_PATH,
     app_names,
@@ -48,7 +49,9 @@ from deployments.serve.config import (
     per_model,
     start_local_ray,
 )
+from deployments.serve.status import app_status
 from stream.adapters.redis.server import RedisServer, find_free_port
+from stream.core.source_uri import parse_source
 from stream.errors import ConfigError, FramestreamError, ModelError
 from stream.runners import RunRequest
 from stream.settings import Settings, load_settings
@@ -122,12 +125,10 @@ def _is_loopback(host: str) -> bool:
 
 def _temp_path(source: str) -> Path | None:
     """The path `source` names when it lies in this machine's temp dir, else None."""
-    from stream.adapters.media.video import NETWORK_PREFIXES
-
-    if source.lower().startswith(NETWORK_PREFIXES) or source.startswith(("webcam:", "/dev/video")):
+    local = parse_source(source).path
+    if local is None:
         return None
-    prefix, sep, rest = source.partition(":")
-    path = Path(rest if sep and prefix in ("file", "replay") else source).expanduser()
+    path = Path(local).expanduser()
     try:
         resolved, tmp = path.resolve(), Path(tempfile.gettempdir()).resolve()
     except OSError:
@@ -200,9 +201,7 @@ def _start_ray(address: str | None) -> bool:
         if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
             os.environ["RAY_AUTH_MODE"] = "token"
             with contextlib.suppress(Exception):  # Ray reads the mode at import: make it re-read
-                from ray._raylet import Config  # type: ignore[attr-defined]
-
-                Config.initialize("")
+                reload_auth_config()
         try:
             ray.init(address=address, **common)
         except ConnectionError as e:
@@ -393,7 +392,6 @@ def _ensure_apps(
 
     Returns the Serve application name per model and whether we deployed them.
     """
-    from ray import serve
 
     config = per_model(
         override(
@@ -408,8 +406,8 @@ def _ensure_apps(
     apps = app_names(config)
     if options.address:
         with contextlib.suppress(Exception):
-            running = serve.status().applications
-            if all(str(getattr(running[a].status, "value", "")) == "RUNNING" for a in apps.values()):
+            statuses = [app_status(a) for a in apps.values()]
+            if all(s is not None and s.status == "RUNNING" for s in statuses):
                 console.print(
                     "using the Serve application(s) already running there (their own settings apply)"
                 )

@@ -11,12 +11,13 @@ import copy
 import logging
 import os
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from deployments.ray_internals import serve_start
+from deployments.serve.status import app_status
 from stream.core.messages import STAGES
 from stream.errors import ConfigError
 
@@ -32,7 +33,6 @@ __all__ = [
     "one_node",
     "override",
     "per_model",
-    "replica_counts",
     "start_local_ray",
     "wait_running",
 ]
@@ -192,13 +192,10 @@ def deploy(config: dict[str, Any], *, timeout_s: float = 300.0) -> None:
 
     Needs ``ray.init`` first. Raises ConfigError with Serve's own message if a deployment fails.
     """
-    from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema, ServeInstanceDetails
 
     schema = ServeDeploySchema.model_validate(config)
-    client = serve_api.serve_start(
-        http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
-    )
+    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
     # a config given to Serve is the whole set of applications: keep the ones running already
     # (another run's, the cluster's own) that this config does not replace
     ours = {app.name for app in schema.applications}
@@ -216,53 +213,16 @@ def deploy(config: dict[str, Any], *, timeout_s: float = 300.0) -> None:
 
 def wait_running(app_name: str, *, timeout_s: float) -> None:
     """Block until application `app_name` is RUNNING; ConfigError on failure or timeout."""
-    from ray import serve
-
     deadline = time.monotonic() + timeout_s
     message = ""
     while time.monotonic() < deadline:
-        app = serve.status().applications.get(app_name)
+        app = app_status(app_name)
         if app is not None:
-            status = str(app.status.value if hasattr(app.status, "value") else app.status)
-            if status == "RUNNING":
+            if app.status == "RUNNING":
                 return
-            if status in ("DEPLOY_FAILED", "UNHEALTHY"):
-                details = "; ".join(
-                    f"{name}: {d.message}" for name, d in app.deployments.items() if d.message
-                )
-                raise ConfigError(f"Serve application {app_name!r} is {status}: {app.message} {details}")
+            if app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                details = "; ".join(f"{name}: {m}" for name, m in app.deployment_messages.items())
+                raise ConfigError(f"Serve application {app_name!r} is {app.status}: {app.message} {details}")
             message = app.message
         time.sleep(0.5)
     raise ConfigError(f"Serve application {app_name!r} not running after {timeout_s:.0f} s: {message}")
-
-
-def _value(state: Any) -> str:
-    """A state as its plain name (Serve's states are ``str`` enums: ``str()`` adds the class)."""
-    return str(getattr(state, "value", state))
-
-
-def replica_states(app_name: str) -> dict[str, dict[str, int]]:
-    """Replicas per state (RUNNING, STARTING, ...) per deployment of `app_name`.
-
-    Read from the controller's details as a plain dict: `serve.status()` builds Serve's pydantic
-    models from the same dict, and their validators cloudpickle every deployment's request router
-    and autoscaling policy again, on each call (tens of ms of CPU, most of the driver's own CPU
-    when a progress view asked twice a second).
-    """
-    from ray.serve.context import _get_global_client
-
-    client = _get_global_client(raise_if_no_controller_running=False)
-    if client is None:
-        return {}
-    app = (client.get_serve_details().get("applications") or {}).get(app_name)
-    if app is None:
-        return {}
-    return {
-        name: dict(Counter(_value(r.get("state")) for r in d.get("replicas") or []))
-        for name, d in (app.get("deployments") or {}).items()
-    }
-
-
-def replica_counts(app_name: str) -> dict[str, int]:
-    """RUNNING replicas per deployment of `app_name` (`replica_states`)."""
-    return {name: states.get("RUNNING", 0) for name, states in replica_states(app_name).items()}

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
+from deployments.ray_internals import session_dir
 from stream.adapters.redis.server import RedisServer, find_free_port
 from stream.settings import Settings
 
@@ -251,11 +252,8 @@ def test_tokens_stay_out_of_rays_logs(live: Live) -> None:
     link carries) end up in Ray's logs: Serve's access log writes the path only."""
     with httpx.Client(base_url=live.url, timeout=30) as http:
         assert http.get("/v1/stages", params={"token": ADMIN}).status_code == 200
-    node = getattr(getattr(ray, "_private", None), "worker", None)
-    node = getattr(node, "_global_node", None)
-    if node is None:
-        pytest.skip("cannot find this Ray cluster's session folder (Ray's internals moved)")
-    session = Path(node.get_session_dir_path())  # this cluster's: others may run on the machine
+    session = session_dir()  # this cluster's: others may run on the machine
+    assert session is not None, "cannot find this Ray cluster's session folder"
     logs = [p for p in (session / "logs").rglob("*") if p.is_file()]
     assert logs, f"no Ray logs under {session}"
     leaked = [p.name for p in logs if ADMIN.encode() in p.read_bytes()]

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deployments.serve.config import deploy, load_config, override, replica_counts
+from deployments.serve.config import deploy, load_config, override
 from deployments.serve.config import start_local_ray as _start_local_ray
+from deployments.serve.status import replica_counts
 from stream.settings import Settings
 
 __all__ = ["FaultApp", "process_pids"]

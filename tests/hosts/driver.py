@@ -26,7 +26,8 @@ MARK = "@@driver "
 def _handle(request: dict[str, Any]) -> dict[str, Any]:
     import ray
 
-    from deployments.serve.config import deploy, replica_counts
+    from deployments.serve.config import deploy
+    from deployments.serve.status import replica_counts
 
     op = request.get("op")
     if op == "deploy":
