@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
+from stream.core.source_uri import parse_source
+
 __all__ = ["ID_PATTERN", "source_id", "source_ids"]
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -31,15 +33,14 @@ def _stem(path: str) -> str:
 
 def source_id(uri: str, taken: set[str] | None = None) -> str:
     """The id of `uri` (see the module docstring), unique among `taken`, which it updates."""
-    if "://" in uri:
+    parsed = parse_source(uri)
+    if parsed.rest.startswith("//"):
         parts = urlsplit(uri)
         base = "-".join(p for p in ((parts.hostname or ""), parts.path.strip("/")) if p)
-    elif uri.startswith("webcam:"):
-        base = uri.replace(":", "-", 1)
-    elif uri.startswith("replay:"):
-        base = _stem(uri.split(":", 1)[1])
+    elif parsed.webcam and parsed.rest != uri:
+        base = f"webcam-{parsed.rest}"
     else:
-        base = _stem(uri)
+        base = _stem(parsed.rest)
     base = re.sub(r"[^A-Za-z0-9_.\-]+", "-", base).strip("-.")[:_MAX] or "source"
     if taken is None:
         return base

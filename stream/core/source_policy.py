@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from stream.core.source_uri import parse_source
+
 __all__ = [
     "METADATA_NETWORKS",
     "PATH_KINDS",
     "SourcePolicy",
     "SourceVerdict",
     "check_source",
-    "source_kind",
 ]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -90,17 +91,6 @@ def _malformed(reason: str) -> SourceVerdict:
 
 def _forbidden(reason: str) -> SourceVerdict:
     return SourceVerdict("forbidden", reason)
-
-
-def source_kind(uri: str) -> tuple[str, str]:
-    """(kind, rest): ``rtsp://cam/x`` -> (rtsp, //cam/x); ``/a.mp4`` -> (file, /a.mp4);
-    ``replay:/r.fsr`` -> (replay, /r.fsr); ``webcam:0`` and ``/dev/video0`` -> (webcam, ...)."""
-    if uri.startswith("/dev/video"):
-        return "webcam", uri
-    prefix, sep, rest = uri.partition(":")
-    if not sep or "/" in prefix or not prefix:
-        return "file", uri
-    return prefix.lower(), rest
 
 
 def _address_problem(address: Address, allowed: Sequence[Network]) -> str | None:
@@ -201,7 +191,8 @@ def check_source(
         return _malformed("the URI is empty or has leading/trailing whitespace")
     if any(ord(c) < 32 for c in uri):
         return _malformed("the URI contains control characters")
-    kind, rest = source_kind(uri)
+    parsed = parse_source(uri)
+    kind, rest = parsed.kind, parsed.rest
     if kind not in policy.schemes:
         allowed = ", ".join(sorted(policy.schemes)) or "none"
         return _forbidden(f"source kind {kind!r} is not allowed here (allowed: {allowed})")

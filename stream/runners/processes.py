@@ -33,12 +33,14 @@ import redis.asyncio as aioredis
 import yaml
 
 from stream.adapters.redis.client import connect, refresh_cluster_view
+from stream.adapters.redis.entries import text
 from stream.adapters.redis.outage import REDIS_TRANSIENT
 from stream.adapters.redis.partitions import ensure_layout
 from stream.adapters.redis.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger, Track
 from stream.core.source_ids import source_ids
+from stream.core.source_uri import parse_source
 from stream.errors import FramestreamError
 from stream.readers.results import SINK_GROUP, JsonlSink, ResultReader, dead_letter_count
 from stream.settings import Settings
@@ -53,17 +55,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_LIVE_PREFIXES = (
-    "rtsp://",
-    "rtsps://",
-    "rtmp://",
-    "http://",
-    "https://",
-    "udp://",
-    "tcp://",
-    "webcam:",
-    "/dev/video",
-)
 
 
 @dataclass
@@ -104,7 +95,7 @@ class RunReport:
 
 
 def _is_live(spec: SourceSpec) -> bool:
-    return bool(spec.live) or (spec.live is None and spec.uri.lower().startswith(_LIVE_PREFIXES))
+    return bool(spec.live) or (spec.live is None and parse_source(spec.uri).live)
 
 
 async def create_groups(client: aioredis.Redis, keys: PipelineKeys, models: list[str]) -> None:
@@ -274,7 +265,7 @@ async def run_processes(
         report.dead_letters = await dead_letter_count(client, keys) - dead_before
         counters = await client.hgetall(keys.counters)
         report.dropped = sum(
-            int(v) for k, v in counters.items() if _s(k).startswith("dropped:") and _s(k)[8:] in ids
+            int(v) for k, v in counters.items() if text(k).startswith("dropped:") and text(k)[8:] in ids
         )
         _fill(report, collector.ledger, [(sid, m) for sid in ids for m in models])
         return report
@@ -299,7 +290,7 @@ async def _wait_ready(
     so sources start when the whole pipeline can take them."""
     deadline = time.monotonic() + timeout_s
     while True:
-        ready = {_s(k) for k in await client.hkeys(keys.stage_ready)}
+        ready = {text(k) for k in await client.hkeys(keys.stage_ready)}
         missing = [p.label for p in procs if p.consumer not in ready]
         if not missing:
             return
@@ -391,7 +382,3 @@ def _fill(report: RunReport, ledger: ResultLedger, pairs: list[tuple[str, str]])
 def _latency(track: Track) -> dict[str, float | None]:
     hist = track.latency
     return {"p50_ms": hist.percentile(50), "p99_ms": hist.percentile(99), "max_ms": hist.percentile(100)}
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

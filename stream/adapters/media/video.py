@@ -39,6 +39,7 @@ from tenacity import (
 
 from stream.adapters.media.yuv import i420_to_rgb, shrink_i420, shrink_planes, to_full_range
 from stream.core.source_status import PLAYING, RECONNECTING, STALLED
+from stream.core.source_uri import NETWORK_SCHEMES, parse_source
 from stream.errors import SourceError
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "LiveCaptureSource",
     "LiveHealth",
     "LiveOptions",
-    "NETWORK_PREFIXES",
     "VideoFileSource",
     "open_source",
     "register_source_kind",
@@ -62,9 +62,7 @@ log = logging.getLogger(__name__)
 _IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _I420_FORMATS = ("yuv420p", "yuvj420p")
 _JPEG_RANGE = 2  # AVCOL_RANGE_JPEG: full range
-NETWORK_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-"""Source specs that name a network stream: any host can open them, none reads a local file."""
-_NETWORK_PREFIXES = NETWORK_PREFIXES
+_BUILT_IN_KINDS = NETWORK_SCHEMES | {"file", "webcam"}
 
 
 @dataclass(frozen=True)
@@ -156,20 +154,18 @@ def open_source(
     """
     if not spec:
         raise SourceError("empty source spec")
-    prefix, sep, rest = spec.partition(":")
-    if sep and prefix not in _KINDS:
+    parsed = parse_source(spec)
+    if parsed.kind not in _KINDS and parsed.kind not in _BUILT_IN_KINDS:
         _load_plugin_kinds()
-    if sep and prefix in _KINDS:
-        return _KINDS[prefix](rest)
-    lowered = spec.lower()
-    if lowered.startswith(_NETWORK_PREFIXES):
+    if parsed.kind in _KINDS:
+        return _KINDS[parsed.kind](parsed.rest)
+    if parsed.network:
         return LiveCaptureSource(spec, spec, options=live_options)
-    if prefix == "webcam" and rest.isdigit():
-        return LiveCaptureSource(spec, int(rest), backend=cv2.CAP_V4L2, options=live_options)
-    if spec.startswith("/dev/video"):
+    if parsed.webcam and parsed.rest.isdigit():
+        return LiveCaptureSource(spec, int(parsed.rest), backend=cv2.CAP_V4L2, options=live_options)
+    if parsed.webcam and parsed.rest == spec:
         return LiveCaptureSource(spec, spec, backend=cv2.CAP_V4L2, options=live_options)
-    if prefix == "file" and sep:
-        spec = rest
+    spec = parsed.rest if parsed.kind == "file" else spec
     path = Path(spec)
     if path.is_dir() or glob.has_magic(spec) or path.suffix.lower() in _IMAGE_EXTS:
         return ImageFolderSource(spec)
