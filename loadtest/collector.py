@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from loadtest.stats import ResultRow
+from stream.adapters.redis.entries import text
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import EOS
@@ -17,10 +18,6 @@ from stream.errors import CodecError
 from stream.readers.results import ResultReader
 
 __all__ = ["Collector", "count_dead_letters", "count_drops"]
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 class Collector:
@@ -135,7 +132,7 @@ async def _count_dead(client: Any, stream: str, wanted: set[str], start_id: str)
         if not entries:
             return ours, unknown
         for entry_id, fields in entries:
-            cursor = f"({_s(entry_id)}"
+            cursor = f"({text(entry_id)}"
             data = fields.get(FIELD.encode())
             if data is None:
                 unknown += 1
@@ -158,12 +155,12 @@ async def count_drops(client: Any, keys: PipelineKeys, sources: Collection[str])
     wanted = set(sources)
     total = 0
     for name, value in counters.items():
-        name = _s(name)
+        name = text(name)
         if "drop" not in name:
             continue
         if name.rsplit(":", 1)[-1] in wanted:
             try:
-                total += int(float(_s(value)))
+                total += int(float(text(value)))
             except ValueError:
                 continue
     return total

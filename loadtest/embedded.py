@@ -20,7 +20,7 @@ import numpy as np
 
 from loadtest.collector import Collector
 from stream.adapters.redis.client import connect
-from stream.adapters.redis.entries import Output, last_id
+from stream.adapters.redis.entries import Output, last_id, text
 from stream.adapters.redis.server import RedisServer
 from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, encode_message
@@ -149,7 +149,7 @@ async def _groups_exist(client: Any, keys: PipelineKeys, model: str) -> bool:
             groups = await client.xinfo_groups(stream)
         except Exception:  # noqa: BLE001 - no such key yet
             return False
-        names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
+        names = {text(g["name"]) for g in groups}
         if group not in names:
             return False
     return True

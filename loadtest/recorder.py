@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.replayfile import ReplayWriter
+from stream.adapters.redis.entries import text
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import FRAME
@@ -242,7 +243,7 @@ async def record_stream(
                 if max_frames is not None and written >= max_frames:
                     break
             last = entries[-1][0]
-            last = last.decode() if isinstance(last, bytes) else last
+            last = text(last)
             cursor = f"({last}"
         if written == 0:
             raise ConfigError(

@@ -21,6 +21,7 @@ from loadtest.replayer import Clip, ReplayPlan, load_clip
 from loadtest.schedule import Pace, RateSearch
 from loadtest.session import replay_on
 from stream.adapters.redis.client import connect
+from stream.adapters.redis.entries import text
 from stream.adapters.redis.partitions import recorded_keys
 from stream.adapters.redis.streams import StreamTransport
 
@@ -40,7 +41,7 @@ async def wait_idle(url: str, pipeline: str, *, timeout_s: float = 60.0) -> bool
             busy = False
             for k in keys.all_partitions:
                 async for raw in client.scan_iter(match=f"{k.prefix}:*", _type="STREAM"):
-                    stream = raw.decode() if isinstance(raw, bytes) else raw
+                    stream = text(raw)
                     if stream not in skip:
                         busy = busy or any(st.backlog for st in await transport.all_group_stats(stream))
             if not busy:

@@ -1,7 +1,7 @@
 """Pipeline metrics: `ray.util.metrics` inside Ray (exported on Ray's Prometheus endpoint),
 an in-process tally otherwise (stage processes without Ray, tests).
 
-Names are in base units and match ARCHITECTURE.md; the Grafana dashboard in k8s/ only queries
+Names are in base units (docs/deploy.md lists them); the Grafana dashboard in k8s/ only queries
 these (Ray's exporter adds the ``ray_`` prefix).
 """
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from stream.adapters.redis.entries import text
 from stream.adapters.redis.streams import last_id
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, LABEL_CHANGE, RESULT
@@ -27,10 +28,6 @@ _PAGE = 500
 _MAX_SCAN = 200_000
 _BLOCK_MS = 1_000
 _READ_COUNT = 200
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def event_kind(meta: dict[str, Any]) -> str:
@@ -90,7 +87,7 @@ class ResultQueries:
                     break
             if done or len(page) < _PAGE:
                 break
-            upper = f"({_s(page[-1][0])}"
+            upper = f"({text(page[-1][0])}"
         return found, [collected[seq] for seq in sorted(collected)][:limit]
 
     async def follow(
@@ -148,9 +145,9 @@ class ResultQueries:
             if caught_up_pause_s and all(len(entries) < _READ_COUNT for _, entries in replies):
                 await asyncio.sleep(caught_up_pause_s)  # before handing them out: ids stay in order
             for raw_stream, entries in replies:
-                stream = _s(raw_stream)
+                stream = text(raw_stream)
                 for raw_id, fields in entries:
-                    ids[stream] = _s(raw_id)
+                    ids[stream] = text(raw_id)
                     meta = decode_fields(fields)
                     if meta is None or (cursor.source is not None and meta.get("source") != cursor.source):
                         continue

@@ -13,13 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from stream.adapters.redis.entries import text
 from stream.core.keys import PipelineKeys
 
 __all__ = ["StageProbe", "probe_stages", "read_counters"]
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -60,8 +57,8 @@ async def _probe_partition(client: Any, keys: PipelineKeys, model: str) -> dict[
         except Exception:  # the stream does not exist yet
             continue
         for g in groups:
-            info = {_s(k): v for k, v in g.items()}
-            group = _s(info["name"])
+            info = {text(k): v for k, v in g.items()}
+            group = text(info["name"])
             if group.endswith(f":{model}") or ":" not in group:
                 pending = int(info.get("pending") or 0)
                 lag = int(info.get("lag") or 0)
@@ -77,7 +74,7 @@ async def read_counters(client: Any, keys: PipelineKeys) -> dict[str, int]:
     out: dict[str, int] = {}
     for part in keys.all_partitions:
         for k, v in (await client.hgetall(part.counters)).items():
-            name, value = _s(k), int(v)
+            name, value = text(k), int(v)
             out[name] = out.get(name, 0) + value
             kind = name.split(":", 1)[0]
             if kind != name:

@@ -20,7 +20,9 @@ import httpx
 import numpy as np
 import pytest
 
+from deployments.serve.status import replica_states
 from stream.adapters.redis.client import connect
+from stream.adapters.redis.entries import text
 from stream.adapters.redis.server import RedisServer, find_free_port
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
@@ -104,8 +106,7 @@ def app(redis_server: RedisServer) -> Iterator[App]:
 def _replicas() -> dict[str, dict[str, int]]:
     from deployments.serve.app import APP_NAME
 
-    status = serve.status().applications[APP_NAME]
-    return {name: {str(k): v for k, v in d.replica_states.items()} for name, d in status.deployments.items()}
+    return replica_states(APP_NAME)
 
 
 def _live(states: dict[str, int]) -> int:
@@ -155,7 +156,7 @@ async def _results(client, source: str) -> tuple[Counter[int], dict | None]:
                 eos = meta
         if len(page) < 2000:
             return seqs, eos
-        last = "(" + (page[-1][0].decode() if isinstance(page[-1][0], bytes) else page[-1][0])
+        last = "(" + text(page[-1][0])
 
 
 async def _wait_eos(client, source: str, timeout_s: float) -> Counter[int]:

@@ -53,7 +53,7 @@ def test_framestream_run_without_arguments_plays_the_demo_and_prints_the_summary
 
 def test_a_redis_password_reaches_the_replicas_but_not_rays_config_or_logs(tmp_path: Path):
     # The Serve application's args are logged by Serve's controller and shown by `serve config`:
-    # a password inside the Redis URL used to land there (in the session's logs, on disk).
+    # a password inside the Redis URL must never land there (in the session's logs, on disk).
     password = f"pw-{secrets.token_hex(8)}"
     env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache"),
            "FRAMESTREAM_REDIS__PASSWORD": password}  # fmt: skip

@@ -6,7 +6,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from tests.faults.sink import wait_until
+from tests.waiting import poll
 
 __all__ = ["rewrite_aof"]
 
@@ -23,4 +23,4 @@ async def rewrite_aof(client: Any, timeout_s: float = 30.0) -> None:
     except ResponseError as e:
         if "already in progress" not in str(e):
             raise
-    assert await wait_until(done, timeout_s=timeout_s, interval_s=0.05), "the AOF rewrite did not finish"
+    assert await poll(done, timeout_s=timeout_s, every_s=0.05), "the AOF rewrite did not finish"

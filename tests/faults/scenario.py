@@ -21,7 +21,8 @@ from stream.adapters.redis.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys
 from tests.faults.checker import Outcome, check
 from tests.faults.frames import write_frame_folder
-from tests.faults.sink import FaultSink, dead_letters, pending_by_group, pending_total, wait_until
+from tests.faults.sink import FaultSink, dead_letters, pending_by_group, pending_total
+from tests.waiting import poll
 
 __all__ = [
     "OUT_ENV",
@@ -184,7 +185,7 @@ class Harness:
             left[0] = await self.pending()
             return left[0] == 0
 
-        await wait_until(drained, timeout_s=self.claim_idle_ms / 1000.0 + extra_s, interval_s=0.1)
+        await poll(drained, timeout_s=self.claim_idle_ms / 1000.0 + extra_s, every_s=0.1)
         return left[0]
 
     async def outcome(self, scenario: str, replay: Replay, *, pending: int, note: str = "") -> Outcome:

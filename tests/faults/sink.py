@@ -14,17 +14,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from stream.adapters.redis.dead_letters import DeadLetters
+from stream.adapters.redis.entries import text
 from stream.adapters.redis.outage import REDIS_TRANSIENT
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import Track
 from stream.core.messages import EOS
 from stream.readers.results import ResultReader
 
-__all__ = ["Arrival", "FaultSink", "dead_letters", "pending_by_group", "pending_total", "wait_until"]
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+__all__ = ["Arrival", "FaultSink", "dead_letters", "pending_by_group", "pending_total"]
 
 
 @dataclass(frozen=True)
@@ -138,7 +135,7 @@ async def pending_by_group(client: aioredis.Redis, keys: PipelineKeys, models: l
             continue
         for g in groups:
             if int(g["pending"]):
-                out[f"{stream}/{_s(g['name'])}"] = int(g["pending"])
+                out[f"{stream}/{text(g['name'])}"] = int(g["pending"])
     return out
 
 
@@ -155,17 +152,3 @@ async def dead_letters(client: aioredis.Redis, keys: PipelineKeys, sources: set[
         async for r in DeadLetters(client, keys).each()
         if r.source in sources and r.seq is not None
     ]
-
-
-async def wait_until(predicate: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.2) -> bool:
-    """Poll `predicate` (sync or async) until it is truthy or `timeout_s` passes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(interval_s)

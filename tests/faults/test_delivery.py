@@ -13,7 +13,8 @@ import pytest
 
 from tests.faults.conftest import Stack
 from tests.faults.scenario import Harness
-from tests.faults.sink import dead_letters, wait_until
+from tests.faults.sink import dead_letters
+from tests.waiting import poll
 
 pytestmark = [
     pytest.mark.faults,
@@ -76,7 +77,7 @@ async def test_negative_control_a_maxlen_trim_loses_frames_and_the_checker_says_
             stats = {g["name"]: g for g in await harness.client.xinfo_groups(harness.keys.frames)}
             return int(stats[group.encode()]["lag"] or 0) >= 100
 
-        assert await wait_until(behind, timeout_s=20)
+        assert await poll(behind, timeout_s=20)
         trimmed = await harness.client.xtrim(harness.keys.frames, maxlen=0, approximate=False)
     finally:
         for pid in paused:

@@ -3,8 +3,8 @@ runs while the application works) rides out a `kill -9` + restart of redis-serve
 
 The loop talks only to Redis, so the pipeline behind it here is the four stages as
 `framestream stage` processes (the same stage code the Serve replicas run) rather than a Serve
-application: the test needs no Ray and stays quick. Before the fix the first Redis error in the
-loop ended the run.
+application: the test needs no Ray and stays quick. The run must not end at the first Redis
+error.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from stream.core.keys import PipelineKeys
 from stream.runners.processes import StageProcess, create_groups
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder
-from tests.faults.sink import FaultSink, wait_until
+from tests.faults.sink import FaultSink
+from tests.waiting import poll
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -57,7 +58,7 @@ async def test_the_ray_runners_results_loop_rides_out_a_redis_kill_and_restart(
                 ready = {k.decode() for k in await client.hkeys(keys.stage_ready)}
                 return {p.consumer for p in procs} <= ready
 
-            assert await wait_until(all_ready, timeout_s=120), "the stage processes did not start"
+            assert await poll(all_ready, timeout_s=120), "the stage processes did not start"
             watch = await FaultSink(client, keys, "drive-watch").start()
             options = DriveOptions(models=[MODEL], apps={}, synthetic=[], stall_timeout_s=120)
             console = Console(file=out, width=200)

@@ -20,7 +20,7 @@ from tests.faults.conftest import Stack
 from tests.faults.frames import jpeg_payloads
 from tests.faults.mjpeg import MjpegCamera
 from tests.faults.scenario import Harness, Replay
-from tests.faults.sink import wait_until
+from tests.waiting import poll
 
 pytestmark = [
     pytest.mark.faults,
@@ -111,7 +111,7 @@ async def test_overload_live_drops_are_counted_files_wait_memory_stays_capped(
                 await _poll(files, live)
                 return sum(await _counters(harness, live.source)) >= camera.sent
 
-            all_counted = await wait_until(accounted, timeout_s=30, interval_s=0.05)
+            all_counted = await poll(accounted, timeout_s=30, every_s=0.05)
             published, dropped = await _counters(harness, live.source)
             await remove_source(client, harness.keys, live.source)
         live.frames = published
@@ -120,7 +120,7 @@ async def test_overload_live_drops_are_counted_files_wait_memory_stays_capped(
             await _poll(files, live)
             return files.done and live.source in live.sink.eos and live.sink.distinct >= published
 
-        finished = await wait_until(both_done, timeout_s=120, interval_s=0.01)
+        finished = await poll(both_done, timeout_s=120, every_s=0.01)
     finally:
         stop.set()
         await sampling

@@ -25,7 +25,8 @@ from tests.faults.aof import rewrite_aof
 from tests.faults.conftest import MODEL, Stack, fault_settings
 from tests.faults.frames import write_frame_folder
 from tests.faults.scenario import ROOT, Harness, Replay
-from tests.faults.sink import FaultSink, wait_until
+from tests.faults.sink import FaultSink
+from tests.waiting import poll
 
 pytestmark = [pytest.mark.faults, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -94,7 +95,7 @@ async def test_redis_sigkill_and_restart_with_aof_every_acknowledged_frame_gets_
         lags.update(await _stage_lags(harness))
         return all(lag == 0 for lag in lags.values())
 
-    assert await wait_until(lags_right, timeout_s=15), f"lag with nothing left to read: {lags}"
+    assert await poll(lags_right, timeout_s=15), f"lag with nothing left to read: {lags}"
 
 
 @pytest.mark.ray

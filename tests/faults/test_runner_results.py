@@ -1,9 +1,8 @@
 """The processes runner reads the results through a consumer group of its own.
 
-Another reader in the group ``sink`` (which the runner used to share with anybody reading with
-that group) takes its share of the results, so before the fix the run's summary
-missed those results and, when the other reader took the end-of-stream, the run waited for it
-until its timeout: the intermittent "runner does not exit" of scenario 4b.
+Another reader in a group the run shared (``sink``, which any tool may read with) would take its
+share of the results: the run's summary would miss those results and, when the other reader took
+the end-of-stream, the run would wait for it until its timeout.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from stream.readers.results import SINK_GROUP, ResultReader
 from stream.runners.processes import run_processes
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder
-from tests.faults.sink import wait_until
+from tests.waiting import poll
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -57,7 +56,7 @@ async def test_a_reader_in_group_sink_takes_nothing_from_the_run(
         [row] = report.rows
         assert (row.source, row.frames, row.results, row.error) == (source, FRAMES, FRAMES, None)
         # the other reader gets every result too: it reads all along, in its own group
-        assert await wait_until(lambda: other.ledger.track(source, MODEL).results == FRAMES, timeout_s=10)
+        assert await poll(lambda: other.ledger.track(source, MODEL).results == FRAMES, timeout_s=10)
         groups = [g["name"].decode() for g in await client.xinfo_groups(keys.results)]
         assert groups == ["sink"], f"the run left its results group behind: {groups}"
     finally:

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 
 import numpy as np
 import pytest
@@ -26,6 +26,7 @@ from stream.core.keys import FIELD, PipelineKeys
 from stream.errors import UnknownDeadLetter
 from stream.settings import Settings
 from stream.stages import build_stage
+from tests.waiting import until
 
 MODEL = "mobilenet-v1-0.25-128-quant"
 GROUP = PipelineKeys.group("preprocess", MODEL)
@@ -37,13 +38,6 @@ def frame(source: str, seq: int) -> bytes:
     meta = {"kind": "frame", "source": source, "seq": seq, "capture_ms": time.time() * 1000.0}
     meta["encoding"] = "jpeg"
     return encode_message(Message(meta=meta, array=np.frombuffer(encode_jpeg(rgb), np.uint8)))
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        await asyncio.sleep(0.05)
 
 
 def dead_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -107,9 +101,9 @@ async def test_dead_letters_are_listed_shown_retried_and_then_processed_by_the_s
     await redis_client.xadd(keys.frames, {FIELD: GARBAGE})
     counted = metrics.total("dead_letters", stage="preprocess")
     stage = await preprocess()
-    await wait_for(lambda: _equals(redis_client.xlen(keys.dead), 2), "both dead-lettered")
+    await until(lambda: _equals(redis_client.xlen(keys.dead), 2), timeout_s=20, what="both dead-lettered")
     # both counted where the dashboard looks, the one the reclaim found too
-    await wait_for(lambda: _equals(_value(stage.dead_lettered), 2), "both counted")
+    await until(lambda: _equals(_value(stage.dead_lettered), 2), timeout_s=20, what="both counted")
     assert metrics.total("dead_letters", stage="preprocess") - counted == 2
 
     listed = await run_cli(redis_server.url, "list", "--json")
@@ -145,7 +139,7 @@ async def test_dead_letters_are_listed_shown_retried_and_then_processed_by_the_s
     async def has_tensor() -> bool:
         return any((t["source"], t["seq"]) == ("cam", 0) for t in await tensors_of(redis_client, keys))
 
-    await wait_for(has_tensor, "the retried frame's tensor")
+    await until(has_tensor, timeout_s=20, what="the retried frame's tensor")
     with pytest.raises(UnknownDeadLetter):
         await DeadLetters(redis_client, keys).get(crashed["id"])
     again = await run_cli(redis_server.url, "retry", crashed["id"])
@@ -159,7 +153,7 @@ async def test_dead_letters_are_listed_shown_retried_and_then_processed_by_the_s
         refs = [r.ref for r in await dead.newest(limit=10)]
         return len(refs) == 1 and refs != [garbage["id"]] and await _settled(redis_client, keys, 0, 0)
 
-    await wait_for(dead_again, "the retried garbage dead-lettered again")
+    await until(dead_again, timeout_s=20, what="the retried garbage dead-lettered again")
     (letter,) = await dead.newest(limit=10)
     assert letter.reason.startswith("undecodable")
     assert letter.stage == "preprocess" and letter.payload_bytes == len(GARBAGE)
@@ -247,8 +241,14 @@ async def test_a_running_stage_keeps_its_dead_letters_within_max_len(redis_clien
     for _ in range(40):
         await redis_client.xadd(keys.frames, {FIELD: GARBAGE})
     stage = await preprocess()
-    await wait_for(lambda: _settled(redis_client, keys, stage.dead_lettered, 40), "all 40 dead-lettered")
-    await wait_for(lambda: _at_most(redis_client.xlen(keys.dead), 5), "the dead letters trimmed to 5")
+    await until(
+        lambda: _settled(redis_client, keys, stage.dead_lettered, 40),
+        timeout_s=20,
+        what="all 40 dead-lettered",
+    )
+    await until(
+        lambda: _at_most(redis_client.xlen(keys.dead), 5), timeout_s=20, what="the dead letters trimmed to 5"
+    )
 
 
 async def _at_most(value: Awaitable[int], most: int) -> bool:

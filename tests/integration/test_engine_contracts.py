@@ -2,7 +2,8 @@
 
 The same uint8 photo goes (a) through the engine, which does colour order, mean/scale, layout,
 resize/crop, background drop and softmax inside the compiled model, and (b) through a plain-numpy
-reference written here from the seed table of ARCHITECTURE.md, into the raw model. They must agree.
+reference written here from the seed table of ../shared/design/ARCHITECTURE.md, into the raw model.
+They must agree.
 
 Models: small stand-ins built here with each seed's exact I/O contract (names, shapes, layout,
 in-graph normalization, 1001 vs 1000 classes, probabilities vs logits, v1's batch-1 Reshape), and,

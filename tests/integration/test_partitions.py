@@ -27,6 +27,7 @@ from stream.runners.processes import create_groups
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled
 from tests.integration.test_stages import make_settings, pipeline
+from tests.waiting import until
 
 V1 = "mobilenet-v1-0.25-128-quant"
 PIPELINE = "fleet"  # its 3 partitions' slots (14574, 4412, 8543) are on 3 different masters
@@ -134,12 +135,12 @@ async def _check_delivery_rules(client) -> None:
     stop = asyncio.Event()
     survivor = _Copy(settings, cluster_client, "survivor")
     task = asyncio.create_task(survivor.run(stop))
-    deadline = time.monotonic() + 30
-    while sum([await cluster_client.xlen(k.tensors("m")) for k in keys.all_partitions]) < 3 * 49:
-        assert time.monotonic() < deadline and not task.done(), (
-            "entries of the dead consumer were not reclaimed"
-        )
-        await asyncio.sleep(0.05)
+
+    async def reclaimed() -> bool:
+        assert not task.done(), "the stage loop ended"
+        return sum([await cluster_client.xlen(k.tensors("m")) for k in keys.all_partitions]) >= 3 * 49
+
+    await until(reclaimed, timeout_s=30, what="the dead consumer's entries reclaimed")
     stop.set()
     await asyncio.wait_for(task, 10)
 

@@ -29,6 +29,7 @@ from stream.errors import ConfigError, LeaseLost
 from stream.settings import Settings
 from stream.stages import build_stage
 from tests.faults.checker import Outcome, check
+from tests.waiting import wait_until
 
 SOURCE = "cam-live"
 _PIXELS = np.zeros((128, 128, 3), np.uint8)  # a v1-sized frame: 49 KB per entry
@@ -49,14 +50,6 @@ def _stopped(node: RedisServer) -> Iterator[None]:
         os.kill(node.process.pid, signal.SIGCONT)
 
 
-def _wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout_s} s")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def primary_and_replica() -> Iterator[tuple[RedisServer, RedisServer]]:
     with RedisServer() as primary, RedisServer() as replica:
@@ -66,7 +59,7 @@ def primary_and_replica() -> Iterator[tuple[RedisServer, RedisServer]]:
             def linked() -> bool:
                 return r.info("replication").get("master_link_status") == "up"
 
-            _wait_for(linked, 10, "replica link up")
+            wait_until(linked, timeout_s=10, what="replica link up")
         yield primary, replica
 
 

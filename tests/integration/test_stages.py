@@ -23,6 +23,7 @@ from stream.core.keys import FIELD, PipelineKeys
 from stream.settings import Settings
 from stream.stages import build_stage
 from tests.clips import SCENE_PHOTOS, read_photo, scene_frames, write_clip
+from tests.waiting import until
 
 V1 = "mobilenet-v1-0.25-128-quant"
 V2 = "mobilenet-v2-1.0-224-quant"
@@ -318,13 +319,12 @@ async def test_looping_source_can_be_removed_while_running(
     keys = PipelineKeys()
     async with pipeline(redis_server.url, settings, [V1]):
         await add_source(redis_client, keys, "loop", {"uri": str(clip), "loop": True})
-        deadline = time.monotonic() + 60
-        while (
-            int(json.loads(await redis_client.hget(keys.source_state, "loop") or "{}").get("next_seq", 0))
-            < 80
-        ):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+
+        async def looped() -> bool:
+            state = json.loads(await redis_client.hget(keys.source_state, "loop") or "{}")
+            return int(state.get("next_seq", 0)) >= 80
+
+        await until(looped, timeout_s=60, what="80 frames of the looping source")
         assert await remove_source(redis_client, keys, "loop")
         results, eos = await collect_results(redis_client, keys, {("loop", V1)})
     n = eos[("loop", V1)]["frames"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from stream.core.keys import PipelineKeys
 from stream.settings import Settings
 from tests.k8s.manifests import by_kind
 from tests.k8s.shipped_redis import PASSWORD, ShippedRedis
+from tests.waiting import wait_until
 
 Docs = dict[str, list[dict[str, Any]]]
 JOB = "framestream-redis-cluster-init"
@@ -122,13 +122,6 @@ def _formed(ports: list[int]) -> bool:
     return True
 
 
-def _wait(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not within {timeout_s} s"
-        time.sleep(0.1)
-
-
 class _Job:
     """The init Job's container, run here against `ports` on loopback."""
 
@@ -165,8 +158,10 @@ def shipped_cluster(rendered: Docs, tmp_path: Path) -> Iterator[list[ShippedRedi
     procs = [n.start() for n in nodes]
     try:
         for node, proc in zip(nodes, procs, strict=True):
-            _wait(
-                lambda n=node, p=proc: n.probe("readinessProbe") == 0 or p.poll() is not None, 20, "readiness"
+            wait_until(
+                lambda n=node, p=proc: n.probe("readinessProbe") == 0 or p.poll() is not None,
+                timeout_s=20,
+                what="readiness",
             )
             assert proc.poll() is None, f"redis-server on {node.port} exited with {proc.returncode}"
         yield nodes
@@ -190,7 +185,9 @@ def test_shipped_cluster_forms_once_and_framestream_runs_on_it(
     job = _Job(rendered["prod"], ports)
     first = job.run()
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    _wait(lambda: _formed(ports), 60, "cluster formed with every replica in sync")  # masterauth works
+    wait_until(
+        lambda: _formed(ports), timeout_s=60, what="cluster formed with every replica in sync"
+    )  # masterauth works
     roles = []
     for port in ports:
         with redis.Redis(port=port, password=PASSWORD, decode_responses=True) as r:

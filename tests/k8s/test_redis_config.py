@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 import redis
 
 from tests.k8s.shipped_redis import PASSWORD, ShippedRedis
+from tests.waiting import wait_until
 
 Docs = dict[str, list[dict[str, Any]]]
 
@@ -26,11 +26,12 @@ def shipped(rendered: Docs, tmp_path: Path) -> Iterator[tuple[ShippedRedis, subp
     server = ShippedRedis(rendered["dev"], tmp_path)
     proc = server.start()
     try:
-        deadline = time.monotonic() + 20
-        while server.probe("readinessProbe") != 0:
+
+        def ready() -> bool:
             assert proc.poll() is None, "redis-server exited during start-up"
-            assert time.monotonic() < deadline, "readiness probe never passed"
-            time.sleep(0.1)
+            return server.probe("readinessProbe") == 0
+
+        wait_until(ready, timeout_s=20, what="the readiness probe to pass", every_s=0.1)
         yield server, proc
     finally:
         proc.terminate()

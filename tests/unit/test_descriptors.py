@@ -19,7 +19,7 @@ def test_every_model_is_listed():
 @pytest.mark.parametrize(
     ("name", "input_name", "shape", "layout", "mean", "scale", "in_graph", "classes", "kind", "resize"),
     [
-        # the seed table of ARCHITECTURE.md, original-framework contracts
+        # the seed table of ../shared/design/ARCHITECTURE.md, original-framework contracts
         ("mobilenet-v1-0.25-128", "input", (1, 128, 128, 3), "NHWC", (127.5,) * 3, (127.5,) * 3, False, 1001,
          "probabilities", "full"),
         ("mobilenet-v3-small-1.0-224-tf", "input_1", (1, 224, 224, 3), "NHWC", (0.0,) * 3, (1.0,) * 3, True,

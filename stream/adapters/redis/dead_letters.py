@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from msgpack import ExtType
 from redis.exceptions import ResponseError
 
+from stream.adapters.redis.entries import text
 from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
@@ -64,17 +65,13 @@ def parse_ref(ref: str) -> tuple[int | None, str]:
     return (int(partition) if sep else None), entry_id
 
 
-def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def _text(value: bytes) -> str:
     """A field's value as text: UTF-8 without control characters, else its size."""
     try:
-        text = value.decode("utf-8")
+        decoded = value.decode("utf-8")
     except UnicodeDecodeError:
         return f"<{len(value)} bytes>"
-    return text if text.isprintable() else f"<{len(value)} bytes>"
+    return decoded if decoded.isprintable() else f"<{len(value)} bytes>"
 
 
 def _plain(value: Any) -> Any:
@@ -93,8 +90,8 @@ def _plain(value: Any) -> Any:
 
 
 def _int(value: bytes | None) -> int | None:
-    text = _s(value) if value is not None else ""
-    return int(text) if text.lstrip("-").isdigit() else None
+    digits = text(value) if value is not None else ""
+    return int(digits) if digits.lstrip("-").isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -175,7 +172,7 @@ _KNOWN = {"stage", "reason", "stream", "group", "id", "deliveries", "bytes", FIE
 
 
 def _record(keys: PipelineKeys, entry_id: str, fields: Mapping[bytes, bytes]) -> DeadLetterRecord:
-    by_name = {_s(k): v for k, v in fields.items()}
+    by_name = {text(k): v for k, v in fields.items()}
     payload = by_name.get(FIELD)
     header: dict[str, Any] | None = None
     error: str | None = None
@@ -197,11 +194,11 @@ def _record(keys: PipelineKeys, entry_id: str, fields: Mapping[bytes, bytes]) ->
         ref=f"{keys.index}:{entry_id}",
         partition=keys.index,
         entry_id=entry_id,
-        stage=_s(by_name.get("stage", b"?")),
-        reason=_s(by_name.get("reason", b"")),
-        stream=_s(stream) if stream is not None else None,
-        group=_s(group) if group is not None else None,
-        original_id=_s(original) if original is not None else None,
+        stage=text(by_name.get("stage", b"?")),
+        reason=text(by_name.get("reason", b"")),
+        stream=text(stream) if stream is not None else None,
+        group=text(group) if group is not None else None,
+        original_id=text(original) if original is not None else None,
         deliveries=_int(by_name.get("deliveries")),
         payload_bytes=len(payload) if payload is not None else size,
         payload_kept=payload is not None,
@@ -233,7 +230,7 @@ class DeadLetters:
             while mine < limit:
                 page: Any = await self.client.xrevrange(keys.dead, max=upper, min="-", count=_PAGE)
                 for raw_id, fields in page:
-                    record = _record(keys, _s(raw_id), fields)
+                    record = _record(keys, text(raw_id), fields)
                     if stage is None or record.stage == stage:
                         found.append(record)
                         mine += 1
@@ -241,7 +238,7 @@ class DeadLetters:
                             break
                 if len(page) < _PAGE:
                     break
-                upper = f"({_s(page[-1][0])}"
+                upper = f"({text(page[-1][0])}"
         found.sort(key=lambda r: (r.dead_ms, r.partition, r.entry_id))
         return found[-limit:] if limit else []
 
@@ -252,16 +249,16 @@ class DeadLetters:
             newest: Any = await self.client.xrevrange(keys.dead, max="+", min="-", count=1)
             if not newest:
                 continue
-            last, lower = _s(newest[0][0]), "-"
+            last, lower = text(newest[0][0]), "-"
             while True:
                 page: Any = await self.client.xrange(keys.dead, min=lower, max=last, count=_PAGE)
                 for raw_id, fields in page:
-                    record = _record(keys, _s(raw_id), fields)
+                    record = _record(keys, text(raw_id), fields)
                     if stage is None or record.stage == stage:
                         yield record
                 if len(page) < _PAGE:
                     break
-                lower = f"({_s(page[-1][0])}"
+                lower = f"({text(page[-1][0])}"
 
     async def get(self, ref: str) -> DeadLetterRecord:
         """The dead letter named `ref`; `UnknownDeadLetter` when there is none (ValueError for a
@@ -306,7 +303,7 @@ class DeadLetters:
                 f"{record.partition} of pipeline {self.keys.pipeline!r}; not re-driving it there"
             )
         reply: Any = await self.client.eval(_REDRIVE, 2, keys.dead, origin, record.entry_id, FIELD)
-        status, new_id = int(reply[0]), _s(reply[1])
+        status, new_id = int(reply[0]), text(reply[1])
         if status == 0:
             raise UnknownDeadLetter(f"no dead letter {record.ref} (retried or trimmed meanwhile)")
         if status == 1:

@@ -62,9 +62,12 @@ def hash_tag(key: str) -> str:
     return key
 
 
-def text(value: bytes | str) -> str:
-    """A Redis reply value as str."""
-    return value.decode() if isinstance(value, bytes) else value
+def text(value: object) -> str:
+    """A Redis reply value as str: bytes as UTF-8 (an invalid byte becomes U+FFFD, never an
+    error), str as it is, a number as its digits. The one bytes-to-str rule of the project."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
 
 
 def id_tuple(entry_id: str) -> tuple[int, int]:

@@ -3,8 +3,8 @@
 A *lease* is a string key holding its holder's value, with an expiry: taken with SET NX PX,
 renewed and released only by the holder (a script compares the value first), so a holder that
 died loses it within its time to live. Ingest holds one per source it plays; postprocess one per
-partition it owns (`stream.stages.ownership`), whose value its commits check (`Fenced`
-in `stream.adapters.redis.streams`).
+partition it owns (`stream.stages.postprocess.partition_leases`), whose value its commits check
+(`Fenced` in `stream.adapters.redis.fenced_commit`).
 
 `Members` counts the live replicas of one role: each one heartbeats into a sorted set scored by
 its expiry on Redis's own clock (``TIME`` inside the script), so hosts with skewed clocks agree.
@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+
+from stream.adapters.redis.entries import text
 
 __all__ = ["Leases", "Members"]
 
@@ -57,7 +59,7 @@ class Leases:
 
     async def holder(self, key: str) -> str | None:
         raw: Any = await self.client.get(key)
-        return raw.decode() if isinstance(raw, bytes) else raw
+        return text(raw)
 
 
 class Members:
@@ -81,4 +83,4 @@ class Members:
 
 
 def _names(raw: Any) -> list[str]:
-    return [m.decode() if isinstance(m, bytes) else str(m) for m in raw or []]
+    return [text(m) for m in raw or []]

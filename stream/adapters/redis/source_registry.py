@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from stream.adapters.redis.entries import text
 from stream.core.keys import PipelineKeys
 from stream.core.source_ids import ID_PATTERN
 from stream.core.source_status import FAILED, FINISHED, PLAYING, RECONNECTING, STATUSES, frame_age_s
@@ -144,10 +145,10 @@ async def list_sources(client: aioredis.Redis, keys: PipelineKeys) -> list[Sourc
     specs = await client.hgetall(keys.sources)
     out: list[SourceStatus] = []
     for raw_id, raw_spec in sorted(specs.items()):
-        source_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+        source_id = text(raw_id)
         state = await get_state(client, keys, source_id)
         raw_owner = await client.get(keys.source_lease(source_id))
-        owner = raw_owner.decode() if isinstance(raw_owner, bytes) else raw_owner
+        owner = text(raw_owner)
         published, dropped = await client.hmget(
             keys.for_source(source_id).counters, f"published:{source_id}", f"dropped:{source_id}"
         )

@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 
 from stream.adapters.media.video import FrameSource, LiveOptions, open_source, skip_frames
 from stream.adapters.metrics import metrics
+from stream.adapters.redis.entries import text
 from stream.adapters.redis.leases import Leases
 from stream.adapters.redis.partitions import ensure_layout
 from stream.adapters.redis.source_registry import (
@@ -364,4 +365,4 @@ async def _pace(origin: tuple[float, float] | None, pts_ms: float | None) -> tup
 def _name(raw: object) -> str:
     if isinstance(raw, dict):
         raw = raw.get("name", raw.get(b"name"))
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return text(raw)
