@@ -43,10 +43,12 @@ def _sample() -> Sample:
 
 
 def _run(clip: Path, model: str, samples: list[Sample]) -> list[ResultRow]:
-    from deployments.local.runner import RunOptions, run_ray
+    from deployments.local.runner import ray_stages
     from loadtest.bench_ray import _all_results
     from loadtest.embedded import embedded_settings
     from stream.adapters.redis.server import RedisServer
+    from stream.runners import RunRequest
+    from stream.runners.play import run_pipeline
 
     stop = threading.Event()
 
@@ -60,8 +62,8 @@ def _run(clip: Path, model: str, samples: list[Sample]) -> list[ResultRow]:
     try:
         settings = embedded_settings(pipeline="p")
         with RedisServer() as server:
-            run_ray(RunOptions(sources=[str(clip)], model=model, redis_url=server.url), settings,
-                    Console(quiet=True))  # fmt: skip
+            request = RunRequest(sources=[str(clip)], models=[model], redis=server.url)
+            run_pipeline(settings, request, ray_stages(), Console(quiet=True))
             return _all_results(server.url, settings.streams.pipeline)
     finally:
         stop.set()

@@ -53,9 +53,9 @@ def main() -> None:
 
     import ray
 
-    from deployments.local.runner import choose_model
     from deployments.serve.config import app_names, deploy, load_config, override, start_local_ray
     from stream.adapters.redis.server import RedisServer, find_free_port
+    from stream.runners.setup import choose_model
     from stream.settings import load_settings
 
     settings = load_settings()

@@ -47,13 +47,15 @@ def framestream_ray(clip: Path, model: str, *, frames: int, weights_dir: Path | 
     """`framestream run` (Ray runner) on the clip against a redis-server we own, then its results."""
     from rich.console import Console
 
-    from deployments.local.runner import RunOptions, run_ray
+    from deployments.local.runner import ray_stages
     from loadtest.embedded import embedded_settings
+    from stream.runners import RunRequest
+    from stream.runners.play import run_pipeline
 
     settings = embedded_settings(pipeline="p", weights_dir=weights_dir)
     with RedisServer() as server:
-        run_ray(RunOptions(sources=[str(clip)], model=model, redis_url=server.url), settings,
-                Console(quiet=True))  # fmt: skip
+        request = RunRequest(sources=[str(clip)], models=[model], redis=server.url)
+        run_pipeline(settings, request, ray_stages(), Console(quiet=True))
         rows = _all_results(server.url, settings.streams.pipeline)
     return measured_from_results(
         "framestream (Ray Serve app)", rows, frames, "Serve application, local Ray, ingest decodes"

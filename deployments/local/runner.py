@@ -20,24 +20,20 @@ token and prints one line ``console: http://HOST:PORT/?token=TOKEN`` to open the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import secrets
-import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from rich.console import Console
-from rich.panel import Panel
 
-from deployments.local.display import Summary, summary_table
-from deployments.local.drive import DriveOptions, drive
 from deployments.ray_internals import reload_auth_config
 from deployments.serve.config import (
     CONFIG_PATH,
@@ -49,65 +45,17 @@ from deployments.serve.config import (
     per_model,
     start_local_ray,
 )
-from deployments.serve.status import app_status
-from stream.adapters.redis.server import RedisServer, find_free_port
+from deployments.serve.status import app_status, replica_counts
+from stream.adapters.redis.server import find_free_port
 from stream.core.source_uri import parse_source
-from stream.errors import ConfigError, FramestreamError, ModelError
+from stream.errors import ConfigError, FramestreamError
 from stream.runners import RunRequest
-from stream.settings import Settings, load_settings
+from stream.runners.play import StageSetup, StartStages, play
+from stream.settings import Settings
 
-__all__ = ["RunOptions", "check_attached", "choose_model", "main", "run_ray"]
+__all__ = ["check_attached", "main", "ray_stages"]
 
 log = logging.getLogger("framestream.run")
-
-FALLBACK_MODEL = "mobilenet-v2-pytorch"
-"""Used when the default model has no weights here and no synthetic stand-in (same architecture)."""
-
-
-@dataclass
-class RunOptions:
-    sources: list[str] = field(default_factory=list)
-    model: str | None = None
-    """The model; `models` for several (each gets its own preprocess/infer/postprocess)."""
-    models: list[str] = field(default_factory=list)
-    results: Path | None = None
-    redis_url: str | None = None
-    address: str | None = None
-    config_path: Path = CONFIG_PATH
-    demo_frames: int = 300
-    stall_timeout_s: float = 180.0
-    timeout_s: float | None = None
-    """Stop the sources and drain after this long (like Ctrl-C); None = until the sources end."""
-    loop: bool = False
-    """Play the sources over and over, until `timeout_s` or Ctrl-C."""
-    deploy_timeout_s: float = 300.0
-
-
-def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
-    """(model name, synthetic?): real weights when found, else a synthetic stand-in (built now,
-    so replicas find it in the cache). An explicitly requested model without either is an error."""
-    from stream.zoo.descriptors import load_spec
-    from stream.zoo.store import locate_model, resolve_weights_dir
-
-    name = requested or settings.models.default
-    spec = load_spec(name)
-    weights = resolve_weights_dir(settings.models.weights_dir)
-    cache = settings.models.cache_dir
-    try:
-        locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=False)
-        return name, False
-    except ModelError:
-        pass
-    if not spec.has_synthetic:
-        if requested:
-            raise ModelError(
-                f"{name}: no weights in {weights or 'FRAMESTREAM_WEIGHTS_DIR (unset)'} or {cache}, and "
-                "it has no synthetic stand-in; set FRAMESTREAM_WEIGHTS_DIR or fetch it"
-            )
-        spec = load_spec(FALLBACK_MODEL)
-    locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=True)
-    return spec.name, True
-
 
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 
@@ -171,15 +119,6 @@ def check_attached(address: str | None, redis_url: str, sources: list[str]) -> N
                 "an ingest replica on another host cannot read; put it on storage the hosts share, "
                 "or pass a network URI (rtsp://, http(s)://)"
             )
-
-
-def _synthetic_notice(console: Console, wanted: str, model: str) -> None:
-    text = (
-        f"No real weights for [bold]{wanted}[/bold] were found (FRAMESTREAM_WEIGHTS_DIR, model cache).\n"
-        f"Running [bold]{model}[/bold] as a SYNTHETIC stand-in with RANDOM weights: labels MEAN NOTHING.\n"
-        "Real weights: `framestream models fetch NAME`, or FRAMESTREAM_WEIGHTS_DIR=DIR with the model files."
-    )
-    console.print(Panel(text, title="SYNTHETIC MODEL", border_style="bold red"))
 
 
 def _start_ray(address: str | None) -> bool:
@@ -302,81 +241,8 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _private_redis(settings: Settings) -> RedisServer:
-    """A private redis-server that survives the terminal's Ctrl-C, so the pipeline can drain.
-
-    Ctrl-C signals the whole foreground process group; redis-server would shut down at once. The
-    child inherits a blocked SIGINT (as Ray's own processes do); we stop it ourselves at the end.
-    """
-    server = RedisServer(
-        aof=settings.redis.aof, password=settings.redis.password, maxmemory_mb=settings.redis.maxmemory_mb
-    )
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        return server.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def run_ray(options: RunOptions, settings: Settings | None = None, console: Console | None = None) -> Summary:
-    """Run the pipeline on Ray (see the module docstring) and return what it did."""
-    settings = settings or load_settings()
-    console = console or Console()
-    redis_url = options.redis_url or settings.redis.url
-    check_attached(options.address, redis_url, list(options.sources))
-    if options.address:
-        console.print(
-            "sources are opened by the ingest replica on whichever host of the cluster it runs: "
-            "each must be readable there"
-        )
-    with contextlib.ExitStack() as stack:
-        if redis_url == "auto":
-            server = stack.enter_context(_private_redis(settings))
-            redis_url = server.url
-            console.print(f"redis-server (private) at 127.0.0.1:{server.port}")
-        wanted = options.models or [options.model or settings.models.default]
-        chosen = [
-            choose_model(name if options.models or options.model else None, settings) for name in wanted
-        ]
-        models = list(dict.fromkeys(name for name, _ in chosen))
-        synthetic = [name for name, fake in chosen if fake]
-        for want, (name, fake) in zip(wanted, chosen, strict=True):
-            if fake:
-                _synthetic_notice(console, want, name)
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="framestream-run-")))
-        sources = list(options.sources)
-        if not sources:
-            from stream.adapters.media.video import write_demo_clip
-
-            clip = write_demo_clip(tmp / "demo.mp4", frames=options.demo_frames, size=(640, 480))
-            console.print(f"demo clip: {options.demo_frames} generated frames, 640x480 H.264", soft_wrap=True)
-            sources = [str(clip)]
-        started = time.monotonic()
-        replica_url = _redis_through_environment(stack, settings, redis_url, options.address, console)
-        token = _tokens_through_environment(stack, settings, options.address)
-        ours = _start_ray(options.address)
-        stack.callback(_shutdown_ray if ours else _disconnect_ray)
-        apps, deployed = _ensure_apps(options, settings, models, replica_url, console, token, local=ours)
-        if deployed:
-            stack.callback(_delete_apps, list(apps.values()), console)
-        console.print(f"Serve application running ({time.monotonic() - started:.1f} s to start)")
-        drive_options = DriveOptions(
-            models=models,
-            apps=apps,
-            synthetic=synthetic,
-            results=options.results,
-            stall_timeout_s=options.stall_timeout_s,
-            timeout_s=options.timeout_s,
-            loop=options.loop,
-        )
-        summary = asyncio.run(drive(drive_options, settings, redis_url, sources, console))
-        stack.close()  # drain and stop before the summary, so it is the last word
-    console.print(summary_table(summary))
-    return summary
-
-
 def _ensure_apps(
-    options: RunOptions,
+    target: _Target,
     settings: Settings,
     models: list[str],
     redis_url: str | None,
@@ -395,7 +261,7 @@ def _ensure_apps(
 
     config = per_model(
         override(
-            load_config(options.config_path),
+            load_config(target.config_path),
             args={"settings": _replica_settings(settings, redis_url)},
             http={"host": "127.0.0.1", "port": find_free_port()},
         ),
@@ -404,7 +270,7 @@ def _ensure_apps(
     if local:
         config = one_node(config)
     apps = app_names(config)
-    if options.address:
+    if target.address:
         with contextlib.suppress(Exception):
             statuses = [app_status(a) for a in apps.values()]
             if all(s is not None and s.status == "RUNNING" for s in statuses):
@@ -413,7 +279,7 @@ def _ensure_apps(
                 )
                 return apps, False
     console.print("deploying the Serve application (deployments/serve/serve_config.yaml) ...")
-    deploy(config, timeout_s=options.deploy_timeout_s)
+    deploy(config, timeout_s=target.deploy_timeout_s)
     base = f"http://127.0.0.1:{config['http_options']['port']}"
     console.print(f"HTTP API: {base}/docs", soft_wrap=True)
     # one line, never wrapped, so a terminal makes it a link and a script can read it
@@ -446,23 +312,68 @@ def _shutdown_ray() -> None:
     ray.shutdown()
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where the application runs: a local Ray this run starts (`address` None) or a cluster."""
+
+    address: str | None = None
+    config_path: Path = CONFIG_PATH
+    deploy_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class _RayStages:
+    """The stages as Serve deployments: replica counts come from the Serve controller."""
+
+    apps: dict[str, str]
+    """Serve application name per model."""
+    logs_hint: str = "the replica logs under /tmp/ray/session_latest/logs/serve"
+
+    def replicas(self, model: str) -> dict[str, int]:
+        return replica_counts(self.apps[model]) if model in self.apps else {}
+
+    def check(self) -> None:
+        """Serve restarts a replica that dies: nothing is gone for good."""
+
+
+def ray_stages(
+    address: str | None = None, *, config_path: Path = CONFIG_PATH, deploy_timeout_s: float = 300.0
+) -> StartStages:
+    """The `StartStages` of ``framestream run`` (the ray runner): a local Ray, or the cluster at
+    `address`, with the application deployed (or found running); on exit the application is
+    deleted (its replicas drain) and a local Ray shut down."""
+    target = _Target(address, config_path, deploy_timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def start(setup: StageSetup) -> AsyncIterator[_RayStages]:
+        settings, console = setup.settings, setup.console
+        if address:
+            console.print(
+                "sources are opened by the ingest replica on whichever host of the cluster it runs: "
+                "each must be readable there"
+            )
+        with contextlib.ExitStack() as stack:
+            started = time.monotonic()
+            replica_url = _redis_through_environment(stack, settings, setup.redis_url, address, console)
+            token = _tokens_through_environment(stack, settings, address)
+            ours = _start_ray(address)
+            stack.callback(_shutdown_ray if ours else _disconnect_ray)
+            apps, deployed = _ensure_apps(
+                target, settings, setup.models, replica_url, console, token, local=ours
+            )
+            if deployed:
+                stack.callback(_delete_apps, list(apps.values()), console)
+            console.print(f"Serve application running ({time.monotonic() - started:.1f} s to start)")
+            yield _RayStages(apps)
+
+    return start
+
+
 def main(settings: Settings, request: RunRequest) -> int:
     """`framestream run --runner ray`: the ``ray`` entry point of ``framestream.runners``."""
-    options = RunOptions(
-        sources=list(request.sources),
-        models=list(request.models),
-        results=request.results,
-        redis_url=request.redis,
-        address=request.address,
-        timeout_s=request.timeout_s,
-        loop=request.loop,
-    )
-    errors = Console(stderr=True)
     try:
-        run_ray(options, settings, Console())
+        check_attached(request.address, request.redis or settings.redis.url, list(request.sources))
     except FramestreamError as e:
-        errors.print(f"[red]framestream run: {e}[/red]")
+        Console(stderr=True).print(f"[red]framestream run: {e}[/red]")
         return 2
-    if request.results:
-        errors.print(f"results: {request.results}")
-    return 0
+    return play(settings, request, ray_stages(request.address), runner="ray")

@@ -1,6 +1,7 @@
 """`framestream run`: the whole pipeline, played by a runner chosen by name (`stream.runners`):
 ``ray`` (the default: one Ray Serve application, `deployments.local.runner`) or ``processes`` (each
-stage its own OS process, `stream.runners.processes_cli`)."""
+stage its own OS process, `stream.runners.processes_cli`). Both play through `stream.runners.play`:
+the runner only chooses where the stages run."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def run(
     loop: bool = typer.Option(
         False, "--loop", help="play the sources over and over, until --timeout or Ctrl-C"
     ),
+    json_summary: bool = typer.Option(
+        False, "--json", help="print the summary as one JSON document on stdout (the rest goes to stderr)"
+    ),
 ) -> None:
     """Run the pipeline until every finite source is fully processed, then print a summary."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s run %(levelname)s %(message)s")
@@ -54,6 +58,7 @@ def run(
         address=address,
         timeout_s=timeout_s,
         loop=loop,
+        json=json_summary,
     )
     try:
         settings = load_settings(config)

@@ -29,6 +29,8 @@ class RunRequest:
     address: str | None = None
     timeout_s: float | None = None
     loop: bool = False
+    json: bool = False
+    """Print the summary as one JSON document on stdout (progress and notices go to stderr)."""
 
 
 Runner = Callable[[Settings, RunRequest], int]

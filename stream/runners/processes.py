@@ -1,16 +1,12 @@
 """The processes runner: every stage as its own OS process (``framestream stage NAME``), no Ray.
 
-`run_processes` creates every consumer group up front (so ingest never outruns a group that does
-not exist yet), registers the sources, starts one ingest process and, per model, a preprocess,
-an infer and ``postprocess.replicas`` postprocess processes (they share the partitions); then
-it collects results (dedupe, optional JSONL) until every finite source has its end-of-stream
-result for every model, stops the stages with SIGTERM (they drain and ack), and returns a
-`RunReport`.
-
-The run reads the results through a consumer group of its own (``sink:run-<pid>-<random>``),
-removed at the end: in a group shared with another reader (another run on the same Redis, a
-tool reading group ``sink``) each result, the end-of-stream included, goes to only one of them,
-and a run whose end-of-stream went elsewhere would wait for it until its timeout.
+`ProcessStages` creates every consumer group up front (so ingest never outruns a group that does
+not exist yet), starts one ingest process and, per model, a preprocess, an infer and
+``postprocess.replicas`` postprocess processes (they share the partitions), waits until each
+reads its stream, and on exit stops them with SIGTERM (they drain and ack). `framestream run
+--runner processes` plays through them with the run loop every runner shares
+(`stream.runners.play`); `run_processes` does the same from code (the load tester's embedded
+pipeline, tests) and returns a `RunReport` per (source, model).
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -32,25 +27,24 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import yaml
 
-from stream.adapters.redis.client import connect, refresh_cluster_view
+from stream.adapters.redis.client import connect
 from stream.adapters.redis.entries import text
-from stream.adapters.redis.outage import REDIS_TRANSIENT
 from stream.adapters.redis.partitions import ensure_layout
-from stream.adapters.redis.source_registry import SourceSpec, add_source
+from stream.adapters.redis.source_registry import SourceSpec
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger, Track
-from stream.core.source_ids import source_ids
-from stream.core.source_uri import parse_source
 from stream.errors import FramestreamError
-from stream.readers.results import SINK_GROUP, JsonlSink, ResultReader, dead_letter_count
+from stream.runners.drive import DriveOptions, drive
+from stream.runners.play import StageSetup
 from stream.settings import Settings
 
 __all__ = [
+    "ProcessStages",
     "RunReport",
     "RunRow",
     "StageProcess",
     "create_groups",
-    "run_group",
+    "process_stages",
     "run_processes",
 ]
 
@@ -92,10 +86,6 @@ class RunReport:
     @property
     def frames_per_s(self) -> float:
         return self.results / self.wall_s if self.wall_s > 0 else 0.0
-
-
-def _is_live(spec: SourceSpec) -> bool:
-    return bool(spec.live) or (spec.live is None and parse_source(spec.uri).live)
 
 
 async def create_groups(client: aioredis.Redis, keys: PipelineKeys, models: list[str]) -> None:
@@ -182,6 +172,93 @@ def _write_config(settings: Settings, directory: Path) -> Path:
     return path
 
 
+class ProcessStages:
+    """The stage processes of one run (an async context manager): started and ready on entry,
+    stopped on exit. Its `replicas` and `check` feed the run loop (`stream.runners.drive`)."""
+
+    logs_hint = "the stage processes' output above"
+
+    def __init__(
+        self, settings: Settings, redis_url: str, models: list[str], *, ready_timeout_s: float = 120.0
+    ) -> None:
+        if not models:
+            raise ValueError("at least one model is needed")
+        self.settings, self.redis_url, self.models = settings, redis_url, models
+        self.ready_timeout_s = ready_timeout_s
+        self.procs: list[StageProcess] = []
+        self._cpu_at_ready: dict[str, float | None] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    async def __aenter__(self) -> ProcessStages:
+        settings = self.settings
+        keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
+        client = await connect(
+            self.redis_url,
+            password=settings.redis.password,
+            username=settings.redis.username,
+            cluster=settings.redis.cluster,
+        )
+        self._tmp = tempfile.TemporaryDirectory(prefix="framestream-run-")
+        try:
+            await create_groups(client, keys, self.models)
+            config = _write_config(settings, Path(self._tmp.name))
+            tag = f"{os.getpid()}"
+            auth = {"password": settings.redis.password, "username": settings.redis.username}
+            for model in self.models:
+                for stage in ("preprocess", "infer", "postprocess"):
+                    copies = settings.postprocess.replicas if stage == "postprocess" else 1
+                    for i in range(copies):  # postprocess replicas share the partitions (leases)
+                        name = f"{stage}-{model}-{tag}" + (f"-{i}" if i else "")
+                        self.procs.append(StageProcess(stage, model, self.redis_url, config, name, **auth))
+            self.procs.append(StageProcess("ingest", None, self.redis_url, config, f"ingest-{tag}", **auth))
+            await _wait_ready(client, keys, self.procs, self.ready_timeout_s)
+        except BaseException:
+            await self._stop(5)
+            raise
+        finally:
+            await client.aclose()
+        self._cpu_at_ready = {p.consumer: p.cpu_s() for p in self.procs}
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop(self.settings.streams.drain_timeout_s + 5)
+
+    async def _stop(self, timeout_s: float) -> None:
+        await asyncio.to_thread(_stop, self.procs, timeout_s)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def replicas(self, model: str) -> dict[str, int]:
+        """Running stage processes per stage (``Ingest``, ``Preprocess``, ...) for `model`."""
+        counts: dict[str, int] = {}
+        for proc in self.procs:
+            if proc.process.poll() is None and proc.model in (None, model):
+                name = proc.stage.capitalize()
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def check(self) -> None:
+        """`FramestreamError` once a stage process has exited: nobody restarts it."""
+        for proc in self.procs:
+            if (code := proc.process.poll()) is not None:
+                raise FramestreamError(f"stage {proc.label} exited with code {code}; see its log above")
+
+    def stage_cpu_s(self) -> dict[str, float]:
+        """CPU seconds each stage (all its processes) used since the stages were ready."""
+        used: dict[str, float] = {}
+        for proc in self.procs:
+            before, after = self._cpu_at_ready.get(proc.consumer), proc.cpu_s()
+            if before is not None and after is not None:
+                used[proc.label] = used.get(proc.label, 0.0) + after - before
+        return used
+
+
+def process_stages(setup: StageSetup) -> ProcessStages:
+    """The `StartStages` of ``framestream run --runner processes``."""
+    return ProcessStages(setup.settings, setup.redis_url, setup.models)
+
+
 async def run_processes(
     settings: Settings,
     *,
@@ -194,93 +271,37 @@ async def run_processes(
     on_progress: Callable[[ResultLedger], None] | None = None,
     ready_timeout_s: float = 120.0,
 ) -> RunReport:
-    """Run the pipeline as OS processes until every finite source is done (or `stop`/timeout).
+    """Run the pipeline as OS processes until every finite source is done, `stop` is set or
+    `timeout_s` passes (then the sources stop and the pipeline drains, as with Ctrl-C).
 
-    Raises `FramestreamError` if a stage process dies or `timeout_s` passes first.
+    The run loop is `framestream run`'s (`stream.runners.drive`), without a progress view.
+    Raises `FramestreamError` if a stage process dies.
     """
-    if not models:
-        raise ValueError("at least one model is needed")
-    keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
-    client = await connect(
-        redis_url,
-        password=settings.redis.password,
-        username=settings.redis.username,
-        cluster=settings.redis.cluster,
-    )
-    sink = JsonlSink(results_path) if results_path else None
-    specs = [s if isinstance(s, SourceSpec) else SourceSpec(uri=s) for s in sources]
-    ids = source_ids(s.uri for s in specs)
-    collector = ResultReader(
-        client, keys, group=run_group(), sink=sink, sources=ids or None
-    )  # results of this run's sources only; with none (sources added later) all of them
-    procs: list[StageProcess] = []
-    started = time.monotonic()
-    report = RunReport()
-    try:
-        await create_groups(client, keys, models)
-        await collector.start()
-        dead_before = await dead_letter_count(client, keys)
-        with tempfile.TemporaryDirectory(prefix="framestream-run-") as tmp:
-            config = _write_config(settings, Path(tmp))
-            tag = f"{os.getpid()}"
-            auth = {"password": settings.redis.password, "username": settings.redis.username}
-            for model in models:
-                for stage in ("preprocess", "infer", "postprocess"):
-                    copies = settings.postprocess.replicas if stage == "postprocess" else 1
-                    for i in range(copies):  # postprocess replicas share the partitions (leases)
-                        name = f"{stage}-{model}-{tag}" + (f"-{i}" if i else "")
-                        procs.append(StageProcess(stage, model, redis_url, config, name, **auth))
-            procs.append(StageProcess("ingest", None, redis_url, config, f"ingest-{tag}", **auth))
-            await _wait_ready(client, keys, procs, ready_timeout_s)
-            started = time.monotonic()
-            cpu_at_ready = {p.consumer: p.cpu_s() for p in procs}
-            for source_id, spec in zip(ids, specs, strict=True):
-                await add_source(client, keys, source_id, spec, replace=True)
-            finite = {
-                (sid, m)
-                for sid, spec in zip(ids, specs, strict=True)
-                if not (_is_live(spec) or spec.loop)
-                for m in models
-            }
-            report.interrupted = await _collect(
-                collector,
-                finite,
-                procs,
-                started,
-                timeout_s,
-                stop,
-                on_progress,
-                straggler_s=2 * settings.streams.claim_idle_ms / 1000.0 + 5.0,
-            )
-            report.wall_s = time.monotonic() - started
-            for proc in procs:
-                before, after = cpu_at_ready[proc.consumer], proc.cpu_s()
-                if before is not None and after is not None:
-                    used = report.stage_cpu_s.get(proc.label, 0.0)
-                    report.stage_cpu_s[proc.label] = used + after - before
-            _stop(procs, settings.streams.drain_timeout_s + 5)
-            with contextlib.suppress(*REDIS_TRANSIENT):
-                while await collector.poll(block_ms=50):  # results written while draining
-                    pass
-        report.dead_letters = await dead_letter_count(client, keys) - dead_before
-        counters = await client.hgetall(keys.counters)
-        report.dropped = sum(
-            int(v) for k, v in counters.items() if text(k).startswith("dropped:") and text(k)[8:] in ids
+    stages = ProcessStages(settings, redis_url, models, ready_timeout_s=ready_timeout_s)
+    async with stages:
+        options = DriveOptions(
+            models=models,
+            synthetic=[],
+            replicas=stages.replicas,
+            check_stages=stages.check,
+            logs_hint=stages.logs_hint,
+            results=results_path,
+            timeout_s=timeout_s,
         )
-        _fill(report, collector.ledger, [(sid, m) for sid in ids for m in models])
-        return report
-    finally:
-        _stop(procs, 5)
-        if sink is not None:
-            sink.close()
-        with contextlib.suppress(*REDIS_TRANSIENT, aioredis.ResponseError):
-            await collector.close()
-        await client.aclose()
-
-
-def run_group() -> str:
-    """A results consumer group name no other run uses."""
-    return f"{SINK_GROUP}:run-{os.getpid()}-{secrets.token_hex(3)}"
+        played = await drive(
+            options, settings, redis_url, list(sources), None, stop=stop, on_progress=on_progress
+        )
+        stage_cpu_s = stages.stage_cpu_s()
+    summary = played.summary
+    report = RunReport(
+        dead_letters=summary.dead_lettered,
+        dropped=summary.dropped,
+        wall_s=summary.wall_s,
+        interrupted=summary.interrupted,
+        stage_cpu_s=stage_cpu_s,
+    )
+    _fill(report, played.ledger, [(sid, m) for sid in played.sources for m in models])
+    return report
 
 
 async def _wait_ready(
@@ -302,51 +323,6 @@ async def _wait_ready(
         if time.monotonic() > deadline:
             raise FramestreamError(f"stages {missing} not ready after {timeout_s:.0f} s")
         await asyncio.sleep(0.05)
-
-
-async def _collect(
-    collector: ResultReader,
-    finite: set[tuple[str, str]],
-    procs: list[StageProcess],
-    started: float,
-    timeout_s: float | None,
-    stop: asyncio.Event | None,
-    on_progress: Callable[[ResultLedger], None] | None,
-    *,
-    straggler_s: float = 0.0,
-) -> bool:
-    """Poll results until every finite pair has its eos; True when `stop` ended it early.
-
-    An end-of-stream can overtake frames that a crashed or restarted stage still held (the
-    reorder buffer gives up on them after its max wait; they come later, once reclaimed). So after
-    the last eos, keep collecting for up to `straggler_s` until every frame has a result or a skip.
-    """
-    eos_at: float | None = None
-    while True:
-        try:
-            await collector.poll(block_ms=100)
-        except REDIS_TRANSIENT as e:  # Redis restarting: the stages wait for it too
-            log.warning("results: Redis unavailable (%s); retrying", e)
-            await asyncio.sleep(0.5)
-            with contextlib.suppress(*REDIS_TRANSIENT):
-                await refresh_cluster_view(collector.client)  # a failover: a master moved
-        ledger = collector.ledger
-        if on_progress is not None:
-            on_progress(ledger)
-        if finite and ledger.finished(finite):
-            eos_at = eos_at or time.monotonic()
-            if ledger.complete(finite) or time.monotonic() - eos_at >= straggler_s:
-                return False
-        if stop is not None and stop.is_set():
-            return True
-        for proc in procs:
-            if (code := proc.process.poll()) is not None:
-                raise FramestreamError(f"stage {proc.label} exited with code {code}; see its log above")
-        if timeout_s is not None and time.monotonic() - started > timeout_s:
-            missing = sorted(p for p in finite if not ledger.finished({p}))
-            raise FramestreamError(
-                f"timed out after {timeout_s:.0f} s waiting for end-of-stream of {missing}"
-            )
 
 
 def _stop(procs: list[StageProcess], timeout_s: float) -> None:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 def run_cli(args: list[str], redis_url: str, env: dict[str, str] | None = None, timeout_s: float = 150):
     cmd = [sys.executable, "-m", "stream.cli", "run", "--runner", "processes", "--redis", redis_url, *args]
     proc = subprocess.run(
-        [*cmd, "--timeout", str(timeout_s - 20)],
+        [*cmd, "--json", "--timeout", str(timeout_s - 20)],
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
@@ -37,7 +37,7 @@ def run_cli(args: list[str], redis_url: str, env: dict[str, str] | None = None, 
     assert proc.returncode == 0, (
         f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     )
-    return proc
+    return proc, json.loads(proc.stdout)  # --json: the summary alone on stdout
 
 
 def read_results(path: Path) -> dict[tuple[str, str], list[dict]]:
@@ -65,7 +65,7 @@ def test_scene_clip_real_v2_smoothed_label_per_scene(
 ) -> None:
     results_file = tmp_path / "results.jsonl"
     env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "scenes"}
-    proc = run_cli(
+    _, summary = run_cli(
         ["--source", str(scenes_clip), "--model", V2, "--results", str(results_file)], redis_server.url, env
     )
     results = read_results(results_file)
@@ -83,7 +83,7 @@ def test_scene_clip_real_v2_smoothed_label_per_scene(
     assert {"source", "seq", "label", "score", "top", "smoothed_label", "latency_ms", "stages_ms"} <= set(r)
     assert len(r["top"]) == 5 and r["top"][0][0] == r["label"] and r["latency_ms"] > 0
     assert {"ingest", "preprocess", "infer", "postprocess"} <= set(r["stages_ms"])
-    assert f"{total} results" in proc.stdout and "dead-lettered 0" in proc.stdout
+    assert (summary["results"], summary["dead_lettered"], summary["failed"]) == (total, 0, [])
 
 
 def test_two_models_one_frames_stream_each_full_result_set(
@@ -120,12 +120,12 @@ def test_corrupt_frame_mid_clip_is_dead_lettered_others_all_get_results(
     (folder / "0015.jpg").write_bytes(b"\xff\xd8\xff\xe0 this frame got corrupted on disk" * 20)
     results_file = tmp_path / "results.jsonl"
     env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "corrupt"}
-    proc = run_cli(
+    _, summary = run_cli(
         ["--source", str(folder), "--model", V1, "--results", str(results_file)], redis_server.url, env
     )
     [rows] = read_results(results_file).values()
     assert [r["seq"] for r in rows] == [s for s in range(30) if s != 15]
-    assert "dead-lettered 1" in proc.stdout
+    assert (summary["dead_lettered"], summary["results"]) == (1, 29)
 
 
 def _synthetic_available(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_synthetic_seed_model_without_shared_data(redis_server: RedisServer, tmp
     results_file = tmp_path / "results.jsonl"
     env = {"FRAMESTREAM_MODELS__CACHE_DIR": str(cache), "FRAMESTREAM_STREAMS__PIPELINE": "synthetic"}
     env["FRAMESTREAM_WEIGHTS_DIR"] = ""
-    proc = run_cli(
+    proc, summary = run_cli(
         ["--source", str(clip), "--model", "mobilenet-v1-0.25-128", "--results", str(results_file)],
         redis_server.url,
         env,
@@ -158,7 +158,7 @@ def test_synthetic_seed_model_without_shared_data(redis_server: RedisServer, tmp
     [rows] = read_results(results_file).values()
     assert [r["seq"] for r in rows] == list(range(60))
     assert all(len(r["top"]) == 5 for r in rows)
-    assert "synthetic" in proc.stderr
+    assert summary["synthetic"] and "SYNTHETIC" in proc.stderr  # the red notice
 
 
 def test_postprocess_replicas_share_the_partitions_and_every_frame_comes_out_once_in_order(
@@ -177,7 +177,7 @@ def test_postprocess_replicas_share_the_partitions_and_every_frame_comes_out_onc
         "FRAMESTREAM_STREAMS__PARTITIONS": "3",
         "FRAMESTREAM_POSTPROCESS__REPLICAS": "3",
     }
-    proc = run_cli([*sources, "--model", V1, "--results", str(results_file)], redis_server.url, env)
+    proc, _ = run_cli([*sources, "--model", V1, "--results", str(results_file)], redis_server.url, env)
     results = read_results(results_file)
     total = len(SCENE_PHOTOS) * SCENE_FRAMES
     assert sorted(source for source, _ in results) == ["cam-0", "cam-1", "cam-3"]

@@ -62,9 +62,9 @@ class App:
 
 @pytest.fixture(scope="module")
 def app(redis_server: RedisServer) -> Iterator[App]:
-    from deployments.local.runner import choose_model
     from deployments.serve.app import APP_NAME
     from deployments.serve.config import deploy, load_config, override, start_local_ray
+    from stream.runners.setup import choose_model
     from stream.zoo.descriptors import load_spec
     from tests.conftest import SHARED
 

@@ -1,7 +1,9 @@
-"""`framestream run` with no arguments (what `make run` does): finishes by itself, prints a summary."""
+"""`framestream run` as a user runs it: with no source (what `make run` does) it plays the demo clip under
+either runner and sums it up the same way; its secrets stay out of Ray's config and logs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -10,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,10 +21,10 @@ from tests.conftest import SHARED
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _framestream_run(env: dict[str, str], cwd: Path) -> str:
-    """`framestream run` with no arguments, no terminal; its output (it must exit 0)."""
+def _framestream_run(env: dict[str, str], cwd: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """`framestream run --json [ARGS]`, no terminal: its summary (it must exit 0) and its stderr."""
     done = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "run"],
+        [sys.executable, "-m", "stream.cli", "run", "--json", *args],
         env=env,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
@@ -29,26 +32,36 @@ def _framestream_run(env: dict[str, str], cwd: Path) -> str:
         text=True,
         timeout=280,
     )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
-    return out
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return json.loads(done.stdout), done.stderr
 
 
-def test_framestream_run_without_arguments_plays_the_demo_and_prints_the_summary(tmp_path: Path):
+def test_both_runners_play_the_same_demo_and_sum_it_up_the_same_way(tmp_path: Path):
+    """`framestream run` with no source (what `make run` does) under either runner: the same demo
+    clip, the same model choice and notice, a summary with the same keys and the same counts."""
     env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache")}
     env.pop("FRAMESTREAM_WEIGHTS_DIR", None)
     if (SHARED / "models").is_dir():  # real weights when the checkout has them, else the stand-in
         env["FRAMESTREAM_WEIGHTS_DIR"] = str(SHARED / "models")
-    out = _framestream_run(env, tmp_path)
-    assert "framestream run: finished" in out
-    published = re.search(r"frames in \(published\)\s*│\s*([\d,]+)", out)
-    results = re.search(r"frames out \(distinct results\)\s*│\s*([\d,]+)", out)
-    assert published and results, out[-4000:]
-    assert int(published[1].replace(",", "")) == 300
-    assert int(results[1].replace(",", "")) == 300
-    assert re.search(r"latency p99 \(end to end\)\s*│\s*[\d,.]+ ms", out)
-    if "FRAMESTREAM_WEIGHTS_DIR" not in env:
-        assert "SYNTHETIC" in out
+    summaries, notes = {}, {}
+    for runner in ("ray", "processes"):
+        summaries[runner], notes[runner] = _framestream_run(env, tmp_path, "--runner", runner)
+    ray, processes = summaries["ray"], summaries["processes"]
+    assert ray.keys() == processes.keys()
+    assert (ray["runner"], processes["runner"]) == ("ray", "processes")
+    counts = ("model", "synthetic", "interrupted", "published", "results", "duplicates", "dropped",
+              "dead_lettered", "skipped", "unprocessed", "failed")  # fmt: skip
+    assert {k: ray[k] for k in counts} == {k: processes[k] for k in counts}
+    assert (ray["published"], ray["results"], ray["unprocessed"], ray["interrupted"]) == (300, 300, 0, False)
+    assert (
+        {name: (row["published"], row["results"]) for name, row in ray["sources"].items()}
+        == {"demo": (300, 300)}
+        == {name: (row["published"], row["results"]) for name, row in processes["sources"].items()}
+    )
+    assert ray["latency_ms"]["p99"] > 0 and processes["latency_ms"]["p99"] > 0
+    for runner, stderr in notes.items():
+        assert "demo clip: 300 generated frames, 640x480 H.264" in stderr, (runner, stderr[-2000:])
+        assert ("SYNTHETIC MODEL" in stderr) == ray["synthetic"], (runner, stderr[-2000:])
 
 
 def test_a_redis_password_reaches_the_replicas_but_not_rays_config_or_logs(tmp_path: Path):
@@ -59,9 +72,8 @@ def test_a_redis_password_reaches_the_replicas_but_not_rays_config_or_logs(tmp_p
            "FRAMESTREAM_REDIS__PASSWORD": password}  # fmt: skip
     env.pop("FRAMESTREAM_WEIGHTS_DIR", None)  # the synthetic stand-in is enough here
     started = time.time()
-    out = _framestream_run(env, tmp_path)
-    results = re.search(r"frames out \(distinct results\)\s*│\s*([\d,]+)", out)
-    assert results and int(results[1].replace(",", "")) == 300, out[-4000:]  # replicas logged in
+    summary, stderr = _framestream_run(env, tmp_path)
+    assert summary["results"] == 300, stderr[-4000:]  # the replicas logged in
     session = (Path(tempfile.gettempdir()) / "ray" / "session_latest").resolve()
     assert session.is_dir() and session.stat().st_mtime >= started - 1, "no Ray session of this run"
     leaked = [p for p in session.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]

@@ -1,4 +1,4 @@
-"""The Ray runner's results loop (`deployments.local.drive.drive`, what `framestream run --runner ray`
+"""The run loop (`stream.runners.drive.drive`, what `framestream run` runs with either runner
 runs while the application works) rides out a `kill -9` + restart of redis-server (AOF everysec).
 
 The loop talks only to Redis, so the pipeline behind it here is the four stages as
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from deployments.local.drive import DriveOptions, drive
 from stream.adapters.redis.client import connect
 from stream.adapters.redis.server import RedisServer
 from stream.core.keys import PipelineKeys
+from stream.runners.drive import DriveOptions, drive
 from stream.runners.processes import StageProcess, create_groups
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder
@@ -60,7 +60,7 @@ async def test_the_ray_runners_results_loop_rides_out_a_redis_kill_and_restart(
 
             assert await poll(all_ready, timeout_s=120), "the stage processes did not start"
             watch = await FaultSink(client, keys, "drive-watch").start()
-            options = DriveOptions(models=[MODEL], apps={}, synthetic=[], stall_timeout_s=120)
+            options = DriveOptions(models=[MODEL], synthetic=[], stall_timeout_s=120)
             console = Console(file=out, width=200)
             run = asyncio.create_task(drive(options, settings, server.url, [str(folder)], console))
             assert await watch.follow(lambda: watch.distinct >= FRAMES // 4 or run.done(), timeout_s=120)
@@ -69,7 +69,7 @@ async def test_the_ray_runners_results_loop_rides_out_a_redis_kill_and_restart(
             await asyncio.sleep(DOWN_S)
             assert not run.done(), f"the run ended while Redis was down:\n{out.getvalue()}"
             server.start()
-            summary = await asyncio.wait_for(run, timeout=180)
+            summary = (await asyncio.wait_for(run, timeout=180)).summary
         finally:
             if run is not None and not run.done():
                 run.cancel()

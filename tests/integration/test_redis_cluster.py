@@ -110,7 +110,7 @@ def test_kill_9_of_the_master_mid_run_replica_promoted_no_frame_lost_run_ends_by
     with LocalCluster(masters=3, replicas=1) as cluster:
         slot = key_slot(PipelineKeys("failover").frames.encode())
         master = cluster.master_for_slot(slot)
-        proc = _run_cli(cluster.url, [*args, "--timeout", "150"], env)
+        proc = _run_cli(cluster.url, [*args, "--json", "--timeout", "150"], env)
         try:
             deadline = time.monotonic() + 120
             while sum(len(s) for s in _results(results).values()) < 150:  # mid-stream: results flowing
@@ -128,4 +128,5 @@ def test_kill_9_of_the_master_mid_run_replica_promoted_no_frame_lost_run_ends_by
     seqs = _results(results)
     for i in range(2):
         assert sorted(seqs[f"demo{i}"]) == list(range(frames)), f"source {i}: frames lost"
-    assert f"{2 * frames} results" in out
+    summary = json.loads(out)  # --json: the summary alone on stdout
+    assert summary["results"] == 2 * frames and summary["failed"] == [], summary

@@ -136,9 +136,10 @@ async def test_by_cursor_it_takes_nothing_away_and_starts_at_the_end(client: aio
 
 
 async def test_both_runners_report_the_same_latency_percentiles(client: aioredis.Redis) -> None:
-    """The processes runner (its own group) and the Ray runner (by cursor) read the same results
-    and print the same p50 / p99 / max: one reader, one ledger, one percentile definition."""
-    from deployments.local.drive import DriveOptions, _Results, _summary
+    """A reader in a group and one by cursor read the same results, and a run's report per track
+    (`run_processes`) and its summary print the same p50 / p99 / max: one reader, one ledger, one
+    percentile definition."""
+    from stream.runners.drive import DriveOptions, _Results, _summary
     from stream.runners.processes import RunReport, _fill
 
     latencies = [float(v) for v in range(1, 101)]  # 1..100 ms: nearest-rank p99 is 99, max 100
@@ -153,8 +154,8 @@ async def test_both_runners_report_the_same_latency_percentiles(client: aioredis
         pass
     report = RunReport()
     _fill(report, group.ledger, [("s", MODEL)])
-    options = DriveOptions(models=[MODEL], apps={}, synthetic=[])
-    summary = await _summary(client, KEYS, options, cursor, ["s"], {}, 0.0, False)
+    options = DriveOptions(models=[MODEL], synthetic=[])
+    summary = await _summary(client, KEYS, options, cursor, ["s"], {}, 0, 0.0, False)
     processes = (report.p50_ms, report.p99_ms, report.max_ms)
     ray = (summary.p50_ms, summary.p99_ms, summary.max_ms)
     assert processes == ray
@@ -165,8 +166,8 @@ async def test_both_runners_report_the_same_latency_percentiles(client: aioredis
 async def test_the_ray_runners_summary_counts_every_source_that_played(client: aioredis.Redis) -> None:
     """A source added over HTTP while `framestream run` plays its own counts in the summary too,
     and frames published before the run (an earlier run's) do not."""
-    from deployments.local.drive import DriveOptions, _Results, _summary
     from stream.readers.watch import read_counters
+    from stream.runners.drive import DriveOptions, _Results, _summary
 
     await client.hset(KEYS.counters, "published:cli", 7)  # an earlier run of the same source
     first = await read_counters(client, KEYS)
@@ -177,8 +178,8 @@ async def test_the_ray_runners_summary_counts_every_source_that_played(client: a
     await publish(client, "api", range(2), end=2)
     while await reader.poll(block_ms=10):
         pass
-    options = DriveOptions(models=[MODEL], apps={}, synthetic=[])
-    summary = await _summary(client, KEYS, options, reader, ["cli"], first, 0.0, False)
+    options = DriveOptions(models=[MODEL], synthetic=[])
+    summary = await _summary(client, KEYS, options, reader, ["cli"], first, 0, 0.0, False)
     assert set(summary.per_source) == {"cli", "api"}
     assert (summary.published, summary.results) == (5, 5)
     assert summary.per_source["api"]["published"] == summary.per_source["api"]["results"] == 2

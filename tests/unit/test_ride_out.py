@@ -1,4 +1,4 @@
-"""`ride_out` / `RedisOutage`: the Ray runner's results loop waits for Redis instead of ending the run.
+"""`ride_out` / `RedisOutage`: the run loop of `framestream run` waits for Redis instead of ending the run.
 
 Pure retry logic, with a scripted stand-in for the Redis call (the real outage is in
 tests/faults/test_drive_redis_restart.py).

@@ -40,12 +40,13 @@ def test_names_taken_in_one_run_get_a_suffix_in_order() -> None:
 
 
 def test_the_runners_and_the_api_use_this_rule() -> None:
-    """Both runners and the ingress's source routes name sources with this module (no copy)."""
+    """The run loop both runners share and the ingress's source routes name sources with this module
+    (no copy)."""
     import ast
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    for path in ("stream/runners/processes.py", "deployments/local/drive.py", "deployments/api/sources.py"):
+    for path in ("stream/runners/drive.py", "deployments/api/sources.py"):
         tree = ast.parse((root / path).read_text())
         modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert "stream.core.source_ids" in modules, path

@@ -1,5 +1,6 @@
-"""Riding out a Redis outage, the one way every loop does it: the stage loops, both runners'
-result readers and the fault suite's.
+"""Riding out a Redis outage, the one way the loops of framestream do it: every stage loop
+(`stream.stages.base`) and the run loop both runners of `framestream run` share
+(`stream.runners.drive`).
 
 An outage is Redis gone for a while: killed and restarted, stalled, loading its AOF. A call that
 fails with one is tried again after a wait that doubles from `first_wait_s` up to `max_wait_s`,
@@ -95,8 +96,16 @@ class RedisOutage:
         return True
 
 
-async def ride_out(call: Callable[[], Awaitable[_T]], outage: RedisOutage) -> _T:
-    """`call()`, retried while it fails with a Redis outage (see `RedisOutage`); other errors raise."""
+async def ride_out(
+    call: Callable[[], Awaitable[_T]],
+    outage: RedisOutage,
+    *,
+    before_retry: Callable[[], Awaitable[object]] | None = None,
+) -> _T:
+    """`call()`, retried while it fails with a Redis outage (see `RedisOutage`); other errors raise.
+
+    `before_retry` runs before each new attempt (a cluster client reloads its slot table there:
+    `stream.adapters.redis.client.refresh_cluster_view`); an outage it meets is the next wait's."""
     while True:
         try:
             result = await call()
@@ -104,6 +113,12 @@ async def ride_out(call: Callable[[], Awaitable[_T]], outage: RedisOutage) -> _T
             if not is_redis_outage(e):
                 raise
             await outage.wait(e)
+            if before_retry is not None:
+                try:
+                    await before_retry()
+                except Exception as again:
+                    if not is_redis_outage(again):
+                        raise
             continue
         outage.recovered()
         return result

@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["Progress", "Snapshot", "StageRow", "Summary", "summary_table"]
+__all__ = ["Progress", "Snapshot", "StageRow", "Summary", "summary_dict", "summary_table"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,14 @@ class Summary:
     p99_ms: float | None
     max_ms: float | None
     per_source: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per track (a source, with `` [model]`` when several): published, results, label, error."""
     interrupted: bool = False
+    runner: str = ""
+
+    @property
+    def failed(self) -> list[str]:
+        """Sources that ended with an error (their end-of-stream says why)."""
+        return [name for name, row in self.per_source.items() if row.get("error")]
 
     @property
     def unprocessed(self) -> int:
@@ -102,21 +109,32 @@ def status_line(snap: Snapshot) -> str:
 
 
 class Progress:
-    """Context manager: `update(snapshot)` redraws (terminal) or prints a line every `every_s`."""
+    """Context manager: `update(snapshot)` redraws (terminal) or prints a line every `every_s`;
+    with no console (a run driven from code) it shows nothing."""
 
-    def __init__(self, console: Console, every_s: float = 5.0) -> None:
+    def __init__(self, console: Console | None, every_s: float = 5.0) -> None:
         self.console = console
         self.every_s = every_s
         self._live: Live | None = None
         self._next_line_s = 0.0
 
+    @property
+    def shown(self) -> bool:
+        return self.console is not None
+
     def __enter__(self) -> Progress:
-        if self.console.is_terminal:
+        if self.console is not None and self.console.is_terminal:
             self._live = Live(console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
         return self
 
+    def note(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     def update(self, snap: Snapshot) -> None:
+        if self.console is None:
+            return
         if self._live is not None:
             self._live.update(progress_table(snap))
             return
@@ -136,6 +154,28 @@ class Progress:
 def _name_column(table: Table, header: str, names: list[str]) -> None:
     """A column of names a user types next (sources): never wrapped or cut; the others fold."""
     table.add_column(header, no_wrap=True, min_width=max([len(header), *(len(n) for n in names)]))
+
+
+def summary_dict(s: Summary) -> dict[str, Any]:
+    """The summary as plain data (``framestream run --json``): the same keys whichever runner ran."""
+    return {
+        "runner": s.runner,
+        "model": s.model,
+        "synthetic": s.synthetic,
+        "interrupted": s.interrupted,
+        "published": s.published,
+        "results": s.results,
+        "duplicates": s.duplicates,
+        "dropped": s.dropped,
+        "dead_lettered": s.dead_lettered,
+        "skipped": s.skipped,
+        "unprocessed": s.unprocessed,
+        "latency_ms": {"p50": s.p50_ms, "p99": s.p99_ms, "max": s.max_ms},
+        "wall_s": round(s.wall_s, 3),
+        "frames_per_s": round(s.fps, 2),
+        "sources": {name: dict(row) for name, row in sorted(s.per_source.items())},
+        "failed": s.failed,
+    }
 
 
 def summary_table(s: Summary) -> Group:
@@ -164,11 +204,18 @@ def summary_table(s: Summary) -> Group:
         table.add_row(what, value)
     per_source = Table(show_header=True)
     _name_column(per_source, "source", list(s.per_source))
-    for col in ("published", "results", "final smoothed label"):
+    counts = {
+        col: [f"{row.get(col, 0):,}" for row in s.per_source.values()] for col in ("published", "results")
+    }
+    for col, values in counts.items():  # numbers are never folded: a folded number reads as another
         per_source.add_column(
-            col, justify="left" if col == "final smoothed label" else "right", overflow="fold"
+            col, justify="right", no_wrap=True, min_width=max([len(col), *map(len, values)])
         )
+    per_source.add_column("final label", overflow="fold")  # smoothed
+    if s.failed:
+        per_source.add_column("error", overflow="fold")
     for source, row in sorted(s.per_source.items()):
         published, results = f"{row.get('published', 0):,}", f"{row.get('results', 0):,}"
-        per_source.add_row(escape(source), published, results, escape(str(row.get("label", "-"))))
+        cells = [escape(source), published, results, escape(str(row.get("label", "-")))]
+        per_source.add_row(*cells, *([escape(str(row.get("error") or ""))] if s.failed else []))
     return Group(table, per_source)
