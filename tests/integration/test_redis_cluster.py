@@ -82,16 +82,17 @@ def _results(path: Path) -> dict[str, list[int]]:
 def test_framestream_run_on_a_replica_node_of_a_cluster(
     redis_cluster: LocalCluster, shared_dir: Path, tmp_path: Path
 ):
-    """What failed with a MovedError before: `framestream run --redis redis://<any cluster node>`."""
+    """`framestream run --redis redis://<any cluster node>`, a replica too (it answers MOVED)."""
     clip = write_demo_clip(tmp_path / "demo.mp4", frames=60)
     results = tmp_path / "results.jsonl"
     replica = redis_cluster.nodes[-1]  # `--cluster create` makes the last nodes replicas
     env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "onenode"}
-    proc = _run_cli(replica.url, ["--source", str(clip), "--model", V1, "--results", str(results)], env)
+    args = ["--source", str(clip), "--model", V1, "--results", str(results), "--json"]
+    proc = _run_cli(replica.url, args, env)
     out, err = proc.communicate(timeout=150)
     assert proc.returncode == 0, err[-3000:]
     assert sorted(_results(results)["demo"]) == list(range(60))
-    assert "60 results" in out
+    assert json.loads(out)["results"] == 60
 
 
 @pytest.mark.slow
