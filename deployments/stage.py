@@ -6,7 +6,8 @@
 - ``record_autoscaling_stats`` reports the group's backlog and this replica's measured rate;
   `deployments.policy.BacklogPolicy` sizes the deployment from them.
 - Scale-down and shutdown drain: Serve calls ``__del__``, which stops the loop from reading and
-  waits (at most ``streams.drain_timeout_s``) while it finishes and acks what it holds. The
+  waits (at most ``streams.drain_timeout_s``) while it finishes and acks what it holds, then
+  leaves its group on every partition (`StageBase.leave_groups`). The
   deployment's ``graceful_shutdown_timeout_s`` is set above that so Serve never cuts a drain short.
 - ``check_health`` raises when the loop crashed, or made no progress for ``stuck_after_s`` while
   its group has a backlog; Serve then replaces the replica.
@@ -143,20 +144,13 @@ class StageDeployment:
             await asyncio.wait_for(asyncio.shield(self._task), self.settings.streams.drain_timeout_s + 1)
         except Exception as e:  # a drain that fails leaves entries pending: the others reclaim them
             log.warning("%s: drain ended with %r; pending entries will be reclaimed", self.consumer, e)
-        if self.stage != "ingest":  # ingest reads no group
-            await self._forget_consumer()
+        await self._forget_consumer()
         await self.client.aclose()
         log.info("%s: drained after %d entries", self.consumer, self.loop.processed)
 
     async def _forget_consumer(self) -> None:
-        """Remove this consumer from its group once it holds nothing (XGROUP DELCONSUMER would
-        drop pending entries, so only when there are none)."""
+        """Leave the group on every partition this replica read, where it holds nothing."""
         try:
-            stats = await asyncio.wait_for(self.loop.backlog(), _STATS_TIMEOUT_S)
-            pending = await self.client.xpending_range(
-                stats.stream, stats.group, min="-", max="+", count=1, consumername=self.consumer
-            )
-            if not pending:
-                await self.client.xgroup_delconsumer(stats.stream, stats.group, self.consumer)
+            await asyncio.wait_for(self.loop.leave_groups(), _STATS_TIMEOUT_S)
         except Exception as e:
             log.info("%s: consumer left in its group: %r", self.consumer, e)

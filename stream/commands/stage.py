@@ -68,6 +68,7 @@ async def _serve(name: str, settings, url: str, consumer: str, model: str | None
         await client.hset(keys.stage_ready, consumer, str(time.time() * 1000))  # the runner waits on this
         try:
             await run_resilient(loop_, stop, client)
+            await loop_.leave_groups()  # drained: a stopped process is no consumer any more
         finally:
             await client.hdel(keys.stage_ready, consumer)
         return loop_.processed

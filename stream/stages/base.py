@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from stream.adapters.dead_letters import DeadLetters
 from stream.adapters.fenced_commit import Fenced
-from stream.adapters.group_stats import GroupStats
+from stream.adapters.group_stats import GroupStats, leave_group
 from stream.adapters.metrics import metrics
 from stream.adapters.redis_client import refresh_cluster_view
 from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
@@ -66,6 +66,8 @@ class StageLoop(Protocol):
     async def run(self, stop: asyncio.Event) -> None: ...
 
     async def backlog(self) -> GroupStats: ...
+
+    async def leave_groups(self) -> list[str]: ...
 
 
 @dataclass
@@ -161,6 +163,16 @@ class StageBase:
             pending=sum(p.pending for p in parts),
             consumers=max(p.consumers for p in parts),
         )
+
+    async def leave_groups(self) -> list[str]:
+        """Remove this consumer from its group on every partition's stream where it holds nothing,
+        once the loop has stopped (a replica scaled down); the streams it left.
+
+        Every partition, not only those read last: a replica that read them all, or owned one
+        earlier, is a consumer on each, and consumers left behind pile up with every scale-down.
+        Where it still holds entries it stays, for the others to reclaim (`leave_group`).
+        """
+        return [s for s in self.all_streams if await leave_group(self.client, s, self.group, self.consumer)]
 
     async def start(self) -> None:
         """Create the input group (reading from the start of the stream) if missing.

@@ -1,0 +1,100 @@
+"""What a stage replica leaves in Redis when Serve scales it down, on a pipeline of several partitions.
+
+The replica here is `deployments.stage.StageDeployment` without Ray: its loop is a real preprocess
+stage on a real redis-server, and scale-down is the ``__del__`` Serve awaits (stop, drain, leave).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream.adapters.group_stats import leave_group
+from stream.adapters.redis_client import connect
+from stream.adapters.redis_server import RedisServer
+from stream.core.keys import PipelineKeys
+from stream.settings import Settings
+from stream.stages import build_stage
+from stream.stages.base import run_resilient
+from tests.faults.sink import wait_until
+
+P = 4
+MODEL = "mobilenet-v1-0.25-128-quant"
+GROUP = f"preprocess:{MODEL}"
+
+
+def _settings(tmp_path: Path, pipeline: str) -> Settings:
+    return Settings(
+        streams={"pipeline": pipeline, "partitions": P, "block_ms": 50, "drain_timeout_s": 5},
+        models={"weights_dir": None, "cache_dir": tmp_path / "cache"},
+    )
+
+
+async def _replica(settings: Settings, url: str, consumer: str) -> Any:
+    """A running preprocess replica as Serve's constructor makes it (its loop task on this event loop)."""
+    from deployments.stage import StageDeployment
+
+    replica = object.__new__(StageDeployment.func_or_class)
+    replica.stage, replica.consumer, replica.settings = "preprocess", consumer, settings
+    replica.client = await connect(url)
+    replica.loop = build_stage("preprocess", settings, replica.client, consumer=consumer, model=MODEL)
+    replica._stop = asyncio.Event()
+    replica._task = asyncio.get_running_loop().create_task(
+        run_resilient(replica.loop, replica._stop, replica.client)
+    )
+    replica._last_count, replica._last_backlog, replica._rate_fps = (0.0, 0), 0, 0.0
+    return replica
+
+
+async def _consumers(client: Any, stream: str) -> list[str]:
+    return [c["name"].decode() for c in await client.xinfo_consumers(stream, GROUP)]
+
+
+# Serve awaits the replica's `async def __del__` at shutdown; Python's own GC only creates it
+@pytest.mark.filterwarnings("ignore:coroutine 'StageDeployment.__del__' was never awaited")
+async def test_a_replica_scaled_down_leaves_no_consumer_on_any_partition(
+    redis_server: RedisServer, redis_client: Any, tmp_path: Path
+) -> None:
+    settings = _settings(tmp_path, "drain")
+    keys = PipelineKeys("drain", P)
+    replica = await _replica(settings, redis_server.url, "replica-1")
+    streams = [k.frames for k in keys.all_partitions]
+
+    async def groups_made() -> bool:
+        return all([await redis_client.exists(s) for s in streams])
+
+    assert await wait_until(groups_made, timeout_s=30), "the replica's loop did not start"
+    for stream in streams:  # undecodable entries: read, dead-lettered and acked on every partition
+        await redis_client.xadd(stream, {"d": b"not a frame"})
+
+    async def all_read() -> bool:
+        stats = [await replica.loop.transport.group_stats(s, GROUP) for s in streams]
+        return all(s.backlog == 0 for s in stats) and replica.loop.processed == P
+
+    assert await wait_until(all_read, timeout_s=30), "the replica did not read every partition"
+    assert [await _consumers(redis_client, s) for s in streams] == [["replica-1"]] * P
+
+    await replica.__del__()  # scale-down: Serve stops the replica
+
+    left = {s: await _consumers(redis_client, s) for s in streams}
+    assert left == {s: [] for s in streams}, f"consumers left behind after scale-down: {left}"
+
+
+async def test_a_consumer_that_still_holds_entries_stays_in_its_group_for_the_others_to_reclaim(
+    redis_client: Any,
+) -> None:
+    stream = "fs:{held}:frames"
+    await redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await redis_client.xadd(stream, {"d": b"x"})
+    await redis_client.xreadgroup(GROUP, "holder", {stream: ">"}, count=1)
+    await redis_client.xgroup_createconsumer(stream, GROUP, "idle")
+    assert sorted(await _consumers(redis_client, stream)) == ["holder", "idle"]
+
+    assert not await leave_group(redis_client, stream, GROUP, "holder")
+    assert await leave_group(redis_client, stream, GROUP, "idle")
+    assert not await leave_group(redis_client, "fs:{nothing}:frames", GROUP, "idle")  # no stream: no error
+    assert await _consumers(redis_client, stream) == ["holder"]
+    assert len(await redis_client.xpending_range(stream, GROUP, min="-", max="+", count=10)) == 1
