@@ -23,7 +23,6 @@ from typing import Any
 from ray import serve
 
 from deployments.policy import BACKLOG_KEY, RATE_KEY
-from stream.adapters import metrics as _metrics
 from stream.adapters.redis_streams import connect
 from stream.settings import Settings, load_settings
 
@@ -106,10 +105,7 @@ class StageDeployment:
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Backlog of this stage's group and this replica's frames/s, for `BacklogPolicy`."""
         stats = await asyncio.wait_for(self.loop.backlog(), _STATS_TIMEOUT_S)
-        self._last_backlog = stats.backlog
-        # the module, not its `metrics` instance: Serve pickles this class by value, and the
-        # instance holds a lock
-        _metrics.metrics.stream_lag(stats.stream, stats.group, stats.backlog)
+        self._last_backlog = stats.backlog  # each partition's lag is published by the loop, as it reads it
         return {BACKLOG_KEY: float(stats.backlog), RATE_KEY: self._measure_rate()}
 
     async def check_health(self) -> None:

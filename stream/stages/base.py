@@ -119,7 +119,6 @@ class StageBase:
         self.all_streams = list(self._partitions)
         self.streams = list(self.all_streams)
         """The streams this loop reads (every partition's, unless it owns partitions)."""
-        self.stream = self.streams[0]  # partition 0's: the only one with P = 1
         self.transport = StreamTransport(
             client,
             self.keys,
@@ -152,12 +151,15 @@ class StageBase:
         return self._partitions[entry.stream]
 
     async def backlog(self) -> GroupStats:
-        """This group's lag and pending summed over every partition (partition 0's stream named)."""
-        if len(self.all_streams) == 1:
-            return await self.transport.group_stats(self.stream, self.group)
+        """This group's lag and pending summed over every partition (named by partition 0's
+        stream); each partition's own lag is published as it is read (framestream_stream_lag)."""
         parts = [await self.transport.group_stats(s, self.group) for s in self.all_streams]
+        for part in parts:
+            metrics.stream_lag(part.stream, part.group, part.backlog)
+        if len(parts) == 1:
+            return parts[0]
         return GroupStats(
-            self.stream,
+            parts[0].stream,
             self.group,
             lag=sum(p.lag for p in parts),
             pending=sum(p.pending for p in parts),

@@ -1,7 +1,9 @@
-"""What a stage replica leaves in Redis when Serve scales it down, on a pipeline of several partitions.
+"""A stage replica on a pipeline of several partitions: the lag it reports, and what it leaves in
+Redis when Serve scales it down.
 
 The replica here is `deployments.stage.StageDeployment` without Ray: its loop is a real preprocess
-stage on a real redis-server, and scale-down is the ``__del__`` Serve awaits (stop, drain, leave).
+stage on a real redis-server; Serve's autoscaler calls ``record_autoscaling_stats``, and
+scale-down is the ``__del__`` Serve awaits (stop, drain, leave).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from stream.adapters.group_stats import leave_group
+from stream.adapters.metrics import metrics
 from stream.adapters.redis_client import connect
 from stream.adapters.redis_server import RedisServer
 from stream.core.keys import PipelineKeys
@@ -33,8 +36,9 @@ def _settings(tmp_path: Path, pipeline: str) -> Settings:
     )
 
 
-async def _replica(settings: Settings, url: str, consumer: str) -> Any:
-    """A running preprocess replica as Serve's constructor makes it (its loop task on this event loop)."""
+async def _replica(settings: Settings, url: str, consumer: str, *, run: bool = True) -> Any:
+    """A preprocess replica as Serve's constructor makes it (its loop task on this event loop,
+    unless not `run`)."""
     from deployments.stage import StageDeployment
 
     replica = object.__new__(StageDeployment.func_or_class)
@@ -98,3 +102,23 @@ async def test_a_consumer_that_still_holds_entries_stays_in_its_group_for_the_ot
     assert not await leave_group(redis_client, "fs:{nothing}:frames", GROUP, "idle")  # no stream: no error
     assert await _consumers(redis_client, stream) == ["holder"]
     assert len(await redis_client.xpending_range(stream, GROUP, min="-", max="+", count=10)) == 1
+
+
+@pytest.mark.filterwarnings("ignore:coroutine 'StageDeployment.__del__' was never awaited")
+async def test_the_lag_metric_of_each_partition_is_labelled_with_that_partition(
+    redis_server: RedisServer, redis_client: Any, tmp_path: Path
+) -> None:
+    keys = PipelineKeys("laglabel", P)
+    replica = await _replica(_settings(tmp_path, "laglabel"), redis_server.url, "replica-1", run=False)
+    await replica.loop.start()  # the group on every partition; nothing read yet
+    waiting = dict(zip([k.frames for k in keys.all_partitions], [1, 0, 3, 0], strict=True))
+    for stream, n in waiting.items():
+        for _ in range(n):
+            await redis_client.xadd(stream, {"d": b"x"})
+
+    stats = await replica.record_autoscaling_stats()  # what Serve's autoscaler asks every few seconds
+
+    assert stats["backlog"] == 4  # the autoscaler sizes the stage on all of it
+    lag = {s: metrics.gauge("stream_lag", stream=s, group=GROUP) for s in waiting}
+    assert lag == waiting, "framestream_stream_lag must give each partition's stream its own lag"
+    await replica.client.aclose()
