@@ -1,7 +1,8 @@
 """What `framestream run` watches of the stages while the pipeline runs, read from Redis only
 (the results are read by `stream.results.ResultReader`).
 
-- `probe_stages` reads every stage's consumer group (XINFO GROUPS): entries handled, backlog.
+- `probe_stages` reads every stage's consumer group (`stream.adapters.group_stats`): entries
+  handled, backlog.
 - `read_counters` reads the pipeline's counters (published, dropped, ...).
 
 Reading Redis rather than asking replicas keeps the view honest and works the same on a laptop
@@ -13,13 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from stream.adapters.group_stats import group_infos, info_stats
+from stream.adapters.stream_entries import text
 from stream.core.keys import PipelineKeys
 
 __all__ = ["StageProbe", "probe_stages", "read_counters"]
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -55,19 +54,13 @@ async def probe_stages(client: Any, keys: PipelineKeys, model: str) -> dict[str,
 async def _probe_partition(client: Any, keys: PipelineKeys, model: str) -> dict[str, StageProbe]:
     out: dict[str, StageProbe] = {}
     for stream in (keys.frames, keys.tensors(model), keys.scores(model)):
-        try:
-            groups = await client.xinfo_groups(stream)
-        except Exception:  # the stream does not exist yet
-            continue
-        for g in groups:
-            info = {_s(k): v for k, v in g.items()}
-            group = _s(info["name"])
+        for info in await group_infos(client, stream):  # none while the stream does not exist
+            group = text(info["name"])
             if group.endswith(f":{model}") or ":" not in group:
-                pending = int(info.get("pending") or 0)
-                lag = int(info.get("lag") or 0)
+                stats = await info_stats(client, stream, info)  # the lag Redis miscounts, corrected
                 read = int(info.get("entries-read") or 0)
                 stage = _group_stage(group)
-                out[stage] = StageProbe(stage, stream, group, max(0, read - pending), lag + pending)
+                out[stage] = StageProbe(stage, stream, group, max(0, read - stats.pending), stats.backlog)
     return out
 
 
@@ -77,7 +70,7 @@ async def read_counters(client: Any, keys: PipelineKeys) -> dict[str, int]:
     out: dict[str, int] = {}
     for part in keys.all_partitions:
         for k, v in (await client.hgetall(part.counters)).items():
-            name, value = _s(k), int(v)
+            name, value = text(k), int(v)
             out[name] = out.get(name, 0) + value
             kind = name.split(":", 1)[0]
             if kind != name:

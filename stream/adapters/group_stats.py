@@ -11,7 +11,15 @@ from redis.exceptions import ResponseError
 
 from stream.adapters.stream_entries import text
 
-__all__ = ["GroupStats", "all_group_stats", "group_infos", "group_stats", "leave_group", "repair_lag"]
+__all__ = [
+    "GroupStats",
+    "all_group_stats",
+    "group_infos",
+    "group_stats",
+    "info_stats",
+    "leave_group",
+    "repair_lag",
+]
 
 _COUNT_AFTER = "return #redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])"
 """Entries after an id, counted inside Redis (the payloads, up to 150 KB each, stay there)."""
@@ -77,16 +85,19 @@ async def group_stats(client: aioredis.Redis, stream: str, group: str) -> GroupS
     """Lag and pending of `group`; a missing group counts the whole stream as its lag."""
     for info in await group_infos(client, stream):
         if text(info["name"]) == group:
-            return await _stats(client, stream, info)
+            return await info_stats(client, stream, info)
     return GroupStats(stream, group, lag=int(await client.xlen(stream)), pending=0, consumers=0)
 
 
 async def all_group_stats(client: aioredis.Redis, stream: str) -> list[GroupStats]:
     """Lag and pending of every consumer group of `stream` (an empty list when it has none)."""
-    return [await _stats(client, stream, info) for info in await group_infos(client, stream)]
+    return [await info_stats(client, stream, info) for info in await group_infos(client, stream)]
 
 
-async def _stats(client: aioredis.Redis, stream: str, info: dict[str, Any]) -> GroupStats:
+async def info_stats(client: aioredis.Redis, stream: str, info: dict[str, Any]) -> GroupStats:
+    """Lag and pending of the group `info` describes (one item of `group_infos`): the lag Redis
+    reports, counted when it cannot tell and capped by the stream's length when it counts too
+    many. Every reader of a group's lag goes through here."""
     lag = info.get("lag")
     if lag is None:  # Redis cannot tell after some deletions: count instead
         last = text(info["last-delivered-id"])
