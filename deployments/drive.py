@@ -26,8 +26,8 @@ from rich.console import Console
 from deployments.config import replica_counts
 from deployments.display import Progress, Snapshot, StageRow, Summary
 from deployments.watch import probe_stages, read_counters
+from stream.adapters.redis_client import connect_settings
 from stream.adapters.redis_outage import RedisOutage, is_redis_outage, ride_out
-from stream.adapters.redis_streams import connect
 from stream.core.keys import PipelineKeys
 from stream.core.rates import RateMeter
 from stream.core.source_ids import source_ids
@@ -80,7 +80,7 @@ async def drive(
     from stream.adapters.source_registry import SourceSpec, add_source, remove_source
 
     keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
-    client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)
+    client = await connect_settings(settings.redis, redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,7 +23,7 @@ from typing import Any
 from ray import serve
 
 from deployments.policy import BACKLOG_KEY, RATE_KEY
-from stream.adapters.redis_streams import connect
+from stream.adapters.redis_client import connect_settings
 from stream.settings import Settings, load_settings
 
 __all__ = ["DRAIN_MARGIN_S", "StageDeployment", "open_redis", "stage_settings"]
@@ -48,12 +48,7 @@ async def open_redis(settings: Settings) -> Any:
             "a Ray deployment cannot start its own redis-server: set FRAMESTREAM_REDIS__URL "
             "(or redis.url in the application's args) to a Redis every replica can reach"
         )
-    return await connect(
-        settings.redis.url,
-        password=settings.redis.password,
-        username=settings.redis.username,
-        cluster=settings.redis.cluster,
-    )
+    return await connect_settings(settings.redis)
 
 
 @serve.deployment(

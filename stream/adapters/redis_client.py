@@ -1,6 +1,8 @@
 """The one factory for asyncio Redis clients: a plain server or a Redis Cluster.
 
-`connect` checks the server with PING (a wrong password fails here, clearly), then asks it
+`connect_settings` opens the client the settings' ``redis`` section names (with its password,
+username and cluster choice): every command and runner that talks to the pipeline's Redis opens
+it there. `connect` checks the server with PING (a wrong password fails here, clearly), then asks it
 ``INFO cluster``: on a node with ``cluster_enabled:1`` it returns redis-py's asyncio
 `RedisCluster`, which finds every other node, routes each command to the node serving its key's
 slot and follows MOVED/ASK redirections. ``redis.cluster`` forces the choice (true: cluster
@@ -13,7 +15,7 @@ one slot, which redis-py 8.x sends as one MULTI/EXEC to that slot's node).
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -22,7 +24,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stream.errors import TransportError
 
-__all__ = ["connect", "is_cluster", "redact", "refresh_cluster_view"]
+if TYPE_CHECKING:
+    from stream.settings import RedisSettings
+
+__all__ = ["connect", "connect_settings", "is_cluster", "redact", "refresh_cluster_view"]
+
+
+async def connect_settings(
+    redis: RedisSettings, url: str | None = None, *, timeout_s: float = 5.0
+) -> aioredis.Redis:
+    """Open a client for the Redis `redis` (the settings' ``redis`` section) names, or for `url`
+    in its place (a ``--redis`` option), with its password, username and ``cluster`` choice."""
+    return await connect(
+        url or redis.url,
+        password=redis.password,
+        username=redis.username,
+        cluster=redis.cluster,
+        timeout_s=timeout_s,
+    )
 
 
 async def connect(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from stream.adapters.redis_client import connect
+from stream.adapters.redis_client import connect_settings
 from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import load_settings
@@ -49,12 +49,7 @@ def stage(
 
 
 async def _serve(name: str, settings, url: str, consumer: str, model: str | None) -> int:
-    client = await connect(
-        url,
-        password=settings.redis.password,
-        username=settings.redis.username,
-        cluster=settings.redis.cluster,
-    )
+    client = await connect_settings(settings.redis, url)
     try:
         loop_ = build_stage(name, settings, client, consumer=consumer, model=model)
         stop = asyncio.Event()

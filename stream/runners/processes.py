@@ -32,7 +32,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import yaml
 
-from stream.adapters.redis_client import connect, refresh_cluster_view
+from stream.adapters.redis_client import connect_settings, refresh_cluster_view
 from stream.adapters.redis_outage import REDIS_TRANSIENT
 from stream.adapters.redis_partitions import ensure_layout
 from stream.adapters.source_registry import SourceSpec, add_source
@@ -210,12 +210,7 @@ async def run_processes(
     if not models:
         raise ValueError("at least one model is needed")
     keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
-    client = await connect(
-        redis_url,
-        password=settings.redis.password,
-        username=settings.redis.username,
-        cluster=settings.redis.cluster,
-    )
+    client = await connect_settings(settings.redis, redis_url)
     sink = JsonlSink(results_path) if results_path else None
     specs = [s if isinstance(s, SourceSpec) else SourceSpec(uri=s) for s in sources]
     ids = source_ids(s.uri for s in specs)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from redis.crc import key_slot
+from rich.console import Console
 
+from deployments.drive import DriveOptions, drive
 from stream.adapters.redis_client import connect, is_cluster
 from stream.adapters.redis_server import LocalCluster, RedisServer
 from stream.adapters.redis_streams import StreamTransport
@@ -20,6 +25,7 @@ from stream.adapters.stream_entries import Output
 from stream.adapters.video import write_demo_clip
 from stream.core.keys import PipelineKeys
 from stream.errors import TransportError
+from stream.settings import Settings
 
 V1 = "mobilenet-v1-0.25-128-quant"
 
@@ -59,6 +65,38 @@ async def test_forward_is_one_transaction_on_the_partition_slot(cluster_client):
     await transport.forward([Output(keys.tensors("m"), e.data or b"") for e in entries], "work", entries)
     assert await cluster_client.xlen(keys.tensors("m")) == 50
     assert (await transport.group_stats(keys.frames, "work")).backlog == 0
+
+
+@pytest.fixture
+def no_info_user(redis_cluster: LocalCluster) -> Iterator[tuple[str, str]]:
+    """An ACL user on every node of the cluster that may not run INFO (as in managed Redis
+    offerings): a client cannot ask the server whether it is a cluster, `redis.cluster` says so."""
+    user, password = "no-info", "no-info-password"
+    live = [n for n in redis_cluster.nodes if n.process is not None]
+    for node in live:
+        with redis.Redis(host=node.bind, port=node.port) as admin:
+            admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"], channels=["*"],
+                              commands=["+@all", "-info"], reset=True)  # fmt: skip
+    yield user, password
+    for node in live:
+        with redis.Redis(host=node.bind, port=node.port) as admin:
+            admin.acl_deluser(user)
+
+
+async def test_the_ray_driver_honours_redis_cluster(redis_cluster: LocalCluster, no_info_user) -> None:
+    """`framestream run` (Ray) drives the run through a client made from the settings: with
+    ``redis.cluster: true`` a cluster client, also where the server cannot be asked."""
+    user, password = no_info_user
+    settings = Settings(
+        redis={"url": redis_cluster.url, "username": user, "password": password, "cluster": True},
+        streams={"pipeline": "fleet", "partitions": 3},  # partitions on 3 different masters
+    )
+    options = DriveOptions(models=[V1], apps={}, synthetic=[])
+    out = io.StringIO()
+
+    summary = await drive(options, settings, redis_cluster.url, [], Console(file=out, width=120))
+
+    assert (summary.published, summary.results, summary.interrupted) == (0, 0, False)
 
 
 def _run_cli(url: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
