@@ -222,9 +222,7 @@ def _replica_settings(settings: Settings, redis_url: str | None) -> dict[str, An
     does the URL when `redis_url` is None (`_redis_through_environment`)."""
     from stream.zoo.store import resolve_weights_dir
 
-    dumped = settings.model_dump(mode="json")
-    dumped["redis"].pop("password", None)
-    dumped.pop("api", None)  # tokens: through the environment (`_tokens_through_environment`)
+    dumped = settings.dump_without_secrets()  # tokens: `_tokens_through_environment`
     if redis_url is None:
         dumped["redis"].pop("url", None)
     else:
@@ -247,7 +245,7 @@ def _redis_through_environment(
     """
     import ray
 
-    password, in_url = settings.redis.password, urlsplit(redis_url).password is not None
+    password, in_url = settings.redis.password_value(), urlsplit(redis_url).password is not None
     if not in_url and password is None:
         return redis_url
     if address is not None or ray.is_initialized():
@@ -310,7 +308,9 @@ def _private_redis(settings: Settings) -> RedisServer:
     child inherits a blocked SIGINT (as Ray's own processes do); we stop it ourselves at the end.
     """
     server = RedisServer(
-        aof=settings.redis.aof, password=settings.redis.password, maxmemory_mb=settings.redis.maxmemory_mb
+        aof=settings.redis.aof,
+        password=settings.redis.password_value(),
+        maxmemory_mb=settings.redis.maxmemory_mb,
     )
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -142,7 +142,7 @@ class AllowedSources(_Section):
 
 class RedisSettings(_Section):
     url: str = Field("auto", description="redis://, rediss:// URL, or 'auto' for a private redis-server")
-    password: str | None = Field(None, description="overrides the URL's password when set")
+    password: SecretStr | None = Field(None, description="overrides the URL's password when set")
     username: str | None = None
     aof: bool = Field(False, description="private server only: appendonly everysec")
     maxmemory_mb: int = Field(0, ge=0, description="private server only: 0 = no cap")
@@ -150,6 +150,10 @@ class RedisSettings(_Section):
         None,
         description="Redis Cluster client: None = ask the server (INFO cluster), true/false = force",
     )
+
+    def password_value(self) -> str | None:
+        """The password itself, for a Redis client or server only: never log or dump it."""
+        return self.password.get_secret_value() if self.password is not None else None
 
 
 class StreamSettings(_Section):
@@ -343,6 +347,31 @@ class Settings(BaseSettings):
         if settings_cls.model_config.get("yaml_file"):
             sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
+
+    def dump_without_secrets(self) -> dict[str, Any]:
+        """These settings as JSON-ready values for other processes (replicas, stage processes),
+        without any secret: a secret (`SecretStr`) dumps as ``**********``, which read back would
+        replace the real one. Secrets travel through the environment instead."""
+        dumped = self.model_dump(mode="json", exclude=_secret_fields(self))
+        return {name: value for name, value in dumped.items() if value != {}}
+
+
+def _secret_fields(model: BaseModel) -> dict[str, Any]:
+    """`model_dump`'s ``exclude`` for every secret field of `model` and its sections."""
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            inner = _secret_fields(value)
+            if inner:
+                out[name] = inner
+        elif _holds_secret(field.annotation):
+            out[name] = True
+    return out
+
+
+def _holds_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_holds_secret(arg) for arg in get_args(annotation))
 
 
 def load_settings(yaml_file: Path | None = None, **overrides: object) -> Settings:

@@ -37,7 +37,7 @@ async def connect_settings(
     in its place (a ``--redis`` option), with its password, username and ``cluster`` choice."""
     return await connect(
         url or redis.url,
-        password=redis.password,
+        password=redis.password_value(),
         username=redis.username,
         cluster=redis.cluster,
         timeout_s=timeout_s,

@@ -72,7 +72,9 @@ def _run(settings: Settings, url: str, sources, models, results, timeout_s, loop
     if url != "auto":
         return asyncio.run(main(url))
     server = RedisServer(
-        aof=settings.redis.aof, password=settings.redis.password, maxmemory_mb=settings.redis.maxmemory_mb
+        aof=settings.redis.aof,
+        password=settings.redis.password_value(),
+        maxmemory_mb=settings.redis.maxmemory_mb,
     )
     with server:
         return asyncio.run(main(server.url))

@@ -167,7 +167,7 @@ def test_settings_take_a_rediss_url_and_credentials_from_the_environment(monkeyp
     monkeypatch.setenv("FRAMESTREAM_REDIS__USERNAME", "framestream")
     monkeypatch.setenv("FRAMESTREAM_REDIS__PASSWORD", "s3cret")
     redis = load_settings().redis
-    assert (redis.url, redis.username, redis.password) == (
+    assert (redis.url, redis.username, redis.password_value()) == (
         "rediss://redis.example:6380/0",
         "framestream",
         "s3cret",

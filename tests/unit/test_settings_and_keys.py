@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 from pydantic import ValidationError
 
@@ -31,3 +34,20 @@ def test_bad_values_are_named(tmp_path):
         load_settings(cfg)
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "missing.yaml")
+
+
+def test_the_redis_password_is_a_secret_like_the_api_tokens(monkeypatch, caplog):
+    password, token = "redis-pw-0123456789", "admin-token-0123456789"
+    monkeypatch.setenv("FRAMESTREAM_REDIS__PASSWORD", password)
+    monkeypatch.setenv("FRAMESTREAM_API__ADMIN_TOKENS", token)
+    settings = load_settings()
+    logging.getLogger("framestream.test").warning("settings: %s", settings)  # settings in a log line
+    assert "settings: " in caplog.text  # the line was written
+
+    shown = [repr(settings), str(settings), json.dumps(settings.model_dump(mode="json")), caplog.text]
+    assert not [s for s in shown if password in s or token in s]
+    assert settings.redis.password is not None and settings.redis.password.get_secret_value() == password
+
+    shared = settings.dump_without_secrets()  # what a run hands its replicas and stage processes
+    assert "password" not in shared["redis"] and "api" not in shared
+    assert shared["redis"]["url"] == "auto" and load_settings(**shared).redis.password is not None
