@@ -69,7 +69,7 @@ cluster: setup
 
 bench: setup
 	@mkdir -p out
-	FRAMESTREAM_WEIGHTS_DIR=$${FRAMESTREAM_WEIGHTS_DIR:-../shared/models} \
+	FRAMESTREAM_MODELS__WEIGHTS_DIR=$${FRAMESTREAM_MODELS__WEIGHTS_DIR:-../shared/models} \
 	  $(BIN)/loadtest bench --repeat 2 --json out/bench.json --markdown out/bench.md $(ARGS)
 
 clean:

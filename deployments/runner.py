@@ -84,11 +84,11 @@ def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
     """(model name, synthetic?): real weights when found, else a synthetic stand-in (built now,
     so replicas find it in the cache). An explicitly requested model without either is an error."""
     from stream.zoo.descriptors import load_spec
-    from stream.zoo.store import locate_model, resolve_weights_dir
+    from stream.zoo.store import locate_model
 
     name = requested or settings.models.default
     spec = load_spec(name)
-    weights = resolve_weights_dir(settings.models.weights_dir)
+    weights = settings.models.weights_dir
     cache = settings.models.cache_dir
     try:
         locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=False)
@@ -98,8 +98,8 @@ def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
     if not spec.has_synthetic:
         if requested:
             raise ModelError(
-                f"{name}: no weights in {weights or 'FRAMESTREAM_WEIGHTS_DIR (unset)'} or {cache}, and "
-                "it has no synthetic stand-in; set FRAMESTREAM_WEIGHTS_DIR or fetch it"
+                f"{name}: no weights in {weights or 'models.weights_dir (unset)'} or {cache}, and it has "
+                "no synthetic stand-in; set FRAMESTREAM_MODELS__WEIGHTS_DIR or fetch it"
             )
         spec = load_spec(FALLBACK_MODEL)
     locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=True)
@@ -174,9 +174,10 @@ def check_attached(address: str | None, redis_url: str, sources: list[str]) -> N
 
 def _synthetic_notice(console: Console, wanted: str, model: str) -> None:
     text = (
-        f"No real weights for [bold]{wanted}[/bold] were found (FRAMESTREAM_WEIGHTS_DIR, model cache).\n"
+        f"No real weights for [bold]{wanted}[/bold] were found (models.weights_dir, model cache).\n"
         f"Running [bold]{model}[/bold] as a SYNTHETIC stand-in with RANDOM weights: labels MEAN NOTHING.\n"
-        "Real weights: `framestream models fetch NAME`, or FRAMESTREAM_WEIGHTS_DIR=DIR with the model files."
+        "Real weights: `framestream models fetch NAME`, or FRAMESTREAM_MODELS__WEIGHTS_DIR=DIR with the "
+        "model files."
     )
     console.print(Panel(text, title="SYNTHETIC MODEL", border_style="bold red"))
 
@@ -220,15 +221,11 @@ def _start_ray(address: str | None) -> bool:
 def _replica_settings(settings: Settings, redis_url: str | None) -> dict[str, Any]:
     """The run's settings for every replica; the Redis password stays in the environment, and so
     does the URL when `redis_url` is None (`_redis_through_environment`)."""
-    from stream.zoo.store import resolve_weights_dir
-
     dumped = settings.dump_without_secrets()  # tokens: `_tokens_through_environment`
     if redis_url is None:
         dumped["redis"].pop("url", None)
     else:
         dumped["redis"]["url"] = redis_url
-    weights = resolve_weights_dir(settings.models.weights_dir)  # FRAMESTREAM_WEIGHTS_DIR of this shell
-    dumped["models"]["weights_dir"] = str(weights) if weights else None
     return dumped
 
 

@@ -83,12 +83,12 @@ def _run(settings: Settings, url: str, sources, models, results, timeout_s, loop
 def _check_models(settings: Settings, models: list[str]) -> None:
     """Fail fast with the zoo's message when a model has no weights; warn loudly about synthetic ones."""
     from stream.zoo.descriptors import load_spec
-    from stream.zoo.store import locate_model, resolve_weights_dir
+    from stream.zoo.store import locate_model
 
     for name in models:
         location = locate_model(
             load_spec(name),
-            weights_dir=resolve_weights_dir(settings.models.weights_dir),
+            weights_dir=settings.models.weights_dir,
             cache_dir=settings.models.cache_dir,
             allow_synthetic=True,
         )

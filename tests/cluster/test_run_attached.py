@@ -43,7 +43,7 @@ def attached_run(cluster_stack: ClusterStack) -> tuple[subprocess.CompletedProce
         "FRAMESTREAM_STREAMS__PIPELINE": f"run{tag}",
         "FRAMESTREAM_MODELS__CACHE_DIR": str(cluster_stack.settings.models.cache_dir),
     }
-    env.pop("FRAMESTREAM_WEIGHTS_DIR", None)
+    env.pop("FRAMESTREAM_MODELS__WEIGHTS_DIR", None)
     argv = [
         sys.executable, "-m", "stream.cli", "run",
         "--address", cluster.gcs_address,

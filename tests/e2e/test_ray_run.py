@@ -36,9 +36,9 @@ def _framestream_run(env: dict[str, str], cwd: Path) -> str:
 
 def test_framestream_run_without_arguments_plays_the_demo_and_prints_the_summary(tmp_path: Path):
     env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("FRAMESTREAM_WEIGHTS_DIR", None)
+    env.pop("FRAMESTREAM_MODELS__WEIGHTS_DIR", None)
     if (SHARED / "models").is_dir():  # real weights when the checkout has them, else the stand-in
-        env["FRAMESTREAM_WEIGHTS_DIR"] = str(SHARED / "models")
+        env["FRAMESTREAM_MODELS__WEIGHTS_DIR"] = str(SHARED / "models")
     out = _framestream_run(env, tmp_path)
     assert "framestream run: finished" in out
     published = re.search(r"frames in \(published\)\s*│\s*([\d,]+)", out)
@@ -47,7 +47,7 @@ def test_framestream_run_without_arguments_plays_the_demo_and_prints_the_summary
     assert int(published[1].replace(",", "")) == 300
     assert int(results[1].replace(",", "")) == 300
     assert re.search(r"latency p99 \(end to end\)\s*│\s*[\d,.]+ ms", out)
-    if "FRAMESTREAM_WEIGHTS_DIR" not in env:
+    if "FRAMESTREAM_MODELS__WEIGHTS_DIR" not in env:
         assert "SYNTHETIC" in out
 
 
@@ -57,7 +57,7 @@ def test_a_redis_password_reaches_the_replicas_but_not_rays_config_or_logs(tmp_p
     password = f"pw-{secrets.token_hex(8)}"
     env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache"),
            "FRAMESTREAM_REDIS__PASSWORD": password}  # fmt: skip
-    env.pop("FRAMESTREAM_WEIGHTS_DIR", None)  # the synthetic stand-in is enough here
+    env.pop("FRAMESTREAM_MODELS__WEIGHTS_DIR", None)  # the synthetic stand-in is enough here
     started = time.time()
     out = _framestream_run(env, tmp_path)
     results = re.search(r"frames out \(distinct results\)\s*│\s*([\d,]+)", out)
@@ -83,7 +83,11 @@ def test_the_run_guards_its_api_with_a_generated_token_and_prints_one_console_li
     media.mkdir()
     env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache"),
            "FRAMESTREAM_INGEST__ALLOWED_SOURCES__ROOTS": str(media)}  # fmt: skip
-    for name in ("FRAMESTREAM_WEIGHTS_DIR", "FRAMESTREAM_API__ADMIN_TOKENS", "FRAMESTREAM_API__READ_TOKENS"):
+    for name in (
+        "FRAMESTREAM_MODELS__WEIGHTS_DIR",
+        "FRAMESTREAM_API__ADMIN_TOKENS",
+        "FRAMESTREAM_API__READ_TOKENS",
+    ):
         env.pop(name, None)
     run = subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "run", "--source", str(clip), "--loop", "--timeout", "40"],

@@ -124,7 +124,10 @@ def test_framestream_run_on_a_replica_node_of_a_cluster(
     clip = write_demo_clip(tmp_path / "demo.mp4", frames=60)
     results = tmp_path / "results.jsonl"
     replica = redis_cluster.nodes[-1]  # `--cluster create` makes the last nodes replicas
-    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "onenode"}
+    env = {
+        "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models"),
+        "FRAMESTREAM_STREAMS__PIPELINE": "onenode",
+    }
     proc = _run_cli(replica.url, ["--source", str(clip), "--model", V1, "--results", str(results)], env)
     out, err = proc.communicate(timeout=150)
     assert proc.returncode == 0, err[-3000:]
@@ -143,7 +146,10 @@ def test_kill_9_of_the_master_mid_run_replica_promoted_no_frame_lost_run_ends_by
     frames = 600
     clips = [write_demo_clip(tmp_path / f"demo{i}.mp4", frames=frames) for i in range(2)]
     results = tmp_path / "results.jsonl"
-    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "failover"}
+    env = {
+        "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models"),
+        "FRAMESTREAM_STREAMS__PIPELINE": "failover",
+    }
     args = [a for c in clips for a in ("--source", str(c))] + ["--model", V1, "--results", str(results)]
     with LocalCluster(masters=3, replicas=1) as cluster:
         slot = key_slot(PipelineKeys("failover").frames.encode())

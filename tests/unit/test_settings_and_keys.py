@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 
 import pytest
 from pydantic import ValidationError
@@ -51,3 +52,21 @@ def test_the_redis_password_is_a_secret_like_the_api_tokens(monkeypatch, caplog)
     shared = settings.dump_without_secrets()  # what a run hands its replicas and stage processes
     assert "password" not in shared["redis"] and "api" not in shared
     assert shared["redis"]["url"] == "auto" and load_settings(**shared).redis.password is not None
+
+
+def test_the_weights_dir_has_one_name_and_the_old_one_still_works_with_a_deprecation_warning(
+    monkeypatch, tmp_path
+):
+    monkeypatch.delenv("FRAMESTREAM_MODELS__WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("FRAMESTREAM_WEIGHTS_DIR", str(tmp_path / "old"))
+    with pytest.warns(DeprecationWarning, match="FRAMESTREAM_WEIGHTS_DIR .*FRAMESTREAM_MODELS__WEIGHTS_DIR"):
+        assert load_settings().models.weights_dir == tmp_path / "old"
+    monkeypatch.setenv("FRAMESTREAM_MODELS__WEIGHTS_DIR", str(tmp_path / "new"))
+    with pytest.warns(DeprecationWarning):
+        assert load_settings().models.weights_dir == tmp_path / "new"  # the setting's own name wins
+    assert load_settings(models={"weights_dir": tmp_path / "given"}).models.weights_dir == tmp_path / "given"
+
+    monkeypatch.delenv("FRAMESTREAM_WEIGHTS_DIR")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name alone: no warning
+        assert load_settings().models.weights_dir == tmp_path / "new"
