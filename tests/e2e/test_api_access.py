@@ -10,6 +10,7 @@ limit is high enough that the fuzzer reaches the routes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import tempfile
@@ -25,6 +26,7 @@ from hypothesis.errors import Unsatisfiable
 
 from stream.adapters.redis_server import RedisServer, find_free_port
 from stream.settings import Settings
+from tests.faults.sink import wait_until
 
 ray = pytest.importorskip("ray")
 schemathesis = pytest.importorskip("schemathesis")
@@ -249,16 +251,25 @@ def test_a_file_under_an_allowed_folder_plays(live: Live) -> None:
 def test_tokens_stay_out_of_rays_logs(live: Live) -> None:
     """Neither the tokens the replicas were given nor one sent in a query string (which the console
     link carries) end up in Ray's logs: Serve's access log writes the path only."""
-    with httpx.Client(base_url=live.url, timeout=30) as http:
-        assert http.get("/v1/stages", params={"token": ADMIN}).status_code == 200
     node = getattr(getattr(ray, "_private", None), "worker", None)
     node = getattr(node, "_global_node", None)
     if node is None:
         pytest.skip("cannot find this Ray cluster's session folder (Ray's internals moved)")
     session = Path(node.get_session_dir_path())  # this cluster's: others may run on the machine
-    logs = [p for p in (session / "logs").rglob("*") if p.is_file()]
-    assert logs, f"no Ray logs under {session}"
-    leaked = [p.name for p in logs if ADMIN.encode() in p.read_bytes()]
+
+    def logs() -> list[Path]:
+        return [p for p in (session / "logs").rglob("*") if p.is_file()]
+
+    def access_lines() -> int:
+        """Lines of Serve's access log for the request below (with or without its query string)."""
+        return sum(p.read_bytes().count(b"GET /v1/stages") for p in logs())
+
+    before = access_lines()
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        assert http.get("/v1/stages", params={"token": ADMIN}).status_code == 200
+    # the request's log line is on disk: a check of the logs before it would prove nothing
+    assert asyncio.run(wait_until(lambda: access_lines() > before, timeout_s=30)), "no access log line"
+    leaked = [p.name for p in logs() if ADMIN.encode() in p.read_bytes()]
     assert not leaked, f"the admin token is in {leaked}"
 
 
