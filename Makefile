@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test check lint typecheck faults cluster bench setup system-packages clean
+.PHONY: run test check lint typecheck faults cluster cluster-bench bench setup system-packages clean
 
 setup: $(STAMP) system-packages
 
@@ -67,9 +67,14 @@ cluster: setup
 	FRAMESTREAM_FAULTS_OUT=$${FRAMESTREAM_FAULTS_OUT:-out/cluster} \
 	  $(BIN)/python -m tests.faults.report --suite tests/hosts $(ARGS)
 
+# Frames/s and CPU per frame over the cluster's hosts (needs root; benchmarks/cluster_throughput.py).
+cluster-bench: setup
+	FRAMESTREAM_FAULTS_OUT=$${FRAMESTREAM_FAULTS_OUT:-out/cluster} \
+	  $(BIN)/python -m tests.faults.report --suite benchmarks/cluster_throughput.py -- -p tests.hosts.conftest $(ARGS)
+
 bench: setup
 	@mkdir -p out
-	FRAMESTREAM_WEIGHTS_DIR=$${FRAMESTREAM_WEIGHTS_DIR:-../shared/models} \
+	FRAMESTREAM_MODELS__WEIGHTS_DIR=$${FRAMESTREAM_MODELS__WEIGHTS_DIR:-../shared/models} \
 	  $(BIN)/loadtest bench --repeat 2 --json out/bench.json --markdown out/bench.md $(ARGS)
 
 clean:

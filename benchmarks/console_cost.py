@@ -6,7 +6,7 @@ often snapshots come, and how often ingest writes thumbnails.
 Starts ``framestream run --loop`` (Ray runner, a private redis-server) with two generated 640x480
 clips, then for each number of feeds opens that many ``GET /v1/console/events`` streams and reads
 the ingress replica's CPU time (/proc) over `--window-s`. Linux only; the synthetic stand-in
-unless FRAMESTREAM_WEIGHTS_DIR points at real weights.
+unless FRAMESTREAM_MODELS__WEIGHTS_DIR points at real weights.
 """
 
 from __future__ import annotations

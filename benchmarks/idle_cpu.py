@@ -1,7 +1,7 @@
 """CPU a second of every process while the pipeline waits for frames: the Ray Serve app against
 the stage processes.
 
-    FRAMESTREAM_WEIGHTS_DIR=../shared/models .venv/bin/python -m benchmarks.idle_cpu \\
+    FRAMESTREAM_MODELS__WEIGHTS_DIR=../shared/models .venv/bin/python -m benchmarks.idle_cpu \\
         [--model mobilenet-v1-0.25-128-quant] [--seconds 30] [--only ray|processes]
 
 Starts each pipeline with no source, the way `framestream run` (a local Ray, the Serve config with

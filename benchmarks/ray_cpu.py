@@ -1,6 +1,6 @@
 """CPU per frame of every process of the Ray Serve application, over its sustained window.
 
-    FRAMESTREAM_WEIGHTS_DIR=../shared/models .venv/bin/python -m benchmarks.ray_cpu \\
+    FRAMESTREAM_MODELS__WEIGHTS_DIR=../shared/models .venv/bin/python -m benchmarks.ray_cpu \\
         [--model mobilenet-v1-0.25-128-quant] [--frames 1800]
 
 Runs the clip the way `loadtest bench` does (`framestream run --runner ray` against a private

@@ -7,7 +7,7 @@ second source over the HTTP API that loops a clip until the run's timeout, sampl
 memory (VmRSS from /proc) of the driver and of each process it started every 10 s, and prints one
 row per minute plus the growth from the first minute to the last. At the end it checks that the
 summary lists the source added over HTTP. Linux only; uses the synthetic stand-in unless
-FRAMESTREAM_WEIGHTS_DIR points at real weights.
+FRAMESTREAM_MODELS__WEIGHTS_DIR points at real weights.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CPU per frame of every process of the stage-process pipeline, while it runs a clip flat out.
 
-    FRAMESTREAM_WEIGHTS_DIR=../shared/models .venv/bin/python -m benchmarks.stage_cpu \\
+    FRAMESTREAM_MODELS__WEIGHTS_DIR=../shared/models .venv/bin/python -m benchmarks.stage_cpu \\
         [--model mobilenet-v1-0.25-128-quant] [--frames 600] [--clip FILE]
 
 The four stage processes and redis-server are started warm (`loadtest.embedded`); their CPU

@@ -106,11 +106,11 @@ def _ideal(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> 
 
 def _benchmark_app(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
     from stream.zoo.descriptors import load_spec
-    from stream.zoo.store import DEFAULT_CACHE_DIR, locate_model, resolve_weights_dir
+    from stream.zoo.store import DEFAULT_CACHE_DIR, locate_model
 
     location = locate_model(
         load_spec(model),
-        weights_dir=resolve_weights_dir(weights_dir),
+        weights_dir=weights_dir,
         cache_dir=DEFAULT_CACHE_DIR,
         allow_synthetic=True,
     )

@@ -44,6 +44,16 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+WEIGHTS_HELP = "Folder holding real model files (default: the settings' models.weights_dir)."
+
+
+def _weights_dir(given: Path | None) -> Path | None:
+    """--weights-dir, else the settings' ``models.weights_dir`` (FRAMESTREAM_MODELS__WEIGHTS_DIR)."""
+    from stream.settings import load_settings
+
+    return given if given is not None else load_settings().models.weights_dir
+
+
 def _attached(url: str | None) -> str | None:
     """The Redis to attach to; None (or "auto", the settings' default) means embedded mode."""
     return None if not url or url == "auto" else url
@@ -139,7 +149,7 @@ def replay(
     embedded: bool = typer.Option(False, help="Start a private redis-server and the stage processes."),
     pipeline: str = typer.Option("p", help="Pipeline name (hash tag) to attach to."),
     model: str | None = typer.Option(None, help="Model (embedded mode runs it; attached, filters results)."),
-    weights_dir: Path | None = typer.Option(None, envvar="FRAMESTREAM_WEIGHTS_DIR", help="Real weights."),
+    weights_dir: Path | None = typer.Option(None, help=WEIGHTS_HELP),
     settle: float = typer.Option(5.0, help="After sending, wait this long without a new result."),
     timeout: float = typer.Option(120.0, help="After sending, wait at most this long for results."),
     p99_ms: float | None = typer.Option(None, help="SLO: fail if p99 end-to-end latency exceeds this."),
@@ -159,7 +169,7 @@ def replay(
             plan = dataclasses.replace(plan, source_prefix=source_prefix)
         run = replay_session(
             files, plan, redis_url=None if embedded else _attached(redis), pipeline=pipeline, model=model,
-            weights_dir=weights_dir, settle_s=settle, timeout_s=timeout,
+            weights_dir=_weights_dir(weights_dir), settle_s=settle, timeout_s=timeout,
             slo={"max_p99_ms": p99_ms, "min_fps": min_fps, "max_loss": max_loss},
         )  # fmt: skip
     except (FramestreamError, ValueError) as e:
@@ -216,7 +226,7 @@ def sweep(
     redis: str | None = typer.Option(None, envvar="FRAMESTREAM_REDIS__URL", help=REDIS_HELP),
     pipeline: str = typer.Option("p"),
     model: str | None = typer.Option(None),
-    weights_dir: Path | None = typer.Option(None, envvar="FRAMESTREAM_WEIGHTS_DIR"),
+    weights_dir: Path | None = typer.Option(None, help=WEIGHTS_HELP),
     json_out: Path | None = typer.Option(None, "--json"),
     plot: Path | None = typer.Option(None, help="Write the latency-vs-offered-load plot (PNG) here."),
 ) -> None:
@@ -229,7 +239,8 @@ def sweep(
         result = run_sweep(
             files, p99_ms=p99_ms, by=by, source_fps=source_fps, start=start, factor=factor,
             max_steps=max_steps, step_duration_s=step_duration, max_loss=max_loss, redis_url=_attached(redis),
-            confirm=confirm, pipeline=pipeline, model=model, weights_dir=weights_dir, console=out,
+            confirm=confirm, pipeline=pipeline, model=model, weights_dir=_weights_dir(weights_dir),
+            console=out,
         )  # fmt: skip
     except (FramestreamError, ValueError) as e:
         raise _fail(str(e)) from None
@@ -247,7 +258,7 @@ def sweep(
 def bench(
     clip: Path | None = typer.Option(None, help="Replay file or video to use (default: generate one)."),
     model: list[str] = typer.Option([], help="Models to bench (repeat); default: both real TFLite models."),
-    weights_dir: Path | None = typer.Option(None, envvar="FRAMESTREAM_WEIGHTS_DIR"),
+    weights_dir: Path | None = typer.Option(None, help=WEIGHTS_HELP),
     frames: int = typer.Option(
         3000,
         min=10,
@@ -272,7 +283,7 @@ def bench(
         result = run_bench(
             clip=clip,
             models=model or None,
-            weights_dir=weights_dir,
+            weights_dir=_weights_dir(weights_dir),
             frames=frames,
             systems=chosen,
             console=out,

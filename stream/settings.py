@@ -1,16 +1,19 @@
 """One frozen settings model: YAML file + ``FRAMESTREAM_*`` environment overrides.
 
 Read it once at the entry point (`load_settings`) and pass values down; nothing below the CLI and
-the Ray deployments reads the environment.
+the Ray deployments reads the environment. A setting has one name; a former name still works
+with a DeprecationWarning (`RENAMED_VARIABLES`).
 Nested sections use ``__`` in environment names: ``FRAMESTREAM_INFER__MAX_BATCH_SIZE=16``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -142,7 +145,7 @@ class AllowedSources(_Section):
 
 class RedisSettings(_Section):
     url: str = Field("auto", description="redis://, rediss:// URL, or 'auto' for a private redis-server")
-    password: str | None = Field(None, description="overrides the URL's password when set")
+    password: SecretStr | None = Field(None, description="overrides the URL's password when set")
     username: str | None = None
     aof: bool = Field(False, description="private server only: appendonly everysec")
     maxmemory_mb: int = Field(0, ge=0, description="private server only: 0 = no cap")
@@ -150,6 +153,10 @@ class RedisSettings(_Section):
         None,
         description="Redis Cluster client: None = ask the server (INFO cluster), true/false = force",
     )
+
+    def password_value(self) -> str | None:
+        """The password itself, for a Redis client or server only: never log or dump it."""
+        return self.password.get_secret_value() if self.password is not None else None
 
 
 class StreamSettings(_Section):
@@ -304,8 +311,41 @@ class DeadLetterSettings(_Section):
 
 class ModelSettings(_Section):
     default: str = "mobilenet-v2-1.0-224-quant"
-    weights_dir: Path | None = None
+    weights_dir: Path | None = Field(
+        None,
+        description="a folder holding model files (FRAMESTREAM_MODELS__WEIGHTS_DIR; "
+        "FRAMESTREAM_WEIGHTS_DIR is its former name); none: the model cache, then a synthetic stand-in",
+    )
     cache_dir: Path = Path.home() / ".cache" / "framestream" / "models"
+
+    @field_validator("weights_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # FRAMESTREAM_MODELS__WEIGHTS_DIR= (empty): no folder
+
+
+RENAMED_VARIABLES = {"FRAMESTREAM_WEIGHTS_DIR": ("models", "weights_dir")}
+"""Former names of settings, still read (with a DeprecationWarning): old name -> (section, field)."""
+# Python hides a DeprecationWarning raised outside __main__; the one who must see this one is the
+# user whose shell sets the old name, so it is shown (once per place) like any other warning
+warnings.filterwarnings("default", message=r"FRAMESTREAM_\w+ is deprecated", category=DeprecationWarning)
+
+
+class _RenamedVariables(PydanticBaseSettingsSource):
+    """`RENAMED_VARIABLES` from the environment, below the settings' own names."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # the whole mapping comes from __call__
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, str]] = {}
+        for old, (section, name) in RENAMED_VARIABLES.items():
+            value = os.environ.get(old)
+            if value:  # empty = unset, as it always was
+                new = f"FRAMESTREAM_{section.upper()}__{name.upper()}"
+                warnings.warn(f"{old} is deprecated: set {new} instead", DeprecationWarning, stacklevel=2)
+                out.setdefault(section, {})[name] = value
+        return out
 
 
 class Settings(BaseSettings):
@@ -339,10 +379,39 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _RenamedVariables(settings_cls),
+        ]
         if settings_cls.model_config.get("yaml_file"):
             sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
+
+    def dump_without_secrets(self) -> dict[str, Any]:
+        """These settings as JSON-ready values for other processes (replicas, stage processes),
+        without any secret: a secret (`SecretStr`) dumps as ``**********``, which read back would
+        replace the real one. Secrets travel through the environment instead."""
+        dumped = self.model_dump(mode="json", exclude=_secret_fields(self))
+        return {name: value for name, value in dumped.items() if value != {}}
+
+
+def _secret_fields(model: BaseModel) -> dict[str, Any]:
+    """`model_dump`'s ``exclude`` for every secret field of `model` and its sections."""
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            inner = _secret_fields(value)
+            if inner:
+                out[name] = inner
+        elif _holds_secret(field.annotation):
+            out[name] = True
+    return out
+
+
+def _holds_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_holds_secret(arg) for arg in get_args(annotation))
 
 
 def load_settings(yaml_file: Path | None = None, **overrides: object) -> Settings:

@@ -158,17 +158,11 @@ def _start_ray(address: str | None) -> bool:
 def _replica_settings(settings: Settings, redis_url: str | None) -> dict[str, Any]:
     """The run's settings for every replica; the Redis password stays in the environment, and so
     does the URL when `redis_url` is None (`_redis_through_environment`)."""
-    from stream.zoo.store import resolve_weights_dir
-
-    dumped = settings.model_dump(mode="json")
-    dumped["redis"].pop("password", None)
-    dumped.pop("api", None)  # tokens: through the environment (`_tokens_through_environment`)
+    dumped = settings.dump_without_secrets()  # tokens: `_tokens_through_environment`
     if redis_url is None:
         dumped["redis"].pop("url", None)
     else:
         dumped["redis"]["url"] = redis_url
-    weights = resolve_weights_dir(settings.models.weights_dir)  # FRAMESTREAM_WEIGHTS_DIR of this shell
-    dumped["models"]["weights_dir"] = str(weights) if weights else None
     return dumped
 
 
@@ -185,7 +179,7 @@ def _redis_through_environment(
     """
     import ray
 
-    password, in_url = settings.redis.password, urlsplit(redis_url).password is not None
+    password, in_url = settings.redis.password_value(), urlsplit(redis_url).password is not None
     if not in_url and password is None:
         return redis_url
     if address is not None or ray.is_initialized():

@@ -6,7 +6,8 @@
 - ``record_autoscaling_stats`` reports the group's backlog and this replica's measured rate;
   `deployments.serve.policy.BacklogPolicy` sizes the deployment from them.
 - Scale-down and shutdown drain: Serve calls ``__del__``, which stops the loop from reading and
-  waits (at most ``streams.drain_timeout_s``) while it finishes and acks what it holds. The
+  waits (at most ``streams.drain_timeout_s``) while it finishes and acks what it holds, then
+  leaves its group on every partition (`StageBase.leave_groups`). The
   deployment's ``graceful_shutdown_timeout_s`` is set above that so Serve never cuts a drain short.
 - ``check_health`` raises when the loop crashed, or made no progress for ``stuck_after_s`` while
   its group has a backlog; Serve then replaces the replica.
@@ -22,8 +23,7 @@ from typing import Any
 from ray import serve
 
 from deployments.serve.policy import BACKLOG_KEY, RATE_KEY
-from stream.adapters import metrics as _metrics
-from stream.adapters.redis.streams import connect
+from stream.adapters.redis.client import connect_settings
 from stream.settings import Settings, load_settings
 
 __all__ = ["DRAIN_MARGIN_S", "StageDeployment", "open_redis", "stage_settings"]
@@ -48,12 +48,7 @@ async def open_redis(settings: Settings) -> Any:
             "a Ray deployment cannot start its own redis-server: set FRAMESTREAM_REDIS__URL "
             "(or redis.url in the application's args) to a Redis every replica can reach"
         )
-    return await connect(
-        settings.redis.url,
-        password=settings.redis.password,
-        username=settings.redis.username,
-        cluster=settings.redis.cluster,
-    )
+    return await connect_settings(settings.redis)
 
 
 @serve.deployment(
@@ -105,10 +100,7 @@ class StageDeployment:
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Backlog of this stage's group and this replica's frames/s, for `BacklogPolicy`."""
         stats = await asyncio.wait_for(self.loop.backlog(), _STATS_TIMEOUT_S)
-        self._last_backlog = stats.backlog
-        # the module, not its `metrics` instance: Serve pickles this class by value, and the
-        # instance holds a lock
-        _metrics.metrics.stream_lag(stats.stream, stats.group, stats.backlog)
+        self._last_backlog = stats.backlog  # each partition's lag is published by the loop, as it reads it
         return {BACKLOG_KEY: float(stats.backlog), RATE_KEY: self._measure_rate()}
 
     async def check_health(self) -> None:
@@ -143,20 +135,13 @@ class StageDeployment:
             await asyncio.wait_for(asyncio.shield(self._task), self.settings.streams.drain_timeout_s + 1)
         except Exception as e:  # a drain that fails leaves entries pending: the others reclaim them
             log.warning("%s: drain ended with %r; pending entries will be reclaimed", self.consumer, e)
-        if self.stage != "ingest":  # ingest reads no group
-            await self._forget_consumer()
+        await self._forget_consumer()
         await self.client.aclose()
         log.info("%s: drained after %d entries", self.consumer, self.loop.processed)
 
     async def _forget_consumer(self) -> None:
-        """Remove this consumer from its group once it holds nothing (XGROUP DELCONSUMER would
-        drop pending entries, so only when there are none)."""
+        """Leave the group on every partition this replica read, where it holds nothing."""
         try:
-            stats = await asyncio.wait_for(self.loop.backlog(), _STATS_TIMEOUT_S)
-            pending = await self.client.xpending_range(
-                stats.stream, stats.group, min="-", max="+", count=1, consumername=self.consumer
-            )
-            if not pending:
-                await self.client.xgroup_delconsumer(stats.stream, stats.group, self.consumer)
+            await asyncio.wait_for(self.loop.leave_groups(), _STATS_TIMEOUT_S)
         except Exception as e:
             log.info("%s: consumer left in its group: %r", self.consumer, e)

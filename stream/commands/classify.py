@@ -33,7 +33,7 @@ def classify(
     top: int = typer.Option(5, "--top", "-k", min=1, max=1000, help="labels shown per image"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document instead of text"),
     weights_dir: Path | None = typer.Option(
-        None, "--weights-dir", envvar="FRAMESTREAM_WEIGHTS_DIR", help="directory holding model files"
+        None, "--weights-dir", help="folder holding model files (default: settings, models.weights_dir)"
     ),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="model cache (default: settings)"),
     synthetic: bool = typer.Option(

@@ -48,7 +48,7 @@ def format_age(seconds: float) -> str:
 
 def _run(config: Path | None, redis: str | None, work: Callable[[Any], Awaitable[_T]]) -> _T:
     """Connect to the pipeline's Redis, call `work(DeadLetters)`, close; errors exit 2 with the reason."""
-    from stream.adapters.redis.client import connect
+    from stream.adapters.redis.client import connect_settings
     from stream.adapters.redis.dead_letters import DeadLetters
     from stream.adapters.redis.partitions import recorded_keys
     from stream.settings import load_settings
@@ -61,8 +61,7 @@ def _run(config: Path | None, redis: str | None, work: Callable[[Any], Awaitable
                 "framestream dead needs the pipeline's Redis: pass --redis URL "
                 "(or set FRAMESTREAM_REDIS__URL)"
             )
-        client = await connect(url, password=settings.redis.password, username=settings.redis.username,
-                               cluster=settings.redis.cluster)  # fmt: skip
+        client = await connect_settings(settings.redis, url)
         try:
             keys = await recorded_keys(client, settings.streams.pipeline)
             return await work(DeadLetters(client, keys))

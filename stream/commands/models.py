@@ -88,18 +88,19 @@ def _record(spec: ModelSpec, where: str) -> dict[str, Any]:
 
 @app.command("list")
 def list_models(
-    weights_dir: Path | None = typer.Option(None, "--weights-dir", envvar="FRAMESTREAM_WEIGHTS_DIR"),
+    weights_dir: Path | None = typer.Option(
+        None, "--weights-dir", help="folder holding model files (default: settings, models.weights_dir)"
+    ),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="model cache (default: settings)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list, one object per model"),
 ) -> None:
     """Show every model descriptor and whether its weights are available here."""
     from stream.settings import load_settings
     from stream.zoo import list_specs
-    from stream.zoo.store import resolve_weights_dir
 
     settings = load_settings()
     cache = cache_dir or settings.models.cache_dir
-    weights = resolve_weights_dir(weights_dir or settings.models.weights_dir)
+    weights = weights_dir or settings.models.weights_dir
     try:
         specs = list_specs()
     except FramestreamError as e:
@@ -149,7 +150,9 @@ def fetch(
 @app.command("check")
 def check(
     name: str = typer.Argument(..., help="model name (see `framestream models list`)"),
-    weights_dir: Path | None = typer.Option(None, "--weights-dir", envvar="FRAMESTREAM_WEIGHTS_DIR"),
+    weights_dir: Path | None = typer.Option(
+        None, "--weights-dir", help="folder holding model files (default: settings, models.weights_dir)"
+    ),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="model cache (default: settings)"),
     seconds: float = typer.Option(2.0, "--seconds", min=0.0, help="throughput measurement per batch size"),
     synthetic: bool = typer.Option(True, "--synthetic/--no-synthetic"),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from stream.adapters.redis.client import connect
+from stream.adapters.redis.client import connect_settings
 from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import load_settings
@@ -49,12 +49,7 @@ def stage(
 
 
 async def _serve(name: str, settings, url: str, consumer: str, model: str | None) -> int:
-    client = await connect(
-        url,
-        password=settings.redis.password,
-        username=settings.redis.username,
-        cluster=settings.redis.cluster,
-    )
+    client = await connect_settings(settings.redis, url)
     try:
         loop_ = build_stage(name, settings, client, consumer=consumer, model=model)
         stop = asyncio.Event()
@@ -68,6 +63,7 @@ async def _serve(name: str, settings, url: str, consumer: str, model: str | None
         await client.hset(keys.stage_ready, consumer, str(time.time() * 1000))  # the runner waits on this
         try:
             await run_resilient(loop_, stop, client)
+            await loop_.leave_groups()  # drained: a stopped process is no consumer any more
         finally:
             await client.hdel(keys.stage_ready, consumer)
         return loop_.processed

@@ -1,7 +1,8 @@
 """What `framestream run` watches of the stages while the pipeline runs, read from Redis only
 (the results are read by `stream.readers.results.ResultReader`).
 
-- `probe_stages` reads every stage's consumer group (XINFO GROUPS): entries handled, backlog.
+- `probe_stages` reads every stage's consumer group (`stream.adapters.redis.group_stats`): entries
+  handled, backlog.
 - `read_counters` reads the pipeline's counters (published, dropped, ...).
 
 Reading Redis rather than asking replicas keeps the view honest and works the same on a laptop
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stream.adapters.redis.entries import text
+from stream.adapters.redis.group_stats import group_infos, info_stats
 from stream.core.keys import PipelineKeys
 
 __all__ = ["StageProbe", "probe_stages", "read_counters"]
@@ -52,19 +54,13 @@ async def probe_stages(client: Any, keys: PipelineKeys, model: str) -> dict[str,
 async def _probe_partition(client: Any, keys: PipelineKeys, model: str) -> dict[str, StageProbe]:
     out: dict[str, StageProbe] = {}
     for stream in (keys.frames, keys.tensors(model), keys.scores(model)):
-        try:
-            groups = await client.xinfo_groups(stream)
-        except Exception:  # the stream does not exist yet
-            continue
-        for g in groups:
-            info = {text(k): v for k, v in g.items()}
+        for info in await group_infos(client, stream):  # none while the stream does not exist
             group = text(info["name"])
             if group.endswith(f":{model}") or ":" not in group:
-                pending = int(info.get("pending") or 0)
-                lag = int(info.get("lag") or 0)
+                stats = await info_stats(client, stream, info)  # the lag Redis miscounts, corrected
                 read = int(info.get("entries-read") or 0)
                 stage = _group_stage(group)
-                out[stage] = StageProbe(stage, stream, group, max(0, read - pending), lag + pending)
+                out[stage] = StageProbe(stage, stream, group, max(0, read - stats.pending), stats.backlog)
     return out
 
 

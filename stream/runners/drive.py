@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from stream.adapters.redis.client import connect, refresh_cluster_view
+from stream.adapters.redis.client import connect_settings, refresh_cluster_view
 from stream.adapters.redis.outage import RedisOutage, is_redis_outage, ride_out
 from stream.adapters.redis.source_registry import SourceSpec, add_source, remove_source
 from stream.core.keys import PipelineKeys
@@ -112,12 +112,7 @@ async def drive(
     """Play `sources` through the running stages until done, a stop (Ctrl-C, `stop`) or the
     timeout. `console` None: no progress view and no signal handlers (a library caller's run)."""
     keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
-    client = await connect(
-        redis_url,
-        password=settings.redis.password,
-        username=settings.redis.username,
-        cluster=settings.redis.cluster,
-    )
+    client = await connect_settings(settings.redis, redis_url)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     handled = []

@@ -27,7 +27,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import yaml
 
-from stream.adapters.redis.client import connect
+from stream.adapters.redis.client import connect_settings
 from stream.adapters.redis.entries import text
 from stream.adapters.redis.partitions import ensure_layout
 from stream.adapters.redis.source_registry import SourceSpec
@@ -156,17 +156,17 @@ class StageProcess:
             return self.process.wait()
 
 
-_REDIS_SECRETS = ("url", "password", "username")
-"""Left out of the stages' config file; `StageProcess` passes them in the environment."""
+_REDIS_ACCESS = ("url", "username")
+"""Left out of the stages' config file with the secrets (a URL may carry a password);
+`StageProcess` passes them in the environment."""
 
 
 def _write_config(settings: Settings, directory: Path) -> Path:
     """The run's settings for the stage processes, without the Redis URL and credentials, and
-    without the HTTP API's tokens (no stage serves HTTP; a dump masks them as ``**********``)."""
-    dumped = settings.model_dump(mode="json")
-    for name in _REDIS_SECRETS:
+    without the secrets (the HTTP API's tokens: no stage serves HTTP)."""
+    dumped = settings.dump_without_secrets()
+    for name in _REDIS_ACCESS:
         dumped["redis"].pop(name, None)
-    dumped.pop("api", None)
     path = directory / "settings.yaml"
     path.write_text(yaml.safe_dump(dumped, sort_keys=False))
     return path
@@ -192,18 +192,13 @@ class ProcessStages:
     async def __aenter__(self) -> ProcessStages:
         settings = self.settings
         keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
-        client = await connect(
-            self.redis_url,
-            password=settings.redis.password,
-            username=settings.redis.username,
-            cluster=settings.redis.cluster,
-        )
+        client = await connect_settings(settings.redis, self.redis_url)
         self._tmp = tempfile.TemporaryDirectory(prefix="framestream-run-")
         try:
             await create_groups(client, keys, self.models)
             config = _write_config(settings, Path(self._tmp.name))
             tag = f"{os.getpid()}"
-            auth = {"password": settings.redis.password, "username": settings.redis.username}
+            auth = {"password": settings.redis.password_value(), "username": settings.redis.username}
             for model in self.models:
                 for stage in ("preprocess", "infer", "postprocess"):
                     copies = settings.postprocess.replicas if stage == "postprocess" else 1

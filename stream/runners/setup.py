@@ -38,11 +38,11 @@ def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
     """(model name, synthetic?): real weights when found, else a synthetic stand-in (built now,
     so the stages find it in the cache). An explicitly requested model without either is an error."""
     from stream.zoo.descriptors import load_spec
-    from stream.zoo.store import locate_model, resolve_weights_dir
+    from stream.zoo.store import locate_model
 
     name = requested or settings.models.default
     spec = load_spec(name)
-    weights = resolve_weights_dir(settings.models.weights_dir)
+    weights = settings.models.weights_dir
     cache = settings.models.cache_dir
     try:
         locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=False)
@@ -52,8 +52,8 @@ def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
     if not spec.has_synthetic:
         if requested:
             raise ModelError(
-                f"{name}: no weights in {weights or 'FRAMESTREAM_WEIGHTS_DIR (unset)'} or {cache}, and "
-                "it has no synthetic stand-in; set FRAMESTREAM_WEIGHTS_DIR or fetch it"
+                f"{name}: no weights in {weights or 'models.weights_dir (unset)'} or {cache}, and it has "
+                "no synthetic stand-in; set FRAMESTREAM_MODELS__WEIGHTS_DIR or fetch it"
             )
         spec = load_spec(FALLBACK_MODEL)
     locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=True)
@@ -73,9 +73,10 @@ def choose_models(requested: list[str], settings: Settings, console: Console) ->
 
 def _synthetic_notice(console: Console, wanted: str, model: str) -> None:
     text = (
-        f"No real weights for [bold]{wanted}[/bold] were found (FRAMESTREAM_WEIGHTS_DIR, model cache).\n"
+        f"No real weights for [bold]{wanted}[/bold] were found (models.weights_dir, model cache).\n"
         f"Running [bold]{model}[/bold] as a SYNTHETIC stand-in with RANDOM weights: labels MEAN NOTHING.\n"
-        "Real weights: `framestream models fetch NAME`, or FRAMESTREAM_WEIGHTS_DIR=DIR with the model files."
+        "Real weights: `framestream models fetch NAME`, or FRAMESTREAM_MODELS__WEIGHTS_DIR=DIR with the "
+        "model files."
     )
     console.print(Panel(text, title="SYNTHETIC MODEL", border_style="bold red"))
 
@@ -85,7 +86,9 @@ def private_redis(settings: Settings) -> RedisServer:
     drain: Ctrl-C signals the whole foreground process group, and redis-server would shut down at
     once. The child inherits a blocked SIGINT; the run stops it itself at the end."""
     server = RedisServer(
-        aof=settings.redis.aof, password=settings.redis.password, maxmemory_mb=settings.redis.maxmemory_mb
+        aof=settings.redis.aof,
+        password=settings.redis.password_value(),
+        maxmemory_mb=settings.redis.maxmemory_mb,
     )
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:

@@ -23,7 +23,7 @@ from stream.adapters.redis.client import refresh_cluster_view
 from stream.adapters.redis.dead_letters import DeadLetters
 from stream.adapters.redis.entries import DeadLetter, Entry, Output
 from stream.adapters.redis.fenced_commit import Fenced
-from stream.adapters.redis.group_stats import GroupStats
+from stream.adapters.redis.group_stats import GroupStats, leave_group
 from stream.adapters.redis.outage import RedisOutage, is_redis_outage, ride_out
 from stream.adapters.redis.partitions import FanInReader, ensure_layout
 from stream.adapters.redis.streams import StreamTransport
@@ -66,6 +66,8 @@ class StageLoop(Protocol):
     async def run(self, stop: asyncio.Event) -> None: ...
 
     async def backlog(self) -> GroupStats: ...
+
+    async def leave_groups(self) -> list[str]: ...
 
 
 @dataclass
@@ -117,7 +119,6 @@ class StageBase:
         self.all_streams = list(self._partitions)
         self.streams = list(self.all_streams)
         """The streams this loop reads (every partition's, unless it owns partitions)."""
-        self.stream = self.streams[0]  # partition 0's: the only one with P = 1
         self.transport = StreamTransport(
             client,
             self.keys,
@@ -150,17 +151,30 @@ class StageBase:
         return self._partitions[entry.stream]
 
     async def backlog(self) -> GroupStats:
-        """This group's lag and pending summed over every partition (partition 0's stream named)."""
-        if len(self.all_streams) == 1:
-            return await self.transport.group_stats(self.stream, self.group)
+        """This group's lag and pending summed over every partition (named by partition 0's
+        stream); each partition's own lag is published as it is read (framestream_stream_lag)."""
         parts = [await self.transport.group_stats(s, self.group) for s in self.all_streams]
+        for part in parts:
+            metrics.stream_lag(part.stream, part.group, part.backlog)
+        if len(parts) == 1:
+            return parts[0]
         return GroupStats(
-            self.stream,
+            parts[0].stream,
             self.group,
             lag=sum(p.lag for p in parts),
             pending=sum(p.pending for p in parts),
             consumers=max(p.consumers for p in parts),
         )
+
+    async def leave_groups(self) -> list[str]:
+        """Remove this consumer from its group on every partition's stream where it holds nothing,
+        once the loop has stopped (a replica scaled down); the streams it left.
+
+        Every partition, not only those read last: a replica that read them all, or owned one
+        earlier, is a consumer on each, and consumers left behind pile up with every scale-down.
+        Where it still holds entries it stays, for the others to reclaim (`leave_group`).
+        """
+        return [s for s in self.all_streams if await leave_group(self.client, s, self.group, self.consumer)]
 
     async def start(self) -> None:
         """Create the input group (reading from the start of the stream) if missing.

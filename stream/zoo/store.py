@@ -35,7 +35,6 @@ __all__ = [
     "find_labels",
     "locate_model",
     "parse_labels",
-    "resolve_weights_dir",
 ]
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "framestream" / "models"
@@ -62,14 +61,6 @@ class Labels:
 
     names: tuple[str, ...]
     source: Path | None
-
-
-def resolve_weights_dir(explicit: Path | None) -> Path | None:
-    """`explicit`, else ``$FRAMESTREAM_WEIGHTS_DIR``, else None."""
-    if explicit is not None:
-        return Path(explicit)
-    env = os.environ.get("FRAMESTREAM_WEIGHTS_DIR")
-    return Path(env) if env else None
 
 
 @contextlib.contextmanager
@@ -159,7 +150,10 @@ def locate_model(
     where = f"{weights_dir} or {cache_dir}" if weights_dir is not None else str(cache_dir)
     hint = f"run `framestream models fetch {spec.name}`"
     if spec.model_file:
-        hint += f", or put {spec.model_file} in a directory given by --weights-dir / FRAMESTREAM_WEIGHTS_DIR"
+        hint += (
+            f", or put {spec.model_file} in a directory given by --weights-dir / "
+            "FRAMESTREAM_MODELS__WEIGHTS_DIR"
+        )
     raise ModelError(f"{spec.name}: no model file in {where}; {hint}")
 
 

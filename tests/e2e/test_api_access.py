@@ -26,6 +26,7 @@ from hypothesis.errors import Unsatisfiable
 from deployments.ray_internals import session_dir
 from stream.adapters.redis.server import RedisServer, find_free_port
 from stream.settings import Settings
+from tests.waiting import wait_until
 
 ray = pytest.importorskip("ray")
 schemathesis = pytest.importorskip("schemathesis")
@@ -250,13 +251,22 @@ def test_a_file_under_an_allowed_folder_plays(live: Live) -> None:
 def test_tokens_stay_out_of_rays_logs(live: Live) -> None:
     """Neither the tokens the replicas were given nor one sent in a query string (which the console
     link carries) end up in Ray's logs: Serve's access log writes the path only."""
-    with httpx.Client(base_url=live.url, timeout=30) as http:
-        assert http.get("/v1/stages", params={"token": ADMIN}).status_code == 200
     session = session_dir()  # this cluster's: others may run on the machine
     assert session is not None, "cannot find this Ray cluster's session folder"
-    logs = [p for p in (session / "logs").rglob("*") if p.is_file()]
-    assert logs, f"no Ray logs under {session}"
-    leaked = [p.name for p in logs if ADMIN.encode() in p.read_bytes()]
+
+    def logs() -> list[Path]:
+        return [p for p in (session / "logs").rglob("*") if p.is_file()]
+
+    def access_lines() -> int:
+        """Lines of Serve's access log for the request below (with or without its query string)."""
+        return sum(p.read_bytes().count(b"GET /v1/stages") for p in logs())
+
+    before = access_lines()
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        assert http.get("/v1/stages", params={"token": ADMIN}).status_code == 200
+    # the request's log line is on disk: a check of the logs before it would prove nothing
+    wait_until(lambda: access_lines() > before, timeout_s=30, what="the request's access log line")
+    leaked = [p.name for p in logs() if ADMIN.encode() in p.read_bytes()]
     assert not leaked, f"the admin token is in {leaked}"
 
 

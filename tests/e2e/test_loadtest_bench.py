@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_bench_rows_have_fps_latency_and_ratios(shared_dir: Path, tmp_path: Path) -> None:
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    env = {**os.environ, "CI": "true", "FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models")}
+    env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models")}
     cmd = [
         sys.executable, "-m", "loadtest", "bench", "--model", "mobilenet-v1-0.25-128-quant", "--frames", "60",
         "--systems", "naive,best_single,ideal", "--repeat", "2", "--json", str(out), "--markdown", str(md),

@@ -24,7 +24,7 @@ def _loadtest(*args: str, env: dict[str, str], timeout: float = 240) -> subproce
 
 
 def test_record_replay_embedded_and_report(shared_dir: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "CI": "true", "FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"),
+    env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models"),
            "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
     env.pop("FRAMESTREAM_REDIS__URL", None)
     frames = scene_frames(read_photo(shared_dir / "images" / SCENE_PHOTOS[0]), 20, (320, 240))

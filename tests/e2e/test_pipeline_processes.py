@@ -64,7 +64,10 @@ def test_scene_clip_real_v2_smoothed_label_per_scene(
     redis_server: RedisServer, shared_dir: Path, scenes_clip: Path, tmp_path: Path
 ) -> None:
     results_file = tmp_path / "results.jsonl"
-    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "scenes"}
+    env = {
+        "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models"),
+        "FRAMESTREAM_STREAMS__PIPELINE": "scenes",
+    }
     _, summary = run_cli(
         ["--source", str(scenes_clip), "--model", V2, "--results", str(results_file)], redis_server.url, env
     )
@@ -97,7 +100,10 @@ def test_two_models_one_frames_stream_each_full_result_set(
     for i, frame in enumerate(scene_frames(photos[0], 15, (400, 300))):
         cv2.imwrite(str(folder / f"{i:04d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     results_file = tmp_path / "results.jsonl"
-    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "two"}
+    env = {
+        "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models"),
+        "FRAMESTREAM_STREAMS__PIPELINE": "two",
+    }
     args = ["--source", str(clip), "--source", str(folder), "--model", V1, "--model", V2]
     run_cli([*args, "--results", str(results_file)], redis_server.url, env)
     results = read_results(results_file)
@@ -119,7 +125,10 @@ def test_corrupt_frame_mid_clip_is_dead_lettered_others_all_get_results(
         cv2.imwrite(str(folder / f"{i:04d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     (folder / "0015.jpg").write_bytes(b"\xff\xd8\xff\xe0 this frame got corrupted on disk" * 20)
     results_file = tmp_path / "results.jsonl"
-    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "corrupt"}
+    env = {
+        "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models"),
+        "FRAMESTREAM_STREAMS__PIPELINE": "corrupt",
+    }
     _, summary = run_cli(
         ["--source", str(folder), "--model", V1, "--results", str(results_file)], redis_server.url, env
     )
@@ -149,7 +158,7 @@ def test_synthetic_seed_model_without_shared_data(redis_server: RedisServer, tmp
     clip = write_demo_clip(tmp_path / "demo.mp4", frames=60)
     results_file = tmp_path / "results.jsonl"
     env = {"FRAMESTREAM_MODELS__CACHE_DIR": str(cache), "FRAMESTREAM_STREAMS__PIPELINE": "synthetic"}
-    env["FRAMESTREAM_WEIGHTS_DIR"] = ""
+    env["FRAMESTREAM_MODELS__WEIGHTS_DIR"] = ""
     proc, summary = run_cli(
         ["--source", str(clip), "--model", "mobilenet-v1-0.25-128", "--results", str(results_file)],
         redis_server.url,
@@ -172,7 +181,7 @@ def test_postprocess_replicas_share_the_partitions_and_every_frame_comes_out_onc
         sources += ["--source", str(tmp_path / f"{name}.mp4")]
     results_file = tmp_path / "results.jsonl"
     env = {
-        "FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"),
+        "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models"),
         "FRAMESTREAM_STREAMS__PIPELINE": "shared",
         "FRAMESTREAM_STREAMS__PARTITIONS": "3",
         "FRAMESTREAM_POSTPROCESS__REPLICAS": "3",

@@ -28,6 +28,7 @@ from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.source_ids import source_id
 from stream.settings import load_settings
+from tests.waiting import poll
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -406,6 +407,7 @@ async def test_sources_results_and_health_over_http(app: App, tmp_path: Path):
 async def test_events_stream_results_as_server_sent_events(app: App):
     client = await connect(app.redis_url)
     received: list[str] = []
+    following = asyncio.Event()
 
     async def listen() -> None:
         async with (
@@ -414,13 +416,15 @@ async def test_events_stream_results_as_server_sent_events(app: App):
         ):
             assert response.headers["content-type"].startswith("text/event-stream")
             async for line in response.aiter_lines():
+                following.set()  # the stream's first line comes after its cursor was fixed
                 if line.startswith("data:"):
                     received.append(line)
                     if len(received) == 3:
                         return
 
     task = asyncio.create_task(listen())
-    await asyncio.sleep(1.0)
+    assert await poll(lambda: following.is_set() or task.done(), timeout_s=30), "no event stream"
+    assert following.is_set(), "the event stream ended before its first line"
     for seq in range(3):
         meta = {"kind": "result", "source": "sse", "seq": seq, "label": "x"}
         await client.xadd(KEYS.results, {FIELD: encode_message(Message(meta=meta))})

@@ -40,9 +40,9 @@ def test_both_runners_play_the_same_demo_and_sum_it_up_the_same_way(tmp_path: Pa
     """`framestream run` with no source (what `make run` does) under either runner: the same demo
     clip, the same model choice and notice, a summary with the same keys and the same counts."""
     env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("FRAMESTREAM_WEIGHTS_DIR", None)
+    env.pop("FRAMESTREAM_MODELS__WEIGHTS_DIR", None)
     if (SHARED / "models").is_dir():  # real weights when the checkout has them, else the stand-in
-        env["FRAMESTREAM_WEIGHTS_DIR"] = str(SHARED / "models")
+        env["FRAMESTREAM_MODELS__WEIGHTS_DIR"] = str(SHARED / "models")
     summaries, notes = {}, {}
     for runner in ("ray", "processes"):
         summaries[runner], notes[runner] = _framestream_run(env, tmp_path, "--runner", runner)
@@ -70,7 +70,7 @@ def test_a_redis_password_reaches_the_replicas_but_not_rays_config_or_logs(tmp_p
     password = f"pw-{secrets.token_hex(8)}"
     env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache"),
            "FRAMESTREAM_REDIS__PASSWORD": password}  # fmt: skip
-    env.pop("FRAMESTREAM_WEIGHTS_DIR", None)  # the synthetic stand-in is enough here
+    env.pop("FRAMESTREAM_MODELS__WEIGHTS_DIR", None)  # the synthetic stand-in is enough here
     started = time.time()
     summary, stderr = _framestream_run(env, tmp_path)
     assert summary["results"] == 300, stderr[-4000:]  # the replicas logged in
@@ -95,7 +95,11 @@ def test_the_run_guards_its_api_with_a_generated_token_and_prints_one_console_li
     media.mkdir()
     env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp_path / "cache"),
            "FRAMESTREAM_INGEST__ALLOWED_SOURCES__ROOTS": str(media)}  # fmt: skip
-    for name in ("FRAMESTREAM_WEIGHTS_DIR", "FRAMESTREAM_API__ADMIN_TOKENS", "FRAMESTREAM_API__READ_TOKENS"):
+    for name in (
+        "FRAMESTREAM_MODELS__WEIGHTS_DIR",
+        "FRAMESTREAM_API__ADMIN_TOKENS",
+        "FRAMESTREAM_API__READ_TOKENS",
+    ):
         env.pop(name, None)
     run = subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "run", "--source", str(clip), "--loop", "--timeout", "40"],

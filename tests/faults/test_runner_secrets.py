@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from stream.adapters.redis.server import RedisServer
 from stream.core.source_ids import source_id
@@ -47,7 +48,7 @@ async def test_no_redis_password_in_the_stage_config_file_or_command_line(
     settings = base.model_copy(
         update={
             "streams": base.streams.model_copy(update={"pipeline": "secret"}),
-            "redis": base.redis.model_copy(update={"password": password}),  # as if from --config
+            "redis": base.redis.model_copy(update={"password": SecretStr(password)}),  # as if from --config
         }
     )
     folder = write_frame_folder(tmp_path / "clip", FRAMES)

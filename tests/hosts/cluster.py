@@ -54,10 +54,26 @@ __all__ = [
     "gcs_fault_tolerant",
     "groups",
     "scaled_serve_config",
+    "shared_folder",
     "start_args",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def shared_folder(name: str, root: Path = ROOT) -> Path:
+    """A folder `name` that stands for storage every host of the cluster can read (the hosts share
+    this machine's disk): the checkout's ``out/cluster``, or, with a checkout in the temp dir (a
+    clone under /tmp), a folder in the user's cache. An attached run refuses any path in the
+    temp dir, which is only ever the head's own (`deployments.local.runner.check_attached`)."""
+    temp = Path(tempfile.gettempdir()).resolve()
+    for base in (root / "out" / "cluster", Path.home() / ".cache" / "framestream" / "cluster"):
+        resolved = base.resolve()
+        if resolved != temp and temp not in resolved.parents:
+            return base / name
+    raise RuntimeError(f"both the checkout ({root}) and the home folder are in the temp dir ({temp})")
+
+
 GCS_PORT = 6379
 REDIS_PORT = 6379
 OBJECT_STORE_BYTES = 100 * 1024 * 1024

@@ -1,6 +1,6 @@
 """What a user types on the head host: `framestream run --address HEAD --redis URL --source PATH`,
-with a source every host can read (a folder outside the temp dir; the hosts share this machine's
-disk). It deploys its own app (own streams, route `/`), plays every frame and exits 0.
+with a source every host can read (a folder outside the temp dir, `shared_folder`; the hosts
+share this machine's disk). It deploys its own app (own streams, route `/`), plays every frame and exits 0.
 
 This module runs last on purpose: the attached run deploys through Serve's declarative API, which
 replaces every application on the cluster, so the suite's own app is gone afterwards (a known bug,
@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from tests.faults.frames import write_frame_folder
-from tests.hosts.cluster import ROOT
+from tests.hosts.cluster import ROOT, shared_folder
 from tests.hosts.conftest import ClusterStack
 
 pytestmark = [
@@ -36,14 +36,14 @@ def attached_run(cluster_stack: ClusterStack) -> tuple[subprocess.CompletedProce
     cluster = cluster_stack.cluster
     assert cluster.redis is not None
     tag = secrets.token_hex(3)
-    folder = write_frame_folder(ROOT / "out" / "cluster" / f"frames-{tag}", FRAMES)
+    folder = write_frame_folder(shared_folder(f"frames-{tag}"), FRAMES)
     env = {
         **cluster.env(),
         "CI": "true",
         "FRAMESTREAM_STREAMS__PIPELINE": f"run{tag}",
         "FRAMESTREAM_MODELS__CACHE_DIR": str(cluster_stack.settings.models.cache_dir),
     }
-    env.pop("FRAMESTREAM_WEIGHTS_DIR", None)
+    env.pop("FRAMESTREAM_MODELS__WEIGHTS_DIR", None)
     argv = [
         sys.executable, "-m", "stream.cli", "run",
         "--address", cluster.gcs_address,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from deployments.console.feed import ConsoleFeed
+from deployments.console.feed import ConsoleFeed, read_stage_counts
 from stream.adapters.media.jpeg import decode_jpeg
 from stream.adapters.media.video import write_demo_clip
 from stream.adapters.redis.source_registry import add_source, list_sources
@@ -23,10 +23,12 @@ from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import LABEL_CHANGE, RESULT
 from stream.readers.queries import ResultQueries
+from stream.readers.watch import probe_stages
 from stream.settings import Settings
 from stream.stages.ingest.stage import IngestStage
 
 KEYS = PipelineKeys("console", 3)
+MODEL = "mobilenet-v1-0.25-128-quant"
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +179,30 @@ async def test_the_feed_ends_with_an_error_event_when_redis_goes_away(tmp_path: 
     finally:
         await client.aclose()
         server.close()
+
+
+async def test_progress_and_console_show_the_lag_redis_cannot_count_right(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Entries deleted unread (XDEL of a bad entry, XTRIM past a slow group) make Redis report a
+    group's lag as unknown or too high; the stage rows show the entries really waiting."""
+    keys = PipelineKeys("lagview", 2)
+    group = f"preprocess:{MODEL}"
+    deleted, trimmed = keys.partition(0).frames, keys.partition(1).frames
+    for stream in (deleted, trimmed):
+        await redis_client.xgroup_create(stream, group, id="0", mkstream=True)
+        for i in range(1, 11):
+            await redis_client.xadd(stream, {FIELD: b"x"}, id=f"{i}-1")
+        await redis_client.xreadgroup(group, "c", {stream: ">"}, count=2)  # 2 pending, 8 unread
+    await redis_client.xdel(deleted, "5-1")  # Redis cannot tell the lag any more: 7 unread
+    await redis_client.xtrim(trimmed, maxlen=3, approximate=False)  # Redis says 8 unread: 3 are left
+    raw = [(await redis_client.xinfo_groups(s))[0]["lag"] for s in (deleted, trimmed)]
+    assert raw == [None, 8]  # what XINFO GROUPS says
+
+    progress = await probe_stages(redis_client, keys, MODEL)  # `framestream run`'s progress view
+    console = await read_stage_counts(redis_client, keys, MODEL, ["preprocess"])  # the console's rows
+
+    waiting = (2 + 7) + (2 + 3)  # pending + unread on each partition
+    assert progress["preprocess"].backlog == waiting
+    assert console["preprocess"]["lag"] == waiting
+    assert progress["preprocess"].handled == 0  # read, not acked

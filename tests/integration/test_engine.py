@@ -165,3 +165,18 @@ def test_unknown_model_and_missing_weights_say_what_to_do(tmp_path):
         open_engine("resnet-50", cache_dir=tmp_path)
     with pytest.raises(ModelError, match="models fetch mobilenet-v2-1.0-224-quant.*--weights-dir"):
         open_engine("mobilenet-v2-1.0-224-quant", weights_dir=tmp_path, cache_dir=tmp_path)
+
+
+def test_the_weights_dir_comes_from_the_caller_never_from_the_environment(
+    shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings model is the one reader of FRAMESTREAM_* variables: settings that name no
+    weights dir (``models.weights_dir: null`` in a config) mean none, whatever the shell has."""
+    monkeypatch.setenv("FRAMESTREAM_WEIGHTS_DIR", str(shared_dir / "models"))
+    monkeypatch.setenv("FRAMESTREAM_MODELS__WEIGHTS_DIR", str(shared_dir / "models"))
+    with pytest.raises(ModelError, match="no model file"):
+        open_engine("mobilenet-v1-0.25-128-quant", weights_dir=None, cache_dir=tmp_path / "cache")
+    with open_engine(
+        "mobilenet-v1-0.25-128-quant", weights_dir=shared_dir / "models", cache_dir=tmp_path
+    ) as real:
+        assert not real.synthetic

@@ -71,7 +71,7 @@ def test_classify_prints_egyptian_cat_first(shared_dir, tmp_path):
         app,
         ["classify", str(shared_dir / "images" / "cat.bmp"), "--model", "mobilenet-v2-1.0-224-quant",
          "--cache-dir", str(tmp_path)],
-        env={"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models")},
+        env={"FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models")},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].endswith("Egyptian cat")
@@ -123,7 +123,7 @@ def test_classify_errors_are_clear(shared_dir, tmp_path):
         app,
         ["classify", str(bad), "--model", "mobilenet-v2-1.0-224-quant", "--no-synthetic", "--cache-dir",
          str(tmp_path)],
-        env={"FRAMESTREAM_WEIGHTS_DIR": str(tmp_path)},
+        env={"FRAMESTREAM_MODELS__WEIGHTS_DIR": str(tmp_path)},
     )  # fmt: skip
     assert result.exit_code == 1 and "framestream models fetch mobilenet-v2-1.0-224-quant" in result.output
 

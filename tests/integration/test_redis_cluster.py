@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from redis.crc import key_slot
+from rich.console import Console
 
 from stream.adapters.media.video import write_demo_clip
 from stream.adapters.redis.client import connect, is_cluster
@@ -20,6 +25,8 @@ from stream.adapters.redis.server import LocalCluster, RedisServer
 from stream.adapters.redis.streams import StreamTransport
 from stream.core.keys import PipelineKeys
 from stream.errors import TransportError
+from stream.runners.drive import DriveOptions, drive
+from stream.settings import Settings
 
 V1 = "mobilenet-v1-0.25-128-quant"
 
@@ -61,6 +68,40 @@ async def test_forward_is_one_transaction_on_the_partition_slot(cluster_client):
     assert (await transport.group_stats(keys.frames, "work")).backlog == 0
 
 
+@pytest.fixture
+def no_info_user(redis_cluster: LocalCluster) -> Iterator[tuple[str, str]]:
+    """An ACL user on every node of the cluster that may not run INFO (as in managed Redis
+    offerings): a client cannot ask the server whether it is a cluster, `redis.cluster` says so."""
+    user, password = "no-info", "no-info-password"
+    live = [n for n in redis_cluster.nodes if n.process is not None]
+    for node in live:
+        with redis.Redis(host=node.bind, port=node.port) as admin:
+            admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"], channels=["*"],
+                              commands=["+@all", "-info"], reset=True)  # fmt: skip
+    yield user, password
+    for node in live:
+        with redis.Redis(host=node.bind, port=node.port) as admin:
+            admin.acl_deluser(user)
+
+
+async def test_the_ray_driver_honours_redis_cluster(redis_cluster: LocalCluster, no_info_user) -> None:
+    """`framestream run` (Ray) drives the run through a client made from the settings: with
+    ``redis.cluster: true`` a cluster client, also where the server cannot be asked."""
+    user, password = no_info_user
+    settings = Settings(
+        redis={"url": redis_cluster.url, "username": user, "password": password, "cluster": True},
+        streams={"pipeline": "fleet", "partitions": 3},  # partitions on 3 different masters
+    )
+    options = DriveOptions(models=[V1], synthetic=[])
+    out = io.StringIO()
+    stop = asyncio.Event()
+    stop.set()  # no source: the run would go on until stopped
+
+    played = await drive(options, settings, redis_cluster.url, [], Console(file=out, width=120), stop=stop)
+
+    assert (played.summary.published, played.summary.results) == (0, 0)
+
+
 def _run_cli(url: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "stream.cli", "run", "--runner", "processes", "--redis", url, *args]
     return subprocess.Popen(
@@ -86,7 +127,10 @@ def test_framestream_run_on_a_replica_node_of_a_cluster(
     clip = write_demo_clip(tmp_path / "demo.mp4", frames=60)
     results = tmp_path / "results.jsonl"
     replica = redis_cluster.nodes[-1]  # `--cluster create` makes the last nodes replicas
-    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "onenode"}
+    env = {
+        "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models"),
+        "FRAMESTREAM_STREAMS__PIPELINE": "onenode",
+    }
     args = ["--source", str(clip), "--model", V1, "--results", str(results), "--json"]
     proc = _run_cli(replica.url, args, env)
     out, err = proc.communicate(timeout=150)
@@ -106,7 +150,10 @@ def test_kill_9_of_the_master_mid_run_replica_promoted_no_frame_lost_run_ends_by
     frames = 600
     clips = [write_demo_clip(tmp_path / f"demo{i}.mp4", frames=frames) for i in range(2)]
     results = tmp_path / "results.jsonl"
-    env = {"FRAMESTREAM_WEIGHTS_DIR": str(shared_dir / "models"), "FRAMESTREAM_STREAMS__PIPELINE": "failover"}
+    env = {
+        "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models"),
+        "FRAMESTREAM_STREAMS__PIPELINE": "failover",
+    }
     args = [a for c in clips for a in ("--source", str(c))] + ["--model", V1, "--results", str(results)]
     with LocalCluster(masters=3, replicas=1) as cluster:
         slot = key_slot(PipelineKeys("failover").frames.encode())

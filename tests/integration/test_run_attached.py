@@ -52,3 +52,16 @@ def test_the_demo_clip_and_temp_paths_are_refused_on_a_cluster(tmp_path: Path) -
 def test_what_every_host_can_open_passes() -> None:
     check_attached(CLUSTER, REDIS, ["rtsp://cam/1", "https://example.invalid/a.mp4", "/srv/shared/clip.mp4"])
     check_attached(None, "auto", [])  # no cluster: the private Redis and the demo clip are fine
+
+
+def test_the_cluster_suites_frames_pass_from_a_checkout_in_the_temp_dir() -> None:
+    """`make test` from a clone under /tmp: the frames tests/hosts/test_run_attached.py plays
+    must lie outside the temp dir, which an attached run rightly refuses."""
+    from tests.hosts.cluster import shared_folder
+
+    clone = Path(tempfile.gettempdir()) / "framestream-clone"
+    with pytest.raises(ConfigError, match="temp dir"):  # inside such a checkout: refused
+        check_attached(CLUSTER, REDIS, [str(clone / "out" / "cluster" / "frames-1")])
+    for root in (clone, Path("/srv/framestream")):
+        check_attached(CLUSTER, REDIS, [str(shared_folder("frames-1", root=root))])
+    assert shared_folder("frames-1", root=Path("/srv/framestream")).is_relative_to("/srv/framestream")

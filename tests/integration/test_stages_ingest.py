@@ -22,6 +22,7 @@ from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.settings import Settings
 from stream.stages.ingest.stage import IngestStage
+from tests.waiting import until
 
 KEYS = PipelineKeys()
 
@@ -31,10 +32,26 @@ async def frames_published(client) -> list[dict]:
 
 
 async def wait_for(predicate, timeout_s: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+    await until(predicate, timeout_s=timeout_s, what=what)
+
+
+async def _backlog_reads(client) -> int:
+    """XINFO calls Redis has served: ingest reads the pipeline's backlog with them while it waits."""
+    stats = await client.info("commandstats")
+    return sum(int(v.get("calls", 0)) for k, v in stats.items() if k.startswith("cmdstat_xinfo"))
+
+
+async def ingest_paused(client, step=None, times: int = 10) -> None:
+    """Wait until ingest has looked at the backlog `times` times more (calling `step` in between,
+    the stages that keep up): as many chances to publish past the high-water mark."""
+    start = await _backlog_reads(client)
+
+    async def looked() -> bool:
+        if step is not None:
+            await step()
+        return await _backlog_reads(client) >= start + times
+
+    await wait_for(looked, what=f"ingest to check the backlog {times} times")
 
 
 @pytest.fixture(scope="module")
@@ -131,15 +148,18 @@ async def test_file_source_pauses_at_high_water(redis_server: RedisServer, redis
         return await redis_client.xlen(KEYS.frames) >= 12
 
     await wait_for(stalled, what="frames up to high water")
-    await asyncio.sleep(0.5)  # give it every chance to overshoot
+    await ingest_paused(redis_client)  # every chance to overshoot
     assert 12 <= await redis_client.xlen(KEYS.frames) <= 12 + 8  # at most one chunk past the mark
     assert not (await list_sources(redis_client, KEYS))[0].done
-    # a consumer catches up: the source resumes and finishes without losing anything
-    while not (await list_sources(redis_client, KEYS))[0].done:
+
+    async def caught_up() -> bool:  # a consumer catches up: the source resumes and finishes
         reply = await redis_client.xreadgroup("preprocess:slow", "c", {KEYS.frames: ">"}, count=10, block=100)
         ids = [i for _, items in reply or [] for i, _ in items]
         if ids:
             await redis_client.xack(KEYS.frames, "preprocess:slow", *ids)
+        return (await list_sources(redis_client, KEYS))[0].done
+
+    await wait_for(caught_up, what="the source to finish once the consumer caught up")
     stop.set()
     await task
     await client.aclose()
@@ -174,18 +194,19 @@ async def test_file_source_also_pauses_while_a_later_stage_lags_behind(
         return await redis_client.xlen(piled) >= 12
 
     await wait_for(piled_up, what=f"{piled} up to high water")
-    deadline = time.monotonic() + 0.5  # give it every chance to overshoot, the fast stages keeping up
-    while time.monotonic() < deadline:
-        await fast_stages_step()
+    await ingest_paused(redis_client, fast_stages_step)  # every chance to overshoot, fast stages keeping up
     assert 12 <= await redis_client.xlen(piled) <= 12 + 8  # the frames stream alone never filled up
     assert not (await list_sources(redis_client, KEYS))[0].done
-    # the slow stage catches up: the source resumes and finishes without losing anything
-    while not (await list_sources(redis_client, KEYS))[0].done:
+
+    async def caught_up() -> bool:  # the slow stage catches up: the source resumes and finishes
         await fast_stages_step()
         reply = await redis_client.xreadgroup(slow, "c", {piled: ">"}, count=10, block=20)
         ids = [i for _, items in reply or [] for i, _ in items]
         if ids:
             await redis_client.xack(piled, slow, *ids)
+        return (await list_sources(redis_client, KEYS))[0].done
+
+    await wait_for(caught_up, what="the source to finish once the slow stage caught up")
     stop.set()
     await task
     await client.aclose()

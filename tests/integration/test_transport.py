@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from stream.adapters.redis.client import connect
-from stream.adapters.redis.entries import Output
+from stream.adapters.redis.entries import Output, text
 from stream.adapters.redis.server import RedisServer
 from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from tests.faults.aof import rewrite_aof
+from tests.waiting import poll
 
 KEYS = PipelineKeys("t")
 IN, OUT, GROUP = KEYS.frames, KEYS.tensors("m"), "work"
@@ -87,24 +88,49 @@ async def test_entries_of_a_consumer_that_died_are_reclaimed_by_another(transpor
     assert info.pending == 0 and info.lag == 0
 
 
+async def _silent(transport: StreamTransport, consumer: str) -> None:
+    """Wait until `consumer` has not talked to Redis for `claim_idle_ms` (so nor touched its entries)."""
+
+    async def silent() -> bool:
+        infos = await transport.client.xinfo_consumers(IN, GROUP)
+        return any(text(c["name"]) == consumer and int(c["idle"]) >= transport.claim_idle_ms for c in infos)
+
+    assert await poll(silent, timeout_s=30, every_s=0.02), f"{consumer} never fell silent"
+
+
+async def _held_idle(transport: StreamTransport, consumer: str, n: int) -> None:
+    """Wait until `n` entries `consumer` holds have been idle for `claim_idle_ms`."""
+
+    async def idle() -> bool:
+        rows = await transport.client.xpending_range(
+            IN, GROUP, min="-", max="+", count=n, consumername=consumer, idle=transport.claim_idle_ms
+        )
+        return len(rows) >= n
+
+    assert await poll(idle, timeout_s=30, every_s=0.02), f"{consumer}'s entries never idle"
+
+
 async def test_reclaimed_entries_carry_their_delivery_count(transport):
     await _produce(transport, 5)
     await transport.read(IN, GROUP, "a", count=5, block_ms=None)
-    await asyncio.sleep(0.15)  # claim_idle_ms=100: the entries must be idle for that long
+    await _silent(transport, "a")
     reclaimed = await transport.reclaim(IN, GROUP, "b")
     assert [e.deliveries for e in reclaimed] == [2] * 5
     assert [e.deliveries for e in await transport.recover_own(IN, GROUP, "b")] == [3] * 5
 
 
-async def test_a_live_consumer_keeps_its_entries_while_it_keeps_reading(transport):
+async def test_a_live_consumer_keeps_its_entries_while_it_keeps_reading(redis_client):
     """Only silent consumers lose entries: a slow one that still reads is not a dead one."""
+    # claim_idle_ms far above the few ms between the slow consumer's read and the reclaims below
+    transport = StreamTransport(redis_client, KEYS, stage="test", claim_idle_ms=1_000)
+    await transport.ensure_group(IN, GROUP)
     await _produce(transport, 10)
     held = await transport.read(IN, GROUP, "slow", count=5, block_ms=None)
-    await asyncio.sleep(0.15)  # its held entries are now older than claim_idle_ms...
+    await _held_idle(transport, "slow", 5)  # its held entries are now older than claim_idle_ms...
     await transport.read(IN, GROUP, "slow", count=1, block_ms=None)  # ...but it is alive
     assert await transport.reclaim(IN, GROUP, "other") == []
     assert await transport.reclaim(IN, GROUP, "slow") == [], "a consumer must not reclaim from itself"
-    await asyncio.sleep(0.15)  # now it has been silent for claim_idle_ms
+    await _silent(transport, "slow")  # now it has been silent for claim_idle_ms
     assert [e.id for e in await transport.reclaim(IN, GROUP, "other")][:5] == [e.id for e in held]
 
 

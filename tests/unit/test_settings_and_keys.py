@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import logging
+import warnings
+
 import pytest
 from pydantic import ValidationError
 
@@ -31,3 +35,40 @@ def test_bad_values_are_named(tmp_path):
         load_settings(cfg)
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "missing.yaml")
+
+
+def test_the_redis_password_is_a_secret_like_the_api_tokens(monkeypatch, caplog):
+    password, token = "redis-pw-0123456789", "admin-token-0123456789"
+    monkeypatch.setenv("FRAMESTREAM_REDIS__PASSWORD", password)
+    monkeypatch.setenv("FRAMESTREAM_API__ADMIN_TOKENS", token)
+    settings = load_settings()
+    logging.getLogger("framestream.test").warning("settings: %s", settings)  # settings in a log line
+    assert "settings: " in caplog.text  # the line was written
+
+    shown = [repr(settings), str(settings), json.dumps(settings.model_dump(mode="json")), caplog.text]
+    assert not [s for s in shown if password in s or token in s]
+    assert settings.redis.password is not None and settings.redis.password.get_secret_value() == password
+
+    shared = settings.dump_without_secrets()  # what a run hands its replicas and stage processes
+    assert "password" not in shared["redis"] and "api" not in shared
+    assert shared["redis"]["url"] == "auto" and load_settings(**shared).redis.password is not None
+
+
+def test_the_weights_dir_has_one_name_and_the_old_one_still_works_with_a_deprecation_warning(
+    monkeypatch, tmp_path
+):
+    monkeypatch.delenv("FRAMESTREAM_MODELS__WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("FRAMESTREAM_WEIGHTS_DIR", str(tmp_path / "old"))
+    with pytest.warns(DeprecationWarning, match="FRAMESTREAM_WEIGHTS_DIR .*FRAMESTREAM_MODELS__WEIGHTS_DIR"):
+        assert load_settings().models.weights_dir == tmp_path / "old"
+    monkeypatch.setenv("FRAMESTREAM_MODELS__WEIGHTS_DIR", str(tmp_path / "new"))
+    with pytest.warns(DeprecationWarning):
+        assert load_settings().models.weights_dir == tmp_path / "new"  # the setting's own name wins
+    with pytest.warns(DeprecationWarning):
+        given = load_settings(models={"weights_dir": tmp_path / "given"})  # as the CLI's options
+    assert given.models.weights_dir == tmp_path / "given"
+
+    monkeypatch.delenv("FRAMESTREAM_WEIGHTS_DIR")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name alone: no warning
+        assert load_settings().models.weights_dir == tmp_path / "new"

@@ -27,7 +27,6 @@ from stream.zoo.store import (
     ModelLocation,
     find_labels,
     locate_model,
-    resolve_weights_dir,
 )
 
 __all__ = ["Engine", "compile_model", "open_engine", "read_model_file"]
@@ -265,7 +264,7 @@ def open_engine(
 ) -> Engine:
     """Load model `name` (weights dir, then cache, then a synthetic stand-in) and compile it.
 
-    `weights_dir` defaults to ``$FRAMESTREAM_WEIGHTS_DIR``; `cache_dir` to
+    `weights_dir` is the settings' ``models.weights_dir`` (None: no such folder); `cache_dir` defaults to
     ``~/.cache/framestream/models``. `num_requests` 0 lets OpenVINO pick the optimal pool size.
     `inference_precision` None keeps the device default (bf16 where the CPU has it); "f32" for
     bit-faithful float math (contract checks). `static_batch_sizes` get an extra model compiled
@@ -274,7 +273,7 @@ def open_engine(
     if any(n < 1 for n in static_batch_sizes):
         raise ValueError(f"static_batch_sizes must be >= 1, got {static_batch_sizes}")
     spec = load_spec(name)
-    weights = resolve_weights_dir(weights_dir)
+    weights = Path(weights_dir) if weights_dir is not None else None
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     location = locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=allow_synthetic)
     model = prepare_model(read_model_file(location.path), spec)

@@ -1,6 +1,8 @@
 """The one factory for asyncio Redis clients: a plain server or a Redis Cluster.
 
-`connect` checks the server with PING (a wrong password fails here, clearly), then asks it
+`connect_settings` opens the client the settings' ``redis`` section names (with its password,
+username and cluster choice): every command and runner that talks to the pipeline's Redis opens
+it there. `connect` checks the server with PING (a wrong password fails here, clearly), then asks it
 ``INFO cluster``: on a node with ``cluster_enabled:1`` it returns redis-py's asyncio
 `RedisCluster`, which finds every other node, routes each command to the node serving its key's
 slot and follows MOVED/ASK redirections. ``redis.cluster`` forces the choice (true: cluster
@@ -13,16 +15,35 @@ one slot, which redis-py 8.x sends as one MULTI/EXEC to that slot's node).
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stream.errors import TransportError
 
-__all__ = ["connect", "is_cluster", "redact", "refresh_cluster_view"]
+if TYPE_CHECKING:
+    from stream.settings import RedisSettings
+
+__all__ = ["connect", "connect_settings", "is_cluster", "redact", "refresh_cluster_view"]
+
+
+async def connect_settings(
+    redis: RedisSettings, url: str | None = None, *, timeout_s: float = 5.0
+) -> aioredis.Redis:
+    """Open a client for the Redis `redis` (the settings' ``redis`` section) names, or for `url`
+    in its place (a ``--redis`` option), with its password, username and ``cluster`` choice."""
+    return await connect(
+        url or redis.url,
+        password=redis.password_value(),
+        username=redis.username,
+        cluster=redis.cluster,
+        timeout_s=timeout_s,
+    )
 
 
 async def connect(
@@ -43,7 +64,7 @@ async def connect(
     if username is not None:
         kwargs["username"] = username
     if cluster is not True:
-        client = aioredis.Redis.from_url(url, **kwargs)
+        client = aioredis.Redis.from_url(url, retry=_reconnect_once(), **kwargs)
         await _check(client, url)
         if cluster is False or not await _cluster_enabled(client):
             return client
@@ -62,6 +83,15 @@ async def connect(
             ) from e
         raise
     return cast(aioredis.Redis, node)
+
+
+def _reconnect_once() -> Retry:
+    """A command that finds its pooled connection closed (Redis restarted, a proxy cut it) runs
+    once more on a new one, at once: without it the first call after a restart failed although
+    Redis was back (``from_url`` gives its connections no retry at all). Only then: a Redis that
+    is really gone fails the second attempt as fast as the first, and a timeout (a stalled Redis)
+    is not repeated. Outages are ridden out above the client (`redis_outage`)."""
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 def is_cluster(client: Any) -> bool:

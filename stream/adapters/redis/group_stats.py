@@ -1,4 +1,5 @@
-"""Backlog of consumer groups (XINFO GROUPS), and the mend for a read counter Redis lost."""
+"""Backlog of consumer groups (XINFO GROUPS), the mend for a read counter Redis lost, and a
+consumer leaving its group."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from redis.exceptions import ResponseError
 
 from stream.adapters.redis.entries import text
 
-__all__ = ["GroupStats", "all_group_stats", "group_infos", "group_stats", "repair_lag"]
+__all__ = [
+    "GroupStats",
+    "all_group_stats",
+    "group_infos",
+    "group_stats",
+    "info_stats",
+    "leave_group",
+    "repair_lag",
+]
 
 _COUNT_AFTER = "return #redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])"
 """Entries after an id, counted inside Redis (the payloads, up to 150 KB each, stay there)."""
@@ -36,6 +45,14 @@ end
 return 0
 """
 """Set a caught-up group's entries-read to the stream's entries-added (see `repair_lag`)."""
+
+_LEAVE_GROUP = """
+local ok, held = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if not ok or #held > 0 then return 0 end  -- no such stream or group, or it still holds entries
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])  -- replies the entries it held: 0
+return 1
+"""
+"""Remove a consumer that holds nothing: the check and the removal in one step (see `leave_group`)."""
 
 
 @dataclass(frozen=True)
@@ -68,16 +85,19 @@ async def group_stats(client: aioredis.Redis, stream: str, group: str) -> GroupS
     """Lag and pending of `group`; a missing group counts the whole stream as its lag."""
     for info in await group_infos(client, stream):
         if text(info["name"]) == group:
-            return await _stats(client, stream, info)
+            return await info_stats(client, stream, info)
     return GroupStats(stream, group, lag=int(await client.xlen(stream)), pending=0, consumers=0)
 
 
 async def all_group_stats(client: aioredis.Redis, stream: str) -> list[GroupStats]:
     """Lag and pending of every consumer group of `stream` (an empty list when it has none)."""
-    return [await _stats(client, stream, info) for info in await group_infos(client, stream)]
+    return [await info_stats(client, stream, info) for info in await group_infos(client, stream)]
 
 
-async def _stats(client: aioredis.Redis, stream: str, info: dict[str, Any]) -> GroupStats:
+async def info_stats(client: aioredis.Redis, stream: str, info: dict[str, Any]) -> GroupStats:
+    """Lag and pending of the group `info` describes (one item of `group_infos`): the lag Redis
+    reports, counted when it cannot tell and capped by the stream's length when it counts too
+    many. Every reader of a group's lag goes through here."""
     lag = info.get("lag")
     if lag is None:  # Redis cannot tell after some deletions: count instead
         last = text(info["last-delivered-id"])
@@ -101,3 +121,13 @@ async def repair_lag(client: aioredis.Redis, stream: str, group: str) -> bool:
     check and the reset run in one script, so no read can come in between.
     """
     return bool(await client.eval(_REPAIR_LAG, 1, stream, group))
+
+
+async def leave_group(client: aioredis.Redis, stream: str, group: str, consumer: str) -> bool:
+    """Remove `consumer` from `group` of `stream` if it holds no entry; True when it was removed.
+
+    XGROUP DELCONSUMER drops what a consumer holds from the group's pending list, so one that
+    still holds entries stays, for the others to reclaim. The check and the removal run in one
+    script: nothing can be delivered to it in between.
+    """
+    return bool(await client.eval(_LEAVE_GROUP, 1, stream, group, consumer))

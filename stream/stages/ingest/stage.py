@@ -116,6 +116,10 @@ class IngestStage:
         """The frames stream's slowest consumer group, over every partition (for the autoscaler)."""
         return await self.pipeline.slowest()
 
+    async def leave_groups(self) -> list[str]:
+        """Ingest reads no consumer group: nothing to leave."""
+        return []
+
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_layout(self.client, self.keys)
         try:

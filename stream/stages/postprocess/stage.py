@@ -47,7 +47,7 @@ from stream.stages.base import ConsumerStage, Handled, now_ms
 from stream.stages.postprocess.partition_leases import PartitionLeases
 from stream.stages.postprocess.partition_state import fences, load_tracks
 from stream.zoo.descriptors import load_spec
-from stream.zoo.store import find_labels, resolve_weights_dir
+from stream.zoo.store import find_labels
 
 __all__ = ["PostprocessStage"]
 
@@ -105,7 +105,7 @@ class PostprocessStage(ConsumerStage):
             spec = load_spec(model)
             found = find_labels(
                 spec,
-                weights_dir=resolve_weights_dir(settings.models.weights_dir),
+                weights_dir=settings.models.weights_dir,
                 cache_dir=settings.models.cache_dir,
             )
             labels = list(found.names)
