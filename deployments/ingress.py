@@ -100,12 +100,17 @@ async def healthz() -> dict[str, str]:
 
 @_health.get("/readyz", tags=["health"], responses=errors(503))
 async def readyz(ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
-    """Redis answers and the model is loaded (readiness); 503 with the reason otherwise."""
+    """Redis answers, the model is loaded and every stage has a running replica (readiness); 503
+    with the reason otherwise."""
     await redis_call(ingress.client.ping())
     try:
         info = await asyncio.wait_for(ingress.classifier.info.remote(), 5.0)
     except Exception as e:
         raise ApiError(503, f"model not ready: {type(e).__name__}: {e}") from e
+    replicas = await ingress.stage_replicas()
+    down = sorted(name for name, states in replicas.items() if not states.get("RUNNING"))
+    if down:  # a stage whose loop keeps dying has its replicas restarting, none running
+        raise ApiError(503, "no running replica of stage " + ", ".join(f"{n} ({replicas[n]})" for n in down))
     return {"status": "ready", **info}
 
 
