@@ -13,12 +13,15 @@ The routes live in one module per concern, each an ``APIRouter`` included in `ap
 Their handlers reach this replica's `Ingress` (Redis client, keys, options) through
 `deployments.replica.serving_replica`, as Serve's own class-based routes do.
 
-Every ``/v1`` route, including ones added later, passes `deployments.guard.guard` first (an
-app-wide dependency): `Ingress.admit` applies the per-client rate limit (a token bucket per
-ingress replica, 429), then the API tokens when ``api`` tokens are configured (`deployments.auth`:
-401 without a valid token, 403 for a read token on a route that changes something).
+Every request first meets `deployments.limits.RequestLimits` (header size, then on ``/v1``
+admission, then the body's size and time, before any route reads it). Every ``/v1`` route,
+including ones added later, also passes `deployments.guard.guard` (an app-wide dependency, which
+admits a request the middleware did not): `Ingress.admit` applies the per-client rate limit (a
+token bucket per ingress replica, 429), then the API tokens when ``api`` tokens are configured
+(`deployments.auth`: 401 without a valid token, 403 for a read token on a route that changes
+something).
 
-Every error is JSON ``{"error": reason}`` with 400/401/403/404/409/413/415/429/503 (500 only for a
+Every error is JSON ``{"error": reason}`` with 400/401/403/404/408/409/413/415/429/431/503 (500 only for a
 bug, without its traceback; `deployments.http_errors`); `deployments.openapi` lists each route's
 codes in ``/openapi.json``.
 """
@@ -35,12 +38,13 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from deployments import classify_routes, console, console_routes, dead_letter_routes, source_routes
-from deployments.auth import Access, bearer_token
+from deployments.auth import Access, bearer_token, url_token_allowed
 from deployments.config import replica_states
 from deployments.guard import guard
 from deployments.http_errors import ApiError, install_error_handlers, redis_call
+from deployments.limits import RequestLimits
 from deployments.openapi import complete_openapi, errors
-from deployments.ratelimit import RateLimiter, retry_after_s
+from deployments.ratelimit import RateLimiter, TrustedProxies, retry_after_s
 from deployments.replica import serving_replica
 from deployments.results import ResultQueries
 from deployments.stage import open_redis, stage_settings
@@ -64,15 +68,17 @@ api = FastAPI(
     title="framestream",
     version="1",
     description="Classify video frames at high throughput: sources, results, live events, push-classify. "
-    "Routes under /v1 need a token when the deployment configures them (Authorization: Bearer, or "
-    "?token=); GET routes accept read and admin tokens, the others admin tokens only.",
+    "Routes under /v1 need a token when the deployment configures them (Authorization: Bearer; "
+    "?token= only on the SSE feeds and thumbnails); GET routes accept read and admin tokens, the "
+    "others admin tokens only.",
     dependencies=[Depends(guard)],
 )
+api.add_middleware(RequestLimits)
 api.openapi = complete_openapi(api)  # type: ignore[method-assign]
 install_error_handlers(api)
 
 
-def _client(request: Request) -> str:
+def _peer(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
@@ -176,6 +182,7 @@ class Ingress:
         self.classifier = classifier
         self.stages = stages or {}
         self.limiter = RateLimiter(self.cfg.rate_per_s, self.cfg.burst)
+        self.proxies = TrustedProxies(self.settings.api.trusted_proxies)
         self.access = Access(
             [t.get_secret_value() for t in self.settings.api.read_tokens],
             [t.get_secret_value() for t in self.settings.api.admin_tokens],
@@ -200,15 +207,18 @@ class Ingress:
 
     def admit(self, request: Request) -> None:
         """Rate limit first (so guessing tokens costs requests), then the token; ApiError if not."""
-        wait_s = self.limiter.allow(_client(request), time.monotonic())
+        client = self.proxies.client(_peer(request), request.headers.get("x-forwarded-for"))
+        wait_s = self.limiter.allow(client, time.monotonic())
         if wait_s > 0:
             raise ApiError(
                 429,
                 f"rate limit: {self.cfg.rate_per_s:g} requests/s per client",
                 {"Retry-After": str(retry_after_s(wait_s))},
             )
-        token = bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
-        refusal = self.access.check(request.method, request.url.path, token)
+        path = request.url.path
+        url_token = request.query_params.get("token") if url_token_allowed(request.method, path) else None
+        token = bearer_token(request.headers.get("authorization"), url_token)
+        refusal = self.access.check(request.method, path, token)
         if refusal is not None:
             raise ApiError(refusal.status, refusal.reason, refusal.headers)
 

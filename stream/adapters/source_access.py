@@ -35,8 +35,13 @@ def resolve_host(host: str) -> list[str]:
 
 
 def check_uri(uri: str, policy: SourcePolicy) -> SourceVerdict:
-    """`check_source` with the real file system and resolver."""
-    return check_source(uri, policy, real_path=os.path.realpath, resolve=resolve_host)
+    """`check_source` with the real file system and resolver; a URI the file system or the
+    resolver cannot take (too long a name, no permission to look) is malformed, said without
+    what this host's file system answered."""
+    try:
+        return check_source(uri, policy, real_path=os.path.realpath, resolve=resolve_host)
+    except (OSError, ValueError) as e:
+        return SourceVerdict("malformed", f"the URI cannot be checked here ({type(e).__name__})")
 
 
 async def check_uri_async(
