@@ -40,6 +40,7 @@ from ray import serve
 from deployments import classify_routes, console, console_routes, dead_letter_routes, source_routes
 from deployments.auth import Access, bearer_token, url_token_allowed
 from deployments.config import replica_states
+from deployments.feeds import FeedHub
 from deployments.guard import guard
 from deployments.http_errors import ApiError, install_error_handlers, redis_call
 from deployments.limits import RequestLimits
@@ -183,6 +184,13 @@ class Ingress:
         self.stages = stages or {}
         self.limiter = RateLimiter(self.cfg.rate_per_s, self.cfg.burst)
         self.proxies = TrustedProxies(self.settings.api.trusted_proxies)
+        api = self.settings.api
+        self.feeds = FeedHub(
+            self.results,
+            max_feeds=api.max_feeds,
+            max_feeds_per_client=api.max_feeds_per_client,
+            queue_size=api.feed_queue,
+        )
         self.access = Access(
             [t.get_secret_value() for t in self.settings.api.read_tokens],
             [t.get_secret_value() for t in self.settings.api.admin_tokens],
@@ -207,8 +215,7 @@ class Ingress:
 
     def admit(self, request: Request) -> None:
         """Rate limit first (so guessing tokens costs requests), then the token; ApiError if not."""
-        client = self.proxies.client(_peer(request), request.headers.get("x-forwarded-for"))
-        wait_s = self.limiter.allow(client, time.monotonic())
+        wait_s = self.limiter.allow(self._address(request), time.monotonic())
         if wait_s > 0:
             raise ApiError(
                 429,
@@ -216,11 +223,28 @@ class Ingress:
                 {"Retry-After": str(retry_after_s(wait_s))},
             )
         path = request.url.path
-        url_token = request.query_params.get("token") if url_token_allowed(request.method, path) else None
-        token = bearer_token(request.headers.get("authorization"), url_token)
-        refusal = self.access.check(request.method, path, token)
+        refusal = self.access.check(request.method, path, self._token(request))
         if refusal is not None:
             raise ApiError(refusal.status, refusal.reason, refusal.headers)
+
+    def _address(self, request: Request) -> str:
+        """The client's address: the peer's, or X-Forwarded-For's from a trusted proxy."""
+        return self.proxies.client(_peer(request), request.headers.get("x-forwarded-for"))
+
+    def _token(self, request: Request) -> str | None:
+        path = request.url.path
+        url_token = request.query_params.get("token") if url_token_allowed(request.method, path) else None
+        return bearer_token(request.headers.get("authorization"), url_token)
+
+    def client_key(self, request: Request) -> str:
+        """Who holds a live feed, for ``api.max_feeds_per_client``: its token (hashed: the key is
+        logged), or its address where no token is configured."""
+        import hashlib
+
+        token = self._token(request) if self.access.enabled else None
+        if token:
+            return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        return "address:" + self._address(request)
 
     async def stage_replicas(self) -> dict[str, dict[str, int]]:
         """Replica counts by state per stage for the console, from Serve at most every 2 s, shared

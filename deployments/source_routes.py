@@ -4,8 +4,9 @@
   ``POST`` checks the URI against ``ingest.allowed_sources`` (`stream.core.source_policy`:
   400 malformed, 403 not allowed);
 - ``GET /v1/results/{source}?after_seq=N``: results of a source after a seq;
-- ``GET /v1/events``: Server-Sent Events of results and label changes, read from the streams
-  (``Last-Event-ID`` resumes where a client left off).
+- ``GET /v1/events``: Server-Sent Events of results and label changes, from the one reader of the
+  streams this replica shares among its feeds (`deployments.feeds`; ``Last-Event-ID`` resumes
+  where a client left off).
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the route annotations at runtime.
@@ -151,7 +152,7 @@ async def get_results(
     return {"source": source_id, "results": results, "next_after_seq": next_after}
 
 
-@router.get("/v1/events", tags=["results"], response_class=_EventStream, responses=errors(503))
+@router.get("/v1/events", tags=["results"], response_class=_EventStream, responses=errors(429, 503))
 async def events(
     request: Request,
     source: str | None = Query(None, description="only this source"),
@@ -162,15 +163,23 @@ async def events(
     ingress: Any = Depends(serving_replica),
 ) -> StreamingResponse:
     """Server-Sent Events: results, label changes and source status changes as they happen
-    (``Last-Event-ID`` resumes)."""
+    (``Last-Event-ID`` resumes). One reader per ingress replica feeds every client
+    (`deployments.feeds`): a client that falls ``api.feed_queue`` events behind gets an
+    ``error`` event and is dropped; at most ``api.max_feeds`` feeds (503) and
+    ``api.max_feeds_per_client`` per token (429); a feed ends after ``api.feed_max_s``."""
+    from deployments.feeds import feed_response
+
     wanted = {k.strip() for k in kinds.split(",") if k.strip()}
-    last_id = request.headers.get("last-event-id")
     await redis_call(ingress.client.ping())
-    stream = ingress.results.follow(
-        last_id, source=source, kinds=wanted, disconnected=request.is_disconnected
+    hub = ingress.feeds
+    feed, text = await redis_call(
+        hub.follow(
+            ingress.client_key(request),
+            request.headers.get("last-event-id"),
+            source=source,
+            kinds=wanted,
+            disconnected=request.is_disconnected,
+            max_s=ingress.settings.api.feed_max_s,
+        )
     )
-    return StreamingResponse(
-        stream,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return feed_response(hub, feed, text)

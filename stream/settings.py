@@ -106,9 +106,15 @@ class ApiSettings(_Section):
         description="SSE feeds one token (or, without tokens, one client address) may hold open (429)",
     )
     feed_queue: int = Field(
-        256,
+        1024,
         ge=1,
         description="events buffered for one SSE client; a client that falls this far behind is dropped",
+    )
+    feed_max_s: float = Field(
+        600.0,
+        gt=0,
+        description="an SSE feed ends after this long and the client reconnects (an EventSource does so "
+        "by itself): bounds what a proxy buffers for a client that stopped reading",
     )
 
     @field_validator("read_tokens", "admin_tokens", "trusted_proxies", mode="before")

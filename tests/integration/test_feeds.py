@@ -1,0 +1,88 @@
+"""The live feeds of an ingress replica (`deployments.feeds`) on a real redis-server: one reader
+per partition whatever the number of clients, a client that stops reading is dropped with a
+reason while the others get everything, and the caps on feeds answer 503/429."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from deployments.feeds import FeedHub
+from deployments.http_errors import ApiError
+from deployments.results import ResultQueries
+from stream.core.codec import Message, encode_message
+from stream.core.keys import FIELD, PipelineKeys
+from stream.core.messages import RESULT
+from tests.faults.sink import wait_until
+
+KEYS = PipelineKeys("feeds", 3)
+SOURCES = ["cam-0", "cam-1", "cam-3"]  # one per partition
+
+
+async def _publish(client: aioredis.Redis, source: str, seq: int) -> None:
+    meta = {"kind": RESULT, "source": source, "seq": seq, "model": "m"}
+    await client.xadd(KEYS.for_source(source).results, {FIELD: encode_message(Message(meta=meta))})  # type: ignore[dict-item]
+
+
+async def _blocked_clients(client: aioredis.Redis) -> int:
+    return int((await client.info("clients"))["blocked_clients"])
+
+
+async def _open() -> bool:
+    return False
+
+
+async def test_many_feeds_share_one_reader_per_partition_and_a_stalled_one_is_dropped(
+    redis_client: aioredis.Redis, redis_server: Any
+) -> None:
+    from stream.adapters.redis_streams import connect
+
+    client = await connect(redis_server.url)
+    hub = FeedHub(ResultQueries(client, KEYS), max_feeds=50, max_feeds_per_client=50, queue_size=20)
+    feeds = [await hub.subscribe(f"c{i}", source=None, kinds={RESULT}) for i in range(30)]
+    stalled = await hub.subscribe("stalled", source=None, kinds={RESULT})
+    loop = asyncio.get_running_loop()
+    received: list[list[int]] = [[] for _ in feeds]
+
+    async def drain(i: int) -> None:
+        async for _event_id, meta in feeds[i].entries(_open, 0.2, loop.time() + 60):
+            if meta is not None:
+                received[i].append(meta["seq"])
+                if len(received[i]) == 60:
+                    return
+
+    readers = [asyncio.create_task(drain(i)) for i in range(len(feeds))]
+    assert await wait_until(lambda: _blocked_clients(redis_client), timeout_s=10, interval_s=0.05)
+    # 31 open feeds, and Redis sees one blocking read per partition
+    assert await _blocked_clients(redis_client) == KEYS.partitions
+    for seq in range(20):
+        for source in SOURCES:
+            await _publish(redis_client, source, seq)
+    await asyncio.wait_for(asyncio.gather(*readers), 30)
+    assert all(len(r) == 60 for r in received)  # everything, to every client that reads
+    assert stalled.dropped is not None and "fell 20 events behind" in stalled.dropped
+    assert stalled not in hub.feeds and len(hub.feeds) == 30
+    for feed in feeds:
+        hub.close(feed)
+    assert await wait_until(lambda: not hub.reading, timeout_s=5, interval_s=0.05)  # the reader stops
+    await client.aclose()
+
+
+async def test_caps_on_feeds_in_total_and_per_client(redis_client: aioredis.Redis) -> None:
+    hub = FeedHub(ResultQueries(redis_client, KEYS), max_feeds=3, max_feeds_per_client=2, queue_size=10)
+    first = await hub.subscribe("a", source=None, kinds=None)
+    await hub.subscribe("a", source="cam-0", kinds=None)
+    with pytest.raises(ApiError) as per_client:
+        await hub.subscribe("a", source=None, kinds=None)
+    assert per_client.value.status == 429 and "api.max_feeds_per_client" in per_client.value.reason
+    await hub.subscribe("b", source=None, kinds=None)
+    with pytest.raises(ApiError) as total:
+        await hub.subscribe("c", source=None, kinds=None)
+    assert total.value.status == 503 and "api.max_feeds" in total.value.reason
+    hub.close(first)
+    await hub.subscribe("a", source=None, kinds=None)  # a closed feed frees its place
+    for feed in list(hub.feeds):
+        hub.close(feed)
