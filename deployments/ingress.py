@@ -73,6 +73,9 @@ api = FastAPI(
     "?token= only on the SSE feeds and thumbnails); GET routes accept read and admin tokens, the "
     "others admin tokens only.",
     dependencies=[Depends(guard)],
+    # no 307 to the path with or without a trailing slash: Starlette builds that Location from
+    # the request's Host header and keeps the query (a ?token=), so a forged Host got the token
+    redirect_slashes=False,
 )
 api.add_middleware(RequestLimits)
 api.openapi = complete_openapi(api)  # type: ignore[method-assign]

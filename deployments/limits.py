@@ -7,6 +7,7 @@ From the request line and headers alone, in this order: their size (431 over
 within ``api.body_timeout_s`` (408) and never past the route's limit (413): ``ingress.max_image_bytes``
 for ``POST /v1/classify``, ``api.max_body_bytes`` for every other route. An unauthenticated client
 so never makes the ingress read, hold or wait for a body. The route gets the body from memory.
+``HEAD`` is answered as the route's ``GET`` without the body (the routes declare GET only).
 
 Serve's HTTP proxy (uvicorn) reads the headers before this runs and exposes no limit on their
 size; a reverse proxy in front bounds what reaches it (docs/security.md).
@@ -17,7 +18,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from deployments.http_errors import ApiError
@@ -119,7 +120,44 @@ class RequestLimits:
         except _Refused as e:
             await JSONResponse({"error": e.reason}, e.status, {"Connection": "close"})(scope, receive, send)
             return
+        if method == "HEAD":
+            await _as_get(self.app, scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+class _BodyUnwanted(OSError):
+    """Raised by a HEAD response's send for the body it does not send."""
+
+
+async def _as_get(app: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer HEAD as the route's GET would, without the body: the status and headers go out, the
+    body does not, and a streaming response (a live feed) is told its client left once the
+    headers are out, so it ends at once."""
+    started = ended = False
+
+    async def head_send(message: Message) -> None:
+        nonlocal started, ended
+        if message["type"] == "http.response.start":
+            started = True
+            await send(message)
+        elif message["type"] == "http.response.body" and not ended:
+            ended = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if message.get("more_body", False):
+                raise _BodyUnwanted  # an OSError: how ASGI 2.4 tells a stream its client left
+        elif ended:
+            raise _BodyUnwanted
+
+    async def head_receive() -> Message:
+        if started:  # for servers before ASGI 2.4, whose streams listen for the disconnect
+            return {"type": "http.disconnect"}
+        return await receive()
+
+    try:
+        await app({**scope, "method": "GET"}, head_receive, head_send)
+    except (ClientDisconnect, _BodyUnwanted):
+        pass  # the stream ended because its body was not wanted
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -143,3 +143,32 @@ async def test_body_limits_and_the_time_a_body_may_take() -> None:
     assert slow.status_code == 408 and "0.5 s" in slow.json()["error"]
     huge_headers = await _post(ingress, b"{}", {**auth, "X-Pad": "p" * 40_000})
     assert huge_headers.status_code == 431
+
+
+async def test_head_answers_as_get_without_the_body_and_ends_a_stream() -> None:
+    from starlette.responses import StreamingResponse
+
+    async def forever() -> Any:
+        while True:
+            yield b"data: x\n\n"
+            await asyncio.sleep(0.01)
+
+    async def feed(request: Request) -> StreamingResponse:
+        return StreamingResponse(forever(), media_type="text/event-stream")
+
+    async def page(request: Request) -> JSONResponse:
+        return JSONResponse({"sources": []})
+
+    ingress = _Ingress()
+    app = Starlette(routes=[Route("/v1/sources", page), Route("/v1/events", feed)])
+    transport = httpx.ASGITransport(app=RequestLimits(app, replica=lambda: ingress))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        got = await http.get("/v1/sources", headers=auth)
+        head = await http.head("/v1/sources", headers=auth)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == got.headers["content-length"]
+        streamed = await asyncio.wait_for(http.head("/v1/events", headers=auth), 10)
+        assert streamed.status_code == 200 and streamed.content == b""
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        assert (await http.head("/v1/sources")).status_code == 401
