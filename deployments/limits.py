@@ -15,6 +15,7 @@ size; a reverse proxy in front bounds what reaches it (docs/security.md).
 
 # No `from __future__ import annotations`: Serve pickles the ingress (and this class) by value.
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -154,10 +155,8 @@ async def _as_get(app: Any, scope: Scope, receive: Receive, send: Send) -> None:
             return {"type": "http.disconnect"}
         return await receive()
 
-    try:
+    with contextlib.suppress(ClientDisconnect, _BodyUnwanted):  # a stream ended: its body was not wanted
         await app({**scope, "method": "GET"}, head_receive, head_send)
-    except (ClientDisconnect, _BodyUnwanted):
-        pass  # the stream ended because its body was not wanted
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
