@@ -26,7 +26,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from deployments.http_errors import ApiError
-from deployments.results import ResultQueries, event_kind
+from deployments.results import READ_COUNT, ResultQueries, event_kind
 from stream.core.keys import PipelineKeys, is_stream_id
 from stream.results import decode_fields
 
@@ -36,6 +36,7 @@ log = logging.getLogger("framestream.ingress")
 
 _BLOCK_MS = 1_000
 _CATCH_UP_PAGE = 200
+_CAUGHT_UP_PAUSE_S = 0.05
 
 
 def _s(value: bytes | str) -> str:
@@ -129,18 +130,18 @@ class FeedHub:
 
     async def subscribe(self, client: str, *, source: str | None, kinds: set[str] | None) -> Subscription:
         """A new feed from the streams' ends now; ApiError 503/429 past the caps."""
-        if len(self.feeds) >= self.max_feeds:
-            raise ApiError(
-                503,
-                f"{len(self.feeds)} live feeds are open, the most this ingress serves (api.max_feeds); "
-                "try again later",
-                {"Retry-After": "5"},
-            )
         if self._per_client[client] >= self.max_feeds_per_client:
             raise ApiError(
                 429,
                 f"this client has {self._per_client[client]} live feeds open, the most one may "
                 "(api.max_feeds_per_client); close one first",
+                {"Retry-After": "5"},
+            )
+        if len(self.feeds) >= self.max_feeds:
+            raise ApiError(
+                503,
+                f"{len(self.feeds)} live feeds are open, the most this ingress serves (api.max_feeds); "
+                "try again later",
                 {"Retry-After": "5"},
             )
         keys = self.queries.keys
@@ -230,6 +231,8 @@ class FeedHub:
                         if not feed.offer(stream, entry_id, meta):
                             log.warning("live feeds: dropped a client that fell behind (%s)", feed.client)
                             self.close(feed)
+            if replies and all(len(entries) < READ_COUNT for _, entries in replies):
+                await asyncio.sleep(_CAUGHT_UP_PAUSE_S)  # caught up: read batches, not a trickle
 
 
 def feed_response(hub: FeedHub, feed: Subscription, text: AsyncIterator[str]) -> Any:

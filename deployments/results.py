@@ -20,12 +20,12 @@ from stream.core.messages import EOS, LABEL_CHANGE, RESULT
 from stream.core.source_status import SOURCE_STATUS
 from stream.results import decode_fields
 
-__all__ = ["ResultQueries", "event_kind", "sse_event"]
+__all__ = ["READ_COUNT", "ResultQueries", "event_kind", "sse_event"]
 
 _PAGE = 500
 _MAX_SCAN = 200_000
 _BLOCK_MS = 1_000
-_READ_COUNT = 200
+READ_COUNT = 200
 
 
 def _s(value: bytes | str) -> str:
@@ -112,7 +112,7 @@ class ResultQueries:
 
         async def one(k: PipelineKeys, block: int | None) -> list[Any]:
             wanted = {k.results: ids[k.results], k.events: ids[k.events]}
-            reply = await self.client.xread(wanted, count=_READ_COUNT, block=block)
+            reply = await self.client.xread(wanted, count=READ_COUNT, block=block)
             return list(reply or [])
 
         if len(parts) > 1:
