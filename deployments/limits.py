@@ -22,6 +22,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from deployments.auth import Access
 from deployments.http_errors import ApiError
 
 __all__ = ["ADMITTED", "RequestLimits", "body_limit"]
@@ -102,8 +103,9 @@ class RequestLimits:
                 raise _Refused(
                     431, f"request line and headers over the limit of {api.max_header_bytes} bytes"
                 )
-            ingress.admit(Request(scope))
-            scope[ADMITTED] = True
+            if Access.guarded(path):  # health, docs and the console's files are not rate-limited
+                ingress.admit(Request(scope))
+                scope[ADMITTED] = True
             limit = body_limit(method, path, api.max_body_bytes, ingress.cfg.max_image_bytes)
             declared = _declared_length(scope)
             if declared is not None and declared > limit:

@@ -172,3 +172,16 @@ async def test_head_answers_as_get_without_the_body_and_ends_a_stream() -> None:
         assert streamed.status_code == 200 and streamed.content == b""
         assert streamed.headers["content-type"].startswith("text/event-stream")
         assert (await http.head("/v1/sources")).status_code == 401
+
+
+async def test_health_is_neither_rate_limited_nor_guarded_but_its_headers_are_bounded() -> None:
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    ingress = _Ingress()
+    app = Starlette(routes=[Route("/healthz", healthz)])
+    transport = httpx.ASGITransport(app=RequestLimits(app, replica=lambda: ingress))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        assert (await http.get("/healthz")).status_code == 200  # no token
+        assert ingress.admitted == 0
+        assert (await http.get("/healthz", headers={"X-Pad": "p" * 40_000})).status_code == 431
