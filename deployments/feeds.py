@@ -102,6 +102,9 @@ class Subscription:
         the ingress ended it (None: the client left, or the feed's time was up)."""
         loop = asyncio.get_running_loop()
         while self.dropped is None and not await disconnected() and loop.time() < until_s:
+            if not self.queue.empty():
+                yield self.queue.get_nowait()
+                continue
             try:
                 yield await asyncio.wait_for(self.queue.get(), keep_alive_s)
             except TimeoutError:
@@ -146,7 +149,10 @@ class FeedHub:
             )
         keys = self.queries.keys
         parts = [keys.for_source(source)] if source is not None else keys.all_partitions
-        feed = Subscription(client, parts, source, kinds, asyncio.Queue(self.queue_size))
+        # room for one read of each stream on top: the reader hands a read out all at once, so a
+        # client that keeps up is never dropped for a burst, only for falling behind
+        room = self.queue_size + 2 * len(parts) * READ_COUNT
+        feed = Subscription(client, parts, source, kinds, asyncio.Queue(room))
         self._per_client[client] += 1
         self.feeds.add(feed)
         try:
@@ -231,6 +237,7 @@ class FeedHub:
                         if not feed.offer(stream, entry_id, meta):
                             log.warning("live feeds: dropped a client that fell behind (%s)", feed.client)
                             self.close(feed)
+            await asyncio.sleep(0)  # the feeds drain what was handed out before the next read
             if replies and all(len(entries) < READ_COUNT for _, entries in replies):
                 await asyncio.sleep(_CAUGHT_UP_PAUSE_S)  # caught up: read batches, not a trickle
 

@@ -108,7 +108,8 @@ class ApiSettings(_Section):
     feed_queue: int = Field(
         1024,
         ge=1,
-        description="events buffered for one SSE client; a client that falls this far behind is dropped",
+        description="events buffered for one SSE client beyond one read of each stream it follows; a "
+        "client that falls this far behind is dropped",
     )
     feed_max_s: float = Field(
         600.0,

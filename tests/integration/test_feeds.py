@@ -20,11 +20,17 @@ from tests.faults.sink import wait_until
 
 KEYS = PipelineKeys("feeds", 3)
 SOURCES = ["cam-0", "cam-1", "cam-3"]  # one per partition
+PER_SOURCE = 450
+"""Results a source publishes: 1350 in all, more than a feed holds (100 + one read of each of
+the 6 streams, 1200)."""
 
 
-async def _publish(client: aioredis.Redis, source: str, seq: int) -> None:
-    meta = {"kind": RESULT, "source": source, "seq": seq, "model": "m"}
-    await client.xadd(KEYS.for_source(source).results, {FIELD: encode_message(Message(meta=meta))})  # type: ignore[dict-item]
+async def _publish(client: aioredis.Redis, source: str, seqs: range) -> None:
+    async with client.pipeline(transaction=False) as pipe:
+        for seq in seqs:
+            meta = {"kind": RESULT, "source": source, "seq": seq, "model": "m"}
+            pipe.xadd(KEYS.for_source(source).results, {FIELD: encode_message(Message(meta=meta))})  # type: ignore[dict-item]
+        await pipe.execute()
 
 
 async def _blocked_clients(client: aioredis.Redis) -> int:
@@ -41,7 +47,7 @@ async def test_many_feeds_share_one_reader_per_partition_and_a_stalled_one_is_dr
     from stream.adapters.redis_streams import connect
 
     client = await connect(redis_server.url)
-    hub = FeedHub(ResultQueries(client, KEYS), max_feeds=50, max_feeds_per_client=50, queue_size=20)
+    hub = FeedHub(ResultQueries(client, KEYS), max_feeds=50, max_feeds_per_client=50, queue_size=100)
     feeds = [await hub.subscribe(f"c{i}", source=None, kinds={RESULT}) for i in range(30)]
     stalled = await hub.subscribe("stalled", source=None, kinds={RESULT})
     loop = asyncio.get_running_loop()
@@ -51,19 +57,22 @@ async def test_many_feeds_share_one_reader_per_partition_and_a_stalled_one_is_dr
         async for _event_id, meta in feeds[i].entries(_open, 0.2, loop.time() + 60):
             if meta is not None:
                 received[i].append(meta["seq"])
-                if len(received[i]) == 60:
+                if len(received[i]) == 3 * PER_SOURCE:
                     return
 
     readers = [asyncio.create_task(drain(i)) for i in range(len(feeds))]
     assert await wait_until(lambda: _blocked_clients(redis_client), timeout_s=10, interval_s=0.05)
     # 31 open feeds, and Redis sees one blocking read per partition
     assert await _blocked_clients(redis_client) == KEYS.partitions
-    for seq in range(20):
+    for first in range(0, PER_SOURCE, 50):  # batches of 50 a partition: less than one queue
         for source in SOURCES:
-            await _publish(redis_client, source, seq)
-    await asyncio.wait_for(asyncio.gather(*readers), 30)
-    assert all(len(r) == 60 for r in received)  # everything, to every client that reads
-    assert stalled.dropped is not None and "fell 20 events behind" in stalled.dropped
+            await _publish(redis_client, source, range(first, first + 50))
+    await asyncio.wait_for(asyncio.gather(*readers), 60)
+    assert all(len(r) == 3 * PER_SOURCE for r in received), (
+        [len(r) for r in received],
+        [f.dropped for f in feeds][:3],
+    )  # everything, to every client that reads
+    assert stalled.dropped is not None and "fell 1300 events behind" in stalled.dropped
     assert stalled not in hub.feeds and len(hub.feeds) == 30
     for feed in feeds:
         hub.close(feed)
