@@ -71,10 +71,69 @@ class ApiSettings(_Section):
         "read tokens may do); comma-separated or a JSON list in FRAMESTREAM_API__ADMIN_TOKENS",
     )
 
-    @field_validator("read_tokens", "admin_tokens", mode="before")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or CIDR ranges of reverse proxies whose X-Forwarded-For names the client "
+        "for the rate limit; from any other peer the header is ignored (empty: trust no proxy)",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="request line and headers, in bytes, above which a request gets 431"
+    )
+    max_body_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="request body of every route but POST /v1/classify (ingress.max_image_bytes), "
+        "in bytes; larger gets 413",
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="time a client has to send a request body once its headers are in (408)"
+    )
+    max_uri_chars: int = Field(4096, ge=64, description="longest source uri POST /v1/sources accepts (413)")
+    max_sources: int = Field(
+        1000, ge=1, description="sources registered at once; POST /v1/sources past it gets 429"
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="width x height of an image POST /v1/classify decodes, read from its header before "
+        "decoding (413 above)",
+    )
+    max_feeds: int = Field(
+        64,
+        ge=1,
+        description="SSE feeds (/v1/events, /v1/console/feed) open at once on one ingress replica (503)",
+    )
+    max_feeds_per_client: int = Field(
+        8,
+        ge=1,
+        description="SSE feeds one token (or, without tokens, one client address) may hold open (429)",
+    )
+    feed_queue: int = Field(
+        1024,
+        ge=1,
+        description="events buffered for one SSE client beyond one read of each stream it follows; a "
+        "client that falls this far behind is dropped",
+    )
+    feed_max_s: float = Field(
+        600.0,
+        gt=0,
+        description="an SSE feed ends after this long and the client reconnects (an EventSource does so "
+        "by itself): bounds what a proxy buffers for a client that stopped reading",
+    )
+
+    @field_validator("read_tokens", "admin_tokens", "trusted_proxies", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _word_list(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, proxies: list[str]) -> list[str]:
+        import ipaddress
+
+        for proxy in proxies:
+            ipaddress.ip_network(proxy, strict=False)  # ValueError names the bad one
+        return proxies
 
     @field_validator("read_tokens", "admin_tokens")
     @classmethod

@@ -16,7 +16,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["GUARDED_PREFIX", "READ_METHODS", "Access", "Refusal", "bearer_token"]
+__all__ = ["GUARDED_PREFIX", "READ_METHODS", "Access", "Refusal", "bearer_token", "url_token_allowed"]
 
 GUARDED_PREFIX = "/v1"
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -30,8 +30,21 @@ class Refusal:
     headers: dict[str, str]
 
 
+def url_token_allowed(method: str, path: str) -> bool:
+    """Whether ``?token=`` counts on `method path`: only where a browser cannot send a header
+    (an EventSource, an ``<img>``), all GETs. A token in a URL ends up in logs and histories, so
+    every other route takes it from the ``Authorization`` header only."""
+    if method.upper() not in READ_METHODS:
+        return False
+    if path in ("/v1/events", "/v1/console/events"):
+        return True
+    parts = path.split("/")
+    return len(parts) == 5 and parts[1:3] == ["v1", "sources"] and parts[4] == "thumbnail"
+
+
 def bearer_token(authorization: str | None, query_token: str | None) -> str | None:
-    """The token a request carries: ``Authorization: Bearer <t>`` first, else ``?token=<t>``."""
+    """The token a request carries: ``Authorization: Bearer <t>`` first, else ``?token=<t>``
+    (pass None for it where `url_token_allowed` says no)."""
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
@@ -68,7 +81,8 @@ class Access:
         if not token:
             return Refusal(
                 401,
-                "this API needs a token: send 'Authorization: Bearer <token>' or ?token=<token>",
+                "this API needs a token: send 'Authorization: Bearer <token>' (?token=<token> only on "
+                "the SSE feeds and thumbnails)",
                 CHALLENGE,
             )
         given = token.encode()

@@ -1,7 +1,8 @@
 """``POST /v1/classify`` (an ``APIRouter`` the ingress's app includes): one JPEG/PNG image in the
 body, its classification back, batched with other pushed images by
-`deployments.serve.classifier.Classifier` (415 other types, 413 over ``max_image_bytes``, 400 an image
-that does not decode, 503 when the classifier is busy or does not answer in time)."""
+`deployments.serve.classifier.Classifier` (415 other types, 413 over ``max_image_bytes`` or over
+``api.max_image_pixels`` by the size its header names, checked before decoding; 400 an image that
+does not decode, 503 when the classifier is busy or does not answer in time)."""
 
 # No `from __future__ import annotations`: FastAPI resolves the route annotations at runtime.
 import asyncio
@@ -37,7 +38,9 @@ async def classify(request: Request, ingress: Any = Depends(serving_replica)) ->
     """Classify one JPEG or PNG image sent as the request body; batched with concurrent pushes."""
     started = time.monotonic()
     body = await _read_image_body(request, ingress.cfg.max_image_bytes)
-    tensor = await asyncio.to_thread(_prepare, body, ingress.spec)
+    max_pixels = ingress.settings.api.max_image_pixels
+    _check_size(body, max_pixels)
+    tensor = await asyncio.to_thread(_prepare, body, ingress.spec, max_pixels)
     timeout_s = ingress.cfg.classify_timeout_s
     try:
         result = await asyncio.wait_for(ingress.classifier.classify.remote(tensor), timeout_s)
@@ -69,11 +72,23 @@ async def _read_image_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _prepare(body: bytes, spec: Any) -> Any:
+def _check_size(body: bytes, max_pixels: int) -> None:
+    """ApiError unless the image's header names a size within `max_pixels` (before decoding: a
+    small PNG can hold an image that takes gigabytes to decode)."""
+    from stream.core.image_header import image_size
+
+    size = image_size(body[:65536])
+    if size is None:
+        raise ApiError(400, "not a JPEG or PNG image: its size cannot be read from its header")
+    if size[0] * size[1] > max_pixels:
+        raise ApiError(413, f"image is {size[1]}x{size[0]}, over the limit of {max_pixels} pixels")
+
+
+def _prepare(body: bytes, spec: Any, max_pixels: int) -> Any:
     from stream.adapters.media.image import decode_image, fit_to_model
     from stream.errors import CodecError
 
     try:
-        return fit_to_model(decode_image(body), spec)
+        return fit_to_model(decode_image(body, max_pixels), spec)
     except CodecError as e:
         raise ApiError(400, f"not a decodable JPEG/PNG image: {e}") from e

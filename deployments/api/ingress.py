@@ -13,12 +13,15 @@ The routes live in one module per concern, each an ``APIRouter`` included in `ap
 Their handlers reach this replica's `Ingress` (Redis client, keys, options) through
 `deployments.api.replica.serving_replica`, as Serve's own class-based routes do.
 
-Every ``/v1`` route, including ones added later, passes `deployments.api.guard.guard` first (an
-app-wide dependency): `Ingress.admit` applies the per-client rate limit (a token bucket per
-ingress replica, 429), then the API tokens when ``api`` tokens are configured (`deployments.api.auth`:
-401 without a valid token, 403 for a read token on a route that changes something).
+Every request first meets `deployments.api.limits.RequestLimits` (header size, then on ``/v1``
+admission, then the body's size and time, before any route reads it). Every ``/v1`` route,
+including ones added later, also passes `deployments.api.guard.guard` (an app-wide dependency, which
+admits a request the middleware did not): `Ingress.admit` applies the per-client rate limit (a
+token bucket per ingress replica, 429), then the API tokens when ``api`` tokens are configured
+(`deployments.api.auth`: 401 without a valid token, 403 for a read token on a route that changes
+something).
 
-Every error is JSON ``{"error": reason}`` with 400/401/403/404/409/413/415/429/503 (500 only for a
+Every error is JSON ``{"error": reason}`` with 400/401/403/404/408/409/413/415/429/431/503 (500 only for a
 bug, without its traceback; `deployments.api.http_errors`); `deployments.api.openapi` lists each route's
 codes in ``/openapi.json``.
 """
@@ -37,11 +40,13 @@ from ray import serve
 from deployments.api import classify as classify_routes
 from deployments.api import dead_letters as dead_letter_routes
 from deployments.api import sources as source_routes
-from deployments.api.auth import Access, bearer_token
+from deployments.api.auth import Access, bearer_token, url_token_allowed
+from deployments.api.feeds import FeedHub
 from deployments.api.guard import guard
 from deployments.api.http_errors import ApiError, install_error_handlers, redis_call
+from deployments.api.limits import RequestLimits
 from deployments.api.openapi import complete_openapi, errors
-from deployments.api.ratelimit import RateLimiter, retry_after_s
+from deployments.api.ratelimit import RateLimiter, TrustedProxies, retry_after_s
 from deployments.api.replica import serving_replica
 from deployments.console import feed as console
 from deployments.console import routes as console_routes
@@ -68,15 +73,20 @@ api = FastAPI(
     title="framestream",
     version="1",
     description="Classify video frames at high throughput: sources, results, live events, push-classify. "
-    "Routes under /v1 need a token when the deployment configures them (Authorization: Bearer, or "
-    "?token=); GET routes accept read and admin tokens, the others admin tokens only.",
+    "Routes under /v1 need a token when the deployment configures them (Authorization: Bearer; "
+    "?token= only on the SSE feeds and thumbnails); GET routes accept read and admin tokens, the "
+    "others admin tokens only.",
     dependencies=[Depends(guard)],
+    # no 307 to the path with or without a trailing slash: Starlette builds that Location from
+    # the request's Host header and keeps the query (a ?token=), so a forged Host got the token
+    redirect_slashes=False,
 )
+api.add_middleware(RequestLimits)
 api.openapi = complete_openapi(api)  # type: ignore[method-assign]
 install_error_handlers(api)
 
 
-def _client(request: Request) -> str:
+def _peer(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
@@ -104,12 +114,17 @@ async def healthz() -> dict[str, str]:
 
 @_health.get("/readyz", tags=["health"], responses=errors(503))
 async def readyz(ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
-    """Redis answers and the model is loaded (readiness); 503 with the reason otherwise."""
+    """Redis answers, the model is loaded and every stage has a running replica (readiness); 503
+    with the reason otherwise."""
     await redis_call(ingress.client.ping())
     try:
         info = await asyncio.wait_for(ingress.classifier.info.remote(), 5.0)
     except Exception as e:
         raise ApiError(503, f"model not ready: {type(e).__name__}: {e}") from e
+    replicas = await ingress.stage_replicas()
+    down = sorted(name for name, states in replicas.items() if not states.get("RUNNING"))
+    if down:  # a stage whose loop keeps dying has its replicas restarting, none running
+        raise ApiError(503, "no running replica of stage " + ", ".join(f"{n} ({replicas[n]})" for n in down))
     return {"status": "ready", **info}
 
 
@@ -175,6 +190,14 @@ class Ingress:
         self.classifier = classifier
         self.stages = stages or {}
         self.limiter = RateLimiter(self.cfg.rate_per_s, self.cfg.burst)
+        self.proxies = TrustedProxies(self.settings.api.trusted_proxies)
+        api = self.settings.api
+        self.feeds = FeedHub(
+            self.results,
+            max_feeds=api.max_feeds,
+            max_feeds_per_client=api.max_feeds_per_client,
+            queue_size=api.feed_queue,
+        )
         self.access = Access(
             [t.get_secret_value() for t in self.settings.api.read_tokens],
             [t.get_secret_value() for t in self.settings.api.admin_tokens],
@@ -199,17 +222,36 @@ class Ingress:
 
     def admit(self, request: Request) -> None:
         """Rate limit first (so guessing tokens costs requests), then the token; ApiError if not."""
-        wait_s = self.limiter.allow(_client(request), time.monotonic())
+        wait_s = self.limiter.allow(self._address(request), time.monotonic())
         if wait_s > 0:
             raise ApiError(
                 429,
                 f"rate limit: {self.cfg.rate_per_s:g} requests/s per client",
                 {"Retry-After": str(retry_after_s(wait_s))},
             )
-        token = bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
-        refusal = self.access.check(request.method, request.url.path, token)
+        path = request.url.path
+        refusal = self.access.check(request.method, path, self._token(request))
         if refusal is not None:
             raise ApiError(refusal.status, refusal.reason, refusal.headers)
+
+    def _address(self, request: Request) -> str:
+        """The client's address: the peer's, or X-Forwarded-For's from a trusted proxy."""
+        return self.proxies.client(_peer(request), request.headers.get("x-forwarded-for"))
+
+    def _token(self, request: Request) -> str | None:
+        path = request.url.path
+        url_token = request.query_params.get("token") if url_token_allowed(request.method, path) else None
+        return bearer_token(request.headers.get("authorization"), url_token)
+
+    def client_key(self, request: Request) -> str:
+        """Who holds a live feed, for ``api.max_feeds_per_client``: its token (hashed: the key is
+        logged), or its address where no token is configured."""
+        import hashlib
+
+        token = self._token(request) if self.access.enabled else None
+        if token:
+            return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        return "address:" + self._address(request)
 
     async def stage_replicas(self) -> dict[str, dict[str, int]]:
         """Replica counts by state per stage for the console, from Serve at most every 2 s, shared

@@ -7,7 +7,9 @@ ones that follow from the app's rules to every operation, so a route added later
   FastAPI's 422, which is removed);
 - on ``/v1`` (`deployments.api.auth`): 401 (no or unknown token), 403 on methods other than GET/HEAD
   (a read token), 429 (rate limit, with ``Retry-After``), and the token security schemes;
-- outside ``/v1`` (health, docs, the console): no security.
+- outside ``/v1`` (health, docs, the console): no security;
+- everywhere (`deployments.api.limits`): 431 (headers over their limit) and 413 (a body over the
+  route's limit); 408 on methods that carry a body (it did not arrive in time).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ _REASONS = {
     401: "no token, or a token that is not valid here",
     403: "not allowed: a read token on a route that changes something, or a source outside the policy",
     404: "no such resource",
+    408: "the request body did not arrive within api.body_timeout_s",
     409: "it exists already",
-    413: "the body is over the size limit",
+    413: "over a size limit: the body, a source uri, or an image's pixels",
     415: "unsupported content type",
-    429: "rate limit exceeded; retry after Retry-After seconds",
+    429: "rate limit exceeded (retry after Retry-After seconds), or a cap on sources or feeds reached",
+    431: "request line and headers over api.max_header_bytes",
     503: "a dependency (Redis, the model) is unavailable; retry later",
 }
 _SCHEMA_REF = "#/components/schemas/ErrorBody"
@@ -72,7 +76,7 @@ def _complete(schema: dict[str, Any]) -> dict[str, Any]:
                 continue
             responses = op["responses"]
             responses.pop("422", None)
-            codes = set()
+            codes = {413, 431} | ({408} if method.upper() in {"POST", "PUT", "PATCH", "DELETE"} else set())
             if op.get("parameters") or op.get("requestBody"):
                 codes.add(400)
             if guarded:

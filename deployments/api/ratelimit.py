@@ -1,11 +1,46 @@
-"""Per-client token buckets for the ingress (pure: the caller passes `now_s`)."""
+"""Per-client token buckets for the ingress (pure: the caller passes `now_s`), and who the client
+is: the peer's address, or what ``X-Forwarded-For`` says when the peer is a trusted proxy."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RateLimiter", "retry_after_s"]
+__all__ = ["RateLimiter", "TrustedProxies", "retry_after_s"]
+
+
+class TrustedProxies:
+    """The reverse proxies (``api.trusted_proxies``: addresses or CIDR ranges) whose
+    ``X-Forwarded-For`` names the client; any other peer is the client itself, whatever it sends."""
+
+    def __init__(self, networks: Sequence[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in n for n in self.networks)
+
+    def client(self, peer: str, forwarded_for: str | None) -> str:
+        """The client to rate-limit: from a trusted peer, the right-most address of
+        `forwarded_for` that is not itself a trusted proxy (the ones left of it could be forged
+        by the client); otherwise `peer`."""
+        if not forwarded_for or not self._trusted(peer):
+            return peer
+        client = peer
+        for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return client  # not an address: nothing left of it can be believed
+            client = hop
+            if not self._trusted(hop):
+                return hop
+        return client
 
 
 def retry_after_s(wait_s: float) -> int:

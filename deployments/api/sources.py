@@ -4,8 +4,9 @@
   ``POST`` checks the URI against ``ingest.allowed_sources`` (`stream.core.source_policy`:
   400 malformed, 403 not allowed);
 - ``GET /v1/results/{source}?after_seq=N``: results of a source after a seq;
-- ``GET /v1/events``: Server-Sent Events of results and label changes, read from the streams
-  (``Last-Event-ID`` resumes where a client left off).
+- ``GET /v1/events``: Server-Sent Events of results and label changes, from the one reader of the
+  streams this replica shares among its feeds (`deployments.api.feeds`; ``Last-Event-ID`` resumes
+  where a client left off).
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the route annotations at runtime.
@@ -14,12 +15,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from deployments.api.http_errors import ApiError, redis_call
 from deployments.api.openapi import errors
 from deployments.api.replica import serving_replica
 from stream.core.keys import PipelineKeys
+from stream.core.source_ids import ID_CHARS, ID_PATTERN
 from stream.core.source_ids import source_id as source_id_for
 
 __all__ = ["SourceIn", "router", "source_items"]
@@ -31,12 +33,19 @@ class SourceIn(BaseModel):
     """A source to add; `id` defaults to a name derived from the URI."""
 
     uri: str = Field(..., min_length=1, examples=["rtsp://camera.local/stream", "/data/clip.mp4", "webcam:0"])
-    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
+    id: str | None = Field(None, pattern=ID_CHARS)
     target_fps: float | None = Field(None, gt=0)
     every_nth: int | None = Field(None, ge=1)
     loop: bool = False
     live: bool | None = None
     realtime: bool = False
+
+    @field_validator("id")
+    @classmethod
+    def _not_only_dots(cls, value: str | None) -> str | None:
+        if value is not None and not ID_PATTERN.match(value):
+            raise ValueError("an id of dots alone ('.', '..') is not allowed")
+        return value
 
 
 class _EventStream(StreamingResponse):
@@ -77,15 +86,22 @@ async def get_sources(ingress: Any = Depends(serving_replica)) -> dict[str, Any]
     return {"sources": await redis_call(source_items(ingress.client, ingress.keys))}
 
 
-@router.post("/v1/sources", status_code=201, tags=["sources"], responses=errors(403, 409, 503))
+@router.post("/v1/sources", status_code=201, tags=["sources"], responses=errors(403, 409, 413, 429, 503))
 async def post_source(source: SourceIn, ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
     """Add a source; an ingest replica starts playing it within a fraction of a second.
 
     The URI must pass ``ingest.allowed_sources`` (400 malformed, 403 not allowed, with the
-    reason); a file path is stored resolved through its symlinks."""
+    reason) and be at most ``api.max_uri_chars`` long (413); at most ``api.max_sources`` sources
+    are registered at once (429). A file path is stored resolved through its symlinks."""
     from stream.adapters.redis.source_registry import SourceSpec, add_source
 
+    limits = ingress.settings.api
+    if len(source.uri) > limits.max_uri_chars:
+        raise ApiError(413, f"uri of {len(source.uri)} characters, over the limit of {limits.max_uri_chars}")
     source_id = source.id or source_id_for(source.uri)
+    count = await redis_call(ingress.client.hlen(ingress.keys.sources))
+    if count >= limits.max_sources:
+        raise ApiError(429, f"{count} sources registered, the most api.max_sources allows; DELETE one first")
     uri = await _allowed_uri(source.uri, ingress.source_policy)
     try:
         spec = SourceSpec(**{**source.model_dump(exclude={"id"}), "uri": uri})
@@ -136,7 +152,7 @@ async def get_results(
     return {"source": source_id, "results": results, "next_after_seq": next_after}
 
 
-@router.get("/v1/events", tags=["results"], response_class=_EventStream, responses=errors(503))
+@router.get("/v1/events", tags=["results"], response_class=_EventStream, responses=errors(429, 503))
 async def events(
     request: Request,
     source: str | None = Query(None, description="only this source"),
@@ -147,15 +163,23 @@ async def events(
     ingress: Any = Depends(serving_replica),
 ) -> StreamingResponse:
     """Server-Sent Events: results, label changes and source status changes as they happen
-    (``Last-Event-ID`` resumes)."""
+    (``Last-Event-ID`` resumes). One reader per ingress replica feeds every client
+    (`deployments.api.feeds`): a client that falls ``api.feed_queue`` events behind gets an
+    ``error`` event and is dropped; at most ``api.max_feeds`` feeds (503) and
+    ``api.max_feeds_per_client`` per token (429); a feed ends after ``api.feed_max_s``."""
+    from deployments.api.feeds import feed_response
+
     wanted = {k.strip() for k in kinds.split(",") if k.strip()}
-    last_id = request.headers.get("last-event-id")
     await redis_call(ingress.client.ping())
-    stream = ingress.results.follow(
-        last_id, source=source, kinds=wanted, disconnected=request.is_disconnected
+    hub = ingress.feeds
+    feed, text = await redis_call(
+        hub.follow(
+            ingress.client_key(request),
+            request.headers.get("last-event-id"),
+            source=source,
+            kinds=wanted,
+            disconnected=request.is_disconnected,
+            max_s=ingress.settings.api.feed_max_s,
+        )
     )
-    return StreamingResponse(
-        stream,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return feed_response(hub, feed, text)

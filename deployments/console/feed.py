@@ -8,9 +8,9 @@
   first a ``timeline`` event (the newest label changes and source status changes), then every
   new ``label_change`` / ``source_status`` as it happens, and a ``snapshot`` about once a second:
   every source (its registry entry and status, with its latest smoothed label and score) and every
-  stage (replicas, frames/s, lag, dead letters). The feed reads the results stream once for the
-  page (the latest label per source is folded in here, results are not forwarded) and computes
-  the snapshot once per tick; the page polls nothing.
+  stage (replicas, frames/s, lag, dead letters). The page's entries come from the replica's one
+  reader of the streams (`deployments.api.feeds`; the latest label per source is folded in here,
+  results are not forwarded) and the snapshot is computed once per tick; the page polls nothing.
 """
 
 from __future__ import annotations
@@ -191,18 +191,25 @@ class ConsoleFeed:
             "stages": stage_rows(counts, await self.replicas(), rates),
         }
 
-    async def stream(self, disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
-        """The SSE text of the feed until the client goes away (see the module docstring). When
-        Redis fails, an ``error`` event with the reason ends it (the browser then reconnects)."""
+    async def stream(
+        self, entries: AsyncIterator[tuple[str, dict[str, Any] | None]], subscription: Any = None
+    ) -> AsyncIterator[str]:
+        """The SSE text of the feed from `entries` (a `deployments.api.feeds.Subscription`'s: (event
+        id, meta), or (id, None) while idle) until they end (see the module docstring). When
+        Redis fails, or the ingress drops the page's `subscription` for falling behind, an
+        ``error`` event with the reason ends it (the browser then reconnects)."""
         yield f"retry: {RECONNECT_MS}\n\n"
         try:
-            async for text in self._events(disconnected):
+            async for text in self._events(entries):
                 yield text
         except (RedisError, OSError) as e:
             yield sse_event("error", "", {"error": f"redis unavailable: {e}"})
+            return
+        dropped = getattr(subscription, "dropped", None)
+        if dropped is not None:
+            yield sse_event("error", "", {"error": dropped})
 
-    async def _events(self, disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
-        cursor = await self.queries.cursor(None, source=None)  # first: nothing after it is missed
+    async def _events(self, entries: AsyncIterator[tuple[str, dict[str, Any] | None]]) -> AsyncIterator[str]:
         for recent in await self.queries.recent_results(500):
             self.latest.note(recent)
         history = [
@@ -211,10 +218,6 @@ class ConsoleFeed:
         yield sse_event("timeline", "", {"events": history})
         yield sse_event("snapshot", "", await self.snapshot())
         next_tick = time.monotonic() + self.interval_s
-        block_ms = max(50, round(self.interval_s * 250))
-        entries = self.queries.entries(
-            cursor, disconnected=disconnected, block_ms=block_ms, caught_up_pause_s=self.interval_s / 10
-        )
         async for event_id, meta in entries:
             if meta is not None:
                 kind = event_kind(meta)

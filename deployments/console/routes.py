@@ -1,9 +1,11 @@
 """Routes of the web console (an ``APIRouter`` the ingress's app includes): the page
 (``GET /``, ``GET /console/{name}``, from ``deployments/console/web``), its live feed
-``GET /v1/console/events`` (`deployments.console.feed.ConsoleFeed`, docs/console.md) and
+``GET /v1/console/events`` (`deployments.console.feed.ConsoleFeed` over a `deployments.api.feeds`
+subscription, docs/console.md) and
 ``GET /v1/sources/{id}/thumbnail``, a recent frame of a source (JPEG) that ingest keeps."""
 
 # No `from __future__ import annotations`: FastAPI resolves the route annotations at runtime.
+import asyncio
 from functools import partial
 from typing import Any
 
@@ -40,7 +42,7 @@ async def console_file(name: str) -> Response:
     tags=["console"],
     response_class=StreamingResponse,
     responses={
-        **errors(503),
+        **errors(429, 503),
         200: {"content": {"text/event-stream": {}}, "description": "the feed (see docs/console.md)"},
     },
 )
@@ -48,19 +50,21 @@ async def console_events(request: Request, ingress: Any = Depends(serving_replic
     """Server-Sent Events for the console: ``timeline`` (recent label/status changes), then
     ``label_change`` and ``source_status`` as they happen and a ``snapshot`` of every source
     and stage about once a second."""
+    from deployments.api.feeds import feed_response
+
     await redis_call(ingress.client.ping())
-    feed = console.ConsoleFeed(
+    hub = ingress.feeds
+    subscription = await redis_call(hub.subscribe(ingress.client_key(request), source=None, kinds=None))
+    page = console.ConsoleFeed(
         ingress.results,
         ingress.model,
         list(ingress.stages),
         partial(source_items, ingress.client, ingress.keys),
         ingress.stage_replicas,
     )
-    return StreamingResponse(
-        feed.stream(request.is_disconnected),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    until_s = asyncio.get_running_loop().time() + ingress.settings.api.feed_max_s
+    entries = subscription.entries(request.is_disconnected, page.interval_s / 4, until_s)
+    return feed_response(hub, subscription, page.stream(entries, subscription))
 
 
 @router.get(

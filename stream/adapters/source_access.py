@@ -35,8 +35,15 @@ def resolve_host(host: str) -> list[str]:
 
 
 def check_uri(uri: str, policy: SourcePolicy) -> SourceVerdict:
-    """`check_source` with the real file system and resolver."""
-    return check_source(uri, policy, real_path=os.path.realpath, resolve=resolve_host)
+    """`check_source` with the real file system and resolver. A path this host will not look
+    into (no permission: a refused check is a refusal) is forbidden, and one it cannot take (a
+    character no file name can hold) malformed, said without what the file system answered."""
+    try:
+        return check_source(uri, policy, real_path=os.path.realpath, resolve=resolve_host)
+    except OSError as e:
+        return SourceVerdict("forbidden", f"the URI cannot be checked here ({type(e).__name__})")
+    except ValueError as e:
+        return SourceVerdict("malformed", f"the URI cannot be checked here ({type(e).__name__})")
 
 
 async def check_uri_async(

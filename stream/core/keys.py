@@ -19,10 +19,24 @@ partitions, stage readiness and the partition count record. A source belongs to 
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, replace
 
-__all__ = ["PipelineKeys", "FIELD", "partition_of"]
+__all__ = ["PipelineKeys", "FIELD", "is_stream_id", "partition_of"]
+
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_U64 = 2**64
+
+
+def is_stream_id(text: str) -> bool:
+    """Whether `text` is an explicit Redis stream entry id ``<ms>-<seq>`` Redis accepts (each part
+    an unsigned 64-bit number); what a client sends is checked here before Redis sees it."""
+    if _STREAM_ID.fullmatch(text) is None:
+        return False
+    ms, seq = text.split("-")
+    return int(ms) < _U64 and int(seq) < _U64
+
 
 FIELD = "d"
 """The single field every stream entry carries: the encoded message bytes."""

@@ -18,10 +18,13 @@ from urllib.parse import urlsplit
 
 from stream.core.source_uri import parse_source
 
-__all__ = ["ID_PATTERN", "source_id", "source_ids"]
+__all__ = ["ID_CHARS", "ID_PATTERN", "source_id", "source_ids"]
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-"""What a source id may be (ids given explicitly are checked against it)."""
+ID_CHARS = r"^[A-Za-z0-9_.\-]{1,128}$"
+"""The characters and length of an id, as a regex without look-ahead (for JSON schemas)."""
+ID_PATTERN = re.compile(r"^(?!\.+$)" + ID_CHARS[1:])
+"""What a source id may be (ids given explicitly are checked against it): dots alone (``.``,
+``..``) are not an id, as they read as paths wherever an id ends up in one."""
 
 _MAX = 100
 

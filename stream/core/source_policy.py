@@ -126,6 +126,8 @@ def _check_network(
     except ValueError:
         try:
             found = resolve(host)
+        except UnicodeError as e:  # a label IDNA cannot encode (empty, or over 63 characters)
+            return _malformed(f"host {host!r} is not a valid host name: {e}")
         except OSError as e:
             return _forbidden(
                 f"host {host!r} does not resolve here ({e}), so its addresses cannot be checked"
@@ -171,11 +173,11 @@ def _check_path(
     for root in policy.roots:
         if _under(resolved, root):
             return SourceVerdict("allowed", uri=prefix + resolved)
-    shown = path if resolved == path else f"{path} (resolves to {resolved})"
+    # the path as given, never what it resolves to: that would tell a client about this host
     roots = ", ".join(policy.roots) or "none"
     return _forbidden(
-        f"{shown} is outside the folders sources may be read from ({roots}); an operator can add "
-        "the folder to ingest.allowed_sources.roots"
+        f"{path} is outside the folders sources may be read from ({roots}), or resolves through a "
+        "symlink to a place outside them; an operator can add the folder to ingest.allowed_sources.roots"
     )
 
 

@@ -1,4 +1,5 @@
-"""Reading the results and events streams for HTTP clients: a page after a seq, and a live feed.
+"""Reading the results and events streams for HTTP clients: a page after a seq, the newest
+entries, and the reads the live feeds' one reader makes (`deployments.api.feeds`).
 
 The postprocess reorder buffer writes a source's results in seq order, except "late" ones (a frame
 that arrived after the buffer gave up waiting for it, flagged ``late``), which land after results
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from stream.adapters.redis.entries import text
@@ -22,12 +21,12 @@ from stream.core.messages import EOS, LABEL_CHANGE, RESULT
 from stream.core.source_status import SOURCE_STATUS
 from stream.readers.results import decode_fields
 
-__all__ = ["Cursor", "ResultQueries", "event_kind", "sse_event"]
+__all__ = ["READ_COUNT", "ResultQueries", "event_kind", "sse_event"]
 
 _PAGE = 500
 _MAX_SCAN = 200_000
 _BLOCK_MS = 1_000
-_READ_COUNT = 200
+READ_COUNT = 200
 
 
 def event_kind(meta: dict[str, Any]) -> str:
@@ -39,16 +38,6 @@ def event_kind(meta: dict[str, Any]) -> str:
 def sse_event(event: str, event_id: str, data: dict[str, Any]) -> str:
     """One Server-Sent Event (``event``, ``id``, one-line JSON ``data``)."""
     return f"event: {event}\nid: {event_id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-@dataclass
-class Cursor:
-    """The last ids read of the streams a feed follows (`ResultQueries.cursor`)."""
-
-    parts: list[PipelineKeys]
-    streams: list[str]
-    ids: dict[str, str]
-    source: str | None
 
 
 class ResultQueries:
@@ -90,69 +79,6 @@ class ResultQueries:
             upper = f"({text(page[-1][0])}"
         return found, [collected[seq] for seq in sorted(collected)][:limit]
 
-    async def follow(
-        self,
-        last_event_id: str | None,
-        *,
-        source: str | None,
-        kinds: set[str],
-        disconnected: Callable[[], Awaitable[bool]],
-    ) -> AsyncIterator[str]:
-        """SSE text for every new result / label change / source status change / eos, until the
-        client goes away.
-
-        Event ids are the last ids read of each stream followed, comma-separated: ``<results
-        id>,<events id>`` of one partition (a pipeline of one, or the `source`'s), and those pairs
-        of every partition in order otherwise. A client reconnecting with ``Last-Event-ID`` gets
-        what it missed (as far as the streams still hold it).
-        """
-        cursor = await self.cursor(last_event_id, source=source)
-        yield ": framestream events\n\n"
-        async for event_id, meta in self.entries(cursor, disconnected=disconnected):
-            if meta is None:
-                yield ": keep-alive\n\n"
-            elif event_kind(meta) in kinds:
-                yield sse_event(event_kind(meta), event_id, meta)
-
-    async def cursor(self, last_event_id: str | None, *, source: str | None) -> Cursor:
-        """Where `entries` starts: after `last_event_id` (ids as in `follow`), else the streams'
-        current ends (resolved now, so nothing written after this call is missed)."""
-        parts = [self.keys.for_source(source)] if source is not None else self.keys.all_partitions
-        streams = [s for k in parts for s in (k.results, k.events)]
-        given = (last_event_id or "").split(",")
-        ids = dict(zip(streams, given if len(given) == len(streams) else ["$"] * len(streams), strict=True))
-        return Cursor(parts, streams, await self._resolve({s: i or "$" for s, i in ids.items()}), source)
-
-    async def entries(
-        self,
-        cursor: Cursor,
-        *,
-        disconnected: Callable[[], Awaitable[bool]],
-        block_ms: int = _BLOCK_MS,
-        caught_up_pause_s: float = 0.0,
-    ) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
-        """(event id, meta) of every new entry of the results and events streams after `cursor`
-        (of its source only, when it has one), until the client goes away; ``(id, None)`` after
-        a read that found nothing within `block_ms`. Ids as in `follow`. With
-        `caught_up_pause_s`, a read that was not full waits that long before the next one, so
-        a reader that needs no entry at once reads batches instead of a trickle of round trips."""
-        ids, streams = cursor.ids, cursor.streams
-        while not await disconnected():
-            replies = await self._read(cursor.parts, ids, block_ms)
-            if not replies:
-                yield ",".join(ids[s] for s in streams), None
-                continue
-            if caught_up_pause_s and all(len(entries) < _READ_COUNT for _, entries in replies):
-                await asyncio.sleep(caught_up_pause_s)  # before handing them out: ids stay in order
-            for raw_stream, entries in replies:
-                stream = text(raw_stream)
-                for raw_id, fields in entries:
-                    ids[stream] = text(raw_id)
-                    meta = decode_fields(fields)
-                    if meta is None or (cursor.source is not None and meta.get("source") != cursor.source):
-                        continue
-                    yield ",".join(ids[s] for s in streams), meta
-
     async def recent_events(self, count: int) -> list[dict[str, Any]]:
         """The newest `count` entries of every partition's events stream, the oldest first."""
         found: list[dict[str, Any]] = []
@@ -172,13 +98,18 @@ class ResultQueries:
             found.extend(m for _id, fields in reversed(page) if (m := decode_fields(fields)) is not None)
         return found
 
-    async def _read(self, parts: list[PipelineKeys], ids: dict[str, str], block_ms: int) -> list[Any]:
+    async def resolve_ends(self, parts: list[PipelineKeys]) -> dict[str, str]:
+        """The current last id of the results and events streams of `parts` (reading after them
+        gives what is written from now on)."""
+        return await self._resolve({s: "$" for k in parts for s in (k.results, k.events)})
+
+    async def read_after(self, parts: list[PipelineKeys], ids: dict[str, str], block_ms: int) -> list[Any]:
         """New entries of every followed stream: one XREAD per partition (its results and events
         share a slot); with several, first without waiting, then waiting on all at once."""
 
         async def one(k: PipelineKeys, block: int | None) -> list[Any]:
             wanted = {k.results: ids[k.results], k.events: ids[k.events]}
-            reply = await self.client.xread(wanted, count=_READ_COUNT, block=block)
+            reply = await self.client.xread(wanted, count=READ_COUNT, block=block)
             return list(reply or [])
 
         if len(parts) > 1:

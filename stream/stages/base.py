@@ -4,7 +4,9 @@ A stage reads its input stream through its consumer group, handles a batch of en
 in one MULTI/EXEC, adds its outputs and acks the inputs they came from. Bad input (undecodable,
 wrong shape, unknown model, ...) is dead-lettered with a reason and acked; the loop keeps going.
 A message whose frame had to be dead-lettered is followed downstream by a ``kind="skip"`` marker
-(same source and seq) so the postprocess reorder buffer need not wait for it.
+(same source and seq) so the postprocess reorder buffer need not wait for it. An exception
+while handling a batch is narrowed down to the entries it belongs to: each such entry becomes a
+dead letter with the exception as its reason (`ConsumerStage.handle_each_apart_on_error`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from stream.adapters.metrics import metrics
 from stream.adapters.redis.client import refresh_cluster_view
@@ -30,6 +33,7 @@ from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import SKIP
+from stream.errors import TransportError
 from stream.settings import Settings
 
 __all__ = [
@@ -347,17 +351,37 @@ class ConsumerStage(StageBase):
                 await self.dead_letter(bad)
                 if good:
                     started = time.monotonic()
-                    await self.commit(await self.handle(good))
+                    await self.handle_each_apart_on_error(good)
                     metrics.stage_seconds(self.name, (time.monotonic() - started) / len(good))
             await self.commit(await self.on_idle())
             await self.maintain()
         await asyncio.wait_for(self._drain(), timeout=self.settings.streams.drain_timeout_s)
 
+    async def handle_each_apart_on_error(self, items: list[tuple[Entry, Message]]) -> None:
+        """Handle and commit `items`; when handling raises, handle them one by one, so that an
+        exception that belongs to one entry makes that entry a dead letter (with the exception as
+        its reason) and the others go on. Redis errors are the loop's (`run_resilient`)."""
+        try:
+            handled = await self.handle(items)
+        except Exception as e:
+            if is_redis_outage(e) or isinstance(e, (RedisError, TransportError)):
+                raise
+            if len(items) == 1:
+                log.error("%s: handling %s failed", self.name, items[0][0].id, exc_info=e)
+                await self.dead_letter(
+                    [DeadLetter(items[0][0], f"{self.name} failed: {type(e).__name__}: {e}")]
+                )
+                return
+            for item in items:
+                await self.handle_each_apart_on_error([item])
+            return
+        await self.commit(handled)
+
     async def _drain(self) -> None:
         good, bad = self.transport.decode(await self.reader.finish())  # reads in flight (P > 1)
         await self.dead_letter(bad)
         if good:
-            await self.commit(await self.handle(good))
+            await self.handle_each_apart_on_error(good)
         await self.commit(await self.flush())
 
 

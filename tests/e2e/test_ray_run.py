@@ -126,7 +126,7 @@ def test_the_run_guards_its_api_with_a_generated_token_and_prints_one_console_li
         base, token = found[1], found[2]
         with httpx.Client(base_url=base, timeout=30) as http:
             assert http.get("/v1/sources").status_code == 401
-            listed = http.get("/v1/sources", params={"token": token})
+            listed = http.get("/v1/sources", headers={"Authorization": f"Bearer {token}"})
             assert listed.status_code == 200, listed.text
             refused = http.post(
                 "/v1/sources", json={"uri": str(clip)}, headers={"Authorization": f"Bearer {token}"}

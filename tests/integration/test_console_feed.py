@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from deployments.api.feeds import FeedHub
 from deployments.console.feed import ConsoleFeed, read_stage_counts
 from stream.adapters.media.jpeg import decode_jpeg
 from stream.adapters.media.video import write_demo_clip
@@ -29,6 +31,17 @@ from stream.stages.ingest.stage import IngestStage
 
 KEYS = PipelineKeys("console", 3)
 MODEL = "mobilenet-v1-0.25-128-quant"
+
+
+async def _page_stream(
+    console: ConsoleFeed, disconnected: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[str]:
+    """What ``GET /v1/console/events`` sends one page: the console feed over a subscription to
+    the replica's one reader of the streams."""
+    hub = FeedHub(console.queries, max_feeds=4, max_feeds_per_client=4, queue_size=1000)
+    page = await hub.subscribe("page", source=None, kinds=None)
+    until_s = asyncio.get_running_loop().time() + 600
+    return console.stream(page.entries(disconnected, console.interval_s / 4, until_s), page)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +135,7 @@ async def test_the_feed_pushes_timeline_label_changes_and_snapshots(redis_client
 
     stages = ["ingest", "preprocess", "infer", "postprocess"]
     console = ConsoleFeed(ResultQueries(redis_client, KEYS), "m", stages, sources, replicas, interval_s=0.2)
-    feed = console.stream(disconnected)
+    feed = await _page_stream(console, disconnected)
     timeline = await _next_event(feed, "timeline")
     assert [(e["source"], e["label"]) for e in timeline["events"]] == [("cam-1", "cat")]
     snap = await _next_event(feed, "snapshot")
@@ -168,7 +181,7 @@ async def test_the_feed_ends_with_an_error_event_when_redis_goes_away(tmp_path: 
             return False
 
         feed = ConsoleFeed(ResultQueries(client, KEYS), "m", ["ingest"], sources, replicas, interval_s=0.2)
-        events = feed.stream(connected)
+        events = await _page_stream(feed, connected)
         assert (await anext(events)).startswith("retry: ")
         await _next_event(events, "snapshot")
         server.close()

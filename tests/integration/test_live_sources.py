@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from deployments.api.feeds import FeedHub
 from deployments.api.sources import _source_json
 from stream.adapters.media.video import write_demo_clip
 from stream.adapters.metrics import metrics
@@ -159,10 +160,10 @@ async def test_a_camera_that_stops_sending_but_stays_connected_is_marked_stalled
         async def gone() -> bool:
             return closed.is_set()
 
-        async for text in ResultQueries(redis_client, KEYS).follow(
-            None, source=source, kinds=set(KINDS), disconnected=gone
-        ):
-            sse.append(text)
+        hub = FeedHub(ResultQueries(redis_client, KEYS), max_feeds=1, max_feeds_per_client=1, queue_size=1000)
+        _, text = await hub.follow("c", None, source=source, kinds=set(KINDS), disconnected=gone, max_s=600)
+        async for chunk in text:
+            sse.append(chunk)
 
     feed = asyncio.create_task(follow())
     await until(lambda: bool(sse), timeout_s=10, what="the event feed to open")

@@ -7,6 +7,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
+from deployments.api.feeds import FeedHub
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys, partition_of
 from stream.core.messages import LABEL_CHANGE, RESULT
@@ -43,7 +44,10 @@ async def test_the_feed_follows_every_partition_and_resumes_from_its_event_id(
     async def disconnected() -> bool:
         return gone.is_set()
 
-    feed = queries.follow(None, source=None, kinds={RESULT, LABEL_CHANGE}, disconnected=disconnected)
+    hub = FeedHub(queries, max_feeds=4, max_feeds_per_client=2, queue_size=100)
+    _, feed = await hub.follow(
+        "c", None, source=None, kinds={RESULT, LABEL_CHANGE}, disconnected=disconnected, max_s=60
+    )
     assert (await anext(feed)).startswith(": framestream")
     for source in SOURCES:
         await publish(redis_client, source, 0)
@@ -64,7 +68,7 @@ async def test_the_feed_follows_every_partition_and_resumes_from_its_event_id(
     async def back() -> bool:
         return again.is_set()
 
-    resumed = queries.follow(last_id, source=None, kinds={RESULT}, disconnected=back)
+    _, resumed = await hub.follow("c", last_id, source=None, kinds={RESULT}, disconnected=back, max_s=60)
     await anext(resumed)
     text = ""
     while not text.startswith("event:"):

@@ -93,7 +93,9 @@ def test_the_run_makes_a_token_for_a_local_ray_and_keeps_it_out_of_the_serve_con
         assert token and len(token) >= 40
         assert os.environ["FRAMESTREAM_API__ADMIN_TOKENS"] == token
         assert Settings().api.admin_tokens[0].get_secret_value() == token  # what a replica reads
-        assert "api" not in _replica_settings(Settings(), "redis://127.0.0.1:6379/0")
+        config = _replica_settings(Settings(), "redis://127.0.0.1:6379/0")
+        assert token not in repr(config)  # the API's limits go in the config, its tokens never
+        assert not {"admin_tokens", "read_tokens"} & set(config.get("api", {}))
     assert "FRAMESTREAM_API__ADMIN_TOKENS" not in os.environ  # restored when the run ends
 
 

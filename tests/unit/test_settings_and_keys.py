@@ -50,7 +50,8 @@ def test_the_redis_password_is_a_secret_like_the_api_tokens(monkeypatch, caplog)
     assert settings.redis.password is not None and settings.redis.password.get_secret_value() == password
 
     shared = settings.dump_without_secrets()  # what a run hands its replicas and stage processes
-    assert "password" not in shared["redis"] and "api" not in shared
+    assert "password" not in shared["redis"] and password not in repr(shared) and token not in repr(shared)
+    assert not {"admin_tokens", "read_tokens"} & set(shared.get("api", {}))
     assert shared["redis"]["url"] == "auto" and load_settings(**shared).redis.password is not None
 
 

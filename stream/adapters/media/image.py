@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from stream.core.geometry import plan_resize
+from stream.core.image_header import image_size
 from stream.errors import CodecError, SourceError
 from stream.zoo.descriptors import ModelSpec
 
@@ -27,16 +28,22 @@ def use_one_opencv_thread() -> None:
         cv2.setNumThreads(1)
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """JPEG/PNG/BMP bytes -> uint8 [H, W, 3] RGB. CodecError if the bytes are not an image."""
+def decode_image(data: bytes, max_pixels: int = _MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG/BMP bytes -> uint8 [H, W, 3] RGB. CodecError if the bytes are not such an image,
+    or one of more than `max_pixels` pixels (read from the header, before decoding)."""
     if not data:
         raise CodecError("image bytes are empty")
+    size = image_size(data[:65536])
+    if size is None:
+        raise CodecError("not a JPEG, PNG or BMP image (its size cannot be read from its header)")
+    if size[0] * size[1] > max_pixels:  # checked before decoding: a small PNG can hold a huge image
+        raise CodecError(f"image is {size[1]}x{size[0]}, over {max_pixels} pixels")
     buf = np.frombuffer(data, dtype=np.uint8)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
         raise CodecError(f"{len(data)} bytes are not a decodable image (JPEG, PNG, BMP, ...)")
-    if bgr.shape[0] * bgr.shape[1] > _MAX_PIXELS:
-        raise CodecError(f"image is {bgr.shape[1]}x{bgr.shape[0]}, over {_MAX_PIXELS} pixels")
+    if bgr.shape[0] * bgr.shape[1] > max_pixels:
+        raise CodecError(f"image is {bgr.shape[1]}x{bgr.shape[0]}, over {max_pixels} pixels")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

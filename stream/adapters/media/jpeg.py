@@ -14,6 +14,7 @@ import numpy as np
 import simplejpeg
 
 from stream.adapters.media.yuv import i420_planes
+from stream.core.image_header import image_size, jpeg_size
 from stream.errors import CodecError
 
 __all__ = ["decode_jpeg", "encode_jpeg", "encode_jpeg_i420", "jpeg_size"]
@@ -43,25 +44,6 @@ def encode_jpeg_i420(i420: np.ndarray, quality: int = 90) -> bytes:
     return simplejpeg.encode_jpeg_yuv_planes(y, cb, cr, quality=quality)
 
 
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from the JPEG's SOF marker, or None when it cannot be found."""
-    i, n = 2, len(data)
-    if n < 4 or data[:2] != b"\xff\xd8":
-        return None
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
-        i += 2 + length
-    return None
-
-
 def decode_jpeg(data: bytes | np.ndarray, *, min_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Decode to uint8 HxWx3 RGB; with `min_hw`, at the smallest DCT scale still >= min_hw.
 
@@ -85,6 +67,9 @@ def decode_jpeg(data: bytes | np.ndarray, *, min_hw: tuple[int, int] | None = No
 
 def _decode_with_opencv(buf: np.ndarray, min_hw: tuple[int, int] | None) -> np.ndarray:
     flag = cv2.IMREAD_COLOR
+    size = image_size(bytes(buf[:65536]))
+    if size is not None and size[0] * size[1] > _MAX_PIXELS:  # before decoding: a PNG bomb stops here
+        raise CodecError(f"image is {size[1]}x{size[0]}, over {_MAX_PIXELS} pixels")
     if min_hw is not None:
         size = jpeg_size(bytes(buf[:65536]))
         if size is not None:

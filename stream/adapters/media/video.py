@@ -20,6 +20,8 @@ from __future__ import annotations
 import glob
 import importlib.metadata
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -154,6 +156,22 @@ def open_source(
     """
     if not spec:
         raise SourceError("empty source spec")
+    try:
+        return _open_kind(spec, short_side_px, live_options)
+    except SourceError:
+        raise
+    except OSError as e:  # too long a name, permission denied, a vanished mount, ...
+        raise SourceError(f"source {_shown(spec)}: {e.strerror or e}") from e
+    except Exception as e:  # a source plugin's bug is that source's failure, nobody else's
+        raise SourceError(f"source {_shown(spec)}: {type(e).__name__}: {e}") from e
+
+
+def _shown(spec: str, limit: int = 200) -> str:
+    """`spec` for an error message, cut short (a reason is stored and shown with the source)."""
+    return repr(spec if len(spec) <= limit else spec[:limit] + "...")
+
+
+def _open_kind(spec: str, short_side_px: int | None, live_options: LiveOptions | None) -> FrameSource:
     parsed = parse_source(spec)
     if parsed.kind not in _KINDS and parsed.kind not in _BUILT_IN_KINDS:
         _load_plugin_kinds()
@@ -170,7 +188,9 @@ def open_source(
     if path.is_dir() or glob.has_magic(spec) or path.suffix.lower() in _IMAGE_EXTS:
         return ImageFolderSource(spec)
     if not path.is_file():
-        raise SourceError(f"source {spec!r}: no such file, directory, or known kind ({sorted(_KINDS)})")
+        if path.exists():
+            raise SourceError(f"source {_shown(spec)} is not a regular file, a directory, or a known kind")
+        raise SourceError(f"source {_shown(spec)}: no such file, directory, or known kind ({sorted(_KINDS)})")
     return VideoFileSource(spec, short_side_px=short_side_px)
 
 
@@ -193,10 +213,11 @@ class VideoFileSource:
         self.uri = path
         self.short_side_px = short_side_px
         try:
+            _require_regular_file(path)  # a FIFO or a device would block FFmpeg's open for good
             self._container: Any = av.open(path)
             stream = self._container.streams.video[0]
         except (av.FFmpegError, IndexError, OSError) as e:
-            raise SourceError(f"cannot open video {path!r}: {e}") from e
+            raise SourceError(f"cannot open video {_shown(path)}: {e}") from e
         # slice threads only: frame threading costs ~35% more CPU per frame (measured), and in a
         # pipeline sharing the cores CPU per frame is what bounds throughput
         stream.thread_type = "SLICE"
@@ -234,6 +255,25 @@ class VideoFileSource:
         self._container.close()
 
 
+def _require_regular_file(path: str | Path) -> None:
+    """SourceError unless `path` is a regular file (checked with stat: opening a FIFO blocks)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise SourceError(f"{_shown(str(path))} is not a regular file")
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of `path`, opened without blocking (a FIFO with no writer would block a plain
+    open forever) and read only when it is a regular file; SourceError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise SourceError(f"{_shown(str(path))}: {e.strerror or e}") from e
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceError(f"{_shown(str(path))} is not a regular file")
+        return f.read()
+
+
 def _plane_views(frame: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Y, Cb, Cr of a decoded 4:2:0 PyAV frame as uint8 views (no copy; rows padded to the line size)."""
     views = []
@@ -254,13 +294,15 @@ class ImageFolderSource:
         self.fps = fps
         path = Path(spec)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_EXTS)
+            found = list(path.iterdir())
         elif glob.has_magic(spec):
-            files = sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in _IMAGE_EXTS)
+            found = [Path(p) for p in glob.glob(spec)]
         else:
-            files = [path] if path.is_file() else []
+            found = [path]
+        # is_file: regular files only (a FIFO named like an image would block its read)
+        files = sorted(p for p in found if p.suffix.lower() in _IMAGE_EXTS and p.is_file())
         if not files:
-            raise SourceError(f"source {spec!r}: no image files found")
+            raise SourceError(f"source {_shown(spec)}: no image files found")
         self.files = files
         self._index = 0
 
@@ -270,13 +312,14 @@ class ImageFolderSource:
         path = self.files[self._index]
         pts_ms = self._index * 1000.0 / self.fps
         self._index += 1
+        data = _read_regular_file(path)  # replaced by a FIFO, or gone, since the listing: SourceError
         if path.suffix.lower() in (".jpg", ".jpeg"):
-            return Frame(jpeg=path.read_bytes(), pts_ms=pts_ms)
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            return Frame(jpeg=data, pts_ms=pts_ms)
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
         if bgr is None:
             # one bad file is bad input, not a dead source: pass its bytes on to be dead-lettered
             log.warning("%s: not a readable image; passing it on as is", path)
-            return Frame(jpeg=path.read_bytes(), pts_ms=pts_ms)
+            return Frame(jpeg=data, pts_ms=pts_ms)
         return Frame(rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), pts_ms=pts_ms)
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 from stream.adapters.redis.entries import text
 from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import decode_message
-from stream.core.keys import FIELD, PipelineKeys
+from stream.core.keys import FIELD, PipelineKeys, is_stream_id
 from stream.errors import CodecError, DeadLetterError, UnknownDeadLetter
 
 __all__ = ["DeadLetterRecord", "DeadLetters", "RetryOutcome", "parse_ref"]
@@ -59,8 +59,7 @@ return {1, ''}
 def parse_ref(ref: str) -> tuple[int | None, str]:
     """(partition or None, entry id) of a dead letter's name; ValueError names a bad one."""
     partition, sep, entry_id = ref.strip().rpartition(":")
-    ms, dash, seq = entry_id.partition("-")
-    if not (ms.isdigit() and dash and seq.isdigit()) or (sep and not partition.isdigit()):
+    if not is_stream_id(entry_id) or (sep and not (partition.isascii() and partition.isdigit())):
         raise ValueError(f"{ref!r} is not a dead letter id: expected <partition>:<ms>-<seq> or <ms>-<seq>")
     return (int(partition) if sep else None), entry_id
 

@@ -26,11 +26,13 @@ import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from stream.adapters.media.video import FrameSource, LiveOptions, open_source, skip_frames
 from stream.adapters.metrics import metrics
 from stream.adapters.redis.entries import text
 from stream.adapters.redis.leases import Leases
+from stream.adapters.redis.outage import is_redis_outage
 from stream.adapters.redis.partitions import ensure_layout
 from stream.adapters.redis.source_registry import (
     SourceSpec,
@@ -50,7 +52,7 @@ from stream.stages.ingest.pipeline_backlog import PipelineBacklog
 from stream.stages.ingest.source_reports import SourceReport
 from stream.stages.ingest.source_writes import SourceWrites
 
-__all__ = ["IngestStage", "add_source", "list_sources", "remove_source"]
+__all__ = ["IngestStage", "add_source", "list_sources", "remove_source", "source_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,11 @@ class IngestStage:
                 self.writes.forget(source_id)
                 await self._release(source_id)
                 if not player.task.cancelled() and (exc := player.task.exception()) is not None:
-                    raise exc
+                    if is_redis_outage(exc) or isinstance(exc, RedisError):
+                        raise exc  # the whole loop rides it out (`run_resilient`)
+                    # a bug met while playing one source fails that source, not the replica
+                    log.error("ingest: playing %s failed", source_id, exc_info=exc)
+                    await self._finish(source_id, states.get(source_id, {}), error=source_failure(exc))
             elif source_id not in specs:
                 player.removed = True
                 player.stop.set()
@@ -197,9 +203,9 @@ class IngestStage:
         player.report = SourceReport(player.source_id, self.keys, state)
         try:
             source = await asyncio.to_thread(_open_at, player.spec.uri, position, self.settings.ingest)
-        except SourceError as e:
+        except Exception as e:  # whatever opening one source raises is that source's failure
             log.error("ingest: source %s cannot be read: %s", player.source_id, e)
-            await self._finish(player.source_id, state, error=str(e), report=player.report)
+            await self._finish(player.source_id, state, error=source_failure(e), report=player.report)
             return
         live = player.spec.live if player.spec.live is not None else source.live
         if not live and player.report.observe(PLAYING, None, 0):
@@ -215,7 +221,7 @@ class IngestStage:
             else:
                 error = await self._play_file(player, source, sampler, next_seq, position)
         finally:
-            await asyncio.to_thread(source.close)
+            await asyncio.to_thread(_close, source)
         if error is not None or player.removed or not player.stop.is_set():
             await self._finish(player.source_id, await get_state(self.client, self.keys, player.source_id),
                                error=error, removed=player.removed, report=player.report)  # fmt: skip
@@ -238,8 +244,8 @@ class IngestStage:
                 chunk = await asyncio.to_thread(
                     encode_frames, source, sampler, room, self.settings.ingest, self.auto_short_side_px
                 )
-            except SourceError as e:
-                return str(e)
+            except Exception as e:  # a read or decode error ends this source, not the loop
+                return source_failure(e)
             if player.spec.realtime and chunk.frames:
                 pace_origin = await _pace(pace_origin, chunk.first_pts_ms)
             position += chunk.consumed
@@ -248,11 +254,11 @@ class IngestStage:
             if chunk.eof:
                 if not player.spec.loop:
                     return None
-                await asyncio.to_thread(source.close)
+                await asyncio.to_thread(_close, source)
                 try:
                     source = await asyncio.to_thread(_open_at, player.spec.uri, 0, self.settings.ingest)
-                except SourceError as e:
-                    return str(e)
+                except Exception as e:
+                    return source_failure(e)
                 position, sampler.seen, pace_origin = 0, 0, None
         return None
 
@@ -267,9 +273,12 @@ class IngestStage:
             while not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
                 behind = await self.pipeline.of_partition(keys) > cfg.high_water
-                chunk = await asyncio.to_thread(
-                    pump.take_encoded, _CHUNK, not behind, self.auto_short_side_px
-                )
+                try:
+                    chunk = await asyncio.to_thread(
+                        pump.take_encoded, _CHUNK, not behind, self.auto_short_side_px
+                    )
+                except Exception as e:  # a frame that cannot be encoded ends this source
+                    return source_failure(e)
                 await self._count_drops(player.source_id, cfg.live_policy, pump.drain_dropped())
                 await self._count_drops(player.source_id, "backpressure", chunk.dropped)
                 if chunk.frames:
@@ -337,6 +346,23 @@ class IngestStage:
         self.processed += 1
         log.info("ingest: source %s finished after %d frames%s", source_id, frames,
                  f" ({error})" if error else "")  # fmt: skip
+
+
+_REASON_MAX_CHARS = 500
+
+
+def source_failure(error: BaseException) -> str:
+    """The reason a source failed, as its status shows it: a `SourceError`'s own words, else the
+    exception's type and message (cut short: it is stored with the source)."""
+    reason = str(error) if isinstance(error, SourceError) else f"{type(error).__name__}: {error}"
+    return reason if len(reason) <= _REASON_MAX_CHARS else reason[:_REASON_MAX_CHARS] + "..."
+
+
+def _close(source: FrameSource) -> None:
+    try:
+        source.close()
+    except Exception:  # closing must not hide why the source ended, nor end the loop
+        log.exception("ingest: closing %s failed", source.uri)
 
 
 def _open_at(uri: str, position: int, cfg: IngestSettings) -> FrameSource:
