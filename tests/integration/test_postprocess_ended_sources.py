@@ -79,7 +79,9 @@ async def test_an_ended_source_keeps_only_its_next_seq_and_a_re_added_one_contin
     assert ended == b"11"  # the seq a re-added source continues from, nothing more
     print(f"state of one source: {playing} bytes while playing, {len(ended)} after its end-of-stream")
 
-    # the partition moves to b (a stalled past its lease), which loads the compact state
+    # the partition moves to b (a stalled past its lease), which loads the compact state; a stalled
+    # reads no more: its reads in flight end first, or one sent late would take b's new entries
+    assert await a.reader.finish() == []
     await client.delete(keys.for_source(SOURCE).owner_lease(GROUP))
     b = PostprocessStage(settings, client, consumer="b", model=MODEL, labels=LABELS)
     await b.start()

@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -64,7 +62,7 @@ async def connect(
     if username is not None:
         kwargs["username"] = username
     if cluster is not True:
-        client = aioredis.Redis.from_url(url, retry=_reconnect_once(), **kwargs)
+        client = aioredis.Redis.from_url(url, **kwargs)
         await _check(client, url)
         if cluster is False or not await _cluster_enabled(client):
             return client
@@ -83,15 +81,6 @@ async def connect(
             ) from e
         raise
     return cast(aioredis.Redis, node)
-
-
-def _reconnect_once() -> Retry:
-    """A command that finds its pooled connection closed (Redis restarted, a proxy cut it) runs
-    once more on a new one, at once: without it the first call after a restart failed although
-    Redis was back (``from_url`` gives its connections no retry at all). Only then: a Redis that
-    is really gone fails the second attempt as fast as the first, and a timeout (a stalled Redis)
-    is not repeated. Outages are ridden out above the client (`redis_outage`)."""
-    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 def is_cluster(client: Any) -> bool:
