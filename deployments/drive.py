@@ -12,10 +12,8 @@ are read by cursor (XREAD), so a read that failed is simply read again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
 from stream.results import JsonlSink, ResultReader, dead_letter_count
 from stream.settings import Settings
+from stream.stopping import on_stop_signal
 
 __all__ = ["DriveOptions", "Stalled", "drive"]
 
@@ -60,19 +59,6 @@ class DriveOptions:
     """How long Redis may stay unavailable before the run gives up."""
 
 
-_first_signal_s: list[float] = []
-
-
-def _on_signal(stop: asyncio.Event) -> None:
-    """First Ctrl-C: stop the sources and drain. Another one a second later: stop now."""
-    now = time.monotonic()
-    if not stop.is_set():
-        _first_signal_s[:] = [now]
-        stop.set()
-    elif now - _first_signal_s[0] > 1.0:  # one keypress can arrive twice (process + its group)
-        raise KeyboardInterrupt
-
-
 async def drive(
     options: DriveOptions, settings: Settings, redis_url: str, uris: list[str], console: Console
 ) -> Summary:
@@ -83,52 +69,50 @@ async def drive(
     client = await connect(redis_url, password=settings.redis.password, username=settings.redis.username)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, _on_signal, stop)
-    sink = _Results(ResultReader(client, keys, sink=JsonlSink(options.results) if options.results else None))
-    ids = source_ids(uris)
-    tracks = [(s, m) for s in ids for m in options.models]
-    outage = RedisOutage(options.max_outage_s)
-    try:
-        await ride_out(sink.reader.start, outage)  # results from now on: earlier runs' are not ours
-        first = await ride_out(lambda: read_counters(client, keys), outage)
-        for sid, uri in zip(ids, uris, strict=True):
-            spec = SourceSpec(uri=uri, loop=options.loop)
-            await ride_out(functools.partial(add_source, client, keys, sid, spec, replace=True), outage)
-        started = time.monotonic()
-        watcher = _Watcher(client, keys, options)
-        grace_s = settings.streams.drain_timeout_s
-        with Progress(console) as progress:
-            if options.timeout_s is not None:
-                loop.call_later(options.timeout_s, stop.set)
-            await _until_done(sink, tracks, stop, watcher, progress, options, started, grace_s, outage)
-            interrupted = stop.is_set() and not sink.finished(tracks, grace_s)
-            if interrupted:
-                console.print("stopping: sources removed, draining what is in flight ...")
-                for sid in ids:
-                    await ride_out(functools.partial(remove_source, client, keys, sid), outage)
-                deadline = time.monotonic() + settings.streams.drain_timeout_s + 5
-                while not sink.finished(tracks, grace_s) and time.monotonic() < deadline:
-                    await ride_out(lambda: sink.poll(block_ms=200), outage)
-                    progress.update(
-                        await ride_out(lambda: watcher.snapshot(sink, time.monotonic() - started), outage)
-                    )
-            while await ride_out(lambda: sink.poll(block_ms=300), outage):
-                pass
-            progress.update(
-                await ride_out(lambda: watcher.snapshot(sink, time.monotonic() - started), outage)
-            )
-        return await ride_out(
-            lambda: _summary(client, keys, options, sink, ids, first, started, interrupted), outage
+    # the first SIGINT/SIGTERM stops the sources and drains; a second one ends the run at once
+    with on_stop_signal(lambda: loop.call_soon_threadsafe(stop.set)):
+        sink = _Results(
+            ResultReader(client, keys, sink=JsonlSink(options.results) if options.results else None)
         )
-    finally:
-        if sink.reader.sink is not None:
-            sink.reader.sink.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
-        await client.aclose()
+        ids = source_ids(uris)
+        tracks = [(s, m) for s in ids for m in options.models]
+        outage = RedisOutage(options.max_outage_s)
+        try:
+            await ride_out(sink.reader.start, outage)  # results from now on: earlier runs' are not ours
+            first = await ride_out(lambda: read_counters(client, keys), outage)
+            for sid, uri in zip(ids, uris, strict=True):
+                spec = SourceSpec(uri=uri, loop=options.loop)
+                await ride_out(functools.partial(add_source, client, keys, sid, spec, replace=True), outage)
+            started = time.monotonic()
+            watcher = _Watcher(client, keys, options)
+            grace_s = settings.streams.drain_timeout_s
+            with Progress(console) as progress:
+                if options.timeout_s is not None:
+                    loop.call_later(options.timeout_s, stop.set)
+                await _until_done(sink, tracks, stop, watcher, progress, options, started, grace_s, outage)
+                interrupted = stop.is_set() and not sink.finished(tracks, grace_s)
+                if interrupted:
+                    console.print("stopping: sources removed, draining what is in flight ...")
+                    for sid in ids:
+                        await ride_out(functools.partial(remove_source, client, keys, sid), outage)
+                    deadline = time.monotonic() + settings.streams.drain_timeout_s + 5
+                    while not sink.finished(tracks, grace_s) and time.monotonic() < deadline:
+                        await ride_out(lambda: sink.poll(block_ms=200), outage)
+                        progress.update(
+                            await ride_out(lambda: watcher.snapshot(sink, time.monotonic() - started), outage)
+                        )
+                while await ride_out(lambda: sink.poll(block_ms=300), outage):
+                    pass
+                progress.update(
+                    await ride_out(lambda: watcher.snapshot(sink, time.monotonic() - started), outage)
+                )
+            return await ride_out(
+                lambda: _summary(client, keys, options, sink, ids, first, started, interrupted), outage
+            )
+        finally:
+            if sink.reader.sink is not None:
+                sink.reader.sink.close()
+            await client.aclose()
 
 
 async def _summary(

@@ -52,6 +52,7 @@ from stream.adapters.redis_server import RedisServer, find_free_port
 from stream.errors import ConfigError, FramestreamError, ModelError
 from stream.runners import RunRequest
 from stream.settings import Settings, load_settings
+from stream.stopping import forced, on_stop_signal, reinstall
 
 __all__ = ["RunOptions", "check_attached", "choose_model", "main", "run_ray"]
 
@@ -210,10 +211,15 @@ def _start_ray(address: str | None) -> bool:
                 f"cannot attach to Ray at {address}: {e}; check the address and that this machine has "
                 "the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)"
             ) from e
+        finally:
+            reinstall()  # ray.init's SIGTERM handler exits at once: SIGTERM must drain like Ctrl-C
         return False
     # Ray's token authentication stays on (Ray >= 2.52 default): a local ray.init creates the
     # token (~/.ray/auth_token) and every process of this cluster uses it.
-    start_local_ray()
+    try:
+        start_local_ray()
+    finally:
+        reinstall()
     return True
 
 
@@ -371,7 +377,8 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
             loop=options.loop,
         )
         summary = asyncio.run(drive(drive_options, settings, redis_url, sources, console))
-        stack.close()  # drain and stop before the summary, so it is the last word
+        with on_stop_signal(lambda: None):  # this is the stop: a first signal lets it finish
+            stack.close()  # drain and stop before the summary, so it is the last word
     console.print(summary_table(summary))
     return summary
 
@@ -426,10 +433,12 @@ def _ensure_apps(
 def _delete_apps(names: list[str], console: Console) -> None:
     from ray import serve
 
-    console.print("draining: deleting the Serve application (replicas finish and ack what they hold) ...")
+    drain = not forced()  # after a second stop signal: delete them, but wait for no drain
+    if drain:
+        console.print("draining: deleting the Serve application (replicas finish and ack what they hold) ...")
     for name in names:
         with contextlib.suppress(Exception):
-            serve.delete(name)
+            serve.delete(name, _blocking=drain)
 
 
 def _disconnect_ray() -> None:
@@ -440,11 +449,10 @@ def _disconnect_ray() -> None:
 
 
 def _shutdown_ray() -> None:
+    """Stop the local Ray this run started, Serve with it: the applications were deleted (drained)
+    already, and ``serve.shutdown`` first would only add seconds to the stop."""
     import ray
-    from ray import serve
 
-    with contextlib.suppress(Exception):
-        serve.shutdown()
     ray.shutdown()
 
 

@@ -42,6 +42,7 @@ from stream.core.source_ids import source_ids
 from stream.errors import FramestreamError
 from stream.results import SINK_GROUP, JsonlSink, ResultReader, dead_letter_count
 from stream.settings import Settings
+from stream.watchdog import die_with_parent
 
 __all__ = [
     "RunReport",
@@ -148,7 +149,10 @@ class StageProcess:
             env["FRAMESTREAM_REDIS__PASSWORD"] = password
         if username is not None:
             env["FRAMESTREAM_REDIS__USERNAME"] = username
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, env=env)
+        # SIGTERM when the run dies, even by SIGKILL: the stage drains and exits with it
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent(signal.SIGTERM)
+        )
 
     @property
     def label(self) -> str:
@@ -165,6 +169,11 @@ class StageProcess:
     def terminate(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
 
     def wait(self, timeout_s: float) -> int:
         try:
@@ -231,16 +240,11 @@ async def run_processes(
         dead_before = await dead_letter_count(client, keys)
         with tempfile.TemporaryDirectory(prefix="framestream-run-") as tmp:
             config = _write_config(settings, Path(tmp))
-            tag = f"{os.getpid()}"
-            auth = {"password": settings.redis.password, "username": settings.redis.username}
-            for model in models:
-                for stage in ("preprocess", "infer", "postprocess"):
-                    copies = settings.postprocess.replicas if stage == "postprocess" else 1
-                    for i in range(copies):  # postprocess replicas share the partitions (leases)
-                        name = f"{stage}-{model}-{tag}" + (f"-{i}" if i else "")
-                        procs.append(StageProcess(stage, model, redis_url, config, name, **auth))
-            procs.append(StageProcess("ingest", None, redis_url, config, f"ingest-{tag}", **auth))
-            await _wait_ready(client, keys, procs, ready_timeout_s)
+            _spawn(procs, settings, models, redis_url, config)
+            if not await _wait_ready(client, keys, procs, ready_timeout_s, stop):
+                report.interrupted = True  # stopped while starting: no source was added
+                _stop(procs, settings.streams.drain_timeout_s + 5)
+                return report
             started = time.monotonic()
             cpu_at_ready = {p.consumer: p.cpu_s() for p in procs}
             for source_id, spec in zip(ids, specs, strict=True):
@@ -278,6 +282,10 @@ async def run_processes(
         )
         _fill(report, collector.ledger, [(sid, m) for sid in ids for m in models])
         return report
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        for proc in procs:  # a forced stop (`stream.stopping`): no drain, but nothing left running
+            proc.kill()
+        raise
     finally:
         _stop(procs, 5)
         if sink is not None:
@@ -287,22 +295,44 @@ async def run_processes(
         await client.aclose()
 
 
+def _spawn(
+    procs: list[StageProcess], settings: Settings, models: list[str], redis_url: str, config: Path
+) -> None:
+    """Start every stage process of the run, appending each to `procs` as it starts (so a failure
+    halfway still stops the ones started)."""
+    tag = f"{os.getpid()}"
+    auth = {"password": settings.redis.password, "username": settings.redis.username}
+    for model in models:
+        for stage in ("preprocess", "infer", "postprocess"):
+            copies = settings.postprocess.replicas if stage == "postprocess" else 1
+            for i in range(copies):  # postprocess replicas share the partitions (leases)
+                name = f"{stage}-{model}-{tag}" + (f"-{i}" if i else "")
+                procs.append(StageProcess(stage, model, redis_url, config, name, **auth))
+    procs.append(StageProcess("ingest", None, redis_url, config, f"ingest-{tag}", **auth))
+
+
 def run_group() -> str:
     """A results consumer group name no other run uses."""
     return f"{SINK_GROUP}:run-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 async def _wait_ready(
-    client: aioredis.Redis, keys: PipelineKeys, procs: list[StageProcess], timeout_s: float
-) -> None:
+    client: aioredis.Redis,
+    keys: PipelineKeys,
+    procs: list[StageProcess],
+    timeout_s: float,
+    stop: asyncio.Event | None = None,
+) -> bool:
     """Wait until every stage process of this run has loaded its model and reads its stream,
-    so sources start when the whole pipeline can take them."""
+    so sources start when the whole pipeline can take them; False when `stop` came first."""
     deadline = time.monotonic() + timeout_s
     while True:
+        if stop is not None and stop.is_set():
+            return False
         ready = {_s(k) for k in await client.hkeys(keys.stage_ready)}
         missing = [p.label for p in procs if p.consumer not in ready]
         if not missing:
-            return
+            return True
         for proc in procs:
             if (code := proc.process.poll()) is not None:
                 raise FramestreamError(
@@ -359,6 +389,7 @@ async def _collect(
 
 
 def _stop(procs: list[StageProcess], timeout_s: float) -> None:
+    """SIGTERM every stage (it drains and acks), SIGKILL those still running after `timeout_s`."""
     for proc in procs:
         proc.terminate()
     deadline = time.monotonic() + timeout_s

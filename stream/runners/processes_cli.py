@@ -4,7 +4,6 @@ redis-server unless told otherwise, a generated demo clip without sources, and t
 from __future__ import annotations
 
 import asyncio
-import signal
 import tempfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from stream.errors import FramestreamError
 from stream.runners import RunRequest
 from stream.runners.processes import RunReport, run_processes
 from stream.settings import Settings
+from stream.stopping import on_stop_signal
 
 __all__ = ["main", "print_report"]
 
@@ -43,16 +43,18 @@ def main(settings: Settings, request: RunRequest) -> int:
 
 
 def _run(settings: Settings, url: str, sources, models, results, timeout_s, loop=False):
-    """With `loop` the sources never end: the run stops at `timeout_s` (or Ctrl-C) and drains."""
+    """With `loop` the sources never end: the run stops at `timeout_s` (or a stop signal,
+    `stream.stopping`) and drains."""
 
     async def main(redis_url: str):
         stop = asyncio.Event()
         events = asyncio.get_running_loop()
-        events.add_signal_handler(signal.SIGINT, stop.set)
-        events.add_signal_handler(signal.SIGTERM, stop.set)
         if loop and timeout_s is not None:
             events.call_later(timeout_s, stop.set)
-        with console.status("running") as status:
+        with (
+            on_stop_signal(lambda: events.call_soon_threadsafe(stop.set)),
+            console.status("running") as status,
+        ):
 
             def progress(ledger) -> None:
                 done = sum(t.results for t in ledger.tracks.values())
