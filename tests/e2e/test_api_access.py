@@ -25,6 +25,7 @@ from hypothesis.errors import Unsatisfiable
 
 from stream.adapters.redis_server import RedisServer, find_free_port
 from stream.settings import Settings
+from tests.leftovers import stop_ray
 
 ray = pytest.importorskip("ray")
 schemathesis = pytest.importorskip("schemathesis")
@@ -89,7 +90,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         try:
             serve.shutdown()
         finally:
-            ray.shutdown()
+            stop_ray()  # and what ray.shutdown leaves running
             server.close()
             for name, value in saved.items():
                 if value is None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+from stream.adapters.redis_server import stop_redis_process
 from tests.k8s.shipped_redis import PASSWORD, ShippedRedis
 
 Docs = dict[str, list[dict[str, Any]]]
@@ -33,8 +34,7 @@ def shipped(rendered: Docs, tmp_path: Path) -> Iterator[tuple[ShippedRedis, subp
             time.sleep(0.1)
         yield server, proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_redis_process(proc, port=server.port, password=PASSWORD)
 
 
 def test_shipped_redis_boots_and_passes_its_probes(
