@@ -12,9 +12,12 @@ are read by cursor (XREAD), so a read that failed is simply read again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -231,6 +234,31 @@ async def _until_done(
             )
 
 
+async def _off_loop(fn: Callable[..., _T], *args: Any, timeout_s: float) -> _T:
+    """`fn(*args)` in a daemon thread, waited for `timeout_s` at most (TimeoutError). A Ray call
+    can block for good when Ray's own processes were signalled along with the run (``timeout``,
+    systemd): in ``asyncio.to_thread`` it would hold up the end of ``asyncio.run`` (which joins
+    the default executor's threads) and so the whole stop; a daemon thread is simply left."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not done.done():
+            outcome()
+
+    def work() -> None:
+        try:
+            result = fn(*args)
+            outcome = functools.partial(done.set_result, result)
+        except BaseException as e:
+            outcome = functools.partial(done.set_exception, e)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=work, name=f"off-loop-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return await asyncio.wait_for(done, timeout_s)
+
+
 class _Watcher:
     """Snapshots for the progress view: stage groups per model, replica counts, rates."""
 
@@ -252,7 +280,9 @@ class _Watcher:
             self._replicas_at = now
             for model, app in self.options.apps.items():
                 try:
-                    self._replicas[model] = await asyncio.to_thread(replica_counts, app)
+                    self._replicas[model] = await _off_loop(
+                        replica_counts, app, timeout_s=self.REPLICAS_EVERY_S
+                    )
                 except Exception:
                     self._replicas[model] = {}
         return self._replicas

@@ -27,6 +27,7 @@ import os
 import secrets
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,7 +366,7 @@ def run_ray(options: RunOptions, settings: Settings | None = None, console: Cons
         stack.callback(_shutdown_ray if ours else _disconnect_ray)
         apps, deployed = _ensure_apps(options, settings, models, replica_url, console, token, local=ours)
         if deployed:
-            stack.callback(_delete_apps, list(apps.values()), console)
+            stack.callback(_delete_apps, list(apps.values()), console, settings.streams.drain_timeout_s + 5)
         console.print(f"Serve application running ({time.monotonic() - started:.1f} s to start)")
         drive_options = DriveOptions(
             models=models,
@@ -430,15 +431,26 @@ def _ensure_apps(
     return apps, True
 
 
-def _delete_apps(names: list[str], console: Console) -> None:
+def _delete_apps(names: list[str], console: Console, timeout_s: float) -> None:
+    """Delete the applications, waiting `timeout_s` at most for their replicas to drain: a Ray
+    whose own processes were signalled too (``timeout``, systemd's default KillMode send SIGTERM
+    to every process of the run) may never answer, and the run must still end."""
     from ray import serve
 
     drain = not forced()  # after a second stop signal: delete them, but wait for no drain
     if drain:
         console.print("draining: deleting the Serve application (replicas finish and ack what they hold) ...")
-    for name in names:
-        with contextlib.suppress(Exception):
-            serve.delete(name, _blocking=drain)
+
+    def delete() -> None:
+        for name in names:
+            with contextlib.suppress(Exception):
+                serve.delete(name, _blocking=drain)
+
+    worker = threading.Thread(target=delete, name="serve-delete", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        log.warning("Serve did not delete %s within %.0f s; stopping without it", names, timeout_s)
 
 
 def _disconnect_ray() -> None:

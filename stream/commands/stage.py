@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 import typer
 
 from stream.adapters.redis_client import connect
+from stream.adapters.redis_outage import REDIS_TRANSIENT
 from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import load_settings
@@ -76,7 +78,8 @@ async def _serve(name: str, settings, url: str, consumer: str, model: str | None
             try:
                 await run_resilient(loop_, stop, client)
             finally:
-                await client.hdel(keys.stage_ready, consumer)
+                with contextlib.suppress(*REDIS_TRANSIENT):  # a private Redis may be gone already
+                    await client.hdel(keys.stage_ready, consumer)
             return loop_.processed
         finally:
             await client.aclose()
