@@ -74,8 +74,18 @@ class ForcedStop(KeyboardInterrupt):
 class StopSignals:
     """The process's SIGINT and SIGTERM handler while a command runs (see the module docstring)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        forced_exit_s: float | None = FORCED_EXIT_S,
+        exit_process: Callable[[int], object] = os._exit,
+    ) -> None:
+        """`forced_exit_s`: how long a forced stop's clean-up may take before `exit_process`
+        ends the process (None: no limit)."""
         self._clock = clock
+        self._forced_exit_s = forced_exit_s
+        self._exit_process = exit_process
         self._callbacks: list[Callable[[], object]] = []
         self._previous: dict[int, object] = {}
         self.first: tuple[int, float] | None = None
@@ -112,9 +122,10 @@ class StopSignals:
         if signum == first_signum and now - first_at < REPEAT_S:
             return
         self.forced = signum
-        deadline = threading.Timer(FORCED_EXIT_S, os._exit, (128 + signum,))
-        deadline.daemon = True
-        deadline.start()
+        if self._forced_exit_s is not None:
+            deadline = threading.Timer(self._forced_exit_s, self._exit_process, (128 + signum,))
+            deadline.daemon = True
+            deadline.start()
         raise ForcedStop(signum)
 
     @contextlib.contextmanager
