@@ -149,9 +149,15 @@ class StageProcess:
             env["FRAMESTREAM_REDIS__PASSWORD"] = password
         if username is not None:
             env["FRAMESTREAM_REDIS__USERNAME"] = username
-        # SIGTERM when the run dies, even by SIGKILL: the stage drains and exits with it
+        # a process group of its own: a terminal's Ctrl-C (or `timeout`) signals the run, which
+        # stops its stages once (SIGTERM); a stage seeing both would take the second as "force".
+        # And SIGTERM when the run dies, even by SIGKILL: the stage drains and exits with it.
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent(signal.SIGTERM)
+            args,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            process_group=0,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
 
     @property
