@@ -15,6 +15,8 @@ from stream.adapters.redis.client import connect, is_cluster
 from stream.adapters.redis.server import LocalCluster, RedisServer
 from stream.errors import ConfigError
 
+pytest_plugins = ["tests.leftovers"]  # the suite fails if anything it started outlives it
+
 # Hypothesis's per-example deadline (200 ms) is a wall-clock threshold: on a busy 2-core machine a
 # correct example can take longer. What the property tests assert is behaviour, never speed.
 settings.register_profile("framestream", deadline=None)

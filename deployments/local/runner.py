@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from stream.errors import ConfigError, FramestreamError
 from stream.runners import RunRequest
 from stream.runners.play import StageSetup, StartStages, play
 from stream.settings import Settings
+from stream.stopping import forced, on_stop_signal, reinstall
 
 __all__ = ["check_attached", "main", "ray_stages"]
 
@@ -148,10 +150,15 @@ def _start_ray(address: str | None) -> bool:
                 f"cannot attach to Ray at {address}: {e}; check the address and that this machine has "
                 "the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)"
             ) from e
+        finally:
+            reinstall()  # ray.init's SIGTERM handler exits at once: SIGTERM must drain like Ctrl-C
         return False
     # Ray's token authentication stays on (Ray >= 2.52 default): a local ray.init creates the
     # token (~/.ray/auth_token) and every process of this cluster uses it.
-    start_local_ray()
+    try:
+        start_local_ray()
+    finally:
+        reinstall()
     return True
 
 
@@ -281,13 +288,26 @@ def _ensure_apps(
     return apps, True
 
 
-def _delete_apps(names: list[str], console: Console) -> None:
+def _delete_apps(names: list[str], console: Console, timeout_s: float) -> None:
+    """Delete the applications, waiting `timeout_s` at most for their replicas to drain: a Ray
+    whose own processes were signalled too (``timeout``, systemd's default KillMode send SIGTERM
+    to every process of the run) may never answer, and the run must still end."""
     from ray import serve
 
-    console.print("draining: deleting the Serve application (replicas finish and ack what they hold) ...")
-    for name in names:
-        with contextlib.suppress(Exception):
-            serve.delete(name)
+    drain = not forced()  # after a second stop signal: delete them, but wait for no drain
+    if drain:
+        console.print("draining: deleting the Serve application (replicas finish and ack what they hold) ...")
+
+    def delete() -> None:
+        for name in names:
+            with contextlib.suppress(Exception):
+                serve.delete(name, _blocking=drain)
+
+    worker = threading.Thread(target=delete, name="serve-delete", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        log.warning("Serve did not delete %s within %.0f s; stopping without it", names, timeout_s)
 
 
 def _disconnect_ray() -> None:
@@ -298,11 +318,10 @@ def _disconnect_ray() -> None:
 
 
 def _shutdown_ray() -> None:
+    """Stop the local Ray this run started, Serve with it: the applications were deleted (drained)
+    already, and ``serve.shutdown`` first would only add seconds to the stop."""
     import ray
-    from ray import serve
 
-    with contextlib.suppress(Exception):
-        serve.shutdown()
     ray.shutdown()
 
 
@@ -356,9 +375,15 @@ def ray_stages(
                 target, settings, setup.models, replica_url, console, token, local=ours
             )
             if deployed:
-                stack.callback(_delete_apps, list(apps.values()), console)
+                stack.callback(
+                    _delete_apps, list(apps.values()), console, settings.streams.drain_timeout_s + 5
+                )
             console.print(f"Serve application running ({time.monotonic() - started:.1f} s to start)")
-            yield _RayStages(apps)
+            try:
+                yield _RayStages(apps)
+            finally:
+                with on_stop_signal(lambda: None):  # this is the stop: a first signal lets it finish
+                    stack.close()  # drain (delete the application) and stop Ray before the summary
 
     return start
 

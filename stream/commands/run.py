@@ -14,6 +14,8 @@ from rich.console import Console
 from stream.errors import FramestreamError
 from stream.runners import RunRequest, load_runner
 from stream.settings import load_settings
+from stream.stopping import exit_code, handle_stop_signals
+from stream.watchdog import start_watchdog
 
 __all__ = ["run"]
 
@@ -48,7 +50,10 @@ def run(
         False, "--json", help="print the summary as one JSON document on stdout (the rest goes to stderr)"
     ),
 ) -> None:
-    """Run the pipeline until every finite source is fully processed, then print a summary."""
+    """Run the pipeline until every finite source is fully processed, then print a summary.
+
+    SIGINT (Ctrl-C) or SIGTERM stops the sources, drains and prints the summary (exit 0); a second
+    one skips the drain (exit 130 / 143). What the run started stops with it, even on SIGKILL."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s run %(levelname)s %(message)s")
     request = RunRequest(
         sources=list(source),
@@ -66,6 +71,15 @@ def run(
     except FramestreamError as e:
         console.print(f"[red]framestream run: {e}[/red]")
         raise typer.Exit(2) from e
-    code = play(settings, request)
+    start_watchdog()  # before Redis or Ray start: it follows everything the run starts
+    with handle_stop_signals():
+        try:
+            code = play(settings, request)
+        except KeyboardInterrupt as e:  # a stop signal unwound the run; what it started is stopped
+            code = exit_code(e)
+            if code:
+                console.print(f"[red]framestream run: stopped without draining ({e})[/red]")
+            else:
+                console.print(f"framestream run: stopped ({e}) before the pipeline started")
     if code:
         raise typer.Exit(code)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -13,11 +13,13 @@ from pathlib import Path
 import typer
 
 from stream.adapters.redis.client import connect_settings
+from stream.adapters.redis.outage import REDIS_TRANSIENT
 from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import load_settings
 from stream.stages import STAGES, build_stage
 from stream.stages.base import run_resilient
+from stream.stopping import exit_code, handle_stop_signals, on_stop_signal
 
 __all__ = ["stage"]
 
@@ -30,7 +32,8 @@ def stage(
     config: Path | None = typer.Option(None, "--config", help="settings YAML file"),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
-    """Run one stage until SIGTERM/SIGINT, then stop reading, drain, ack and exit 0."""
+    """Run one stage until SIGTERM/SIGINT, then stop reading, drain, ack and exit 0; a second
+    signal exits at once (130 / 143), leaving what it held pending for the others to reclaim."""
     logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(message)s")
     try:
         settings = load_settings(config)
@@ -41,31 +44,38 @@ def stage(
                 "(or set FRAMESTREAM_REDIS__URL); `framestream run --redis auto` starts one for you"
             )
         who = consumer or f"{name}-{socket.gethostname()}-{os.getpid()}"
-        processed = asyncio.run(_serve(name, settings, url, who, model))
+        with handle_stop_signals():
+            processed = asyncio.run(_serve(name, settings, url, who, model))
     except FramestreamError as e:
         typer.echo(f"framestream stage {name}: {e}", err=True)
         raise typer.Exit(2) from e
+    except KeyboardInterrupt as e:  # a stop signal before the loop ran, or a second one
+        if code := exit_code(e):
+            typer.echo(f"framestream stage {name}: stopped without draining ({e})", err=True)
+            raise typer.Exit(code) from e
+        return
     logging.getLogger(__name__).info("stopped after %d entries", processed)
 
 
 async def _serve(name: str, settings, url: str, consumer: str, model: str | None) -> int:
-    client = await connect_settings(settings.redis, url)
-    try:
-        loop_ = build_stage(name, settings, client, consumer=consumer, model=model)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        keys = PipelineKeys(settings.streams.pipeline)
-        start = getattr(loop_, "start", None)
-        if start is not None:
-            await start()  # groups, engine warm-up: done before we call ourselves ready
-        await client.hset(keys.stage_ready, consumer, str(time.time() * 1000))  # the runner waits on this
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # a stop signal from here on drains: set before the loop runs, it ends as soon as it starts
+    with on_stop_signal(lambda: loop.call_soon_threadsafe(stop.set)):
+        client = await connect_settings(settings.redis, url)
         try:
-            await run_resilient(loop_, stop, client)
-            await loop_.leave_groups()  # drained: a stopped process is no consumer any more
+            loop_ = build_stage(name, settings, client, consumer=consumer, model=model)
+            keys = PipelineKeys(settings.streams.pipeline)
+            start = getattr(loop_, "start", None)
+            if start is not None:
+                await start()  # groups, engine warm-up: done before we call ourselves ready
+            await client.hset(keys.stage_ready, consumer, str(time.time() * 1000))  # the runner waits on this
+            try:
+                await run_resilient(loop_, stop, client)
+                await loop_.leave_groups()  # drained: a stopped process is no consumer any more
+            finally:
+                with contextlib.suppress(*REDIS_TRANSIENT):  # a private Redis may be gone already
+                    await client.hdel(keys.stage_ready, consumer)
+            return loop_.processed
         finally:
-            await client.hdel(keys.stage_ready, consumer)
-        return loop_.processed
-    finally:
-        await client.aclose()
+            await client.aclose()

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +42,7 @@ from stream.readers.results import JsonlSink, ResultReader, dead_letter_count
 from stream.readers.watch import probe_stages, read_counters
 from stream.runners.display import Progress, Snapshot, StageRow, Summary
 from stream.settings import Settings
+from stream.stopping import on_stop_signal
 
 __all__ = ["DriveOptions", "Played", "Stalled", "drive"]
 
@@ -86,19 +87,6 @@ class Played:
     """The ids of the sources the run was given (others may have played too: added over HTTP)."""
 
 
-_first_signal_s: list[float] = []
-
-
-def _on_signal(stop: asyncio.Event) -> None:
-    """First Ctrl-C: stop the sources and drain. Another one a second later: stop now."""
-    now = time.monotonic()
-    if not stop.is_set():
-        _first_signal_s[:] = [now]
-        stop.set()
-    elif now - _first_signal_s[0] > 1.0:  # one keypress can arrive twice (process + its group)
-        raise KeyboardInterrupt
-
-
 async def drive(
     options: DriveOptions,
     settings: Settings,
@@ -115,12 +103,9 @@ async def drive(
     client = await connect_settings(settings.redis, redis_url)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    handled = []
-    if console is not None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, _on_signal, stop)
-                handled.append(sig)
+    signals = contextlib.ExitStack()
+    if console is not None:  # a command's run: the first stop signal drains, a second ends it now
+        signals.enter_context(on_stop_signal(lambda: loop.call_soon_threadsafe(stop.set)))
     specs = [s if isinstance(s, SourceSpec) else SourceSpec(uri=s, loop=options.loop) for s in sources]
     ids = source_ids(s.uri for s in specs)
     finite = [
@@ -166,8 +151,11 @@ async def drive(
                 progress.note("stopping: sources removed, draining what is in flight ...")
                 for sid in ids:
                     await ride(functools.partial(remove_source, client, keys, sid))
+                # a removed source ends with an end-of-stream: every track's, looping and live
+                # ones too, says the pipeline has let go of it (a run with none has nothing to wait for)
+                every = [(sid, model) for sid in ids for model in options.models]
                 deadline = time.monotonic() + settings.streams.drain_timeout_s + 5
-                while not sink.finished(finite, grace_s) and time.monotonic() < deadline:
+                while every and not sink.finished(every, grace_s) and time.monotonic() < deadline:
                     await ride(lambda: sink.poll(block_ms=200))
                     await ctx.show()
             while await ride(lambda: sink.poll(block_ms=300)):
@@ -180,8 +168,7 @@ async def drive(
     finally:
         if sink.reader.sink is not None:
             sink.reader.sink.close()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+        signals.close()
         await client.aclose()
 
 
@@ -354,7 +341,9 @@ class _Watcher:
             self._replicas_at = now
             for model in self.options.models:
                 try:
-                    self._replicas[model] = await asyncio.to_thread(self.options.replicas, model)
+                    self._replicas[model] = await _off_loop(
+                        self.options.replicas, model, timeout_s=self.REPLICAS_EVERY_S
+                    )
                 except Exception:
                     self._replicas[model] = {}
         return self._replicas
@@ -388,3 +377,28 @@ class _Watcher:
             published=published,
             dead=0,
         )
+
+
+async def _off_loop(fn: Callable[..., _T], *args: Any, timeout_s: float) -> _T:
+    """`fn(*args)` in a daemon thread, waited for `timeout_s` at most (TimeoutError). A Ray call
+    can block for good when Ray's own processes were signalled along with the run (``timeout``,
+    systemd): in ``asyncio.to_thread`` it would hold up the end of ``asyncio.run`` (which joins
+    the default executor's threads) and so the whole stop; a daemon thread is simply left."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not done.done():
+            outcome()
+
+    def work() -> None:
+        try:
+            result = fn(*args)
+            outcome = functools.partial(done.set_result, result)
+        except BaseException as e:
+            outcome = functools.partial(done.set_exception, e)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=work, name=f"off-loop-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return await asyncio.wait_for(done, timeout_s)

@@ -37,6 +37,7 @@ from stream.errors import FramestreamError
 from stream.runners.drive import DriveOptions, drive
 from stream.runners.play import StageSetup
 from stream.settings import Settings
+from stream.watchdog import die_with_parent
 
 __all__ = [
     "ProcessStages",
@@ -129,7 +130,16 @@ class StageProcess:
             env["FRAMESTREAM_REDIS__PASSWORD"] = password
         if username is not None:
             env["FRAMESTREAM_REDIS__USERNAME"] = username
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, env=env)
+        # a process group of its own: a terminal's Ctrl-C (or `timeout`) signals the run, which
+        # stops its stages once (SIGTERM); a stage seeing both would take the second as "force".
+        # And SIGTERM when the run dies, even by SIGKILL: the stage drains and exits with it.
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            process_group=0,
+            preexec_fn=die_with_parent(signal.SIGTERM),
+        )
 
     @property
     def label(self) -> str:
@@ -146,6 +156,11 @@ class StageProcess:
     def terminate(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
 
     def wait(self, timeout_s: float) -> int:
         try:
@@ -207,6 +222,9 @@ class ProcessStages:
                         self.procs.append(StageProcess(stage, model, self.redis_url, config, name, **auth))
             self.procs.append(StageProcess("ingest", None, self.redis_url, config, f"ingest-{tag}", **auth))
             await _wait_ready(client, keys, self.procs, self.ready_timeout_s)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            self._kill()  # a stop signal while starting (`stream.stopping`): nothing to drain yet
+            raise
         except BaseException:
             await self._stop(5)
             raise
@@ -215,8 +233,20 @@ class ProcessStages:
         self._cpu_at_ready = {p.consumer: p.cpu_s() for p in self.procs}
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stop(self.settings.streams.drain_timeout_s + 5)
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+            self._kill()  # a forced stop (a second signal): no drain, but nothing left running
+        else:
+            await self._stop(self.settings.streams.drain_timeout_s + 5)
+
+    def _kill(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     async def _stop(self, timeout_s: float) -> None:
         await asyncio.to_thread(_stop, self.procs, timeout_s)
@@ -300,16 +330,22 @@ async def run_processes(
 
 
 async def _wait_ready(
-    client: aioredis.Redis, keys: PipelineKeys, procs: list[StageProcess], timeout_s: float
-) -> None:
+    client: aioredis.Redis,
+    keys: PipelineKeys,
+    procs: list[StageProcess],
+    timeout_s: float,
+    stop: asyncio.Event | None = None,
+) -> bool:
     """Wait until every stage process of this run has loaded its model and reads its stream,
-    so sources start when the whole pipeline can take them."""
+    so sources start when the whole pipeline can take them; False when `stop` came first."""
     deadline = time.monotonic() + timeout_s
     while True:
+        if stop is not None and stop.is_set():
+            return False
         ready = {text(k) for k in await client.hkeys(keys.stage_ready)}
         missing = [p.label for p in procs if p.consumer not in ready]
         if not missing:
-            return
+            return True
         for proc in procs:
             if (code := proc.process.poll()) is not None:
                 raise FramestreamError(
@@ -321,6 +357,7 @@ async def _wait_ready(
 
 
 def _stop(procs: list[StageProcess], timeout_s: float) -> None:
+    """SIGTERM every stage (it drains and acks), SIGKILL those still running after `timeout_s`."""
     for proc in procs:
         proc.terminate()
     deadline = time.monotonic() + timeout_s

@@ -26,6 +26,7 @@ from hypothesis.errors import Unsatisfiable
 from deployments.ray_internals import session_dir
 from stream.adapters.redis.server import RedisServer, find_free_port
 from stream.settings import Settings
+from tests.leftovers import stop_ray
 from tests.waiting import wait_until
 
 ray = pytest.importorskip("ray")
@@ -91,7 +92,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         try:
             serve.shutdown()
         finally:
-            ray.shutdown()
+            stop_ray()  # and what ray.shutdown leaves running
             server.close()
             for name, value in saved.items():
                 if value is None:

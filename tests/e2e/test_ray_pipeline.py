@@ -28,6 +28,7 @@ from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.source_ids import source_id
 from stream.settings import load_settings
+from tests.leftovers import stop_ray
 from tests.waiting import poll
 
 ray = pytest.importorskip("ray")
@@ -101,7 +102,7 @@ def app(redis_server: RedisServer) -> Iterator[App]:
     finally:
         serve.delete(APP_NAME)
         serve.shutdown()
-        ray.shutdown()
+        stop_ray()  # and what ray.shutdown leaves running
 
 
 def _replicas() -> dict[str, dict[str, int]]:

@@ -19,6 +19,7 @@ from stream.core.keys import PipelineKeys
 from stream.settings import Settings
 from tests.faults.rayapp import FaultApp, start_local_ray
 from tests.faults.scenario import Harness, settled_harness
+from tests.leftovers import stop_ray
 
 MODEL = "mobilenet-v1-0.25-128"
 """The synthetic stand-in (random weights, the real architecture): the fastest full model path,
@@ -70,7 +71,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="package")
 def stack(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """redis-server (AOF everysec) + local Ray + the Serve application, for the whole package."""
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     from ray import serve
 
     settings = fault_settings(model_cache)
@@ -84,7 +85,7 @@ def stack(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         try:
             serve.shutdown()
         finally:
-            ray.shutdown()
+            stop_ray()  # and what ray.shutdown leaves running
             server.close()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.adapters.redis.server import find_free_port
+from stream.watchdog import die_with_parent
 from tests.k8s.manifests import by_kind
 
 __all__ = ["PASSWORD", "ShippedRedis"]
@@ -63,11 +64,12 @@ class ShippedRedis:
 
     def start(self) -> subprocess.Popen[bytes]:
         (script,) = self.container["args"]
-        return subprocess.Popen(
+        return subprocess.Popen(  # the script execs redis-server: this is the server's process
             [*self.container["command"], self._local(script)],
             env={"PATH": _PATH, **self.env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),
         )
 
     def probe(self, name: str, password: str = PASSWORD) -> int:

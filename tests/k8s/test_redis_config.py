@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from stream.adapters.redis.server import stop_redis_process
 from tests.k8s.shipped_redis import PASSWORD, ShippedRedis
 from tests.waiting import wait_until
 
@@ -34,8 +35,7 @@ def shipped(rendered: Docs, tmp_path: Path) -> Iterator[tuple[ShippedRedis, subp
         wait_until(ready, timeout_s=20, what="the readiness probe to pass", every_s=0.1)
         yield server, proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_redis_process(proc, port=server.port, password=PASSWORD)
 
 
 def test_shipped_redis_boots_and_passes_its_probes(

@@ -8,7 +8,9 @@ create``) for the scale-out tests.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -18,10 +20,19 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from stream.errors import ConfigError
+from stream.watchdog import die_with_parent
 
-__all__ = ["LocalCluster", "RedisServer", "find_free_cluster_port", "find_free_port"]
+__all__ = [
+    "LocalCluster",
+    "RedisServer",
+    "find_free_cluster_port",
+    "find_free_port",
+    "stop_redis_process",
+]
 
 _INSTALL_HINT = (
     "redis-server not found on PATH; install it (apt-get install redis-server, or brew install "
@@ -55,6 +66,43 @@ def find_free_cluster_port(taken: Collection[int] = ()) -> int:
         if port not in taken and _port_free(port) and _port_free(port + 10_000):
             return port
     raise ConfigError("no free port pair (port, port + 10000) for a cluster node on 127.0.0.1")
+
+
+def stop_redis_process(
+    process: subprocess.Popen[bytes],
+    *,
+    host: str = "127.0.0.1",
+    port: int,
+    password: str | None = None,
+    timeout_s: float = 5.0,
+) -> None:
+    """Stop a redis-server this program started, whatever state it is in, and never raise:
+    ``SHUTDOWN NOSAVE NOW`` (no RDB dump, no waiting for lagging replicas, which a cluster node
+    otherwise waits for; the AOF, when on, is still flushed), then SIGTERM, then SIGKILL, each
+    given `timeout_s` to work."""
+    if process.poll() is not None:
+        return
+    with (
+        contextlib.suppress(redis.RedisError, OSError),
+        redis.Redis(
+            host=host,
+            port=port,
+            password=password,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            retry=Retry(NoBackoff(), 0),  # the server closing the connection is the answer
+        ) as client,
+    ):
+        client.shutdown(nosave=True, now=True)
+    for step in (None, process.terminate, process.kill):
+        if step is not None:
+            with contextlib.suppress(OSError):
+                step()
+        try:
+            process.wait(timeout_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 class RedisServer:
@@ -130,9 +178,14 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         """Start the server and wait until it answers PING."""
-        # its own session: a Ctrl-C at the terminal must not kill Redis before the stages drain
+        # its own session: a Ctrl-C at the terminal must not kill Redis before the stages drain;
+        # and SIGTERM when this process dies, even by SIGKILL: no orphaned server holds the port
         self.process = subprocess.Popen(
-            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            self._args(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         client = redis.Redis(host=self.bind, port=self.port, password=self.password, socket_timeout=1.0)
         deadline = time.monotonic() + self.start_timeout_s
@@ -153,6 +206,9 @@ class RedisServer:
                         f"{self.start_timeout_s} s: {self._log_tail()}"
                     )
                 time.sleep(0.02)
+        except BaseException:  # a stop signal mid-start: the caller never gets a server to stop
+            self.kill()
+            raise
         finally:
             client.close()
 
@@ -161,14 +217,11 @@ class RedisServer:
         return log.read_text(errors="replace")[-500:] if log.exists() else ""
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop gracefully (SIGTERM), then SIGKILL if it takes longer than `timeout_s`."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Stop gracefully, killing it if that fails (`stop_redis_process`); never raises."""
+        if self.process is not None:
+            stop_redis_process(
+                self.process, host=self.bind, port=self.port, password=self.password, timeout_s=timeout_s
+            )
         self.process = None
 
     def kill(self) -> None:
