@@ -26,6 +26,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from deployments.api.http_errors import ApiError
+from stream.adapters.redis.entries import text
 from stream.core.keys import PipelineKeys, is_stream_id
 from stream.readers.queries import READ_COUNT, ResultQueries, event_kind
 from stream.readers.results import decode_fields
@@ -37,10 +38,6 @@ log = logging.getLogger("framestream.ingress")
 _BLOCK_MS = 1_000
 _CATCH_UP_PAGE = 200
 _CAUGHT_UP_PAUSE_S = 0.05
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def parse_last_event_id(value: str | None, streams: list[str]) -> dict[str, str] | None:
@@ -204,7 +201,7 @@ class FeedHub:
                 page = await self.queries.client.xrange(stream, min=f"({ids[stream]}", max=upto[stream],
                                                         count=_CATCH_UP_PAGE)  # fmt: skip
                 for raw_id, fields in page:
-                    ids[stream] = _s(raw_id)
+                    ids[stream] = text(raw_id)
                     meta = decode_fields(fields)
                     if meta is not None and feed.wants(meta):
                         yield ",".join(ids[s] for s in feed.streams), meta
@@ -228,9 +225,9 @@ class FeedHub:
                 log.warning("live feeds: %s; every feed was ended", e)
                 return
             for raw_stream, entries in replies:
-                stream = _s(raw_stream)
+                stream = text(raw_stream)
                 for raw_id, fields in entries:
-                    entry_id = _s(raw_id)
+                    entry_id = text(raw_id)
                     self.ids[stream] = entry_id
                     meta = decode_fields(fields)
                     for feed in list(self.feeds):
