@@ -36,14 +36,14 @@ def _settings(tmp_path: Path, pipeline: str) -> Settings:
     )
 
 
-async def _replica(settings: Settings, url: str, consumer: str, *, run: bool = True) -> Any:
-    """A preprocess replica as Serve's constructor makes it (its loop task on this event loop,
-    unless not `run`)."""
+async def _replica(settings: Settings, client: Any, consumer: str, *, run: bool = True) -> Any:
+    """A preprocess replica as Serve's constructor makes it, on `client` (its loop task on this
+    event loop, unless not `run`)."""
     from deployments.serve.stage import StageDeployment
 
     replica = object.__new__(StageDeployment.func_or_class)
     replica.stage, replica.consumer, replica.settings = "preprocess", consumer, settings
-    replica.client = await connect(url)
+    replica.client = client
     replica.loop = build_stage("preprocess", settings, replica.client, consumer=consumer, model=MODEL)
     replica._stop = asyncio.Event()
     replica._task = (
@@ -66,7 +66,7 @@ async def test_a_replica_scaled_down_leaves_no_consumer_on_any_partition(
 ) -> None:
     settings = _settings(tmp_path, "drain")
     keys = PipelineKeys("drain", P)
-    replica = await _replica(settings, redis_server.url, "replica-1")
+    replica = await _replica(settings, await connect(redis_server.url), "replica-1")  # closed by __del__
     streams = [k.frames for k in keys.all_partitions]
 
     async def groups_made() -> bool:
@@ -108,10 +108,10 @@ async def test_a_consumer_that_still_holds_entries_stays_in_its_group_for_the_ot
 
 @pytest.mark.filterwarnings("ignore:coroutine 'StageDeployment.__del__' was never awaited")
 async def test_the_lag_metric_of_each_partition_is_labelled_with_that_partition(
-    redis_server: RedisServer, redis_client: Any, tmp_path: Path
+    redis_client: Any, tmp_path: Path
 ) -> None:
     keys = PipelineKeys("laglabel", P)
-    replica = await _replica(_settings(tmp_path, "laglabel"), redis_server.url, "replica-1", run=False)
+    replica = await _replica(_settings(tmp_path, "laglabel"), redis_client, "replica-1", run=False)
     await replica.loop.start()  # the group on every partition; nothing read yet
     waiting = dict(zip([k.frames for k in keys.all_partitions], [1, 0, 3, 0], strict=True))
     for stream, n in waiting.items():
@@ -123,4 +123,3 @@ async def test_the_lag_metric_of_each_partition_is_labelled_with_that_partition(
     assert stats["backlog"] == 4  # the autoscaler sizes the stage on all of it
     lag = {s: metrics.gauge("stream_lag", stream=s, group=GROUP) for s in waiting}
     assert lag == waiting, "framestream_stream_lag must give each partition's stream its own lag"
-    await replica.client.aclose()
