@@ -146,11 +146,21 @@ async def test_processes_runner_rides_out_a_redis_kill_and_restart(model_cache: 
         sink = await FaultSink(client, harness.keys, "faults-4b", {source}).start()
         replay = Replay(source, FRAMES, sink)
         cmd = [sys.executable, "-m", "stream.cli", "run", "--runner", "processes", "--redis", server.url]
-        cmd += ["--config", str(config), "--model", MODEL, "--source", str(folder), "--timeout", "200"]
+        cmd += [
+            "--config",
+            str(config),
+            "--model",
+            MODEL,
+            "--source",
+            str(folder),
+            "--timeout",
+            "200",
+            "--json",
+        ]
         # its own process group, so a hung run can be killed with its stage processes (they hold
         # the output pipe open, and communicate() would wait for them forever)
         run = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True
         )
         try:
             assert await harness.follow(replay, timeout_s=120, until=lambda: sink.distinct >= FRAMES // 4)
@@ -163,12 +173,12 @@ async def test_processes_runner_rides_out_a_redis_kill_and_restart(model_cache: 
                 replay, timeout_s=150, until=lambda: replay.done or run.poll() is not None
             )
             try:
-                output, _ = await asyncio.to_thread(run.communicate, timeout=60)
+                output, errors = await asyncio.to_thread(run.communicate, timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(run.pid, signal.SIGKILL)
-                output, _ = run.communicate()
+                output, errors = run.communicate()
                 raise AssertionError(
-                    f"the run did not finish: {sink.distinct} results\n{output[-3000:]}"
+                    f"the run did not finish: {sink.distinct} results\n{errors[-3000:]}"
                 ) from None
             await harness.follow(replay, timeout_s=10)
             pending = await harness.settle(replay)
@@ -185,6 +195,7 @@ async def test_processes_runner_rides_out_a_redis_kill_and_restart(model_cache: 
                 os.killpg(run.pid, signal.SIGKILL)
                 run.wait()
             await client.aclose()
-    assert run.returncode == 0, output[-3000:]
+    assert run.returncode == 0, errors[-3000:]
     assert finished and (outcome.lost, outcome.pending) == (0, 0), outcome
-    assert f"{FRAMES} results in" in output, output[-3000:]  # the run's own summary saw every frame
+    summary = json.loads(output)  # --json: the run's own summary, alone on stdout
+    assert summary["results"] == FRAMES, summary  # it saw every frame
