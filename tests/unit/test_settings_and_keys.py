@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 
 import pytest
@@ -42,7 +43,10 @@ def test_the_redis_password_is_a_secret_like_the_api_tokens(monkeypatch, caplog)
     monkeypatch.setenv("FRAMESTREAM_REDIS__PASSWORD", password)
     monkeypatch.setenv("FRAMESTREAM_API__ADMIN_TOKENS", token)
     settings = load_settings()
-    logging.getLogger("framestream.test").warning("settings: %s", settings)  # settings in a log line
+    # a logger of its own (made now: none an earlier test may have disabled or quietened)
+    logger = logging.getLogger(f"framestream.test.{os.getpid()}.{id(settings)}")
+    caplog.set_level(logging.WARNING, logger=logger.name)
+    logger.warning("settings: %s", settings)  # settings in a log line
     assert "settings: " in caplog.text  # the line was written
 
     shown = [repr(settings), str(settings), json.dumps(settings.model_dump(mode="json")), caplog.text]
