@@ -1,7 +1,7 @@
 """Routes of sources and their results (an ``APIRouter`` the ingress's app includes):
 
 - ``GET/POST /v1/sources``, ``DELETE /v1/sources/{id}``: the source registry in Redis;
-  ``POST`` checks the URI against ``ingest.allowed_sources`` (`stream.core.source_policy`:
+  ``POST`` checks the URI against ``ingest.allowed_sources`` (`stream.core.sources.policy`:
   400 malformed, 403 not allowed);
 - ``GET /v1/results/{source}?after_seq=N``: results of a source after a seq;
 - ``GET /v1/events``: Server-Sent Events of results and label changes, from the one reader of the
@@ -21,8 +21,8 @@ from deployments.api.http_errors import ApiError, redis_call
 from deployments.api.openapi import errors
 from deployments.api.replica import serving_replica
 from stream.core.keys import PipelineKeys
-from stream.core.source_ids import ID_CHARS, ID_PATTERN
-from stream.core.source_ids import source_id as source_id_for
+from stream.core.sources.ids import ID_CHARS, ID_PATTERN
+from stream.core.sources.ids import source_id as source_id_for
 
 __all__ = ["SourceIn", "router", "source_items"]
 

@@ -48,7 +48,7 @@ from deployments.serve.config import (
 )
 from deployments.serve.status import app_status, replica_counts
 from stream.adapters.redis.server import find_free_port
-from stream.core.source_uri import parse_source
+from stream.core.sources.uri import parse_source
 from stream.errors import ConfigError, FramestreamError
 from stream.runners import RunRequest
 from stream.runners.play import StageSetup, StartStages, play

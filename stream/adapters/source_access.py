@@ -1,4 +1,4 @@
-"""The file system and DNS for `stream.core.source_policy`: what ``POST /v1/sources`` may open.
+"""The file system and DNS for `stream.core.sources.policy`: what ``POST /v1/sources`` may open.
 
 `policy_from(settings.ingest.allowed_sources)` resolves the roots through their symlinks once;
 `check_uri(uri, policy)` asks the real file system (``os.path.realpath``) and the system resolver
@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 
-from stream.core.source_policy import SourcePolicy, SourceVerdict, check_source
+from stream.core.sources.policy import SourcePolicy, SourceVerdict, check_source
 from stream.settings import AllowedSources
 
 __all__ = ["CHECK_TIMEOUT_S", "check_uri", "check_uri_async", "policy_from", "resolve_host"]

@@ -18,7 +18,7 @@ from stream.adapters.redis.entries import text
 from stream.adapters.redis.streams import last_id
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, LABEL_CHANGE, RESULT
-from stream.core.source_status import SOURCE_STATUS
+from stream.core.sources.status import SOURCE_STATUS
 from stream.readers.results import decode_fields
 
 __all__ = ["READ_COUNT", "ResultQueries", "event_kind", "sse_event"]

@@ -35,8 +35,8 @@ from stream.adapters.redis.source_registry import SourceSpec, add_source, remove
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger
 from stream.core.rates import RateMeter
-from stream.core.source_ids import source_ids
-from stream.core.source_uri import parse_source
+from stream.core.sources.ids import source_ids
+from stream.core.sources.uri import parse_source
 from stream.errors import FramestreamError
 from stream.readers.results import JsonlSink, ResultReader, dead_letter_count
 from stream.readers.watch import probe_stages, read_counters

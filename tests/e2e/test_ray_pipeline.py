@@ -26,7 +26,7 @@ from stream.adapters.redis.entries import text
 from stream.adapters.redis.server import RedisServer, find_free_port
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
-from stream.core.source_ids import source_id
+from stream.core.sources.ids import source_id
 from stream.settings import load_settings
 from tests.leftovers import stop_ray
 from tests.waiting import poll

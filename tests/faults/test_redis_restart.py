@@ -20,7 +20,7 @@ import yaml
 from stream.adapters.redis.client import connect
 from stream.adapters.redis.server import RedisServer
 from stream.core.keys import PipelineKeys
-from stream.core.source_ids import source_id
+from stream.core.sources.ids import source_id
 from tests.faults.aof import rewrite_aof
 from tests.faults.conftest import MODEL, Stack, fault_settings
 from tests.faults.frames import write_frame_folder

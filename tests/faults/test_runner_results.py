@@ -17,7 +17,7 @@ import pytest
 from stream.adapters.redis.client import connect
 from stream.adapters.redis.server import RedisServer
 from stream.core.keys import PipelineKeys
-from stream.core.source_ids import source_id
+from stream.core.sources.ids import source_id
 from stream.readers.results import SINK_GROUP, ResultReader
 from stream.runners.processes import run_processes
 from tests.faults.conftest import MODEL, fault_settings

@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from stream.adapters.redis.server import RedisServer
-from stream.core.source_ids import source_id
+from stream.core.sources.ids import source_id
 from stream.runners.processes import run_processes
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder

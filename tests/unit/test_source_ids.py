@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.core.source_ids import ID_PATTERN, source_id, source_ids
+from stream.core.sources.ids import ID_PATTERN, source_id, source_ids
 
 
 @pytest.mark.parametrize(
@@ -49,4 +49,4 @@ def test_the_runners_and_the_api_use_this_rule() -> None:
     for path in ("stream/runners/drive.py", "deployments/api/sources.py"):
         tree = ast.parse((root / path).read_text())
         modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert "stream.core.source_ids" in modules, path
+        assert "stream.core.sources.ids" in modules, path

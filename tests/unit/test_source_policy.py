@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stream.adapters.source_access import check_uri, policy_from
-from stream.core.source_policy import SourcePolicy, check_source
+from stream.core.sources.policy import SourcePolicy, check_source
 from stream.settings import AllowedSources
 
 POLICY = SourcePolicy.build(

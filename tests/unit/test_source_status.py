@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.core.source_status import STATUSES, FpsMeter, frame_age_s, status_change
+from stream.core.sources.status import STATUSES, FpsMeter, frame_age_s, status_change
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stream.core.source_ids import source_id
-from stream.core.source_uri import parse_source
+from stream.core.sources.ids import source_id
+from stream.core.sources.uri import parse_source
 
 CASES = [
     # uri, kind, live, local path

@@ -40,8 +40,8 @@ from tenacity import (
 )
 
 from stream.adapters.media.yuv import i420_to_rgb, shrink_i420, shrink_planes, to_full_range
-from stream.core.source_status import PLAYING, RECONNECTING, STALLED
-from stream.core.source_uri import NETWORK_SCHEMES, parse_source
+from stream.core.sources.status import PLAYING, RECONNECTING, STALLED
+from stream.core.sources.uri import NETWORK_SCHEMES, parse_source
 from stream.errors import SourceError
 
 __all__ = [
@@ -344,7 +344,7 @@ class LiveOptions:
 @dataclass(frozen=True)
 class LiveHealth:
     """A live source's connection as of now: `status` is playing, reconnecting or stalled (see
-    `stream.core.source_status`); `reconnects` counts attempts to reopen the stream."""
+    `stream.core.sources.status`); `reconnects` counts attempts to reopen the stream."""
 
     status: str
     reason: str | None

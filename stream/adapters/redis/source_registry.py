@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 
 from stream.adapters.redis.entries import text
 from stream.core.keys import PipelineKeys
-from stream.core.source_ids import ID_PATTERN
-from stream.core.source_status import FAILED, FINISHED, PLAYING, RECONNECTING, STATUSES, frame_age_s
+from stream.core.sources.ids import ID_PATTERN
+from stream.core.sources.status import FAILED, FINISHED, PLAYING, RECONNECTING, STATUSES, frame_age_s
 
 __all__ = ["SourceSpec", "SourceStatus", "add_source", "get_state", "list_sources", "remove_source"]
 
@@ -62,7 +62,7 @@ class SourceSpec:
 @dataclass(frozen=True)
 class SourceStatus:
     """A registered source as ``GET /v1/sources`` shows it: progress, owner (the ingest replica
-    playing it), `status` (see `stream.core.source_status`) with its `reason`, frames published
+    playing it), `status` (see `stream.core.sources.status`) with its `reason`, frames published
     and dropped, attempts to reconnect, seconds since the last frame and recent frames/s."""
 
     source_id: str

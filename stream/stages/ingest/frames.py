@@ -17,7 +17,7 @@ from stream.adapters.media.video import Frame, FrameSource, LiveHealth
 from stream.core.codec import Message, encode_message
 from stream.core.messages import EOS, FRAME
 from stream.core.sampling import DropBuffer, FrameSampler
-from stream.core.source_status import PLAYING
+from stream.core.sources.status import PLAYING
 from stream.errors import CodecError, SourceError
 from stream.settings import IngestSettings
 

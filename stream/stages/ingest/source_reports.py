@@ -17,7 +17,7 @@ from typing import Any
 from stream.adapters.metrics import metrics
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
-from stream.core.source_status import (
+from stream.core.sources.status import (
     FAILED,
     FINISHED,
     PLAYING,

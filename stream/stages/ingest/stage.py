@@ -44,7 +44,7 @@ from stream.adapters.redis.source_registry import (
 from stream.adapters.redis.streams import GroupStats, StreamTransport
 from stream.core.keys import PipelineKeys
 from stream.core.sampling import FrameSampler
-from stream.core.source_status import PLAYING
+from stream.core.sources.status import PLAYING
 from stream.errors import SourceError
 from stream.settings import IngestSettings, Settings
 from stream.stages.ingest.frames import LivePump, PendingFrame, encode_frames

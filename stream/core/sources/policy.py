@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-from stream.core.source_uri import parse_source
+from stream.core.sources.uri import parse_source
 
 __all__ = [
     "METADATA_NETWORKS",

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
-from stream.core.source_uri import parse_source
+from stream.core.sources.uri import parse_source
 
 __all__ = ["ID_CHARS", "ID_PATTERN", "source_id", "source_ids"]
 
