@@ -18,6 +18,7 @@ import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -312,33 +313,42 @@ class LocalCluster:
             raise
         return self
 
-    def _info(self, node: RedisServer, section: str) -> dict[str, str]:
+    def _info(self, node: RedisServer, section: str) -> dict[str, Any]:
+        """INFO `section` of `node` (``CLUSTER INFO`` for "cluster") as redis-py parses it: a
+        replication section's ``slaveN`` rows are dicts."""
         with redis.Redis(port=node.port, socket_timeout=1.0, decode_responses=True) as client:
             raw = client.cluster("INFO") if section == "cluster" else client.info(section)
-        return {k: str(v) for k, v in raw.items()}
+        return dict(raw)
 
     def healthy(self) -> bool:
         """Every running node says ``cluster_state:ok`` with all slots served and `masters` masters
         holding slots, and every running replica's link to its master is up, seen from both ends."""
         live = [n for n in self.nodes if n.process is not None]
+        online: dict[int, set[int]] = {}  # master port -> the replica ports it sees online
+        links: list[tuple[int, int]] = []  # (replica port, its master's port)
         try:
             for node in live:
                 info = self._info(node, "cluster")
-                if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
+                if str(info.get("cluster_state")) != "ok" or str(info.get("cluster_slots_ok")) != "16384":
                     return False
                 if int(info.get("cluster_size", 0)) != self.masters:
                     return False
                 repl = self._info(node, "replication")
-                if repl.get("role") == "slave" and repl.get("master_link_status") != "up":
-                    return False
-                # the master's side of the link: a replica whose link is up may still be waiting
-                # for the master to see its first sync through (state send_bulk, not online)
-                for key, row in repl.items():
-                    if key.startswith("slave") and isinstance(row, dict) and row.get("state") != "online":
+                if repl.get("role") == "slave":
+                    if repl.get("master_link_status") != "up":
                         return False
+                    links.append((node.port, int(repl["master_port"])))
+                # the master's side of the link: a replica whose link is up may still be waiting
+                # for the master to see its first sync through (state send_bulk, not online), or
+                # not be listed by the master at all yet
+                for key, row in repl.items():
+                    if key.startswith("slave") and isinstance(row, dict):
+                        if row.get("state") != "online":
+                            return False
+                        online.setdefault(node.port, set()).add(int(row["port"]))
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
             return False
-        return True
+        return all(replica in online.get(master, set()) for replica, master in links)
 
     def wait_healthy(self, timeout_s: float) -> None:
         """Wait until `healthy` (after a start, a kill or a failover); ConfigError on timeout."""
