@@ -289,12 +289,7 @@ class _Loop:
             except Exception as e:
                 if not is_redis_outage(e):
                     raise
-                await self.outage.wait(e)  # `stop` is checked again between attempts
-                try:
-                    await self.refresh()
-                except Exception as again:
-                    if not is_redis_outage(again):
-                        raise
+                await self.outage.wait(e, before_retry=self.refresh)  # `stop` is checked between attempts
                 continue
             if self.on_progress is not None:
                 self.on_progress(self.sink.reader.ledger)

@@ -71,9 +71,13 @@ class RedisOutage:
         self.outages = 0
         self._wait_s = first_wait_s
 
-    async def wait(self, error: BaseException) -> None:
+    async def wait(
+        self, error: BaseException, *, before_retry: Callable[[], Awaitable[object]] | None = None
+    ) -> None:
         """After `error` (an outage): wait before the next attempt; `FramestreamError` once Redis
-        has been unavailable for longer than `max_outage_s`."""
+        has been unavailable for longer than `max_outage_s`. `before_retry` runs after the wait (a
+        cluster client reloads its slot table there: `stream.adapters.redis.client.
+        refresh_cluster_view`); an outage it meets is the next attempt's to find."""
         now = time.monotonic()
         if self.since is None:
             self.since, self.outages = now, self.outages + 1
@@ -85,6 +89,12 @@ class RedisOutage:
             ) from error
         await asyncio.sleep(self._wait_s)
         self._wait_s = min(2 * self._wait_s, self.max_wait_s)
+        if before_retry is not None:
+            try:
+                await before_retry()
+            except Exception as again:
+                if not is_redis_outage(again):
+                    raise
 
     def recovered(self) -> bool:
         """After a call that worked: True when it ends an outage."""
@@ -104,21 +114,14 @@ async def ride_out(
 ) -> _T:
     """`call()`, retried while it fails with a Redis outage (see `RedisOutage`); other errors raise.
 
-    `before_retry` runs before each new attempt (a cluster client reloads its slot table there:
-    `stream.adapters.redis.client.refresh_cluster_view`); an outage it meets is the next wait's."""
+    `before_retry` runs before each new attempt (`RedisOutage.wait`)."""
     while True:
         try:
             result = await call()
         except Exception as e:
             if not is_redis_outage(e):
                 raise
-            await outage.wait(e)
-            if before_retry is not None:
-                try:
-                    await before_retry()
-                except Exception as again:
-                    if not is_redis_outage(again):
-                        raise
+            await outage.wait(e, before_retry=before_retry)
             continue
         outage.recovered()
         return result
