@@ -376,6 +376,11 @@ class ModelSettings(_Section):
         "FRAMESTREAM_WEIGHTS_DIR is its former name); none: the model cache, then a synthetic stand-in",
     )
     cache_dir: Path = Path.home() / ".cache" / "framestream" / "models"
+    repository: Path = Field(
+        Path.home() / ".local" / "share" / "framestream" / "models",
+        description="the model repository: <name>/<version>/ folders of your own classifiers "
+        "(FRAMESTREAM_MODELS__REPOSITORY); the built-in seeds ship with the package",
+    )
 
     @field_validator("weights_dir", mode="before")
     @classmethod

@@ -50,7 +50,8 @@ class ModelFile:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model's contract. `top1`/`top5` are published accuracies in percent."""
+    """A model's contract. `top1`/`top5` are published accuracies in percent; `version` is the
+    repository version the descriptor came from (a seed is version 1)."""
 
     name: str
     framework: str
@@ -77,6 +78,7 @@ class ModelSpec:
     gflops: float | None = None
     has_synthetic: bool = False
     license: str = ""
+    version: int = 1
     path: Path | None = field(default=None, compare=False)
 
     @property
