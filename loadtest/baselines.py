@@ -5,7 +5,9 @@ sum-of-parts ideal. Each returns a `Measured` row: frames/s and per-frame latenc
 - best single process: FFmpeg-threaded decode and resize in a thread, batches on OpenVINO's
   AsyncInferQueue with several requests in flight (THROUGHPUT hint), no Redis;
 - ideal parts: decode alone, preprocess alone, inference alone (best batch), each per frame;
-- benchmark_app: OpenVINO's own tool on the bare model file (the inference ceiling).
+- benchmark_app: OpenVINO's own tool on the bare model file (the inference ceiling);
+- the limit: what decoding and the bare model allow on this machine's cores, from the CPU each
+  needs per frame (`decode_cpu` with the pipeline's own decoder, `cores / benchmark_app's frames/s`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ from stream.core.latency import LatencyHistogram
 __all__ = [
     "Measured",
     "best_single_process",
+    "cores",
     "decode_cost",
+    "decode_cpu",
+    "hardware_limit",
     "infer_cost",
     "decode_frames",
     "make_clip",
@@ -236,6 +241,35 @@ def decode_cost(clip: Path, *, frames: int) -> float:
     return _time_per_item(lambda: sum(1 for _ in decode_frames(clip, frames)), min_s=0.5)
 
 
+def decode_cpu(clip: Path, *, frames: int, min_s: float = 2.0) -> float:
+    """CPU seconds per frame (every thread of this process) to decode the clip the way ingest does:
+    `VideoFileSource`, FFmpeg's slice threads, frames left in the decoder's own pixel format."""
+    from stream.adapters.media.video import VideoFileSource
+
+    def decode_once() -> int:
+        source = VideoFileSource(str(clip))
+        try:
+            n = 0
+            while n < frames and source.read() is not None:
+                n += 1
+            return n
+        finally:
+            source.close()
+
+    decode_once()  # warm-up: the file in the page cache, FFmpeg's threads started
+    done, cpu0, t0 = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - t0 < min_s or not done:
+        done += decode_once()
+    return (time.process_time() - cpu0) / done
+
+
+def hardware_limit(decode_cpu_s: float, bare_fps: float, n_cores: int | None = None) -> float:
+    """Frames/s that decoding plus the bare model allow: cores / (decode CPU + model CPU per frame),
+    the model's CPU per frame being `cores / bare_fps` (benchmark_app keeps every core busy)."""
+    n = n_cores or cores()
+    return n / (decode_cpu_s + n / bare_fps)
+
+
 def preprocess_cost(clip: Path, model: str) -> float:
     """Seconds per frame for the model's resize/crop of a decoded frame (one thread per core)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -245,7 +279,7 @@ def preprocess_cost(clip: Path, model: str) -> float:
 
     spec = load_spec(model)
     sample = list(decode_frames(clip, 64))
-    with ThreadPoolExecutor(max_workers=max(1, _cores())) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, cores())) as pool:
         return _time_per_item(lambda: len(list(pool.map(lambda f: fit_to_model(f, spec), sample))))
 
 
@@ -265,7 +299,7 @@ def infer_cost(model: str, *, weights_dir: Path | None, batch: int = 8) -> float
         return _time_per_item(lambda: asyncio.run(burst()), min_s=2.0)
 
 
-def _cores() -> int:
+def cores() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -2,9 +2,11 @@
 
 Rows per model: the naive loop, the best single-process loop, framestream as stage processes,
 framestream as the Ray Serve application, a plain Ray Serve ``@serve.batch`` HTTP deployment,
-OpenVINO's benchmark_app on the bare model (the inference ceiling) and the sum-of-parts ideal
-1 / (decode + preprocess + infer per frame, each measured alone). Ratios are to the naive loop
-and to the ideal of the same model, measured in the same run. The Ray Serve app's row also has its
+OpenVINO's benchmark_app on the bare model (the inference ceiling), the sum-of-parts ideal
+1 / (decode + preprocess + infer per frame, each measured alone) and the limit: cores / (decode CPU +
+bare-model CPU per frame), what any system that decodes and classifies every frame on these cores
+can reach. Ratios are to the naive loop, the ideal and the limit of the same model, measured in the
+same run. The Ray Serve app's row also has its
 ratio to the stage processes round by round (the two run back to back in each round, so a slow or
 fast minute of a shared machine hits both) and the median of those (`ratio_to_processes`).
 
@@ -31,7 +33,10 @@ from rich.console import Console
 from loadtest.baselines import (
     Measured,
     best_single_process,
+    cores,
     decode_cost,
+    decode_cpu,
+    hardware_limit,
     infer_cost,
     make_clip,
     measured_from_results,
@@ -104,17 +109,31 @@ def _ideal(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> 
     return Measured(SYSTEM_NAMES["ideal"], 1.0 / (d + p + i), note=note, extra=parts)
 
 
-def _benchmark_app(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
+def _model_file(model: str, weights_dir: Path | None) -> Path:
     from stream.zoo.descriptors import load_spec
     from stream.zoo.store import DEFAULT_CACHE_DIR, locate_model
 
-    location = locate_model(
-        load_spec(model),
-        weights_dir=weights_dir,
-        cache_dir=DEFAULT_CACHE_DIR,
-        allow_synthetic=True,
+    spec = load_spec(model)
+    return locate_model(spec, weights_dir=weights_dir, cache_dir=DEFAULT_CACHE_DIR, allow_synthetic=True).path
+
+
+def _benchmark_app(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
+    return run_benchmark_app(_model_file(model, weights_dir), seconds=10)
+
+
+def _limit(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
+    bare = run_benchmark_app(_model_file(model, weights_dir), seconds=10)
+    if bare.fps is None:
+        return Measured(SYSTEM_NAMES["limit"], None, note=f"no bare-model figure: {bare.note}")
+    decode_s = decode_cpu(clip, frames=frames)
+    fps = hardware_limit(decode_s, bare.fps)
+    n = cores()
+    parts = {"decode_cpu_ms": decode_s * 1000, "model_cpu_ms": n * 1000 / bare.fps, "cores": n}
+    note = (
+        f"{n} cores / (decode CPU {parts['decode_cpu_ms']:.2f} ms + bare-model CPU "
+        f"{parts['model_cpu_ms']:.2f} ms a frame)"
     )
-    return run_benchmark_app(location.path, seconds=10)
+    return Measured(SYSTEM_NAMES["limit"], fps, note=note, extra=parts)
 
 
 def _ray_app(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
@@ -137,6 +156,7 @@ _RUNNERS: dict[str, Callable[..., Measured]] = {
     "ray_serve_batch": _ray_serve,
     "benchmark_app": _benchmark_app,
     "ideal": _ideal,
+    "limit": _limit,
 }
 
 
@@ -176,11 +196,13 @@ def bench_model(
     ]
     naive = measured.get("naive")
     ideal = measured.get("ideal")
+    limit = measured.get("limit")
     rows = []
     for system, m in measured.items():
         row = {"system": system, **asdict(m), "model": model}
         row["ratio_to_naive"] = m.fps / naive.fps if m.fps and naive and naive.fps else None
         row["ratio_to_ideal"] = m.fps / ideal.fps if m.fps and ideal and ideal.fps else None
+        row["ratio_to_limit"] = m.fps / limit.fps if m.fps and limit and limit.fps else None
         row["ratio_to_processes"] = None
         if system == "framestream_ray" and paired:
             row["ratio_to_processes"] = statistics.median(paired)
@@ -196,13 +218,14 @@ def _f(v: float | None, fmt: str = "{:.1f}") -> str:
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The table of docs/performance.md: one line per model and system."""
     lines = [
-        "| model | system | frames/s | p50 ms | p99 ms | x naive | x ideal |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | system | frames/s | p50 ms | p99 ms | x naive | x ideal | x limit |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['name']} | {_f(r['fps'])} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} "
-            f"| {_f(r['ratio_to_naive'], '{:.2f}')} | {_f(r['ratio_to_ideal'], '{:.2f}')} |"
+            f"| {_f(r['ratio_to_naive'], '{:.2f}')} | {_f(r['ratio_to_ideal'], '{:.2f}')} "
+            f"| {_f(r['ratio_to_limit'], '{:.2f}')} |"
         )
     paired = _paired_lines(rows)
     if paired:
@@ -225,10 +248,12 @@ def _paired_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def _print(rows: Sequence[dict[str, Any]], console: Console) -> None:
     columns = [Column("model", key=True), Column("system")]
-    columns += [Column(c, justify="right") for c in ("frames/s", "p50 ms", "p99 ms", "x naive", "x ideal")]
+    columns += [
+        Column(c, justify="right") for c in ("frames/s", "p50 ms", "p99 ms", "x naive", "x ideal", "x limit")
+    ]
     cells = [
         (r["model"], r["name"], _f(r["fps"]), _f(r["p50_ms"]), _f(r["p99_ms"]),
-         _f(r["ratio_to_naive"], "{:.2f}"), _f(r["ratio_to_ideal"], "{:.2f}"))
+         *(_f(r[k], "{:.2f}") for k in ("ratio_to_naive", "ratio_to_ideal", "ratio_to_limit")))
         for r in rows
     ]  # fmt: skip
     print_table(columns, cells, title="loadtest bench", console=console)
@@ -262,7 +287,7 @@ def run_bench(
     if console is not None:
         _print(rows, console)
     columns = ("model", "system", "name", "fps", "p50_ms", "p99_ms", "ratio_to_naive", "ratio_to_ideal",
-               "ratio_to_processes")  # fmt: skip
+               "ratio_to_limit", "ratio_to_processes")  # fmt: skip
     return {
         "frames": frames,
         "repeat": repeat,

@@ -13,5 +13,6 @@ SYSTEM_NAMES = {
     "ray_serve_batch": "plain Ray Serve @serve.batch",
     "benchmark_app": "benchmark_app (bare model)",
     "ideal": "sum-of-parts ideal",
+    "limit": "limit: decode + bare model",
 }
 ALL_SYSTEMS = tuple(SYSTEM_NAMES)
