@@ -60,7 +60,7 @@ class PartitionLeases:
                 free.append(k)
             else:
                 del self._earlier[k]
-        return rebalance(self.keys.partitions, members, self.member, set(self.owned), free)
+        return rebalance(range(self.keys.partitions), members, self.member, set(self.owned), free)
 
     async def take(self, partition: int) -> bool:
         """Take `partition`'s lease (or keep the one held before a restart); True when owned."""
