@@ -91,6 +91,52 @@ async def test_two_replicas_play_each_source_exactly_once(
 
 
 @pytest.mark.slow
+async def test_replicas_share_the_sources_and_a_moved_source_loses_and_repeats_no_frame(
+    redis_server: RedisServer, redis_client, tmp_path: Path
+) -> None:
+    """A replica that joins takes half the sources from the one playing them all, one that leaves
+    hands its sources back; each moved source goes on after the last frame published."""
+    clip = write_demo_clip(tmp_path / "long.mp4", frames=150, size=(160, 120))  # 5 s in real time
+    settings = Settings(ingest={"high_water": 10_000})  # nothing reads the frames here
+    clients = [await connect(redis_server.url) for _ in range(2)]
+    stops = [asyncio.Event(), asyncio.Event()]
+    a, b = (
+        IngestStage(settings, c, consumer=f"ingest-{i}", scan_interval_s=0.05) for i, c in enumerate(clients)
+    )
+    sources = [f"cam{i}" for i in range(6)]
+    for name in sources:
+        await add_source(redis_client, KEYS, name, {"uri": str(clip), "realtime": True})
+    task_a = asyncio.create_task(a.run(stops[0]))
+    task_b = None
+    try:
+        await wait_for(lambda: a.playing == sources, what="one replica playing every source")
+        task_b = asyncio.create_task(b.run(stops[1]))
+        await wait_for(lambda: len(a.playing) == len(b.playing) == 3, what="the sources shared 3 and 3")
+        moved = set(b.playing)
+        stops[1].set()  # b leaves: a takes its sources back
+        await task_b
+        await wait_for(lambda: a.playing == sources, what="the leaver's sources back on the other")
+
+        async def all_done() -> bool:
+            return all(s.done for s in await list_sources(redis_client, KEYS))
+
+        await wait_for(all_done, what="all sources done")
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.gather(task_a, *([task_b] if task_b else []))
+        for c in clients:
+            await c.aclose()
+    metas = await frames_published(redis_client)
+    for name in sources:
+        mine = [m for m in metas if m["source"] == name]
+        assert [m["seq"] for m in mine] == list(range(151)), name  # 150 frames, then end-of-stream
+        captured = [m["capture_ms"] for m in mine[:-1]]
+        assert captured == sorted(set(captured)), f"{name}: a frame repeated or out of order"
+    assert b.processed > 0 and moved
+
+
+@pytest.mark.slow
 async def test_killed_replica_is_taken_over_and_nothing_is_lost(
     redis_server: RedisServer, redis_client, clip, tmp_path: Path
 ) -> None:

@@ -5,6 +5,13 @@ and removed while the pipeline runs. Each source is played by exactly one ingest
 replica holds a lease (`stream.adapters.redis.leases`, renewed every scan) and records its progress with every
 publish, so a replica that takes over resumes after the last published frame.
 
+Replicas share the sources: each heartbeats into ``keys.members("ingest")`` and plays at most its
+fair share of the unfinished sources (`stream.core.ownership.rebalance`, the rule postprocess uses
+for partitions). A replica over its share (another one joined) stops the excess after the chunk it
+is publishing, with its progress written, and releases their leases; one under its share takes
+free sources. A replica that dies leaves the members and its leases expire, so the others take
+its sources up where its last publish left them: no frame of a file source is lost or repeated.
+
 A source's frames, progress and counters go to its partition (``keys.for_source``). File, image
 and replay sources wait while more than ``ingest.high_water`` frames of their partition are
 outstanding before inference (the frames stream's slowest consumer group, or a model's tensors stream when
@@ -31,7 +38,7 @@ from redis.exceptions import RedisError
 from stream.adapters.media.video import FrameSource, LiveOptions, open_source, skip_frames
 from stream.adapters.metrics import metrics
 from stream.adapters.redis.entries import text
-from stream.adapters.redis.leases import Leases
+from stream.adapters.redis.leases import Leases, Members
 from stream.adapters.redis.outage import is_redis_outage
 from stream.adapters.redis.partitions import ensure_layout
 from stream.adapters.redis.source_registry import (
@@ -43,6 +50,7 @@ from stream.adapters.redis.source_registry import (
 )
 from stream.adapters.redis.streams import GroupStats, StreamTransport
 from stream.core.keys import PipelineKeys
+from stream.core.ownership import rebalance
 from stream.core.sampling import FrameSampler
 from stream.core.sources.status import PLAYING
 from stream.errors import SourceError
@@ -101,6 +109,7 @@ class IngestStage:
         )
         self.lease_ms = lease_ms
         self.leases = Leases(client, lease_ms)
+        self.members = Members(client, self.keys.members(self.name), lease_ms)
         self.scan_interval_s = scan_interval_s
         self.processed = 0
         self.dropped = 0
@@ -108,6 +117,11 @@ class IngestStage:
         self._players: dict[str, _Player] = {}
         self.pipeline = PipelineBacklog(client, self.keys, self.transport)
         self.writes = SourceWrites(client, self.keys, settings.ingest)
+
+    @property
+    def playing(self) -> list[str]:
+        """The sources this replica plays now (including any it is handing over)."""
+        return sorted(self._players)
 
     @property
     def auto_short_side_px(self) -> int | None:
@@ -159,9 +173,9 @@ class IngestStage:
             elif not await self.leases.renew(self.keys.source_lease(source_id), self.consumer):
                 log.warning("ingest %s: lost the lease on %s; stopping it", self.consumer, source_id)
                 player.stop.set()
-        for source_id, raw in specs.items():
-            if source_id in self._players or source_id in ended or states.get(source_id, {}).get("done"):
-                continue
+        unfinished = sorted(s for s in specs if s not in ended and not states.get(s, {}).get("done"))
+        for source_id in await self._share(unfinished):
+            raw = specs[source_id]
             try:
                 spec = SourceSpec.from_json(raw)
             except (ValueError, TypeError) as e:
@@ -172,6 +186,21 @@ class IngestStage:
                 player.task = asyncio.create_task(self._play(player), name=f"ingest:{source_id}")
                 self._players[source_id] = player
                 log.info("ingest %s: playing %s (%s)", self.consumer, source_id, spec.uri)
+
+    async def _share(self, unfinished: list[str]) -> list[str]:
+        """Heartbeat; stop the sources beyond this replica's fair share, and return the free ones
+        it should take (in its order of preference)."""
+        members = await self.members.heartbeat(self.consumer)
+        waiting = [s for s in unfinished if s not in self._players]
+        held = await self.client.mget([self.keys.source_lease(s) for s in waiting]) if waiting else []
+        free = [s for s, holder in zip(waiting, held, strict=True) if holder is None]
+        plan = rebalance(unfinished, members, self.consumer, set(self._players), free)
+        for source_id in plan.give_up:
+            player = self._players[source_id]
+            if not player.stop.is_set():
+                log.info("ingest %s: handing %s over (%d members)", self.consumer, source_id, len(members))
+                player.stop.set()
+        return plan.take
 
     async def _stop_all(self) -> None:
         for player in self._players.values():
@@ -184,6 +213,8 @@ class IngestStage:
         for source_id in list(self._players):
             await self._release(source_id)
         self._players.clear()
+        with contextlib.suppress(RedisError):  # the others then share out this replica's sources at once
+            await self.members.leave(self.consumer)
 
     async def _release(self, source_id: str) -> None:
         await self.leases.release(self.keys.source_lease(source_id), self.consumer)
