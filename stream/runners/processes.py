@@ -82,6 +82,8 @@ class RunReport:
     max_ms: float | None = None
     interrupted: bool = False
     stage_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU each stage used after start-up
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per sink: delivered, retries, dead_letters, dropped, backlog (`Summary.sinks`)."""
 
     @property
     def results(self) -> int:
@@ -363,6 +365,7 @@ async def run_processes(
         wall_s=summary.wall_s,
         interrupted=summary.interrupted,
         stage_cpu_s=stage_cpu_s,
+        sinks=summary.sinks,
     )
     _fill(report, played.ledger, [(sid, m) for sid in played.sources for m in models])
     return report

@@ -99,6 +99,7 @@ class SinkDelivery:
             claim_idle_ms=settings.streams.claim_idle_ms,
         )
         self.stats = SinkStats()
+        self._retries_counted = 0  # of stats.retries, those added to Redis's counters
         self.on_handled: Callable[[int], None] | None = None
         """Called with how many entries were delivered or dead-lettered, each time some were."""
         self.last_progress_s = time.monotonic()
@@ -357,7 +358,17 @@ class SinkDelivery:
                         await self._drop_oldest(keys, math.ceil(excess * part / total), total)
             for keys in self.keys.all_partitions:
                 await trim(self.client, keys.sink_retry(self.name))
+            await self._count_retries()
             await _pause(stop, _WATCH_S)
+        await self._count_retries()
+
+    async def _count_retries(self) -> None:
+        """Add the retries since the last call to the counters (partition 0's hash: the run's
+        summary sums every partition's)."""
+        new = self.stats.retries - self._retries_counted
+        if new:
+            await self.client.hincrby(self.keys.counters, f"sink:{self.name}:retries", new)
+            self._retries_counted += new
 
     async def _drop_oldest(self, keys: PipelineKeys, count: int, backlog: int) -> None:
         """Dead-letter up to `count` of the oldest entries of partition `keys` this sink has not

@@ -28,8 +28,11 @@ def sink_kinds() -> list[str]:
 
 
 def build_destination(sink: SinkSettings) -> Destination:
-    """The destination of `sink` (not started); `ConfigError` for an unknown kind, or one whose
-    `build` refuses the settings (its message names the sink, never its secret)."""
+    """The destination of `sink` (not started); `ConfigError` for a secret_env that is not set,
+    an unknown kind, or one whose `build` refuses the settings (its message names the sink,
+    never its secret)."""
+    if (missing := sink.missing_secret()) is not None:
+        raise ConfigError(missing)
     found = [ep for ep in entry_points(group=GROUP) if ep.name == sink.kind]
     if not found:
         raise ConfigError(

@@ -2,9 +2,10 @@
 retries and backlog limit. `Settings.sinks` holds a list of them (the ``sinks:`` list of the
 settings YAML); docs/sinks.md describes every field.
 
-Checked when the settings are read: the name, the URL's scheme for the kind, and that a secret
-given through `secret_env` is there. Whether a kind exists is checked when the sinks are built
-(`stream.sinks.registry.build_destination`): plug-in kinds come from entry points.
+Checked when the settings are read: the name, the URL's scheme for the kind. Whether a kind
+exists and a secret given through `secret_env` is there are checked when the sinks are built
+(`stream.sinks.registry.build_destination`, at the start of `framestream run` and of the sinks
+process): plug-in kinds come from entry points.
 """
 
 from __future__ import annotations
@@ -97,11 +98,17 @@ class SinkSettings(BaseModel):
             raise ValueError(f"sink {self.name!r}: kind postgres needs dsn (postgresql://...)")
         if self.secret is not None and self.secret_env is not None:
             raise ValueError(f"sink {self.name!r}: give secret or secret_env, not both")
+        return self
+
+    def missing_secret(self) -> str | None:
+        """Why the secret cannot be had (`secret_env` names a variable that is not set), or None.
+        Checked where the sink is built (`stream.sinks.registry`), not when settings are read:
+        other stages read the same settings without the sinks' secrets in their environment."""
         if self.secret_env is not None and not os.environ.get(self.secret_env):
-            raise ValueError(
+            return (
                 f"sink {self.name!r}: secret_env names {self.secret_env}, which is not set in the environment"
             )
-        return self
+        return None
 
     def secret_value(self) -> str | None:
         """The secret itself (from `secret` or the `secret_env` variable), for the destination

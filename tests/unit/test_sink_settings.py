@@ -53,10 +53,6 @@ def test_a_good_sink_has_the_documented_defaults() -> None:
         ({"url": "http://127.0.0.1:99999/x"}, "bad port"),
         ({"kind": "mqtt", "url": "http://127.0.0.1/x"}, "url must be mqtt://"),
         ({"name": "Bad_Name"}, "must be 1-63 characters"),
-        (
-            {"secret_env": "FRAMESTREAM_TEST_NOT_SET_ANYWHERE"},
-            "FRAMESTREAM_TEST_NOT_SET_ANYWHERE, which is not set",
-        ),
         ({"secret": SECRET, "secret_env": "HOME"}, "not both"),
         ({"send": []}, "at least one"),
         ({"send": ["frames"]}, "send"),
@@ -82,6 +78,12 @@ def test_an_unknown_kind_is_a_config_error_naming_the_kinds() -> None:
         build_destination(sink)
     assert "webhook" in sink_kinds()
     assert [d.kind for d in check_sinks([Settings(sinks=[HOOK]).sinks[0]])] == ["webhook"]
+
+
+def test_a_missing_secret_variable_is_a_config_error_when_the_sink_is_built() -> None:
+    sink = Settings(sinks=[{**HOOK, "secret_env": "FRAMESTREAM_TEST_NOT_SET_ANYWHERE"}]).sinks[0]
+    with pytest.raises(ConfigError, match="FRAMESTREAM_TEST_NOT_SET_ANYWHERE, which is not set"):
+        build_destination(sink)
 
 
 def test_a_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
