@@ -78,6 +78,9 @@ class SinkLoop:
             await delivery.start()
 
     async def run(self, stop: asyncio.Event) -> None:
+        if not self.deliveries:  # nothing configured: idle until stopped (a Serve replica stays healthy)
+            await stop.wait()
+            return
         tasks = [asyncio.create_task(self._keep_running(d, stop)) for d in self.deliveries]
         try:
             await asyncio.gather(*tasks)
