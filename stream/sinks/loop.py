@@ -88,6 +88,11 @@ class SinkLoop:
             await delivery.start()
 
     @property
+    def delivering(self) -> list[str]:
+        """Names of the sinks this loop delivers (the settings file's, then those added through the API)."""
+        return [d.name for d in self.all_deliveries]
+
+    @property
     def all_deliveries(self) -> list[SinkDelivery]:
         """The configured sinks' deliveries and those of sinks added through the API."""
         return [*self.deliveries, *self._registered.values()]
