@@ -139,6 +139,8 @@ class SinkLoop:
     ) -> None:
         """Start delivering sinks added through the API and stop those removed (every second)."""
         while not stop.is_set():
+            # a destination that is down is no stuck loop (replacing the replica would not help)
+            self.last_progress_s = time.monotonic()
             wanted = {s.name: s for s in await registered_sinks(self.client, self.keys)}
             configured = {d.name for d in self.deliveries}
             for name, sink in wanted.items():
