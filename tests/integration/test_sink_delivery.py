@@ -166,3 +166,22 @@ async def test_on_full_drop_dead_letters_the_oldest_waiting_items(redis_client: 
     dropped = sorted(r.seq for r in letters if r.seq is not None)
     assert dropped[0] in range(6) and dropped == list(range(dropped[0], dropped[0] + 70)), dropped
     assert hook.items == []
+
+
+async def test_a_sink_that_is_down_holds_up_no_other_sink(
+    redis_client: Any, receiver: WebhookReceiver
+) -> None:
+    pipeline = f"s{secrets.token_hex(3)}"
+    down = {"name": "down", "kind": "webhook", "url": "http://127.0.0.1:1/hook", "max_attempts": 10_000,
+            "backoff_initial_s": 0.05, "backoff_max_s": 0.2}  # fmt: skip
+    settings, _ = _settings(pipeline, url=receiver.url)
+    settings = settings.model_copy(update={"sinks": [*settings.sinks, SinkSettings(**down)]})
+    keys = PipelineKeys(pipeline)
+    loop = SinkLoop(settings, redis_client, consumer="t")
+    async with _running(loop):
+        await _publish(redis_client, keys, "a", range(60))
+        await until(
+            lambda: len(receiver.keys()) == 60, timeout_s=20, what="60 results at the sink that is up"
+        )
+        assert await sink_backlog(redis_client, keys, settings.sinks[1]) == 60  # all kept for the other
+    assert receiver.first_arrivals("a") == list(range(60))

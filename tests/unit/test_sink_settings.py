@@ -138,3 +138,28 @@ def test_the_webhook_body_is_signed_with_hmac_sha256() -> None:
     assert json.loads(body) == [{"key": "cam-1/m/7", "kind": "results", "item": RESULT}]
     expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert sign(SECRET, body) == f"sha256={expected}"
+
+
+@pytest.mark.parametrize(
+    ("sink", "says"),
+    [
+        ({**HOOK, "kind": "carrier-pigeon"}, "unknown kind 'carrier-pigeon'"),
+        ({**HOOK, "url": "ftp://192.0.2.1/in"}, "url must be http://"),
+        ({**HOOK, "secret_env": "FRAMESTREAM_TEST_NOT_SET_ANYWHERE"}, "which is not set"),
+    ],
+)
+def test_framestream_run_refuses_a_bad_sink_before_it_starts_anything(
+    tmp_path: Path, sink: dict[str, object], says: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from stream.cli import app
+
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump({"sinks": [sink]}))
+    result = CliRunner().invoke(
+        app, ["run", "--config", str(config), "--runner", "processes", "--source", str(tmp_path / "none.mp4")]
+    )
+    assert result.exit_code == 2
+    assert says in " ".join(result.output.split())  # rich wraps long lines
+    assert "redis-server" not in result.output  # nothing was started
