@@ -156,14 +156,35 @@ class SinkDelivery:
         while not stop.is_set():
             self.last_progress_s = time.monotonic()
             entries: list[Entry] = []
-            if time.monotonic() >= next_reclaim_s:  # entries of a consumer that stopped or crashed
+            held = await self._held_by_others(streams)
+            if held or time.monotonic() >= next_reclaim_s:  # a consumer that stopped or crashed
                 next_reclaim_s = time.monotonic() + self.settings.streams.claim_idle_ms / 2000.0
                 for stream in streams:
                     entries += await self.transport.reclaim(stream, self.group, self.consumer, count=count)
+            if not entries and held:
+                # older entries another consumer holds go first (in order), once it has been silent
+                # for claim_idle_ms: newer ones wait for them
+                await _pause(stop, min(0.1, self.settings.streams.claim_idle_ms / 4000.0))
+                continue
             if not entries:
                 entries = await self._read_batch(streams)
             if entries:
                 await self._deliver(keys, entries, stop)
+
+    async def _held_by_others(self, streams: list[str]) -> bool:
+        """Whether another consumer of the group holds entries of `streams` (a delivery process
+        that stopped or crashed: one process delivers a sink, so those are older than what is
+        unread)."""
+        for stream in streams:
+            try:
+                summary: Any = await self.client.xpending(stream, self.group)
+            except ResponseError as e:
+                if "NOGROUP" in str(e):  # gone (Redis restarted empty, the sink deleted): `_read` sees to it
+                    return False
+                raise
+            if any(text(c["name"]) != self.consumer and int(c["pending"]) > 0 for c in summary["consumers"]):
+                return True
+        return False
 
     async def _read_batch(self, streams: list[str]) -> list[Entry]:
         """Up to `max_items` new entries: the first read waits up to ``streams.block_ms``, then the

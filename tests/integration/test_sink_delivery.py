@@ -185,3 +185,30 @@ async def test_a_sink_that_is_down_holds_up_no_other_sink(
         )
         assert await sink_backlog(redis_client, keys, settings.sinks[1]) == 60  # all kept for the other
     assert receiver.first_arrivals("a") == list(range(60))
+
+
+async def test_what_a_stopped_sink_consumer_held_is_taken_over_and_delivered(
+    redis_client: Any, receiver: WebhookReceiver
+) -> None:
+    pipeline = f"s{secrets.token_hex(3)}"
+    settings, sink = _settings(pipeline, url=receiver.url, max_attempts=10_000)
+    keys = PipelineKeys(pipeline)
+    receiver.mode = "error"  # the first consumer reads a batch and cannot deliver it
+    first = SinkLoop(settings, redis_client, consumer="first")
+    await first.start()
+    await _publish(redis_client, keys, "a", range(30))
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.run(stop))
+
+    async def held_by_first() -> bool:
+        return (await redis_client.xpending(keys.results, sink.group))["pending"] > 0
+
+    await until(held_by_first, timeout_s=10, what="entries pending with the first consumer")
+    task.cancel()  # a crash: nothing acked, nothing left the group
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    receiver.mode = "ok"
+    async with _running(SinkLoop(settings, redis_client, consumer="second")):
+        await until(lambda: len(receiver.keys()) == 30, timeout_s=20, what="all 30 delivered by the second")
+        await until(lambda: _backlog_is(redis_client, keys, sink, 0), timeout_s=10, what="backlog 0")
+    assert receiver.first_arrivals("a") == list(range(30))
