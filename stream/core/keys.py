@@ -136,6 +136,15 @@ class PipelineKeys:
         return f"{self.prefix}:events"
 
     @property
+    def segments(self) -> str:
+        """Closed segments (a run of frames of one label), each with an `id`, written by postprocess."""
+        return f"{self.prefix}:segments"
+
+    def sink_retry(self, sink: str) -> str:
+        """Entries re-driven to sink `sink` alone (`framestream dead retry` of its dead letters)."""
+        return f"{self.prefix}:sink:{sink}:retry"
+
+    @property
     def dead(self) -> str:
         return f"{self.prefix}:dead"
 
@@ -171,6 +180,11 @@ class PipelineKeys:
     def sources(self) -> str:
         """Hash of source_id -> JSON source spec, for sources added while running."""
         return f"{self._home}:sources"
+
+    @property
+    def sink_registry(self) -> str:
+        """Hash of sink name -> JSON sink settings, for sinks added through the API."""
+        return f"{self._home}:sink_registry"
 
     def source_lease(self, source_id: str) -> str:
         """String key held (SET NX PX, renewed) by the ingest replica that plays `source_id`."""
