@@ -19,7 +19,8 @@ def test_bench_rows_have_fps_latency_and_ratios(shared_dir: Path, tmp_path: Path
     env = {**os.environ, "CI": "true", "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models")}
     cmd = [
         sys.executable, "-m", "loadtest", "bench", "--model", "mobilenet-v1-0.25-128-quant", "--frames", "60",
-        "--systems", "naive,best_single,ideal,limit", "--repeat", "2", "--json", str(out), "--markdown", str(md),
+        "--systems", "naive,best_single,ideal,limit", "--repeat", "2",
+        "--json", str(out), "--markdown", str(md),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
