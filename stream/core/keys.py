@@ -9,7 +9,7 @@ several masters, on different shards):
 - partition k >= 1: ``fs:{<pipeline>:<k>}:...`` (``:`` cannot occur in a pipeline name, so no
   pipeline's tag can collide with another's partition).
 
-Per partition: the frames, tensors, scores, results, events and dead-letter streams, each
+Per partition: the frames, tensors, scores, results, events, segments and dead-letter streams, each
 source's progress (``source_state``, written with the frames it publishes) and the counters.
 Per partition and postprocess group: the owner's lease and the state hash. Pipeline-wide, on
 partition 0's tag: the source registry, source leases, the members of groups that own
@@ -134,6 +134,13 @@ class PipelineKeys:
         """Events: a label change each time a source's smoothed label changes, a source status
         change each time a source starts reconnecting, stalls, recovers or fails."""
         return f"{self.prefix}:events"
+
+    @property
+    def segments(self) -> str:
+        """Segments: one entry per closed segment ("label L from seq a to b") of each (source,
+        model) of this partition, written by postprocess with the results that closed it
+        (`stream.core.segments`; the open ones are in the postprocess state hash)."""
+        return f"{self.prefix}:segments"
 
     @property
     def dead(self) -> str:
