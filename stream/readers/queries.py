@@ -116,19 +116,34 @@ class ResultQueries:
             if done or len(page) < _PAGE:
                 break
             upper = f"({text(page[-1][0])}"
-        raw = await self.client.hget(keys.group_state(PipelineKeys.group("postprocess", model)), source)
-        open_segment = None
-        if raw is not None:
+        segment = (await self.open_segments([source], model)).get(source)
+        if segment is not None:
             found = True
-            try:
-                segment = decode_open_segment(raw)
-            except ValueError:
-                segment = None  # postprocess logs an unusable state when it loads it
-            if segment is not None and segment.first_seq > after_seq:
-                open_segment = segment.to_meta()
+        open_segment = segment if segment is not None and segment["first_seq"] > after_seq else None
         if len(collected) > limit:  # the open segment comes with the page that ends the closed ones
             open_segment = None
         return found, [collected[k] for k in sorted(collected)][:limit], open_segment
+
+    async def open_segments(self, sources: list[str], model: str) -> dict[str, dict[str, Any]]:
+        """The open segment of each of `sources` that has one (for `model`), as its partition's
+        postprocess owner saved it with its last commit: one HMGET per partition."""
+        group = PipelineKeys.group("postprocess", model)
+        by_partition: dict[int, list[str]] = {}
+        for source in sources:
+            by_partition.setdefault(self.keys.for_source(source).index, []).append(source)
+        found: dict[str, dict[str, Any]] = {}
+        for index, names in by_partition.items():
+            states = await self.client.hmget(self.keys.partition(index).group_state(group), names)
+            for source, raw in zip(names, states, strict=True):
+                if raw is None:
+                    continue
+                try:
+                    segment = decode_open_segment(raw)
+                except ValueError:
+                    continue  # postprocess logs an unusable state when it loads it
+                if segment is not None:
+                    found[source] = segment.to_meta()
+        return found
 
     async def recent_events(self, count: int) -> list[dict[str, Any]]:
         """The newest `count` entries of every partition's events stream, the oldest first."""
