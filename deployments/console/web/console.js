@@ -290,11 +290,12 @@ function addToTimeline(event) {
 
 // -- segments --------------------------------------------------------------------------------
 // One band per source: its segments (runs of one smoothed label) over the last SEGMENT_WINDOW_MS
-// of capture time, coloured by label. The open segment comes with every snapshot (it grows as
+// of capture time (less while there is less to show, at least MIN_WINDOW_MS), coloured by label. The open segment comes with every snapshot (it grows as
 // frames arrive); the closed ones are read from v1/sources/{id}/segments when the open segment
 // changes (a segment closed), from where the page read up to last time.
 
 const SEGMENT_WINDOW_MS = 5 * 60 * 1000;
+const MIN_WINDOW_MS = 30 * 1000;
 const SEGMENTS_PAGE = 1000;
 const BAND_WIDTH = 1000; // viewBox units of a band
 const segmentState = new Map(); // source id -> {closed, open, afterSeq, openFirst, reading, again}
@@ -362,6 +363,8 @@ function segmentTitle(segment) {
 function renderSegments() {
   const all = [...segmentState.values()].flatMap((s) => [...s.closed, ...(s.open ? [s.open] : [])]);
   const newest = Math.max(...all.map((s) => s.end_ms ?? -Infinity));
+  const oldest = Math.min(...all.map((s) => s.start_ms ?? Infinity));
+  const span = Math.min(SEGMENT_WINDOW_MS, Math.max(MIN_WINDOW_MS, newest - oldest));
   const bands = $("#bands");
   const legend = new Set();
   const rows = [];
@@ -382,8 +385,8 @@ function renderSegments() {
       const next = shown[i + 1];
       // up to where the next segment starts when it follows on (no gap of one frame between them)
       const end = next && next.first_seq === segment.last_seq + 1 ? next.start_ms : segment.end_ms;
-      const x0 = Math.max(0, (segment.start_ms - (newest - SEGMENT_WINDOW_MS)) / SEGMENT_WINDOW_MS * BAND_WIDTH);
-      const x1 = Math.max(x0, (end - (newest - SEGMENT_WINDOW_MS)) / SEGMENT_WINDOW_MS * BAND_WIDTH);
+      const x0 = Math.max(0, (segment.start_ms - (newest - span)) / span * BAND_WIDTH);
+      const x1 = Math.max(x0, (end - (newest - span)) / span * BAND_WIDTH);
       legend.add(segment.label);
       const rect = svgElement("rect", {
         class: "segment", x: x0.toFixed(2), y: 0, width: Math.max(x1 - x0, 1).toFixed(2), height: 20,
@@ -399,6 +402,7 @@ function renderSegments() {
   }
   bands.replaceChildren(...rows);
   $("#band-newest").textContent = Number.isFinite(newest) ? new Date(newest).toLocaleTimeString() : "";
+  $("#band-span").textContent = Number.isFinite(span) ? `\u2212${span >= 60000 ? `${(span / 60000).toFixed(1)} min` : `${Math.round(span / 1000)} s`}` : "";
   $("#segment-legend").replaceChildren(...[...legend].sort().map((label) => {
     const item = document.createElement("li");
     item.dataset.label = label;
@@ -413,25 +417,26 @@ function renderSegments() {
 // -- charts: frames/s out and p99 latency of the last minutes, one point per snapshot ----------
 
 const CHART_WINDOW_MS = 5 * 60 * 1000;
-const history = []; // {t, fps, p99}
+const chartHistory = []; // {t, fps, p99}: one per snapshot
 
 function drawChart(svg, points) {
   const line = svg.querySelector("polyline");
   const [width, height] = [300, 60];
   const top = Math.max(1e-9, ...points.map((p) => p.v)) * 1.1;
-  const t0 = Date.now() - CHART_WINDOW_MS;
+  const now = Date.now();
+  const span = Math.min(CHART_WINDOW_MS, Math.max(MIN_WINDOW_MS, now - (chartHistory.length ? chartHistory[0].t : now)));
   line.setAttribute("points", points.map((p) =>
-    `${((p.t - t0) / CHART_WINDOW_MS * width).toFixed(1)},${(height - p.v / top * height).toFixed(1)}`).join(" "));
+    `${((p.t - (now - span)) / span * width).toFixed(1)},${(height - p.v / top * height).toFixed(1)}`).join(" "));
   line.dataset.points = points.length;
 }
 
 function noteCharts(snapshot) {
   const now = Date.now();
   const out = snapshot.stages.find((s) => s.stage === "postprocess");
-  history.push({ t: now, fps: out ? out.fps : null, p99: snapshot.latency_p99_ms });
-  while (history.length && history[0].t < now - CHART_WINDOW_MS) history.shift();
-  const fps = history.filter((h) => h.fps != null).map((h) => ({ t: h.t, v: h.fps }));
-  const p99 = history.filter((h) => h.p99 != null).map((h) => ({ t: h.t, v: h.p99 }));
+  chartHistory.push({ t: now, fps: out ? out.fps : null, p99: snapshot.latency_p99_ms });
+  while (chartHistory.length && chartHistory[0].t < now - CHART_WINDOW_MS) chartHistory.shift();
+  const fps = chartHistory.filter((h) => h.fps != null).map((h) => ({ t: h.t, v: h.fps }));
+  const p99 = chartHistory.filter((h) => h.p99 != null).map((h) => ({ t: h.t, v: h.p99 }));
   drawChart($("#fps-chart"), fps);
   drawChart($("#p99-chart"), p99);
   $("#fps-now").textContent = fps.length ? `${fps[fps.length - 1].v.toFixed(1)}` : DASH;
