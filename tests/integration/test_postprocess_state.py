@@ -79,6 +79,7 @@ async def test_smoothed_labels_survive_scaling_and_a_kill_exactly(setup, tmp_pat
     assert _scores(moved) == _scores(reference)  # mean scores too, bit for bit
     print(f"faults at {moved.faults_at} results; owners {moved.owners_seen}; "
           f"label changes {[label_changes(_labels(reference)[s]) for s in SOURCES]}; "
+          f"segments {[len(moved.segments[s]) for s in SOURCES]}; "
           f"duplicates removed {moved.duplicates}; "
           f"partition without owner {moved.orphaned_s:.2f} s")  # fmt: skip
 
