@@ -157,9 +157,13 @@ async def get_results(
 @router.get("/v1/sources/{source_id}/segments", tags=["results"], responses=errors(404, 503))
 async def get_segments(
     source_id: str,
-    model: str | None = Query(None, description="the model whose segments (default: the app's model)"),
+    model: str | None = Query(
+        None, min_length=1, max_length=200, description="the model whose segments (default: the app's model)"
+    ),
     after_seq: int = Query(-1, ge=-1, description="only segments whose first seq is > after_seq"),
-    limit: int = Query(100, ge=1, description="most closed segments returned (at most api max_results)"),
+    limit: int = Query(
+        100, ge=1, description="most closed segments returned (capped at the ingress max_results, 1000)"
+    ),
     ingress: Any = Depends(serving_replica),
 ) -> dict[str, Any]:
     """The source's segments: runs of frames with one smoothed label, ``label`` from ``first_seq``
