@@ -4,6 +4,8 @@
   ``POST`` checks the URI against ``ingest.allowed_sources`` (`stream.core.sources.policy`:
   400 malformed, 403 not allowed);
 - ``GET /v1/results/{source}?after_seq=N``: results of a source after a seq;
+- ``GET /v1/sources/{id}/segments?after_seq=N``: a source's segments ("label L from seq a to b",
+  `stream.core.segments`), the closed ones and the open one;
 - ``GET /v1/events``: Server-Sent Events of results and label changes, from the one reader of the
   streams this replica shares among its feeds (`deployments.api.feeds`; ``Last-Event-ID`` resumes
   where a client left off).
@@ -150,6 +152,37 @@ async def get_results(
         raise ApiError(404, f"no source {source_id!r} and no results for it")
     next_after = results[-1]["seq"] if results else after_seq
     return {"source": source_id, "results": results, "next_after_seq": next_after}
+
+
+@router.get("/v1/sources/{source_id}/segments", tags=["results"], responses=errors(404, 503))
+async def get_segments(
+    source_id: str,
+    model: str | None = Query(
+        None, min_length=1, max_length=200, description="the model whose segments (default: the app's model)"
+    ),
+    after_seq: int = Query(-1, ge=-1, description="only segments whose first seq is > after_seq"),
+    limit: int = Query(
+        100, ge=1, description="most closed segments returned (capped at the ingress max_results, 1000)"
+    ),
+    ingress: Any = Depends(serving_replica),
+) -> dict[str, Any]:
+    """The source's segments: runs of frames with one smoothed label, ``label`` from ``first_seq``
+    to ``last_seq`` (capture times ``start_ms`` .. ``end_ms``, ``frames``, mean ``score``).
+    ``segments``: closed ones (``closed_by`` label_change or eos) whose first seq is > `after_seq`,
+    oldest first, at most `limit`; ``open``: the segment still growing (None when the source has
+    ended or not started, or on a page that does not reach the newest closed segment). Page on
+    with ``after_seq=next_after_seq``. Segments are kept as long as the segments stream keeps them
+    (``streams.max_len`` per partition)."""
+    limit = min(limit, ingress.cfg.max_results)
+    model = model or ingress.model
+    found, closed, open_segment = await redis_call(
+        ingress.results.segments(source_id, model, after_seq, limit)
+    )
+    if not found and not await redis_call(ingress.client.hexists(ingress.keys.sources, source_id)):
+        raise ApiError(404, f"no source {source_id!r} and no segments for it")
+    next_after = closed[-1]["first_seq"] if closed else after_seq
+    return {"source": source_id, "model": model, "segments": closed, "open": open_segment,
+            "next_after_seq": next_after}  # fmt: skip
 
 
 @router.get("/v1/events", tags=["results"], response_class=_EventStream, responses=errors(429, 503))

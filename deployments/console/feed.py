@@ -7,10 +7,13 @@
 - ``GET /v1/console/events`` (`ConsoleFeed.stream`) is one Server-Sent Events stream per page:
   first a ``timeline`` event (the newest label changes and source status changes), then every
   new ``label_change`` / ``source_status`` as it happens, and a ``snapshot`` about once a second:
-  every source (its registry entry and status, with its latest smoothed label and score) and every
-  stage (replicas, frames/s, lag, dead letters). The page's entries come from the replica's one
-  reader of the streams (`deployments.api.feeds`; the latest label per source is folded in here,
-  results are not forwarded) and the snapshot is computed once per tick; the page polls nothing.
+  every source (its registry entry and status, with its latest smoothed label and score and its
+  open segment, `stream.core.segments`, from the postprocess state), every stage (replicas,
+  frames/s, lag, dead letters) and the p99 end-to-end latency of the results since the last one.
+  The page's entries come from the replica's one reader of the streams (`deployments.api.feeds`;
+  the latest label and the latency per source are folded in here, results are not forwarded) and
+  the snapshot is computed once per tick. The page asks for closed segments
+  (``GET /v1/sources/{id}/segments``) only when a source's open segment changes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from stream.core.keys import PipelineKeys
+from stream.core.latency import LatencyHistogram
 from stream.core.messages import LABEL_CHANGE, RESULT
 from stream.core.rates import RateMeter
 from stream.readers.queries import ResultQueries, event_kind, sse_event
@@ -178,17 +182,27 @@ class ConsoleFeed:
         self.interval_s = interval_s
         self.latest = LatestResults(model)
         self.rates = RateMeter(min_interval_s=interval_s * 0.9)
+        self.latency = LatencyHistogram()
+        """End-to-end latency of the results seen since the last snapshot."""
 
     async def snapshot(self) -> dict[str, Any]:
         items = await self.sources()
-        self.latest.keep_only({str(i.get("id")) for i in items})
+        ids = [str(i.get("id")) for i in items]
+        self.latest.keep_only(set(ids))
         counts = await read_stage_counts(self.queries.client, self.queries.keys, self.model, self.stages)
         rates = self.rates.update({s: c["handled"] for s, c in counts.items()}, time.monotonic())
+        open_segments = await self.queries.open_segments(ids, self.model)
+        p99 = self.latency.percentile(99)
+        self.latency = LatencyHistogram()
         return {
             "t_ms": round(time.time() * 1000.0),
             "model": self.model,
-            "sources": [source_row(i, self.latest.get(str(i.get("id")))) for i in items],
+            "sources": [
+                {**source_row(i, self.latest.get(sid)), "segment": open_segments.get(sid)}
+                for i, sid in zip(items, ids, strict=True)
+            ],
             "stages": stage_rows(counts, await self.replicas(), rates),
+            "latency_p99_ms": None if p99 is None else round(p99, 1),
         }
 
     async def stream(
@@ -223,6 +237,9 @@ class ConsoleFeed:
                 kind = event_kind(meta)
                 if kind == RESULT:
                     self.latest.note(meta)
+                    latency_ms = meta.get("latency_ms")
+                    if isinstance(latency_ms, int | float) and latency_ms >= 0:
+                        self.latency.record(float(latency_ms))
                 elif kind in TIMELINE_KINDS:
                     yield sse_event(kind, event_id, meta)
             now = time.monotonic()

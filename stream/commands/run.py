@@ -34,6 +34,11 @@ def run(
     results: Path | None = typer.Option(
         None, "--results", help="write one JSON object per frame to this JSONL file"
     ),
+    segments: Path | None = typer.Option(
+        None,
+        "--segments",
+        help="write one JSON object per closed segment (label L from seq a to b) to this JSONL file",
+    ),
     redis: str | None = typer.Option(
         None, "--redis", help="redis:// URL, or 'auto' for a private redis-server"
     ),
@@ -61,6 +66,7 @@ def run(
         sources=list(source),
         models=list(model),
         results=results,
+        segments=segments,
         redis=redis,
         address=address,
         timeout_s=timeout_s,

@@ -9,7 +9,7 @@ several masters, on different shards):
 - partition k >= 1: ``fs:{<pipeline>:<k>}:...`` (``:`` cannot occur in a pipeline name, so no
   pipeline's tag can collide with another's partition).
 
-Per partition: the frames, tensors, scores, results, events and dead-letter streams, each
+Per partition: the frames, tensors, scores, results, events, segments and dead-letter streams, each
 source's progress (``source_state``, written with the frames it publishes) and the counters.
 Per partition and postprocess group: the owner's lease and the state hash. Pipeline-wide, on
 partition 0's tag: the source registry, source leases, the members of groups that own
@@ -137,7 +137,9 @@ class PipelineKeys:
 
     @property
     def segments(self) -> str:
-        """Closed segments (a run of frames of one label), each with an `id`, written by postprocess."""
+        """Segments: one entry per closed segment ("label L from seq a to b") of each (source,
+        model) of this partition, written by postprocess with the results that closed it
+        (`stream.core.segments`; the open ones are in the postprocess state hash)."""
         return f"{self.prefix}:segments"
 
     def sink_retry(self, sink: str) -> str:

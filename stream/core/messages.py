@@ -30,17 +30,24 @@ results (``fs:{p}:results``), written by postprocess, no array:
 events (``fs:{p}:events``): kind="label_change", source, model, seq, previous, label, result_ms;
   kind="source_status" (also type="source_status"), written by ingest: source, change
   (reconnecting | stalled | recovered | failed), status, previous, reason, reconnects, time_ms.
+segments (``fs:{p}:segments``), written by postprocess in the same transaction as the result (or
+  the eos) that closed the segment, one entry per closed segment (`stream.core.segments`):
+  kind="segment", id ("<source>/<model>/<first_seq>": the same id when written again after a
+  failover), source, model, label (the smoothed label), first_seq, last_seq, start_ms, end_ms
+  (capture_ms of the first and last frame), frames, score (mean smoothed score of the label),
+  open=False, closed_by ("label_change" | "eos").
 dead (``fs:{p}:dead``): fields stage, reason, stream, group, id, deliveries, bytes (size of the
     original bytes), d (the original bytes, when at most 1 MiB).
 """
 
 from __future__ import annotations
 
-__all__ = ["EOS", "FRAME", "LABEL_CHANGE", "RESULT", "SKIP", "STAGES"]
+__all__ = ["EOS", "FRAME", "LABEL_CHANGE", "RESULT", "SEGMENT", "SKIP", "STAGES"]
 
 FRAME = "frame"
 EOS = "eos"
 SKIP = "skip"
 RESULT = "result"
 LABEL_CHANGE = "label_change"
+SEGMENT = "segment"
 STAGES = ("ingest", "preprocess", "infer", "postprocess")

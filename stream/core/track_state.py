@@ -3,7 +3,9 @@
 Only what is needed to resume: the reorder buffer's next seq (frames it held are not acked, so
 they come back by redelivery and are not saved), the smoother's state (its EMA as little-endian
 float32 bytes in base64: bit-exact, ~5.4 KB for 1,000 classes; label, hysteresis candidate and
-streak, frame count) and the track's counters. JSON, never pickle: the bytes come from Redis.
+streak, frame count), the track's counters and its open segment (`stream.core.segments`: the
+new owner continues it, so the segment closed later is the one a run without faults closes).
+JSON, never pickle: the bytes come from Redis.
 `decode_track` checks every field and raises `ValueError` naming what is wrong.
 
 A track with nothing but its next seq (an ended source: its end-of-stream restarted the smoother
@@ -21,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from stream.core.segments import Segment
 from stream.core.smoothing import LabelSmoother
 
-__all__ = ["COUNTERS", "SavedTrack", "decode_track", "encode_track"]
+__all__ = ["COUNTERS", "SavedTrack", "decode_open_segment", "decode_track", "encode_track"]
 
 VERSION = 1
 COUNTERS = ("results", "skipped", "gaps", "late")
@@ -32,16 +35,20 @@ COUNTERS = ("results", "skipped", "gaps", "late")
 
 @dataclass(frozen=True)
 class SavedTrack:
-    """A decoded track state: the reorder buffer's next seq, a smoother, the counters."""
+    """A decoded track state: the reorder buffer's next seq, a smoother, the counters, the open
+    segment (None: none open)."""
 
     next_seq: int
     smoother: LabelSmoother
     counters: dict[str, int]
+    segment: Segment | None = None
 
 
-def encode_track(next_seq: int, smoother: LabelSmoother, counters: dict[str, int]) -> str:
+def encode_track(
+    next_seq: int, smoother: LabelSmoother, counters: dict[str, int], segment: Segment | None = None
+) -> str:
     """The JSON text of one track's state (its next seq alone when that is all it holds)."""
-    if _fresh(smoother) and not any(counters.get(k, 0) for k in COUNTERS):
+    if _fresh(smoother) and segment is None and not any(counters.get(k, 0) for k in COUNTERS):
         return str(next_seq)
     ema = smoother.ema
     doc: dict[str, Any] = {
@@ -53,6 +60,7 @@ def encode_track(next_seq: int, smoother: LabelSmoother, counters: dict[str, int
         "streak": smoother.streak,
         "frames": smoother.frames,
         **{k: counters.get(k, 0) for k in COUNTERS},
+        "segment": None if segment is None else segment.to_state(),
     }
     return json.dumps(doc, separators=(",", ":"))
 
@@ -85,7 +93,23 @@ def decode_track(raw: bytes | str, *, classes: int, alpha: float, hysteresis_fra
     ema = _decode_ema(doc.get("ema"), classes)
     smoother = LabelSmoother(alpha, hysteresis_frames)
     smoother.resume(ema, doc.get("label"), doc.get("candidate"), ints["streak"], ints["frames"])
-    return SavedTrack(ints["next_seq"], smoother, {k: ints[k] for k in COUNTERS})
+    segment = _decode_segment(doc.get("segment"))
+    return SavedTrack(ints["next_seq"], smoother, {k: ints[k] for k in COUNTERS}, segment)
+
+
+def decode_open_segment(raw: bytes | str) -> Segment | None:
+    """Only the open segment of a saved track state (what a reader of segments needs, without the
+    model's class count); None when it has none. ValueError when the state does not decode."""
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"track state is not JSON: {e}") from e
+    return _decode_segment(doc.get("segment")) if isinstance(doc, dict) else None
+
+
+def _decode_segment(raw: object) -> Segment | None:
+    """A state without the field (written before segments existed) has no open segment."""
+    return None if raw is None else Segment.from_state(raw)
 
 
 def _fresh(smoother: LabelSmoother) -> bool:

@@ -1,5 +1,6 @@
-"""Reading the results and events streams for HTTP clients: a page after a seq, the newest
-entries, and the reads the live feeds' one reader makes (`deployments.api.feeds`).
+"""Reading the results, events and segments streams for HTTP clients: a page after a seq, the
+newest entries, a source's segments (closed ones from the segments stream, the open one from the
+postprocess state), and the reads the live feeds' one reader makes (`deployments.api.feeds`).
 
 The postprocess reorder buffer writes a source's results in seq order, except "late" ones (a frame
 that arrived after the buffer gave up waiting for it, flagged ``late``), which land after results
@@ -17,8 +18,9 @@ from typing import Any
 from stream.adapters.redis.entries import text
 from stream.adapters.redis.streams import last_id
 from stream.core.keys import PipelineKeys
-from stream.core.messages import EOS, LABEL_CHANGE, RESULT
+from stream.core.messages import EOS, LABEL_CHANGE, RESULT, SEGMENT
 from stream.core.sources.status import SOURCE_STATUS
+from stream.core.track_state import decode_open_segment
 from stream.readers.results import decode_fields
 
 __all__ = ["READ_COUNT", "ResultQueries", "event_kind", "sse_event"]
@@ -78,6 +80,70 @@ class ResultQueries:
                 break
             upper = f"({text(page[-1][0])}"
         return found, [collected[seq] for seq in sorted(collected)][:limit]
+
+    async def segments(
+        self, source: str, model: str, after_seq: int, limit: int
+    ) -> tuple[bool, list[dict[str, Any]], dict[str, Any] | None]:
+        """(whether anything of `source` was found, its closed segments of `model` with first seq >
+        `after_seq`, the oldest first and at most `limit`, its open segment or None: only on the
+        page with the newest closed segments).
+
+        One (source, model)'s segments are written in seq order, so the segments stream is walked
+        back from its newest entry until one of them starts at or before `after_seq`. The open
+        segment is the one the partition's postprocess owner saved with its last commit.
+        """
+        keys = self.keys.for_source(source)
+        found = False
+        collected: dict[int, dict[str, Any]] = {}
+        upper = "+"
+        scanned = 0
+        while scanned < _MAX_SCAN:
+            page = await self.client.xrevrange(keys.segments, max=upper, min="-", count=_PAGE)
+            scanned += len(page)
+            done = False
+            for _id, fields in page:
+                meta = decode_fields(fields)
+                if meta is None or meta.get("kind") != SEGMENT or meta.get("source") != source:
+                    continue
+                found = True
+                if meta.get("model") != model:
+                    continue
+                first_seq = int(meta.get("first_seq", -1))
+                if first_seq <= after_seq:
+                    done = True
+                    break
+                collected.setdefault(first_seq, meta)
+            if done or len(page) < _PAGE:
+                break
+            upper = f"({text(page[-1][0])}"
+        segment = (await self.open_segments([source], model)).get(source)
+        if segment is not None:
+            found = True
+        open_segment = segment if segment is not None and segment["first_seq"] > after_seq else None
+        if len(collected) > limit:  # the open segment comes with the page that ends the closed ones
+            open_segment = None
+        return found, [collected[k] for k in sorted(collected)][:limit], open_segment
+
+    async def open_segments(self, sources: list[str], model: str) -> dict[str, dict[str, Any]]:
+        """The open segment of each of `sources` that has one (for `model`), as its partition's
+        postprocess owner saved it with its last commit: one HMGET per partition."""
+        group = PipelineKeys.group("postprocess", model)
+        by_partition: dict[int, list[str]] = {}
+        for source in sources:
+            by_partition.setdefault(self.keys.for_source(source).index, []).append(source)
+        found: dict[str, dict[str, Any]] = {}
+        for index, names in by_partition.items():
+            states = await self.client.hmget(self.keys.partition(index).group_state(group), names)
+            for source, raw in zip(names, states, strict=True):
+                if raw is None:
+                    continue
+                try:
+                    segment = decode_open_segment(raw)
+                except ValueError:
+                    continue  # postprocess logs an unusable state when it loads it
+                if segment is not None:
+                    found[source] = segment.to_meta()
+        return found
 
     async def recent_events(self, count: int) -> list[dict[str, Any]]:
         """The newest `count` entries of every partition's events stream, the oldest first."""

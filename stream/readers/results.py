@@ -1,6 +1,7 @@
 """The one reader of a pipeline's results stream: both runners, the load tester and the fault
 suite read results through `ResultReader`, and the bookkeeping (duplicates, end-of-stream, counts,
-latency percentiles) is one `stream.core.ledger.ResultLedger`.
+latency percentiles) is one `stream.core.ledger.ResultLedger`. Given a `segments` sink it also
+reads every partition's segments stream and writes each closed segment there once.
 
 Two ways to read, one class:
 - through a consumer group of its own (`group=`): entries are acked once recorded, undecodable
@@ -34,7 +35,7 @@ from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.ledger import DEDUPE_WINDOW, ResultLedger
-from stream.core.messages import EOS, RESULT
+from stream.core.messages import EOS, RESULT, SEGMENT
 from stream.errors import CodecError
 
 __all__ = ["JsonlSink", "ResultReader", "SINK_GROUP", "dead_letter_count", "decode_fields"]
@@ -89,7 +90,8 @@ class ResultReader:
 
     `sources` / `model`, when given, limit what it records (the results stream is shared by every
     run on the pipeline). `sink` gets every distinct result; `on_result` every result and
-    end-of-stream as read.
+    end-of-stream as read; `segments`, when given, every distinct closed segment (``keys.segments``
+    of every partition are read too; `segments_written` counts them).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class ResultReader:
         sources: Collection[str] | None = None,
         model: str | None = None,
         sink: JsonlSink | None = None,
+        segments: JsonlSink | None = None,
         on_result: OnResult | None = None,
         window: int = DEDUPE_WINDOW,
         reply_timeout_s: float = 10.0,
@@ -115,6 +118,10 @@ class ResultReader:
         self.sources = frozenset(sources) if sources is not None else None
         self.model = model
         self.sink = sink
+        self.segments = segments
+        self.segments_written = 0
+        self._segment_ids: dict[str, None] = {}
+        """Ids of the newest segments written (a bounded window, as the ledger's for results)."""
         self.on_result = on_result
         self.reply_timeout_s = reply_timeout_s
         self.ledger = ResultLedger(window=window)
@@ -122,8 +129,10 @@ class ResultReader:
         self.undecodable = 0
         self.regroups = 0
         """How often the group was gone (Redis came back without it) and was made again."""
-        self.streams = keys.results_streams
-        """Every partition's results stream: a source's results are all in its partition's."""
+        self.streams = keys.results_streams + ([k.segments for k in keys.all_partitions] if segments else [])
+        """Every partition's results stream (a source's results are all in its partition's) and,
+        with a `segments` sink, every partition's segments stream."""
+        self._window = window
         self._cursors: dict[str, str] = {}
         self._reread_own = False
         self._newest_id: dict[str, tuple[int, int]] = {}
@@ -170,7 +179,9 @@ class ResultReader:
             await self._bounded(self.transport.dead_letter(bad, self.group))
         fresh = [self._record(entry, dict(message.meta)) for entry, message in good]
         if self.sink is not None:
-            self.sink.write([meta for meta in fresh if meta is not None])
+            self.sink.write([meta for meta in fresh if meta is not None and meta.get("kind") != SEGMENT])
+        if self.segments is not None:
+            self.segments.write([meta for meta in fresh if meta is not None and meta.get("kind") == SEGMENT])
         if self.group is not None and good:
             try:
                 await self._ack(self.group, [e for e, _ in good])
@@ -180,20 +191,33 @@ class ResultReader:
         return len(entries)
 
     def _record(self, entry: Entry, meta: dict[str, Any]) -> dict[str, Any] | None:
-        """Record one message; returns it when it is a result seen for the first time."""
+        """Record one message; returns it when it is a result or a segment seen for the first time."""
         entry_id, newest = _id_tuple(entry.id), self._newest_id.get(entry.stream, (0, 0))
         reread = entry_id <= newest  # read before (a lost ack, a group made again)
         self._newest_id[entry.stream] = max(newest, entry_id)
-        if meta.get("kind") not in (RESULT, EOS):
+        if meta.get("kind") not in (RESULT, EOS, SEGMENT):
             return None
         if self.sources is not None and str(meta.get("source")) not in self.sources:
             return None
         if self.model is not None and meta.get("model") not in (None, self.model):
             return None
+        if meta.get("kind") == SEGMENT:
+            return self._segment(meta, reread)
         first = self.ledger.record(meta, reread=reread)
         if self.on_result is not None and not reread:
             self.on_result(meta, first)
         return meta if first else None
+
+    def _segment(self, meta: dict[str, Any], reread: bool) -> dict[str, Any] | None:
+        """A closed segment, when neither read before nor a copy of one written before."""
+        segment_id = str(meta.get("id"))
+        if reread or segment_id in self._segment_ids:
+            return None
+        self._segment_ids[segment_id] = None
+        if len(self._segment_ids) > self._window:
+            del self._segment_ids[next(iter(self._segment_ids))]
+        self.segments_written += 1
+        return meta
 
     async def _read(self, block_ms: int, count: int) -> list[Entry]:
         """New results; with a group, after a Redis error first this consumer's own pending ones

@@ -25,6 +25,8 @@ class RunRequest:
     sources: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     results: Path | None = None
+    segments: Path | None = None
+    """Write every closed segment of the run as one JSON line here (`stream.core.segments`)."""
     redis: str | None = None
     address: str | None = None
     timeout_s: float | None = None

@@ -58,6 +58,8 @@ class Summary:
     per_source: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per track (a source, with `` [model]`` when several): published, results, label, error."""
     interrupted: bool = False
+    segments: int | None = None
+    """Closed segments written to ``--segments`` (None: not asked for)."""
     runner: str = ""
     sinks: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per sink: delivered, retries, dead_letters (not delivered), dropped (on_full: drop) in this
@@ -172,6 +174,7 @@ def summary_dict(s: Summary) -> dict[str, Any]:
         "dropped": s.dropped,
         "dead_lettered": s.dead_lettered,
         "skipped": s.skipped,
+        "segments": s.segments,
         "unprocessed": s.unprocessed,
         "latency_ms": {"p50": s.p50_ms, "p99": s.p99_ms, "max": s.max_ms},
         "wall_s": round(s.wall_s, 3),
@@ -198,6 +201,7 @@ def summary_table(s: Summary) -> Group:
         ("dead-lettered", f"{s.dead_lettered:,}"),
         ("skipped (dead-lettered frames)", f"{s.skipped:,}"),
         *([("left queued when stopped", f"{s.unprocessed:,}")] if s.interrupted else []),
+        *([("segments written", f"{s.segments:,}")] if s.segments is not None else []),
         ("latency p50 (end to end)", _ms(s.p50_ms)),
         ("latency p99 (end to end)", _ms(s.p99_ms)),
         ("latency max", _ms(s.max_ms)),

@@ -73,6 +73,8 @@ class DriveOptions:
     """Raises `FramestreamError` when a stage is gone for good (a stage process exited)."""
     logs_hint: str = ""
     results: Path | None = None
+    segments: Path | None = None
+    """Write each closed segment (one JSON object a line) here, as `results` does the results."""
     stall_timeout_s: float = 180.0
     timeout_s: float | None = None
     """Stop the sources and drain after this long (like Ctrl-C); None = until the sources end."""
@@ -119,7 +121,14 @@ async def drive(
         if not (spec.loop or (spec.live if spec.live is not None else parse_source(spec.uri).live))
         for model in options.models
     ]
-    sink = _Results(ResultReader(client, keys, sink=JsonlSink(options.results) if options.results else None))
+    sink = _Results(
+        ResultReader(
+            client,
+            keys,
+            sink=JsonlSink(options.results) if options.results else None,
+            segments=JsonlSink(options.segments) if options.segments else None,
+        )
+    )
     outage = RedisOutage(options.max_outage_s)
 
     def ride(call: Callable[[], Awaitable[_T]]) -> Awaitable[_T]:
@@ -176,8 +185,9 @@ async def drive(
             summary.sinks = await ride(lambda: _sink_rows(client, keys, settings, first))
         return Played(summary, sink.reader.ledger, ids)
     finally:
-        if sink.reader.sink is not None:
-            sink.reader.sink.close()
+        for jsonl in (sink.reader.sink, sink.reader.segments):
+            if jsonl is not None:
+                jsonl.close()
         signals.close()
         await client.aclose()
 
@@ -224,6 +234,7 @@ async def _summary(
         max_ms=total.latency.percentile(100),
         per_source=per_track,
         interrupted=interrupted,
+        segments=sink.reader.segments_written if options.segments else None,
     )
 
 

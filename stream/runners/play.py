@@ -83,6 +83,8 @@ def play(settings: Settings, request: RunRequest, start: StartStages, *, runner:
         Console(soft_wrap=False).print(summary_table(summary))
     if request.results:
         console.print(f"results: {request.results}")
+    if request.segments:
+        console.print(f"segments: {request.segments}")
     return 1 if summary.failed else 0
 
 
@@ -115,6 +117,7 @@ async def _play(settings: Settings, request: RunRequest, start: StartStages, con
                 check_stages=stages.check,
                 logs_hint=stages.logs_hint,
                 results=request.results,
+                segments=request.segments,
                 timeout_s=request.timeout_s,
                 loop=request.loop,
             )

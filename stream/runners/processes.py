@@ -328,6 +328,7 @@ async def run_processes(
     sources: list[str | SourceSpec],
     models: list[str],
     results_path: Path | None = None,
+    segments_path: Path | None = None,
     timeout_s: float | None = None,
     stop: asyncio.Event | None = None,
     on_progress: Callable[[ResultLedger], None] | None = None,
@@ -348,6 +349,7 @@ async def run_processes(
             check_stages=stages.check,
             logs_hint=stages.logs_hint,
             results=results_path,
+            segments=segments_path,
             timeout_s=timeout_s,
         )
         played = await drive(

@@ -249,7 +249,34 @@ def test_a_file_under_an_allowed_folder_plays(live: Live) -> None:
             if len(results) < frames:
                 time.sleep(0.3)
         assert [r["seq"] for r in results] == list(range(frames))
+        segments = wait_until(
+            lambda: _ended_segments(http, "allowed"), timeout_s=60, what="the segments up to the source's end"
+        )
+        # they tile the clip, each with one smoothed label: the results' own
+        assert [s["first_seq"] for s in segments] == [0, *(s["last_seq"] + 1 for s in segments[:-1])]
+        assert segments[-1]["last_seq"] == frames - 1
+        for s in segments:
+            assert {r["smoothed_label"] for r in results[s["first_seq"] : s["last_seq"] + 1]} == {s["label"]}
+        assert http.get("/v1/sources/allowed/segments").status_code == 401
+        assert http.get("/v1/sources/none/segments", headers=_bearer(READ)).status_code == 404
         assert http.delete("/v1/sources/allowed", headers=_bearer(ADMIN)).status_code == 204
+
+
+def _ended_segments(http: httpx.Client, source: str) -> list[dict] | None:
+    """Every closed segment of `source` once the last one closed at its end (paged, 2 a page)."""
+    segments: list[dict] = []
+    after = -1
+    while True:
+        page = http.get(f"/v1/sources/{source}/segments", params={"after_seq": after, "limit": 2},
+                        headers=_bearer(READ))  # fmt: skip
+        assert page.status_code == 200, page.text
+        body = page.json()
+        segments += body["segments"]
+        if not body["segments"]:
+            break
+        after = body["next_after_seq"]
+    ended = bool(segments) and segments[-1]["closed_by"] == "eos" and body["open"] is None
+    return segments if ended else None
 
 
 def test_tokens_stay_out_of_rays_logs(live: Live) -> None:

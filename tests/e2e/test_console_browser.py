@@ -1,7 +1,8 @@
 """The web console in a real browser (Debian's chromium, headless, driven by Playwright) against a
-real `framestream run` on local Ray: the running source shows up with its smoothed label updating
-and a thumbnail, a source added through the form plays, removing it through the page stops it; a
-dead letter shows up in the dead-letters panel and its retry button re-drives it."""
+real `framestream run` on local Ray: the running source shows up with its smoothed label updating,
+a thumbnail and a band of segments whose open one grows, the frames/s and p99 charts fill, a
+source added through the form plays, removing it through the page stops it; a dead letter shows
+up in the dead-letters panel and its retry button re-drives it."""
 
 from __future__ import annotations
 
@@ -112,6 +113,11 @@ _THUMBNAIL_SHOWN = """(source) => {
   const img = document.querySelector(`tr[data-source="${source}"] img.thumb`);
   return img !== null && img.complete && img.naturalWidth > 0 && !img.classList.contains("none");
 }"""
+_OPEN_SEGMENT_AFTER = """([source, n]) => {
+  const rect = document.querySelector(`.band-row[data-source="${source}"] rect.segment[data-open="true"]`);
+  return rect !== null && Number(rect.dataset.lastSeq) > n && Number(rect.getAttribute("width")) > 0;
+}"""
+_CHART_POINTS = """([chart, n]) => Number(document.querySelector(`#${chart} polyline`).dataset.points) >= n"""
 _STAGE_RUNS = """(stage) => {
   const row = document.querySelector(`tr[data-stage="${stage}"]`);
   if (row === null) return false;
@@ -158,6 +164,18 @@ def test_the_console_shows_the_run_adds_a_source_and_removes_it(run: Run, tmp_pa
             page.wait_for_function(_STAGE_RUNS, arg="infer")
             expect(page.locator('#timeline li[data-source="street"]').first).to_be_visible()
 
+            # its band of segments: the open one grows as frames come, coloured by its label
+            page.wait_for_function(_OPEN_SEGMENT_AFTER, arg=["street", -1])
+            band = page.locator('.band-row[data-source="street"] rect.segment[data-open="true"]')
+            last = int(band.get_attribute("data-last-seq") or -1)
+            page.wait_for_function(_OPEN_SEGMENT_AFTER, arg=["street", last])
+            label = band.get_attribute("data-label")
+            assert label and band.get_attribute("fill"), label
+            assert label in page.locator("#segment-legend").text_content()
+            page.wait_for_function(_CHART_POINTS, arg=["fps-chart", 2])
+            page.wait_for_function(_CHART_POINTS, arg=["p99-chart", 2])
+            assert page.locator("#p99-now").text_content().endswith(" ms")
+
             # a source added through the form starts playing
             page.fill('#add-source input[name="uri"]', str(added))
             page.fill('#add-source input[name="id"]', "yard")
@@ -182,6 +200,8 @@ def test_the_console_shows_the_run_adds_a_source_and_removes_it(run: Run, tmp_pa
         _wait_until_done(store, "yard")
     feeds = [url for method, url, _ in requests if "v1/console/events" in url]
     assert feeds and all(f"token={run.token}" in url for url in feeds), feeds
+    segment_reads = [(url, auth) for method, url, auth in requests if "v1/sources/street/segments" in url]
+    assert segment_reads and all(auth == f"Bearer {run.token}" for _, auth in segment_reads), segment_reads
     deletes = [(url, auth) for method, url, auth in requests if method == "DELETE"]
     assert deletes == [(f"{run.console_url}v1/sources/yard", f"Bearer {run.token}")], deletes
 

@@ -63,14 +63,19 @@ def scenes_clip(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_scene_clip_real_v2_smoothed_label_per_scene(
     redis_server: RedisServer, shared_dir: Path, scenes_clip: Path, tmp_path: Path
 ) -> None:
-    results_file = tmp_path / "results.jsonl"
+    """Every frame's result, the smoothed label right in every scene, and the segments file: one
+    segment per scene (a boundary within the smoothing window of each scene change)."""
+    results_file, segments_file = tmp_path / "results.jsonl", tmp_path / "segments.jsonl"
     env = {
         "FRAMESTREAM_MODELS__WEIGHTS_DIR": str(shared_dir / "models"),
         "FRAMESTREAM_STREAMS__PIPELINE": "scenes",
     }
     _, summary = run_cli(
-        ["--source", str(scenes_clip), "--model", V2, "--results", str(results_file)], redis_server.url, env
-    )
+        ["--source", str(scenes_clip), "--model", V2, "--results", str(results_file),
+         "--segments", str(segments_file)],
+        redis_server.url,
+        env,
+    )  # fmt: skip
     results = read_results(results_file)
     [(source, model)] = results
     rows = results[(source, model)]
@@ -87,6 +92,33 @@ def test_scene_clip_real_v2_smoothed_label_per_scene(
     assert len(r["top"]) == 5 and r["top"][0][0] == r["label"] and r["latency_ms"] > 0
     assert {"ingest", "preprocess", "infer", "postprocess"} <= set(r["stages_ms"])
     assert (summary["results"], summary["dead_lettered"], summary["failed"]) == (total, 0, [])
+    check_scene_segments(segments_file, rows, [expected[photo] for photo in SCENE_PHOTOS], source)
+    assert summary["segments"] == len(segments_file.read_text().splitlines())
+
+
+def check_scene_segments(path: Path, rows: list[dict], scene_labels: list[str], source: str) -> None:
+    """The closed segments of a clip of scenes (`SCENE_FRAMES` each) played without loss: they tile
+    every seq, follow the results' smoothed labels, and start within the smoothing window
+    (`SETTLE_FRAMES`) of each scene change whose label differs from the scene before, and nowhere
+    else."""
+    segments = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [s["first_seq"] for s in segments] == [0, *(s["last_seq"] + 1 for s in segments[:-1])]
+    assert segments[-1]["last_seq"] == len(rows) - 1
+    assert [s["closed_by"] for s in segments] == ["label_change"] * (len(segments) - 1) + ["eos"]
+    for s in segments:
+        span = rows[s["first_seq"] : s["last_seq"] + 1]
+        assert {r["smoothed_label"] for r in span} == {s["label"]}, s
+        assert s["frames"] == len(span) and s["id"] == f"{source}/{V2}/{s['first_seq']}" and not s["open"]
+        assert (s["start_ms"], s["end_ms"]) == (span[0]["capture_ms"], span[-1]["capture_ms"])
+        assert min(r["smoothed_score"] for r in span) <= s["score"] <= max(r["smoothed_score"] for r in span)
+    changes = [
+        i * SCENE_FRAMES for i in range(1, len(scene_labels)) if scene_labels[i] != scene_labels[i - 1]
+    ]
+    boundaries = [s["first_seq"] for s in segments[1:]]
+    windows = [range(change, change + SETTLE_FRAMES + 1) for change in changes]
+    settling = range(SETTLE_FRAMES + 1)  # the first scene settles like the others
+    assert all(any(b in w for w in [settling, *windows]) for b in boundaries), (boundaries, changes)
+    assert all(any(b in w for b in boundaries) for w in windows), (boundaries, changes)
 
 
 def test_two_models_one_frames_stream_each_full_result_set(

@@ -1,5 +1,6 @@
 """Scenario 2: SIGKILL replicas of one stage every few seconds while frames flow, for each stage in
 turn (Ray Serve replaces them; survivors or replacements reclaim the dead consumer's entries).
+The source's segments come out whole too: each once, in seq order, the last closed by its end.
 Negative control: a dead consumer removed together with its pending entries loses frames."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from stream.readers.results import decode_fields
 from tests.faults.conftest import Stack
 from tests.faults.scenario import Harness, Replay
 
@@ -83,6 +85,22 @@ async def test_sigkill_replicas_of_a_stage_loses_nothing(
     track = replay.sink.track(replay.source, harness.model)
     assert (track.results, track.seqs.floor) == (FRAMES, FRAMES - 1)
     assert track.duplicates == outcome.duplicates
+    check_segments(await _segments(harness, replay.source), replay.sink.eos[replay.source])
+
+
+async def _segments(harness: Harness, source: str) -> list[dict]:
+    rows = await harness.client.xrange(harness.keys.for_source(source).segments)
+    return [m for _, f in rows if (m := decode_fields(f)) is not None and m.get("source") == source]
+
+
+def check_segments(segments: list[dict], eos: dict) -> None:
+    """A source's closed segments after its end: each written once, one after the other in seq
+    order, the last closed by the end, and together every frame smoothing took (its results less
+    the late ones, which smoothing skips)."""
+    assert segments and len({s["id"] for s in segments}) == len(segments), [s["id"] for s in segments]
+    assert all(b["first_seq"] > a["last_seq"] for a, b in zip(segments, segments[1:], strict=False))
+    assert [s["closed_by"] for s in segments] == ["label_change"] * (len(segments) - 1) + ["eos"]
+    assert sum(s["frames"] for s in segments) == eos["results"] - eos["late"], eos
 
 
 async def test_negative_control_a_dead_consumer_deleted_with_its_pending_entries_loses_frames(

@@ -3,10 +3,10 @@ whose postprocess replicas come and go while three sources play: the scenario of
 test_postprocess_state.
 
 `play` runs one pipeline over P = 3 partitions (one source in each) and returns, per source, each
-seq's first (smoothed label, smoothed score) at the sink, the end-of-stream counters and the
-number of results at each fault. With `faults`, postprocess goes 1 -> 3 replicas, one of them is
-SIGKILLed, another stopped (SIGTERM) and one is left: every partition changes owner at least
-twice mid-stream.
+seq's first (smoothed label, smoothed score) at the sink, the end-of-stream counters, the closed
+segments (every entry of the segments streams) and the number of results at each fault. With
+`faults`, postprocess goes 1 -> 3 replicas, one of them is SIGKILLed, another stopped (SIGTERM)
+and one is left: every partition changes owner at least twice mid-stream.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from stream.adapters.redis.client import connect
 from stream.adapters.redis.source_registry import SourceSpec, add_source
 from stream.core.keys import PipelineKeys, partition_of
-from stream.readers.results import ResultReader
+from stream.readers.results import ResultReader, decode_fields
 from stream.runners.processes import StageProcess, _write_config, create_groups
 from stream.settings import Settings
 from tests.clips import SCENE_PHOTOS, read_photo, scene_frames, write_clip
@@ -59,6 +59,8 @@ def scenario_settings(tmp: Path, weights: Path, pipeline: str, *, save_state: bo
 class Played:
     labels: dict[str, dict[int, tuple[str, float | None]]] = field(default_factory=dict)
     eos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    segments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per source, every entry of its partition's segments stream, in stream order."""
     faults_at: dict[str, int] = field(default_factory=dict)
     """Results at the sink when each fault came."""
     owners_seen: list[dict[int, str]] = field(default_factory=list)
@@ -145,6 +147,11 @@ async def play(url: str, settings: Settings, tmp: Path, clip: Path, *, faults: b
             await _faults(run, played)
         await run.until("every source complete", _async(run.finished), 120)
         played.duplicates = run.reader.ledger.total().duplicates
+        for k in run.keys.all_partitions:  # written with the eos that closed the last: all there
+            for _id, fields in await run.client.xrange(k.segments):
+                meta = decode_fields(fields)
+                assert meta is not None, fields
+                played.segments.setdefault(str(meta["source"]), []).append(meta)
         played.frames = sum(int(e["frames"]) for e in played.eos.values())
         return played
     finally:

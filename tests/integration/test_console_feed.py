@@ -1,6 +1,7 @@
 """The console's data on a real redis-server: ingest keeps a thumbnail per source about once a
 second (the JPEG it publishes, with a TTL), and the console feed pushes the timeline, label
-changes and a snapshot of sources and stages over a partitioned pipeline."""
+changes and a snapshot of sources (with their open segments) and stages, and the p99 latency,
+over a partitioned pipeline."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
@@ -24,6 +26,9 @@ from stream.adapters.redis.source_registry import add_source, list_sources
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.messages import LABEL_CHANGE, RESULT
+from stream.core.segments import SegmentBuilder
+from stream.core.smoothing import LabelSmoother
+from stream.core.track_state import encode_track
 from stream.readers.queries import ResultQueries
 from stream.readers.watch import probe_stages
 from stream.settings import Settings
@@ -106,11 +111,14 @@ def _result(seq: int, label: str, score: float) -> dict[str, Any]:
     return {"kind": RESULT, "seq": seq, "model": "m", "smoothed_label": label, "smoothed_score": score}
 
 
-async def _next_event(feed: Any, name: str) -> dict[str, Any]:
+async def _next_event(feed: Any, name: str, p99s: list[float | None] | None = None) -> dict[str, Any]:
+    """The next event `name`; the ``latency_p99_ms`` of snapshots passed on the way go to `p99s`."""
     while True:
         text = await asyncio.wait_for(anext(feed), 10)
         if text.startswith(f"event: {name}\n"):
             return json.loads(text.split("\ndata: ", 1)[1])
+        if p99s is not None and text.startswith("event: snapshot\n"):
+            p99s.append(json.loads(text.split("\ndata: ", 1)[1])["latency_p99_ms"])
 
 
 async def test_the_feed_pushes_timeline_label_changes_and_snapshots(redis_client: aioredis.Redis) -> None:
@@ -145,17 +153,34 @@ async def test_the_feed_pushes_timeline_label_changes_and_snapshots(redis_client
     assert rows["cam-0"]["label"] is None and rows["cam-0"]["status"] is None  # nothing yet: shown as '-'
     assert [s["stage"] for s in snap["stages"]] == stages and snap["stages"][2]["replicas"] == 2
 
-    await _publish(redis_client, "cam-0", _result(7, "dog", 0.9))
+    segments = SegmentBuilder("cam-0", "m")  # what postprocess saves of cam-0: a segment open at 7
+    segments.frame(7, "dog", 0.9, 5_000.0)
+    smoother = LabelSmoother(0.3, 3)
+    smoother.update(np.array([0.1, 0.9], dtype=np.float32))
+    state = encode_track(8, smoother, {"results": 1}, segments.open)
+    await redis_client.hset(KEYS.for_source("cam-0").group_state("postprocess:m"), "cam-0", state)
+    await _publish(redis_client, "cam-0", {**_result(7, "dog", 0.9), "latency_ms": 120.0})
     await _publish(redis_client, "cam-0", {"kind": LABEL_CHANGE, "seq": 7, "model": "m", "previous": None,
                                            "label": "dog", "result_ms": 2.0})  # fmt: skip
     await redis_client.hset(KEYS.for_source("cam-1").counters, "published:cam-1", 30)
-    change = await _next_event(feed, "label_change")
+    seen_p99: list[float | None] = []
+    change = await _next_event(feed, "label_change", seen_p99)
     assert (change["source"], change["label"]) == ("cam-0", "dog")
     snap = await _next_event(feed, "snapshot")
     rows = {s["id"]: s for s in snap["sources"]}
     assert (rows["cam-0"]["label"], rows["cam-0"]["result_seq"]) == ("dog", 7)
     ingest = snap["stages"][0]
     assert ingest["handled"] == 30 and ingest["fps"] is not None and ingest["fps"] > 0  # 20 frames since
+    opened = rows["cam-0"]["segment"]
+    assert (opened["label"], opened["first_seq"], opened["start_ms"], opened["open"]) == (
+        "dog",
+        7,
+        5000.0,
+        True,
+    )
+    assert rows["cam-1"]["segment"] is None
+    # the result's latency is in the snapshot after it was read (that one, or one before it)
+    assert 120.0 in (snap["latency_p99_ms"], *seen_p99), (snap["latency_p99_ms"], seen_p99)
     gone.set()
     with pytest.raises(StopAsyncIteration):
         while True:

@@ -1,6 +1,7 @@
 """Partition ownership of postprocess on a real Redis (plain and Cluster): a replica that lost a
-partition's lease writes nothing there any more (results, acks, state), the new owner resumes from
-the saved state and gets what the old one held, and replicas share partitions fairly."""
+partition's lease writes nothing there any more (results, segments, acks, state), the new owner
+resumes from the saved state (the open segment too) and gets what the old one held, and replicas
+share partitions fairly. The segments stream is trimmed like the results."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from stream.adapters.redis.partitions import ensure_layout
 from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, decode_message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
-from stream.core.messages import FRAME
+from stream.core.messages import FRAME, SEGMENT
+from stream.core.segments import SegmentBuilder
+from stream.core.track_state import decode_open_segment
 from stream.errors import LeaseLost
 from stream.settings import Settings
 from stream.stages.postprocess.stage import PostprocessStage
@@ -120,6 +123,13 @@ async def test_a_replica_that_lost_its_partition_cannot_overwrite_the_new_owner(
     expected = [smoother.update(np.eye(5, dtype=np.float32)[(s // 4) % 5]) for s in range(12)]
     assert [r["smoothed_label"] for r in results] == [LABELS[e.index] for e in expected]
     assert [r["smoothed_score"] for r in results] == [round(e.score, 5) for e in expected]
+    # the segments a's refused commit closed are written by b, once, as an uninterrupted run has them
+    builder = SegmentBuilder(SOURCE, MODEL)
+    closed = [builder.frame(s, LABELS[e.index], e.score, None) for s, e in enumerate(expected)]
+    want = [c.to_meta() for c in closed if c is not None]
+    assert len(want) >= 2 and await _segments(client, keys) == want
+    state = await client.hget(keys.partition(1).group_state(GROUP), SOURCE)
+    assert decode_open_segment(state) == builder.open
 
 
 async def test_a_replica_that_lost_its_partition_cannot_dead_letter_there(client) -> None:
@@ -204,6 +214,38 @@ async def test_replicas_share_partitions_fairly_and_a_silent_ones_are_taken_with
         await asyncio.sleep(0.05)
     assert sorted(len(s.owned) for s in stages) == [1, 2]
     assert silent.owned  # it still believes it owns one: its commits would be refused
+
+
+async def test_the_segments_stream_is_trimmed_but_never_below_what_a_sink_still_needs(client) -> None:
+    settings = Settings(streams={"pipeline": "trimseg", "partitions": 3, "max_len": 100})
+    keys = PipelineKeys("trimseg", 3)
+    await ensure_layout(client, keys)
+    stage = PostprocessStage(settings, client, consumer="a", model=MODEL, labels=LABELS)
+    await stage.start()
+    stream = keys.partition(1).segments
+    for i in range(300):
+        meta = {"kind": SEGMENT, "id": f"{SOURCE}/{MODEL}/{i}", "source": SOURCE}
+        await client.xadd(stream, {FIELD: encode_message(Message(meta=meta))})
+    await client.xgroup_create(stream, "sinks", id="0")
+    held = await client.xreadgroup("sinks", "s", {stream: ">"}, count=50)  # delivered, not acked
+    await stage.maintain()
+    assert await client.xlen(stream) == 300  # the sink still needs its oldest pending one
+    read = [entry_id for entry_id, _ in held[0][1]]
+    read += [
+        entry_id for entry_id, _ in (await client.xreadgroup("sinks", "s", {stream: ">"}, count=150))[0][1]
+    ]
+    await client.xack(stream, "sinks", *read)
+    stage._next_results_trim_s = 0.0  # the next maintenance trims again
+    await stage.maintain()
+    assert await client.xlen(stream) == 100  # streams.max_len kept, every one the sink has not read
+    assert [e[0] for e in await client.xrange(stream, count=1)] == [
+        e[0] for e in await client.xrange(stream, min=f"({read[-1].decode()}", count=1)
+    ]
+
+
+async def _segments(client, keys: PipelineKeys) -> list[dict]:
+    rows = await client.xrange(keys.for_source(SOURCE).segments)
+    return [decode_message(f[FIELD.encode()]).meta for _, f in rows]
 
 
 async def _handle_all(stage: PostprocessStage):

@@ -1,7 +1,8 @@
 """Postprocess state survives its replicas: scaled 1 -> 3 -> 1 with one replica SIGKILLed, every
-source's smoothed labels (and scores) seq by seq, its results and its end-of-stream counters are
-those of a run without faults. Stage processes as the processes runner starts them, a clip whose
-content changes (so smoothing changes labels), P = 3 on a real Redis Cluster.
+source's smoothed labels (and scores) seq by seq, its results, its end-of-stream counters and its
+segments (ids, labels, seqs, frames) are those of a run without faults. Stage processes as the
+processes runner starts them, a clip whose content changes (so smoothing changes labels), P = 3 on
+a real Redis Cluster.
 
 Without the saved state (``postprocess.save_state: false``) the same faults change what users see:
 the negative control."""
@@ -14,7 +15,7 @@ import pytest
 
 from stream.adapters.redis.server import LocalCluster
 from tests.faults.checker import label_changes, sequence_differences
-from tests.integration.postprocess_moves import SOURCES, Played, make_clip, play_sync, scenario_settings
+from tests.integration.postprocess_moves import SOURCES, V1, Played, make_clip, play_sync, scenario_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -27,6 +28,15 @@ async def setup(redis_cluster: LocalCluster, cluster_client, shared_dir: Path, t
 
 def _labels(played: Played) -> dict[str, dict[int, str]]:
     return {s: {seq: v[0] for seq, v in seqs.items()} for s, seqs in played.labels.items()}
+
+
+def _segments(played: Played) -> dict[str, list[tuple]]:
+    fields = ("id", "label", "first_seq", "last_seq", "frames", "closed_by", "open")
+    return {s: [tuple(m[f] for f in fields) for m in metas] for s, metas in played.segments.items()}
+
+
+def _scores(played: Played) -> dict[str, list[float]]:
+    return {s: [m["score"] for m in metas] for s, metas in played.segments.items()}
 
 
 def _counters(played: Played) -> dict[str, tuple]:
@@ -56,8 +66,20 @@ async def test_smoothed_labels_survive_scaling_and_a_kill_exactly(setup, tmp_pat
     assert sequence_differences(_labels(reference), _labels(moved)) == {}
     assert sequence_differences(reference.labels, moved.labels) == {}  # scores too, bit for bit
     assert _counters(moved) == _counters(reference)
+    for source in SOURCES:  # the reference's segments follow its smoothed labels, seq by seq
+        labels = _labels(reference)[source]
+        chain = _segments(reference)[source]
+        assert len(chain) == label_changes(labels) + 1, (chain, label_changes(labels))
+        for seg_id, label, first, last, n, _closed_by, is_open in chain:
+            assert {labels[seq] for seq in range(first, last + 1)} == {label} and n == last - first + 1
+            assert seg_id == f"{source}/{V1}/{first}" and not is_open
+        assert [c[2] for c in chain] == [0, *(c[3] + 1 for c in chain[:-1])] and chain[-1][3] == frames - 1
+        assert [c[5] for c in chain] == ["label_change"] * (len(chain) - 1) + ["eos"]
+    assert _segments(moved) == _segments(reference)  # no segment lost, split, repeated or renamed
+    assert _scores(moved) == _scores(reference)  # mean scores too, bit for bit
     print(f"faults at {moved.faults_at} results; owners {moved.owners_seen}; "
           f"label changes {[label_changes(_labels(reference)[s]) for s in SOURCES]}; "
+          f"segments {[len(moved.segments[s]) for s in SOURCES]}; "
           f"duplicates removed {moved.duplicates}; "
           f"partition without owner {moved.orphaned_s:.2f} s")  # fmt: skip
 

@@ -1,10 +1,11 @@
 """`ResultReader` on a real redis-server: its own group, a group Redis lost, a server that stops
-answering, results of other sources, reading by cursor; and both runners' summaries of the same
-results."""
+answering, results of other sources, reading by cursor, segments to their own file; and both
+runners' summaries of the same results."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -18,7 +19,7 @@ from stream.adapters.redis.client import connect
 from stream.adapters.redis.server import RedisServer
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
-from stream.core.messages import EOS, RESULT
+from stream.core.messages import EOS, RESULT, SEGMENT
 from stream.readers.results import JsonlSink, ResultReader
 
 KEYS = PipelineKeys("collector")
@@ -93,6 +94,41 @@ async def test_only_the_given_sources_are_tracked_and_written(client: aioredis.R
     sink.close()
     assert set(collector.ledger.tracks) == {("mine", MODEL)}
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 3
+
+
+async def test_segments_go_to_their_own_file_once_each_and_are_counted(
+    client: aioredis.Redis, tmp_path
+) -> None:
+    """What `framestream run --segments` writes: each closed segment once (one written again, as a
+    commit retried after a lost reply would, is not repeated), none in the results file."""
+    keys = PipelineKeys("segreader", 2)
+    results, segments = JsonlSink(tmp_path / "r.jsonl"), JsonlSink(tmp_path / "s.jsonl")
+    reader = await ResultReader(client, keys, sink=results, segments=segments, sources=["cam"]).start()
+    home = keys.for_source("cam")
+    for seq in range(4):
+        meta = {"kind": RESULT, "source": "cam", "seq": seq, "model": MODEL, "latency_ms": 1.0}
+        await client.xadd(home.results, {FIELD: encode_message(Message(meta=meta))})  # type: ignore[dict-item]
+    for first, last in ((0, 1), (2, 3), (2, 3)):
+        meta = {"kind": SEGMENT, "id": f"cam/{MODEL}/{first}", "source": "cam", "model": MODEL,
+                "first_seq": first, "last_seq": last, "closed_by": "label_change", "open": False}  # fmt: skip
+        await client.xadd(home.segments, {FIELD: encode_message(Message(meta=meta))})  # type: ignore[dict-item]
+    other = {"kind": SEGMENT, "id": f"other/{MODEL}/0", "source": "other", "model": MODEL}
+    await client.xadd(keys.for_source("other").segments, {FIELD: encode_message(Message(meta=other))})  # type: ignore[dict-item]
+    while await reader.poll(block_ms=10):
+        pass
+    results.close()
+    segments.close()
+    written = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [(s["id"], s["first_seq"], s["last_seq"]) for s in written] == [
+        (f"cam/{MODEL}/0", 0, 1), (f"cam/{MODEL}/2", 2, 3)
+    ]  # fmt: skip
+    assert reader.segments_written == 2
+    assert [json.loads(line)["seq"] for line in (tmp_path / "r.jsonl").read_text().splitlines()] == [
+        0,
+        1,
+        2,
+        3,
+    ]
 
 
 async def test_a_server_that_stops_answering_is_a_timeout_not_a_hang() -> None:

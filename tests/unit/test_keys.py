@@ -30,7 +30,9 @@ def test_each_partition_has_its_own_hash_tag_and_pipeline_wide_keys_stay_on_the_
     assert tags == ["p", "p:1", "p:2"]
     for k in keys.all_partitions:  # what one forward touches shares one tag
         assert {hash_tag(s) for s in (k.frames, k.tensors("m"), k.scores("m"), k.results, k.events,
-                                      k.dead, k.source_state, k.counters)} == {k.tag}  # fmt: skip
+                                      k.segments, k.dead, k.source_state, k.counters,
+                                      k.group_state("postprocess:m"))} == {k.tag}  # fmt: skip
+        assert keys.of_key(k.segments) == k
         assert k.sources == keys.sources and k.stage_ready == keys.stage_ready
         assert keys.of_key(k.scores("m")) == k
     assert keys.results_streams == ["fs:{p}:results", "fs:{p:1}:results", "fs:{p:2}:results"]

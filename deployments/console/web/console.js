@@ -288,6 +288,161 @@ function addToTimeline(event) {
   while (list.children.length > TIMELINE_MAX) list.lastChild.remove();
 }
 
+// -- segments --------------------------------------------------------------------------------
+// One band per source: its segments (runs of one smoothed label) over the last SEGMENT_WINDOW_MS
+// of capture time (less while there is less to show, at least MIN_WINDOW_MS), coloured by label. The open segment comes with every snapshot (it grows as
+// frames arrive); the closed ones are read from v1/sources/{id}/segments when the open segment
+// changes (a segment closed), from where the page read up to last time.
+
+const SEGMENT_WINDOW_MS = 5 * 60 * 1000;
+const MIN_WINDOW_MS = 30 * 1000;
+const SEGMENTS_PAGE = 1000;
+const BAND_WIDTH = 1000; // viewBox units of a band
+const segmentState = new Map(); // source id -> {closed, open, afterSeq, openFirst, reading, again}
+
+function labelColour(label) {
+  let hash = 0;
+  for (const ch of String(label)) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return `hsl(${hash % 360}, 62%, ${45 + (hash >> 9) % 20}%)`;
+}
+
+async function readSegments(id) {
+  const state = segmentState.get(id);
+  if (!state) return;
+  if (state.reading) { state.again = true; return; }
+  state.reading = true;
+  try {
+    for (;;) {
+      const page = await api("GET", `v1/sources/${encodeURIComponent(id)}/segments?after_seq=${state.afterSeq}&limit=${SEGMENTS_PAGE}`);
+      state.closed.push(...page.segments);
+      state.afterSeq = page.next_after_seq;
+      if (page.segments.length < SEGMENTS_PAGE) break;
+    }
+  } catch (e) {
+    if (!String(e.message).includes("no source")) say(`reading the segments of ${id} failed: ${e.message}`, "error");
+  } finally {
+    state.reading = false;
+  }
+  if (state.again) { state.again = false; readSegments(id); }
+  renderSegments();
+}
+
+function noteSegments(sources) {
+  const seen = new Set();
+  for (const source of sources) {
+    seen.add(source.id);
+    let state = segmentState.get(source.id);
+    if (!state) {
+      state = { closed: [], open: null, afterSeq: -1, openFirst: undefined, reading: false, again: false };
+      segmentState.set(source.id, state);
+    }
+    state.open = source.segment ?? null;
+    const first = state.open ? state.open.first_seq : null;
+    if (first !== state.openFirst) { // a segment closed (or the first opened): read what closed
+      state.openFirst = first;
+      readSegments(source.id);
+    }
+  }
+  for (const id of [...segmentState.keys()]) if (!seen.has(id)) segmentState.delete(id);
+  renderSegments();
+}
+
+function svgElement(name, attributes) {
+  const element = document.createElementNS("http://www.w3.org/2000/svg", name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+  return element;
+}
+
+function segmentTitle(segment) {
+  const when = (ms) => (ms == null ? DASH : new Date(ms).toLocaleTimeString());
+  const state = segment.open ? "open" : `closed by ${segment.closed_by}`;
+  return `${segment.label}: ${when(segment.start_ms)} ${DASH} ${when(segment.end_ms)}, seq ${segment.first_seq}${DASH}${segment.last_seq}, ` +
+    `${segment.frames} frames, mean score ${show(segment.score, 3)} (${state})`;
+}
+
+function renderSegments() {
+  const all = [...segmentState.values()].flatMap((s) => [...s.closed, ...(s.open ? [s.open] : [])]);
+  const newest = Math.max(...all.map((s) => s.end_ms ?? -Infinity));
+  const oldest = Math.min(...all.map((s) => s.start_ms ?? Infinity));
+  const span = Math.min(SEGMENT_WINDOW_MS, Math.max(MIN_WINDOW_MS, newest - oldest));
+  const bands = $("#bands");
+  const legend = new Set();
+  const rows = [];
+  for (const [id, state] of [...segmentState.entries()].sort(([a], [b]) => a.localeCompare(b))) {
+    if (Number.isFinite(newest)) { // forget what scrolled out of the window
+      state.closed = state.closed.filter((s) => s.end_ms == null || s.end_ms >= newest - SEGMENT_WINDOW_MS);
+    }
+    let row = bands.querySelector(`.band-row[data-source="${CSS.escape(id)}"]`);
+    if (!row) {
+      row = Object.assign(document.createElement("div"), { className: "band-row" });
+      row.dataset.source = id;
+      row.append(Object.assign(document.createElement("span"), { className: "band-name", textContent: id, title: id }),
+        svgElement("svg", { class: "band", viewBox: `0 0 ${BAND_WIDTH} 20`, preserveAspectRatio: "none" }));
+    }
+    const svg = row.querySelector("svg");
+    const shown = [...state.closed, ...(state.open ? [state.open] : [])].filter((s) => s.start_ms != null && s.end_ms != null);
+    const rects = shown.map((segment, i) => {
+      const next = shown[i + 1];
+      // up to where the next segment starts when it follows on (no gap of one frame between them)
+      const end = next && next.first_seq === segment.last_seq + 1 ? next.start_ms : segment.end_ms;
+      const x0 = Math.max(0, (segment.start_ms - (newest - span)) / span * BAND_WIDTH);
+      const x1 = Math.max(x0, (end - (newest - span)) / span * BAND_WIDTH);
+      legend.add(segment.label);
+      const rect = svgElement("rect", {
+        class: "segment", x: x0.toFixed(2), y: 0, width: Math.max(x1 - x0, 1).toFixed(2), height: 20,
+        fill: labelColour(segment.label), "data-label": segment.label, "data-id": segment.id,
+        "data-first-seq": segment.first_seq, "data-last-seq": segment.last_seq,
+        "data-frames": segment.frames, "data-open": String(Boolean(segment.open)),
+      });
+      rect.append(Object.assign(svgElement("title", {}), { textContent: segmentTitle(segment) }));
+      return rect;
+    });
+    svg.replaceChildren(...rects);
+    rows.push(row);
+  }
+  bands.replaceChildren(...rows);
+  $("#band-newest").textContent = Number.isFinite(newest) ? new Date(newest).toLocaleTimeString() : "";
+  $("#band-span").textContent = Number.isFinite(span) ? `\u2212${span >= 60000 ? `${(span / 60000).toFixed(1)} min` : `${Math.round(span / 1000)} s`}` : "";
+  $("#segment-legend").replaceChildren(...[...legend].sort().map((label) => {
+    const item = document.createElement("li");
+    item.dataset.label = label;
+    const swatch = document.createElement("i");
+    swatch.style.background = labelColour(label);
+    item.append(swatch, label);
+    return item;
+  }));
+  $("#no-segments").hidden = all.length > 0;
+}
+
+// -- charts: frames/s out and p99 latency of the last minutes, one point per snapshot ----------
+
+const CHART_WINDOW_MS = 5 * 60 * 1000;
+const chartHistory = []; // {t, fps, p99}: one per snapshot
+
+function drawChart(svg, points) {
+  const line = svg.querySelector("polyline");
+  const [width, height] = [300, 60];
+  const top = Math.max(1e-9, ...points.map((p) => p.v)) * 1.1;
+  const now = Date.now();
+  const span = Math.min(CHART_WINDOW_MS, Math.max(MIN_WINDOW_MS, now - (chartHistory.length ? chartHistory[0].t : now)));
+  line.setAttribute("points", points.map((p) =>
+    `${((p.t - (now - span)) / span * width).toFixed(1)},${(height - p.v / top * height).toFixed(1)}`).join(" "));
+  line.dataset.points = points.length;
+}
+
+function noteCharts(snapshot) {
+  const now = Date.now();
+  const out = snapshot.stages.find((s) => s.stage === "postprocess");
+  chartHistory.push({ t: now, fps: out ? out.fps : null, p99: snapshot.latency_p99_ms });
+  while (chartHistory.length && chartHistory[0].t < now - CHART_WINDOW_MS) chartHistory.shift();
+  const fps = chartHistory.filter((h) => h.fps != null).map((h) => ({ t: h.t, v: h.fps }));
+  const p99 = chartHistory.filter((h) => h.p99 != null).map((h) => ({ t: h.t, v: h.p99 }));
+  drawChart($("#fps-chart"), fps);
+  drawChart($("#p99-chart"), p99);
+  $("#fps-now").textContent = fps.length ? `${fps[fps.length - 1].v.toFixed(1)}` : DASH;
+  $("#p99-now").textContent = p99.length ? `${p99[p99.length - 1].v.toFixed(0)} ms` : DASH;
+}
+
 // -- the feed --------------------------------------------------------------------------------
 
 function connect() {
@@ -312,6 +467,8 @@ function connect() {
     renderSources(snapshot.sources);
     renderStages(snapshot.stages);
     noteDeadLetterCounts(snapshot.stages);
+    noteSegments(snapshot.sources);
+    noteCharts(snapshot);
   });
   for (const kind of ["label_change", "source_status"]) {
     feed.addEventListener(kind, (e) => addToTimeline(JSON.parse(e.data)));

@@ -2,17 +2,18 @@
 
 Per (source, model): a reorder buffer (bounded in frames and time) puts frames back in `seq`
 order, then an EMA + hysteresis smoother gives `smoothed_label`; every change of it is an event on
-``keys.events``. Each result carries top-k with labels, per-stage times from the stamps, and
-end-to-end latency. An input entry is acked only together with the result it produced, so frames
-held in the reorder buffer are redelivered if this replica dies.
+``keys.events`` and closes a segment (`stream.core.segments`), written to ``keys.segments`` (the
+source's end-of-stream closes its last one). Each result carries top-k with labels, per-stage
+times from the stamps, and end-to-end latency. An input entry is acked only together with the
+result it produced, so frames held in the reorder buffer are redelivered if this replica dies.
 
-A source's results and events go to its partition's streams (the partition its scores came
+A source's results, events and segments go to its partition's streams (the partition its scores came
 from). Replicas own partitions (`stream.stages.postprocess.partition_leases`: a lease each, a fair share of
 the live replicas each) and read only their own partitions' scores. Each commit of a partition runs
 only while its lease holds (a replica that lost it writes nothing) and writes the state of every
 (source, model) it changed (`stream.core.track_state`: the reorder buffer's next seq, the smoother,
-the counters) into the partition's state hash, in the same atomic step as the results, acks and
-dead letters.
+the counters, the open segment) into the partition's state hash, in the same atomic step as the
+results, segments, acks and dead letters.
 A replica that takes a partition loads that state and claims every entry the partition's group
 still has pending (the frames a previous owner held in its reorder buffer were never acked), so it
 continues exactly where the previous owner stopped. A stopping replica does not flush its reorder
@@ -39,6 +40,7 @@ from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP
 from stream.core.reorder import Released, ReorderBuffer
 from stream.core.scoring import scores_problem, top_k
+from stream.core.segments import Segment, SegmentBuilder
 from stream.core.smoothing import LabelSmoother
 from stream.core.track_state import SavedTrack, encode_track
 from stream.errors import LeaseLost
@@ -63,7 +65,8 @@ class _Track:
 
     reorder: ReorderBuffer[tuple[Entry, Message]]
     smoother: LabelSmoother
-    keys: PipelineKeys  # the source's partition: where its results and events go
+    keys: PipelineKeys  # the source's partition: where its results, events and segments go
+    segments: SegmentBuilder
     results: int = 0
     skipped: int = 0
     gaps: int = 0
@@ -73,12 +76,13 @@ class _Track:
     def restart(self, smoother: LabelSmoother) -> None:
         """After end-of-stream: a source re-added later continues its seq, with fresh statistics."""
         self.smoother, self.label = smoother, None
+        self.segments.open = None
         self.results = self.skipped = self.gaps = self.late = 0
 
     def saved(self) -> str:
         """This track's state as `stream.core.track_state` text (held frames are not part of it)."""
         counters = {"results": self.results, "skipped": self.skipped, "gaps": self.gaps, "late": self.late}
-        return encode_track(self.reorder.next_seq, self.smoother, counters)
+        return encode_track(self.reorder.next_seq, self.smoother, counters, self.segments.open)
 
 
 class PostprocessStage(ConsumerStage):
@@ -183,7 +187,7 @@ class PostprocessStage(ConsumerStage):
                 classes=len(self.labels), alpha=cfg.ema_alpha, hysteresis_frames=cfg.hysteresis_frames,
             )  # fmt: skip
             for source, track in saved.items():
-                self._tracks[source] = self._resumed(track, keys)
+                self._tracks[source] = self._resumed(source, track, keys)
         stream = keys.scores(self.model or "")
         while claimed := await self.transport.take_over(
             stream, self.group, self.consumer, count=_TAKE_OVER_COUNT, include_own=True
@@ -192,12 +196,15 @@ class PostprocessStage(ConsumerStage):
             if len(claimed) < _TAKE_OVER_COUNT:
                 break
 
-    def _resumed(self, saved: SavedTrack, keys: PipelineKeys) -> _Track:
+    def _resumed(self, source: str, saved: SavedTrack, keys: PipelineKeys) -> _Track:
         reorder: ReorderBuffer[tuple[Entry, Message]] = ReorderBuffer(
             self.cfg.reorder_max_frames, self.cfg.reorder_max_wait_ms, next_seq=saved.next_seq
         )
         c = saved.counters
-        track = _Track(reorder, saved.smoother, keys, c["results"], c["skipped"], c["gaps"], c["late"])
+        segments = SegmentBuilder(source, self.model or "", saved.segment)
+        track = _Track(
+            reorder, saved.smoother, keys, segments, c["results"], c["skipped"], c["gaps"], c["late"]
+        )
         if saved.smoother.label is not None:
             track.label = self.labels[saved.smoother.label]
         return track
@@ -246,6 +253,7 @@ class PostprocessStage(ConsumerStage):
                 ReorderBuffer(self.cfg.reorder_max_frames, self.cfg.reorder_max_wait_ms),
                 LabelSmoother(self.cfg.ema_alpha, self.cfg.hysteresis_frames),
                 self.partition_keys(entry),
+                SegmentBuilder(source, self.model or ""),
             )
             self._tracks[source] = track
         return track
@@ -299,6 +307,7 @@ class PostprocessStage(ConsumerStage):
                 track.skipped += 1
             elif kind == EOS:
                 out.outputs.append(self._eos(source, track, message))
+                out.outputs.extend(self._segment(track, track.segments.end()))
                 track.restart(LabelSmoother(self.cfg.ema_alpha, self.cfg.hysteresis_frames))
         for _, (entry, message) in released.late:
             out.acks.append(entry)
@@ -319,6 +328,8 @@ class PostprocessStage(ConsumerStage):
         else:
             s = track.smoother.update(probs)
             smoothed, smoothed_score = self.labels[s.index], round(s.score, 5)
+            closed = track.segments.frame(meta["seq"], smoothed, s.score, _capture_ms(meta))
+            events.extend(self._segment(track, closed))
             if s.changed:
                 event = {"kind": LABEL_CHANGE, "source": source, "model": self.model, "seq": meta["seq"],
                          "previous": track.label, "label": smoothed, "result_ms": start}  # fmt: skip
@@ -356,6 +367,13 @@ class PostprocessStage(ConsumerStage):
         }
         return [Output(track.keys.results, encode_message(Message(meta=result))), *events]
 
+    @staticmethod
+    def _segment(track: _Track, closed: Segment | None) -> list[Output]:
+        """The entry of a segment that just closed (none when nothing closed)."""
+        if closed is None:
+            return []
+        return [Output(track.keys.segments, encode_message(Message(meta=closed.to_meta())))]
+
     def _eos(self, source: str, track: _Track, message: Message) -> Output:
         meta = message.meta
         eos = {
@@ -384,8 +402,14 @@ class PostprocessStage(ConsumerStage):
             await self._take_leftovers()
         if now >= self._next_results_trim_s:
             self._next_results_trim_s = now + _RESULTS_TRIM_S
-            for stream in [s for k in self.keys.all_partitions for s in (k.results, k.events)]:
+            outputs = [s for k in self.keys.all_partitions for s in (k.results, k.events, k.segments)]
+            for stream in outputs:
                 await trim_output(self.client, stream, keep=self.settings.streams.max_len)
+
+
+def _capture_ms(meta: dict[str, Any]) -> float | None:
+    value = meta.get("capture_ms")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _ms() -> float:
