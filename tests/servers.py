@@ -122,6 +122,11 @@ class _Server:
             self.process.wait()
         self.process = None
 
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its connections open but answers nothing (a hung broker)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
     def restart(self) -> Any:
         self.stop()
         return self.start()

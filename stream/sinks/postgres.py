@@ -61,9 +61,9 @@ COLUMNS: Mapping[ItemKind, tuple[str, ...]] = {
 
 _TAIL = ("body jsonb NOT NULL", "delivered_at timestamptz NOT NULL DEFAULT now()")
 _AUTH_FAILED = ("password authentication failed", "no password supplied", "no pg_hba.conf entry")
-_GONE_FOR_GOOD = ("does not exist",)
+_GONE_FOR_GOOD = ("does not exist", "connection is bad: invalid")
 """Connection failures that a retry cannot change: wrong password or user, a database that is not
-there, the server's pg_hba refusing us."""
+there, the server's pg_hba refusing us, a DSN option libpq rejects (`port=notaport`)."""
 
 
 class PostgresSinkSettings(Protocol):
