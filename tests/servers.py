@@ -154,20 +154,28 @@ class MosquittoServer(_Server):
 
     name = "mosquitto"
 
-    def __init__(self, *, username: str = "framestream", password: str = "mqtt-secret") -> None:
+    def __init__(
+        self, *, username: str = "framestream", password: str = "mqtt-secret", tls: bool = False
+    ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise FileNotFoundError("mosquitto not found: apt-get install mosquitto")
+        if tls and shutil.which("openssl") is None:
+            raise FileNotFoundError("openssl not found: apt-get install openssl")
         super().__init__("framestream-mosquitto-")
         self.binary = binary
         self.username = username
         self.password = password
+        self.tls = tls
+        self.ca_file = self.data_dir / "ca.pem"
         passwd = self.data_dir / "passwd"
         subprocess.run(
             ["mosquitto_passwd", "-b", "-c", str(passwd), username, password], check=True, capture_output=True
         )
+        tls_lines = self._make_certificates() if tls else ""
         (self.data_dir / "mosquitto.conf").write_text(
             f"listener {self.port} 127.0.0.1\n"
+            f"{tls_lines}"
             "allow_anonymous false\n"
             f"password_file {passwd}\n"
             "persistence true\n"
@@ -176,9 +184,24 @@ class MosquittoServer(_Server):
             "log_type error\nlog_type warning\nlog_type notice\n"
         )
 
+    def _make_certificates(self) -> str:
+        """A test CA (`ca_file`) and a server certificate it signed for 127.0.0.1 and localhost;
+        the listener's config lines."""
+        d = self.data_dir
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        for args in (
+            ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ca"],
+            ["req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+            ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "2", "-extfile", "san.ext"],
+        ):  # fmt: skip
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+        return f"certfile {d}/server.pem\nkeyfile {d}/server.key\n"
+
     @property
     def url(self) -> str:
-        return f"mqtt://{self.username}@127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.username}@127.0.0.1:{self.port}"
 
     def _command(self) -> list[str]:
         return [self.binary, "-c", str(self.data_dir / "mosquitto.conf")]

@@ -60,6 +60,7 @@ class MqttSinkSettings(Protocol):
     url: str
     topic: str | None
     timeout_s: float
+    verify_tls: bool
 
     def secret_value(self) -> str | None: ...
 
@@ -134,8 +135,8 @@ async def _until_lost(client: aiomqtt.Client) -> None:
 
 
 class MqttDestination:
-    """Publishes items at QoS 1 to an MQTT broker (`mqtt://` or `mqtts://`, TLS verified against
-    the system's CAs, or the file `SSL_CERT_FILE` names)."""
+    """Publishes items at QoS 1 to an MQTT broker (`mqtt://` or `mqtts://`; TLS verified against
+    the system's CAs, or the file `SSL_CERT_FILE` names, unless `verify_tls` is False)."""
 
     kind = "mqtt"
 
@@ -147,6 +148,7 @@ class MqttDestination:
         password: str | None = None,
         topic: str | None = None,
         timeout_s: float = 10.0,
+        verify_tls: bool = True,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
@@ -169,11 +171,19 @@ class MqttDestination:
         self.password = password
         self.topic = _check_template(topic or DEFAULT_TOPIC)
         self.timeout_s = timeout_s
+        self.verify_tls = verify_tls
         self._client: aiomqtt.Client | None = None
         self._lost: asyncio.Task[None] | None = None
 
     def _where(self) -> str:
         return f"mqtt sink {self.name!r} ({'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port})"
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()  # the system's CAs, or SSL_CERT_FILE's
+        if not self.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
     async def start(self) -> None:
         """Connect now, so that a wrong address or password shows at start-up."""
@@ -194,7 +204,7 @@ class MqttDestination:
             username=self.username,
             password=self.password,
             timeout=self.timeout_s,
-            tls_context=ssl.create_default_context() if self.tls else None,
+            tls_context=self._tls_context() if self.tls else None,
         )
         # a whole batch is in flight at once on purpose: no warning per publish past aiomqtt's 10
         client.pending_calls_threshold = 1 << 30
@@ -266,4 +276,5 @@ def build(sink: Any) -> MqttDestination:
         password=sink.secret_value(),
         topic=getattr(sink, "topic", None),
         timeout_s=sink.timeout_s,
+        verify_tls=getattr(sink, "verify_tls", True),
     )

@@ -18,7 +18,7 @@ import pytest
 from stream.errors import ConfigError
 from stream.sinks.destination import DeliveryError, SinkItem, item_key
 from stream.sinks.mqtt import MqttDestination, build, escape_topic_level
-from tests.servers import MosquittoServer
+from tests.servers import MosquittoServer, mosquitto_or_skip
 from tests.waiting import poll, until
 
 WAIT_S = 20.0
@@ -205,6 +205,26 @@ async def test_refused_and_unreachable_brokers_give_clear_errors(mosquitto: Mosq
         await down.close()
     finally:
         idle.close()
+
+
+async def test_mqtts_verifies_the_brokers_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
+    with mosquitto_or_skip(tls=True) as broker:
+        untrusted = MqttDestination(name="tls", url=broker.url, password=broker.password, timeout_s=10)
+        with pytest.raises(DeliveryError, match="certificate verify failed"):
+            await untrusted.start()  # signed by a CA the system does not trust
+        await untrusted.close()
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(broker.ca_file))  # the way to trust a private CA
+        trusted = MqttDestination(name="tls", url=broker.url, password=broker.password, timeout_s=10)
+        await trusted.send(results("tls", range(3)))
+        await trusted.close()
+
+        monkeypatch.delenv("SSL_CERT_FILE")
+        unchecked = MqttDestination(
+            name="tls", url=broker.url, password=broker.password, timeout_s=10, verify_tls=False
+        )
+        await unchecked.send(results("tls", range(3)))
+        await unchecked.close()
 
 
 @pytest.mark.parametrize(
