@@ -24,6 +24,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from stream.sinks.settings import SinkSettings, check_sink_names
+
 __all__ = [
     "AllowedSources",
     "ApiSettings",
@@ -34,6 +36,7 @@ __all__ = [
     "PostprocessSettings",
     "RedisSettings",
     "Settings",
+    "SinkSettings",
     "StreamSettings",
     "load_settings",
 ]
@@ -428,6 +431,15 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     dead_letters: DeadLetterSettings = DeadLetterSettings()
     api: ApiSettings = ApiSettings()
+    sinks: list[SinkSettings] = Field(
+        default_factory=list,
+        description="where results (events, segments) are delivered at least once (docs/sinks.md)",
+    )
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_sinks(cls, sinks: list[SinkSettings]) -> list[SinkSettings]:
+        return check_sink_names(sinks)
 
     @classmethod
     def settings_customise_sources(
@@ -452,11 +464,12 @@ class Settings(BaseSettings):
         without any secret: a secret (`SecretStr`) dumps as ``**********``, which read back would
         replace the real one. Secrets travel through the environment instead."""
         dumped = self.model_dump(mode="json", exclude=_secret_fields(self))
-        return {name: value for name, value in dumped.items() if value != {}}
+        return {name: value for name, value in dumped.items() if value not in ({}, [])}
 
 
 def _secret_fields(model: BaseModel) -> dict[str, Any]:
-    """`model_dump`'s ``exclude`` for every secret field of `model` and its sections."""
+    """`model_dump`'s ``exclude`` for every secret field of `model`, its sections and the models
+    of its lists (the sinks)."""
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
@@ -464,6 +477,11 @@ def _secret_fields(model: BaseModel) -> dict[str, Any]:
             inner = _secret_fields(value)
             if inner:
                 out[name] = inner
+        elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+            per_item = {i: _secret_fields(v) for i, v in enumerate(value) if isinstance(v, BaseModel)}
+            per_item = {i: inner for i, inner in per_item.items() if inner}
+            if per_item:
+                out[name] = per_item
         elif _holds_secret(field.annotation):
             out[name] = True
     return out

@@ -392,6 +392,11 @@ def main(settings: Settings, request: RunRequest) -> int:
     """`framestream run --runner ray`: the ``ray`` entry point of ``framestream.runners``."""
     try:
         check_attached(request.address, request.redis or settings.redis.url, list(request.sources))
+        if settings.sinks:  # no Serve deployment delivers them yet: the run would wait for them forever
+            raise FramestreamError(
+                "sinks are delivered by the processes runner (--runner processes), or by "
+                "`framestream stage sinks` next to a Ray application; the ray runner does not start them"
+            )
     except FramestreamError as e:
         Console(stderr=True).print(f"[red]framestream run: {e}[/red]")
         return 2

@@ -29,6 +29,11 @@ METRIC_NAMES = {
     "source_reconnects": "framestream_source_reconnects_total",
     "source_last_frame_age": "framestream_source_last_frame_age_seconds",
     "source_up": "framestream_source_up",
+    "sink_delivered": "framestream_sink_delivered_total",
+    "sink_retries": "framestream_sink_retries_total",
+    "sink_dead_letters": "framestream_sink_dead_letters_total",
+    "sink_backlog": "framestream_sink_backlog",
+    "sink_last_error": "framestream_sink_last_error_timestamp_seconds",
 }
 _SECONDS_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 _Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -119,6 +124,27 @@ class Metrics:
                 "source_up": rm.Gauge(
                     METRIC_NAMES["source_up"], "1 while a source is playing, else 0", ("source",)
                 ),
+                "sink_delivered": rm.Counter(
+                    METRIC_NAMES["sink_delivered"].removesuffix("_total"),
+                    "Items a sink's destination confirmed",
+                    ("sink",),
+                ),
+                "sink_retries": rm.Counter(
+                    METRIC_NAMES["sink_retries"].removesuffix("_total"),
+                    "Sends of a batch that failed and were tried again",
+                    ("sink",),
+                ),
+                "sink_dead_letters": rm.Counter(
+                    METRIC_NAMES["sink_dead_letters"].removesuffix("_total"),
+                    "Items a sink dead-lettered (failed: not delivered; backlog: dropped by on_full=drop)",
+                    ("sink", "reason"),
+                ),
+                "sink_backlog": rm.Gauge(
+                    METRIC_NAMES["sink_backlog"], "Entries waiting for a sink (not yet acked)", ("sink",)
+                ),
+                "sink_last_error": rm.Gauge(
+                    METRIC_NAMES["sink_last_error"], "When a sink's last send failed (epoch s)", ("sink",)
+                ),
             }
         return self._ray
 
@@ -200,6 +226,22 @@ class Metrics:
 
     def source_up(self, source: str, up: bool) -> None:
         self._set("source_up", 1.0 if up else 0.0, {"source": source})
+
+    def sink_delivered(self, sink: str, n: int) -> None:
+        self._count("sink_delivered", n, {"sink": sink})
+
+    def sink_retries(self, sink: str, n: int = 1) -> None:
+        self._count("sink_retries", n, {"sink": sink})
+
+    def sink_dead_letters(self, sink: str, reason: str, n: int) -> None:
+        """`reason`: failed (not delivered) or backlog (dropped by ``on_full: drop``)."""
+        self._count("sink_dead_letters", n, {"sink": sink, "reason": reason})
+
+    def sink_backlog(self, sink: str, entries: int) -> None:
+        self._set("sink_backlog", entries, {"sink": sink})
+
+    def sink_last_error(self, sink: str, epoch_s: float) -> None:
+        self._set("sink_last_error", epoch_s, {"sink": sink})
 
     def gauge(self, key: str, **tags: str) -> float | None:
         """A gauge's last value for exactly `tags` (for summaries and tests)."""

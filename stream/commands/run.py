@@ -9,11 +9,13 @@ import logging
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from stream.errors import FramestreamError
 from stream.runners import RunRequest, load_runner
 from stream.settings import load_settings
+from stream.sinks.registry import check_sinks
 from stream.stopping import exit_code, handle_stop_signals
 from stream.watchdog import start_watchdog
 
@@ -67,8 +69,9 @@ def run(
     )
     try:
         settings = load_settings(config)
+        check_sinks(settings.sinks)  # an unknown kind is one clear error before anything starts
         play = load_runner(runner)
-    except FramestreamError as e:
+    except (FramestreamError, ValidationError) as e:
         console.print(f"[red]framestream run: {e}[/red]")
         raise typer.Exit(2) from e
     start_watchdog()  # before Redis or Ray start: it follows everything the run starts

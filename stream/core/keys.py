@@ -136,6 +136,15 @@ class PipelineKeys:
         return f"{self.prefix}:events"
 
     @property
+    def segments(self) -> str:
+        """Closed segments (a run of frames of one label), each with an `id`, written by postprocess."""
+        return f"{self.prefix}:segments"
+
+    def sink_retry(self, sink: str) -> str:
+        """Entries re-driven to sink `sink` alone (`framestream dead retry` of its dead letters)."""
+        return f"{self.prefix}:sink:{sink}:retry"
+
+    @property
     def dead(self) -> str:
         return f"{self.prefix}:dead"
 

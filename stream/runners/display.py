@@ -59,6 +59,9 @@ class Summary:
     """Per track (a source, with `` [model]`` when several): published, results, label, error."""
     interrupted: bool = False
     runner: str = ""
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per sink: delivered, retries, dead_letters (not delivered), dropped (on_full: drop) in this
+    run, and backlog (entries still waiting for it at the end)."""
 
     @property
     def failed(self) -> list[str]:
@@ -175,6 +178,7 @@ def summary_dict(s: Summary) -> dict[str, Any]:
         "frames_per_s": round(s.fps, 2),
         "sources": {name: dict(row) for name, row in sorted(s.per_source.items())},
         "failed": s.failed,
+        "sinks": {name: dict(row) for name, row in sorted(s.sinks.items())},
     }
 
 
@@ -218,4 +222,23 @@ def summary_table(s: Summary) -> Group:
         published, results = f"{row.get('published', 0):,}", f"{row.get('results', 0):,}"
         cells = [escape(source), published, results, escape(str(row.get("label", "-")))]
         per_source.add_row(*cells, *([escape(str(row.get("error") or ""))] if s.failed else []))
-    return Group(table, per_source)
+    if not s.sinks:
+        return Group(table, per_source)
+    return Group(table, per_source, _sinks_table(s.sinks))
+
+
+SINK_COLUMNS = ("delivered", "retries", "dead_letters", "dropped", "backlog")
+
+
+def _sinks_table(sinks: dict[str, dict[str, int]]) -> Table:
+    """One row per sink: what it delivered in the run, its retries, its dead letters (not
+    delivered, and dropped by ``on_full: drop``) and what still waits for it."""
+    table = Table(show_header=True)
+    _name_column(table, "sink", list(sinks))
+    for col in SINK_COLUMNS:
+        values = [f"{row.get(col, 0):,}" for row in sinks.values()]
+        table.add_column(col.replace("_", " "), justify="right", no_wrap=True,
+                         min_width=max([len(col), *map(len, values)]))  # fmt: skip
+    for name, row in sorted(sinks.items()):
+        table.add_row(escape(name), *(f"{row.get(col, 0):,}" for col in SINK_COLUMNS))
+    return table

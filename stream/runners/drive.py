@@ -1,6 +1,10 @@
 """The run loop of `framestream run`, whichever runner placed the stages: register the sources,
 follow the results with live progress, stop and drain on Ctrl-C or the timeout, and sum up.
 
+With sinks configured (``sinks:``), the run ends only once every sink's backlog is 0 too: each
+has delivered, or dead-lettered, what the sources produced (or, after a stop, when
+``streams.drain_timeout_s`` more has passed); the summary shows each sink.
+
 A *track* is one (source, model) pair: every source is classified by every model of the run. The
 run ends when every finite source (a file, a folder, a replay; not a camera, not a looping source)
 has all its results for every model, or at a stop: then the sources are removed and what is in
@@ -42,6 +46,7 @@ from stream.readers.results import JsonlSink, ResultReader, dead_letter_count
 from stream.readers.watch import probe_stages, read_counters
 from stream.runners.display import Progress, Snapshot, StageRow, Summary
 from stream.settings import Settings
+from stream.sinks.backlog import sink_backlog
 from stream.stopping import on_stop_signal
 
 __all__ = ["DriveOptions", "Played", "Stalled", "drive"]
@@ -161,9 +166,14 @@ async def drive(
             while await ride(lambda: sink.poll(block_ms=300)):
                 pass
             await ctx.show()
+            if settings.sinks:
+                progress.note("waiting for the sinks to deliver what is left ...")
+                await _wait_for_sinks(client, keys, settings, stop, options, ride)
         summary = await ride(
             lambda: _summary(client, keys, options, sink, ids, first, dead_before, started, interrupted)
         )
+        if settings.sinks:
+            summary.sinks = await ride(lambda: _sink_rows(client, keys, settings, first))
         return Played(summary, sink.reader.ledger, ids)
     finally:
         if sink.reader.sink is not None:
@@ -215,6 +225,59 @@ async def _summary(
         per_source=per_track,
         interrupted=interrupted,
     )
+
+
+async def _sink_backlogs(client: Any, keys: PipelineKeys, settings: Settings) -> dict[str, int]:
+    return {
+        s.name: sum([await sink_backlog(client, k, s) for k in keys.all_partitions]) for s in settings.sinks
+    }
+
+
+async def _wait_for_sinks(
+    client: Any,
+    keys: PipelineKeys,
+    settings: Settings,
+    stop: asyncio.Event,
+    options: DriveOptions,
+    ride: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
+) -> None:
+    """Until no sink has anything waiting; after a stop (Ctrl-C, `--timeout`), for at most
+    ``streams.drain_timeout_s`` more. A sink that is down keeps its backlog in Redis: the next run
+    (or `framestream stage sinks`) delivers it."""
+    stopped_at: float | None = None
+    while any((await ride(lambda: _sink_backlogs(client, keys, settings))).values()):
+        if stop.is_set():
+            stopped_at = stopped_at or time.monotonic()
+            if time.monotonic() - stopped_at > settings.streams.drain_timeout_s:
+                return
+        if options.check_stages is not None:
+            options.check_stages()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+        if stop.is_set():
+            await asyncio.sleep(0.2)
+
+
+async def _sink_rows(
+    client: Any, keys: PipelineKeys, settings: Settings, first: dict[str, int]
+) -> dict[str, dict[str, int]]:
+    """Each sink's counters in this run (from the partitions' counters hashes) and its backlog."""
+    counters = await read_counters(client, keys)
+    backlogs = await _sink_backlogs(client, keys, settings)
+
+    def grown(name: str) -> int:
+        return counters.get(name, 0) - first.get(name, 0)
+
+    return {
+        s.name: {
+            "delivered": grown(f"sink:{s.name}:delivered"),
+            "retries": grown(f"sink:{s.name}:retries"),
+            "dead_letters": grown(f"dead:{s.group}") - grown(f"sink:{s.name}:dropped"),
+            "dropped": grown(f"sink:{s.name}:dropped"),
+            "backlog": backlogs[s.name],
+        }
+        for s in settings.sinks
+    }
 
 
 def _name(source: str, model: str, options: DriveOptions) -> str:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 import yaml
@@ -47,6 +48,8 @@ __all__ = [
     "create_groups",
     "process_stages",
     "run_processes",
+    "sink_secret_variable",
+    "sink_secrets",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,8 @@ class RunReport:
     max_ms: float | None = None
     interrupted: bool = False
     stage_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU each stage used after start-up
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per sink: delivered, retries, dead_letters, dropped, backlog (`Summary.sinks`)."""
 
     @property
     def results(self) -> int:
@@ -119,6 +124,7 @@ class StageProcess:
         *,
         password: str | None = None,
         username: str | None = None,
+        secrets: dict[str, str] | None = None,
     ) -> None:
         self.stage, self.model, self.consumer = stage, model, consumer
         args = [sys.executable, "-m", "stream.cli", "stage", stage]
@@ -130,6 +136,7 @@ class StageProcess:
             env["FRAMESTREAM_REDIS__PASSWORD"] = password
         if username is not None:
             env["FRAMESTREAM_REDIS__USERNAME"] = username
+        env.update(secrets or {})  # the sinks' secrets, named by their secret_env in the config
         # a process group of its own: a terminal's Ctrl-C (or `timeout`) signals the run, which
         # stops its stages once (SIGTERM); a stage seeing both would take the second as "force".
         # And SIGTERM when the run dies, even by SIGKILL: the stage drains and exits with it.
@@ -176,12 +183,31 @@ _REDIS_ACCESS = ("url", "username")
 `StageProcess` passes them in the environment."""
 
 
+def sink_secret_variable(sink: str) -> str:
+    """The environment variable that carries sink `sink`'s secret to the sinks process."""
+    return "FRAMESTREAM_SINK_SECRET_" + sink.upper().replace("-", "_")
+
+
+def sink_secrets(settings: Settings) -> dict[str, str]:
+    """The environment that carries the secrets of the sinks given a `secret` to the sinks
+    process (the config file names each variable as the sink's `secret_env`)."""
+    return {
+        sink_secret_variable(s.name): s.secret.get_secret_value()
+        for s in settings.sinks
+        if s.secret is not None
+    }
+
+
 def _write_config(settings: Settings, directory: Path) -> Path:
     """The run's settings for the stage processes, without the Redis URL and credentials, and
-    without the secrets (the HTTP API's tokens: no stage serves HTTP)."""
+    without the secrets (the HTTP API's tokens: no stage serves HTTP; a sink's secret travels in
+    the environment, `sink_secrets`)."""
     dumped = settings.dump_without_secrets()
     for name in _REDIS_ACCESS:
         dumped["redis"].pop(name, None)
+    for sink, written in zip(settings.sinks, dumped.get("sinks", []), strict=True):
+        if sink.secret is not None:
+            written["secret_env"] = sink_secret_variable(sink.name)
     path = directory / "settings.yaml"
     path.write_text(yaml.safe_dump(dumped, sort_keys=False))
     return path
@@ -213,7 +239,10 @@ class ProcessStages:
             await create_groups(client, keys, self.models)
             config = _write_config(settings, Path(self._tmp.name))
             tag = f"{os.getpid()}"
-            auth = {"password": settings.redis.password_value(), "username": settings.redis.username}
+            auth: dict[str, Any] = {
+                "password": settings.redis.password_value(),
+                "username": settings.redis.username,
+            }
             for model in self.models:
                 for stage in ("preprocess", "infer", "postprocess"):
                     copies = settings.postprocess.replicas if stage == "postprocess" else 1
@@ -221,6 +250,18 @@ class ProcessStages:
                         name = f"{stage}-{model}-{tag}" + (f"-{i}" if i else "")
                         self.procs.append(StageProcess(stage, model, self.redis_url, config, name, **auth))
             self.procs.append(StageProcess("ingest", None, self.redis_url, config, f"ingest-{tag}", **auth))
+            if settings.sinks:  # one process delivers every sink (each sink's partitions in order)
+                sinks = StageProcess(
+                    "sinks",
+                    None,
+                    self.redis_url,
+                    config,
+                    f"sinks-{tag}",
+                    password=settings.redis.password_value(),
+                    username=settings.redis.username,
+                    secrets=sink_secrets(settings),
+                )
+                self.procs.append(sinks)
             await _wait_ready(client, keys, self.procs, self.ready_timeout_s)
         except (KeyboardInterrupt, asyncio.CancelledError):
             self._kill()  # a stop signal while starting (`stream.stopping`): nothing to drain yet
@@ -324,6 +365,7 @@ async def run_processes(
         wall_s=summary.wall_s,
         interrupted=summary.interrupted,
         stage_cpu_s=stage_cpu_s,
+        sinks=summary.sinks,
     )
     _fill(report, played.ledger, [(sid, m) for sid in played.sources for m in models])
     return report

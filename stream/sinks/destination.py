@@ -22,10 +22,14 @@ ITEM_KINDS: tuple[ItemKind, ...] = ("results", "events", "segments")
 
 
 def item_key(kind: ItemKind, body: Mapping[str, Any]) -> str:
-    """The idempotency key of one item: `source/model/seq` for results and events, the segment's
-    own `id` for segments. Stable across redeliveries, so a receiver can drop repeats by it."""
+    """The idempotency key of one item: `source/model/seq` for results and label changes,
+    `source/status/time_ms` for a source's status change (an event of no model or frame), the
+    segment's own `id` for segments. Stable across redeliveries, so a receiver can drop repeats
+    by it."""
     if kind == "segments":
         return str(body["id"])
+    if kind == "events" and "seq" not in body:
+        return f"{body['source']}/status/{body.get('time_ms')}"
     return f"{body['source']}/{body['model']}/{body['seq']}"
 
 

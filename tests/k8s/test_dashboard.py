@@ -34,6 +34,11 @@ KINDS = {
     "source_reconnects": ("counter", {"source"}),
     "source_last_frame_age": ("gauge", {"source"}),
     "source_up": ("gauge", {"source"}),
+    "sink_delivered": ("counter", {"sink"}),
+    "sink_retries": ("counter", {"sink"}),
+    "sink_dead_letters": ("counter", {"sink", "reason"}),
+    "sink_backlog": ("gauge", {"sink"}),
+    "sink_last_error": ("gauge", {"sink"}),
 }
 _SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 _PROMQL_WORDS = {
@@ -183,6 +188,11 @@ _SCRAPE = textwrap.dedent(
         metrics.source_reconnects("cam", 1)
         metrics.source_last_frame_age("cam", 0.5)
         metrics.source_up("cam", True)
+        metrics.sink_delivered("hook", 5)
+        metrics.sink_retries("hook")
+        metrics.sink_dead_letters("hook", "failed", 1)
+        metrics.sink_backlog("hook", 9)
+        metrics.sink_last_error("hook", time.time())
 
     ray.get(record.remote(), timeout=60)
     want = set(json.loads(sys.argv[1]))

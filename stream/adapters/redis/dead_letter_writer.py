@@ -22,12 +22,13 @@ MAX_DEAD_PAYLOAD = 1024 * 1024
 
 
 def letter_fields(letter: DeadLetter, stage: str, group: str) -> dict[str, Any]:
-    """The fields of `letter`'s entry in the dead-letter stream."""
+    """The fields of `letter`'s entry in the dead-letter stream (``stream`` is where a retry
+    re-drives it: `DeadLetter.redrive_to`, else the stream it was read from)."""
     e = letter.entry
     fields: dict[str, Any] = {
         "stage": stage,
         "reason": letter.reason,
-        "stream": e.stream,
+        "stream": letter.redrive_to or e.stream,
         "group": group,
         "id": e.id,
         "deliveries": e.deliveries,

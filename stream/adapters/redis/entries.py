@@ -38,6 +38,9 @@ class Output:
 class DeadLetter:
     entry: Entry
     reason: str
+    redrive_to: str | None = None
+    """The stream `framestream dead retry` re-drives it into, when not the one it was read from
+    (a sink's own retry stream: a sink's dead letter goes back to that sink alone)."""
 
 
 def entry_of(stream: str, raw_id: bytes | str, fields: Any, deliveries: int = 1) -> Entry:

@@ -2,30 +2,41 @@
 read the frames (so ingest knows what ``frame_short_side_px: auto`` means).
 
 Ingest pauses file sources on `PipelineBacklog.of_partition` and reports `PipelineBacklog.slowest`
-to the autoscaler; both read every consumer group of the streams involved (``XINFO GROUPS``).
+to the autoscaler; both read every consumer group of the streams involved (``XINFO GROUPS``). A
+sink with ``on_full: pause`` over its ``max_backlog`` counts as a backlog above any high-water
+mark (`SINK_FULL`): file sources wait, live sources drop by their policy (counted).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from stream.adapters.redis.streams import GroupStats, StreamTransport
 from stream.core.geometry import source_short_side
 from stream.core.keys import PipelineKeys
 from stream.errors import ModelError
+from stream.sinks.backlog import SinkPause
+from stream.sinks.settings import SinkSettings
 from stream.zoo.descriptors import load_spec
 
-__all__ = ["PipelineBacklog", "auto_short_side"]
+__all__ = ["SINK_FULL", "PipelineBacklog", "auto_short_side"]
+
+SINK_FULL = 2**62
+"""`PipelineBacklog.of_partition` while a pausing sink is full: above every high-water mark."""
 
 
 class PipelineBacklog:
     """The backlog of the frames stream and of each model's chain after it, over every partition;
     `readers` and `auto_short_side_px` follow the frames stream's consumer groups as it reads them."""
 
-    def __init__(self, client: Any, keys: PipelineKeys, transport: StreamTransport) -> None:
+    def __init__(
+        self, client: Any, keys: PipelineKeys, transport: StreamTransport, sinks: Sequence[SinkSettings] = ()
+    ) -> None:
         self.client = client
         self.keys = keys
         self.transport = transport
+        self.sinks = SinkPause(client, keys, sinks)
         self.readers: tuple[str, ...] = ()
         self.auto_short_side_px: int | None = None  # what `frame_short_side_px: auto` means now
 
@@ -44,7 +55,10 @@ class PipelineBacklog:
         backlog: with the largest, each stage could hold up to the mark at once, so what a fast
         stage moved on while ingest published again overshot it. Streams are read upstream first:
         a frame moving on between two reads is counted twice, never missed. Per partition
-        (`keys`): a source waits on its own partition only."""
+        (`keys`): a source waits on its own partition only. While a sink with ``on_full: pause``
+        is full, `SINK_FULL`."""
+        if await self.sinks.full():
+            return SINK_FULL
         if keys.index != 0:
             await self._frames_groups(keys.partition(0))  # keep `readers` current
         groups = {s.group: s.backlog for s in await self._frames_groups(keys)}

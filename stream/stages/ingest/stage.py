@@ -106,7 +106,7 @@ class IngestStage:
         self.dropped = 0
         self.last_progress_s = time.monotonic()
         self._players: dict[str, _Player] = {}
-        self.pipeline = PipelineBacklog(client, self.keys, self.transport)
+        self.pipeline = PipelineBacklog(client, self.keys, self.transport, sinks=settings.sinks)
         self.writes = SourceWrites(client, self.keys, settings.ingest)
 
     @property
