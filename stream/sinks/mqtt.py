@@ -20,7 +20,6 @@ import math
 import ssl
 import string
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -28,12 +27,12 @@ from aiomqtt.exceptions import MqttConnectError
 
 from stream.errors import ConfigError
 from stream.sinks.destination import DeliveryError, SinkItem
+from stream.sinks.settings import SinkSettings
 
 __all__ = [
     "DEFAULT_TOPIC",
     "LAST_SUFFIX",
     "MqttDestination",
-    "MqttSinkSettings",
     "build",
     "escape_topic_level",
     "topic_for",
@@ -51,18 +50,6 @@ _REFUSED_FOR_GOOD = frozenset({1, 2, 4, 5, 132, 133, 134, 135, 138, 140})
 """CONNACK codes (MQTT 3.1.1, and paho's MQTT 5 equivalents) that a retry cannot change: bad
 protocol version, client id rejected, bad username or password, not authorised, banned, bad auth
 method. "Server unavailable" (3, 136) is not among them."""
-
-
-class MqttSinkSettings(Protocol):
-    """What `build` reads from a sink's settings."""
-
-    name: str
-    url: str
-    topic: str | None
-    timeout_s: float
-    verify_tls: bool
-
-    def secret_value(self) -> str | None: ...
 
 
 def escape_topic_level(value: str) -> str:
@@ -268,13 +255,13 @@ class MqttDestination:
             await self._drop()
 
 
-def build(sink: Any) -> MqttDestination:
+def build(sink: SinkSettings) -> MqttDestination:
     """The `mqtt` entry point of `framestream.sinks`: a destination from a sink's settings."""
     return MqttDestination(
         name=sink.name,
-        url=sink.url,
+        url=sink.url or "",
         password=sink.secret_value(),
-        topic=getattr(sink, "topic", None),
+        topic=sink.topic,
         timeout_s=sink.timeout_s,
-        verify_tls=getattr(sink, "verify_tls", True),
+        verify_tls=sink.verify_tls,
     )

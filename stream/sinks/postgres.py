@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 from psycopg import errors, sql
@@ -26,8 +26,9 @@ from psycopg.types.json import Jsonb
 
 from stream.errors import ConfigError
 from stream.sinks.destination import ITEM_KINDS, DeliveryError, ItemKind, SinkItem
+from stream.sinks.settings import SinkSettings
 
-__all__ = ["COLUMNS", "DEFAULT_TABLE_PREFIX", "PostgresDestination", "PostgresSinkSettings", "build"]
+__all__ = ["COLUMNS", "DEFAULT_TABLE_PREFIX", "PostgresDestination", "build"]
 
 DEFAULT_TABLE_PREFIX = "framestream_"
 
@@ -64,17 +65,6 @@ _AUTH_FAILED = ("password authentication failed", "no password supplied", "no pg
 _GONE_FOR_GOOD = ("does not exist", "connection is bad: invalid")
 """Connection failures that a retry cannot change: wrong password or user, a database that is not
 there, the server's pg_hba refusing us, a DSN option libpq rejects (`port=notaport`)."""
-
-
-class PostgresSinkSettings(Protocol):
-    """What `build` reads from a sink's settings."""
-
-    name: str
-    dsn: str
-    table_prefix: str | None
-    timeout_s: float
-
-    def secret_value(self) -> str | None: ...
 
 
 def _json(value: Any) -> str:
@@ -218,12 +208,12 @@ class PostgresDestination:
             await self._drop()
 
 
-def build(sink: Any) -> PostgresDestination:
+def build(sink: SinkSettings) -> PostgresDestination:
     """The `postgres` entry point of `framestream.sinks`: a destination from a sink's settings."""
     return PostgresDestination(
         name=sink.name,
-        dsn=sink.dsn,
+        dsn=sink.dsn or "",
         password=sink.secret_value(),
-        table_prefix=getattr(sink, "table_prefix", None),
+        table_prefix=sink.table_prefix,
         timeout_s=sink.timeout_s,
     )

@@ -9,7 +9,6 @@ import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from urllib.parse import unquote
 
 import aiomqtt
@@ -17,7 +16,9 @@ import pytest
 
 from stream.errors import ConfigError
 from stream.sinks.destination import DeliveryError, SinkItem, item_key
-from stream.sinks.mqtt import MqttDestination, build, escape_topic_level
+from stream.sinks.mqtt import MqttDestination, escape_topic_level
+from stream.sinks.registry import build_destination
+from stream.sinks.settings import SinkSettings
 from tests.servers import MosquittoServer, mosquitto_or_skip
 from tests.waiting import poll, until
 
@@ -78,21 +79,12 @@ class Subscriber:
         await until(lambda: self._recording and self._recording.done(), timeout_s=WAIT_S, what="a disconnect")
 
 
-@dataclass
-class SinkSettings:
-    name: str
-    url: str
-    topic: str | None
-    timeout_s: float
-    secret: str | None
-
-    def secret_value(self) -> str | None:
-        return self.secret
-
-
-def destination(server: MosquittoServer, **kwargs) -> MqttDestination:
-    settings = SinkSettings("mqtt-test", server.url, kwargs.pop("topic", None), 10.0, server.password)
-    return build(settings)
+def destination(server: MosquittoServer) -> MqttDestination:
+    """Built as `framestream run` builds it: from a sink's settings, through its entry point."""
+    sink = SinkSettings(name="mqtt-test", kind="mqtt", url=server.url, secret=server.password)
+    built = build_destination(sink)
+    assert isinstance(built, MqttDestination) and built.password == server.password
+    return built
 
 
 @pytest.fixture

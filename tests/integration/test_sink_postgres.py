@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,7 +15,9 @@ import pytest
 from stream.adapters.redis.server import find_free_port
 from stream.errors import ConfigError
 from stream.sinks.destination import DeliveryError, ItemKind, SinkItem, item_key
-from stream.sinks.postgres import PostgresDestination, build
+from stream.sinks.postgres import PostgresDestination
+from stream.sinks.registry import build_destination
+from stream.sinks.settings import SinkSettings
 from tests.servers import PostgresServer
 from tests.waiting import until
 
@@ -37,18 +38,6 @@ def items(kind: ItemKind, source: str, seqs: range) -> list[SinkItem]:
     return out
 
 
-@dataclass
-class SinkSettings:
-    name: str
-    dsn: str
-    table_prefix: str | None
-    timeout_s: float
-    secret: str | None
-
-    def secret_value(self) -> str | None:
-        return self.secret
-
-
 @pytest.fixture
 async def postgres(postgres_server: PostgresServer) -> AsyncIterator[PostgresServer]:
     """The session's server, running again after the test even if the test stopped it."""
@@ -61,7 +50,15 @@ async def postgres(postgres_server: PostgresServer) -> AsyncIterator[PostgresSer
 async def sink(postgres: PostgresServer) -> AsyncIterator[PostgresDestination]:
     """A destination writing to tables of its own (a fresh prefix per test)."""
     prefix = f"t{secrets.token_hex(4)}_"
-    destination = build(SinkSettings(f"pg-{prefix}", postgres.dsn, prefix, 10.0, postgres.password))
+    sink = SinkSettings(
+        name=f"pg-{prefix[:-1]}",
+        kind="postgres",
+        dsn=postgres.dsn,
+        secret=postgres.password,
+        table_prefix=prefix,
+    )
+    destination = build_destination(sink)  # as `framestream run` builds it, through its entry point
+    assert isinstance(destination, PostgresDestination)
     yield destination
     await destination.close()
 
