@@ -4,7 +4,8 @@
 `Refusal` (401: no or unknown token; 403: a read token on a route that changes something).
 Only ``/v1`` routes are guarded: health (``/healthz``, ``/readyz``), the OpenAPI page and the
 console's static files hold no data. GET and HEAD need the read scope, every other method the admin
-scope (admin implies read). With no token configured every route is open.
+scope (admin implies read); the sinks (``/v1/sinks``, `ADMIN_ONLY`) need the admin scope for every
+method: their settings name the user's own systems. With no token configured every route is open.
 
 Tokens are compared in constant time (`hmac.compare_digest`, against every configured token), and
 never appear in a reason.
@@ -16,10 +17,20 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["GUARDED_PREFIX", "READ_METHODS", "Access", "Refusal", "bearer_token", "url_token_allowed"]
+__all__ = [
+    "ADMIN_ONLY",
+    "GUARDED_PREFIX",
+    "READ_METHODS",
+    "Access",
+    "Refusal",
+    "bearer_token",
+    "url_token_allowed",
+]
 
 GUARDED_PREFIX = "/v1"
 READ_METHODS = frozenset({"GET", "HEAD"})
+ADMIN_ONLY = ("/v1/sinks",)
+"""Paths (and everything under them) that need an admin token even to read."""
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="framestream"'}
 
 
@@ -94,7 +105,8 @@ class Access:
                 "the token is not valid here",
                 {"WWW-Authenticate": CHALLENGE["WWW-Authenticate"] + ', error="invalid_token"'},
             )
-        if method.upper() not in READ_METHODS and not admin:
+        admin_only = any(path == p or path.startswith(p + "/") for p in ADMIN_ONLY)
+        if (method.upper() not in READ_METHODS or admin_only) and not admin:
             return Refusal(
                 403,
                 f"{method.upper()} {path} needs an admin token; this one may only read",

@@ -48,11 +48,13 @@ from deployments.serve.config import (
 )
 from deployments.serve.status import app_status, replica_counts
 from stream.adapters.redis.server import find_free_port
+from stream.core.messages import STAGES
 from stream.core.sources.uri import parse_source
 from stream.errors import ConfigError, FramestreamError
 from stream.runners import RunRequest
 from stream.runners.play import StageSetup, StartStages, play
 from stream.settings import Settings
+from stream.sinks.settings import secret_variable
 from stream.stopping import forced, on_stop_signal, reinstall
 
 __all__ = ["check_attached", "main", "ray_stages"]
@@ -166,6 +168,9 @@ def _replica_settings(settings: Settings, redis_url: str | None) -> dict[str, An
     """The run's settings for every replica; the Redis password stays in the environment, and so
     does the URL when `redis_url` is None (`_redis_through_environment`)."""
     dumped = settings.dump_without_secrets()  # tokens: `_tokens_through_environment`
+    for sink, written in zip(settings.sinks, dumped.get("sinks", []), strict=True):
+        if sink.secret is not None:  # the secret itself: `_sink_secrets_through_environment`
+            written["secret_env"] = secret_variable(sink.name)
     if redis_url is None:
         dumped["redis"].pop("url", None)
     else:
@@ -235,6 +240,17 @@ def _tokens_through_environment(
     return generated
 
 
+def _sink_secrets_through_environment(stack: contextlib.ExitStack, settings: Settings) -> None:
+    """Hand the sinks' secrets (those given as `secret`) to the replicas of a local Ray this run
+    starts, through the environment they inherit (restored when the run ends); the settings the
+    replicas get name each variable as the sink's secret_env (`_replica_settings`)."""
+    for sink in settings.sinks:
+        if sink.secret is not None:
+            name = secret_variable(sink.name)
+            stack.callback(_restore_env, name, os.environ.get(name))
+            os.environ[name] = sink.secret.get_secret_value()
+
+
 def _restore_env(name: str, value: str | None) -> None:
     if value is None:
         os.environ.pop(name, None)
@@ -265,6 +281,7 @@ def _ensure_apps(
             load_config(target.config_path),
             args={"settings": _replica_settings(settings, redis_url)},
             http={"host": "127.0.0.1", "port": find_free_port()},
+            stages=[*STAGES, "sinks"] if settings.sinks else None,  # the Sinks deployment delivers them
         ),
         models,
     )
@@ -369,6 +386,7 @@ def ray_stages(
             started = time.monotonic()
             replica_url = _redis_through_environment(stack, settings, setup.redis_url, address, console)
             token = _tokens_through_environment(stack, settings, address)
+            _sink_secrets_through_environment(stack, settings)
             ours = _start_ray(address)
             stack.callback(_shutdown_ray if ours else _disconnect_ray)
             apps, deployed = _ensure_apps(
@@ -392,10 +410,10 @@ def main(settings: Settings, request: RunRequest) -> int:
     """`framestream run --runner ray`: the ``ray`` entry point of ``framestream.runners``."""
     try:
         check_attached(request.address, request.redis or settings.redis.url, list(request.sources))
-        if settings.sinks:  # no Serve deployment delivers them yet: the run would wait for them forever
+        if request.address and any(s.secret is not None for s in settings.sinks):
             raise FramestreamError(
-                "sinks are delivered by the processes runner (--runner processes), or by "
-                "`framestream stage sinks` next to a Ray application; the ray runner does not start them"
+                "a sink's `secret` cannot reach the replicas of an existing Ray cluster: set it in "
+                "the cluster's environment and name the variable as the sink's secret_env"
             )
     except FramestreamError as e:
         Console(stderr=True).print(f"[red]framestream run: {e}[/red]")

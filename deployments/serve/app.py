@@ -18,7 +18,7 @@ from deployments.serve.classifier import Classifier
 from deployments.serve.stage import StageDeployment
 from stream.core.messages import STAGES
 
-__all__ = ["APP_NAME", "AppArgs", "DEPLOYMENT_NAMES", "build_app"]
+__all__ = ["APP_NAME", "SINKS", "AppArgs", "DEPLOYMENT_NAMES", "build_app"]
 
 APP_NAME = "framestream"
 DEPLOYMENT_NAMES = {
@@ -28,7 +28,11 @@ DEPLOYMENT_NAMES = {
     "postprocess": "Postprocess",
     "classifier": "Classifier",
     "ingress": "Ingress",
+    "sinks": "Sinks",
 }
+SINKS = "sinks"
+"""The stage name of the sinks' delivery loop (`stream.sinks.loop.SinkLoop`): deployed only when
+``args.stages`` names it (one replica keeps each source's items in order)."""
 
 
 class ClassifierArgs(BaseModel):
@@ -49,7 +53,10 @@ class AppArgs(BaseModel):
 
     model: str | None = Field(None, description="model name; default: settings.models.default")
     settings: dict[str, Any] = Field(default_factory=dict)
-    stages: list[str] = Field(default_factory=lambda: list(STAGES), description="stages to deploy")
+    stages: list[str] = Field(
+        default_factory=lambda: list(STAGES),
+        description="stages to deploy; add 'sinks' to deliver the settings' sinks (docs/sinks.md)",
+    )
     stuck_after_s: float = Field(60.0, gt=0, description="health check: no progress this long = stuck")
     ingress: IngressOptions = Field(default_factory=lambda: IngressOptions.model_validate({}))
     classifier: ClassifierArgs = Field(default_factory=lambda: ClassifierArgs.model_validate({}))
@@ -57,9 +64,9 @@ class AppArgs(BaseModel):
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(STAGES))
+        unknown = sorted(set(value) - {*STAGES, SINKS})
         if unknown:
-            raise ValueError(f"unknown stages {unknown}; known: {list(STAGES)}")
+            raise ValueError(f"unknown stages {unknown}; known: {[*STAGES, SINKS]}")
         return value
 
 
@@ -71,7 +78,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         name: StageDeployment.options(name=DEPLOYMENT_NAMES[name]).bind(  # type: ignore[attr-defined]
             name, a.settings, a.model, a.stuck_after_s
         )
-        for name in STAGES
+        for name in (*STAGES, SINKS)
         if name in a.stages
     }
     classifier = Classifier.options(name=DEPLOYMENT_NAMES["classifier"]).bind(  # type: ignore[attr-defined]

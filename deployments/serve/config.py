@@ -156,9 +156,14 @@ def per_model(config: dict[str, Any], models: list[str]) -> dict[str, Any]:
         extra["name"] = f"{base['name']}-{model}"
         extra["route_prefix"] = f"/models/{model}"
         extra["args"]["model"] = model
-        extra["args"]["stages"] = [s for s in extra["args"].get("stages", list(STAGES)) if s != "ingest"]
+        # one ingest and one sinks delivery for every model: the frames and the sinks are shared
+        extra["args"]["stages"] = [
+            s for s in extra["args"].get("stages", list(STAGES)) if s not in ("ingest", "sinks")
+        ]
         extra["deployments"] = [
-            d for d in extra.get("deployments", []) if d.get("name") != DEPLOYMENT_NAMES["ingest"]
+            d
+            for d in extra.get("deployments", [])
+            if d.get("name") not in (DEPLOYMENT_NAMES["ingest"], DEPLOYMENT_NAMES["sinks"])
         ]
         out["applications"].append(extra)
     return out

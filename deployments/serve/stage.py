@@ -60,7 +60,8 @@ async def open_redis(settings: Settings) -> Any:
     max_ongoing_requests=8,
 )
 class StageDeployment:
-    """Replicas of one stage (``stage`` = ingest, preprocess, infer or postprocess)."""
+    """Replicas of one stage (``stage`` = ingest, preprocess, infer, postprocess, or sinks: the
+    delivery of every configured sink)."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
@@ -69,7 +70,7 @@ class StageDeployment:
         model: str | None = None,
         stuck_after_s: float = 60.0,
     ) -> None:
-        from stream.stages import build_stage
+        from stream.stages import StageLoop, build_stage
         from stream.stages.base import run_resilient
 
         context = serve.get_replica_context()
@@ -79,7 +80,12 @@ class StageDeployment:
         self.settings = stage_settings(settings)
         self.stuck_after_s = stuck_after_s
         self.client = await open_redis(self.settings)
-        self.loop = build_stage(stage, self.settings, self.client, consumer=self.consumer, model=model)
+        if stage == "sinks":  # every configured sink's delivery (`stream.sinks.loop`)
+            from stream.sinks.loop import SinkLoop
+
+            self.loop: StageLoop = SinkLoop(self.settings, self.client, consumer=self.consumer)
+        else:
+            self.loop = build_stage(stage, self.settings, self.client, consumer=self.consumer, model=model)
         self._stop = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(
             run_resilient(self.loop, self._stop, self.client), name=self.consumer

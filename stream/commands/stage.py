@@ -17,7 +17,7 @@ from stream.adapters.redis.outage import REDIS_TRANSIENT
 from stream.core.keys import PipelineKeys
 from stream.errors import FramestreamError
 from stream.settings import load_settings
-from stream.stages import STAGES, build_stage
+from stream.stages import STAGES, StageLoop, build_stage
 from stream.stages.base import run_resilient
 from stream.stopping import exit_code, handle_stop_signals, on_stop_signal
 
@@ -25,7 +25,7 @@ __all__ = ["stage"]
 
 
 def stage(
-    name: str = typer.Argument(..., help=f"one of: {', '.join(STAGES)}"),
+    name: str = typer.Argument(..., help=f"one of: {', '.join(STAGES)}, sinks (every configured sink)"),
     model: str | None = typer.Option(None, "--model", "-m", help="model of preprocess/infer/postprocess"),
     redis: str | None = typer.Option(None, "--redis", help="redis:// URL (default: FRAMESTREAM_REDIS__URL)"),
     consumer: str | None = typer.Option(None, "--consumer", help="consumer name (default: stage-host-pid)"),
@@ -57,6 +57,15 @@ def stage(
     logging.getLogger(__name__).info("stopped after %d entries", processed)
 
 
+def _build(name: str, settings, client, consumer: str, model: str | None) -> StageLoop:
+    """The loop of stage `name`, or with ``sinks`` the delivery loop of every configured sink."""
+    if name == "sinks":
+        from stream.sinks.loop import SinkLoop
+
+        return SinkLoop(settings, client, consumer=consumer)
+    return build_stage(name, settings, client, consumer=consumer, model=model)
+
+
 async def _serve(name: str, settings, url: str, consumer: str, model: str | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -64,7 +73,7 @@ async def _serve(name: str, settings, url: str, consumer: str, model: str | None
     with on_stop_signal(lambda: loop.call_soon_threadsafe(stop.set)):
         client = await connect_settings(settings.redis, url)
         try:
-            loop_ = build_stage(name, settings, client, consumer=consumer, model=model)
+            loop_ = _build(name, settings, client, consumer, model)
             keys = PipelineKeys(settings.streams.pipeline)
             start = getattr(loop_, "start", None)
             if start is not None:

@@ -181,6 +181,11 @@ class PipelineKeys:
         """Hash of source_id -> JSON source spec, for sources added while running."""
         return f"{self._home}:sources"
 
+    @property
+    def sink_registry(self) -> str:
+        """Hash of sink name -> JSON sink settings, for sinks added through the API."""
+        return f"{self._home}:sink_registry"
+
     def source_lease(self, source_id: str) -> str:
         """String key held (SET NX PX, renewed) by the ingest replica that plays `source_id`."""
         return f"{self._home}:lease:{source_id}"

@@ -35,6 +35,7 @@ from rich.console import Console
 
 from stream.adapters.redis.client import connect_settings, refresh_cluster_view
 from stream.adapters.redis.outage import RedisOutage, is_redis_outage, ride_out
+from stream.adapters.redis.sink_backlog import sink_backlog
 from stream.adapters.redis.source_registry import SourceSpec, add_source, remove_source
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger
@@ -46,7 +47,6 @@ from stream.readers.results import JsonlSink, ResultReader, dead_letter_count
 from stream.readers.watch import probe_stages, read_counters
 from stream.runners.display import Progress, Snapshot, StageRow, Summary
 from stream.settings import Settings
-from stream.sinks.backlog import sink_backlog
 from stream.stopping import on_stop_signal
 
 __all__ = ["DriveOptions", "Played", "Stalled", "drive"]

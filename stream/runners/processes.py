@@ -38,6 +38,7 @@ from stream.errors import FramestreamError
 from stream.runners.drive import DriveOptions, drive
 from stream.runners.play import StageSetup
 from stream.settings import Settings
+from stream.sinks.settings import secret_variable as sink_secret_variable
 from stream.watchdog import die_with_parent
 
 __all__ = [
@@ -181,11 +182,6 @@ class StageProcess:
 _REDIS_ACCESS = ("url", "username")
 """Left out of the stages' config file with the secrets (a URL may carry a password);
 `StageProcess` passes them in the environment."""
-
-
-def sink_secret_variable(sink: str) -> str:
-    """The environment variable that carries sink `sink`'s secret to the sinks process."""
-    return "FRAMESTREAM_SINK_SECRET_" + sink.upper().replace("-", "_")
 
 
 def sink_secrets(settings: Settings) -> dict[str, str]:

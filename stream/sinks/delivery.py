@@ -14,7 +14,7 @@ and runs it again; what was not acked is delivered again).
 
 Every second the sink's backlog (entries its group has not acked) is published; past
 ``max_backlog`` with ``on_full: drop``, the oldest entries not yet read become dead letters
-(``on_full: pause`` is ingest's part: `stream.sinks.backlog.SinkPause`).
+(``on_full: pause`` is ingest's part: `stream.adapters.redis.sink_backlog.SinkPause`).
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 from stream.adapters.metrics import metrics
 from stream.adapters.redis.dead_letter_writer import write_dead_letters
 from stream.adapters.redis.entries import DeadLetter, Entry, entry_of, id_tuple, text
+from stream.adapters.redis.sink_backlog import sink_backlog, sink_streams
 from stream.adapters.redis.streams import StreamTransport
 from stream.adapters.redis.trim import trim
 from stream.core.codec import decode_message
 from stream.core.keys import PipelineKeys
 from stream.errors import CodecError
 from stream.settings import Settings
-from stream.sinks.backlog import sink_backlog, sink_streams
 from stream.sinks.destination import DeliveryError, Destination, SinkItem
 from stream.sinks.filters import sink_item
 from stream.sinks.settings import SinkSettings

@@ -11,19 +11,23 @@ sink's loop is logged and that sink starts again a moment later; a Redis error e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from stream.adapters.redis.group_stats import GroupStats, leave_group
 from stream.adapters.redis.outage import is_redis_outage
+from stream.adapters.redis.sink_backlog import sink_backlog, sink_streams
 from stream.core.keys import PipelineKeys
+from stream.errors import ConfigError
 from stream.settings import Settings
-from stream.sinks.backlog import sink_backlog, sink_streams
 from stream.sinks.delivery import SinkDelivery
 from stream.sinks.destination import Destination
+from stream.sinks.registered import forget_sink_groups, registered_sinks
 from stream.sinks.registry import build_destination
 from stream.sinks.settings import SinkSettings
 
@@ -32,6 +36,8 @@ __all__ = ["SinkLoop"]
 log = logging.getLogger("framestream.sinks")
 
 _RESTART_AFTER_S = 1.0
+_FOLLOW_S = 1.0
+"""How often the sinks added or removed through the API are looked up."""
 
 MakeDelivery = Callable[[Settings, aioredis.Redis, SinkSettings, Destination, str], SinkDelivery]
 
@@ -64,6 +70,10 @@ class SinkLoop:
         self.keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
         chosen = list(settings.sinks if sinks is None else sinks)
         self.deliveries = [make(settings, client, s, build_destination(s), consumer) for s in chosen]
+        self._make = make
+        self._registered: dict[str, SinkDelivery] = {}
+        self._refused: dict[str, SinkSettings] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self.processed = 0
         """Entries delivered or dead-lettered by every sink."""
         for delivery in self.deliveries:
@@ -77,19 +87,87 @@ class SinkLoop:
         for delivery in self.deliveries:
             await delivery.start()
 
+    @property
+    def delivering(self) -> list[str]:
+        """Names of the sinks this loop delivers (the settings file's, then those added through the API)."""
+        return [d.name for d in self.all_deliveries]
+
+    @property
+    def all_deliveries(self) -> list[SinkDelivery]:
+        """The configured sinks' deliveries and those of sinks added through the API."""
+        return [*self.deliveries, *self._registered.values()]
+
     async def run(self, stop: asyncio.Event) -> None:
-        if not self.deliveries:  # nothing configured: idle until stopped (a Serve replica stays healthy)
-            await stop.wait()
-            return
-        tasks = [asyncio.create_task(self._keep_running(d, stop)) for d in self.deliveries]
+        """Deliver every sink until `stop` (each finishes the batch it holds), following the sinks
+        added and removed through the API; a Redis error in any of them ends it for all."""
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def fail_on_error(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None and not failed.done():
+                failed.set_exception(task.exception())  # type: ignore[arg-type]
+
+        self._tasks.clear()
+        for delivery in self.all_deliveries:
+            self._launch(delivery, stop, fail_on_error)
+        follower = asyncio.create_task(self._follow_registry(stop, fail_on_error))
+        follower.add_done_callback(fail_on_error)
+        stopped = asyncio.create_task(stop.wait())
         try:
-            await asyncio.gather(*tasks)
+            waiting: list[asyncio.Future[Any]] = [stopped, failed]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                failed.result()  # raises the first error
+            await asyncio.gather(follower, *self._tasks.values())
         finally:
-            for task in tasks:
+            stopped.cancel()
+            everything = [follower, *self._tasks.values()]
+            for task in everything:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for delivery in self.deliveries:
+            await asyncio.gather(*everything, return_exceptions=True)
+            for delivery in self.all_deliveries:
                 await delivery.close()
+
+    def _launch(
+        self, delivery: SinkDelivery, stop: asyncio.Event, on_done: Callable[[asyncio.Task[None]], None]
+    ) -> None:
+        task = asyncio.create_task(self._keep_running(delivery, stop), name=f"sink:{delivery.name}")
+        task.add_done_callback(on_done)
+        self._tasks[delivery.name] = task
+
+    async def _follow_registry(
+        self, stop: asyncio.Event, on_done: Callable[[asyncio.Task[None]], None]
+    ) -> None:
+        """Start delivering sinks added through the API and stop those removed (every second)."""
+        while not stop.is_set():
+            # a destination that is down is no stuck loop (replacing the replica would not help)
+            self.last_progress_s = time.monotonic()
+            wanted = {s.name: s for s in await registered_sinks(self.client, self.keys)}
+            configured = {d.name for d in self.deliveries}
+            for name, sink in wanted.items():
+                if name in configured or name in self._registered or self._refused.get(name) == sink:
+                    continue
+                try:
+                    destination = build_destination(sink)
+                except ConfigError as e:  # the API checked it; this process may lack a secret_env
+                    log.error("%s; not delivering it", e)
+                    self._refused[name] = sink
+                    continue
+                delivery = self._make(self.settings, self.client, sink, destination, self.consumer)
+                delivery.on_handled = self._handled
+                await delivery.start()
+                self._registered[name] = delivery
+                self._launch(delivery, stop, on_done)
+                log.info("sink %s: added through the API, delivering", name)
+            for name in [n for n in self._registered if n not in wanted]:
+                delivery = self._registered.pop(name)
+                task = self._tasks.pop(name)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await delivery.close()
+                await forget_sink_groups(self.client, self.keys, delivery.sink)
+                log.info("sink %s: removed through the API, no longer delivering", name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _FOLLOW_S)
 
     async def _keep_running(self, delivery: SinkDelivery, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -105,7 +183,7 @@ class SinkLoop:
     async def backlog(self) -> GroupStats:
         """Entries waiting for the sinks (the most behind sink's), for autoscaling."""
         worst = GroupStats(self.keys.results, "sink:", lag=0, pending=0, consumers=0)
-        for delivery in self.deliveries:
+        for delivery in self.all_deliveries:
             total = sum([await sink_backlog(self.client, k, delivery.sink) for k in self.keys.all_partitions])
             if total > worst.backlog:
                 worst = GroupStats(self.keys.results, delivery.group, lag=total, pending=0, consumers=1)
@@ -114,7 +192,7 @@ class SinkLoop:
     async def leave_groups(self) -> list[str]:
         """Leave every sink group where this consumer holds nothing (a stopped process)."""
         left = []
-        for delivery in self.deliveries:
+        for delivery in self.all_deliveries:
             for keys in self.keys.all_partitions:
                 for stream in sink_streams(keys, delivery.sink):
                     if await leave_group(self.client, stream, delivery.group, self.consumer):

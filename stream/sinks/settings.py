@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from stream.sinks.destination import ITEM_KINDS, ItemKind
 
-__all__ = ["URL_SCHEMES", "SinkSettings", "check_sink_names"]
+__all__ = ["URL_SCHEMES", "SinkSettings", "check_sink_names", "secret_variable"]
 
 _NAME = re.compile(r"[a-z0-9-]{1,63}")
 
@@ -136,6 +136,12 @@ def _shown(url: str | None) -> str:
     parsed = urlsplit(url)
     host = parsed.netloc.rpartition("@")[2]
     return repr(f"{parsed.scheme}://{host}{parsed.path}" if parsed.scheme else url[:40])
+
+
+def secret_variable(sink: str) -> str:
+    """The environment variable a runner hands sink `sink`'s secret to the process delivering it
+    through (the settings it writes for that process name it as the sink's `secret_env`)."""
+    return "FRAMESTREAM_SINK_SECRET_" + sink.upper().replace("-", "_")
 
 
 def check_sink_names(sinks: list[SinkSettings]) -> list[SinkSettings]:

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Sequence
 
 import httpx
@@ -24,6 +25,9 @@ from stream.sinks.settings import SinkSettings
 __all__ = ["SIGNATURE_HEADER", "WebhookDestination", "build", "sign", "webhook_body"]
 
 SIGNATURE_HEADER = "X-Framestream-Signature"
+# httpx logs every request's URL at INFO; a webhook URL may carry credentials, and one line per
+# batch says nothing the sink metrics do not
+logging.getLogger("httpx").setLevel(logging.WARNING)
 _RETRYABLE = {408, 429}
 
 

@@ -22,15 +22,10 @@ def build_stage(
 ) -> StageLoop:
     """The consumer loop of stage `name`; model stages default to ``settings.models.default``.
 
-    ``sinks`` is the delivery loop of every configured sink (`stream.sinks.loop.SinkLoop`).
-    Raises `ConfigError` for an unknown stage or sink kind and `ModelError` for an unknown model.
+    Raises `ConfigError` for an unknown stage and `ModelError` for an unknown model.
     """
-    if name == "sinks":
-        from stream.sinks.loop import SinkLoop
-
-        return SinkLoop(settings, client, consumer=consumer)
     if name not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}, sinks")
+        raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     use_one_opencv_thread()  # stages scale by processes, not by OpenCV's thread pool
     if name == "ingest":
         from stream.stages.ingest.stage import IngestStage

@@ -25,12 +25,12 @@ import pytest
 from stream.adapters.redis.client import connect
 from stream.adapters.redis.dead_letters import DeadLetters
 from stream.adapters.redis.server import RedisServer, find_free_port
+from stream.adapters.redis.sink_backlog import sink_backlog
 from stream.core.keys import PipelineKeys
 from stream.core.sources.ids import source_id
 from stream.readers.watch import read_counters
 from stream.runners.processes import run_processes
 from stream.settings import Settings
-from stream.sinks.backlog import sink_backlog
 from stream.sinks.delivery import SinkDelivery
 from stream.sinks.destination import DeliveryError, Destination
 from stream.sinks.loop import SinkLoop

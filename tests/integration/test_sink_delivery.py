@@ -16,11 +16,11 @@ import pytest
 
 from stream.adapters.redis.dead_letters import DeadLetters
 from stream.adapters.redis.group_stats import group_stats
+from stream.adapters.redis.sink_backlog import sink_backlog
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.readers.watch import read_counters
 from stream.settings import Settings
-from stream.sinks.backlog import sink_backlog
 from stream.sinks.loop import SinkLoop
 from stream.sinks.settings import SinkSettings
 from tests.faults.webhook_receiver import WebhookReceiver

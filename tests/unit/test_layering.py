@@ -94,6 +94,11 @@ def test_core_imports_only_stdlib_numpy_and_itself():
             "stream/readers",
             ("stream.readers", "stream.adapters", "stream.core", "stream.errors", "stream.settings"),
         ),
+        # sinks deliver what Redis holds: a runner or a command starts them, never a stage
+        (
+            "stream/sinks",
+            ("stream.sinks", "stream.adapters", "stream.core", "stream.errors", "stream.settings"),
+        ),
     ],
 )
 def test_each_layer_imports_only_the_layers_below_it(folder: str, allowed: tuple[str, ...]):

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from stream.adapters.redis.sink_backlog import SinkPause
 from stream.adapters.redis.streams import GroupStats, StreamTransport
 from stream.core.geometry import source_short_side
 from stream.core.keys import PipelineKeys
 from stream.errors import ModelError
-from stream.sinks.backlog import SinkPause
-from stream.sinks.settings import SinkSettings
+from stream.settings import SinkSettings
 from stream.zoo.descriptors import load_spec
 
 __all__ = ["SINK_FULL", "PipelineBacklog", "auto_short_side"]

@@ -1,5 +1,6 @@
-"""What a sink reads and how far behind it is: its streams per partition (the kinds it sends and
-its own retry stream), and its backlog, the entries of those its group has not acked yet.
+"""What a sink (`stream.sinks`) reads and how far behind it is: its streams per partition (the
+kinds it sends and its own retry stream), and its backlog, the entries of those its group has not
+acked yet.
 
 The delivery loop publishes the backlog and applies ``on_full``; ingest pauses file sources while
 a sink with ``on_full: pause`` is full (`SinkPause`); `framestream run` waits for every backlog to
@@ -14,7 +15,7 @@ from typing import Any
 
 from stream.adapters.redis.group_stats import group_stats
 from stream.core.keys import PipelineKeys
-from stream.sinks.settings import SinkSettings
+from stream.settings import SinkSettings
 
 __all__ = ["SinkPause", "sink_backlog", "sink_streams"]
 

@@ -1,0 +1,102 @@
+"""Routes of sinks (an ``APIRouter`` the ingress's app includes), admin tokens only:
+
+- ``GET /v1/sinks``: every sink, those of the settings file and those added here, with its backlog;
+- ``POST /v1/sinks``: add a sink (`stream.sinks.settings.SinkSettings`; 400 bad settings, an
+  unknown kind or a missing secret variable, 403 a destination the address policy refuses, 409 a
+  name in use); the sinks process starts delivering it within a second;
+- ``DELETE /v1/sinks/{name}``: stop delivering a sink added here and forget its consumer groups
+  (404 none, 409 a sink of the settings file).
+
+A destination passes the same address policy as a source (`stream.core.sources.policy`): no cloud
+metadata, link-local, loopback or unspecified address unless ``ingest.allowed_sources.networks``
+allows it, every address its host resolves to checked when it is added. Secrets are never
+returned.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the route annotations at runtime.
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from deployments.api.http_errors import ApiError, redis_call
+from deployments.api.openapi import errors
+from deployments.api.replica import serving_replica
+from stream.sinks.settings import SinkSettings
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+async def _with_backlog(ingress: Any, sink: SinkSettings, origin: str) -> dict[str, Any]:
+    from stream.adapters.redis.sink_backlog import sink_backlog
+
+    backlog = 0
+    for keys in ingress.keys.all_partitions:
+        backlog += await sink_backlog(ingress.client, keys, sink)
+    return {**sink.public(), "origin": origin, "backlog": backlog}
+
+
+@router.get("/v1/sinks", tags=["sinks"], responses=errors(503))
+async def get_sinks(ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
+    """Every sink: ``origin`` ``settings`` (the settings file) or ``api`` (added here), its
+    settings without the secret, and its ``backlog`` (entries waiting for it in Redis)."""
+    from stream.sinks.registered import registered_sinks
+
+    items = [await redis_call(_with_backlog(ingress, s, "settings")) for s in ingress.settings.sinks]
+    for sink in await redis_call(registered_sinks(ingress.client, ingress.keys)):
+        items.append(await redis_call(_with_backlog(ingress, sink, "api")))
+    return {"sinks": items}
+
+
+@router.post("/v1/sinks", status_code=201, tags=["sinks"], responses=errors(403, 409, 503))
+async def post_sink(sink: SinkSettings, ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
+    """Add a sink (the fields of a ``sinks:`` entry of the settings file, docs/sinks.md); the sinks
+    process delivers it from the current end of the streams on."""
+    from stream.errors import ConfigError
+    from stream.sinks.registered import add_sink
+    from stream.sinks.registry import build_destination
+
+    if any(s.name == sink.name for s in ingress.settings.sinks):
+        raise ApiError(409, f"sink {sink.name!r} is in the settings file; choose another name")
+    try:
+        build_destination(sink)  # an unknown kind, a secret variable not set here
+    except ConfigError as e:
+        raise ApiError(400, str(e)) from e
+    await _allowed_destination(sink, ingress)
+    if not await redis_call(add_sink(ingress.client, ingress.keys, sink)):
+        raise ApiError(409, f"sink {sink.name!r} already exists; DELETE it first")
+    return {**sink.public(), "origin": "api"}
+
+
+async def _allowed_destination(sink: SinkSettings, ingress: Any) -> None:
+    """ApiError(400/403) when the sink's destination may not be reached from here."""
+    from stream.adapters.source_access import check_uri_async
+    from stream.core.sources.policy import SourcePolicy
+
+    address = sink.url if sink.url is not None else sink.dsn
+    if address is None:
+        return  # a plug-in kind without a network address: nothing to check here
+    scheme = urlsplit(address).scheme
+    if not scheme or not urlsplit(address).netloc:
+        raise ApiError(400, f"sink {sink.name!r}: an API sink's address must be a URL (scheme://host...)")
+    networks = ingress.settings.ingest.allowed_sources.networks
+    verdict = await check_uri_async(address, SourcePolicy.build([scheme], [], networks))
+    if not verdict.allowed:
+        reason = verdict.reason.replace("sources may not", "sinks may not")
+        raise ApiError(400 if verdict.outcome == "malformed" else 403, f"sink refused: {reason}")
+
+
+@router.delete("/v1/sinks/{name}", status_code=204, tags=["sinks"], responses=errors(404, 409, 503))
+async def delete_sink(name: str, ingress: Any = Depends(serving_replica)) -> Response:
+    """Stop delivering a sink added through the API and forget its consumer groups (what it had
+    not delivered stays for the pipeline's other readers and is trimmed)."""
+    from stream.sinks.registered import remove_sink
+
+    if any(s.name == name for s in ingress.settings.sinks):
+        raise ApiError(409, f"sink {name!r} is in the settings file; remove it there")
+    if not await redis_call(remove_sink(ingress.client, ingress.keys, name)):
+        raise ApiError(404, f"no sink {name!r} added through the API")
+    return Response(status_code=204)
