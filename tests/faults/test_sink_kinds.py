@@ -24,12 +24,12 @@ import pytest
 
 from stream.adapters.redis.client import connect
 from stream.adapters.redis.server import RedisServer
+from stream.adapters.redis.sink_backlog import sink_backlog
 from stream.core.keys import PipelineKeys
 from stream.core.sources.ids import source_id
 from stream.readers.watch import read_counters
 from stream.runners.processes import StageProcess, _write_config, run_processes, sink_secrets
 from stream.settings import Settings
-from stream.sinks.backlog import sink_backlog
 from stream.sinks.settings import SinkSettings
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder
