@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from stream.errors import ConfigError
@@ -136,8 +137,10 @@ class PostgresDestination:
         await self._within(self._connection(), "connecting")
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is not None and not self._conn.closed and not self._conn.broken:
-            return self._conn
+        conn = self._conn
+        # a send cancelled mid-transaction leaves its connection busy: only an idle one is reused
+        if conn is not None and not conn.broken and conn.info.transaction_status == TransactionStatus.IDLE:
+            return conn
         await self._drop()
         try:
             conn = await psycopg.AsyncConnection.connect(

@@ -160,6 +160,20 @@ async def test_a_connection_dying_mid_transaction_leaves_none_of_the_batch(
         assert sorted(got) == sorted((i.key, i.body["seq"]) for i in batch if i.kind == kind)
 
 
+async def test_a_send_cancelled_mid_transaction_leaves_the_next_send_working(
+    postgres: PostgresServer, sink: PostgresDestination
+) -> None:
+    batch = [*items("results", "cam", range(20)), *items("events", "cam", range(3))]
+    send, blocker = await _blocked_mid_transaction(postgres, sink, batch)
+    send.cancel()  # the delivery loop stopping while a batch is in flight
+    with pytest.raises(asyncio.CancelledError):
+        await send
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    await sink.send(batch)  # the loop's next run: same destination, same items
+    assert len(rows(postgres, sink, "results")) == 20 and len(rows(postgres, sink, "events")) == 3
+
+
 async def test_server_restart_fails_the_send_then_sending_again_works(
     postgres: PostgresServer, sink: PostgresDestination
 ) -> None:
