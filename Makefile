@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 # when one is missing and we are root, otherwise we say exactly what to install. redis-server is the
 # one `make run` needs; the rest are for the tests (docs/dependencies.md says what each is for).
 APT_PACKAGES ?= redis-server iproute2 gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
-	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium \
+	mosquitto postgresql openssl
 
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

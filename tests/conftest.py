@@ -14,6 +14,7 @@ from hypothesis import settings
 from stream.adapters.redis.client import connect, is_cluster
 from stream.adapters.redis.server import LocalCluster, RedisServer
 from stream.errors import ConfigError
+from tests.servers import MosquittoServer, PostgresServer, mosquitto_or_skip, postgres_or_skip
 
 pytest_plugins = ["tests.leftovers"]  # the suite fails if anything it started outlives it
 
@@ -73,3 +74,19 @@ async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def mosquitto_server() -> Iterator[MosquittoServer]:
+    """A private Mosquitto for the session (one user, persistence on); a test that stops it starts
+    it again. Skipped, with the reason, where mosquitto is not installed."""
+    with mosquitto_or_skip() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL 15 for the session; a test that stops it starts it again. Skipped, with
+    the reason, where Debian's postgresql package is not installed."""
+    with postgres_or_skip() as server:
+        yield server
