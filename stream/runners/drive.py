@@ -121,14 +121,7 @@ async def drive(
         if not (spec.loop or (spec.live if spec.live is not None else parse_source(spec.uri).live))
         for model in options.models
     ]
-    sink = _Results(
-        ResultReader(
-            client,
-            keys,
-            sink=JsonlSink(options.results) if options.results else None,
-            segments=JsonlSink(options.segments) if options.segments else None,
-        )
-    )
+    sink = _Results(_reader(client, keys, options))
     outage = RedisOutage(options.max_outage_s)
 
     def ride(call: Callable[[], Awaitable[_T]]) -> Awaitable[_T]:
@@ -175,14 +168,11 @@ async def drive(
             while await ride(lambda: sink.poll(block_ms=300)):
                 pass
             await ctx.show()
-            if settings.sinks:
-                progress.note("waiting for the sinks to deliver what is left ...")
-                await _wait_for_sinks(client, keys, settings, stop, options, ride)
+            await _wait_for_sinks(client, keys, settings, stop, options, ride, progress)
         summary = await ride(
             lambda: _summary(client, keys, options, sink, ids, first, dead_before, started, interrupted)
         )
-        if settings.sinks:
-            summary.sinks = await ride(lambda: _sink_rows(client, keys, settings, first))
+        summary.sinks = await ride(lambda: _sink_rows(client, keys, settings, first))
         return Played(summary, sink.reader.ledger, ids)
     finally:
         for jsonl in (sink.reader.sink, sink.reader.segments):
@@ -190,6 +180,16 @@ async def drive(
                 jsonl.close()
         signals.close()
         await client.aclose()
+
+
+def _reader(client: Any, keys: PipelineKeys, options: DriveOptions) -> ResultReader:
+    """The run's one reader of results (and segments), writing the JSONL files asked for."""
+    return ResultReader(
+        client,
+        keys,
+        sink=JsonlSink(options.results) if options.results else None,
+        segments=JsonlSink(options.segments) if options.segments else None,
+    )
 
 
 async def _summary(
@@ -251,10 +251,14 @@ async def _wait_for_sinks(
     stop: asyncio.Event,
     options: DriveOptions,
     ride: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
+    progress: Progress,
 ) -> None:
     """Until no sink has anything waiting; after a stop (Ctrl-C, `--timeout`), for at most
     ``streams.drain_timeout_s`` more. A sink that is down keeps its backlog in Redis: the next run
     (or `framestream stage sinks`) delivers it."""
+    if not settings.sinks:
+        return
+    progress.note("waiting for the sinks to deliver what is left ...")
     stopped_at: float | None = None
     while any((await ride(lambda: _sink_backlogs(client, keys, settings))).values()):
         if stop.is_set():
@@ -273,6 +277,8 @@ async def _sink_rows(
     client: Any, keys: PipelineKeys, settings: Settings, first: dict[str, int]
 ) -> dict[str, dict[str, int]]:
     """Each sink's counters in this run (from the partitions' counters hashes) and its backlog."""
+    if not settings.sinks:
+        return {}
     counters = await read_counters(client, keys)
     backlogs = await _sink_backlogs(client, keys, settings)
 
