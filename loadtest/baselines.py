@@ -241,7 +241,7 @@ def preprocess_cost(clip: Path, model: str) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     from stream.adapters.media.image import fit_to_model
-    from stream.zoo.descriptors import load_spec
+    from stream.zoo.repository import load_spec
 
     spec = load_spec(model)
     sample = list(decode_frames(clip, 64))

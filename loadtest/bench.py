@@ -105,7 +105,7 @@ def _ideal(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> 
 
 
 def _benchmark_app(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
-    from stream.zoo.descriptors import load_spec
+    from stream.zoo.repository import load_spec
     from stream.zoo.store import DEFAULT_CACHE_DIR, locate_model
 
     location = locate_model(

@@ -25,6 +25,8 @@ def _fmt(value: float | None, suffix: str = "") -> str:
 
 _LIST_COLUMNS = (
     Column("name", key=True),
+    Column("serves", justify="right"),
+    Column("versions"),
     Column("framework"),
     Column("input"),
     Column("colour"),
@@ -46,27 +48,36 @@ def _weights(spec: ModelSpec, weights: Path | None, cache: Path) -> str:
         return "synthetic only" if spec.has_synthetic else "missing"
 
 
-def _row(spec: ModelSpec, where: str) -> list[str]:
+def _resize(spec: ModelSpec) -> str:
+    if spec.resize == "center-crop":
+        return f"{spec.resize_shorter} + crop"
+    return f"letterbox (pad {spec.pad})" if spec.resize == "letterbox" else spec.resize
+
+
+def _row(spec: ModelSpec, versions: list[int], where: str) -> list[str]:
     norm = "in graph" if spec.normalization_in_graph else f"{_fmt(spec.mean[0])} / {_fmt(spec.scale[0])}"
-    resize = spec.resize if spec.resize == "full" else f"{spec.resize_shorter} + crop"
     shape = "x".join(str(d) for d in spec.input_shape[1:])
     return [
         spec.name,
+        str(spec.version),
+        ", ".join(map(str, versions)),
         spec.framework,
         f"{shape} {spec.layout}",
         spec.color,
         norm,
-        str(spec.classes),
+        str(spec.labels_count),
         spec.output_kind,
-        resize,
+        _resize(spec),
         _fmt(spec.top1),
         where,
     ]
 
 
-def _record(spec: ModelSpec, where: str) -> dict[str, Any]:
+def _record(spec: ModelSpec, versions: list[int], where: str) -> dict[str, Any]:
     return {
         "name": spec.name,
+        "version": spec.version,
+        "versions": versions,
         "framework": spec.framework,
         "input_name": spec.input_name,
         "input_shape": list(spec.input_shape),
@@ -76,10 +87,13 @@ def _record(spec: ModelSpec, where: str) -> dict[str, Any]:
         "scale": list(spec.scale),
         "normalization_in_graph": spec.normalization_in_graph,
         "output_name": spec.output_name,
-        "classes": spec.classes,
+        "classes": spec.labels_count,
+        "background": spec.background,
         "output_kind": spec.output_kind,
+        "threshold": spec.threshold if spec.multi_label else None,
         "resize": spec.resize,
         "resize_shorter": spec.resize_shorter,
+        "pad": spec.pad if spec.resize == "letterbox" else None,
         "top1": spec.top1,
         "top5": spec.top5,
         "weights": where,
@@ -94,23 +108,25 @@ def list_models(
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="model cache (default: settings)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list, one object per model"),
 ) -> None:
-    """Show every model descriptor and whether its weights are available here."""
+    """Show every model (the seeds and the repository's own), which version serves, and whether
+    its weights are available here."""
     from stream.settings import load_settings
-    from stream.zoo import list_specs
+    from stream.zoo.repository import repository_of
 
     settings = load_settings()
     cache = cache_dir or settings.models.cache_dir
     weights = weights_dir or settings.models.weights_dir
     try:
-        specs = list_specs()
+        repository = repository_of(settings)
+        specs = repository.specs()
+        found = [(spec, repository.versions(spec.name), _weights(spec, weights, cache)) for spec in specs]
     except FramestreamError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
-    found = [(spec, _weights(spec, weights, cache)) for spec in specs]
     if as_json:
-        typer.echo(json.dumps([_record(spec, where) for spec, where in found], indent=2))
+        typer.echo(json.dumps([_record(*row) for row in found], indent=2))
         return
-    print_table(_LIST_COLUMNS, [_row(spec, where) for spec, where in found], title="framestream models")
+    print_table(_LIST_COLUMNS, [_row(*row) for row in found], title="framestream models")
 
 
 @app.command("fetch")
@@ -127,7 +143,8 @@ def fetch(
     from stream.zoo import load_spec
     from stream.zoo.fetch import fetch_model
 
-    cache = cache_dir or load_settings().models.cache_dir
+    settings = load_settings()
+    cache = cache_dir or settings.models.cache_dir
     tasks: dict[str, TaskID] = {}
     with Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()
@@ -139,7 +156,9 @@ def fetch(
             bar.update(tasks[file_name], completed=done, total=total)
 
         try:
-            xml = fetch_model(load_spec(name), cache, force=force, progress=progress, timeout_s=timeout_s)
+            xml = fetch_model(
+                load_spec(name, settings), cache, force=force, progress=progress, timeout_s=timeout_s
+            )
         except FramestreamError as e:
             bar.stop()
             typer.echo(f"error: {e}", err=True)
@@ -169,6 +188,7 @@ def check(
             cache_dir=cache_dir or settings.models.cache_dir,
             seconds=seconds,
             allow_synthetic=synthetic,
+            repository=settings.models.repository,
         )
     except FramestreamError as e:
         typer.echo(f"error: {e}", err=True)

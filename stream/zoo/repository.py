@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from stream.errors import ModelError
+from stream.settings import Settings
 from stream.zoo.descriptors import ModelSpec, parse_spec
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
     "ModelRepository",
     "NewVersion",
     "Serving",
+    "list_specs",
+    "load_spec",
+    "repository_of",
     "seeds_dir",
     "valid_name",
 ]
@@ -53,6 +57,22 @@ def seeds_dir() -> Path:
 def valid_name(name: str) -> bool:
     """A model name: letters, digits, `.`, `_`, `-`, at most 64, not starting with punctuation."""
     return bool(_NAME.fullmatch(name)) and name not in (".", "..")
+
+
+def repository_of(settings: Settings | None = None) -> ModelRepository:
+    """The repository `settings.models.repository` names (None: the settings from the environment)."""
+    return ModelRepository((settings or Settings()).models.repository)
+
+
+def load_spec(name: str, settings: Settings | None = None) -> ModelSpec:
+    """The serving version of model `name` (a seed or the repository's own); ModelError naming the
+    known models if there is none. How every part of the pipeline resolves a model name."""
+    return repository_of(settings).spec(name)
+
+
+def list_specs(settings: Settings | None = None) -> list[ModelSpec]:
+    """The serving version of every model, seeds and the repository's own, sorted by name."""
+    return repository_of(settings).specs()
 
 
 @dataclass(frozen=True)

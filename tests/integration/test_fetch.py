@@ -55,7 +55,7 @@ def server(tmp_path):
 def models_dir(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "models"
     d.mkdir()
-    monkeypatch.setenv("FRAMESTREAM_MODELS_DIR", str(d))
+    monkeypatch.setenv("FRAMESTREAM_MODELS__REPOSITORY", str(d))
     return d
 
 
@@ -125,8 +125,8 @@ def _publish(
         "input": {"name": "data", "shape": [1, 3, 16, 16], "layout": "NCHW", "mean": MEAN, "scale": SCALE},
         "output": {"name": "scores", "classes": 1000, "kind": "logits"},
     }
-    (models_dir / "tiny").mkdir(exist_ok=True)
-    (models_dir / "tiny" / "model.yml").write_text(yaml.safe_dump(desc))
+    (models_dir / "tiny" / "1").mkdir(parents=True, exist_ok=True)
+    (models_dir / "tiny" / "1" / "model.yml").write_text(yaml.safe_dump(desc))
     return "tiny"
 
 

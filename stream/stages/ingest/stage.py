@@ -51,6 +51,7 @@ from stream.stages.ingest.frames import LivePump, PendingFrame, encode_frames
 from stream.stages.ingest.pipeline_backlog import PipelineBacklog
 from stream.stages.ingest.source_reports import SourceReport
 from stream.stages.ingest.source_writes import SourceWrites
+from stream.zoo.repository import repository_of
 
 __all__ = ["IngestStage", "add_source", "list_sources", "remove_source", "source_failure"]
 
@@ -106,7 +107,7 @@ class IngestStage:
         self.dropped = 0
         self.last_progress_s = time.monotonic()
         self._players: dict[str, _Player] = {}
-        self.pipeline = PipelineBacklog(client, self.keys, self.transport)
+        self.pipeline = PipelineBacklog(client, self.keys, self.transport, repository_of(settings))
         self.writes = SourceWrites(client, self.keys, settings.ingest)
 
     @property

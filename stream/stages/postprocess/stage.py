@@ -2,7 +2,8 @@
 
 Per (source, model): a reorder buffer (bounded in frames and time) puts frames back in `seq`
 order, then an EMA + hysteresis smoother gives `smoothed_label`; every change of it is an event on
-``keys.events``. Each result carries top-k with labels, per-stage times from the stamps, and
+``keys.events``. Each result carries top-k with labels (a multi-label model's result also lists
+every label above its threshold), per-stage times from the stamps, and
 end-to-end latency. An input entry is acked only together with the result it produced, so frames
 held in the reorder buffer are redelivered if this replica dies.
 
@@ -38,7 +39,7 @@ from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP
 from stream.core.reorder import Released, ReorderBuffer
-from stream.core.scoring import scores_problem, top_k
+from stream.core.scoring import above, scores_problem, top_k
 from stream.core.smoothing import LabelSmoother
 from stream.core.track_state import SavedTrack, encode_track
 from stream.errors import LeaseLost
@@ -46,7 +47,7 @@ from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms
 from stream.stages.postprocess.partition_leases import PartitionLeases
 from stream.stages.postprocess.partition_state import fences, load_tracks
-from stream.zoo.descriptors import load_spec
+from stream.zoo.repository import load_spec
 from stream.zoo.store import find_labels
 
 __all__ = ["PostprocessStage"]
@@ -92,6 +93,7 @@ class PostprocessStage(ConsumerStage):
         consumer: str,
         model: str,
         labels: list[str] | None = None,
+        threshold: float | None = None,
     ) -> None:
         super().__init__(
             settings,
@@ -102,14 +104,17 @@ class PostprocessStage(ConsumerStage):
             model=model,
         )
         if labels is None:
-            spec = load_spec(model)
+            spec = load_spec(model, settings)
             found = find_labels(
                 spec,
                 weights_dir=settings.models.weights_dir,
                 cache_dir=settings.models.cache_dir,
             )
             labels = list(found.names)
+            threshold = spec.threshold if spec.multi_label else None
         self.labels = labels
+        self.threshold = threshold
+        """A multi-label model's threshold: each result lists every label scoring above it."""
         self.cfg = settings.postprocess
         self._tracks: dict[str, _Track] = {}
         self._dirty: set[str] = set()
@@ -312,6 +317,12 @@ class PostprocessStage(ConsumerStage):
         probs = np.asarray(message.array, dtype=np.float32)
         idx, vals = top_k(probs, self.cfg.top_k)
         top = [[self.labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
+        extra: dict[str, Any] = {}
+        if self.threshold is not None:
+            hit_idx, hit_vals = above(probs, self.threshold)
+            extra["labels"] = [
+                [self.labels[int(i)], round(float(v), 5)] for i, v in zip(hit_idx, hit_vals, strict=True)
+            ]
         events: list[Output] = []
         if late:
             smoothed = track.label or top[0][0]
@@ -353,6 +364,7 @@ class PostprocessStage(ConsumerStage):
             "result_ms": result_ms,
             "truth": meta.get("label"),
             "late": late,
+            **extra,
         }
         return [Output(track.keys.results, encode_message(Message(meta=result))), *events]
 
