@@ -1,4 +1,4 @@
-"""`framestream models list | fetch NAME | check NAME`."""
+"""`framestream models list | add NAME FILE | fetch NAME | check NAME`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["app"]
 
-app = typer.Typer(help="List, fetch and check models.", no_args_is_help=True)
+app = typer.Typer(help="List, add, fetch and check models.", no_args_is_help=True)
 
 
 def _fmt(value: float | None, suffix: str = "") -> str:
@@ -195,3 +195,91 @@ def check(
         raise typer.Exit(1) from e
     if not ok:
         raise typer.Exit(1)
+
+
+def _values(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError as e:
+        raise typer.BadParameter(
+            f"--{what} takes numbers (one, or three separated by commas), got {text!r}"
+        ) from e
+
+
+@app.command("add")
+def add(
+    name: str = typer.Argument(
+        ..., help="the name to serve it under (a new name, or the next version of one)"
+    ),
+    file: Path = typer.Argument(
+        ...,
+        help="the model: OpenVINO IR .xml (with its .bin), .onnx, .tflite, .pdmodel, or a SavedModel folder",
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="class names, one per line, as many as classes"
+    ),
+    mean: str | None = typer.Option(
+        None, "--mean", help="per-channel mean on 0..255 pixels: one value or R,G,B"
+    ),
+    scale: str | None = typer.Option(
+        None, "--scale", help="per-channel divisor after the mean: one value or R,G,B"
+    ),
+    layout: str | None = typer.Option(
+        None, "--layout", help="NCHW or NHWC (default: where the 3 channels are)"
+    ),
+    color: str | None = typer.Option(None, "--color", help="RGB or BGR (default: the model's, else RGB)"),
+    resize: str | None = typer.Option(
+        None, "--resize", help="stretch, center-crop or letterbox (default: the model's, else stretch)"
+    ),
+    crop_fraction: float | None = typer.Option(
+        None, "--crop-fraction", help="center-crop: part kept (0.875)"
+    ),
+    pad: int | None = typer.Option(None, "--pad", help="letterbox: the pixel value of the bars (0)"),
+    multi_label: bool = typer.Option(False, "--multi-label", help="independent sigmoid scores per class"),
+    threshold: float | None = typer.Option(None, "--threshold", help="multi-label: labels above it (0.5)"),
+) -> None:
+    """Add your own classifier to the model repository (the next version if NAME exists) and print
+    what was decided about it."""
+    from stream.settings import load_settings
+    from stream.zoo.add import add_model
+    from stream.zoo.inspect import Options, labels_from_text
+    from stream.zoo.repository import repository_of
+
+    settings = load_settings()
+    try:
+        given = None
+        if labels is not None:
+            try:
+                given = labels_from_text(labels.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as e:
+                raise FramestreamError(f"cannot read the label file {labels}: {e}") from e
+        opts = Options(
+            labels=given,
+            labels_from=str(labels) if labels else "",
+            mean=_values(mean, "mean"),
+            scale=_values(scale, "scale"),
+            layout=layout.upper() if layout else None,
+            color=color.upper() if color else None,
+            resize=resize,
+            crop_fraction=crop_fraction,
+            pad=pad,
+            multi_label=multi_label,
+            threshold=threshold,
+        )
+        if opts.layout not in (None, "NCHW", "NHWC"):
+            raise FramestreamError(f"--layout must be NCHW or NHWC, got {layout!r}")
+        added = add_model(repository_of(settings), name, file, opts)
+    except FramestreamError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    spec = added.spec
+    typer.echo(f"{name} version {spec.version}: {spec.path.parent if spec.path else ''}")
+    for what, why in added.decision.why.items():
+        typer.echo(f"  {what:<13} {why}")
+    typer.echo(
+        f"  {'classes':<13} {spec.labels_count}: {', '.join(added.decision.labels[:5])}"
+        + (", ..." if spec.labels_count > 5 else "")
+    )
+    typer.echo(f"  {'serving':<13} version {spec.version}")

@@ -23,7 +23,7 @@ __all__ = [
     "parse_spec",
 ]
 
-FRAMEWORKS = ("tf", "tf_savedmodel", "tflite", "onnx", "pytorch", "openvino")
+FRAMEWORKS = ("tf", "tf_savedmodel", "tflite", "onnx", "pytorch", "openvino", "paddle")
 _LAYOUTS = ("NHWC", "NCHW")
 _COLORS = ("RGB", "BGR")
 KINDS = ("probabilities", "logits", "quantized", "multi-label")
