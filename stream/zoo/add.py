@@ -78,7 +78,7 @@ def _producer(port: ov.Output) -> tuple[str, tuple[float, float, float, float, i
     node = port.get_node()
     if node.get_type_name() == "Result":
         node = node.input_value(0).get_node()
-    quantize = None
+    quantize: tuple[float, float, float, float, int] | None = None
     for _ in range(16):
         kind = node.get_type_name()
         if kind == "FakeQuantize" and quantize is None:
@@ -89,7 +89,9 @@ def _producer(port: ov.Output) -> tuple[str, tuple[float, float, float, float, i
             except (AttributeError, RuntimeError, IndexError):
                 low_high = None
             if low_high is not None:
-                quantize = (*low_high, int(node.get_attributes().get("levels", 256)))
+                in_low, in_high, out_low, out_high = low_high
+                levels = int(node.get_attributes().get("levels", 256))
+                quantize = (in_low, in_high, out_low, out_high, levels)
         elif kind not in _PASS_THROUGH:
             return kind, quantize
         node = node.input_value(0).get_node()

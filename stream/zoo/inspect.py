@@ -122,7 +122,8 @@ def image_input(inputs: list[Port], layout: str | None = None) -> tuple[Port, st
             f"the model has no image input (4-D with 3 channels, NCHW or NHWC): inputs {listed}; "
             "give --layout if its channels are not where the 3 is"
         )
-    port, lay = images[0]
+    port, found = images[0]
+    lay = str(found)
     channels = port.shape[1] if lay == "NCHW" else port.shape[3]
     if channels != 3:
         raise ModelError(
