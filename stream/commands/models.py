@@ -279,7 +279,7 @@ def add(
     for what, why in added.decision.why.items():
         typer.echo(f"  {what:<13} {why}")
     typer.echo(
-        f"  {'classes':<13} {spec.labels_count}: {', '.join(added.decision.labels[:5])}"
+        f"  {'classes':<13} {spec.labels_count}: {' | '.join(added.decision.labels[:5])}"
         + (", ..." if spec.labels_count > 5 else "")
     )
     typer.echo(f"  {'serving':<13} version {spec.version}")
