@@ -75,10 +75,18 @@ def test_added_models_live_in_the_home_repository_and_classify(home: Home):
     repository = home.home / ".local" / "share" / "framestream" / "models"
     assert (repository / "pets" / "1" / "model.yml").is_file()
     assert (repository / "colour" / "1" / "colour.onnx").is_file()
-    doc = json.loads(_ok(_cli(home, "classify", "--json", "--model", "pets",
-                              str(home.shared / "images" / "cat.bmp"), str(home.shared / "images" / "hot_dog.jpg"))))  # fmt: skip
+    photos = [str(home.shared / "images" / name) for name in ("cat.bmp", "hot_dog.jpg")]
+    doc = json.loads(_ok(_cli(home, "classify", "--json", "--model", "pets", *photos)))
     assert doc["model"] == "pets" and doc["version"] == 1 and doc["synthetic"] is False
     assert [r["top"][0]["label"] for r in doc["results"]] == ["Egyptian cat", "hotdog"]
+
+
+def test_run_refuses_an_unknown_model_in_one_line_before_starting_anything(home: Home):
+    done = _cli(home, "run", "--runner", "processes", "--model", "pets", "--model", "nope",
+                "--source", str(home.clip), timeout_s=60)  # fmt: skip
+    assert done.returncode == 2
+    said = " ".join(done.stderr.split())  # the terminal wraps long lines
+    assert "framestream run: unknown model 'nope'; known models: colour, " in said and "pets" in said
 
 
 def _run(home: Home, runner: str, *models: str) -> tuple[dict, list[dict]]:
@@ -150,6 +158,8 @@ def api(home: Home, redis_server) -> Iterator[str]:
 
 
 @pytest.mark.ray
+# the config sets metrics_interval_s, which Serve 2.60 still reads but calls deprecated
+@pytest.mark.filterwarnings("ignore:The `metrics_interval_s` field:DeprecationWarning")
 def test_the_api_classifies_with_a_repository_model(api: str):
     for colour, rgb in (("red", (230, 20, 20)), ("blue", (20, 20, 230))):
         image = np.zeros((60, 80, 3), np.uint8)
