@@ -105,11 +105,12 @@ def _ideal(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> 
 
 
 def _benchmark_app(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
+    from stream.settings import load_settings
     from stream.zoo.repository import load_spec
     from stream.zoo.store import DEFAULT_CACHE_DIR, locate_model
 
     location = locate_model(
-        load_spec(model),
+        load_spec(model, load_settings().models.repository),
         weights_dir=weights_dir,
         cache_dir=DEFAULT_CACHE_DIR,
         allow_synthetic=True,

@@ -24,6 +24,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from stream.zoo.repository import DEFAULT_REPOSITORY
+
 __all__ = [
     "AllowedSources",
     "ApiSettings",
@@ -377,7 +379,7 @@ class ModelSettings(_Section):
     )
     cache_dir: Path = Path.home() / ".cache" / "framestream" / "models"
     repository: Path = Field(
-        Path.home() / ".local" / "share" / "framestream" / "models",
+        DEFAULT_REPOSITORY,
         description="the model repository: <name>/<version>/ folders of your own classifiers "
         "(FRAMESTREAM_MODELS__REPOSITORY); the built-in seeds ship with the package",
     )

@@ -183,7 +183,7 @@ class Ingress:
         self.settings = stage_settings(settings)
         self.cfg = IngressOptions(**(options or {}))
         self.model = model or self.settings.models.default
-        self.spec = load_spec(self.model, self.settings)
+        self.spec = load_spec(self.model, self.settings.models.repository)
         self.keys = PipelineKeys(self.settings.streams.pipeline, self.settings.streams.partitions)
         self.client = await open_redis(self.settings)
         self.results = ResultQueries(self.client, self.keys)

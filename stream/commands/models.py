@@ -111,13 +111,13 @@ def list_models(
     """Show every model (the seeds and the repository's own), which version serves, and whether
     its weights are available here."""
     from stream.settings import load_settings
-    from stream.zoo.repository import repository_of
+    from stream.zoo.repository import ModelRepository
 
     settings = load_settings()
     cache = cache_dir or settings.models.cache_dir
     weights = weights_dir or settings.models.weights_dir
     try:
-        repository = repository_of(settings)
+        repository = ModelRepository(settings.models.repository)
         specs = repository.specs()
         found = [(spec, repository.versions(spec.name), _weights(spec, weights, cache)) for spec in specs]
     except FramestreamError as e:
@@ -157,7 +157,11 @@ def fetch(
 
         try:
             xml = fetch_model(
-                load_spec(name, settings), cache, force=force, progress=progress, timeout_s=timeout_s
+                load_spec(name, settings.models.repository),
+                cache,
+                force=force,
+                progress=progress,
+                timeout_s=timeout_s,
             )
         except FramestreamError as e:
             bar.stop()
@@ -242,10 +246,10 @@ def add(
 ) -> None:
     """Add your own classifier to the model repository (the next version if NAME exists) and print
     what was decided about it."""
+    from stream.commands.model_add import add_model
     from stream.settings import load_settings
-    from stream.zoo.add import add_model
     from stream.zoo.inspect import Options, labels_from_text
-    from stream.zoo.repository import repository_of
+    from stream.zoo.repository import ModelRepository
 
     settings = load_settings()
     try:
@@ -270,7 +274,7 @@ def add(
         )
         if opts.layout not in (None, "NCHW", "NHWC"):
             raise FramestreamError(f"--layout must be NCHW or NHWC, got {layout!r}")
-        added = add_model(repository_of(settings), name, file, opts)
+        added = add_model(ModelRepository(settings.models.repository), name, file, opts)
     except FramestreamError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e

@@ -41,7 +41,7 @@ def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
     from stream.zoo.store import locate_model
 
     name = requested or settings.models.default
-    spec = load_spec(name, settings)
+    spec = load_spec(name, settings.models.repository)
     weights = settings.models.weights_dir
     cache = settings.models.cache_dir
     try:
@@ -55,7 +55,7 @@ def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
                 f"{name}: no weights in {weights or 'models.weights_dir (unset)'} or {cache}, and it has "
                 "no synthetic stand-in; set FRAMESTREAM_MODELS__WEIGHTS_DIR or fetch it"
             )
-        spec = load_spec(FALLBACK_MODEL, settings)
+        spec = load_spec(FALLBACK_MODEL, settings.models.repository)
     locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=True)
     return spec.name, True
 

@@ -66,7 +66,7 @@ class PreprocessStage(ConsumerStage):
             group=PipelineKeys.group("preprocess", model),
             model=model,
         )
-        self.spec = load_spec(model, settings)
+        self.spec = load_spec(model, settings.models.repository)
         self.output = self.keys.tensors(model)  # partition 0's; `_output` picks each entry's
 
     async def handle(self, items: list[tuple[Entry, Message]]) -> Handled:

@@ -1,6 +1,6 @@
 """What `framestream models add` decides about a classifier it is given (pure: no OpenVINO, no files).
 
-The caller reads the model (`stream.zoo.add`) into `Port` values and the hints the model carries
+The caller reads the model (`stream.commands.model_add`) into `Port` values and the hints the model carries
 (an IR's ``rt_info`` ``model_info``, labels from TFLite metadata), then asks here:
 - which input is the image (4-D, 3 channels; NCHW or NHWC from where the 3 is) and which output
   holds the classes (``[N, C]`` or ``[N, C, 1, 1]``, C >= 2);

@@ -28,22 +28,23 @@ from pathlib import Path
 import yaml
 
 from stream.errors import ModelError
-from stream.settings import Settings
 from stream.zoo.descriptors import ModelSpec, parse_spec
 
 __all__ = [
+    "DEFAULT_REPOSITORY",
     "DESCRIPTOR",
     "ModelRepository",
     "NewVersion",
     "Serving",
     "list_specs",
     "load_spec",
-    "repository_of",
     "seeds_dir",
     "valid_name",
 ]
 
 DESCRIPTOR = "model.yml"
+DEFAULT_REPOSITORY = Path.home() / ".local" / "share" / "framestream" / "models"
+"""The default of the setting `models.repository`."""
 _SERVING = "serving.yml"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -59,20 +60,16 @@ def valid_name(name: str) -> bool:
     return bool(_NAME.fullmatch(name)) and name not in (".", "..")
 
 
-def repository_of(settings: Settings | None = None) -> ModelRepository:
-    """The repository `settings.models.repository` names (None: the settings from the environment)."""
-    return ModelRepository((settings or Settings()).models.repository)
+def load_spec(name: str, repository: Path | None = None) -> ModelSpec:
+    """The serving version of model `name`, a seed or one of `repository`'s own (the settings'
+    ``models.repository``; None: `DEFAULT_REPOSITORY`); ModelError naming the known models if
+    there is none. How every part of the pipeline resolves a model name."""
+    return ModelRepository(repository if repository is not None else DEFAULT_REPOSITORY).spec(name)
 
 
-def load_spec(name: str, settings: Settings | None = None) -> ModelSpec:
-    """The serving version of model `name` (a seed or the repository's own); ModelError naming the
-    known models if there is none. How every part of the pipeline resolves a model name."""
-    return repository_of(settings).spec(name)
-
-
-def list_specs(settings: Settings | None = None) -> list[ModelSpec]:
-    """The serving version of every model, seeds and the repository's own, sorted by name."""
-    return repository_of(settings).specs()
+def list_specs(repository: Path | None = None) -> list[ModelSpec]:
+    """The serving version of every model, seeds and `repository`'s own, sorted by name."""
+    return ModelRepository(repository if repository is not None else DEFAULT_REPOSITORY).specs()
 
 
 @dataclass(frozen=True)

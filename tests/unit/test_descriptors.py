@@ -12,8 +12,8 @@ SEEDS = ["mobilenet-v1-0.25-128", "mobilenet-v3-small-1.0-224-tf", "mobilenet-v2
 REAL = ["mobilenet-v1-0.25-128-quant", "mobilenet-v2-1.0-224-quant"]
 
 
-def test_every_model_is_listed():
-    assert sorted(s.name for s in list_specs()) == sorted(SEEDS + REAL)
+def test_every_model_is_listed(tmp_path):
+    assert sorted(s.name for s in list_specs(tmp_path)) == sorted(SEEDS + REAL)
 
 
 @pytest.mark.parametrize(
@@ -60,15 +60,14 @@ def test_unknown_model_names_the_known_ones():
         load_spec("mobilenet-v9")
 
 
-def test_the_repository_setting_adds_its_models_to_the_seeds(tmp_path, monkeypatch):
+def test_a_repository_adds_its_models_to_the_seeds(tmp_path):
     (tmp_path / "tiny" / "1").mkdir(parents=True)
     (tmp_path / "tiny" / "1" / "model.yml").write_text(
         "framework: onnx\ninput: {name: x, shape: [1, 3, 8, 8], layout: NCHW}\n"
         "output: {name: y, classes: 3, kind: logits}\n"
     )
-    monkeypatch.setenv("FRAMESTREAM_MODELS__REPOSITORY", str(tmp_path))
-    assert sorted(s.name for s in list_specs()) == sorted([*SEEDS, *REAL, "tiny"])
-    tiny = load_spec("tiny")
+    assert sorted(s.name for s in list_specs(tmp_path)) == sorted([*SEEDS, *REAL, "tiny"])
+    tiny = load_spec("tiny", tmp_path)
     assert (tiny.input_hw, tiny.labels_count, tiny.version) == ((8, 8), 3, 1)
 
 

@@ -22,7 +22,7 @@ import openvino as ov
 from stream.errors import ModelError
 from stream.zoo.descriptors import ModelSpec
 from stream.zoo.graph import prepare_model
-from stream.zoo.repository import ModelRepository, load_spec
+from stream.zoo.repository import load_spec
 from stream.zoo.store import (
     DEFAULT_CACHE_DIR,
     Labels,
@@ -272,11 +272,12 @@ def open_engine(
     `inference_precision` None keeps the device default (bf16 where the CPU has it); "f32" for
     bit-faithful float math (contract checks). `static_batch_sizes` get an extra model compiled
     for exactly that batch size (faster; each costs one more compile at open). `repository` is the
-    settings' ``models.repository`` (None: the settings from the environment).
+    settings' ``models.repository`` (None: its default folder; the caller names it, never the
+    environment).
     """
     if any(n < 1 for n in static_batch_sizes):
         raise ValueError(f"static_batch_sizes must be >= 1, got {static_batch_sizes}")
-    spec = ModelRepository(repository).spec(name) if repository is not None else load_spec(name)
+    spec = load_spec(name, repository)
     weights = Path(weights_dir) if weights_dir is not None else None
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     location = locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=allow_synthetic)

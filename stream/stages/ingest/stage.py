@@ -51,7 +51,7 @@ from stream.stages.ingest.frames import LivePump, PendingFrame, encode_frames
 from stream.stages.ingest.pipeline_backlog import PipelineBacklog
 from stream.stages.ingest.source_reports import SourceReport
 from stream.stages.ingest.source_writes import SourceWrites
-from stream.zoo.repository import repository_of
+from stream.zoo.repository import ModelRepository
 
 __all__ = ["IngestStage", "add_source", "list_sources", "remove_source", "source_failure"]
 
@@ -107,7 +107,9 @@ class IngestStage:
         self.dropped = 0
         self.last_progress_s = time.monotonic()
         self._players: dict[str, _Player] = {}
-        self.pipeline = PipelineBacklog(client, self.keys, self.transport, repository_of(settings))
+        self.pipeline = PipelineBacklog(
+            client, self.keys, self.transport, ModelRepository(settings.models.repository)
+        )
         self.writes = SourceWrites(client, self.keys, settings.ingest)
 
     @property

@@ -104,7 +104,7 @@ class PostprocessStage(ConsumerStage):
             model=model,
         )
         if labels is None:
-            spec = load_spec(model, settings)
+            spec = load_spec(model, settings.models.repository)
             found = find_labels(
                 spec,
                 weights_dir=settings.models.weights_dir,

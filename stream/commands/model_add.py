@@ -18,6 +18,7 @@ import numpy as np
 import openvino as ov
 import yaml
 
+from stream.adapters.openvino.engine import compile_model, read_model_file
 from stream.errors import ModelError
 from stream.zoo.descriptors import ModelSpec, parse_spec
 from stream.zoo.inspect import Decision, Hints, Options, Port, decide, labels_from_text
@@ -182,7 +183,6 @@ def read_hints(model: ov.Model, path: Path) -> Hints:
 
 def _prove(spec: ModelSpec, model_path: Path) -> None:
     """Compile the version from its folder as the pipeline will and classify one image."""
-    from stream.adapters.openvino.engine import compile_model, read_model_file
     from stream.zoo.graph import prepare_model
 
     compiled = compile_model(prepare_model(read_model_file(model_path), spec), "LATENCY")
@@ -199,8 +199,6 @@ def _prove(spec: ModelSpec, model_path: Path) -> None:
 
 def add_model(repository: ModelRepository, name: str, path: Path, opts: Options) -> Added:
     """Write `path` as the next version of `name` (see the module docstring)."""
-    from stream.adapters.openvino.engine import read_model_file
-
     path = Path(path)
     framework, files = model_files(path)
     model = read_model_file(path)
