@@ -3,7 +3,8 @@
 Per (source, model): a reorder buffer (bounded in frames and time) puts frames back in `seq`
 order, then an EMA + hysteresis smoother gives `smoothed_label`; every change of it is an event on
 ``keys.events``. Each result carries top-k with labels (a multi-label model's result also lists
-every label above its threshold), per-stage times from the stamps, and
+every label above its threshold, and its smoothed set: each label's EMA above the threshold, a
+change of which is an event too), per-stage times from the stamps, and
 end-to-end latency. An input entry is acked only together with the result it produced, so frames
 held in the reorder buffer are redelivered if this replica dies.
 
@@ -319,20 +320,27 @@ class PostprocessStage(ConsumerStage):
         top = [[self.labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
         extra: dict[str, Any] = {}
         if self.threshold is not None:
-            hit_idx, hit_vals = above(probs, self.threshold)
-            extra["labels"] = [
-                [self.labels[int(i)], round(float(v), 5)] for i, v in zip(hit_idx, hit_vals, strict=True)
-            ]
+            extra["labels"] = self._above(probs)
         events: list[Output] = []
         if late:
             smoothed = track.label or top[0][0]
             smoothed_score = None
         else:
+            before = self._above(track.smoother.ema)
             s = track.smoother.update(probs)
             smoothed, smoothed_score = self.labels[s.index], round(s.score, 5)
-            if s.changed:
-                event = {"kind": LABEL_CHANGE, "source": source, "model": self.model, "seq": meta["seq"],
-                         "previous": track.label, "label": smoothed, "result_ms": start}  # fmt: skip
+            event = {"kind": LABEL_CHANGE, "source": source, "model": self.model, "seq": meta["seq"],
+                     "previous": track.label, "label": smoothed, "result_ms": start}  # fmt: skip
+            changed = s.changed
+            if self.threshold is not None:
+                # multi-label: each label's EMA against the threshold (the EMA is the saved state,
+                # so a replica taking the partition over continues the same label set)
+                now = self._above(track.smoother.ema)
+                extra["smoothed_labels"] = now
+                if [n for n, _ in now] != [n for n, _ in before]:
+                    changed = True
+                    event.update(labels=[n for n, _ in now], previous_labels=[n for n, _ in before])
+            if changed:
                 events.append(Output(track.keys.events, encode_message(Message(meta=event))))
             track.label = smoothed
         track.results += 1
@@ -367,6 +375,13 @@ class PostprocessStage(ConsumerStage):
             **extra,
         }
         return [Output(track.keys.results, encode_message(Message(meta=result))), *events]
+
+    def _above(self, scores: np.ndarray | None) -> list[list[Any]]:
+        """[label, score] of every score above the multi-label threshold, best first."""
+        if scores is None or self.threshold is None:
+            return []
+        idx, vals = above(scores, self.threshold)
+        return [[self.labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
 
     def _eos(self, source: str, track: _Track, message: Message) -> Output:
         meta = message.meta
