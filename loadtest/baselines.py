@@ -275,9 +275,10 @@ def preprocess_cost(clip: Path, model: str) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     from stream.adapters.media.image import fit_to_model
-    from stream.zoo.descriptors import load_spec
+    from stream.settings import load_settings
+    from stream.zoo.repository import load_spec
 
-    spec = load_spec(model)
+    spec = load_spec(model, load_settings().models.repository)
     sample = list(decode_frames(clip, 64))
     with ThreadPoolExecutor(max_workers=max(1, cores())) as pool:
         return _time_per_item(lambda: len(list(pool.map(lambda f: fit_to_model(f, spec), sample))))

@@ -110,10 +110,11 @@ def _ideal(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> 
 
 
 def _model_file(model: str, weights_dir: Path | None) -> Path:
-    from stream.zoo.descriptors import load_spec
+    from stream.settings import load_settings
+    from stream.zoo.repository import load_spec
     from stream.zoo.store import DEFAULT_CACHE_DIR, locate_model
 
-    spec = load_spec(model)
+    spec = load_spec(model, load_settings().models.repository)
     return locate_model(spec, weights_dir=weights_dir, cache_dir=DEFAULT_CACHE_DIR, allow_synthetic=True).path
 
 

@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from stream.sinks.settings import SinkSettings, check_sink_names
+from stream.zoo.repository import DEFAULT_REPOSITORY
 
 __all__ = [
     "AllowedSources",
@@ -380,7 +381,7 @@ class ModelSettings(_Section):
     )
     cache_dir: Path = Path.home() / ".cache" / "framestream" / "models"
     repository: Path = Field(
-        Path.home() / ".local" / "share" / "framestream" / "models",
+        DEFAULT_REPOSITORY,
         description="the model repository: <name>/<version>/ folders of your own classifiers "
         "(FRAMESTREAM_MODELS__REPOSITORY); the built-in seeds ship with the package",
     )

@@ -180,12 +180,12 @@ class Ingress:
     ) -> None:
         from stream.adapters.source_access import policy_from
         from stream.core.keys import PipelineKeys
-        from stream.zoo.descriptors import load_spec
+        from stream.zoo.repository import load_spec
 
         self.settings = stage_settings(settings)
         self.cfg = IngressOptions(**(options or {}))
         self.model = model or self.settings.models.default
-        self.spec = load_spec(self.model)
+        self.spec = load_spec(self.model, self.settings.models.repository)
         self.keys = PipelineKeys(self.settings.streams.pipeline, self.settings.streams.partitions)
         self.client = await open_redis(self.settings)
         self.results = ResultQueries(self.client, self.keys)

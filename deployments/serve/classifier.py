@@ -18,7 +18,7 @@ import numpy as np
 from ray import serve
 
 from deployments.serve.stage import stage_settings
-from stream.core.scoring import top_k
+from stream.core.scoring import above, top_k
 
 __all__ = ["Classifier"]
 
@@ -51,6 +51,7 @@ class Classifier:
             cache_dir=s.models.cache_dir,
             performance_hint=s.infer.performance_hint,
             num_requests=s.infer.num_requests,
+            repository=s.models.repository,
         )
         self.classify.set_max_batch_size(  # type: ignore[attr-defined]  # a @serve.batch method
             max_batch_size or s.infer.max_batch_size
@@ -74,9 +75,16 @@ class Classifier:
         probs = await self.engine.infer_async(np.stack(images))
         infer_ms = (time.monotonic() - started) * 1000.0
         indices, scores = top_k(probs, self.top_k)
+        spec = self.engine.spec
         out = []
-        for idx_row, score_row in zip(indices, scores, strict=True):
+        for row, (idx_row, score_row) in enumerate(zip(indices, scores, strict=True)):
             top = [[self.engine.labels[int(i)], float(v)] for i, v in zip(idx_row, score_row, strict=True)]
+            extra: dict[str, Any] = {}
+            if spec.multi_label:  # every label above the threshold, best first
+                hit_idx, hit_vals = above(probs[row], spec.threshold)
+                extra["labels"] = [
+                    [self.engine.labels[int(i)], float(v)] for i, v in zip(hit_idx, hit_vals, strict=True)
+                ]
             out.append(
                 {
                     "model": self.model,
@@ -86,6 +94,7 @@ class Classifier:
                     "batch_size": len(images),
                     "infer_ms": round(infer_ms, 3),
                     "synthetic": self.engine.synthetic,
+                    **extra,
                 }
             )
         return out

@@ -53,11 +53,22 @@ def _vs_card(measured: float, card: float | None, tolerance: float) -> str:
 
 
 def run_check(
-    name: str, *, weights_dir: Path | None, cache_dir: Path, seconds: float, allow_synthetic: bool
+    name: str,
+    *,
+    weights_dir: Path | None,
+    cache_dir: Path,
+    seconds: float,
+    allow_synthetic: bool,
+    repository: Path | None = None,
 ) -> bool:
     """Print the report; True when every contract check passes."""
     console = Console()
-    opts = {"weights_dir": weights_dir, "cache_dir": cache_dir, "allow_synthetic": allow_synthetic}
+    opts = {
+        "weights_dir": weights_dir,
+        "cache_dir": cache_dir,
+        "allow_synthetic": allow_synthetic,
+        "repository": repository,
+    }
     # contract checks with float32 math on both sides; throughput at the device's default precision
     with open_engine(name, inference_precision="f32", **opts) as eng:  # type: ignore[arg-type]
         spec = eng.spec

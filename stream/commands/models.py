@@ -1,4 +1,4 @@
-"""`framestream models list | fetch NAME | check NAME`."""
+"""`framestream models list | add NAME FILE | fetch NAME | check NAME`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["app"]
 
-app = typer.Typer(help="List, fetch and check models.", no_args_is_help=True)
+app = typer.Typer(help="List, add, fetch and check models.", no_args_is_help=True)
 
 
 def _fmt(value: float | None, suffix: str = "") -> str:
@@ -25,6 +25,8 @@ def _fmt(value: float | None, suffix: str = "") -> str:
 
 _LIST_COLUMNS = (
     Column("name", key=True),
+    Column("serves", justify="right"),
+    Column("versions"),
     Column("framework"),
     Column("input"),
     Column("colour"),
@@ -46,27 +48,36 @@ def _weights(spec: ModelSpec, weights: Path | None, cache: Path) -> str:
         return "synthetic only" if spec.has_synthetic else "missing"
 
 
-def _row(spec: ModelSpec, where: str) -> list[str]:
+def _resize(spec: ModelSpec) -> str:
+    if spec.resize == "center-crop":
+        return f"{spec.resize_shorter} + crop"
+    return f"letterbox (pad {spec.pad})" if spec.resize == "letterbox" else spec.resize
+
+
+def _row(spec: ModelSpec, versions: list[int], where: str) -> list[str]:
     norm = "in graph" if spec.normalization_in_graph else f"{_fmt(spec.mean[0])} / {_fmt(spec.scale[0])}"
-    resize = spec.resize if spec.resize == "full" else f"{spec.resize_shorter} + crop"
     shape = "x".join(str(d) for d in spec.input_shape[1:])
     return [
         spec.name,
+        str(spec.version),
+        ", ".join(map(str, versions)),
         spec.framework,
         f"{shape} {spec.layout}",
         spec.color,
         norm,
-        str(spec.classes),
+        str(spec.labels_count),
         spec.output_kind,
-        resize,
+        _resize(spec),
         _fmt(spec.top1),
         where,
     ]
 
 
-def _record(spec: ModelSpec, where: str) -> dict[str, Any]:
+def _record(spec: ModelSpec, versions: list[int], where: str) -> dict[str, Any]:
     return {
         "name": spec.name,
+        "version": spec.version,
+        "versions": versions,
         "framework": spec.framework,
         "input_name": spec.input_name,
         "input_shape": list(spec.input_shape),
@@ -76,10 +87,13 @@ def _record(spec: ModelSpec, where: str) -> dict[str, Any]:
         "scale": list(spec.scale),
         "normalization_in_graph": spec.normalization_in_graph,
         "output_name": spec.output_name,
-        "classes": spec.classes,
+        "classes": spec.labels_count,
+        "background": spec.background,
         "output_kind": spec.output_kind,
+        "threshold": spec.threshold if spec.multi_label else None,
         "resize": spec.resize,
         "resize_shorter": spec.resize_shorter,
+        "pad": spec.pad if spec.resize == "letterbox" else None,
         "top1": spec.top1,
         "top5": spec.top5,
         "weights": where,
@@ -94,23 +108,25 @@ def list_models(
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="model cache (default: settings)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list, one object per model"),
 ) -> None:
-    """Show every model descriptor and whether its weights are available here."""
+    """Show every model (the seeds and the repository's own), which version serves, and whether
+    its weights are available here."""
     from stream.settings import load_settings
-    from stream.zoo import list_specs
+    from stream.zoo.repository import ModelRepository
 
     settings = load_settings()
     cache = cache_dir or settings.models.cache_dir
     weights = weights_dir or settings.models.weights_dir
     try:
-        specs = list_specs()
+        repository = ModelRepository(settings.models.repository)
+        specs = repository.specs()
+        found = [(spec, repository.versions(spec.name), _weights(spec, weights, cache)) for spec in specs]
     except FramestreamError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
-    found = [(spec, _weights(spec, weights, cache)) for spec in specs]
     if as_json:
-        typer.echo(json.dumps([_record(spec, where) for spec, where in found], indent=2))
+        typer.echo(json.dumps([_record(*row) for row in found], indent=2))
         return
-    print_table(_LIST_COLUMNS, [_row(spec, where) for spec, where in found], title="framestream models")
+    print_table(_LIST_COLUMNS, [_row(*row) for row in found], title="framestream models")
 
 
 @app.command("fetch")
@@ -127,7 +143,8 @@ def fetch(
     from stream.zoo import load_spec
     from stream.zoo.fetch import fetch_model
 
-    cache = cache_dir or load_settings().models.cache_dir
+    settings = load_settings()
+    cache = cache_dir or settings.models.cache_dir
     tasks: dict[str, TaskID] = {}
     with Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()
@@ -139,7 +156,13 @@ def fetch(
             bar.update(tasks[file_name], completed=done, total=total)
 
         try:
-            xml = fetch_model(load_spec(name), cache, force=force, progress=progress, timeout_s=timeout_s)
+            xml = fetch_model(
+                load_spec(name, settings.models.repository),
+                cache,
+                force=force,
+                progress=progress,
+                timeout_s=timeout_s,
+            )
         except FramestreamError as e:
             bar.stop()
             typer.echo(f"error: {e}", err=True)
@@ -169,9 +192,98 @@ def check(
             cache_dir=cache_dir or settings.models.cache_dir,
             seconds=seconds,
             allow_synthetic=synthetic,
+            repository=settings.models.repository,
         )
     except FramestreamError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
     if not ok:
         raise typer.Exit(1)
+
+
+def _values(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError as e:
+        raise typer.BadParameter(
+            f"--{what} takes numbers (one, or three separated by commas), got {text!r}"
+        ) from e
+
+
+@app.command("add")
+def add(
+    name: str = typer.Argument(
+        ..., help="the name to serve it under (a new name, or the next version of one)"
+    ),
+    file: Path = typer.Argument(
+        ...,
+        help="the model: OpenVINO IR .xml (with its .bin), .onnx, .tflite, .pdmodel, or a SavedModel folder",
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="class names, one per line, as many as classes"
+    ),
+    mean: str | None = typer.Option(
+        None, "--mean", help="per-channel mean on 0..255 pixels: one value or R,G,B"
+    ),
+    scale: str | None = typer.Option(
+        None, "--scale", help="per-channel divisor after the mean: one value or R,G,B"
+    ),
+    layout: str | None = typer.Option(
+        None, "--layout", help="NCHW or NHWC (default: where the 3 channels are)"
+    ),
+    color: str | None = typer.Option(None, "--color", help="RGB or BGR (default: the model's, else RGB)"),
+    resize: str | None = typer.Option(
+        None, "--resize", help="stretch, center-crop or letterbox (default: the model's, else stretch)"
+    ),
+    crop_fraction: float | None = typer.Option(
+        None, "--crop-fraction", help="center-crop: part kept (0.875)"
+    ),
+    pad: int | None = typer.Option(None, "--pad", help="letterbox: the pixel value of the bars (0)"),
+    multi_label: bool = typer.Option(False, "--multi-label", help="independent sigmoid scores per class"),
+    threshold: float | None = typer.Option(None, "--threshold", help="multi-label: labels above it (0.5)"),
+) -> None:
+    """Add your own classifier to the model repository (the next version if NAME exists) and print
+    what was decided about it."""
+    from stream.commands.model_add import add_model
+    from stream.settings import load_settings
+    from stream.zoo.inspect import Options, labels_from_text
+    from stream.zoo.repository import ModelRepository
+
+    settings = load_settings()
+    try:
+        given = None
+        if labels is not None:
+            try:
+                given = labels_from_text(labels.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as e:
+                raise FramestreamError(f"cannot read the label file {labels}: {e}") from e
+        opts = Options(
+            labels=given,
+            labels_from=str(labels) if labels else "",
+            mean=_values(mean, "mean"),
+            scale=_values(scale, "scale"),
+            layout=layout.upper() if layout else None,
+            color=color.upper() if color else None,
+            resize=resize,
+            crop_fraction=crop_fraction,
+            pad=pad,
+            multi_label=multi_label,
+            threshold=threshold,
+        )
+        if opts.layout not in (None, "NCHW", "NHWC"):
+            raise FramestreamError(f"--layout must be NCHW or NHWC, got {layout!r}")
+        added = add_model(ModelRepository(settings.models.repository), name, file, opts)
+    except FramestreamError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    spec = added.spec
+    typer.echo(f"{name} version {spec.version}: {spec.path.parent if spec.path else ''}")
+    for what, why in added.decision.why.items():
+        typer.echo(f"  {what:<13} {why}")
+    typer.echo(
+        f"  {'classes':<13} {spec.labels_count}: {' | '.join(added.decision.labels[:5])}"
+        + (", ..." if spec.labels_count > 5 else "")
+    )
+    typer.echo(f"  {'serving':<13} version {spec.version}")

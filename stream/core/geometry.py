@@ -1,9 +1,12 @@
-"""Resize / center-crop geometry for feeding an image to a model (pure: no pixels touched here).
+"""Resize / center-crop / letterbox geometry for feeding an image to a model (pure: no pixels
+touched here).
 
-Two policies, named as in model descriptors:
-- ``full``: resize the whole image to the model input, ignoring aspect ratio.
-- ``shorter_crop``: resize so the shorter side is `shorter` pixels (aspect kept, like torchvision's
+Three policies, named as in model descriptors:
+- ``stretch``: resize the whole image to the model input, ignoring aspect ratio.
+- ``center-crop``: resize so the shorter side is `shorter` pixels (aspect kept, like torchvision's
   ``Resize(256)``), then cut the model-sized box from the centre (``CenterCrop(224)``).
+- ``letterbox``: resize so the whole image fits the model input (aspect kept), centred, the rest
+  filled with a pad value.
 """
 
 from __future__ import annotations
@@ -12,18 +15,26 @@ from dataclasses import dataclass
 
 __all__ = ["POLICIES", "ResizePlan", "plan_resize", "source_short_side"]
 
-POLICIES = ("full", "shorter_crop")
+POLICIES = ("stretch", "center-crop", "letterbox")
 
 
 @dataclass(frozen=True)
 class ResizePlan:
-    """Resize the source to `resize_hw`, then keep rows `top:top+height`, cols `left:left+width`."""
+    """Resize the source to `resize_hw`, then keep rows `top:top+height`, cols `left:left+width`,
+    and place that at (`pad_top`, `pad_left`) of an `out_hw` canvas (letterbox: the rest is pad)."""
 
     resize_hw: tuple[int, int]
     top: int
     left: int
     height: int
     width: int
+    out_hw: tuple[int, int] = (0, 0)
+    pad_top: int = 0
+    pad_left: int = 0
+
+    def __post_init__(self) -> None:
+        if self.out_hw == (0, 0):
+            object.__setattr__(self, "out_hw", (self.height, self.width))
 
     @property
     def crop_box(self) -> tuple[int, int, int, int]:
@@ -31,8 +42,9 @@ class ResizePlan:
         return (self.top, self.left, self.height, self.width)
 
     @property
-    def out_hw(self) -> tuple[int, int]:
-        return (self.height, self.width)
+    def padded(self) -> bool:
+        """Whether the kept box fills less than the output (letterbox bars)."""
+        return (self.height, self.width) != self.out_hw
 
 
 def _check_hw(hw: tuple[int, int], what: str) -> None:
@@ -45,19 +57,27 @@ def plan_resize(
 ) -> ResizePlan:
     """How to turn a `src_hw` image into a `dst_hw` model input under `policy`.
 
-    `shorter` (pixels) is the shorter-side size for ``shorter_crop``; default max(dst_hw).
+    `shorter` (pixels) is the shorter-side size for ``center-crop``; default max(dst_hw).
     """
     _check_hw(src_hw, "src_hw")
     _check_hw(dst_hw, "dst_hw")
     dst_h, dst_w = dst_hw
-    if policy == "full":
+    src_h, src_w = src_hw
+    if policy == "stretch":
         return ResizePlan(resize_hw=(dst_h, dst_w), top=0, left=0, height=dst_h, width=dst_w)
-    if policy != "shorter_crop":
+    if policy == "letterbox":
+        scale = min(dst_h / src_h, dst_w / src_w)
+        res_h = min(dst_h, max(1, round(src_h * scale)))
+        res_w = min(dst_w, max(1, round(src_w * scale)))
+        return ResizePlan(
+            resize_hw=(res_h, res_w), top=0, left=0, height=res_h, width=res_w,
+            out_hw=(dst_h, dst_w), pad_top=(dst_h - res_h) // 2, pad_left=(dst_w - res_w) // 2,
+        )  # fmt: skip
+    if policy != "center-crop":
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     short = max(dst_hw) if shorter is None else shorter
     if short < max(dst_hw):
         raise ValueError(f"shorter must be >= the crop size {dst_hw}, got {short}")
-    src_h, src_w = src_hw
     # torchvision: the shorter side becomes `short`, the longer one int(short * long / short_src)
     if src_h <= src_w:
         res_h, res_w = short, max(short, int(short * src_w / src_h))
@@ -73,8 +93,8 @@ def source_short_side(dst_hw: tuple[int, int], policy: str, shorter: int | None 
     whatever its aspect ratio: frames need not be larger than this for the model to see the same
     detail (ingest's ``frame_short_side_px: auto``)."""
     _check_hw(dst_hw, "dst_hw")
-    if policy == "full":
+    if policy in ("stretch", "letterbox"):
         return max(dst_hw)
-    if policy != "shorter_crop":
+    if policy != "center-crop":
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     return max(max(dst_hw), shorter or 0)

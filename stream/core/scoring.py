@@ -1,8 +1,9 @@
 """Class scores to probabilities and top-k, and what a usable scores message is (pure numpy).
 
-Models differ in what they emit: probabilities or raw scores (logits), over 1000 ImageNet classes or
-1001 with a background class at index 0. `to_probabilities` turns any of them into probabilities
-over the 1000 classes, so everything downstream sees one shape.
+Models differ in what they emit: probabilities, raw scores (logits), or independent per-class
+logits (multi-label, sigmoid), over any number of classes, some with a background class at index 0.
+`to_probabilities` turns any of them into scores over the named classes, so everything downstream
+sees one shape: [N, classes without background].
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 from stream.core.codec import Message
 from stream.core.messages import EOS, FRAME, SKIP
 
-__all__ = ["drop_background", "scores_problem", "softmax", "to_probabilities", "top_k"]
+__all__ = ["above", "drop_background", "scores_problem", "sigmoid", "softmax", "to_probabilities", "top_k"]
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -23,27 +24,48 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def drop_background(scores: np.ndarray, classes: int) -> np.ndarray:
-    """The 1000 ImageNet columns of [N, classes] scores (drops column 0 of 1001-class models)."""
-    if classes not in (1000, 1001):
-        raise ValueError(f"classes must be 1000 or 1001, got {classes}")
-    if scores.shape[-1] != classes:
-        raise ValueError(f"scores have {scores.shape[-1]} columns, expected {classes}")
-    return scores[..., classes - 1000 :]
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Elementwise logistic function in float32 (no overflow warnings for large |x|)."""
+    x = np.asarray(logits, dtype=np.float32)
+    return np.exp(-np.logaddexp(np.float32(0), -x)).astype(np.float32)
 
 
-def to_probabilities(raw: np.ndarray, classes: int, kind: str) -> np.ndarray:
-    """[N, classes] model output -> float32 [N, 1000] probabilities.
+def drop_background(scores: np.ndarray, offset: int) -> np.ndarray:
+    """[N, classes] scores without their first `offset` columns (1: a background class at index 0)."""
+    if offset not in (0, 1):
+        raise ValueError(f"background offset must be 0 or 1, got {offset}")
+    if scores.shape[-1] - offset < 2:
+        raise ValueError(f"scores have {scores.shape[-1]} columns; a classifier has at least 2 classes")
+    return scores[..., offset:]
 
-    Logits get a softmax over all `classes` first (the background column takes its share of the
-    mass), then the background column is dropped. Probabilities are not renormalized.
+
+def to_probabilities(
+    raw: np.ndarray, kind: str, *, background: int = 0, sigmoid_on: bool = True
+) -> np.ndarray:
+    """[N, classes] model output -> float32 [N, classes - background] scores.
+
+    Logits get a softmax over all columns first (a background column takes its share of the mass),
+    multi-label scores a sigmoid each (unless `sigmoid_on` is False: the model applied it), then the
+    background column is dropped. Probabilities are not renormalized. Quantized outputs must be
+    dequantized before (they are probabilities then).
     """
-    if kind not in ("probabilities", "logits"):
-        raise ValueError(f"kind must be 'probabilities' or 'logits', got {kind!r}")
+    if kind not in ("probabilities", "logits", "quantized", "multi-label"):
+        raise ValueError(f"kind must be probabilities, logits, quantized or multi-label, got {kind!r}")
     x = np.asarray(raw, dtype=np.float32)
     if kind == "logits":
         x = softmax(x, axis=-1)
-    return drop_background(x, classes)
+    elif kind == "multi-label" and sigmoid_on:
+        x = sigmoid(x)
+    return drop_background(x, background)
+
+
+def above(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values) of every score over `threshold` in a [C] row, best first (a multi-label
+    model's labels of one frame)."""
+    p = np.asarray(scores)
+    idx = np.flatnonzero(p > threshold)
+    idx = idx[np.argsort(-p[idx].astype(np.float64), kind="stable")]
+    return idx, p[idx]
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

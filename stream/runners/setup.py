@@ -37,11 +37,11 @@ DEMO_SIZE = (640, 480)
 def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
     """(model name, synthetic?): real weights when found, else a synthetic stand-in (built now,
     so the stages find it in the cache). An explicitly requested model without either is an error."""
-    from stream.zoo.descriptors import load_spec
+    from stream.zoo.repository import load_spec
     from stream.zoo.store import locate_model
 
     name = requested or settings.models.default
-    spec = load_spec(name)
+    spec = load_spec(name, settings.models.repository)
     weights = settings.models.weights_dir
     cache = settings.models.cache_dir
     try:
@@ -55,7 +55,7 @@ def choose_model(requested: str | None, settings: Settings) -> tuple[str, bool]:
                 f"{name}: no weights in {weights or 'models.weights_dir (unset)'} or {cache}, and it has "
                 "no synthetic stand-in; set FRAMESTREAM_MODELS__WEIGHTS_DIR or fetch it"
             )
-        spec = load_spec(FALLBACK_MODEL)
+        spec = load_spec(FALLBACK_MODEL, settings.models.repository)
     locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=True)
     return spec.name, True
 

@@ -23,7 +23,8 @@ from stream.core.messages import EOS, FRAME, SKIP
 from stream.errors import CodecError
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms, skip_marker
-from stream.zoo.descriptors import ModelSpec, load_spec
+from stream.zoo.descriptors import ModelSpec
+from stream.zoo.repository import load_spec
 
 __all__ = ["PreprocessStage", "prepare_tensor"]
 
@@ -40,7 +41,7 @@ def prepare_tensor(message: Message, spec: ModelSpec) -> np.ndarray:
         if array.dtype != np.uint8 or array.ndim != 1:
             raise ValueError(f"JPEG frame must be 1-D uint8 bytes, got {array.dtype} {array.shape}")
         h, w = spec.input_hw
-        need = (spec.resize_shorter, spec.resize_shorter) if spec.resize == "shorter_crop" else (h, w)
+        need = (spec.resize_shorter, spec.resize_shorter) if spec.resize == "center-crop" else (h, w)
         rgb = decode_jpeg(array, min_hw=(need[0] or h, need[1] or w))
     elif encoding == "raw":
         rgb = array
@@ -65,7 +66,7 @@ class PreprocessStage(ConsumerStage):
             group=PipelineKeys.group("preprocess", model),
             model=model,
         )
-        self.spec = load_spec(model)
+        self.spec = load_spec(model, settings.models.repository)
         self.output = self.keys.tensors(model)  # partition 0's; `_output` picks each entry's
 
     async def handle(self, items: list[tuple[Entry, Message]]) -> Handled:

@@ -1,5 +1,6 @@
-"""Model zoo: descriptors, fetch + convert into the IR cache, and synthetic stand-ins."""
+"""Model descriptors, the model repository, and where model files come from."""
 
-from stream.zoo.descriptors import ModelFile, ModelSpec, list_specs, load_spec, models_dir
+from stream.zoo.descriptors import ModelFile, ModelSpec
+from stream.zoo.repository import ModelRepository, list_specs, load_spec
 
-__all__ = ["ModelFile", "ModelSpec", "list_specs", "load_spec", "models_dir"]
+__all__ = ["ModelFile", "ModelRepository", "ModelSpec", "list_specs", "load_spec"]

@@ -2,7 +2,7 @@
 
 The reference here is plain numpy: the descriptor's preprocessing (colour order, mean/scale,
 layout) applied to a uint8 image, fed to the *raw* model (only its batch made dynamic), and its
-output turned into 1000-class probabilities. The engine, which does all of that inside the
+output turned into per-class scores. The engine, which does all of that inside the
 compiled graph, must agree within float tolerance, batch by batch and image by image.
 """
 
@@ -43,12 +43,12 @@ def reference_input(fitted: np.ndarray, spec: ModelSpec, dtype: np.dtype) -> np.
 
 
 def reference_output(raw: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Raw model output -> float32 [N, 1000] probabilities, per the descriptor."""
+    """Raw model output -> float32 [N, classes] scores, per the descriptor."""
     x = raw.reshape(raw.shape[0], -1).astype(np.float32)
     if spec.output_dequantize is not None:
         scale, zero = spec.output_dequantize
         x = (x - np.float32(zero)) * np.float32(scale)
-    return to_probabilities(x, spec.classes, spec.output_kind)
+    return to_probabilities(x, spec.output_kind, background=spec.background_offset, sigmoid_on=spec.sigmoid)
 
 
 def sample_images(spec: ModelSpec, n: int, seed: int = 0) -> np.ndarray:
@@ -71,10 +71,18 @@ def _output_kind(spec: ModelSpec, raw_out: np.ndarray) -> CheckResult:
     if spec.output_dequantize is not None:
         flat = (flat - spec.output_dequantize[1]) * spec.output_dequantize[0]
     sums = flat.sum(axis=1)
+    in_unit = bool((flat >= 0).all() and (flat <= 1).all())
+    if spec.multi_label:  # independent scores: in [0, 1] exactly when the model applied the sigmoid
+        seen = "scores in [0, 1]" if in_unit else "raw scores"
+        return CheckResult(
+            "output kind", in_unit != spec.sigmoid, f"descriptor says multi-label, model emits {seen}"
+        )
     # uint8 probabilities round most of 1001 small values down to 0, so their rows sum to less
     low = 0.5 if spec.output_dequantize is not None else 0.95
-    is_prob = bool((flat >= 0).all() and (flat <= 1).all() and (sums >= low).all() and (sums <= 1.05).all())
+    is_prob = bool(in_unit and (sums >= low).all() and (sums <= 1.05).all())
     ok = is_prob == (spec.output_kind == "probabilities")
+    if spec.output_kind == "quantized":  # dequantized scores of a model cut to some classes need not sum to 1
+        ok, is_prob = in_unit, in_unit
     seen = "probabilities" if is_prob else f"raw scores (row sums {sums.min():.3g}..{sums.max():.3g})"
     return CheckResult("output kind", ok, f"descriptor says {spec.output_kind}, model emits {seen}")
 
@@ -95,7 +103,9 @@ def run_contract_checks(
     same = bool(np.array_equal(singles, got)) or float(np.max(np.abs(singles - got))) <= 1e-5
     results.append(CheckResult("batch == one at a time", same, f"batch of {len(images)}"))
     sums = got.sum(axis=1)
-    sane = bool((got >= 0).all() and (sums <= 1.0 + 1e-3).all())
+    sane = bool(
+        (got >= 0).all() and (got <= 1.0 + 1e-6).all() and (spec.multi_label or (sums <= 1.0 + 1e-3).all())
+    )
     results.append(
         CheckResult("probabilities in [0, 1]", sane, f"row sums {sums.min():.3f}..{sums.max():.3f}")
     )

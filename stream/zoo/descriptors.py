@@ -8,30 +8,29 @@ model goes through these values, so a wrong contract shows up in one place.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from stream.errors import ModelError
 
 __all__ = [
     "FRAMEWORKS",
+    "KINDS",
+    "RESIZES",
     "ModelFile",
     "ModelSpec",
-    "list_specs",
-    "load_spec",
-    "models_dir",
     "parse_spec",
 ]
 
-FRAMEWORKS = ("tf", "tf_savedmodel", "tflite", "onnx", "pytorch", "openvino")
+FRAMEWORKS = ("tf", "tf_savedmodel", "tflite", "onnx", "pytorch", "openvino", "paddle")
 _LAYOUTS = ("NHWC", "NCHW")
 _COLORS = ("RGB", "BGR")
-_KINDS = ("probabilities", "logits")
-_RESIZES = ("full", "shorter_crop")
+KINDS = ("probabilities", "logits", "quantized", "multi-label")
+RESIZES = ("stretch", "center-crop", "letterbox")
+# The seeds' former names of two resize kinds, still read.
+_RESIZE_ALIASES = {"full": "stretch", "shorter_crop": "center-crop"}
+DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,10 @@ class ModelSpec:
     model_file: str | None = None
     labels: ModelFile | None = None
     output_dequantize: tuple[float, float] | None = None
+    background: bool = False
+    threshold: float = DEFAULT_THRESHOLD
+    sigmoid: bool = True
+    pad: int = 0
     params_m: float | None = None
     gflops: float | None = None
     has_synthetic: bool = False
@@ -90,45 +93,18 @@ class ModelSpec:
 
     @property
     def background_offset(self) -> int:
-        """1 for 1001-class models (index 0 = background), else 0."""
-        return self.classes - 1000
+        """1 when the output's column 0 is a background class (dropped before anything sees it)."""
+        return 1 if self.background else 0
 
+    @property
+    def labels_count(self) -> int:
+        """How many classes results name: the output's columns without the background one."""
+        return self.classes - self.background_offset
 
-def models_dir() -> Path:
-    """The descriptor folder: `$FRAMESTREAM_MODELS_DIR`, else the descriptors installed with the package.
-
-    `stream/zoo/models` is package data (a symlink to the repository's top-level `models/` in a
-    checkout, a copy of it in an installed wheel), so an install that is not editable has them too.
-    """
-    override = os.environ.get("FRAMESTREAM_MODELS_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parent / "models"
-
-
-def _names(root: Path) -> list[str]:
-    if not root.is_dir():
-        return []
-    return sorted(p.parent.name for p in root.glob("*/model.yml"))
-
-
-def load_spec(name: str) -> ModelSpec:
-    """The descriptor of model `name`; ModelError naming the known models if there is none."""
-    root = models_dir()
-    path = root / name / "model.yml"
-    if not name or "/" in name or not path.is_file():
-        known = ", ".join(_names(root)) or f"none (no descriptors under {root})"
-        raise ModelError(f"unknown model {name!r}; known models: {known}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ModelError(f"descriptor {path} is unreadable: {e}") from e
-    return parse_spec(name, raw, path)
-
-
-def list_specs() -> list[ModelSpec]:
-    """Every descriptor under `models_dir()`, sorted by name."""
-    return [load_spec(n) for n in _names(models_dir())]
+    @property
+    def multi_label(self) -> bool:
+        """Independent per-class scores (sigmoid): a result lists every label above `threshold`."""
+        return self.output_kind == "multi-label"
 
 
 def _file(raw: Any, where: str) -> ModelFile:
@@ -172,13 +148,31 @@ def parse_spec(name: str, raw: Any, path: Path | None = None) -> ModelSpec:
         if len(mean) != 3 or len(scale) != 3 or any(s == 0 for s in scale):
             raise ModelError(f"{where}: mean/scale need 3 values and scale no zero, got {mean}, {scale}")
         classes = int(out["classes"])
-        if classes not in (1000, 1001):
-            raise ModelError(f"{where}: output.classes must be 1000 or 1001, got {classes}")
-        resize = _choice(pre.get("resize", "full"), _RESIZES, "preprocess.resize", where)
-        shorter = pre.get("resize_shorter")
-        if resize == "shorter_crop" and shorter is None:
-            shorter = max(shape[1:3] if layout == "NHWC" else shape[2:4])
+        # the seeds' rule: 1001 outputs have a background class first, unless the descriptor says
+        background = bool(out.get("background", classes == 1001))
+        if classes - int(background) < 2:
+            raise ModelError(
+                f"{where}: output.classes must be at least 2 (besides background), got {classes}"
+            )
+        kind = _choice(out.get("kind", "probabilities"), KINDS, "output.kind", where)
         deq = out.get("dequantize")
+        if kind == "quantized" and not deq:
+            raise ModelError(f"{where}: output.kind quantized needs output.dequantize [scale, zero_point]")
+        threshold = float(out.get("threshold", DEFAULT_THRESHOLD))
+        if not 0 < threshold < 1:
+            raise ModelError(f"{where}: output.threshold must be between 0 and 1, got {threshold}")
+        raw_resize = pre.get("resize", "stretch")
+        resize = _choice(_RESIZE_ALIASES.get(raw_resize, raw_resize), RESIZES, "preprocess.resize", where)
+        hw = shape[1:3] if layout == "NHWC" else shape[2:4]
+        shorter = pre.get("resize_shorter")
+        if resize == "center-crop" and shorter is None:
+            fraction = float(pre.get("crop_fraction", 1.0))
+            if not 0 < fraction <= 1:
+                raise ModelError(f"{where}: preprocess.crop_fraction must be in (0, 1], got {fraction}")
+            shorter = round(max(hw) / fraction)
+        pad = int(pre.get("pad", 0))
+        if not 0 <= pad <= 255:
+            raise ModelError(f"{where}: preprocess.pad must be a pixel value 0..255, got {pad}")
         return ModelSpec(
             name=name,
             framework=_choice(raw["framework"], FRAMEWORKS, "framework", where),
@@ -192,7 +186,7 @@ def parse_spec(name: str, raw: Any, path: Path | None = None) -> ModelSpec:
             normalization_in_graph=bool(inp.get("normalization_in_graph", False)),
             output_name=str(out["name"]),
             classes=classes,
-            output_kind=_choice(out.get("kind", "probabilities"), _KINDS, "output.kind", where),
+            output_kind=kind,
             resize=resize,
             resize_shorter=int(shorter) if shorter is not None else None,
             top1=float(acc["top1"]) if acc.get("top1") is not None else None,
@@ -201,6 +195,10 @@ def parse_spec(name: str, raw: Any, path: Path | None = None) -> ModelSpec:
             model_file=raw.get("model_file"),
             labels=_file(raw["labels"], where) if raw.get("labels") else None,
             output_dequantize=(float(deq[0]), float(deq[1])) if deq else None,
+            background=background,
+            threshold=threshold,
+            sigmoid=bool(out.get("sigmoid", True)),
+            pad=pad,
             params_m=float(cplx["params_m"]) if cplx.get("params_m") is not None else None,
             gflops=float(cplx["gflops"]) if cplx.get("gflops") is not None else None,
             has_synthetic=bool(raw.get("synthetic", False)),

@@ -138,7 +138,7 @@ def fetch_model(
             labels = download(
                 spec, spec.labels, work / "labels.download", progress=progress, timeout_s=timeout_s
             )
-            parse_labels(labels.read_text(encoding="utf-8"), spec.labels.name)
+            parse_labels(labels.read_text(encoding="utf-8"), spec.labels_count, spec.labels.name)
             shutil.move(str(labels), tmp / "labels.txt")
         shutil.rmtree(work)
         record = {

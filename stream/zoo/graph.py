@@ -3,8 +3,9 @@
 `prepare_model` turns a raw model (as its framework defined it) into the one the engine compiles:
 - input: uint8 [N, h, w, 3] RGB with a dynamic N; dtype, channel order, mean/scale and layout are
   done inside the graph by `openvino.preprocess.PrePostProcessor`;
-- output: float32 [N, 1000] probabilities (integer outputs dequantized, softmax on logits,
-  background column of 1001-class models dropped).
+- output: float32 [N, classes] scores (integer outputs dequantized, softmax on logits, sigmoid on
+  multi-label logits, a background column dropped): probabilities, or for multi-label models
+  independent per-class scores in [0, 1].
 Models that hard-code batch 1 in a Reshape target (both real TFLite MobileNets do) get that
 constant rewritten to -1 first (`relax_batch`).
 """
@@ -106,11 +107,13 @@ def _postprocess(out: ov.Output, spec: ModelSpec) -> ov.Output:
         node = ops.reshape(node, ops.constant(np.array([0, -1], np.int64)), special_zero=True).output(0)
     if spec.output_kind == "logits":
         node = ops.softmax(node, 1).output(0)
-    if spec.classes == 1001:
+    elif spec.multi_label and spec.sigmoid:
+        node = ops.sigmoid(node).output(0)
+    if spec.background_offset:
         node = ops.slice(
             node,
-            ops.constant(np.array([1], np.int64)),
-            ops.constant(np.array([1001], np.int64)),
+            ops.constant(np.array([spec.background_offset], np.int64)),
+            ops.constant(np.array([spec.classes], np.int64)),
             ops.constant(np.array([1], np.int64)),
             ops.constant(np.array([1], np.int64)),
         ).output(0)
@@ -118,7 +121,7 @@ def _postprocess(out: ov.Output, spec: ModelSpec) -> ov.Output:
 
 
 def prepare_model(model: ov.Model, spec: ModelSpec) -> ov.Model:
-    """uint8 NHWC RGB in, float32 [N, 1000] probabilities out (see the module docstring)."""
+    """uint8 NHWC RGB in, float32 [N, classes] scores out (see the module docstring)."""
     model = raw_model(model, spec)
     out = find_output(model, spec)
     result = out.get_node()  # model outputs are the Result nodes' ports

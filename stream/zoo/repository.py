@@ -31,15 +31,20 @@ from stream.errors import ModelError
 from stream.zoo.descriptors import ModelSpec, parse_spec
 
 __all__ = [
+    "DEFAULT_REPOSITORY",
     "DESCRIPTOR",
     "ModelRepository",
     "NewVersion",
     "Serving",
+    "list_specs",
+    "load_spec",
     "seeds_dir",
     "valid_name",
 ]
 
 DESCRIPTOR = "model.yml"
+DEFAULT_REPOSITORY = Path.home() / ".local" / "share" / "framestream" / "models"
+"""The default of the setting `models.repository`."""
 _SERVING = "serving.yml"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -53,6 +58,18 @@ def seeds_dir() -> Path:
 def valid_name(name: str) -> bool:
     """A model name: letters, digits, `.`, `_`, `-`, at most 64, not starting with punctuation."""
     return bool(_NAME.fullmatch(name)) and name not in (".", "..")
+
+
+def load_spec(name: str, repository: Path | None = None) -> ModelSpec:
+    """The serving version of model `name`, a seed or one of `repository`'s own (the settings'
+    ``models.repository``; None: `DEFAULT_REPOSITORY`); ModelError naming the known models if
+    there is none. How every part of the pipeline resolves a model name."""
+    return ModelRepository(repository if repository is not None else DEFAULT_REPOSITORY).spec(name)
+
+
+def list_specs(repository: Path | None = None) -> list[ModelSpec]:
+    """The serving version of every model, seeds and `repository`'s own, sorted by name."""
+    return ModelRepository(repository if repository is not None else DEFAULT_REPOSITORY).specs()
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_CACHE_DIR",
     "LABELS_FILE",
     "READABLE_SUFFIXES",
+    "REPOSITORY_LABELS",
     "Labels",
     "ModelLocation",
     "atomic_dir",
@@ -39,13 +40,15 @@ __all__ = [
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "framestream" / "models"
 LABELS_FILE = "imagenet_labels.txt"
+REPOSITORY_LABELS = "labels.txt"
+"""A repository version's labels, next to its model.yml, one per line."""
 # What openvino.Core.read_model takes without a conversion step.
 READABLE_SUFFIXES = (".xml", ".onnx", ".tflite", ".pb")
 
 
 @dataclass(frozen=True)
 class ModelLocation:
-    """A model file ready for `Core.read_model`; `source` is weights-dir | cache | synthetic."""
+    """A model file ready for `Core.read_model`; `source` is repository | weights-dir | cache | synthetic."""
 
     path: Path
     source: str
@@ -57,7 +60,8 @@ class ModelLocation:
 
 @dataclass(frozen=True)
 class Labels:
-    """1000 ImageNet class names; `source` is the file they came from, None for placeholders."""
+    """The class names of a model's results; `source` is the file they came from, None for
+    ``class_<i>`` placeholders."""
 
     names: tuple[str, ...]
     source: Path | None
@@ -137,7 +141,10 @@ def _synthetic(spec: ModelSpec, cache_dir: Path) -> ModelLocation:
 def locate_model(
     spec: ModelSpec, *, weights_dir: Path | None, cache_dir: Path, allow_synthetic: bool
 ) -> ModelLocation:
-    """The model file to load: weights dir first, then the IR cache, then a synthetic stand-in."""
+    """The model file to load: a repository version's own file, else the weights dir, then the IR
+    cache, then a synthetic stand-in."""
+    if spec.path is not None and spec.model_file and (spec.path.parent / spec.model_file).exists():
+        return ModelLocation(spec.path.parent / spec.model_file, "repository")
     if weights_dir is not None:
         found = _from_weights_dir(spec, weights_dir)
         if found is not None:
@@ -157,23 +164,36 @@ def locate_model(
     raise ModelError(f"{spec.name}: no model file in {where}; {hint}")
 
 
-def parse_labels(text: str, where: str = "labels") -> tuple[str, ...]:
-    """1000 class names from a labels file of 1000 lines, or 1001 with `background` first."""
+def parse_labels(text: str, count: int, where: str = "labels") -> tuple[str, ...]:
+    """`count` class names, one per line (blank lines skipped); a file with one more line whose first
+    is ``background`` (the TF-slim ImageNet files) has that line dropped. ModelError otherwise."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if len(lines) == 1001:
+    if len(lines) == count + 1 and lines[0].lower() == "background":
         lines = lines[1:]
-    if len(lines) != 1000:
-        raise ModelError(f"{where}: expected 1000 labels (or 1001 with background first), got {len(lines)}")
+    if len(lines) != count:
+        raise ModelError(f"{where}: the model has {count} classes but the label file has {len(lines)} labels")
     return tuple(lines)
 
 
+def _read_labels(path: Path, count: int) -> Labels:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"cannot read labels {path}: {e}") from e
+    return Labels(parse_labels(text, count, str(path)), path)
+
+
 def find_labels(spec: ModelSpec, *, weights_dir: Path | None, cache_dir: Path) -> Labels:
-    """Labels next to the weights, else fetched into the cache, else ``class_<i>`` placeholders."""
+    """A repository version's own labels.txt; else labels next to the weights, else fetched into the
+    cache, else ``class_<i>`` placeholders."""
+    count = spec.labels_count
+    if spec.path is not None and (spec.path.parent / REPOSITORY_LABELS).is_file():
+        return _read_labels(spec.path.parent / REPOSITORY_LABELS, count)
     candidates = []
     if weights_dir is not None:
         candidates += [weights_dir / LABELS_FILE, weights_dir / "labels.txt"]
     candidates += [cached_ir(spec, cache_dir).parent / "labels.txt", cache_dir / LABELS_FILE]
     for path in candidates:
         if path.is_file():
-            return Labels(parse_labels(path.read_text(encoding="utf-8"), str(path)), path)
-    return Labels(tuple(f"class_{i}" for i in range(1000)), None)
+            return _read_labels(path, count)
+    return Labels(tuple(f"class_{i}" for i in range(count)), None)

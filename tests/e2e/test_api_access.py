@@ -60,7 +60,7 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     from ray import serve
 
-    from stream.zoo.descriptors import load_spec
+    from stream.zoo.repository import load_spec
     from stream.zoo.store import locate_model
     from tests.faults.rayapp import FaultApp, start_local_ray
 

@@ -170,7 +170,7 @@ def test_corrupt_frame_mid_clip_is_dead_lettered_others_all_get_results(
 
 
 def _synthetic_available(tmp_path: Path) -> None:
-    from stream.zoo.descriptors import load_spec
+    from stream.zoo.repository import load_spec
     from stream.zoo.store import locate_model
 
     try:

@@ -67,7 +67,7 @@ def app(redis_server: RedisServer) -> Iterator[App]:
     from deployments.serve.app import APP_NAME
     from deployments.serve.config import deploy, load_config, override, start_local_ray
     from stream.runners.setup import choose_model
-    from stream.zoo.descriptors import load_spec
+    from stream.zoo.repository import load_spec
     from tests.conftest import SHARED
 
     real = (SHARED / "models" / "mobilenet_v2_1.0_224_quant.tflite").is_file()

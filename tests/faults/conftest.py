@@ -60,7 +60,7 @@ def fault_settings(cache_dir: Path) -> Settings:
 @pytest.fixture(scope="package")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model cache holding the synthetic stand-in, built once (replicas load it from here)."""
-    from stream.zoo.descriptors import load_spec
+    from stream.zoo.repository import load_spec
     from stream.zoo.store import locate_model
 
     cache = tmp_path_factory.mktemp("fault-models")

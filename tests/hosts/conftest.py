@@ -56,7 +56,7 @@ def cluster_stack(prod_rayservice: dict, tmp_path_factory: pytest.TempPathFactor
     if reason:
         pytest.skip(f"cannot build cluster hosts here: {reason}")
     pytest.importorskip("ray")
-    from stream.zoo.descriptors import load_spec
+    from stream.zoo.repository import load_spec
     from stream.zoo.store import locate_model
 
     cache = tmp_path_factory.mktemp("cluster-models")

@@ -55,7 +55,7 @@ def server(tmp_path):
 def models_dir(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "models"
     d.mkdir()
-    monkeypatch.setenv("FRAMESTREAM_MODELS_DIR", str(d))
+    monkeypatch.setenv("FRAMESTREAM_MODELS__REPOSITORY", str(d))
     return d
 
 
@@ -125,8 +125,8 @@ def _publish(
         "input": {"name": "data", "shape": [1, 3, 16, 16], "layout": "NCHW", "mean": MEAN, "scale": SCALE},
         "output": {"name": "scores", "classes": 1000, "kind": "logits"},
     }
-    (models_dir / "tiny").mkdir(exist_ok=True)
-    (models_dir / "tiny" / "model.yml").write_text(yaml.safe_dump(desc))
+    (models_dir / "tiny" / "1").mkdir(parents=True, exist_ok=True)
+    (models_dir / "tiny" / "1" / "model.yml").write_text(yaml.safe_dump(desc))
     return "tiny"
 
 
@@ -144,7 +144,7 @@ def test_fetch_verifies_converts_caches_and_the_engine_uses_it(server, models_di
     name = _publish(models_dir, served, base, payload, file_name)
     cache = tmp_path / "cache"
 
-    xml = fetch_model(load_spec(name), cache)
+    xml = fetch_model(load_spec(name, models_dir), cache)
 
     assert xml == cache / "tiny" / "ir" / "model.xml" and xml.with_suffix(".bin").is_file()
     assert sorted(p.name for p in xml.parent.iterdir()) == [
@@ -154,7 +154,9 @@ def test_fetch_verifies_converts_caches_and_the_engine_uses_it(server, models_di
         "source.json",
     ]
     assert not [p for p in cache.rglob(".*")], "temp files left in the cache"
-    with open_engine(name, cache_dir=cache, allow_synthetic=False, inference_precision="f32") as engine:
+    with open_engine(
+        name, cache_dir=cache, allow_synthetic=False, inference_precision="f32", repository=models_dir
+    ) as engine:
         assert engine.model_path == xml and not engine.synthetic
         assert engine.labels[0] == "thing 0" and engine.labels_source == xml.parent / "labels.txt"
         image = np.random.default_rng(5).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
@@ -181,9 +183,9 @@ def test_fetch_command_shows_where_it_cached_and_is_idempotent(server, models_di
     assert again.exit_code == 0, again.output
 
 
-def _expect_clean_failure(name: str, cache: Path, match: str) -> None:
+def _expect_clean_failure(models_dir: Path, name: str, cache: Path, match: str) -> None:
     with pytest.raises(ModelError, match=match):
-        fetch_model(load_spec(name), cache, timeout_s=20)
+        fetch_model(load_spec(name, models_dir), cache, timeout_s=20)
     assert _leftovers(cache) == [], "a failed fetch left files in the cache"
 
 
@@ -192,7 +194,7 @@ def test_wrong_sha256_is_refused_and_nothing_is_cached(server, models_dir, tmp_p
     name = _publish(
         models_dir, served, base, _archive("tgz", {"tiny.onnx": _tiny_onnx()}), "t.tgz", sha256="0" * 64
     )
-    _expect_clean_failure(name, tmp_path / "cache", "sha256 mismatch for t.tgz: expected 0000")
+    _expect_clean_failure(models_dir, name, tmp_path / "cache", "sha256 mismatch for t.tgz: expected 0000")
 
 
 def test_truncated_download_is_refused(server, models_dir, tmp_path):
@@ -200,13 +202,13 @@ def test_truncated_download_is_refused(server, models_dir, tmp_path):
     payload = _archive("tgz", {"tiny.onnx": _tiny_onnx()})
     name = _publish(models_dir, served, base, payload, "t.tgz")
     (served / "t.tgz").write_bytes(payload[: len(payload) // 2])  # the server now has half the file
-    _expect_clean_failure(name, tmp_path / "cache", r"t.tgz is truncated: got \d+ of \d+ bytes")
+    _expect_clean_failure(models_dir, name, tmp_path / "cache", r"t.tgz is truncated: got \d+ of \d+ bytes")
 
 
 def test_corrupt_archive_is_refused(server, models_dir, tmp_path):
     served, base = server
     name = _publish(models_dir, served, base, b"not a gzip stream at all" * 40, "t.tgz")
-    _expect_clean_failure(name, tmp_path / "cache", "archive t.tgz is corrupt or truncated")
+    _expect_clean_failure(models_dir, name, tmp_path / "cache", "archive t.tgz is corrupt or truncated")
 
 
 def test_corrupt_model_file_is_refused(server, models_dir, tmp_path):
@@ -215,7 +217,9 @@ def test_corrupt_model_file_is_refused(server, models_dir, tmp_path):
     name = _publish(
         models_dir, served, base, _archive("tgz", {"tiny.onnx": model[: len(model) // 3]}), "t.tgz"
     )
-    _expect_clean_failure(name, tmp_path / "cache", "cannot convert tiny.onnx: corrupt or not a model")
+    _expect_clean_failure(
+        models_dir, name, tmp_path / "cache", "cannot convert tiny.onnx: corrupt or not a model"
+    )
 
 
 def test_offline_fails_fast_with_a_clear_message(models_dir, tmp_path):
@@ -223,15 +227,19 @@ def test_offline_fails_fast_with_a_clear_message(models_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     name = _publish(models_dir, tmp_path, f"http://127.0.0.1:{port}", b"x", "t.onnx")
-    _expect_clean_failure(name, tmp_path / "cache", r"cannot connect to 127.0.0.1 .*are you offline\?")
+    _expect_clean_failure(
+        models_dir, name, tmp_path / "cache", r"cannot connect to 127.0.0.1 .*are you offline\?"
+    )
 
 
 def test_http_error_and_missing_sha256_are_clear(server, models_dir, tmp_path):
     served, base = server
     name = _publish(models_dir, served, base, b"x", "t.onnx", url=f"{base}/missing.onnx")
-    _expect_clean_failure(name, tmp_path / "cache", "missing.onnx answered HTTP 404")
+    _expect_clean_failure(models_dir, name, tmp_path / "cache", "missing.onnx answered HTTP 404")
     _publish(models_dir, served, base, b"x", "t.onnx", sha256=None)
-    _expect_clean_failure(name, tmp_path / "cache", "no sha256 for t.onnx; refusing an unverified download")
+    _expect_clean_failure(
+        models_dir, name, tmp_path / "cache", "no sha256 for t.onnx; refusing an unverified download"
+    )
 
 
 def test_failed_refetch_keeps_the_good_cached_model(server, models_dir, tmp_path):
@@ -239,11 +247,11 @@ def test_failed_refetch_keeps_the_good_cached_model(server, models_dir, tmp_path
     payload = _archive("tgz", {"tiny.onnx": _tiny_onnx()})
     name = _publish(models_dir, served, base, payload, "t.tgz")
     cache = tmp_path / "cache"
-    xml = fetch_model(load_spec(name), cache)
+    xml = fetch_model(load_spec(name, models_dir), cache)
     before = _leftovers(cache)
     (served / "t.tgz").write_bytes(payload[:100])
     with pytest.raises(ModelError, match="truncated"):
-        fetch_model(load_spec(name), cache, force=True)
+        fetch_model(load_spec(name, models_dir), cache, force=True)
     assert _leftovers(cache) == before and xml.is_file()
 
 

@@ -28,7 +28,7 @@ def test_models_list_shows_every_model_and_its_contract(tmp_path):
     assert result.exit_code == 0, result.output
     for name in NAMES:
         assert name in result.output
-    assert "256 + crop" in result.output and "NCHW" in result.output and "1001" in result.output
+    assert "256 + crop" in result.output and "NCHW" in result.output and "1000" in result.output
 
 
 def _framestream(*args: str, columns: int) -> subprocess.CompletedProcess[str]:

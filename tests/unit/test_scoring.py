@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from stream.core.scoring import drop_background, softmax, to_probabilities, top_k
+from stream.core.scoring import above, drop_background, softmax, to_probabilities, top_k
 
 logit_rows = arrays(np.float32, (3, 12), elements=st.floats(-50, 50, width=32))
 
@@ -32,17 +32,28 @@ def test_background_column_is_dropped_so_index_i_is_imagenet_class_i():
     raw = np.zeros((2, 1001), np.float32)
     raw[:, 0] = 0.5  # background
     raw[:, 286] = 0.4  # file line 286 = class 285 (Egyptian cat) in 1000-class numbering
-    probs = to_probabilities(raw, 1001, "probabilities")
+    probs = to_probabilities(raw, "probabilities", background=1)
     assert probs.shape == (2, 1000)
     assert (np.argmax(probs, axis=1) == 285).all()
-    assert drop_background(raw[:, 1:], 1000).shape == (2, 1000)
+    assert drop_background(raw[:, 1:], 0).shape == (2, 1000)
 
 
 def test_logits_get_softmax_over_all_classes_before_the_background_goes():
     raw = np.zeros((1, 1001), np.float32)
-    probs = to_probabilities(raw, 1001, "logits")
+    probs = to_probabilities(raw, "logits", background=1)
     np.testing.assert_allclose(probs, 1 / 1001, rtol=1e-5)
-    np.testing.assert_allclose(to_probabilities(np.zeros((1, 1000)), 1000, "logits").sum(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(to_probabilities(np.zeros((1, 12)), "logits").sum(), 1.0, rtol=1e-5)
+
+
+def test_multi_label_scores_are_independent_sigmoids_and_above_lists_every_label_over_the_threshold():
+    raw = np.array([[4.0, -4.0, 0.0, 2.0, -80.0]], np.float32)
+    scores = to_probabilities(raw, "multi-label")
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-raw.astype(np.float64))), rtol=1e-6)
+    idx, vals = above(scores[0], 0.5)
+    assert idx.tolist() == [0, 3] and (vals > 0.5).all()
+    assert above(scores[0], 0.99)[0].tolist() == []
+    # the model applied the sigmoid itself: the scores pass as they are
+    np.testing.assert_array_equal(to_probabilities(scores, "multi-label", sigmoid_on=False), scores)
 
 
 def test_top_k_best_first_ties_to_lower_index():
@@ -57,9 +68,9 @@ def test_top_k_best_first_ties_to_lower_index():
     ("call", "match"),
     [
         (lambda: top_k(np.ones(3), 0), "k must be"),
-        (lambda: drop_background(np.ones((1, 1000)), 1001), "1000 columns"),
-        (lambda: drop_background(np.ones((1, 10)), 10), "1000 or 1001"),
-        (lambda: to_probabilities(np.ones((1, 1000)), 1000, "scores"), "kind"),
+        (lambda: drop_background(np.ones((1, 2)), 1), "at least 2"),
+        (lambda: drop_background(np.ones((1, 10)), 2), "offset"),
+        (lambda: to_probabilities(np.ones((1, 10)), "scores"), "kind"),
     ],
 )
 def test_bad_arguments_say_what_is_wrong(call, match):

@@ -269,6 +269,9 @@ function noteDeadLetterCounts(stages) {
 
 function describe(event) {
   const kind = event.kind || event.type;
+  if (kind === "label_change" && event.labels) {  // a multi-label model: the set of labels on
+    return `${event.source}: ${event.labels.length ? event.labels.join(", ") : DASH}`;
+  }
   if (kind === "label_change") return `${event.source}: ${event.previous ?? DASH} \u2192 ${event.label}`;
   const why = event.reason ? ` (${event.reason})` : "";
   return `${event.source}: ${event.status ?? kind}${why}`;

@@ -60,9 +60,10 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def fit_image(
-    image_rgb: np.ndarray, dst_hw: tuple[int, int], policy: str, shorter: int | None = None
+    image_rgb: np.ndarray, dst_hw: tuple[int, int], policy: str, shorter: int | None = None, pad: int = 0
 ) -> np.ndarray:
-    """Resize (cv2.INTER_AREA) and center-crop an [H, W, 3] image to `dst_hw` under `policy`."""
+    """Resize (cv2.INTER_AREA) and center-crop or letterbox (bars of `pad`) an [H, W, 3] image to
+    `dst_hw` under `policy`."""
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise ValueError(f"image must be [H, W, 3], got shape {image_rgb.shape}")
     plan = plan_resize((image_rgb.shape[0], image_rgb.shape[1]), dst_hw, policy, shorter)
@@ -72,9 +73,14 @@ def fit_image(
     else:
         resized = cv2.resize(image_rgb, (res_w, res_h), interpolation=cv2.INTER_AREA)
     top, left, h, w = plan.crop_box
-    return np.ascontiguousarray(resized[top : top + h, left : left + w])
+    kept = resized[top : top + h, left : left + w]
+    if not plan.padded:
+        return np.ascontiguousarray(kept)
+    out = np.full((*plan.out_hw, 3), pad, np.uint8)
+    out[plan.pad_top : plan.pad_top + h, plan.pad_left : plan.pad_left + w] = kept
+    return out
 
 
 def fit_to_model(image_rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """uint8 [h, w, 3] RGB at `spec.input_hw`, per the model's resize policy."""
-    return fit_image(image_rgb, spec.input_hw, spec.resize, spec.resize_shorter)
+    return fit_image(image_rgb, spec.input_hw, spec.resize, spec.resize_shorter, spec.pad)

@@ -1,4 +1,5 @@
-"""The OpenVINO engine: uint8 NHWC RGB batches in, [N, 1000] ImageNet probabilities out.
+"""The OpenVINO engine: uint8 NHWC RGB batches in, [N, classes] scores out (probabilities, or
+independent sigmoid scores for multi-label models).
 
 One compiled model per engine, with a dynamic batch dimension and all preprocessing inside it
 (see `stream.zoo.graph.prepare_model`). Requests run on an `openvino.AsyncInferQueue`; the
@@ -19,8 +20,9 @@ import numpy as np
 import openvino as ov
 
 from stream.errors import ModelError
-from stream.zoo.descriptors import ModelSpec, load_spec
+from stream.zoo.descriptors import ModelSpec
 from stream.zoo.graph import prepare_model
+from stream.zoo.repository import load_spec
 from stream.zoo.store import (
     DEFAULT_CACHE_DIR,
     Labels,
@@ -170,14 +172,14 @@ class Engine:
         return self._static.get(n, self._dynamic)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [N, h, w, 3] RGB -> float32 [N, 1000] probabilities (blocks until done).
+        """uint8 [N, h, w, 3] RGB -> float32 [N, classes] scores (blocks until done).
 
         A batch is split over the request pool so every inference stream works on it.
         """
         batch = self._check(batch)
         n = batch.shape[0]
         if n == 0:
-            return np.zeros((0, 1000), np.float32)
+            return np.zeros((0, self.spec.labels_count), np.float32)
         parts = [batch] if n in self._static else np.array_split(batch, min(self.num_requests, n))
         jobs = []
         for part in parts:
@@ -198,7 +200,7 @@ class Engine:
         """
         batch = self._check(batch)
         if batch.shape[0] == 0:
-            return np.zeros((0, 1000), np.float32)
+            return np.zeros((0, self.spec.labels_count), np.float32)
         loop = asyncio.get_running_loop()
         pool = self._pool(batch.shape[0])
         async with pool.slots(loop):
@@ -261,6 +263,7 @@ def open_engine(
     num_requests: int = 0,
     inference_precision: str | None = None,
     static_batch_sizes: tuple[int, ...] = (1,),
+    repository: Path | None = None,
 ) -> Engine:
     """Load model `name` (weights dir, then cache, then a synthetic stand-in) and compile it.
 
@@ -268,11 +271,13 @@ def open_engine(
     ``~/.cache/framestream/models``. `num_requests` 0 lets OpenVINO pick the optimal pool size.
     `inference_precision` None keeps the device default (bf16 where the CPU has it); "f32" for
     bit-faithful float math (contract checks). `static_batch_sizes` get an extra model compiled
-    for exactly that batch size (faster; each costs one more compile at open).
+    for exactly that batch size (faster; each costs one more compile at open). `repository` is the
+    settings' ``models.repository`` (None: its default folder; the caller names it, never the
+    environment).
     """
     if any(n < 1 for n in static_batch_sizes):
         raise ValueError(f"static_batch_sizes must be >= 1, got {static_batch_sizes}")
-    spec = load_spec(name)
+    spec = load_spec(name, repository)
     weights = Path(weights_dir) if weights_dir is not None else None
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     location = locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=allow_synthetic)
@@ -291,5 +296,5 @@ def open_engine(
             "%s: SYNTHETIC stand-in with random weights (%s): its labels mean nothing", name, location.path
         )
     if labels.source is None:
-        log.warning("%s: no labels file (imagenet_labels.txt) found; classes are named class_<i>", name)
+        log.warning("%s: no labels file found; classes are named class_<i>", name)
     return Engine(spec, compiled, labels, location, num_requests, static)

@@ -60,6 +60,7 @@ class InferStage(StageBase):
                 static_batch_sizes=tuple(batch_buckets(settings.infer.max_batch_size))
                 if settings.infer.static_batches
                 else (1,),
+                repository=settings.models.repository,
             )
         self.engine = engine
         self.output = self.keys.scores(model)  # partition 0's; `_output` picks each entry's
@@ -177,7 +178,7 @@ class InferStage(StageBase):
                 if "source" in message.meta and "seq" in message.meta:
                     out.outputs.append(Output(self._output(entry), skip_marker(message.meta, reason)))
         started = now_ms()
-        probs = np.zeros((0, 1000), np.float16)
+        probs = np.zeros((0, self.engine.spec.labels_count), np.float16)
         if frames:
             t0 = time.monotonic()
             size = padded_size(len(frames), self.buckets)

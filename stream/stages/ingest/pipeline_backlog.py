@@ -18,7 +18,7 @@ from stream.core.geometry import source_short_side
 from stream.core.keys import PipelineKeys
 from stream.errors import ModelError
 from stream.settings import SinkSettings
-from stream.zoo.descriptors import load_spec
+from stream.zoo.repository import ModelRepository
 
 __all__ = ["SINK_FULL", "PipelineBacklog", "auto_short_side"]
 
@@ -31,8 +31,14 @@ class PipelineBacklog:
     `readers` and `auto_short_side_px` follow the frames stream's consumer groups as it reads them."""
 
     def __init__(
-        self, client: Any, keys: PipelineKeys, transport: StreamTransport, sinks: Sequence[SinkSettings] = ()
+        self,
+        client: Any,
+        keys: PipelineKeys,
+        transport: StreamTransport,
+        repository: ModelRepository,
+        sinks: Sequence[SinkSettings] = (),
     ) -> None:
+        self.repository = repository
         self.client = client
         self.keys = keys
         self.transport = transport
@@ -92,10 +98,10 @@ class PipelineBacklog:
         readers = tuple(sorted(groups))
         if readers != self.readers:
             self.readers = readers
-            self.auto_short_side_px = auto_short_side(readers)
+            self.auto_short_side_px = auto_short_side(readers, self.repository)
 
 
-def auto_short_side(groups: tuple[str, ...] | list[str]) -> int | None:
+def auto_short_side(groups: tuple[str, ...] | list[str], repository: ModelRepository) -> int | None:
     """The shorter side frames need for every model whose preprocess group reads the frames
     stream (``preprocess:<model>``); None (keep frames as they are) with no such group or with a
     model this process does not know."""
@@ -105,7 +111,7 @@ def auto_short_side(groups: tuple[str, ...] | list[str]) -> int | None:
         if stage != "preprocess" or not model:
             continue
         try:
-            spec = load_spec(model)
+            spec = repository.spec(model)
         except ModelError:
             return None
         needs.append(source_short_side(spec.input_hw, spec.resize, spec.resize_shorter))

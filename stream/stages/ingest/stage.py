@@ -59,6 +59,7 @@ from stream.stages.ingest.frames import LivePump, PendingFrame, encode_frames
 from stream.stages.ingest.pipeline_backlog import PipelineBacklog
 from stream.stages.ingest.source_reports import SourceReport
 from stream.stages.ingest.source_writes import SourceWrites
+from stream.zoo.repository import ModelRepository
 
 __all__ = ["IngestStage", "add_source", "list_sources", "remove_source", "source_failure"]
 
@@ -115,7 +116,13 @@ class IngestStage:
         self.dropped = 0
         self.last_progress_s = time.monotonic()
         self._players: dict[str, _Player] = {}
-        self.pipeline = PipelineBacklog(client, self.keys, self.transport, sinks=settings.sinks)
+        self.pipeline = PipelineBacklog(
+            client,
+            self.keys,
+            self.transport,
+            ModelRepository(settings.models.repository),
+            sinks=settings.sinks,
+        )
         self.writes = SourceWrites(client, self.keys, settings.ingest)
 
     @property

@@ -3,9 +3,11 @@
 Per (source, model): a reorder buffer (bounded in frames and time) puts frames back in `seq`
 order, then an EMA + hysteresis smoother gives `smoothed_label`; every change of it is an event on
 ``keys.events`` and closes a segment (`stream.core.segments`), written to ``keys.segments`` (the
-source's end-of-stream closes its last one). Each result carries top-k with labels, per-stage
-times from the stamps, and end-to-end latency. An input entry is acked only together with the
-result it produced, so frames held in the reorder buffer are redelivered if this replica dies.
+source's end-of-stream closes its last one). Each result carries top-k with labels (a multi-label
+model's result also lists every label above its threshold, and its smoothed set: each label's EMA
+above the threshold, a change of which is an event too), per-stage times from the stamps, and
+end-to-end latency. An input entry is acked only together with the result it produced, so frames
+held in the reorder buffer are redelivered if this replica dies.
 
 A source's results, events and segments go to its partition's streams (the partition its scores came
 from). Replicas own partitions (`stream.stages.postprocess.partition_leases`: a lease each, a fair share of
@@ -39,7 +41,7 @@ from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP
 from stream.core.reorder import Released, ReorderBuffer
-from stream.core.scoring import scores_problem, top_k
+from stream.core.scoring import above, scores_problem, top_k
 from stream.core.segments import Segment, SegmentBuilder
 from stream.core.smoothing import LabelSmoother
 from stream.core.track_state import SavedTrack, encode_track
@@ -48,7 +50,7 @@ from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms
 from stream.stages.postprocess.partition_leases import PartitionLeases
 from stream.stages.postprocess.partition_state import fences, load_tracks
-from stream.zoo.descriptors import load_spec
+from stream.zoo.repository import load_spec
 from stream.zoo.store import find_labels
 
 __all__ = ["PostprocessStage"]
@@ -96,6 +98,7 @@ class PostprocessStage(ConsumerStage):
         consumer: str,
         model: str,
         labels: list[str] | None = None,
+        threshold: float | None = None,
     ) -> None:
         super().__init__(
             settings,
@@ -106,14 +109,17 @@ class PostprocessStage(ConsumerStage):
             model=model,
         )
         if labels is None:
-            spec = load_spec(model)
+            spec = load_spec(model, settings.models.repository)
             found = find_labels(
                 spec,
                 weights_dir=settings.models.weights_dir,
                 cache_dir=settings.models.cache_dir,
             )
             labels = list(found.names)
+            threshold = spec.threshold if spec.multi_label else None
         self.labels = labels
+        self.threshold = threshold
+        """A multi-label model's threshold: each result lists every label scoring above it."""
         self.cfg = settings.postprocess
         self._tracks: dict[str, _Track] = {}
         self._dirty: set[str] = set()
@@ -321,18 +327,31 @@ class PostprocessStage(ConsumerStage):
         probs = np.asarray(message.array, dtype=np.float32)
         idx, vals = top_k(probs, self.cfg.top_k)
         top = [[self.labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
+        extra: dict[str, Any] = {}
+        if self.threshold is not None:
+            extra["labels"] = self._above(probs)
         events: list[Output] = []
         if late:
             smoothed = track.label or top[0][0]
             smoothed_score = None
         else:
+            before = self._above(track.smoother.ema)
             s = track.smoother.update(probs)
             smoothed, smoothed_score = self.labels[s.index], round(s.score, 5)
             closed = track.segments.frame(meta["seq"], smoothed, s.score, _capture_ms(meta))
             events.extend(self._segment(track, closed))
-            if s.changed:
-                event = {"kind": LABEL_CHANGE, "source": source, "model": self.model, "seq": meta["seq"],
-                         "previous": track.label, "label": smoothed, "result_ms": start}  # fmt: skip
+            event = {"kind": LABEL_CHANGE, "source": source, "model": self.model, "seq": meta["seq"],
+                     "previous": track.label, "label": smoothed, "result_ms": start}  # fmt: skip
+            changed = s.changed
+            if self.threshold is not None:
+                # multi-label: each label's EMA against the threshold (the EMA is the saved state,
+                # so a replica taking the partition over continues the same label set)
+                now = self._above(track.smoother.ema)
+                extra["smoothed_labels"] = now
+                if [n for n, _ in now] != [n for n, _ in before]:
+                    changed = True
+                    event.update(labels=[n for n, _ in now], previous_labels=[n for n, _ in before])
+            if changed:
                 events.append(Output(track.keys.events, encode_message(Message(meta=event))))
             track.label = smoothed
         track.results += 1
@@ -364,6 +383,7 @@ class PostprocessStage(ConsumerStage):
             "result_ms": result_ms,
             "truth": meta.get("label"),
             "late": late,
+            **extra,
         }
         return [Output(track.keys.results, encode_message(Message(meta=result))), *events]
 
@@ -373,6 +393,13 @@ class PostprocessStage(ConsumerStage):
         if closed is None:
             return []
         return [Output(track.keys.segments, encode_message(Message(meta=closed.to_meta())))]
+
+    def _above(self, scores: np.ndarray | None) -> list[list[Any]]:
+        """[label, score] of every score above the multi-label threshold, best first."""
+        if scores is None or self.threshold is None:
+            return []
+        idx, vals = above(scores, self.threshold)
+        return [[self.labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
 
     def _eos(self, source: str, track: _Track, message: Message) -> Output:
         meta = message.meta
