@@ -380,11 +380,19 @@ class ModelSettings(_Section):
         "FRAMESTREAM_WEIGHTS_DIR is its former name); none: the model cache, then a synthetic stand-in",
     )
     cache_dir: Path = Path.home() / ".cache" / "framestream" / "models"
-    repository: Path = Field(
+    repository: Path | str = Field(
         DEFAULT_REPOSITORY,
-        description="the model repository: <name>/<version>/ folders of your own classifiers "
+        description="the model repository: a folder of <name>/<version>/ folders of your own "
+        "classifiers, or the https:// URL of such a folder's archive ending in #sha256=<hex> "
         "(FRAMESTREAM_MODELS__REPOSITORY); the built-in seeds ship with the package",
     )
+
+    @field_validator("repository", mode="before")
+    @classmethod
+    def _folder_unless_url(cls, value: object) -> object:
+        if isinstance(value, str) and not value.startswith(("https://", "http://")):
+            return Path(value)
+        return value
 
     @field_validator("weights_dir", mode="before")
     @classmethod

@@ -59,7 +59,7 @@ def run_check(
     cache_dir: Path,
     seconds: float,
     allow_synthetic: bool,
-    repository: Path | None = None,
+    repository: Path | str | None = None,
 ) -> bool:
     """Print the report; True when every contract check passes."""
     console = Console()

@@ -34,73 +34,81 @@ def _no_progress(name: str, done: int, total: int | None) -> None:
     return None
 
 
-def _check_entry(spec: ModelSpec, f: ModelFile) -> str:
+def _check_entry(name: str, f: ModelFile) -> str:
     if not f.url:
-        raise ModelError(f"{spec.name}: descriptor gives no URL for {f.name}")
+        raise ModelError(f"{name}: descriptor gives no URL for {f.name}")
     if not f.sha256:
         raise ModelError(
-            f"{spec.name}: descriptor gives no sha256 for {f.name}; refusing an unverified download "
+            f"{name}: descriptor gives no sha256 for {f.name}; refusing an unverified download "
             "(put the file in --weights-dir instead, or add its sha256 to the descriptor)"
         )
     return f.url
 
 
 def download(
-    spec: ModelSpec, f: ModelFile, dest: Path, *, progress: Progress = _no_progress, timeout_s: float = 30.0
+    spec: ModelSpec | str,
+    f: ModelFile,
+    dest: Path,
+    *,
+    progress: Progress = _no_progress,
+    timeout_s: float = 30.0,
 ) -> Path:
-    """Stream `f` to `dest`, checking size and sha256 as it arrives. ModelError on any mismatch."""
-    url = _check_entry(spec, f)
+    """Stream `f` to `dest`, checking size and sha256 as it arrives. ModelError on any mismatch;
+    errors name `spec` (a descriptor, or what the file is for)."""
+    name = spec if isinstance(spec, str) else spec.name
+    url = _check_entry(name, f)
     digest = hashlib.sha256()
     done = 0
     timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
     try:
         with httpx.stream("GET", url, follow_redirects=True, timeout=timeout) as r, dest.open("wb") as out:
             if r.status_code != 200:
-                raise ModelError(f"{spec.name}: {url} answered HTTP {r.status_code}")
+                raise ModelError(f"{name}: {url} answered HTTP {r.status_code}")
             header = r.headers.get("content-length")
             total = f.size if f.size is not None else (int(header) if header else None)
             progress(f.name, 0, total)
             for chunk in r.iter_bytes(_CHUNK):
                 done += len(chunk)
                 if f.size is not None and done > f.size:
-                    raise ModelError(f"{spec.name}: {f.name} is larger than the expected {f.size} bytes")
+                    raise ModelError(f"{name}: {f.name} is larger than the expected {f.size} bytes")
                 digest.update(chunk)
                 out.write(chunk)
                 progress(f.name, done, total)
     except httpx.ConnectError as e:
         raise ModelError(
-            f"{spec.name}: cannot connect to {httpx.URL(url).host} ({e}); are you offline? "
+            f"{name}: cannot connect to {httpx.URL(url).host} ({e}); are you offline? "
             "Fetch on a machine with internet and copy the cache, or use --weights-dir"
         ) from e
     except httpx.TimeoutException as e:
-        raise ModelError(f"{spec.name}: download of {url} timed out after {timeout_s:g} s") from e
+        raise ModelError(f"{name}: download of {url} timed out after {timeout_s:g} s") from e
     except httpx.HTTPError as e:
-        raise ModelError(f"{spec.name}: download of {url} failed: {e}") from e
+        raise ModelError(f"{name}: download of {url} failed: {e}") from e
     if f.size is not None and done != f.size:
-        raise ModelError(f"{spec.name}: {f.name} is truncated: got {done} of {f.size} bytes")
+        raise ModelError(f"{name}: {f.name} is truncated: got {done} of {f.size} bytes")
     if digest.hexdigest() != f.sha256:
         raise ModelError(
-            f"{spec.name}: sha256 mismatch for {f.name}: expected {f.sha256}, got {digest.hexdigest()} "
+            f"{name}: sha256 mismatch for {f.name}: expected {f.sha256}, got {digest.hexdigest()} "
             "(corrupt download or changed upstream file); nothing was cached"
         )
     return dest
 
 
-def unpack(spec: ModelSpec, archive: Path, dest: Path) -> None:
+def unpack(spec: ModelSpec | str, archive: Path, dest: Path) -> None:
     """Extract a tar/tgz/zip archive into `dest`, refusing paths that escape it."""
+    name = spec if isinstance(spec, str) else spec.name
     try:
         if archive.name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 for member in zf.namelist():
                     target = (dest / member).resolve()
                     if not target.is_relative_to(dest.resolve()):
-                        raise ModelError(f"{spec.name}: {archive.name} has an unsafe path {member!r}")
+                        raise ModelError(f"{name}: {archive.name} has an unsafe path {member!r}")
                 zf.extractall(dest)
         else:
             with tarfile.open(archive) as tf:
                 tf.extractall(dest, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise ModelError(f"{spec.name}: archive {archive.name} is corrupt or truncated ({e})") from e
+        raise ModelError(f"{name}: archive {archive.name} is corrupt or truncated ({e})") from e
 
 
 def fetch_model(
@@ -118,9 +126,9 @@ def fetch_model(
     if not spec.files:
         raise ModelError(f"{spec.name}: descriptor lists no files to fetch")
     for f in spec.files:
-        _check_entry(spec, f)
+        _check_entry(spec.name, f)
     if spec.labels is not None:
-        _check_entry(spec, spec.labels)
+        _check_entry(spec.name, spec.labels)
     check_convertible(spec)
 
     with atomic_dir(final_xml.parent) as tmp:

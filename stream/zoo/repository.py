@@ -29,6 +29,7 @@ import yaml
 
 from stream.errors import ModelError
 from stream.zoo.descriptors import ModelSpec, parse_spec
+from stream.zoo.remote_repository import fetch_repository, is_repository_url
 
 __all__ = [
     "DEFAULT_REPOSITORY",
@@ -60,14 +61,14 @@ def valid_name(name: str) -> bool:
     return bool(_NAME.fullmatch(name)) and name not in (".", "..")
 
 
-def load_spec(name: str, repository: Path | None = None) -> ModelSpec:
+def load_spec(name: str, repository: Path | str | None = None) -> ModelSpec:
     """The serving version of model `name`, a seed or one of `repository`'s own (the settings'
     ``models.repository``; None: `DEFAULT_REPOSITORY`); ModelError naming the known models if
     there is none. How every part of the pipeline resolves a model name."""
     return ModelRepository(repository if repository is not None else DEFAULT_REPOSITORY).spec(name)
 
 
-def list_specs(repository: Path | None = None) -> list[ModelSpec]:
+def list_specs(repository: Path | str | None = None) -> list[ModelSpec]:
     """The serving version of every model, seeds and `repository`'s own, sorted by name."""
     return ModelRepository(repository if repository is not None else DEFAULT_REPOSITORY).specs()
 
@@ -92,11 +93,24 @@ class NewVersion:
 
 
 class ModelRepository:
-    """The seeds plus the folders under `root` (which need not exist until a model is added)."""
+    """The seeds plus the folders under `root` (which need not exist until a model is added).
 
-    def __init__(self, root: Path, seeds: Path | None = None) -> None:
-        self.root = Path(root).expanduser()
+    `root` may instead be the URL of a repository archive (`stream.zoo.remote_repository`): it is
+    fetched on first use, and is read-only."""
+
+    def __init__(self, root: Path | str, seeds: Path | None = None, *, cache_dir: Path | None = None) -> None:
+        self.url = root if isinstance(root, str) and is_repository_url(root) else None
+        self._root = None if self.url is not None else Path(root).expanduser()
         self.seeds = seeds if seeds is not None else seeds_dir()
+        self.cache_dir = cache_dir
+
+    @property
+    def root(self) -> Path:
+        """The repository's folder (a URL's archive is fetched and unpacked the first time)."""
+        if self._root is None:
+            assert self.url is not None
+            self._root = fetch_repository(self.url, self.cache_dir)
+        return self._root
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -261,6 +275,11 @@ class ModelRepository:
         return ", ".join(map(str, self.versions(name)))
 
     def _check_own(self, name: str) -> None:
+        if self.url is not None:
+            raise ModelError(
+                f"the model repository is the archive {self.url.split('#')[0]}, which is read-only: "
+                "add or change versions where it is built, then publish a new archive"
+            )
         if not valid_name(name):
             raise ModelError(
                 f"{name!r} is not a model name: use letters, digits, '.', '_' and '-' (at most 64)"

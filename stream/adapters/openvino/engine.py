@@ -263,7 +263,7 @@ def open_engine(
     num_requests: int = 0,
     inference_precision: str | None = None,
     static_batch_sizes: tuple[int, ...] = (1,),
-    repository: Path | None = None,
+    repository: Path | str | None = None,
 ) -> Engine:
     """Load model `name` (weights dir, then cache, then a synthetic stand-in) and compile it.
 
