@@ -301,3 +301,20 @@ def _quantity(value: str) -> float:
         if value.endswith(suffix):
             return float(value[: -len(suffix)]) * factor
     return float(value)
+
+
+def test_every_ray_pod_reads_the_model_repository_the_settings_name(rendered: Docs) -> None:
+    """Every stage, the classifier and the API resolve model names through `models.repository`:
+    each Ray pod mounts the claim there, read-only, and the claim is part of the overlay."""
+    for overlay, docs in rendered.items():
+        path = _pipeline_env(docs)["FRAMESTREAM_MODELS__REPOSITORY"]
+        claims = {d["metadata"]["name"] for d in by_kind(docs, "PersistentVolumeClaim")}
+        ray_pods = [(where, t) for where, t in pod_templates(docs) if where.startswith("RayService")]
+        assert ray_pods, overlay
+        for where, template in ray_pods:
+            volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+            (container,) = [c for c in template["spec"]["containers"] if c["name"].startswith("ray")]
+            mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+            assert path in mounts and mounts[path].get("readOnly") is True, (overlay, where)
+            claim = volumes[mounts[path]["name"]]["persistentVolumeClaim"]["claimName"]
+            assert claim in claims, (overlay, where, claim)
