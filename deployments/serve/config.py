@@ -171,7 +171,8 @@ def per_model(config: dict[str, Any], models: list[str]) -> dict[str, Any]:
 
 def one_node(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of `config` for a Ray of one node: every autoscaled deployment placed on inference
-    hosts (asking for the `inference` resource: Infer, Classifier) scales to one replica at most.
+    hosts (asking for the `inference` resource: Infer, Classifier), or limited to one replica per
+    node (Ingest), scales to one replica at most.
     OpenVINO's throughput mode already runs inference streams on every core of the node from one
     process: a second replica there only competes for the same cores. Measured with
     `benchmarks.ray_cpu` on v2-1.0-224: 17.0 ms of CPU a frame with the two Infer replicas a
@@ -180,6 +181,7 @@ def one_node(config: dict[str, Any]) -> dict[str, Any]:
     for app in out.get("applications", []):
         for entry in app.get("deployments", []):
             placed = "inference" in entry.get("ray_actor_options", {}).get("resources", {})
+            placed = placed or entry.get("max_replicas_per_node") == 1
             scaling = entry.get("autoscaling_config")
             if placed and scaling:
                 scaling["max_replicas"] = 1

@@ -20,6 +20,14 @@ The rule (pure: `decide` takes plain numbers, so it is unit-tested without Ray):
 - No reports yet (replicas starting) or no progress at all: keep the current target; a stuck loop
   is the health check's business, not the autoscaler's.
 
+Ingest has no consumer group: it decodes sources, so it scales on CPU instead (`LoadPolicy`,
+rule in `decide_by_load`). Each replica reports the CPU it used per second (``cpu_cores``, every
+thread of its process: FFmpeg's decoder threads included); the deployment needs enough replicas
+that their total stays at ``target_utilization`` of ``cores_per_replica`` each. A replica whose
+sources need more than its cores can give reports about its cores, so the total of saturated
+replicas over ``target_utilization`` asks for more: the count climbs until the load fits. Sources
+are shared out among the replicas (`stream.core.ownership`), so a new replica takes its share.
+
 This module is pickled by value into the Serve controller, so it imports only the standard
 library.
 """
@@ -32,11 +40,15 @@ from typing import Any
 
 __all__ = [
     "BACKLOG_KEY",
+    "CPU_KEY",
     "RATE_KEY",
     "BacklogPolicy",
     "Decision",
+    "LoadParams",
+    "LoadPolicy",
     "ScalingParams",
     "decide",
+    "decide_by_load",
     "policy_function",
 ]
 
@@ -44,6 +56,8 @@ BACKLOG_KEY = "backlog"
 """Metric each replica reports: its group's lag + pending, in entries."""
 RATE_KEY = "rate_fps"
 """Metric each replica reports: frames it processed per second over its last report interval."""
+CPU_KEY = "cpu_cores"
+"""Metric each replica reports: CPU seconds its process used per second over its last interval."""
 
 _CAPACITY_STATE = "capacity_fps"
 
@@ -156,6 +170,56 @@ class BacklogPolicy:
             max_replicas=ctx.capacity_adjusted_max_replicas,
         )
         state[_CAPACITY_STATE] = decision.capacity_fps
+        state["reason"] = decision.reason
+        return decision.replicas, state
+
+
+@dataclass(frozen=True)
+class LoadParams:
+    """Knobs of `LoadPolicy` (``policy_kwargs`` in the Serve config)."""
+
+    cores_per_replica: float = 2.0
+    target_utilization: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.cores_per_replica <= 0:
+            raise ValueError(f"cores_per_replica must be > 0, got {self.cores_per_replica}")
+        if not 0 < self.target_utilization <= 1:
+            raise ValueError(f"target_utilization must be in (0, 1], got {self.target_utilization}")
+
+
+def decide_by_load(
+    *, current: int, loads: list[float], params: LoadParams, min_replicas: int, max_replicas: int
+) -> Decision:
+    """Replica count for a deployment whose replicas used `loads` cores each (see the module
+    docstring); no reports yet: keep the current count. Always within the bounds."""
+    if min_replicas < 0 or max_replicas < max(min_replicas, 1):
+        raise ValueError(f"need 0 <= min_replicas <= max_replicas, got {min_replicas}, {max_replicas}")
+    bounded = max(min_replicas, min(max_replicas, current))
+    if not loads:
+        return Decision(bounded, None, "no reports yet")
+    total = sum(max(0.0, x) for x in loads)
+    need = _replicas(total / (params.cores_per_replica * params.target_utilization))
+    n = max(min_replicas, min(max_replicas, max(need, 1)))
+    return Decision(n, None, f"{total:.2f} cores in use by {len(loads)} replicas")
+
+
+class LoadPolicy:
+    """The Serve policy callable for Ingest: ``policy_kwargs`` are `LoadParams` fields."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.params = LoadParams(**kwargs)
+
+    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        metrics = ctx.aggregated_metrics or {}
+        state = dict(ctx.policy_state or {})
+        decision = decide_by_load(
+            current=ctx.target_num_replicas,
+            loads=_latest(metrics.get(CPU_KEY)),
+            params=self.params,
+            min_replicas=ctx.capacity_adjusted_min_replicas,
+            max_replicas=ctx.capacity_adjusted_max_replicas,
+        )
         state["reason"] = decision.reason
         return decision.replicas, state
 

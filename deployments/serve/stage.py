@@ -22,7 +22,7 @@ from typing import Any
 
 from ray import serve
 
-from deployments.serve.policy import BACKLOG_KEY, RATE_KEY
+from deployments.serve.policy import BACKLOG_KEY, CPU_KEY, RATE_KEY
 from stream.adapters.redis.client import connect_settings
 from stream.settings import Settings, load_settings
 
@@ -91,6 +91,8 @@ class StageDeployment:
             run_resilient(self.loop, self._stop, self.client), name=self.consumer
         )
         self._last_count = (time.monotonic(), 0)
+        self._last_cpu = (time.monotonic(), time.process_time())
+        self._cpu_cores = 0.0
         self._last_backlog = 0
         self._rate_fps = 0.0
         log.info("%s: replica %s started its loop", stage, self.consumer)
@@ -103,11 +105,25 @@ class StageDeployment:
             self._last_count = (now, self.loop.processed)
         return self._rate_fps
 
+    def _measure_cpu(self) -> float:
+        """CPU seconds this replica's process used per second since the last call (>= 0.5 s ago)."""
+        now, cpu = time.monotonic(), time.process_time()
+        then, cpu_then = self._last_cpu
+        if now - then >= 0.5:
+            self._cpu_cores = max(0.0, (cpu - cpu_then) / (now - then))
+            self._last_cpu = (now, cpu)
+        return self._cpu_cores
+
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Backlog of this stage's group and this replica's frames/s, for `BacklogPolicy`."""
+        """Backlog of this stage's group, this replica's frames/s (for `BacklogPolicy`) and the CPU
+        its process uses (for `LoadPolicy`, which sizes Ingest)."""
         stats = await asyncio.wait_for(self.loop.backlog(), _STATS_TIMEOUT_S)
         self._last_backlog = stats.backlog  # each partition's lag is published by the loop, as it reads it
-        return {BACKLOG_KEY: float(stats.backlog), RATE_KEY: self._measure_rate()}
+        return {
+            BACKLOG_KEY: float(stats.backlog),
+            RATE_KEY: self._measure_rate(),
+            CPU_KEY: self._measure_cpu(),
+        }
 
     async def check_health(self) -> None:
         """Raise (so Serve replaces this replica) when the loop crashed or is stuck."""

@@ -11,10 +11,14 @@ from hypothesis import strategies as st
 
 from deployments.serve.policy import (
     BACKLOG_KEY,
+    CPU_KEY,
     RATE_KEY,
     BacklogPolicy,
+    LoadParams,
+    LoadPolicy,
     ScalingParams,
     decide,
+    decide_by_load,
     policy_function,
 )
 
@@ -192,3 +196,28 @@ def test_rate_limiter_never_allows_more_than_burst_plus_rate_times_elapsed(times
     times = sorted(times)
     allowed = sum(limiter.allow("c", t) == 0.0 for t in times)
     assert allowed <= 4 + 5.0 * (times[-1] - times[0]) + 1e-9
+
+
+def test_ingest_grows_until_its_cpu_fits_and_shrinks_when_it_idles():
+    params = LoadParams(cores_per_replica=2, target_utilization=0.7)
+
+    def n(current: int, loads: list[float], lo: int = 1, hi: int = 4) -> int:
+        return decide_by_load(
+            current=current, loads=loads, params=params, min_replicas=lo, max_replicas=hi
+        ).replicas
+
+    assert n(1, []) == 1  # no reports: stay
+    assert n(1, [0.4]) == 1  # a few cameras: one replica is plenty
+    assert n(1, [1.95]) == 2  # saturated at its cores: one more
+    assert n(2, [1.9, 1.9]) == 3  # still saturated: the count climbs until the load fits
+    assert n(3, [0.9, 0.9, 0.9]) == 2  # 2.7 cores fit two replicas at 70%
+    assert n(3, [0.0, 0.0, 0.0]) == 1  # idle: back to the minimum
+    assert n(1, [9.0]) == 4  # never past max_replicas
+    with pytest.raises(ValueError):
+        LoadParams(cores_per_replica=0)
+
+
+def test_the_load_policy_reads_each_replicas_cpu():
+    ctx = _FakeContext(target_num_replicas=1, aggregated_metrics={CPU_KEY: {"r1": 1.9}})
+    replicas, state = LoadPolicy(cores_per_replica=2)(ctx)
+    assert replicas == 2 and "1.90 cores" in state["reason"]
