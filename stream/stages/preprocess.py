@@ -23,7 +23,8 @@ from stream.core.messages import EOS, FRAME, SKIP
 from stream.errors import CodecError
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms, skip_marker
-from stream.zoo.descriptors import ModelSpec, load_spec
+from stream.zoo.descriptors import ModelSpec
+from stream.zoo.repository import ModelRepository
 
 __all__ = ["PreprocessStage", "prepare_tensor"]
 
@@ -65,7 +66,7 @@ class PreprocessStage(ConsumerStage):
             group=PipelineKeys.group("preprocess", model),
             model=model,
         )
-        self.spec = load_spec(model)
+        self.spec = ModelRepository(settings.models.repository).spec(model)
         self.output = self.keys.tensors(model)  # partition 0's; `_output` picks each entry's
 
     async def handle(self, items: list[tuple[Entry, Message]]) -> Handled:

@@ -138,6 +138,8 @@ def locate_model(
     spec: ModelSpec, *, weights_dir: Path | None, cache_dir: Path, allow_synthetic: bool
 ) -> ModelLocation:
     """The model file to load: weights dir first, then the IR cache, then a synthetic stand-in."""
+    if spec.path is not None and spec.model_file and (spec.path.parent / spec.model_file).exists():
+        return ModelLocation(spec.path.parent / spec.model_file, "repository")
     if weights_dir is not None:
         found = _from_weights_dir(spec, weights_dir)
         if found is not None:
@@ -170,6 +172,8 @@ def parse_labels(text: str, where: str = "labels") -> tuple[str, ...]:
 def find_labels(spec: ModelSpec, *, weights_dir: Path | None, cache_dir: Path) -> Labels:
     """Labels next to the weights, else fetched into the cache, else ``class_<i>`` placeholders."""
     candidates = []
+    if spec.path is not None:  # a repository version's own labels, written with it
+        candidates += [spec.path.parent / "labels.txt"]
     if weights_dir is not None:
         candidates += [weights_dir / LABELS_FILE, weights_dir / "labels.txt"]
     candidates += [cached_ir(spec, cache_dir).parent / "labels.txt", cache_dir / LABELS_FILE]

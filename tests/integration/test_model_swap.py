@@ -1,0 +1,154 @@
+"""A new model version swapped in while frames flow at full speed, and back (rollback): the four
+stage loops against a real redis-server, real OpenVINO, two versions of one model in a model
+repository (synthetic stand-ins with different weights, so they answer differently)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.adapters.redis.server import RedisServer
+from stream.adapters.redis.source_registry import SourceSpec, add_source, remove_source
+from stream.core.keys import PipelineKeys
+from stream.core.latency import LatencyHistogram
+from stream.settings import Settings
+from stream.zoo.repository import ModelRepository
+from tests.clips import write_clip
+from tests.integration.test_stages import pipeline
+from tests.model_versions import StreamTap, add_version, offline_scores
+from tests.waiting import until
+
+MODEL = "cat-classifier"
+
+
+def swap_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        streams={"claim_idle_ms": 1_000, "block_ms": 50, "drain_timeout_s": 5},
+        infer={"max_batch_size": 8, "max_wait_ms": 5, "inflight": 2},
+        postprocess={"reorder_max_wait_ms": 5_000},
+        models={"cache_dir": tmp_path / "cache", "repository": tmp_path / "repo", "poll_s": 0.2},
+    )
+
+
+@pytest.fixture
+def looping_clip(tmp_path: Path) -> Path:
+    """40 frames of a slowly moving colour pattern (each frame differs, so each has own scores)."""
+    yy, xx = np.mgrid[0:96, 0:128]
+    frames = [
+        np.stack([(xx * 2 + i * 5) % 256, (yy * 3 + i * 7) % 256, ((xx + yy) + i * 11) % 256], -1).astype(
+            np.uint8
+        )
+        for i in range(40)
+    ]
+    return write_clip(tmp_path / "loop.mp4", frames)
+
+
+def results_by_frame(results: list[dict]) -> dict[tuple[str, int], dict]:
+    """One result per (source, seq), as the sink keeps them; a duplicate must say the same."""
+    out: dict[tuple[str, int], dict] = {}
+    for r in results:
+        key = (r["source"], r["seq"])
+        if key in out:
+            assert (out[key]["model_version"], out[key]["top"]) == (r["model_version"], r["top"]), key
+        out.setdefault(key, r)
+    return out
+
+
+async def swap_under_load(tmp_path: Path, url: str, client, clip: Path, change) -> dict:
+    """Play `clip` in a loop at full speed; after 1000 results `change(repository)`; stop 200
+    results after the first of the new version. Returns what the checks need."""
+    repo = ModelRepository(tmp_path / "repo")
+    settings = swap_settings(tmp_path)
+    keys = PipelineKeys()
+    async with (
+        StreamTap(client, keys.tensors(MODEL)) as tensors,
+        StreamTap(client, keys.results) as results,
+        pipeline(url, settings, [MODEL]),
+    ):
+        await add_source(client, keys, "loop", SourceSpec(uri=str(clip), loop=True))
+        await until(lambda: len(results.metas("result")) >= 1000, timeout_s=120, what="1000 results")
+        before = {r.get("model_version") for r in results.metas("result")}
+        changed_ms = time.time() * 1000
+        target = change(repo)
+        first = await until(
+            lambda: next((r for r in results.metas("result") if r["model_version"] == target), None),
+            timeout_s=60, what=f"a result of version {target}",
+        )  # fmt: skip
+        await until(
+            lambda: sum(r["model_version"] == target for r in results.metas("result")) >= 200,
+            timeout_s=120, what=f"200 results of version {target}",
+        )  # fmt: skip
+        await remove_source(client, keys, "loop")
+        await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
+    return {
+        "repo": repo, "before": before, "changed_ms": changed_ms, "first": first, "target": target,
+        "results": results.metas("result"), "eos": results.metas("eos")[0],
+        "tensors": {(m.meta["source"], m.meta["seq"]): m.array for m in tensors.of_kind("frame")},
+    }  # fmt: skip
+
+
+def p99(values_ms: list[float]) -> float:
+    hist = LatencyHistogram()
+    hist.record_many(values_ms)
+    value = hist.percentile(99.0)
+    assert value is not None
+    return value
+
+
+def check_swap(run: dict, old: int, new: int, cache: Path) -> None:
+    frames = results_by_frame(run["results"])
+    seqs = sorted(seq for _, seq in frames)
+    # every frame exactly one result: seq continuous from 0, none missing, none twice
+    assert seqs == list(range(run["eos"]["frames"])), (len(seqs), run["eos"])
+    # by seq, old version first, then new: a switch between two batches, never back and forth
+    versions = [frames[("loop", s)]["model_version"] for s in seqs]
+    switch = versions.index(new)
+    assert set(versions[:switch]) == {old} and set(versions[switch:]) == {new}, versions
+    assert run["before"] == {old}
+    # each result's scores are its own version's on that frame (none from a half-loaded model)
+    repo: ModelRepository = run["repo"]
+    keys = [("loop", s) for s in seqs]
+    x = np.stack([run["tensors"][k] for k in keys])
+    own = {v: offline_scores(repo, MODEL, v, x, cache) for v in (old, new)}
+    for i, k in enumerate(keys):
+        r = frames[k]
+        mine, other = own[r["model_version"]][i], own[old if r["model_version"] == new else new][i]
+        best = int(np.argmax(mine))
+        assert r["label"] == f"class_{best}", (k, r["model_version"], r["top"][:2], best)
+        assert r["score"] == pytest.approx(float(mine[best]), abs=1e-3), (k, r["score"], float(mine[best]))
+        assert abs(float(other[best]) - float(mine[best])) > 1e-3 or int(np.argmax(other)) != best
+    # p99 latency while the new version loads and swaps in stays within 2x the steady p99
+    lat = [(r["result_ms"], r["latency_ms"]) for r in run["results"]]
+    changed, first = run["changed_ms"], run["first"]["result_ms"]
+    steady = [ms for t, ms in lat if changed - 2_500 <= t < changed]
+    during = [ms for t, ms in lat if changed <= t <= first + 1_000]
+    assert len(steady) >= 200 and len(during) >= 20, (len(steady), len(during))
+    p99_steady, p99_during = p99(steady), p99(during)
+    assert p99_during <= 2 * p99_steady, (p99_during, p99_steady)
+
+
+async def test_a_new_version_swaps_in_under_load_each_frame_one_result_from_one_version(
+    redis_server: RedisServer, redis_client, tmp_path: Path, looping_clip: Path
+) -> None:
+    repo = ModelRepository(tmp_path / "repo")
+    add_version(repo, MODEL, seed=1)
+    add_version(repo, MODEL, seed=2, activate=False)
+    run = await swap_under_load(
+        tmp_path, redis_server.url, redis_client, looping_clip, lambda r: r.activate(MODEL, 2).active
+    )
+    check_swap(run, 1, 2, tmp_path / "cache")
+
+
+async def test_a_rollback_swaps_the_previous_version_back_in_under_load(
+    redis_server: RedisServer, redis_client, tmp_path: Path, looping_clip: Path
+) -> None:
+    repo = ModelRepository(tmp_path / "repo")
+    add_version(repo, MODEL, seed=1)
+    add_version(repo, MODEL, seed=2)  # active: 2, history: [1]
+    run = await swap_under_load(
+        tmp_path, redis_server.url, redis_client, looping_clip, lambda r: r.rollback(MODEL).active
+    )
+    check_swap(run, 2, 1, tmp_path / "cache")
