@@ -19,6 +19,7 @@ from stream.core.codec import Message, decode_message
 from stream.core.keys import FIELD
 from stream.zoo.repository import ModelRepository, seeds_dir
 from stream.zoo.synthetic import build_synthetic
+from tests.waiting import until
 
 __all__ = ["BASE", "StreamTap", "add_version", "offline_scores"]
 
@@ -95,6 +96,19 @@ class StreamTap:
                 return
 
     _last: Any = "0"
+
+    async def catch_up(self) -> None:
+        """Wait until the tap has read up to the stream's last entry now."""
+        newest = await self.client.xrevrange(self.stream, count=1)
+        if not newest:
+            return
+        last = newest[0][0]
+
+        def parts(entry_id: Any) -> tuple[int, ...]:
+            raw = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            return tuple(int(p) for p in raw.split("-")) if raw != "0" else (0, 0)
+
+        await until(lambda: parts(self._last) >= parts(last), timeout_s=30, what=f"{self.stream} read")
 
     def of_kind(self, kind: str) -> list[Message]:
         return [m for m in self.messages if m.meta.get("kind") == kind]

@@ -152,3 +152,32 @@ async def test_a_rollback_swaps_the_previous_version_back_in_under_load(
         tmp_path, redis_server.url, redis_client, looping_clip, lambda r: r.rollback(MODEL).active
     )
     check_swap(run, 2, 1, tmp_path / "cache")
+
+
+async def test_a_version_that_fails_to_load_leaves_the_old_one_serving_and_loses_nothing(
+    redis_server: RedisServer, redis_client, tmp_path: Path, looping_clip: Path
+) -> None:
+    repo = ModelRepository(tmp_path / "repo")
+    add_version(repo, MODEL, seed=1)
+    add_version(repo, MODEL, seed=2, activate=False, broken=True)
+    settings = swap_settings(tmp_path)
+    keys = PipelineKeys()
+    async with (
+        StreamTap(redis_client, keys.results) as results,
+        pipeline(redis_server.url, settings, [MODEL]),
+    ):
+        await add_source(redis_client, keys, "loop", SourceSpec(uri=str(looping_clip), loop=True))
+        await until(lambda: len(results.metas("result")) >= 300, timeout_s=120, what="300 results")
+        repo.activate(MODEL, 2)
+        counted = await until(
+            lambda: redis_client.hget(keys.counters, f"model_load_failed:{MODEL}"),
+            timeout_s=60, what="the failed load counted",
+        )  # fmt: skip
+        n = len(results.metas("result"))
+        await until(lambda: len(results.metas("result")) >= n + 300, timeout_s=120, what="300 more results")
+        await remove_source(redis_client, keys, "loop")
+        await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
+    assert int(counted) == 1  # tried once, not at every poll
+    frames = results_by_frame(results.metas("result"))
+    assert sorted(seq for _, seq in frames) == list(range(results.metas("eos")[0]["frames"]))
+    assert {r["model_version"] for r in frames.values()} == {1}

@@ -118,6 +118,8 @@ class VersionWatch:
             engine = self.shadow.engine
             await self._stop_shadow(retire=False)
             self._swap(engine)
+            if serving.shadow is None:
+                await drop_shadow_group(self.stage)
             return
         self._load(want, "active")
 
