@@ -3,6 +3,7 @@ against a real redis-server and real OpenVINO, two versions of one model in a mo
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 from stream.adapters.redis.server import RedisServer
 from stream.adapters.redis.source_registry import SourceSpec, add_source, remove_source
 from stream.core.keys import PipelineKeys
-from stream.readers.shadow import shadow_agreement
+from stream.readers.model_stats import models_overview
 from stream.zoo.repository import ModelRepository
 from tests.integration.test_model_swap import MODEL, looping_clip, results_by_frame, swap_settings
 from tests.integration.test_stages import pipeline
@@ -50,8 +51,9 @@ async def test_a_shadow_compares_on_the_same_frames_writes_only_its_stream_and_p
         await remove_source(redis_client, keys, "loop")
         await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
         await until(lambda: shadow_done(redis_client, keys), timeout_s=60, what="the shadow through")
-        # the agreement, as the API reports it
-        reported = await shadow_agreement(redis_client, keys, MODEL, active_version=1, shadow_version=2)
+        # the agreement, as the API (GET /v1/models) reports it
+        overview = await models_overview(redis_client, keys, repo, now_ms=time.time() * 1000)
+        reported = overview[0]["agreement"]
         await shadow.catch_up()
         await results.catch_up()
         compared = set(results_by_frame(results.metas("result"))) & {
@@ -83,11 +85,14 @@ async def test_a_shadow_compares_on_the_same_frames_writes_only_its_stream_and_p
     pairs = Counter(
         (f"class_{a}", f"class_{s}") for a, s in zip(active_top, shadow_top, strict=True) if a != s
     )
-    assert reported.frames == len(keys_compared) >= 300
-    assert reported.agreed == int(np.sum(active_top == shadow_top))
+    assert [(m["name"], m["active"], m["shadow"]) for m in overview] == [(MODEL, 1, 2)]
+    assert (reported["active_version"], reported["shadow_version"]) == (1, 2)
+    assert reported["frames"] == len(keys_compared) >= 300
+    assert reported["agreed"] == int(np.sum(active_top == shadow_top))
+    assert reported["top1_agreement"] == reported["agreed"] / reported["frames"]
     top = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
-    assert list(reported.disagreements) == [(a, s, c) for (a, s), c in top]
-    assert reported.shadow_infer_ms is not None and reported.shadow_infer_ms > 0
+    assert reported["disagreements"] == [{"active": a, "shadow": s, "frames": c} for (a, s), c in top]
+    assert reported["shadow_infer_ms"] > 0
 
     # the shadow wrote only its own stream: every result of the first source is version 1's,
     # one per frame; no dead letter
