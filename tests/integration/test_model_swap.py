@@ -4,20 +4,23 @@ repository (synthetic stand-ins with different weights, so they answer different
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from stream.adapters.redis.server import RedisServer
 from stream.adapters.redis.source_registry import SourceSpec, add_source, remove_source
 from stream.core.keys import PipelineKeys
 from stream.core.latency import LatencyHistogram
+from stream.runners.processes import StageProcess
 from stream.settings import Settings
 from stream.zoo.repository import ModelRepository
 from tests.clips import write_clip
-from tests.integration.test_stages import pipeline
+from tests.integration.test_stages import Pipeline, pipeline
 from tests.model_versions import StreamTap, add_version, offline_scores
 from tests.waiting import until
 
@@ -98,17 +101,10 @@ def p99(values_ms: list[float]) -> float:
     return value
 
 
-def check_swap(run: dict, old: int, new: int, cache: Path) -> None:
+def check_scores(run: dict, seqs: list[int], old: int, new: int, cache: Path) -> None:
+    """Each result's scores are its own version's on that frame (none from a half-loaded
+    model), and the two versions answer that frame differently."""
     frames = results_by_frame(run["results"])
-    seqs = sorted(seq for _, seq in frames)
-    # every frame exactly one result: seq continuous from 0, none missing, none twice
-    assert seqs == list(range(run["eos"]["frames"])), (len(seqs), run["eos"])
-    # by seq, old version first, then new: a switch between two batches, never back and forth
-    versions = [frames[("loop", s)]["model_version"] for s in seqs]
-    switch = versions.index(new)
-    assert set(versions[:switch]) == {old} and set(versions[switch:]) == {new}, versions
-    assert run["before"] == {old}
-    # each result's scores are its own version's on that frame (none from a half-loaded model)
     repo: ModelRepository = run["repo"]
     keys = [("loop", s) for s in seqs]
     x = np.stack([run["tensors"][k] for k in keys])
@@ -120,6 +116,19 @@ def check_swap(run: dict, old: int, new: int, cache: Path) -> None:
         assert r["label"] == f"class_{best}", (k, r["model_version"], r["top"][:2], best)
         assert r["score"] == pytest.approx(float(mine[best]), abs=1e-3), (k, r["score"], float(mine[best]))
         assert abs(float(other[best]) - float(mine[best])) > 1e-3 or int(np.argmax(other)) != best
+
+
+def check_swap(run: dict, old: int, new: int, cache: Path) -> None:
+    frames = results_by_frame(run["results"])
+    seqs = sorted(seq for _, seq in frames)
+    # every frame exactly one result: seq continuous from 0, none missing, none twice
+    assert seqs == list(range(run["eos"]["frames"])), (len(seqs), run["eos"])
+    # by seq, old version first, then new: a switch between two batches, never back and forth
+    versions = [frames[("loop", s)]["model_version"] for s in seqs]
+    switch = versions.index(new)
+    assert set(versions[:switch]) == {old} and set(versions[switch:]) == {new}, versions
+    assert run["before"] == {old}
+    check_scores(run, seqs, old, new, cache)
     # p99 latency while the new version loads and swaps in stays within 2x the steady p99
     lat = [(r["result_ms"], r["latency_ms"]) for r in run["results"]]
     changed, first = run["changed_ms"], run["first"]["result_ms"]
@@ -181,3 +190,70 @@ async def test_a_version_that_fails_to_load_leaves_the_old_one_serving_and_loses
     frames = results_by_frame(results.metas("result"))
     assert sorted(seq for _, seq in frames) == list(range(results.metas("eos")[0]["frames"]))
     assert {r["model_version"] for r in frames.values()} == {1}
+
+
+async def test_a_swap_with_an_infer_replica_killed_midway_loses_nothing_and_mixes_no_batch(
+    redis_server: RedisServer, redis_client, tmp_path: Path, looping_clip: Path
+) -> None:
+    """Two Infer replicas as OS processes (``framestream stage infer``); one is SIGKILLed as soon
+    as the first result of the new version is out. The survivor reclaims what it held."""
+    repo = ModelRepository(tmp_path / "repo")
+    add_version(repo, MODEL, seed=1)
+    add_version(repo, MODEL, seed=2, activate=False)
+    settings = swap_settings(tmp_path)
+    keys = PipelineKeys()
+    dumped = settings.dump_without_secrets()
+    dumped["redis"].pop("url", None)
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump(dumped))
+    await redis_client.xgroup_create(keys.frames, f"preprocess:{MODEL}", id="0", mkstream=True)
+    infer = [StageProcess("infer", MODEL, redis_server.url, config, f"infer-{i}") for i in range(2)]
+    p = Pipeline(redis_server.url, settings)
+    try:
+        await until(lambda: _ready(redis_client, keys, 2), timeout_s=120, what="both infer processes ready")
+        async with (
+            StreamTap(redis_client, keys.tensors(MODEL)) as tensors,
+            StreamTap(redis_client, keys.results) as results,
+        ):
+            for stage in ("preprocess", "postprocess", "ingest"):
+                await p.start(stage, MODEL if stage != "ingest" else None)
+            await add_source(redis_client, keys, "loop", SourceSpec(uri=str(looping_clip), loop=True))
+            await until(lambda: len(results.metas("result")) >= 500, timeout_s=120, what="500 results")
+            repo.activate(MODEL, 2)
+            await until(
+                lambda: any(r["model_version"] == 2 for r in results.metas("result")),
+                timeout_s=60, what="a result of version 2",
+            )  # fmt: skip
+            infer[0].process.send_signal(signal.SIGKILL)
+            await until(
+                lambda: sum(r["model_version"] == 2 for r in results.metas("result")) >= 400,
+                timeout_s=120, what="400 results of version 2",
+            )  # fmt: skip
+            await remove_source(redis_client, keys, "loop")
+            await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
+            await p.close()
+    finally:
+        for proc in infer:
+            proc.kill()
+        if not p.stop.is_set():
+            await p.close()
+    assert infer[0].process.returncode == -signal.SIGKILL
+    run = {
+        "repo": repo, "results": results.metas("result"), "eos": results.metas("eos")[0],
+        "tensors": {(m.meta["source"], m.meta["seq"]): m.array for m in tensors.of_kind("frame")},
+    }  # fmt: skip
+    frames = results_by_frame(run["results"])
+    seqs = sorted(seq for _, seq in frames)
+    assert seqs == list(range(run["eos"]["frames"])), (len(seqs), run["eos"])
+    # old, then new; out of order only what the killed replica held and the survivor ran later
+    versions = [frames[("loop", s)]["model_version"] for s in seqs]
+    last_old = max(i for i, v in enumerate(versions) if v == 1)
+    first_new = versions.index(2)
+    held = settings.infer.max_batch_size * (settings.infer.inflight + 1) * 2
+    assert sum(v == 2 for v in versions[:last_old]) <= held and set(versions[first_new:]) <= {1, 2}
+    assert set(versions[last_old + 1 :]) == {2} and versions[0] == 1
+    check_scores(run, seqs, 1, 2, tmp_path / "cache")
+
+
+async def _ready(client, keys: PipelineKeys, n: int) -> bool:
+    return len(await client.hkeys(keys.stage_ready)) >= n
