@@ -61,7 +61,7 @@ def results_by_frame(results: list[dict]) -> dict[tuple[str, int], dict]:
 
 
 async def swap_under_load(tmp_path: Path, url: str, client, clip: Path, change) -> dict:
-    """Play `clip` in a loop at full speed; after 1000 results `change(repository)`; stop 200
+    """Play `clip` in a loop at full speed; after 1000 results `change(repository)`; stop 1000
     results after the first of the new version. Returns what the checks need."""
     repo = ModelRepository(tmp_path / "repo")
     settings = swap_settings(tmp_path)
@@ -81,8 +81,8 @@ async def swap_under_load(tmp_path: Path, url: str, client, clip: Path, change) 
             timeout_s=60, what=f"a result of version {target}",
         )  # fmt: skip
         await until(
-            lambda: sum(r["model_version"] == target for r in results.metas("result")) >= 200,
-            timeout_s=120, what=f"200 results of version {target}",
+            lambda: sum(r["model_version"] == target for r in results.metas("result")) >= 1000,
+            timeout_s=120, what=f"1000 results of version {target}",
         )  # fmt: skip
         await remove_source(client, keys, "loop")
         await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
@@ -132,7 +132,9 @@ def check_swap(run: dict, old: int, new: int, cache: Path) -> None:
     # p99 latency while the new version loads and swaps in stays within 2x the steady p99
     lat = [(r["result_ms"], r["latency_ms"]) for r in run["results"]]
     changed, first = run["changed_ms"], run["first"]["result_ms"]
-    steady = [ms for t, ms in lat if changed - 2_500 <= t < changed]
+    # steady: the results outside the swap (before the change, and once the new version served
+    # for a second), so a burst of the machine's other load on one side does not decide it
+    steady = [ms for t, ms in lat if changed - 2_500 <= t < changed or t > first + 1_000]
     during = [ms for t, ms in lat if changed <= t <= first + 1_000]
     assert len(steady) >= 200 and len(during) >= 20, (len(steady), len(during))
     p99_steady, p99_during = p99(steady), p99(during)
