@@ -286,6 +286,7 @@ def open_engine(
     location = locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=allow_synthetic)
     model = prepare_model(read_model_file(location.path), spec)
     compiled_cache = cache / "compiled"
+
     def paced(m: ov.Model) -> Any:
         started = time.monotonic()
         compiled = compile_model(m, performance_hint, num_requests, inference_precision, compiled_cache)
