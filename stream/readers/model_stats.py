@@ -19,7 +19,6 @@ from stream.core.keys import PipelineKeys
 from stream.core.messages import RESULT
 from stream.errors import FramestreamError
 from stream.readers.results import decode_fields
-from stream.zoo.repository import ModelRepository
 
 __all__ = ["RATE_WINDOW_S", "WINDOW", "frames_per_s", "models_overview", "served_models", "shadow_agreement"]
 
@@ -93,10 +92,11 @@ async def frames_per_s(
 
 
 async def models_overview(
-    client: Any, keys: PipelineKeys, repository: ModelRepository, *, now_ms: float
+    client: Any, keys: PipelineKeys, repository: Any, *, now_ms: float
 ) -> list[dict[str, Any]]:
     """Every model the pipeline serves: name, versions, active, shadow, classes, frames/s (by
-    version) and, with a shadow, its agreement with the active version."""
+    version) and, with a shadow, its agreement with the active version. `repository` is a
+    `stream.zoo.repository.ModelRepository` (readers sit below the zoo, so it is passed in)."""
     out = []
     for name in await served_models(client, keys):
         entry: dict[str, Any] = {
