@@ -259,3 +259,38 @@ async def test_a_swap_with_an_infer_replica_killed_midway_loses_nothing_and_mixe
 
 async def _ready(client, keys: PipelineKeys, n: int) -> bool:
     return len(await client.hkeys(keys.stage_ready)) >= n
+
+
+async def test_a_version_with_other_labels_names_its_own_classes_and_restarts_smoothing_with_an_event(
+    redis_server: RedisServer, redis_client, tmp_path: Path, looping_clip: Path
+) -> None:
+    repo = ModelRepository(tmp_path / "repo")
+    add_version(repo, MODEL, seed=1, labels=[f"old-{i}" for i in range(1000)])
+    add_version(repo, MODEL, seed=1, activate=False, labels=[f"new-{i}" for i in range(1000)])
+    settings = swap_settings(tmp_path)
+    keys = PipelineKeys()
+    async with (
+        StreamTap(redis_client, keys.results) as results,
+        StreamTap(redis_client, keys.events) as events,
+        pipeline(redis_server.url, settings, [MODEL]),
+    ):
+        await add_source(redis_client, keys, "loop", SourceSpec(uri=str(looping_clip), loop=True))
+        await until(lambda: len(results.metas("result")) >= 200, timeout_s=120, what="200 results")
+        repo.activate(MODEL, 2)
+        await until(
+            lambda: sum(r["model_version"] == 2 for r in results.metas("result")) >= 100,
+            timeout_s=120, what="100 results of version 2",
+        )  # fmt: skip
+        await remove_source(redis_client, keys, "loop")
+        await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
+    frames = results_by_frame(results.metas("result"))
+    for r in frames.values():
+        prefix = "old-" if r["model_version"] == 1 else "new-"
+        assert all(label.startswith(prefix) for label, _ in r["top"]), r
+        assert r["smoothed_label"].startswith(prefix), r  # smoothing never mixes the two label sets
+    [restart] = events.metas("smoothing_restart")
+    first_new = min(seq for (_, seq), r in frames.items() if r["model_version"] == 2)
+    assert (restart["source"], restart["seq"], restart["previous_version"], restart["model_version"]) == (
+        "loop", first_new, 1, 2,
+    )  # fmt: skip
+    assert "other labels" in restart["reason"]
