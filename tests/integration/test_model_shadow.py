@@ -14,7 +14,13 @@ from stream.adapters.redis.source_registry import SourceSpec, add_source, remove
 from stream.core.keys import PipelineKeys
 from stream.readers.model_stats import models_overview
 from stream.zoo.repository import ModelRepository
-from tests.integration.test_model_swap import MODEL, looping_clip, results_by_frame, swap_settings
+from tests.integration.test_model_swap import (
+    MODEL,
+    all_results,
+    looping_clip,
+    results_by_frame,
+    swap_settings,
+)
 from tests.integration.test_stages import pipeline
 from tests.model_versions import StreamTap, add_version, offline_scores
 from tests.waiting import until
@@ -50,6 +56,7 @@ async def test_a_shadow_compares_on_the_same_frames_writes_only_its_stream_and_p
         await until(lambda: len(shadow.messages) >= 400, timeout_s=120, what="400 shadow scores")
         await remove_source(redis_client, keys, "loop")
         await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
+        await until(lambda: all_results(results), timeout_s=60, what="a result for every frame")
         await until(lambda: shadow_done(redis_client, keys), timeout_s=60, what="the shadow through")
         # the agreement, as the API (GET /v1/models) reports it
         overview = await models_overview(redis_client, keys, repo, now_ms=time.time() * 1000)
@@ -73,6 +80,7 @@ async def test_a_shadow_compares_on_the_same_frames_writes_only_its_stream_and_p
         )  # fmt: skip
         await remove_source(redis_client, keys, "loop2")
         await until(lambda: len(results.metas("eos")) == 2, timeout_s=60, what="loop2's eos")
+        await until(lambda: all_results(results), timeout_s=60, what="a result for every frame")
         groups = {g["name"].decode() for g in await redis_client.xinfo_groups(keys.tensors(MODEL))}
         dead = await redis_client.xlen(keys.dead)
 

@@ -87,6 +87,7 @@ async def swap_under_load(tmp_path: Path, url: str, client, clip: Path, change) 
         )  # fmt: skip
         await remove_source(client, keys, "loop")
         await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
+        await until(lambda: all_results(results), timeout_s=60, what="a result for every frame")
     return {
         "repo": repo, "before": before, "changed_ms": changed_ms, "first": first, "target": target,
         "results": results.metas("result"), "eos": results.metas("eos")[0],
@@ -189,6 +190,7 @@ async def test_a_version_that_fails_to_load_leaves_the_old_one_serving_and_loses
         await until(lambda: len(results.metas("result")) >= n + 300, timeout_s=120, what="300 more results")
         await remove_source(redis_client, keys, "loop")
         await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
+        await until(lambda: all_results(results), timeout_s=60, what="a result for every frame")
     assert int(counted) == 1  # tried once, not at every poll
     frames = results_by_frame(results.metas("result"))
     assert sorted(seq for _, seq in frames) == list(range(results.metas("eos")[0]["frames"]))
@@ -238,7 +240,7 @@ async def test_a_swap_with_an_infer_replica_killed_midway_loses_nothing_and_mixe
             await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
             # what the dead replica held is reclaimed after claim_idle_ms; the reorder buffer has
             # long given up waiting for it by then, so its results come late, maybe after the eos
-            await until(lambda: _all_results(results), timeout_s=60, what="a result for every frame")
+            await until(lambda: all_results(results), timeout_s=60, what="a result for every frame")
             await p.close()
     finally:
         for proc in infer:
@@ -263,9 +265,11 @@ async def test_a_swap_with_an_infer_replica_killed_midway_loses_nothing_and_mixe
     check_scores(run, seqs, 1, 2, tmp_path / "cache")
 
 
-def _all_results(results: StreamTap) -> bool:
-    frames = results.metas("eos")[0]["frames"]
-    return {r["seq"] for r in results.metas("result")} >= set(range(frames))
+def all_results(results: StreamTap) -> bool:
+    """Every frame of every source that ended has a result: a frame whose batch finished after the
+    reorder buffer stopped waiting for it (64 later frames held) comes late, maybe after the eos."""
+    seen = {(r["source"], r["seq"]) for r in results.metas("result")}
+    return all((e["source"], seq) in seen for e in results.metas("eos") for seq in range(e["frames"]))
 
 
 async def _ready(client, keys: PipelineKeys, procs: list[StageProcess]) -> bool:
@@ -296,6 +300,7 @@ async def test_a_version_with_other_labels_names_its_own_classes_and_restarts_sm
         )  # fmt: skip
         await remove_source(redis_client, keys, "loop")
         await until(lambda: results.metas("eos"), timeout_s=60, what="the loop source's eos")
+        await until(lambda: all_results(results), timeout_s=60, what="a result for every frame")
     frames = results_by_frame(results.metas("result"))
     for r in frames.values():
         prefix = "old-" if r["model_version"] == 1 else "new-"
