@@ -386,6 +386,13 @@ class ModelSettings(_Section):
         "classifiers, or the https:// URL of such a folder's archive ending in #sha256=<hex> "
         "(FRAMESTREAM_MODELS__REPOSITORY); the built-in seeds ship with the package",
     )
+    poll_s: float = Field(
+        5.0,
+        gt=0,
+        description="how often every Infer replica reads which version of its model serves and which "
+        "runs as a shadow (the repository's serving.yml); a change is loaded, warmed and swapped in "
+        "between two batches (FRAMESTREAM_MODELS__POLL_S)",
+    )
 
     @field_validator("repository", mode="before")
     @classmethod

@@ -39,6 +39,7 @@ from ray import serve
 
 from deployments.api import classify as classify_routes
 from deployments.api import dead_letters as dead_letter_routes
+from deployments.api import models as model_routes
 from deployments.api import sinks as sink_routes
 from deployments.api import sources as source_routes
 from deployments.api.auth import Access, bearer_token, url_token_allowed
@@ -155,6 +156,7 @@ for _router in (
     console_routes.router,
     dead_letter_routes.router,
     sink_routes.router,
+    model_routes.router,
 ):
     api.include_router(_router)
 

@@ -148,6 +148,7 @@ class StageDeployment:
             "rate_fps": self._measure_rate(),
             "backlog": self._last_backlog,
             "running": not self._task.done(),
+            **_versions(self.loop),
         }
 
     async def __del__(self) -> None:
@@ -167,3 +168,12 @@ class StageDeployment:
             await asyncio.wait_for(self.loop.leave_groups(), _STATS_TIMEOUT_S)
         except Exception as e:
             log.info("%s: consumer left in its group: %r", self.consumer, e)
+
+
+def _versions(loop: Any) -> dict[str, Any]:
+    """An Infer replica's model versions: the one new batches run on, the shadow's, load failures."""
+    watch = getattr(loop, "versions", None)
+    if watch is None:
+        return {}
+    shadow = watch.shadow.version if watch.shadow is not None else None
+    return {"model_version": loop.version, "shadow_version": shadow, "load_failures": watch.load_failures}

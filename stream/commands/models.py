@@ -1,4 +1,5 @@
-"""`framestream models list | add NAME FILE | fetch NAME | check NAME`."""
+"""`framestream models list | add NAME FILE | fetch NAME | check NAME | activate NAME VERSION |
+rollback NAME | shadow NAME VERSION | promote NAME`."""
 
 from __future__ import annotations
 
@@ -287,3 +288,59 @@ def add(
         + (", ..." if spec.labels_count > 5 else "")
     )
     typer.echo(f"  {'serving':<13} version {spec.version}")
+
+
+def _serving_line(name: str, serving: Any) -> str:
+    shadow = f", shadow version {serving.shadow}" if serving.shadow is not None else ""
+    return f"{name}: version {serving.active} serves{shadow} (Infer replicas follow within models.poll_s)"
+
+
+def _change_serving(name: str, change: str, *args: Any) -> None:
+    """Apply `ModelRepository.<change>(name, *args)` to the settings' repository and say what
+    serves now; an unknown name or version is one line on stderr and exit code 1."""
+    from stream.settings import load_settings
+    from stream.zoo.repository import ModelRepository
+
+    repository = ModelRepository(load_settings().models.repository)
+    try:
+        serving = getattr(repository, change)(name, *args)
+    except FramestreamError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(_serving_line(name, serving))
+
+
+@app.command("activate")
+def activate(
+    name: str = typer.Argument(..., help="model name in the repository"),
+    version: int = typer.Argument(..., help="the version to serve"),
+) -> None:
+    """Serve VERSION of NAME: running Infer replicas load and warm it, then swap it in between two
+    batches (the version serving now keeps serving until then)."""
+    _change_serving(name, "activate", version)
+
+
+@app.command("rollback")
+def rollback(name: str = typer.Argument(..., help="model name in the repository")) -> None:
+    """Serve again the version that served before the active one."""
+    _change_serving(name, "rollback")
+
+
+@app.command("shadow")
+def shadow(
+    name: str = typer.Argument(..., help="model name in the repository"),
+    version: int | None = typer.Argument(None, help="the candidate version to run as a shadow"),
+    stop: bool = typer.Option(False, "--stop", help="stop the shadow"),
+) -> None:
+    """Run VERSION beside the active version on the same frames; its scores go to the shadow
+    stream only, to be compared (`GET /v1/models`), never to results."""
+    if stop == (version is not None):
+        typer.echo("error: give a VERSION to start a shadow, or --stop to stop it", err=True)
+        raise typer.Exit(2)
+    _change_serving(name, "set_shadow", None if stop else version)
+
+
+@app.command("promote")
+def promote(name: str = typer.Argument(..., help="model name in the repository")) -> None:
+    """Make the shadow version the active one (it is loaded already: no gap in results)."""
+    _change_serving(name, "promote")

@@ -9,8 +9,9 @@ several masters, on different shards):
 - partition k >= 1: ``fs:{<pipeline>:<k>}:...`` (``:`` cannot occur in a pipeline name, so no
   pipeline's tag can collide with another's partition).
 
-Per partition: the frames, tensors, scores, results, events, segments and dead-letter streams, each
-source's progress (``source_state``, written with the frames it publishes) and the counters.
+Per partition: the frames, tensors, scores, shadow scores, results, events, segments and
+dead-letter streams, each source's progress (``source_state``, written with the frames it
+publishes) and the counters.
 Per partition and postprocess group: the owner's lease and the state hash. Pipeline-wide, on
 partition 0's tag: the source registry, source leases, the members of groups that own
 partitions, stage readiness and the partition count record. A source belongs to partition
@@ -124,6 +125,11 @@ class PipelineKeys:
 
     def scores(self, model: str) -> str:
         return f"{self.prefix}:scores:{model}"
+
+    def shadow(self, model: str) -> str:
+        """The scores of a shadow version of `model` (`framestream models shadow`): read only to
+        compare it with the active version, never by a sink, the SSE feeds or a results reader."""
+        return f"{self.prefix}:shadow:{model}"
 
     @property
     def results(self) -> str:

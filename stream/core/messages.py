@@ -19,15 +19,23 @@ tensors (``fs:{p}:tensors:<model>``), written by preprocess: the frame's meta pl
     model: str; array: uint8 [h, w, 3] RGB at the model's input size. eos/skip pass through
     every stage (with model added), so each model's results end with the source's eos.
 scores (``fs:{p}:scores:<model>``), written by infer: the meta plus
-    batch_size: int, batch_wait_ms: float; array: float16 [1000] probabilities.
+    batch_size: int, batch_wait_ms: float, model_version: int (the repository version that ran
+    the frame; a seed is 1); array: float16 [1000] probabilities.
+shadow (``fs:{p}:shadow:<model>``), written by a shadow version's infer loop only: the tensor's
+    meta plus batch_size, batch_wait_ms, model_version (the shadow's), top_label: str,
+    top_score: float, infer_ms: float (inference time per frame of its batch); array: float16
+    scores. Never read by sinks, feeds or results readers: only to compare with the results.
 results (``fs:{p}:results``), written by postprocess, no array:
-    kind="result", source, seq, model, label, score, top: [[label, score], ...],
+    kind="result", source, seq, model, model_version (int: the version that ran the frame),
+    label, score, top: [[label, score], ...],
     smoothed_label, latency_ms (end to end: result time - capture_ms),
     stages_ms: {stage: ms}, batch_size, capture_ms, ingest_ms, result_ms, truth (ground truth or None)
     late: bool (True when the frame came after the reorder buffer gave up waiting for it, or is a
     redelivered duplicate: not fed to smoothing),
   and kind="eos" (source, model, frames, skipped, error) once a source's last frame has a result.
 events (``fs:{p}:events``): kind="label_change", source, model, seq, previous, label, result_ms;
+  kind="smoothing_restart", source, model, seq, model_version, previous_version, reason,
+  result_ms: a new model version names other classes, so that source's smoothing starts again;
   kind="source_status" (also type="source_status"), written by ingest: source, change
   (reconnecting | stalled | recovered | failed), status, previous, reason, reconnects, time_ms.
 segments (``fs:{p}:segments``), written by postprocess in the same transaction as the result (or
@@ -42,7 +50,7 @@ dead (``fs:{p}:dead``): fields stage, reason, stream, group, id, deliveries, byt
 
 from __future__ import annotations
 
-__all__ = ["EOS", "FRAME", "LABEL_CHANGE", "RESULT", "SEGMENT", "SKIP", "STAGES"]
+__all__ = ["EOS", "FRAME", "LABEL_CHANGE", "RESULT", "SEGMENT", "SKIP", "SMOOTHING_RESTART", "STAGES"]
 
 FRAME = "frame"
 EOS = "eos"
@@ -50,4 +58,5 @@ SKIP = "skip"
 RESULT = "result"
 LABEL_CHANGE = "label_change"
 SEGMENT = "segment"
+SMOOTHING_RESTART = "smoothing_restart"
 STAGES = ("ingest", "preprocess", "infer", "postprocess")

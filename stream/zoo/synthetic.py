@@ -62,7 +62,7 @@ def _seed(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-def build_synthetic(name: str, out_dir: Path) -> Path:
+def build_synthetic(name: str, out_dir: Path, *, seed: int | None = None) -> Path:
     """Write the stand-in for seed model `name` into `out_dir`; return the .xml or .onnx path.
 
     IR (`model.xml` + `model.bin`, float32) for the first three names, ONNX opset 7
@@ -70,24 +70,28 @@ def build_synthetic(name: str, out_dir: Path) -> Path:
     directory next to `out_dir` and moved into place only when complete, so a crash never leaves
     a half-written model. Takes about 0.5-3 s (weights are calibrated with a numpy forward pass).
 
+    `seed` (default: one fixed per name) picks other random weights with the same architecture
+    (two versions of one model that answer differently, in tests of version swaps).
+
     Raises `ModelError` for a name not in `SYNTHETIC_NAMES`.
     """
     if name not in _SPECS:
         raise ModelError(f"no synthetic stand-in for model {name!r}; known: {', '.join(SYNTHETIC_NAMES)}")
     kind, arch, pads = _SPECS[name]
     out_dir = Path(out_dir)
+    weights_seed = _seed(name) if seed is None else seed
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         if kind == "ir":
-            ir = IrBuilder(_seed(name), pads)
+            ir = IrBuilder(weights_seed, pads)
             arch(ir)
             model = ir.model(name)
             model.set_rt_info("true", [SYNTHETIC_MARK])
             ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
             files = ["model.bin", "model.xml"]  # the .xml last: it is what readers look for
         else:
-            builder = OnnxBuilder(_seed(name), pads)
+            builder = OnnxBuilder(weights_seed, pads)
             arch(builder)
             proto = builder.model(name)
             onnx.helper.set_model_props(proto, {SYNTHETIC_MARK: "true"})

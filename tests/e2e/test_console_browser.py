@@ -72,7 +72,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("console-run")
     clip = write_demo_clip(tmp / "street.mp4", frames=150, size=(320, 240))
     env = {**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1", "COLUMNS": "200",
-           "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp / "cache")}  # fmt: skip
+           "FRAMESTREAM_MODELS__CACHE_DIR": str(tmp / "cache"),
+           "FRAMESTREAM_MODELS__REPOSITORY": str(tmp / "repository")}  # fmt: skip
     env = {k: v for k, v in env.items() if not k.startswith("FRAMESTREAM_REDIS")}
     cmd = [sys.executable, "-m", "stream.cli", "run", "--model", MODEL, "--source", str(clip),
            "--loop", "--timeout", "900"]  # fmt: skip
@@ -204,6 +205,39 @@ def test_the_console_shows_the_run_adds_a_source_and_removes_it(run: Run, tmp_pa
     assert segment_reads and all(auth == f"Bearer {run.token}" for _, auth in segment_reads), segment_reads
     deletes = [(url, auth) for method, url, auth in requests if method == "DELETE"]
     assert deletes == [(f"{run.console_url}v1/sources/yard", f"Bearer {run.token}")], deletes
+
+
+_MODEL_SERVES = """(model) => {
+  const row = document.querySelector(`#models tr[data-model="${model}"]`);
+  if (row === null) return false;
+  const cell = (f) => row.querySelector(`td[data-field="${f}"]`).textContent;
+  return cell("active") === "1" && Number(cell("fps")) > 0;
+}"""
+
+
+@pytest.mark.timeout(900)
+def test_the_console_lists_the_served_model_and_says_why_a_change_is_refused(run: Run) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{run.console_url}?token={run.token}")
+            # the model the run serves: its one version active, its classes, results flowing
+            page.wait_for_function(_MODEL_SERVES, arg=MODEL)
+            row = page.locator(f'#models tr[data-model="{MODEL}"]')
+            expect(row.locator('td[data-field="versions"]')).to_have_text("1")
+            expect(row.locator('td[data-field="shadow"]')).to_have_text("\u2013")
+            expect(row.locator('td[data-field="classes"]')).to_have_text("1000")
+            # a built-in model has no other version: the page says so, and nothing changes
+            row.locator("button.rollback").click()
+            expect(page.locator("#message")).to_contain_text("is a built-in model")
+            expect(page.locator("#message")).to_have_attribute("data-kind", "error")
+            expect(row.locator('td[data-field="active"]')).to_have_text("1")
+        finally:
+            browser.close()
 
 
 GARBAGE = b"\x80\x04garbage that is no framestream message" * 3

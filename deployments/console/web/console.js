@@ -174,6 +174,111 @@ function renderStages(stages) {
   }
 }
 
+// -- models ----------------------------------------------------------------------------------
+// GET v1/models every few seconds and after each change; the buttons call the admin routes
+// (activate, rollback, shadow, promote). A change shows in the table once Infer follows it.
+
+const MODELS_EVERY_MS = 5000;
+const models = { reading: false };
+
+function rates(perVersion) {
+  const entries = Object.entries(perVersion ?? {});
+  if (!entries.length) return DASH;
+  return entries.map(([v, r]) => (entries.length > 1 ? `v${v}: ${r.toFixed(1)}` : r.toFixed(1))).join(", ");
+}
+
+function agreementText(agreement) {
+  if (!agreement) return DASH;
+  if (!agreement.frames) return "no frames compared yet";
+  const share = `${(100 * agreement.top1_agreement).toFixed(1)}% of ${agreement.frames} frames`;
+  const top = agreement.disagreements[0];
+  const worst = top ? `; most often ${top.active} \u2192 ${top.shadow} (${top.frames})` : "";
+  const cost = agreement.shadow_infer_ms == null ? "" : `; ${agreement.shadow_infer_ms.toFixed(2)} ms/frame`;
+  return share + worst + cost;
+}
+
+async function changeModel(name, action, body) {
+  try {
+    const now = await api("POST", `v1/models/${encodeURIComponent(name)}/${action}`, body);
+    const shadow = now.shadow == null ? "" : `, shadow version ${now.shadow}`;
+    say(`${name}: version ${now.active} serves${shadow} (Infer follows within seconds)`);
+  } catch (e) {
+    say(`${action} ${name} failed: ${e.message}`, "error");
+  }
+  readModels();
+}
+
+function modelControls(row, model) {
+  let td = row.querySelector('td[data-field="actions"]');
+  if (!td) {
+    td = document.createElement("td");
+    td.dataset.field = "actions";
+    const pick = Object.assign(document.createElement("select"), { className: "version" });
+    td.appendChild(pick);
+    const version = () => Number(pick.value);
+    const buttons = [
+      ["Activate", "activate", () => ({ version: version() })],
+      ["Shadow", "shadow", () => ({ version: version() })],
+      ["Stop shadow", "shadow", () => ({ version: null })],
+      ["Promote", "promote", () => undefined],
+      ["Rollback", "rollback", () => undefined],
+    ];
+    for (const [text, action, body] of buttons) {
+      const button = Object.assign(document.createElement("button"), { type: "button", textContent: text });
+      button.className = text.toLowerCase().replace(" ", "-");
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        try { await changeModel(model.name, action, body()); } finally { button.disabled = false; }
+      });
+      td.appendChild(button);
+    }
+    row.appendChild(td);
+  }
+  const pick = td.querySelector("select.version");
+  const wanted = (model.versions ?? []).map(String);
+  if ([...pick.options].map((o) => o.value).join() !== wanted.join()) {
+    pick.replaceChildren(...wanted.map((v) => Object.assign(document.createElement("option"), { value: v, textContent: `v${v}` })));
+  }
+}
+
+function renderModels(list) {
+  const body = $("#models tbody");
+  const seen = new Set();
+  for (const model of list) {
+    seen.add(model.name);
+    let row = body.querySelector(`tr[data-model="${CSS.escape(model.name)}"]`);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.model = model.name;
+      body.appendChild(row);
+    }
+    cell(row, "name", model.name, "id");
+    cell(row, "versions", model.error ?? (model.versions ?? []).join(", "));
+    cell(row, "active", show(model.active), "num");
+    cell(row, "shadow", show(model.shadow), "num");
+    cell(row, "classes", show(model.classes), "num");
+    cell(row, "fps", rates(model.frames_per_s), "num");
+    cell(row, "agreement", agreementText(model.agreement));
+    modelControls(row, model);
+  }
+  for (const row of [...body.querySelectorAll("tr[data-model]")]) {
+    if (!seen.has(row.dataset.model)) row.remove();
+  }
+  $("#no-models").hidden = list.length > 0;
+}
+
+async function readModels() {
+  if (models.reading) return;
+  models.reading = true;
+  try {
+    renderModels((await api("GET", "v1/models")).models);
+  } catch (e) {
+    say(`reading the models failed: ${e.message}`, "error");
+  } finally {
+    models.reading = false;
+  }
+}
+
 // -- dead letters ---------------------------------------------------------------------------
 // Read again when the snapshot's dead-letter counts change and after a retry; nothing else polls.
 
@@ -503,3 +608,5 @@ if (token) {
   for (const link of [$("#docs-link"), $("#openapi-link")]) link.href = withToken(link.getAttribute("href"));
 }
 connect();
+readModels();
+setInterval(readModels, MODELS_EVERY_MS);

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,8 @@ class Engine:
         static: dict[int, ov.CompiledModel] | None = None,
     ) -> None:
         self.spec = spec
+        self.version = spec.version
+        """The repository version this engine runs (every score it gives is stamped with it)."""
         self.labels: list[str] = list(labels.names)
         self.labels_source = labels.source
         self.model_path = location.path
@@ -264,6 +267,8 @@ def open_engine(
     inference_precision: str | None = None,
     static_batch_sizes: tuple[int, ...] = (1,),
     repository: Path | str | None = None,
+    spec: ModelSpec | None = None,
+    yield_ratio: float = 0.0,
 ) -> Engine:
     """Load model `name` (weights dir, then cache, then a synthetic stand-in) and compile it.
 
@@ -271,25 +276,36 @@ def open_engine(
     ``~/.cache/framestream/models``. `num_requests` 0 lets OpenVINO pick the optimal pool size.
     `inference_precision` None keeps the device default (bf16 where the CPU has it); "f32" for
     bit-faithful float math (contract checks). `static_batch_sizes` get an extra model compiled
-    for exactly that batch size (faster; each costs one more compile at open). `repository` is the
-    settings' ``models.repository`` (None: its default folder; the caller names it, never the
-    environment).
+    for exactly that batch size (faster; each costs one more compile at open). `spec` is the
+    descriptor to load (a repository version, `ModelRepository.spec`); None: the serving version
+    of `name` in `repository`, the settings' ``models.repository`` (None: its default folder; the
+    caller names it, never the environment). `yield_ratio` > 0: after each compile, wait that many
+    times as long as it took, so a version loaded beside one that serves leaves it most of the CPU
+    (a compile takes every core).
     """
     if any(n < 1 for n in static_batch_sizes):
         raise ValueError(f"static_batch_sizes must be >= 1, got {static_batch_sizes}")
-    spec = load_spec(name, repository)
+    spec = spec if spec is not None else load_spec(name, repository)
     weights = Path(weights_dir) if weights_dir is not None else None
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     location = locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=allow_synthetic)
     model = prepare_model(read_model_file(location.path), spec)
     compiled_cache = cache / "compiled"
-    compiled = compile_model(model, performance_hint, num_requests, inference_precision, compiled_cache)
+
+    def paced(m: ov.Model) -> Any:
+        started = time.monotonic()
+        compiled = compile_model(m, performance_hint, num_requests, inference_precision, compiled_cache)
+        if yield_ratio > 0:
+            time.sleep((time.monotonic() - started) * yield_ratio)
+        return compiled
+
+    compiled = paced(model)
     h, w = spec.input_hw
     static = {}
     for n in sorted(set(static_batch_sizes)):
         fixed = model.clone()
         fixed.reshape([n, h, w, 3])
-        static[n] = compile_model(fixed, performance_hint, num_requests, inference_precision, compiled_cache)
+        static[n] = paced(fixed)
     labels = find_labels(spec, weights_dir=weights, cache_dir=cache)
     if location.synthetic:
         log.warning(

@@ -2,7 +2,13 @@
 
 Reads up to `max_batch_size` tensors, waits at most `max_wait_ms` for more (policy in
 `stream.core.batching`), runs one batched request per batch with up to `infer.inflight` batches in
-flight, and emits float16 probabilities with `batch_size` and `batch_wait_ms` in the meta.
+flight, and emits float16 probabilities with `batch_size`, `batch_wait_ms` and `model_version` in
+the meta.
+
+The version served follows the model repository (`stream.stages.infer.versions`): a new active
+version is loaded and warmed off the event loop, then swapped in between two batches (each batch
+runs whole on the engine it started with); a shadow version runs beside it
+(`stream.stages.infer.shadow`).
 
 Redis rounds XREADGROUP BLOCK timeouts up to its cron tick (100 ms at the default hz 10), far
 coarser than `max_wait_ms`, so while a partial batch waits the loop polls without blocking and
@@ -27,15 +33,37 @@ from stream.core.messages import EOS, FRAME, SKIP
 from stream.settings import Settings
 from stream.stages.base import Handled, StageBase, now_ms, skip_marker
 from stream.stages.infer.batch_tuning import tuned_batch_size
+from stream.zoo.descriptors import ModelSpec
+from stream.zoo.repository import ModelRepository
 
-__all__ = ["InferStage"]
+__all__ = ["InferStage", "open_stage_engine"]
 
 _POLL_S = 0.001
 _MIN_READ_AHEAD = 16
 
 
+def open_stage_engine(settings: Settings, model: str, spec: ModelSpec, *, yield_ratio: float = 0.0) -> Any:
+    """Compile `spec` (a version of `model`) the way the infer settings ask (`yield_ratio`:
+    `open_engine`'s, for a version loaded while another serves)."""
+    from stream.adapters.openvino.engine import open_engine
+
+    return open_engine(
+        model,
+        spec=spec,
+        yield_ratio=yield_ratio,
+        weights_dir=settings.models.weights_dir,
+        cache_dir=settings.models.cache_dir,
+        performance_hint=settings.infer.performance_hint,
+        num_requests=settings.infer.num_requests,
+        static_batch_sizes=tuple(batch_buckets(settings.infer.max_batch_size))
+        if settings.infer.static_batches
+        else (1,),
+    )
+
+
 class InferStage(StageBase):
     name = "infer"
+    stage_group = "infer"
 
     def __init__(
         self, settings: Settings, client: aioredis.Redis, *, consumer: str, model: str, engine: Any = None
@@ -45,24 +73,18 @@ class InferStage(StageBase):
             client,
             consumer=consumer,
             stream_of=lambda keys: keys.tensors(model),
-            group=PipelineKeys.group("infer", model),
+            group=PipelineKeys.group(self.stage_group, model),
             model=model,
         )
+        self.repository = ModelRepository(settings.models.repository)
         if engine is None:
-            from stream.adapters.openvino.engine import open_engine
-
-            engine = open_engine(
-                model,
-                weights_dir=settings.models.weights_dir,
-                cache_dir=settings.models.cache_dir,
-                performance_hint=settings.infer.performance_hint,
-                num_requests=settings.infer.num_requests,
-                static_batch_sizes=tuple(batch_buckets(settings.infer.max_batch_size))
-                if settings.infer.static_batches
-                else (1,),
-                repository=settings.models.repository,
-            )
+            engine = open_stage_engine(settings, model, self.repository.spec(model))
         self.engine = engine
+        """The engine new batches run on (a batch keeps the one it started with)."""
+        self._inflight: dict[int, int] = {}
+        """Batches running per engine (by id): a swapped-out engine is closed once it has none."""
+        self.versions: Any = None
+        """The version watch (`stream.stages.infer.versions`), made at the first `run`."""
         self.output = self.keys.scores(model)  # partition 0's; `_output` picks each entry's
         cfg = settings.infer
         self.policy = BatchPolicy(cfg.max_batch_size, cfg.max_wait_ms)
@@ -97,7 +119,35 @@ class InferStage(StageBase):
             self.buckets = [b for b in self.buckets if b <= size]
         self._warm = True
 
+    @property
+    def version(self) -> int:
+        """The model version new batches run on."""
+        return int(getattr(self.engine, "version", 1))
+
+    def batches_on(self, engine: Any) -> int:
+        """Batches running on `engine` now."""
+        return self._inflight.get(id(engine), 0)
+
+    async def maintain(self) -> None:
+        await super().maintain()
+        if self.versions is not None:
+            await self.versions.step()
+
+    def _watch_versions(self) -> None:
+        if self.versions is None:
+            from stream.stages.infer.versions import VersionWatch
+
+            self.versions = VersionWatch(self)
+
     async def run(self, stop: asyncio.Event) -> None:
+        self._watch_versions()
+        try:
+            await self._run(stop)
+        finally:
+            if self.versions is not None:
+                await self.versions.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await self.start()
         self._failure = None  # run again after a Redis outage (`run_resilient`): start clean
         buffer: BatchBuffer[tuple[Entry, Message, float]] = BatchBuffer(self.policy)
@@ -146,26 +196,36 @@ class InferStage(StageBase):
 
     async def _launch(self, batch: list, slots: asyncio.Semaphore, tasks: set[asyncio.Task[None]]) -> None:
         await slots.acquire()
-        task = asyncio.create_task(self._run_batch(batch, slots))
+        engine = self.engine  # the whole batch runs on it, even if a new version comes meanwhile
+        self._inflight[id(engine)] = self._inflight.get(id(engine), 0) + 1
+        task = asyncio.create_task(self._run_batch(batch, slots, engine))
         tasks.add(task)
 
         def _done(t: asyncio.Task[None]) -> None:
             tasks.discard(t)
+            left = self._inflight.get(id(engine), 1) - 1
+            if left > 0:
+                self._inflight[id(engine)] = left
+            else:
+                self._inflight.pop(id(engine), None)
             if not t.cancelled() and t.exception() is not None and self._failure is None:
                 self._failure = t.exception()
 
         task.add_done_callback(_done)
 
-    async def _run_batch(self, batch: list[tuple[Entry, Message, float]], slots: asyncio.Semaphore) -> None:
+    async def _run_batch(
+        self, batch: list[tuple[Entry, Message, float]], slots: asyncio.Semaphore, engine: Any
+    ) -> None:
         try:
-            await self.commit(await self._infer(batch))
+            await self.commit(await self._infer(batch, engine))
         finally:
             slots.release()
 
-    async def _infer(self, batch: list[tuple[Entry, Message, float]]) -> Handled:
+    async def _infer(self, batch: list[tuple[Entry, Message, float]], engine: Any) -> Handled:
         out = Handled()
         frames: list[tuple[Entry, Message, float]] = []
-        h, w = self.engine.spec.input_hw
+        bad: set[int] = set()
+        h, w = engine.spec.input_hw
         for entry, message, arrived in batch:
             kind = message.meta.get("kind")
             if kind in (EOS, SKIP):
@@ -174,39 +234,61 @@ class InferStage(StageBase):
             if reason is None:
                 frames.append((entry, message, arrived))
             else:
-                out.dead.append(DeadLetter(entry, f"infer {self.model}: {reason}"))
-                if "source" in message.meta and "seq" in message.meta:
-                    out.outputs.append(Output(self._output(entry), skip_marker(message.meta, reason)))
+                bad.add(id(entry))
+                self._bad(entry, message, reason, out)
         started = now_ms()
-        probs = np.zeros((0, self.engine.spec.labels_count), np.float16)
+        probs = np.zeros((0, engine.spec.labels_count), np.float16)
+        infer_ms = 0.0
         if frames:
             t0 = time.monotonic()
             size = padded_size(len(frames), self.buckets)
             x = np.zeros((size, h, w, 3), np.uint8)
             for i, (_, m, _) in enumerate(frames):
                 x[i] = m.array
-            probs = (await self.engine.infer_async(x))[: len(frames)].astype(np.float16)
-            metrics.stage_seconds(self.name, (time.monotonic() - t0) / len(frames))
+            probs = (await engine.infer_async(x))[: len(frames)].astype(np.float16)
+            infer_ms = (time.monotonic() - t0) * 1000.0 / len(frames)
+            metrics.stage_seconds(self.name, infer_ms / 1000.0)
             metrics.batch_size(self.model or "", len(frames))
             self.batches += 1
             self.batched_frames += len(frames)
         done = now_ms()
         scores = iter(probs)
+        version = int(getattr(engine, "version", 1))
         for entry, message, arrived in batch:
             meta = dict(message.meta)
             kind = meta.get("kind")
             if kind in (EOS, SKIP):
-                out.outputs.append(Output(self._output(entry), encode_message(Message(meta=meta))))
+                self._pass_on(entry, meta, out)
                 out.acks.append(entry)
-            elif not any(entry is d.entry for d in out.dead):
+            elif id(entry) not in bad:
                 meta["batch_size"] = len(frames)
                 meta["batch_wait_ms"] = round(started - arrived, 3)
+                meta["model_version"] = version
                 meta["stamps"] = {**meta.get("stamps", {}), "infer": [arrived, done]}
-                out.outputs.append(
-                    Output(self._output(entry), encode_message(Message(meta=meta, array=next(scores))))
-                )
+                self._emit(entry, meta, next(scores), engine, infer_ms, out)
                 out.acks.append(entry)
         return out
+
+    def _bad(self, entry: Entry, message: Message, reason: str, out: Handled) -> None:
+        """A tensor that cannot be run: a dead letter, and a skip marker so postprocess goes on."""
+        out.dead.append(DeadLetter(entry, f"infer {self.model}: {reason}"))
+        if "source" in message.meta and "seq" in message.meta:
+            out.outputs.append(Output(self._output(entry), skip_marker(message.meta, reason)))
+
+    def _pass_on(self, entry: Entry, meta: dict[str, Any], out: Handled) -> None:
+        """An eos or skip marker goes on to postprocess as it came."""
+        out.outputs.append(Output(self._output(entry), encode_message(Message(meta=meta))))
+
+    def _emit(
+        self,
+        entry: Entry,
+        meta: dict[str, Any],
+        scores: np.ndarray,
+        engine: Any,
+        infer_ms: float,
+        out: Handled,
+    ) -> None:
+        out.outputs.append(Output(self._output(entry), encode_message(Message(meta=meta, array=scores))))
 
     def _output(self, entry: Entry) -> str:
         return self.partition_keys(entry).scores(self.model or "")

@@ -74,7 +74,8 @@ class PipelineBacklog:
             if stage == "preprocess" and model:
                 chain = groups.get(reader, backlog)
                 for stream in (keys.tensors(model), keys.scores(model)):
-                    chain += max((s.backlog for s in await self.transport.all_group_stats(stream)), default=0)
+                    stats = await self.transport.all_group_stats(stream)
+                    chain += max((s.backlog for s in stats if not _shadow(s.group)), default=0)
                 backlog = max(backlog, chain)
         return backlog
 
@@ -99,6 +100,12 @@ class PipelineBacklog:
         if readers != self.readers:
             self.readers = readers
             self.auto_short_side_px = auto_short_side(readers, self.repository)
+
+
+def _shadow(group: str) -> bool:
+    """A shadow version's group (`stream.stages.infer.shadow`): it compares a candidate and
+    never holds sources back; what it has not read yet only waits in the tensors stream."""
+    return group.startswith("shadow:")
 
 
 def auto_short_side(groups: tuple[str, ...] | list[str], repository: ModelRepository) -> int | None:

@@ -39,7 +39,7 @@ from stream.adapters.redis.fenced_commit import Fenced
 from stream.adapters.redis.trim import trim_output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
-from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP
+from stream.core.messages import EOS, FRAME, LABEL_CHANGE, RESULT, SKIP, SMOOTHING_RESTART
 from stream.core.reorder import Released, ReorderBuffer
 from stream.core.scoring import above, scores_problem, top_k
 from stream.core.segments import Segment, SegmentBuilder
@@ -50,7 +50,7 @@ from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms
 from stream.stages.postprocess.partition_leases import PartitionLeases
 from stream.stages.postprocess.partition_state import fences, load_tracks
-from stream.zoo.repository import load_spec
+from stream.zoo.repository import ModelRepository
 from stream.zoo.store import find_labels
 
 __all__ = ["PostprocessStage"]
@@ -74,6 +74,7 @@ class _Track:
     gaps: int = 0
     late: int = 0
     label: str | None = field(default=None)
+    version: int | None = None  # the model version of the last result (its labels)
 
     def restart(self, smoother: LabelSmoother) -> None:
         """After end-of-stream: a source re-added later continues its seq, with fresh statistics."""
@@ -108,18 +109,16 @@ class PostprocessStage(ConsumerStage):
             group=PipelineKeys.group("postprocess", model),
             model=model,
         )
+        self.repository = ModelRepository(settings.models.repository)
         if labels is None:
-            spec = load_spec(model, settings.models.repository)
-            found = find_labels(
-                spec,
-                weights_dir=settings.models.weights_dir,
-                cache_dir=settings.models.cache_dir,
-            )
-            labels = list(found.names)
+            spec = self.repository.spec(model)
+            labels = self._labels_of(spec.version)
             threshold = spec.threshold if spec.multi_label else None
         self.labels = labels
         self.threshold = threshold
         """A multi-label model's threshold: each result lists every label scoring above it."""
+        self._version_labels: dict[int, list[str]] = {}
+        """Labels of each model version seen in the scores (a new version may name other classes)."""
         self.cfg = settings.postprocess
         self._tracks: dict[str, _Track] = {}
         self._dirty: set[str] = set()
@@ -321,23 +320,59 @@ class PostprocessStage(ConsumerStage):
                 track.late += 1
                 out.outputs.extend(self._result(source, track, message, late=True))
 
+    def _labels_of(self, version: int) -> list[str]:
+        spec = self.repository.spec(self.model or "", version)
+        found = find_labels(
+            spec, weights_dir=self.settings.models.weights_dir, cache_dir=self.settings.models.cache_dir
+        )
+        return list(found.names)
+
+    def _labels(self, version: Any) -> list[str]:
+        """The labels of `version` (a result's `model_version`); this stage's own without one."""
+        if not isinstance(version, int) or isinstance(version, bool):
+            return self.labels
+        if version not in self._version_labels:
+            try:
+                self._version_labels[version] = self._labels_of(version)
+            except Exception as e:  # noqa: BLE001 - a version gone from the repository: keep going
+                log.warning("postprocess %s: labels of version %d unreadable (%s)", self.model, version, e)
+                self._version_labels[version] = self.labels
+        return self._version_labels[version]
+
+    def _new_version(
+        self, source: str, track: _Track, meta: dict[str, Any], labels: list[str]
+    ) -> list[Output]:
+        """A result of another model version than the last: when that version names other classes,
+        smoothing starts again (its state counts the old classes) with an event saying why."""
+        version, previous = meta.get("model_version"), track.version
+        track.version = version if isinstance(version, int) else previous
+        if previous is None or version == previous or labels == self._labels(previous):
+            return []
+        track.smoother = LabelSmoother(self.cfg.ema_alpha, self.cfg.hysteresis_frames)
+        track.label = None
+        event = {"kind": SMOOTHING_RESTART, "source": source, "model": self.model, "seq": meta["seq"],
+                 "model_version": version, "previous_version": previous, "result_ms": now_ms(),
+                 "reason": f"version {version} has other labels than version {previous}"}  # fmt: skip
+        return [Output(track.keys.events, encode_message(Message(meta=event)))]
+
     def _result(self, source: str, track: _Track, message: Message, *, late: bool) -> list[Output]:
         start = now_ms()
         meta = message.meta
+        labels = self._labels(meta.get("model_version"))
         probs = np.asarray(message.array, dtype=np.float32)
         idx, vals = top_k(probs, self.cfg.top_k)
-        top = [[self.labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
+        top = [[labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
         extra: dict[str, Any] = {}
         if self.threshold is not None:
-            extra["labels"] = self._above(probs)
-        events: list[Output] = []
+            extra["labels"] = self._above(probs, labels)
+        events: list[Output] = [] if late else self._new_version(source, track, meta, labels)
         if late:
             smoothed = track.label or top[0][0]
             smoothed_score = None
         else:
-            before = self._above(track.smoother.ema)
+            before = self._above(track.smoother.ema, labels)
             s = track.smoother.update(probs)
-            smoothed, smoothed_score = self.labels[s.index], round(s.score, 5)
+            smoothed, smoothed_score = labels[s.index], round(s.score, 5)
             closed = track.segments.frame(meta["seq"], smoothed, s.score, _capture_ms(meta))
             events.extend(self._segment(track, closed))
             event = {"kind": LABEL_CHANGE, "source": source, "model": self.model, "seq": meta["seq"],
@@ -346,7 +381,7 @@ class PostprocessStage(ConsumerStage):
             if self.threshold is not None:
                 # multi-label: each label's EMA against the threshold (the EMA is the saved state,
                 # so a replica taking the partition over continues the same label set)
-                now = self._above(track.smoother.ema)
+                now = self._above(track.smoother.ema, labels)
                 extra["smoothed_labels"] = now
                 if [n for n, _ in now] != [n for n, _ in before]:
                     changed = True
@@ -369,6 +404,7 @@ class PostprocessStage(ConsumerStage):
             "source": source,
             "seq": meta["seq"],
             "model": self.model,
+            "model_version": meta.get("model_version"),
             "label": top[0][0],
             "score": top[0][1],
             "top": top,
@@ -394,12 +430,12 @@ class PostprocessStage(ConsumerStage):
             return []
         return [Output(track.keys.segments, encode_message(Message(meta=closed.to_meta())))]
 
-    def _above(self, scores: np.ndarray | None) -> list[list[Any]]:
+    def _above(self, scores: np.ndarray | None, labels: list[str]) -> list[list[Any]]:
         """[label, score] of every score above the multi-label threshold, best first."""
         if scores is None or self.threshold is None:
             return []
         idx, vals = above(scores, self.threshold)
-        return [[self.labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
+        return [[labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
 
     def _eos(self, source: str, track: _Track, message: Message) -> Output:
         meta = message.meta
