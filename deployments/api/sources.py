@@ -41,6 +41,12 @@ class SourceIn(BaseModel):
     loop: bool = False
     live: bool | None = None
     realtime: bool = False
+    models: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="the models that classify this source (each one the pipeline serves); "
+        "default: every model the pipeline serves",
+    )
 
     @field_validator("id")
     @classmethod
@@ -88,13 +94,15 @@ async def get_sources(ingress: Any = Depends(serving_replica)) -> dict[str, Any]
     return {"sources": await redis_call(source_items(ingress.client, ingress.keys))}
 
 
-@router.post("/v1/sources", status_code=201, tags=["sources"], responses=errors(403, 409, 413, 429, 503))
+@router.post("/v1/sources", status_code=201, tags=["sources"], responses=errors(400, 403, 409, 413, 429, 503))
 async def post_source(source: SourceIn, ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
     """Add a source; an ingest replica starts playing it within a fraction of a second.
 
     The URI must pass ``ingest.allowed_sources`` (400 malformed, 403 not allowed, with the
     reason) and be at most ``api.max_uri_chars`` long (413); at most ``api.max_sources`` sources
-    are registered at once (429). A file path is stored resolved through its symlinks."""
+    are registered at once (429). A file path is stored resolved through its symlinks. ``models``
+    limits which of the pipeline's models classify the source (400 for a model it does not
+    serve); without it, every model does."""
     from stream.adapters.redis.source_registry import SourceSpec, add_source
 
     limits = ingress.settings.api
@@ -105,6 +113,15 @@ async def post_source(source: SourceIn, ingress: Any = Depends(serving_replica))
     if count >= limits.max_sources:
         raise ApiError(429, f"{count} sources registered, the most api.max_sources allows; DELETE one first")
     uri = await _allowed_uri(source.uri, ingress.source_policy)
+    if source.models is not None:
+        from stream.readers.model_stats import served_models
+
+        served = await redis_call(served_models(ingress.client, ingress.keys))
+        unknown = [m for m in source.models if m not in served]
+        if unknown:
+            raise ApiError(
+                400, f"models {unknown} are not served by this pipeline; it serves {served or 'none yet'}"
+            )
     try:
         spec = SourceSpec(**{**source.model_dump(exclude={"id"}), "uri": uri})
     except ValueError as e:

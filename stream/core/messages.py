@@ -8,6 +8,8 @@ frames (``fs:{p}:frames``), written by ingest or a replay:
     capture_ms: float (when the frame was captured / its original timestamp),
     ingest_ms: float (when it was published), encoding: "jpeg" | "raw",
     label: str | None (optional ground truth, from replay files),
+    models: [str, ...] (only for a source given models of its own: the models that classify it;
+    every other model's preprocess acks its frames and end-of-stream and passes nothing on),
     stamps: {stage: [start_ms, end_ms]} (filled in by each stage)
     array: uint8 JPEG bytes (1-D) for encoding="jpeg", uint8 HxWx3 RGB for encoding="raw"
   end of a source: kind="eos", source, seq = number of frames the source published, no array;

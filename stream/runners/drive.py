@@ -92,6 +92,9 @@ class Played:
     ledger: ResultLedger
     sources: list[str]
     """The ids of the sources the run was given (others may have played too: added over HTTP)."""
+    tracks: list[tuple[str, str]]
+    """(source, model) of every model each of those sources is classified by (a source with
+    models of its own: those alone)."""
 
 
 async def drive(
@@ -115,12 +118,14 @@ async def drive(
         signals.enter_context(on_stop_signal(lambda: loop.call_soon_threadsafe(stop.set)))
     specs = [s if isinstance(s, SourceSpec) else SourceSpec(uri=s, loop=options.loop) for s in sources]
     ids = source_ids(s.uri for s in specs)
-    finite = [
+    tracks = [
         (sid, model)
         for sid, spec in zip(ids, specs, strict=True)
-        if not (spec.loop or (spec.live if spec.live is not None else parse_source(spec.uri).live))
         for model in options.models
+        if spec.models is None or model in spec.models
     ]
+    endless = {sid for sid, s in zip(ids, specs, strict=True) if s.loop or _live(s)}
+    finite = [(sid, model) for sid, model in tracks if sid not in endless]
     sink = _Results(_reader(client, keys, options))
     outage = RedisOutage(options.max_outage_s)
 
@@ -160,7 +165,7 @@ async def drive(
                     await ride(functools.partial(remove_source, client, keys, sid))
                 # a removed source ends with an end-of-stream: every track's, looping and live
                 # ones too, says the pipeline has let go of it (a run with none has nothing to wait for)
-                every = [(sid, model) for sid in ids for model in options.models]
+                every = tracks
                 deadline = time.monotonic() + settings.streams.drain_timeout_s + 5
                 while every and not sink.finished(every, grace_s) and time.monotonic() < deadline:
                     await ride(lambda: sink.poll(block_ms=200))
@@ -170,16 +175,20 @@ async def drive(
             await ctx.show()
             await _wait_for_sinks(client, keys, settings, stop, options, ride, progress)
         summary = await ride(
-            lambda: _summary(client, keys, options, sink, ids, first, dead_before, started, interrupted)
+            lambda: _summary(client, keys, options, sink, tracks, first, dead_before, started, interrupted)
         )
         summary.sinks = await ride(lambda: _sink_rows(client, keys, settings, first))
-        return Played(summary, sink.reader.ledger, ids)
+        return Played(summary, sink.reader.ledger, ids, tracks)
     finally:
         for jsonl in (sink.reader.sink, sink.reader.segments):
             if jsonl is not None:
                 jsonl.close()
         signals.close()
         await client.aclose()
+
+
+def _live(spec: SourceSpec) -> bool:
+    return spec.live if spec.live is not None else parse_source(spec.uri).live
 
 
 def _reader(client: Any, keys: PipelineKeys, options: DriveOptions) -> ResultReader:
@@ -197,27 +206,29 @@ async def _summary(
     keys: PipelineKeys,
     options: DriveOptions,
     sink: _Results,
-    ids: list[str],
+    tracks: list[tuple[str, str]],
     first: dict[str, int],
     dead_before: int,
     started: float,
     interrupted: bool,
 ) -> Summary:
-    """Every source that played counts: the ones given here and any added meanwhile (over HTTP)."""
+    """Every source that played counts: the ones given here (with the models each asked for) and
+    any added meanwhile (over HTTP)."""
     counters = await read_counters(client, keys)
     ledger = sink.reader.ledger
-    sources = list(dict.fromkeys([*ids, *ledger.sources]))
+    given = {sid for sid, _ in tracks}
+    extra = [(s, m) for s in ledger.sources if s not in given for m in options.models]
+    sources = list(dict.fromkeys(s for s, _ in [*tracks, *extra]))
     published = {s: counters.get(f"published:{s}", 0) - first.get(f"published:{s}", 0) for s in sources}
     per_track = {}
-    for sid in sources:
-        for model in options.models:
-            track = ledger.track(sid, model)
-            per_track[_name(sid, model, options)] = {
-                "published": published[sid],
-                "results": track.results,
-                "label": track.label or "-",
-                "error": (track.eos or {}).get("error"),
-            }
+    for sid, model in [*tracks, *extra]:
+        track = ledger.track(sid, model)
+        per_track[_name(sid, model, options)] = {
+            "published": published[sid],
+            "results": track.results,
+            "label": track.label or "-",
+            "error": (track.eos or {}).get("error"),
+        }
     total = ledger.total()
     return Summary(
         model=", ".join(options.models),

@@ -365,7 +365,7 @@ async def run_processes(
         stage_cpu_s=stage_cpu_s,
         sinks=summary.sinks,
     )
-    _fill(report, played.ledger, [(sid, m) for sid in played.sources for m in models])
+    _fill(report, played.ledger, played.tracks)
     return report
 
 

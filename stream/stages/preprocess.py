@@ -77,6 +77,10 @@ class PreprocessStage(ConsumerStage):
         for entry, message in items:
             meta = dict(message.meta)
             kind = meta.get("kind")
+            chosen = meta.get("models")
+            if isinstance(chosen, list) and self.model not in chosen:
+                out.acks.append(entry)  # a source with models of its own, not this one: not ours
+                continue
             meta["model"] = self.model
             output = self._output(entry)
             if kind in (EOS, SKIP):

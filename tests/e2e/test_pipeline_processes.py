@@ -147,6 +147,34 @@ def test_two_models_one_frames_stream_each_full_result_set(
     assert still_labels == {"Egyptian cat"}
 
 
+async def test_a_source_with_models_of_its_own_gets_results_of_those_alone(
+    redis_server: RedisServer, shared_dir: Path, tmp_path: Path
+) -> None:
+    """Two models served; one source asks for v1 alone: it gets v1's results and nothing of v2's,
+    the other source gets both, and the run ends when what each asked for is done."""
+    from stream.adapters.redis.source_registry import SourceSpec
+    from stream.runners.processes import run_processes
+    from stream.settings import Settings
+
+    photos = [read_photo(shared_dir / "images" / p) for p in SCENE_PHOTOS[:2]]
+    clip = write_clip(tmp_path / "clip.mp4", [f for p in photos for f in scene_frames(p, 15, (320, 240))])
+    other = write_clip(tmp_path / "other.mp4", scene_frames(photos[0], 12, (320, 240)))
+    settings = Settings(models={"weights_dir": shared_dir / "models"}, streams={"pipeline": "own-models"})
+    results_file = tmp_path / "results.jsonl"
+    report = await run_processes(
+        settings,
+        redis_url=redis_server.url,
+        sources=[SourceSpec(uri=str(clip), models=(V1,)), str(other)],
+        models=[V1, V2],
+        results_path=results_file,
+        timeout_s=150,
+    )
+    assert not report.interrupted
+    counts = {pair: len(rows) for pair, rows in read_results(results_file).items()}
+    assert counts == {("clip", V1): 30, ("other", V1): 12, ("other", V2): 12}
+    assert {(r.source, r.model) for r in report.rows} == set(counts)
+
+
 def test_corrupt_frame_mid_clip_is_dead_lettered_others_all_get_results(
     redis_server: RedisServer, shared_dir: Path, tmp_path: Path
 ) -> None:

@@ -35,10 +35,17 @@ class SourceSpec:
     loop: bool = False
     live: bool | None = None
     realtime: bool = False  # files: publish at the media's own pace instead of as fast as possible
+    models: tuple[str, ...] | None = None  # the models that classify it; None: every model served
 
     def __post_init__(self) -> None:
         if not self.uri:
             raise ValueError("source uri must not be empty")
+        if self.models is not None:
+            if isinstance(self.models, str) or not all(isinstance(m, str) and m for m in self.models):
+                raise ValueError(f"models must be a list of model names, got {self.models!r}")
+            if not self.models:
+                raise ValueError("models must name at least one model (leave it out for every model)")
+            object.__setattr__(self, "models", tuple(dict.fromkeys(self.models)))
         if self.target_fps is not None and self.target_fps <= 0:
             raise ValueError(f"target_fps must be > 0, got {self.target_fps}")
         if self.every_nth is not None and self.every_nth < 1:
@@ -52,7 +59,7 @@ class SourceSpec:
         data = raw if isinstance(raw, dict) else json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError(f"source spec must be a JSON object, got {type(data).__name__}")
-        known = {"uri", "target_fps", "every_nth", "loop", "live", "realtime"}
+        known = {"uri", "target_fps", "every_nth", "loop", "live", "realtime", "models"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown source spec fields {sorted(unknown)}; known: {sorted(known)}")

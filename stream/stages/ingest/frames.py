@@ -37,8 +37,10 @@ class PendingFrame:
     pts_ms: float | None
     label: str | None
 
-    def encode(self, source_id: str, seq: int, ingest_ms: float) -> bytes:
-        meta = {
+    def encode(
+        self, source_id: str, seq: int, ingest_ms: float, models: tuple[str, ...] | None = None
+    ) -> bytes:
+        meta: dict[str, object] = {
             "kind": FRAME,
             "source": source_id,
             "seq": seq,
@@ -49,6 +51,8 @@ class PendingFrame:
             "pts_ms": self.pts_ms,
             "stamps": {"ingest": [self.capture_ms, ingest_ms]},
         }
+        if models is not None:
+            meta["models"] = list(models)
         return encode_message(Message(meta=meta, array=self.array))
 
 
@@ -62,7 +66,13 @@ class Chunk:
 
 
 def eos_message(
-    source_id: str, seq: int, *, first_seq: int = 0, error: str | None = None, removed: bool = False
+    source_id: str,
+    seq: int,
+    *,
+    first_seq: int = 0,
+    error: str | None = None,
+    removed: bool = False,
+    models: tuple[str, ...] | None = None,
 ) -> bytes:
     """End of a source: `seq` follows its last frame; it published `seq - first_seq` frames."""
     meta: dict[str, object] = {
@@ -76,6 +86,8 @@ def eos_message(
         meta["error"] = error
     if removed:
         meta["reason"] = "removed"
+    if models is not None:
+        meta["models"] = list(models)
     return encode_message(Message(meta=meta))
 
 

@@ -173,7 +173,8 @@ class IngestStage:
                         raise exc  # the whole loop rides it out (`run_resilient`)
                     # a bug met while playing one source fails that source, not the replica
                     log.error("ingest: playing %s failed", source_id, exc_info=exc)
-                    await self._finish(source_id, states.get(source_id, {}), error=source_failure(exc))
+                    await self._finish(source_id, states.get(source_id, {}), error=source_failure(exc),
+                                       models=player.spec.models)  # fmt: skip
             elif source_id not in specs:
                 player.removed = True
                 player.stop.set()
@@ -243,7 +244,8 @@ class IngestStage:
             source = await asyncio.to_thread(_open_at, player.spec.uri, position, self.settings.ingest)
         except Exception as e:  # whatever opening one source raises is that source's failure
             log.error("ingest: source %s cannot be read: %s", player.source_id, e)
-            await self._finish(player.source_id, state, error=source_failure(e), report=player.report)
+            await self._finish(player.source_id, state, error=source_failure(e), report=player.report,
+                               models=player.spec.models)  # fmt: skip
             return
         live = player.spec.live if player.spec.live is not None else source.live
         if not live and player.report.observe(PLAYING, None, 0):
@@ -262,7 +264,8 @@ class IngestStage:
             await asyncio.to_thread(_close, source)
         if error is not None or player.removed or not player.stop.is_set():
             await self._finish(player.source_id, await get_state(self.client, self.keys, player.source_id),
-                               error=error, removed=player.removed, report=player.report)  # fmt: skip
+                               error=error, removed=player.removed, report=player.report,
+                               models=player.spec.models)  # fmt: skip
 
     async def _play_file(
         self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int, position: int
@@ -364,7 +367,9 @@ class IngestStage:
         """Publish the frames with their seq and record progress (one MULTI/EXEC); returns next seq."""
         progress = {"next_seq": next_seq + len(frames), "position": position, "first_seq": player.first_seq,
                     "done": False}  # fmt: skip
-        await self.writes.publish(player.source_id, frames, next_seq, progress, player.report)
+        await self.writes.publish(
+            player.source_id, frames, next_seq, progress, player.report, player.spec.models
+        )
         player.progress = progress
         self.processed += len(frames)
         metrics.frames(self.name, "ok", len(frames))
@@ -378,9 +383,12 @@ class IngestStage:
         error: str | None = None,
         removed: bool = False,
         report: SourceReport | None = None,
+        models: tuple[str, ...] | None = None,
     ) -> None:
         """Publish end-of-stream and mark the source done (finished or failed), atomically."""
-        frames = await self.writes.finish(source_id, state, error=error, removed=removed, report=report)
+        frames = await self.writes.finish(
+            source_id, state, error=error, removed=removed, report=report, models=models
+        )
         self.processed += 1
         log.info("ingest: source %s finished after %d frames%s", source_id, frames,
                  f" ({error})" if error else "")  # fmt: skip
