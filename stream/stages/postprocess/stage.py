@@ -8,7 +8,7 @@ times from the stamps, and end-to-end latency. An input entry is acked only toge
 result it produced, so frames held in the reorder buffer are redelivered if this replica dies.
 
 A source's results, events and segments go to its partition's streams (the partition its scores came
-from). Replicas own partitions (`stream.stages.postprocess.partition_leases`: a lease each, a fair share of
+from). Replicas own partitions (`stream.adapters.redis.partition_leases`: a lease each, a fair share of
 the live replicas each) and read only their own partitions' scores. Each commit of a partition runs
 only while its lease holds (a replica that lost it writes nothing) and writes the state of every
 (source, model) it changed (`stream.core.track_state`: the reorder buffer's next seq, the smoother,
@@ -46,7 +46,7 @@ from stream.core.track_state import SavedTrack, encode_track
 from stream.errors import LeaseLost
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms
-from stream.stages.postprocess.partition_leases import PartitionLeases
+from stream.adapters.redis.partition_leases import PartitionLeases
 from stream.stages.postprocess.partition_state import fences, load_tracks
 from stream.zoo.descriptors import load_spec
 from stream.zoo.store import find_labels
