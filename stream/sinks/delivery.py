@@ -4,7 +4,10 @@ and acked only once the destination confirmed them.
 
 Per partition one *lane* reads (up to ``max_items``, waiting ``max_wait_ms`` for a batch to fill),
 sends and acks, one batch after the other, so a source's items (all in its partition) arrive in
-order. A failed send is tried again with capped, jittered exponential backoff (tenacity); after
+order. A delivery runs lanes only for the partitions in `SinkDelivery.owned` (all of them unless
+`stream.sinks.loop.SinkLoop` hands them out by lease): `stop_partitions` stops a lane before its
+partition goes to another replica, whose lane takes what this one left unacked.
+A failed send is tried again with capped, jittered exponential backoff (tenacity); after
 ``max_attempts`` sends, for items older than ``max_age_s``, or at once when the destination says
 sending again cannot succeed, the items become dead letters (stage ``sink:<name>``) that
 `framestream dead retry` re-drives into the sink's own retry stream, so only this sink sees them
@@ -24,7 +27,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +107,11 @@ class SinkDelivery:
         """Called with how many entries were delivered or dead-lettered, each time some were."""
         self.last_progress_s = time.monotonic()
         self._send_lock = asyncio.Lock()  # a destination's `send` never runs concurrently with itself
+        self.owned: set[int] = set(range(self.keys.partitions))
+        """The partitions this delivery runs lanes for."""
+        self._lanes: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._lane_error: asyncio.Future[None] | None = None
+        """While `run` runs: set with the first error of a lane or the watcher, which ends it."""
 
     @property
     def name(self) -> str:
@@ -123,16 +131,59 @@ class SinkDelivery:
             self._failed(e)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop`; a Redis error ends it (and every lane) for the runner to rerun."""
+        """Deliver the `owned` partitions until `stop` (each lane finishes the batch it holds); a
+        Redis error ends it (and every lane) for the runner to rerun."""
         await self.start()
-        tasks = [asyncio.create_task(self._lane(keys, stop)) for keys in self.keys.all_partitions]
-        tasks.append(asyncio.create_task(self._watch(stop)))
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lane_error = failed
+        watch = asyncio.create_task(self._watch(stop))
+        watch.add_done_callback(self._task_done)
+        self.deliver_partitions(self.owned)
+        stopped = asyncio.create_task(stop.wait())
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                failed.result()  # raises the first error
+            for _, lane_stop in self._lanes.values():
+                lane_stop.set()
+            await asyncio.gather(watch, *(task for task, _ in self._lanes.values()))
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            self._lane_error = None
+            stopped.cancel()
+            tasks = [watch, *(task for task, _ in self._lanes.values())]
+            self._lanes.clear()
+            await _cancelled(tasks)
+
+    def deliver_partitions(self, partitions: Collection[int]) -> None:
+        """Own `partitions` too: their lanes start now while `run` runs (else when it does)."""
+        self.owned.update(partitions)
+        if self._lane_error is None:
+            return
+        for k in sorted(partitions):
+            if k not in self._lanes:
+                lane_stop = asyncio.Event()
+                task = asyncio.create_task(self._lane(self.keys.partition(k), lane_stop))
+                task.add_done_callback(self._task_done)
+                self._lanes[k] = (task, lane_stop)
+
+    async def stop_partitions(self, partitions: Collection[int], *, wait_s: float) -> None:
+        """Stop delivering `partitions`: each lane finishes the send it is in, for up to `wait_s`
+        (then it is cancelled). What a lane read and did not ack stays pending for the partition's
+        next lane, which sends it before anything newer."""
+        self.owned.difference_update(partitions)
+        lanes = [self._lanes.pop(k) for k in partitions if k in self._lanes]
+        for _, lane_stop in lanes:
+            lane_stop.set()
+        tasks = [task for task, _ in lanes]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=wait_s) if wait_s > 0 else (set(), set(tasks))
+            await _cancelled(late)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        if self._lane_error is not None and not self._lane_error.done():
+            self._lane_error.set_exception(task.exception())  # type: ignore[arg-type]
 
     async def close(self) -> None:
         await self.destination.close()
@@ -172,9 +223,9 @@ class SinkDelivery:
                 await self._deliver(keys, entries, stop)
 
     async def _held_by_others(self, streams: list[str]) -> bool:
-        """Whether another consumer of the group holds entries of `streams` (a delivery process
-        that stopped or crashed: one process delivers a sink, so those are older than what is
-        unread)."""
+        """Whether another consumer of the group holds entries of `streams` (the partition's
+        earlier owner, stopped or crashed: one replica at a time delivers a partition, so those
+        are older than what is unread)."""
         for stream in streams:
             try:
                 summary: Any = await self.client.xpending(stream, self.group)
@@ -372,13 +423,15 @@ class SinkDelivery:
             total = sum(parts)
             self.stats.backlog = total
             metrics.sink_backlog(self.name, total)
+            # each replica drops its share of the excess from the partitions it owns
             if self.sink.on_full == "drop" and total > self.sink.max_backlog:
                 excess = total - self.sink.max_backlog
                 for keys, part in zip(self.keys.all_partitions, parts, strict=True):
-                    if part:
+                    if part and keys.index in self.owned:
                         await self._drop_oldest(keys, math.ceil(excess * part / total), total)
             for keys in self.keys.all_partitions:
-                await trim(self.client, keys.sink_retry(self.name))
+                if keys.index in self.owned:
+                    await trim(self.client, keys.sink_retry(self.name))
             await self._count_retries()
             await _pause(stop, _WATCH_S)
         await self._count_retries()
@@ -412,3 +465,15 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
     """Sleep `seconds`, or less when `stop` is set meanwhile."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _cancelled(tasks: Collection[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until each has ended. A lane blocked in a redis-py XREADGROUP can
+    absorb one cancellation and block on (seen in the API test's delete), so each is cancelled
+    again until it ends."""
+    left = {task for task in tasks if not task.done()}
+    while left:
+        for task in left:
+            task.cancel()
+        _, left = await asyncio.wait(left, timeout=0.5)
+    await asyncio.gather(*tasks, return_exceptions=True)
