@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from stream.adapters.metrics import metrics
 from stream.adapters.redis.entries import DeadLetter, Entry, Output
 from stream.adapters.redis.fenced_commit import Fenced
+from stream.adapters.redis.partition_leases import PartitionLeases
 from stream.adapters.redis.trim import trim_output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
@@ -46,7 +47,6 @@ from stream.core.track_state import SavedTrack, encode_track
 from stream.errors import LeaseLost
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms
-from stream.adapters.redis.partition_leases import PartitionLeases
 from stream.stages.postprocess.partition_state import fences, load_tracks
 from stream.zoo.descriptors import load_spec
 from stream.zoo.store import find_labels
