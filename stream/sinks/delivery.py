@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -128,7 +129,7 @@ class SinkDelivery:
         try:
             await self.destination.start()
         except DeliveryError as e:  # a destination down at start is like one down later: sends retry
-            self._failed(e)
+            await self._note_failure(e)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver the `owned` partitions until `stop` (each lane finishes the batch it holds); a
@@ -141,7 +142,8 @@ class SinkDelivery:
         self.deliver_partitions(self.owned)
         stopped = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+            waiting: list[asyncio.Future[Any]] = [stopped, failed]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if failed.done():
                 failed.result()  # raises the first error
             for _, lane_stop in self._lanes.values():
@@ -340,17 +342,17 @@ class SinkDelivery:
         async with self._send_lock:
             try:
                 await asyncio.wait_for(self.destination.send(items), self.sink.timeout_s + 5.0)
+                return
             except DeliveryError as e:
-                self._failed(e)
-                raise
+                error = e
             except TimeoutError as e:
                 error = DeliveryError(f"no confirmation within timeout_s={self.sink.timeout_s} s")
-                self._failed(error)
-                raise error from e
+                error.__cause__ = e
             except Exception as e:
                 error = DeliveryError(f"{type(e).__name__}: {e}")
-                self._failed(error)
-                raise error from e
+                error.__cause__ = e
+        await self._note_failure(error)
+        raise error
 
     async def _expire(self, keys: PipelineKeys, pending: Pending) -> Pending:
         """Dead-letter the items older than `max_age_s` (by their entry id); the others."""
@@ -372,9 +374,14 @@ class SinkDelivery:
             self.name, state.attempt_number, self.stats.last_error,
         )  # fmt: skip
 
-    def _failed(self, error: DeliveryError) -> None:
+    async def _note_failure(self, error: DeliveryError) -> None:
+        """Keep `error` as this sink's last one: here, in the metrics and in Redis (the console
+        shows it, `stream.readers.sink_status`)."""
+        now = time.time()
         self.stats.last_error = error.reason
-        metrics.sink_last_error(self.name, time.time())
+        metrics.sink_last_error(self.name, now)
+        last = json.dumps({"error": error.reason, "time_ms": round(now * 1000.0)})
+        await self.client.hset(self.keys.sink_errors, self.name, last)
 
     # --- acks and dead letters --------------------------------------------------------------
 
