@@ -277,11 +277,11 @@ def _ensure_apps(
     Returns the Serve application name per model and whether we deployed them.
     """
 
-    base = load_config(target.config_path)
-    configured = [s for s in app_config(base).get("args", {}).get("stages", STAGES) if s != "sinks"]
+    shipped = load_config(target.config_path)
+    configured = [s for s in app_config(shipped).get("args", {}).get("stages", STAGES) if s != "sinks"]
     config = per_model(
         override(
-            base,
+            shipped,
             args={"settings": _replica_settings(settings, redis_url)},
             http={"host": "127.0.0.1", "port": find_free_port()},
             # the Sinks deployment delivers the settings' sinks; without any, it is not deployed

@@ -181,8 +181,7 @@ async def drive(
         summary = await ride(
             lambda: _summary(client, keys, options, sink, ids, first, dead_before, started, interrupted)
         )
-        if settings.sinks:
-            summary.sinks = await ride(lambda: _sink_rows(client, keys, settings, first))
+        summary.sinks = await ride(lambda: _sink_rows(client, keys, settings, first))
         return Played(summary, sink.reader.ledger, ids)
     finally:
         for jsonl in (sink.reader.sink, sink.reader.segments):
@@ -272,7 +271,10 @@ async def _wait_for_sinks(
 async def _sink_rows(
     client: Any, keys: PipelineKeys, settings: Settings, first: dict[str, int]
 ) -> dict[str, dict[str, int]]:
-    """Each sink's counters in this run (from the partitions' counters hashes) and its backlog."""
+    """Each sink's counters in this run (from the partitions' counters hashes) and its backlog;
+    nothing without sinks."""
+    if not settings.sinks:
+        return {}
     counters = await read_counters(client, keys)
     backlogs = await _sink_backlogs(client, keys, settings)
 
