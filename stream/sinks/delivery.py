@@ -48,6 +48,7 @@ from stream.errors import CodecError
 from stream.settings import Settings
 from stream.sinks.destination import DeliveryError, Destination, SinkItem
 from stream.sinks.filters import sink_item
+from stream.sinks.lanes import Lanes
 from stream.sinks.settings import SinkSettings
 
 __all__ = ["SinkDelivery", "SinkStats"]
@@ -108,11 +109,7 @@ class SinkDelivery:
         """Called with how many entries were delivered or dead-lettered, each time some were."""
         self.last_progress_s = time.monotonic()
         self._send_lock = asyncio.Lock()  # a destination's `send` never runs concurrently with itself
-        self.owned: set[int] = set(range(self.keys.partitions))
-        """The partitions this delivery runs lanes for."""
-        self._lanes: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
-        self._lane_error: asyncio.Future[None] | None = None
-        """While `run` runs: set with the first error of a lane or the watcher, which ends it."""
+        self.lanes = Lanes(lambda k, stop: self._lane(self.keys.partition(k), stop), self.keys.partitions)
 
     @property
     def name(self) -> str:
@@ -131,61 +128,30 @@ class SinkDelivery:
         except DeliveryError as e:  # a destination down at start is like one down later: sends retry
             await self._note_failure(e)
 
+    @property
+    def owned(self) -> set[int]:
+        """The partitions this delivery runs lanes for (all unless `SinkLoop` hands them out)."""
+        return self.lanes.owned
+
+    @owned.setter
+    def owned(self, partitions: set[int]) -> None:
+        self.lanes.owned = set(partitions)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver the `owned` partitions until `stop` (each lane finishes the batch it holds); a
         Redis error ends it (and every lane) for the runner to rerun."""
         await self.start()
-        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._lane_error = failed
-        watch = asyncio.create_task(self._watch(stop))
-        watch.add_done_callback(self._task_done)
-        self.deliver_partitions(self.owned)
-        stopped = asyncio.create_task(stop.wait())
-        try:
-            waiting: list[asyncio.Future[Any]] = [stopped, failed]
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if failed.done():
-                failed.result()  # raises the first error
-            for _, lane_stop in self._lanes.values():
-                lane_stop.set()
-            await asyncio.gather(watch, *(task for task, _ in self._lanes.values()))
-        finally:
-            self._lane_error = None
-            stopped.cancel()
-            tasks = [watch, *(task for task, _ in self._lanes.values())]
-            self._lanes.clear()
-            await _cancelled(tasks)
+        await self.lanes.run(stop, beside=self._watch(stop))
 
     def deliver_partitions(self, partitions: Collection[int]) -> None:
         """Own `partitions` too: their lanes start now while `run` runs (else when it does)."""
-        self.owned.update(partitions)
-        if self._lane_error is None:
-            return
-        for k in sorted(partitions):
-            if k not in self._lanes:
-                lane_stop = asyncio.Event()
-                task = asyncio.create_task(self._lane(self.keys.partition(k), lane_stop))
-                task.add_done_callback(self._task_done)
-                self._lanes[k] = (task, lane_stop)
+        self.lanes.add(partitions)
 
     async def stop_partitions(self, partitions: Collection[int], *, wait_s: float) -> None:
         """Stop delivering `partitions`: each lane finishes the send it is in, for up to `wait_s`
         (then it is cancelled). What a lane read and did not ack stays pending for the partition's
         next lane, which sends it before anything newer."""
-        self.owned.difference_update(partitions)
-        lanes = [self._lanes.pop(k) for k in partitions if k in self._lanes]
-        for _, lane_stop in lanes:
-            lane_stop.set()
-        tasks = [task for task, _ in lanes]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=wait_s) if wait_s > 0 else (set(), set(tasks))
-            await _cancelled(late)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        if self._lane_error is not None and not self._lane_error.done():
-            self._lane_error.set_exception(task.exception())  # type: ignore[arg-type]
+        await self.lanes.remove(partitions, wait_s=wait_s)
 
     async def close(self) -> None:
         await self.destination.close()
@@ -472,15 +438,3 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
     """Sleep `seconds`, or less when `stop` is set meanwhile."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-
-
-async def _cancelled(tasks: Collection[asyncio.Task[None]]) -> None:
-    """Cancel `tasks` and wait until each has ended. A lane blocked in a redis-py XREADGROUP can
-    absorb one cancellation and block on (seen in the API test's delete), so each is cancelled
-    again until it ends."""
-    left = {task for task in tasks if not task.done()}
-    while left:
-        for task in left:
-            task.cancel()
-        _, left = await asyncio.wait(left, timeout=0.5)
-    await asyncio.gather(*tasks, return_exceptions=True)
