@@ -14,8 +14,10 @@ returned.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the route annotations at runtime.
+from contextlib import suppress
+from ipaddress import ip_address
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
@@ -80,13 +82,45 @@ async def _allowed_destination(sink: SinkSettings, ingress: Any) -> None:
     if address is None:
         return  # a plug-in kind without a network address: nothing to check here
     scheme = urlsplit(address).scheme
-    if not scheme or not urlsplit(address).netloc:
+    destinations = _postgres_hosts(address) if scheme in _POSTGRES_SCHEMES else [address]
+    if not scheme or not all(urlsplit(d).netloc for d in destinations):
         raise ApiError(400, f"sink {sink.name!r}: an API sink's address must be a URL (scheme://host...)")
     networks = ingress.settings.ingest.allowed_sources.networks
-    verdict = await check_uri_async(address, SourcePolicy.build([scheme], [], networks))
-    if not verdict.allowed:
-        reason = verdict.reason.replace("sources may not", "sinks may not")
-        raise ApiError(400 if verdict.outcome == "malformed" else 403, f"sink refused: {reason}")
+    for destination in destinations:
+        verdict = await check_uri_async(destination, SourcePolicy.build([scheme], [], networks))
+        if not verdict.allowed:
+            reason = verdict.reason.replace("sources may not", "sinks may not")
+            raise ApiError(400 if verdict.outcome == "malformed" else 403, f"sink refused: {reason}")
+
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def _postgres_hosts(dsn: str) -> list[str]:
+    """``scheme://host[:port]`` of every host a libpq connection URI may connect to: the hosts
+    of its authority (libpq takes a comma-separated list) and of its ``host`` and ``hostaddr``
+    parameters (which override them). ApiError(403) for what names no checkable host: a Unix
+    socket (a parameter that is a path, or no host at all: libpq's default) or a ``service``
+    (pg_service.conf, read where the sinks run)."""
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if "service" in query:
+        raise ApiError(403, "sink refused: a DSN naming a service (pg_service.conf) hides its host")
+    authority = parts.netloc.rpartition("@")[2]
+    hosts = [h for h in authority.split(",") if h]
+    for key in ("host", "hostaddr"):
+        hosts += [_bracketed(h) for value in query.get(key, []) for h in value.split(",") if h]
+    if not hosts or any(h.startswith(("/", "@")) for h in hosts):
+        raise ApiError(403, "sink refused: a DSN without a host names a Unix socket, a local address")
+    return [f"{parts.scheme}://{host}" for host in hosts]
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address in brackets (a URL's authority needs them), anything else as it is."""
+    with suppress(ValueError):
+        if ip_address(host).version == 6:
+            return f"[{host}]"
+    return host
 
 
 @router.delete("/v1/sinks/{name}", status_code=204, tags=["sinks"], responses=errors(404, 409, 503))

@@ -9,7 +9,9 @@
   new ``label_change`` / ``source_status`` as it happens, and a ``snapshot`` about once a second:
   every source (its registry entry and status, with its latest smoothed label and score and its
   open segment, `stream.core.segments`, from the postprocess state), every stage (replicas,
-  frames/s, lag, dead letters) and the p99 end-to-end latency of the results since the last one.
+  frames/s, lag, dead letters), every sink (delivered, retries, backlog, dead letters, last
+  error: `stream.readers.sink_status`) and the p99 end-to-end latency of the results since the
+  last one.
   The page's entries come from the replica's one reader of the streams (`deployments.api.feeds`;
   the latest label and the latency per source are folded in here, results are not forwarded) and
   the snapshot is computed once per tick. The page asks for closed segments
@@ -31,7 +33,9 @@ from stream.core.latency import LatencyHistogram
 from stream.core.messages import LABEL_CHANGE, RESULT
 from stream.core.rates import RateMeter
 from stream.readers.queries import ResultQueries, event_kind, sse_event
+from stream.readers.sink_status import sink_status
 from stream.readers.watch import probe_stages, read_counters
+from stream.settings import SinkSettings
 
 __all__ = [
     "SOURCE_STATUS",
@@ -162,7 +166,8 @@ def stage_rows(
 
 class ConsoleFeed:
     """One page's live feed. `sources` returns the ``GET /v1/sources`` items, `replicas` the replica
-    counts by state per stage (from Serve); both are the ingress's own."""
+    counts by state per stage (from Serve), `sinks` every sink (the settings file's and those
+    added through the API); all are the ingress's own."""
 
     def __init__(
         self,
@@ -172,9 +177,11 @@ class ConsoleFeed:
         sources: Callable[[], Awaitable[list[dict[str, Any]]]],
         replicas: Callable[[], Awaitable[dict[str, dict[str, int]]]],
         *,
+        sinks: Callable[[], Awaitable[list[SinkSettings]]] | None = None,
         interval_s: float = 1.0,
     ) -> None:
         self.queries = queries
+        self.sinks = sinks
         self.model = model
         self.stages = stages
         self.sources = sources
@@ -192,6 +199,7 @@ class ConsoleFeed:
         counts = await read_stage_counts(self.queries.client, self.queries.keys, self.model, self.stages)
         rates = self.rates.update({s: c["handled"] for s, c in counts.items()}, time.monotonic())
         open_segments = await self.queries.open_segments(ids, self.model)
+        sinks = [] if self.sinks is None else await self.sinks()
         p99 = self.latency.percentile(99)
         self.latency = LatencyHistogram()
         return {
@@ -202,6 +210,7 @@ class ConsoleFeed:
                 for i, sid in zip(items, ids, strict=True)
             ],
             "stages": stage_rows(counts, await self.replicas(), rates),
+            "sinks": await sink_status(self.queries.client, self.queries.keys, sinks),
             "latency_p99_ms": None if p99 is None else round(p99, 1),
         }
 

@@ -61,6 +61,7 @@ async def console_events(request: Request, ingress: Any = Depends(serving_replic
         list(ingress.stages),
         partial(source_items, ingress.client, ingress.keys),
         ingress.stage_replicas,
+        sinks=partial(_sinks, ingress),
     )
     until_s = asyncio.get_running_loop().time() + ingress.settings.api.feed_max_s
     entries = subscription.entries(request.is_disconnected, page.interval_s / 4, until_s)
@@ -83,3 +84,10 @@ async def get_thumbnail(source_id: str, ingress: Any = Depends(serving_replica))
     if data is None:
         raise ApiError(404, f"no thumbnail of source {source_id!r} (unknown, not playing, or expired)")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+async def _sinks(ingress: Any) -> list[Any]:
+    """The settings file's sinks, then those added through the API."""
+    from stream.sinks.registered import registered_sinks
+
+    return [*ingress.settings.sinks, *await registered_sinks(ingress.client, ingress.keys)]

@@ -38,6 +38,7 @@ from rich.console import Console
 from deployments.ray_internals import reload_auth_config
 from deployments.serve.config import (
     CONFIG_PATH,
+    app_config,
     app_names,
     deploy,
     load_config,
@@ -276,12 +277,15 @@ def _ensure_apps(
     Returns the Serve application name per model and whether we deployed them.
     """
 
+    shipped = load_config(target.config_path)
+    configured = [s for s in app_config(shipped).get("args", {}).get("stages", STAGES) if s != "sinks"]
     config = per_model(
         override(
-            load_config(target.config_path),
+            shipped,
             args={"settings": _replica_settings(settings, redis_url)},
             http={"host": "127.0.0.1", "port": find_free_port()},
-            stages=[*STAGES, "sinks"] if settings.sinks else None,  # the Sinks deployment delivers them
+            # the Sinks deployment delivers the settings' sinks; without any, it is not deployed
+            stages=[*configured, "sinks"] if settings.sinks else configured,
         ),
         models,
     )

@@ -31,8 +31,9 @@ DEPLOYMENT_NAMES = {
     "sinks": "Sinks",
 }
 SINKS = "sinks"
-"""The stage name of the sinks' delivery loop (`stream.sinks.loop.SinkLoop`): deployed only when
-``args.stages`` names it (one replica keeps each source's items in order)."""
+"""The stage name of the sinks' delivery loop (`stream.sinks.loop.SinkLoop`): deployed when
+``args.stages`` names it (serve_config.yaml does); its replicas share the partitions under leases,
+so it autoscales like the stages and each source's items stay in order."""
 
 
 class ClassifierArgs(BaseModel):
@@ -55,7 +56,7 @@ class AppArgs(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     stages: list[str] = Field(
         default_factory=lambda: list(STAGES),
-        description="stages to deploy; add 'sinks' to deliver the settings' sinks (docs/sinks.md)",
+        description="stages to deploy; 'sinks' delivers the settings' sinks (docs/sinks.md)",
     )
     stuck_after_s: float = Field(60.0, gt=0, description="health check: no progress this long = stuck")
     ingress: IngressOptions = Field(default_factory=lambda: IngressOptions.model_validate({}))

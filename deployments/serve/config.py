@@ -127,14 +127,14 @@ def override(
     """A copy of `config` with `args` merged into the app's args (nested dicts merge), `http`
     into ``http_options`` and ``deployments[name]`` into that deployment's entry; `stages`
     deploys only those stages (Serve rejects entries for deployments the app does not have)."""
-    from deployments.serve.app import DEPLOYMENT_NAMES
+    from deployments.serve.app import DEPLOYMENT_NAMES, SINKS
 
     out = copy.deepcopy(config)
     app = app_config(out)
     _merge(app.setdefault("args", {}), args or {})
     if stages is not None:
         app["args"]["stages"] = list(stages)
-        dropped = {DEPLOYMENT_NAMES[s] for s in STAGES if s not in stages}
+        dropped = {DEPLOYMENT_NAMES[s] for s in (*STAGES, SINKS) if s not in stages}
         app["deployments"] = [d for d in app.get("deployments", []) if d.get("name") not in dropped]
     _merge(out.setdefault("http_options", {}), http or {})
     for name, options in (deployments or {}).items():

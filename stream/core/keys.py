@@ -167,6 +167,12 @@ class PipelineKeys:
         """Hash of counters (drops, published frames, dead letters per stage, ...) of this partition."""
         return f"{self.prefix}:counters"
 
+    @property
+    def sink_errors(self) -> str:
+        """Hash of sink name -> JSON {error, time_ms}: the last failed send of each sink (partition
+        0's key holds every sink's)."""
+        return f"{self.prefix}:sink_errors"
+
     def thumbnail(self, source_id: str) -> str:
         """String key: the JPEG of a recent frame of `source_id` (ingest, with a TTL; use the keys
         of the source's partition, ``for_source(source_id).thumbnail(source_id)``)."""

@@ -287,7 +287,8 @@ async def _wait_for_sinks(
 async def _sink_rows(
     client: Any, keys: PipelineKeys, settings: Settings, first: dict[str, int]
 ) -> dict[str, dict[str, int]]:
-    """Each sink's counters in this run (from the partitions' counters hashes) and its backlog."""
+    """Each sink's counters in this run (from the partitions' counters hashes) and its backlog;
+    nothing without sinks."""
     if not settings.sinks:
         return {}
     counters = await read_counters(client, keys)

@@ -4,7 +4,10 @@ and acked only once the destination confirmed them.
 
 Per partition one *lane* reads (up to ``max_items``, waiting ``max_wait_ms`` for a batch to fill),
 sends and acks, one batch after the other, so a source's items (all in its partition) arrive in
-order. A failed send is tried again with capped, jittered exponential backoff (tenacity); after
+order. A delivery runs lanes only for the partitions in `SinkDelivery.owned` (all of them unless
+`stream.sinks.loop.SinkLoop` hands them out by lease): `stop_partitions` stops a lane before its
+partition goes to another replica, whose lane takes what this one left unacked.
+A failed send is tried again with capped, jittered exponential backoff (tenacity); after
 ``max_attempts`` sends, for items older than ``max_age_s``, or at once when the destination says
 sending again cannot succeed, the items become dead letters (stage ``sink:<name>``) that
 `framestream dead retry` re-drives into the sink's own retry stream, so only this sink sees them
@@ -21,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +48,7 @@ from stream.errors import CodecError
 from stream.settings import Settings
 from stream.sinks.destination import DeliveryError, Destination, SinkItem
 from stream.sinks.filters import sink_item
+from stream.sinks.lanes import Lanes
 from stream.sinks.settings import SinkSettings
 
 __all__ = ["SinkDelivery", "SinkStats"]
@@ -104,6 +109,7 @@ class SinkDelivery:
         """Called with how many entries were delivered or dead-lettered, each time some were."""
         self.last_progress_s = time.monotonic()
         self._send_lock = asyncio.Lock()  # a destination's `send` never runs concurrently with itself
+        self.lanes = Lanes(lambda k, stop: self._lane(self.keys.partition(k), stop), self.keys.partitions)
 
     @property
     def name(self) -> str:
@@ -120,19 +126,32 @@ class SinkDelivery:
         try:
             await self.destination.start()
         except DeliveryError as e:  # a destination down at start is like one down later: sends retry
-            self._failed(e)
+            await self._note_failure(e)
+
+    @property
+    def owned(self) -> set[int]:
+        """The partitions this delivery runs lanes for (all unless `SinkLoop` hands them out)."""
+        return self.lanes.owned
+
+    @owned.setter
+    def owned(self, partitions: set[int]) -> None:
+        self.lanes.owned = set(partitions)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop`; a Redis error ends it (and every lane) for the runner to rerun."""
+        """Deliver the `owned` partitions until `stop` (each lane finishes the batch it holds); a
+        Redis error ends it (and every lane) for the runner to rerun."""
         await self.start()
-        tasks = [asyncio.create_task(self._lane(keys, stop)) for keys in self.keys.all_partitions]
-        tasks.append(asyncio.create_task(self._watch(stop)))
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.lanes.run(stop, beside=self._watch(stop))
+
+    def deliver_partitions(self, partitions: Collection[int]) -> None:
+        """Own `partitions` too: their lanes start now while `run` runs (else when it does)."""
+        self.lanes.add(partitions)
+
+    async def stop_partitions(self, partitions: Collection[int], *, wait_s: float) -> None:
+        """Stop delivering `partitions`: each lane finishes the send it is in, for up to `wait_s`
+        (then it is cancelled). What a lane read and did not ack stays pending for the partition's
+        next lane, which sends it before anything newer."""
+        await self.lanes.remove(partitions, wait_s=wait_s)
 
     async def close(self) -> None:
         await self.destination.close()
@@ -172,9 +191,9 @@ class SinkDelivery:
                 await self._deliver(keys, entries, stop)
 
     async def _held_by_others(self, streams: list[str]) -> bool:
-        """Whether another consumer of the group holds entries of `streams` (a delivery process
-        that stopped or crashed: one process delivers a sink, so those are older than what is
-        unread)."""
+        """Whether another consumer of the group holds entries of `streams` (the partition's
+        earlier owner, stopped or crashed: one replica at a time delivers a partition, so those
+        are older than what is unread)."""
         for stream in streams:
             try:
                 summary: Any = await self.client.xpending(stream, self.group)
@@ -289,17 +308,17 @@ class SinkDelivery:
         async with self._send_lock:
             try:
                 await asyncio.wait_for(self.destination.send(items), self.sink.timeout_s + 5.0)
+                return
             except DeliveryError as e:
-                self._failed(e)
-                raise
+                error = e
             except TimeoutError as e:
                 error = DeliveryError(f"no confirmation within timeout_s={self.sink.timeout_s} s")
-                self._failed(error)
-                raise error from e
+                error.__cause__ = e
             except Exception as e:
                 error = DeliveryError(f"{type(e).__name__}: {e}")
-                self._failed(error)
-                raise error from e
+                error.__cause__ = e
+        await self._note_failure(error)
+        raise error
 
     async def _expire(self, keys: PipelineKeys, pending: Pending) -> Pending:
         """Dead-letter the items older than `max_age_s` (by their entry id); the others."""
@@ -321,9 +340,14 @@ class SinkDelivery:
             self.name, state.attempt_number, self.stats.last_error,
         )  # fmt: skip
 
-    def _failed(self, error: DeliveryError) -> None:
+    async def _note_failure(self, error: DeliveryError) -> None:
+        """Keep `error` as this sink's last one: here, in the metrics and in Redis (the console
+        shows it, `stream.readers.sink_status`)."""
+        now = time.time()
         self.stats.last_error = error.reason
-        metrics.sink_last_error(self.name, time.time())
+        metrics.sink_last_error(self.name, now)
+        last = json.dumps({"error": error.reason, "time_ms": round(now * 1000.0)})
+        await self.client.hset(self.keys.sink_errors, self.name, last)
 
     # --- acks and dead letters --------------------------------------------------------------
 
@@ -372,13 +396,15 @@ class SinkDelivery:
             total = sum(parts)
             self.stats.backlog = total
             metrics.sink_backlog(self.name, total)
+            # each replica drops its share of the excess from the partitions it owns
             if self.sink.on_full == "drop" and total > self.sink.max_backlog:
                 excess = total - self.sink.max_backlog
                 for keys, part in zip(self.keys.all_partitions, parts, strict=True):
-                    if part:
+                    if part and keys.index in self.owned:
                         await self._drop_oldest(keys, math.ceil(excess * part / total), total)
             for keys in self.keys.all_partitions:
-                await trim(self.client, keys.sink_retry(self.name))
+                if keys.index in self.owned:
+                    await trim(self.client, keys.sink_retry(self.name))
             await self._count_retries()
             await _pause(stop, _WATCH_S)
         await self._count_retries()

@@ -6,6 +6,14 @@ backs off without holding up the others, and the pipeline's own stages never wai
 (only file sources, when a sink with ``on_full: pause`` is full). An unexpected error in one
 sink's loop is logged and that sink starts again a moment later; a Redis error ends `run` for
 `run_resilient` to ride out.
+
+Replicas share the partitions the way postprocess replicas do: each owns a fair share of the live
+replicas' under a lease (`PartitionLeases`, group ``sinks``) and every sink's delivery runs lanes
+only for those. A partition is released only after its lanes stopped; its next owner sends what
+they left unacked before anything newer, so each source's items stay in order while the replicas
+scale. A replica that dies stops renewing: its leases expire after ``streams.claim_idle_ms``.
+A replica with no sink to deliver holds no lease and is no member: it only looks for sinks added
+through the API, once a second.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import redis.asyncio as aioredis
 
 from stream.adapters.redis.group_stats import GroupStats, leave_group
 from stream.adapters.redis.outage import is_redis_outage
+from stream.adapters.redis.partition_leases import PartitionLeases
 from stream.adapters.redis.sink_backlog import sink_backlog, sink_streams
 from stream.core.keys import PipelineKeys
 from stream.errors import ConfigError
@@ -38,6 +47,8 @@ log = logging.getLogger("framestream.sinks")
 _RESTART_AFTER_S = 1.0
 _FOLLOW_S = 1.0
 """How often the sinks added or removed through the API are looked up."""
+OWNERS = "sinks"
+"""The group whose partition leases the sinks replicas share (every sink's lanes follow them)."""
 
 MakeDelivery = Callable[[Settings, aioredis.Redis, SinkSettings, Destination, str], SinkDelivery]
 
@@ -68,8 +79,13 @@ class SinkLoop:
         self.client = client
         self.consumer = consumer
         self.keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
+        claim_idle_ms = settings.streams.claim_idle_ms
+        self.ownership = PartitionLeases(client, self.keys, OWNERS, consumer, ttl_ms=claim_idle_ms)
+        self._ownership_interval_s = claim_idle_ms / 4000.0
         chosen = list(settings.sinks if sinks is None else sinks)
         self.deliveries = [make(settings, client, s, build_destination(s), consumer) for s in chosen]
+        for delivery in self.deliveries:
+            delivery.owned = set()  # until this replica owns partitions
         self._make = make
         self._registered: dict[str, SinkDelivery] = {}
         self._refused: dict[str, SinkSettings] = {}
@@ -86,6 +102,11 @@ class SinkLoop:
     async def start(self) -> None:
         for delivery in self.deliveries:
             await delivery.start()
+
+    @property
+    def owned(self) -> list[int]:
+        """The partitions this replica delivers now."""
+        return sorted(self.ownership.owned)
 
     @property
     def delivering(self) -> list[str]:
@@ -107,8 +128,12 @@ class SinkLoop:
                 failed.set_exception(task.exception())  # type: ignore[arg-type]
 
         self._tasks.clear()
+        self.ownership.suspend()  # a rerun takes its partitions back under the same leases
         for delivery in self.all_deliveries:
+            delivery.owned = set()
             self._launch(delivery, stop, fail_on_error)
+        owner = asyncio.create_task(self._own(stop))
+        owner.add_done_callback(fail_on_error)
         follower = asyncio.create_task(self._follow_registry(stop, fail_on_error))
         follower.add_done_callback(fail_on_error)
         stopped = asyncio.create_task(stop.wait())
@@ -117,15 +142,47 @@ class SinkLoop:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if failed.done():
                 failed.result()  # raises the first error
-            await asyncio.gather(follower, *self._tasks.values())
+            await asyncio.gather(owner, follower, *self._tasks.values())
+            await self.ownership.leave()  # every lane stopped: the next owners need not wait
         finally:
             stopped.cancel()
-            everything = [follower, *self._tasks.values()]
+            everything = [owner, follower, *self._tasks.values()]
             for task in everything:
                 task.cancel()
             await asyncio.gather(*everything, return_exceptions=True)
             for delivery in self.all_deliveries:
                 await delivery.close()
+
+    async def _own(self, stop: asyncio.Event) -> None:
+        """Keep a fair share of the partitions (every ``claim_idle_ms / 4``) until `stop`."""
+        while not stop.is_set():
+            if self.all_deliveries:
+                await self._rebalance()
+            elif self.ownership.owned:  # no sink to deliver (all removed): an idle replica holds nothing
+                await self.ownership.leave()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._ownership_interval_s)
+
+    async def _rebalance(self) -> None:
+        """Renew the leases, then give partitions up (their lanes stopped first) or take free ones."""
+        lost = await self.ownership.renew()
+        if lost:
+            log.warning("sinks %s: lost the lease on partitions %s", self.consumer, lost)
+            await self._stop_partitions(lost, wait_s=0.0)
+        plan = await self.ownership.plan()
+        if plan.give_up:
+            await self._stop_partitions(plan.give_up, wait_s=self._ownership_interval_s)
+            for k in plan.give_up:
+                await self.ownership.give_up(k)
+            log.info("sinks %s: gave partitions %s up", self.consumer, plan.give_up)
+        taken = [k for k in plan.take if await self.ownership.take(k)]
+        if taken:
+            for delivery in self.all_deliveries:
+                delivery.deliver_partitions(taken)
+            log.info("sinks %s: took partitions %s", self.consumer, taken)
+
+    async def _stop_partitions(self, partitions: list[int], *, wait_s: float) -> None:
+        await asyncio.gather(*(d.stop_partitions(partitions, wait_s=wait_s) for d in self.all_deliveries))
 
     def _launch(
         self, delivery: SinkDelivery, stop: asyncio.Event, on_done: Callable[[asyncio.Task[None]], None]
@@ -153,6 +210,7 @@ class SinkLoop:
                     self._refused[name] = sink
                     continue
                 delivery = self._make(self.settings, self.client, sink, destination, self.consumer)
+                delivery.owned = set(self.ownership.owned)
                 delivery.on_handled = self._handled
                 await delivery.start()
                 self._registered[name] = delivery

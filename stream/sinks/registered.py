@@ -72,3 +72,4 @@ async def forget_sink_groups(client: Any, keys: PipelineKeys, sink: SinkSettings
             with contextlib.suppress(ResponseError):  # no such stream (never written): no group either
                 await client.xgroup_destroy(stream, sink.group)
         await client.delete(part.sink_retry(sink.name))
+    await client.hdel(keys.sink_errors, sink.name)

@@ -2,7 +2,8 @@
 real `framestream run` on local Ray: the running source shows up with its smoothed label updating,
 a thumbnail and a band of segments whose open one grows, the frames/s and p99 charts fill, a
 source added through the form plays, removing it through the page stops it; a dead letter shows
-up in the dead-letters panel and its retry button re-drives it."""
+up in the dead-letters panel and its retry button re-drives it; a sink shows its last error,
+retries and dead letters while its destination fails, then what it delivered."""
 
 from __future__ import annotations
 
@@ -318,3 +319,85 @@ def _wait_until_done(store, source: str, timeout_s: float = 60.0) -> None:
             f"{source} still playing {timeout_s:.0f} s after its removal: {raw}"
         )
         time.sleep(0.1)
+
+
+_SINK_CELL = """([sink, field]) => {
+  const td = document.querySelector(`#sinks tr[data-sink="${sink}"] td[data-field="${field}"]`);
+  return td === null ? null : td.textContent;
+}"""
+_SINK_NUMBER_AT_LEAST = """([sink, field, n]) => {
+  const td = document.querySelector(`#sinks tr[data-sink="${sink}"] td[data-field="${field}"]`);
+  return td !== null && Number(td.textContent) >= n;
+}"""
+
+
+@pytest.mark.timeout(900)
+def test_the_console_shows_a_sinks_errors_retries_dead_letters_and_deliveries(run: Run) -> None:
+    """A sink added to the run's registry, delivered by a `framestream stage sinks` process of its
+    own, to a webhook on 127.0.0.1 that first answers 500, then 200."""
+    import asyncio
+
+    import redis
+    import redis.asyncio as aioredis
+    from playwright.sync_api import expect, sync_playwright
+
+    from stream.core.keys import PipelineKeys
+    from stream.settings import SinkSettings
+    from stream.sinks.registered import add_sink
+    from tests.faults.webhook_receiver import WebhookReceiver
+
+    assert run.redis_port is not None
+    secret = "console-sink-secret-0123456789"
+    receiver = WebhookReceiver(secret=secret, mode="error").up()
+    sink = SinkSettings(name="console-hook", kind="webhook", url=receiver.url, secret=secret,
+                        max_attempts=2, backoff_initial_s=0.05, backoff_max_s=0.2)  # fmt: skip
+
+    async def register() -> None:
+        client = aioredis.Redis(port=run.redis_port)
+        try:
+            assert await add_sink(client, PipelineKeys(), sink)
+        finally:
+            await client.aclose()
+
+    asyncio.run(register())
+    env = {**os.environ, "FRAMESTREAM_REDIS__URL": f"redis://127.0.0.1:{run.redis_port}/0"}
+    delivery = subprocess.Popen([sys.executable, "-m", "stream.cli", "stage", "sinks"], env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+    store = redis.Redis(port=run.redis_port)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.set_default_timeout(WAIT_MS)
+                page.goto(f"{run.console_url}?token={run.token}")
+                expect(page.locator("#connection")).to_have_text("live")
+                row = page.locator(f'#sinks tr[data-sink="{sink.name}"]')
+                expect(row).to_have_count(1)
+                expect(page.locator("#no-sinks")).to_be_hidden()
+                expect(row.locator('td[data-field="kind"]')).to_have_text("webhook")
+                # the looping clip's results reach it and fail: retried, then dead letters
+                expect(row.locator('td[data-field="last_error"]')).to_contain_text("HTTP 500")
+                page.wait_for_function(_SINK_NUMBER_AT_LEAST, arg=[sink.name, "retries", 1])
+                page.wait_for_function(_SINK_NUMBER_AT_LEAST, arg=[sink.name, "dead_letters", 1])
+                assert page.evaluate(_SINK_CELL, [sink.name, "delivered"]) == "0"
+                receiver.mode = "ok"
+                page.wait_for_function(_SINK_NUMBER_AT_LEAST, arg=[sink.name, "delivered", 1])
+                assert receiver.bad_signatures == 0 and receiver.items
+                shown = int(page.evaluate(_SINK_CELL, [sink.name, "delivered"]))
+                assert shown <= len(receiver.items)  # delivered = confirmed by the receiver
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "console-sinks.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        delivery.send_signal(signal.SIGINT)
+        try:
+            delivery.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            delivery.kill()
+            delivery.wait(timeout=30)
+        store.hdel(PipelineKeys().sink_registry, sink.name)  # the other tests' run goes on without it
+        store.close()
+        receiver.down()

@@ -19,6 +19,7 @@ from stream.adapters.redis.group_stats import group_stats
 from stream.adapters.redis.sink_backlog import sink_backlog
 from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys
+from stream.readers.sink_status import sink_status
 from stream.readers.watch import read_counters
 from stream.settings import Settings
 from stream.sinks.loop import SinkLoop
@@ -113,6 +114,9 @@ async def test_a_wrong_secret_is_refused_and_nothing_is_acked(
     assert receiver.items == []
     letters = [r async for r in DeadLetters(redis_client, keys).each(stage="sink:hook")]
     assert len(letters) == 3 and all("HTTP 401" in r.reason for r in letters)
+    (row,) = await sink_status(redis_client, keys, [sink])  # what the console shows
+    assert (row["name"], row["delivered"], row["dead_letters"], row["backlog"]) == ("hook", 0, 3, 0)
+    assert "HTTP 401" in row["last_error"] and row["last_error_ms"] > 0
 
 
 async def _dead_at_least(client: Any, keys: PipelineKeys, n: int) -> bool:

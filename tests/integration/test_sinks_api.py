@@ -55,6 +55,8 @@ async def api(
 
 
 HOOK = {"name": "hook", "kind": "webhook", "url": "https://192.0.2.10/in", "secret": SECRET}
+MQTT = {"kind": "mqtt", "secret": None}
+PG = {"kind": "postgres", "url": None, "secret": None}
 
 
 @pytest.mark.parametrize(
@@ -69,6 +71,23 @@ HOOK = {"name": "hook", "kind": "webhook", "url": "https://192.0.2.10/in", "secr
         ({"url": "http://127.0.0.1:8080/in"}, 403, "loopback address"),
         ({"url": "http://localhost:8080/in"}, 403, "loopback address"),
         ({"name": "from-file"}, 409, "settings file"),
+        # every kind's destination passes the same address policy
+        ({**MQTT, "url": "mqtt://169.254.169.254:1883"}, 403, "cloud metadata address"),
+        ({**MQTT, "url": "mqtts://[fe80::1]:8883"}, 403, "link-local address"),
+        ({**MQTT, "url": "mqtt://127.0.0.1:1883"}, 403, "loopback address"),
+        ({**MQTT, "url": "mqtt://user@localhost"}, 403, "loopback address"),
+        ({**PG, "dsn": "postgresql://169.254.169.254/db"}, 403, "cloud metadata address"),
+        ({**PG, "dsn": "postgresql://user@[fe80::1]:5432/db"}, 403, "link-local address"),
+        ({**PG, "dsn": "postgres://127.0.0.1/db"}, 403, "loopback address"),
+        # libpq takes the host from the query too, and a list of hosts: each one is checked
+        ({**PG, "dsn": "postgresql://192.0.2.10/db?host=127.0.0.1"}, 403, "loopback address"),
+        ({**PG, "dsn": "postgresql://192.0.2.10/db?hostaddr=169.254.169.254"}, 403, "cloud metadata"),
+        ({**PG, "dsn": "postgresql://192.0.2.10,127.0.0.1:5433/db"}, 403, "loopback address"),
+        ({**PG, "dsn": "postgresql:///db?host=%2Fvar%2Frun%2Fpostgresql"}, 403, "Unix socket"),
+        ({**PG, "dsn": "postgresql:///db"}, 403, "Unix socket"),
+        ({**PG, "dsn": "postgresql://192.0.2.10/db?service=other"}, 403, "service"),
+        ({**PG, "dsn": "postgresql://192.0.2.10/db?host=::1"}, 403, "loopback address"),
+        ({**PG, "dsn": "host=127.0.0.1 dbname=db"}, 400, "dsn must start with postgresql://"),
     ],
 )
 async def test_a_bad_or_refused_sink_is_a_4xx_with_the_reason(
@@ -79,6 +98,22 @@ async def test_a_bad_or_refused_sink_is_a_4xx_with_the_reason(
     assert reply.status_code == status, reply.text
     assert says in reply.json()["error"] and SECRET not in reply.text
     assert await ingress.client.hlen(ingress.keys.sink_registry) == 0  # nothing was added
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {**MQTT, "url": "mqtt://user@192.0.2.10:1883"},
+        {**PG, "dsn": "postgresql://user@192.0.2.10:5432,192.0.2.11/db?host=192.0.2.12&sslmode=require"},
+    ],
+)
+async def test_an_mqtt_or_postgres_sink_on_an_allowed_host_is_added(
+    api: tuple[httpx.AsyncClient, Any], change: dict[str, Any]
+) -> None:
+    http, ingress = api
+    reply = await http.post("/v1/sinks", json={**HOOK, **change})
+    assert reply.status_code == 201, reply.text
+    assert await ingress.client.hlen(ingress.keys.sink_registry) == 1
 
 
 async def test_secrets_never_come_back_and_settings_sinks_stay(api: tuple[httpx.AsyncClient, Any]) -> None:

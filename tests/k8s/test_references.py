@@ -69,8 +69,12 @@ def _references(template: Doc) -> list[tuple[str, str, str | None]]:
             for field, ref in env.get("valueFrom", {}).items():
                 if field in kinds:  # an optional key may be absent (it then sets nothing)
                     refs.append((kinds[field], ref["name"], None if ref.get("optional") else ref["key"]))
-        for src in c.get("envFrom", []):
-            refs += [(kinds[field], ref["name"], None) for field, ref in src.items() if field in kinds]
+        for src in c.get("envFrom", []):  # an optional source may be absent (it then sets nothing)
+            refs += [
+                (kinds[field], ref["name"], None)
+                for field, ref in src.items()
+                if field in kinds and not ref.get("optional")
+            ]
     for vol in template["spec"].get("volumes", []):
         if "configMap" in vol:
             refs.append(("ConfigMap", vol["configMap"]["name"], None))

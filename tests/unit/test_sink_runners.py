@@ -32,6 +32,22 @@ def test_the_app_accepts_the_sinks_stage_and_deploys_it_once_for_every_model() -
     assert app_config(config)["args"]["stages"] == first["args"]["stages"]
 
 
+def test_the_shipped_config_deploys_sinks_autoscaled_and_a_run_without_sinks_leaves_it_out() -> None:
+    pytest.importorskip("ray")
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments.serve.app import DEPLOYMENT_NAMES
+    from deployments.serve.config import app_config, deployment_config, load_config, override
+
+    shipped = load_config()
+    assert "sinks" in app_config(shipped)["args"]["stages"]
+    policy = deployment_config(shipped, DEPLOYMENT_NAMES["sinks"])["autoscaling_config"]["policy"]
+    assert policy["policy_function"] == "deployments.serve.policy:BacklogPolicy"
+    without = override(shipped, stages=list(STAGES))
+    assert DEPLOYMENT_NAMES["sinks"] not in {d["name"] for d in app_config(without)["deployments"]}
+    ServeDeploySchema.model_validate(without)  # Serve refuses entries of deployments not deployed
+
+
 def test_a_local_ray_run_hands_the_sink_secret_over_in_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -279,6 +279,39 @@ async function readModels() {
   }
 }
 
+// -- sinks -----------------------------------------------------------------------------------
+
+function lastError(sink) {
+  if (!sink.last_error) return DASH;
+  const when = sink.last_error_ms ? new Date(sink.last_error_ms).toLocaleTimeString() : "";
+  return when ? `${when}: ${sink.last_error}` : sink.last_error;
+}
+
+function renderSinks(sinks) {
+  const body = $("#sinks tbody");
+  const seen = new Set();
+  for (const sink of sinks) {
+    seen.add(sink.name);
+    let row = body.querySelector(`tr[data-sink="${CSS.escape(sink.name)}"]`);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.sink = sink.name;
+      body.appendChild(row);
+    }
+    cell(row, "name", sink.name, "id");
+    cell(row, "kind", sink.kind);
+    cell(row, "delivered", show(sink.delivered), "num");
+    cell(row, "retries", show(sink.retries), "num");
+    cell(row, "backlog", show(sink.backlog), "num");
+    cell(row, "dead_letters", show(sink.dead_letters), "num");
+    cell(row, "last_error", lastError(sink), "error");
+  }
+  for (const row of [...body.querySelectorAll("tr[data-sink]")]) {
+    if (!seen.has(row.dataset.sink)) row.remove();
+  }
+  $("#no-sinks").hidden = sinks.length > 0;
+}
+
 // -- dead letters ---------------------------------------------------------------------------
 // Read again when the snapshot's dead-letter counts change and after a retry; nothing else polls.
 
@@ -574,6 +607,7 @@ function connect() {
     $("#model").textContent = `model ${snapshot.model}`;
     renderSources(snapshot.sources);
     renderStages(snapshot.stages);
+    renderSinks(snapshot.sinks ?? []);
     noteDeadLetterCounts(snapshot.stages);
     noteSegments(snapshot.sources);
     noteCharts(snapshot);

@@ -1,6 +1,6 @@
 """A commit to one partition that holds only while the partition's lease is the committer's.
 
-Postprocess owns partitions (`stream.stages.postprocess.partition_leases`); a replica that lost a lease
+Postprocess owns partitions (`stream.adapters.redis.partition_leases`); a replica that lost a lease
 must write nothing more to that partition. `FencedCommit` runs one script that checks the lease
 and, only if it holds the committer's token, adds the outputs, acks the entries they came from,
 sets the committer's state fields (`Fenced.state`) in the partition's state hash and writes its

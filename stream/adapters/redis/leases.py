@@ -3,7 +3,7 @@
 A *lease* is a string key holding its holder's value, with an expiry: taken with SET NX PX,
 renewed and released only by the holder (a script compares the value first), so a holder that
 died loses it within its time to live. Ingest holds one per source it plays; postprocess one per
-partition it owns (`stream.stages.postprocess.partition_leases`), whose value its commits check
+partition it owns (`stream.adapters.redis.partition_leases`), whose value its commits check
 (`Fenced` in `stream.adapters.redis.fenced_commit`).
 
 `Members` counts the live replicas of one role: each one heartbeats into a sorted set scored by

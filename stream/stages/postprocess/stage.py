@@ -10,7 +10,7 @@ end-to-end latency. An input entry is acked only together with the result it pro
 held in the reorder buffer are redelivered if this replica dies.
 
 A source's results, events and segments go to its partition's streams (the partition its scores came
-from). Replicas own partitions (`stream.stages.postprocess.partition_leases`: a lease each, a fair share of
+from). Replicas own partitions (`stream.adapters.redis.partition_leases`: a lease each, a fair share of
 the live replicas each) and read only their own partitions' scores. Each commit of a partition runs
 only while its lease holds (a replica that lost it writes nothing) and writes the state of every
 (source, model) it changed (`stream.core.track_state`: the reorder buffer's next seq, the smoother,
@@ -36,6 +36,7 @@ import redis.asyncio as aioredis
 from stream.adapters.metrics import metrics
 from stream.adapters.redis.entries import DeadLetter, Entry, Output
 from stream.adapters.redis.fenced_commit import Fenced
+from stream.adapters.redis.partition_leases import PartitionLeases
 from stream.adapters.redis.trim import trim_output
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
@@ -48,7 +49,6 @@ from stream.core.track_state import SavedTrack, encode_track
 from stream.errors import LeaseLost
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms
-from stream.stages.postprocess.partition_leases import PartitionLeases
 from stream.stages.postprocess.partition_state import fences, load_tracks
 from stream.zoo.repository import ModelRepository
 from stream.zoo.store import find_labels
