@@ -5,7 +5,7 @@ test: its figure is compared by hand with another run's, below).
 
 It runs under pytest, on the fixtures of the cluster suite (``-p tests.hosts.conftest``), and
 records its row with the suite's rows (``out/cluster``). The bench clip of `loadtest bench` (a
-generated 640x480 H.264 file, `loadtest.baselines.make_clip`) plays through the cluster's
+generated 640x480 H.264 file, `loadtest.bench.baselines.make_clip`) plays through the cluster's
 application. Between the 10% and the 90% mark of its results (the pipeline full, ingest still
 reading) it reads the CPU time of every process in every host's namespace and of Redis from
 /proc, and records frames/s and CPU ms per frame by host as a row of the cluster table. Compare
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.procs import own
-from loadtest.baselines import make_clip
+from loadtest.bench.baselines import make_clip
 from tests.faults.scenario import Harness
 from tests.hosts.cluster import Cluster
 from tests.hosts.conftest import ClusterStack

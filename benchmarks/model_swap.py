@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from loadtest.baselines import make_clip
+from loadtest.bench.baselines import make_clip
 from stream.adapters.redis.client import connect
 from stream.adapters.redis.entries import text
 from stream.adapters.redis.server import RedisServer

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from benchmarks.procs import descendants
 from benchmarks.stage_cpu import SELF, cpu_by_process
-from loadtest.baselines import make_clip
+from loadtest.bench.baselines import make_clip
 from loadtest.stats import ResultRow, sustained_window
 
 Sample = tuple[float, dict[str, float], dict[str, int]]
@@ -44,7 +44,7 @@ def _sample() -> Sample:
 
 def _run(clip: Path, model: str, samples: list[Sample]) -> list[ResultRow]:
     from deployments.local.runner import ray_stages
-    from loadtest.bench_ray import _all_results
+    from loadtest.bench.ray_systems import _all_results
     from loadtest.embedded import embedded_settings
     from stream.adapters.redis.server import RedisServer
     from stream.runners import RunRequest

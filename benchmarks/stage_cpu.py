@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.procs import descendants
-from loadtest.baselines import make_clip, measured_from_results
-from loadtest.bench import play_and_collect
+from loadtest.bench.baselines import make_clip, measured_from_results
+from loadtest.bench.run import play_and_collect
 from loadtest.embedded import EmbeddedPipeline
 
 SELF = "collector (this process)"

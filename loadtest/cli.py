@@ -17,7 +17,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from loadtest.systems import ALL_SYSTEMS
+from loadtest.bench.systems import ALL_SYSTEMS
 from stream.errors import FramestreamError
 
 __all__ = ["app", "main"]
@@ -273,7 +273,7 @@ def bench(
 ) -> None:
     """Measure framestream next to a naive loop, the best single-process loop, a plain Ray Serve
     deployment, benchmark_app on the bare model and the sum-of-parts ideal, on one clip."""
-    from loadtest.bench import run_bench
+    from loadtest.bench.run import run_bench
 
     chosen = ALL_SYSTEMS if systems == "all" else tuple(s.strip() for s in systems.split(","))
     unknown = set(chosen) - set(ALL_SYSTEMS)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import bench
-from loadtest.baselines import Measured
+from loadtest.bench import run as bench
+from loadtest.bench.baselines import Measured
 
 
 def _runner(figures: list[float]):

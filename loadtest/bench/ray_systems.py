@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.baselines import Measured, decode_frames, measured_from_results, percentiles
+from loadtest.bench.baselines import Measured, decode_frames, measured_from_results, percentiles
 from stream.adapters.redis.server import RedisServer, find_free_port
 
 __all__ = ["framestream_ray", "plain_serve_batch"]
@@ -70,7 +70,7 @@ def plain_serve_batch(
     import ray
     from ray import serve
 
-    from loadtest.serve_plain import PlainClassifier
+    from loadtest.bench.serve_plain import PlainClassifier
     from stream.adapters.media.jpeg import encode_jpeg
 
     logging.getLogger("ray").setLevel(logging.WARNING)

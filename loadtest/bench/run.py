@@ -30,7 +30,7 @@ from typing import Any
 
 from rich.console import Console
 
-from loadtest.baselines import (
+from loadtest.bench.baselines import (
     Measured,
     best_single_process,
     cores,
@@ -44,7 +44,7 @@ from loadtest.baselines import (
     preprocess_cost,
     run_benchmark_app,
 )
-from loadtest.systems import ALL_SYSTEMS, SYSTEM_NAMES
+from loadtest.bench.systems import ALL_SYSTEMS, SYSTEM_NAMES
 from stream.tables import Column, print_table
 
 __all__ = [
@@ -138,13 +138,13 @@ def _limit(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> 
 
 
 def _ray_app(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
-    from loadtest.bench_ray import framestream_ray
+    from loadtest.bench.ray_systems import framestream_ray
 
     return framestream_ray(clip, model, frames=frames, weights_dir=weights_dir)
 
 
 def _ray_serve(clip: Path, model: str, *, frames: int, weights_dir: Path | None) -> Measured:
-    from loadtest.bench_ray import plain_serve_batch
+    from loadtest.bench.ray_systems import plain_serve_batch
 
     return plain_serve_batch(clip, model, frames=frames, weights_dir=weights_dir)
 

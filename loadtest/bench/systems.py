@@ -1,5 +1,5 @@
 """The systems `loadtest bench` measures, by id, with the names its tables show. Kept apart from
-`loadtest.bench` so the CLI can list them without importing OpenVINO and OpenCV."""
+`loadtest.bench.run` so the CLI can list them without importing OpenVINO and OpenCV."""
 
 from __future__ import annotations
 
