@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,13 +44,14 @@ from stream.core.reorder import Released, ReorderBuffer
 from stream.core.scoring import above, scores_problem, top_k
 from stream.core.segments import Segment, SegmentBuilder
 from stream.core.smoothing import LabelSmoother
-from stream.core.track_state import SavedTrack, encode_track
+from stream.core.track_state import SavedTrack
 from stream.errors import LeaseLost
 from stream.settings import Settings
 from stream.stages.base import ConsumerStage, Handled, now_ms
 from stream.stages.postprocess.partition_state import fences, load_tracks
+from stream.stages.postprocess.tracks import Track
+from stream.stages.postprocess.version_labels import VersionLabels
 from stream.zoo.repository import ModelRepository
-from stream.zoo.store import find_labels
 
 __all__ = ["PostprocessStage"]
 
@@ -59,33 +59,6 @@ log = logging.getLogger(__name__)
 
 _RESULTS_TRIM_S = 5.0
 _TAKE_OVER_COUNT = 500
-
-
-@dataclass
-class _Track:
-    """Ordering and smoothing state of one (source, model)."""
-
-    reorder: ReorderBuffer[tuple[Entry, Message]]
-    smoother: LabelSmoother
-    keys: PipelineKeys  # the source's partition: where its results, events and segments go
-    segments: SegmentBuilder
-    results: int = 0
-    skipped: int = 0
-    gaps: int = 0
-    late: int = 0
-    label: str | None = field(default=None)
-    version: int | None = None  # the model version of the last result (its labels)
-
-    def restart(self, smoother: LabelSmoother) -> None:
-        """After end-of-stream: a source re-added later continues its seq, with fresh statistics."""
-        self.smoother, self.label = smoother, None
-        self.segments.open = None
-        self.results = self.skipped = self.gaps = self.late = 0
-
-    def saved(self) -> str:
-        """This track's state as `stream.core.track_state` text (held frames are not part of it)."""
-        counters = {"results": self.results, "skipped": self.skipped, "gaps": self.gaps, "late": self.late}
-        return encode_track(self.reorder.next_seq, self.smoother, counters, self.segments.open)
 
 
 class PostprocessStage(ConsumerStage):
@@ -110,17 +83,17 @@ class PostprocessStage(ConsumerStage):
             model=model,
         )
         self.repository = ModelRepository(settings.models.repository)
+        self.version_labels = VersionLabels(self.repository, model, settings.models)
         if labels is None:
             spec = self.repository.spec(model)
-            labels = self._labels_of(spec.version)
+            labels = self.version_labels.read(spec.version)
             threshold = spec.threshold if spec.multi_label else None
         self.labels = labels
+        self.version_labels.default = labels
         self.threshold = threshold
         """A multi-label model's threshold: each result lists every label scoring above it."""
-        self._version_labels: dict[int, list[str]] = {}
-        """Labels of each model version seen in the scores (a new version may name other classes)."""
         self.cfg = settings.postprocess
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: dict[str, Track] = {}
         self._dirty: set[str] = set()
         """Sources whose track changed since the last commit (their state goes with it)."""
         self._next_results_trim_s = 0.0
@@ -201,13 +174,13 @@ class PostprocessStage(ConsumerStage):
             if len(claimed) < _TAKE_OVER_COUNT:
                 break
 
-    def _resumed(self, source: str, saved: SavedTrack, keys: PipelineKeys) -> _Track:
+    def _resumed(self, source: str, saved: SavedTrack, keys: PipelineKeys) -> Track:
         reorder: ReorderBuffer[tuple[Entry, Message]] = ReorderBuffer(
             self.cfg.reorder_max_frames, self.cfg.reorder_max_wait_ms, next_seq=saved.next_seq
         )
         c = saved.counters
         segments = SegmentBuilder(source, self.model or "", saved.segment)
-        track = _Track(
+        track = Track(
             reorder, saved.smoother, keys, segments, c["results"], c["skipped"], c["gaps"], c["late"]
         )
         if saved.smoother.label is not None:
@@ -251,10 +224,10 @@ class PostprocessStage(ConsumerStage):
                 states.setdefault(track.keys.index, {})[source] = track.saved()
         return fences(self.keys, self.group, touched | set(states), self.ownership.owned, states)
 
-    def _track(self, source: str, entry: Entry) -> _Track:
+    def _track(self, source: str, entry: Entry) -> Track:
         track = self._tracks.get(source)
         if track is None:
-            track = _Track(
+            track = Track(
                 ReorderBuffer(self.cfg.reorder_max_frames, self.cfg.reorder_max_wait_ms),
                 LabelSmoother(self.cfg.ema_alpha, self.cfg.hysteresis_frames),
                 self.partition_keys(entry),
@@ -320,33 +293,14 @@ class PostprocessStage(ConsumerStage):
                 track.late += 1
                 out.outputs.extend(self._result(source, track, message, late=True))
 
-    def _labels_of(self, version: int) -> list[str]:
-        spec = self.repository.spec(self.model or "", version)
-        found = find_labels(
-            spec, weights_dir=self.settings.models.weights_dir, cache_dir=self.settings.models.cache_dir
-        )
-        return list(found.names)
-
-    def _labels(self, version: Any) -> list[str]:
-        """The labels of `version` (a result's `model_version`); this stage's own without one."""
-        if not isinstance(version, int) or isinstance(version, bool):
-            return self.labels
-        if version not in self._version_labels:
-            try:
-                self._version_labels[version] = self._labels_of(version)
-            except Exception as e:  # noqa: BLE001 - a version gone from the repository: keep going
-                log.warning("postprocess %s: labels of version %d unreadable (%s)", self.model, version, e)
-                self._version_labels[version] = self.labels
-        return self._version_labels[version]
-
     def _new_version(
-        self, source: str, track: _Track, meta: dict[str, Any], labels: list[str]
+        self, source: str, track: Track, meta: dict[str, Any], labels: list[str]
     ) -> list[Output]:
         """A result of another model version than the last: when that version names other classes,
         smoothing starts again (its state counts the old classes) with an event saying why."""
         version, previous = meta.get("model_version"), track.version
         track.version = version if isinstance(version, int) else previous
-        if previous is None or version == previous or labels == self._labels(previous):
+        if previous is None or version == previous or labels == self.version_labels.of(previous):
             return []
         track.smoother = LabelSmoother(self.cfg.ema_alpha, self.cfg.hysteresis_frames)
         track.label = None
@@ -355,10 +309,10 @@ class PostprocessStage(ConsumerStage):
                  "reason": f"version {version} has other labels than version {previous}"}  # fmt: skip
         return [Output(track.keys.events, encode_message(Message(meta=event)))]
 
-    def _result(self, source: str, track: _Track, message: Message, *, late: bool) -> list[Output]:
+    def _result(self, source: str, track: Track, message: Message, *, late: bool) -> list[Output]:
         start = now_ms()
         meta = message.meta
-        labels = self._labels(meta.get("model_version"))
+        labels = self.version_labels.of(meta.get("model_version"))
         probs = np.asarray(message.array, dtype=np.float32)
         idx, vals = top_k(probs, self.cfg.top_k)
         top = [[labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
@@ -424,7 +378,7 @@ class PostprocessStage(ConsumerStage):
         return [Output(track.keys.results, encode_message(Message(meta=result))), *events]
 
     @staticmethod
-    def _segment(track: _Track, closed: Segment | None) -> list[Output]:
+    def _segment(track: Track, closed: Segment | None) -> list[Output]:
         """The entry of a segment that just closed (none when nothing closed)."""
         if closed is None:
             return []
@@ -437,7 +391,7 @@ class PostprocessStage(ConsumerStage):
         idx, vals = above(scores, self.threshold)
         return [[labels[int(i)], round(float(v), 5)] for i, v in zip(idx, vals, strict=True)]
 
-    def _eos(self, source: str, track: _Track, message: Message) -> Output:
+    def _eos(self, source: str, track: Track, message: Message) -> Output:
         meta = message.meta
         eos = {
             "kind": EOS,
