@@ -17,7 +17,9 @@ from tests.model_versions import add_version
 MODEL = "cat"
 
 
-async def test_a_lagging_shadow_holds_its_tensors_from_trimming_but_not_the_sources(redis_client) -> None:
+async def test_a_lagging_shadow_holds_its_tensors_from_trimming_but_not_the_sources(
+    redis_client, tmp_path
+) -> None:
     keys = PipelineKeys()
     transport = StreamTransport(redis_client, keys, stage="test")
     await redis_client.xgroup_create(keys.frames, f"preprocess:{MODEL}", id="$", mkstream=True)
@@ -33,7 +35,7 @@ async def test_a_lagging_shadow_holds_its_tensors_from_trimming_but_not_the_sour
     await redis_client.xreadgroup(f"shadow:{MODEL}", "s", {tensors: ">"}, count=3)
     await redis_client.xack(tensors, f"shadow:{MODEL}", ids[0])
 
-    backlog = PipelineBacklog(redis_client, keys, transport)
+    backlog = PipelineBacklog(redis_client, keys, transport, ModelRepository(tmp_path / "repository"))
     await backlog.slowest()  # learns which models read the frames
     assert await backlog.of_partition(keys) == 0  # the shadow's 9 entries pause nothing
 

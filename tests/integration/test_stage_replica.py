@@ -52,6 +52,7 @@ async def _replica(settings: Settings, client: Any, consumer: str, *, run: bool 
         else None
     )
     replica._last_count, replica._last_backlog, replica._rate_fps = (0.0, 0), 0, 0.0
+    replica._last_cpu, replica._cpu_cores = (0.0, 0.0), 0.0
     return replica
 
 
