@@ -206,6 +206,16 @@ async def _live_camera_through_a_master_kill(replica_acks: int, lagging: bool) -
             victim.kill()
             os.kill(replica_pid, signal.SIGCONT)
 
+        def replica_acks_writes() -> bool:
+            """The master's replica acknowledges a write within the publishes' own timeout: a
+            fresh cluster's replica can still be loading its first sync, and frames published
+            then would count as short of replicas before any fault."""
+            with redis.Redis(port=victim.port) as r:
+                r.set(f"{{{keys.tag}}}:probe", "1")
+                return int(r.execute_command("WAIT", 1, 100)) >= 1
+
+        wait_until(replica_acks_writes, timeout_s=30, what="the replica acknowledging writes")
+
         def stuck_on_master() -> int:
             """Bytes of replication stream waiting in the master for its stopped replica."""
             with redis.Redis(port=victim.port, decode_responses=True) as r:
