@@ -191,7 +191,7 @@ async def test_both_runners_report_the_same_latency_percentiles(client: aioredis
     report = RunReport()
     _fill(report, group.ledger, [("s", MODEL)])
     options = DriveOptions(models=[MODEL], synthetic=[])
-    summary = await _summary(client, KEYS, options, cursor, ["s"], {}, 0, 0.0, False)
+    summary = await _summary(client, KEYS, options, cursor, [("s", MODEL)], {}, 0, 0.0, False)
     processes = (report.p50_ms, report.p99_ms, report.max_ms)
     ray = (summary.p50_ms, summary.p99_ms, summary.max_ms)
     assert processes == ray
@@ -215,7 +215,7 @@ async def test_the_ray_runners_summary_counts_every_source_that_played(client: a
     while await reader.poll(block_ms=10):
         pass
     options = DriveOptions(models=[MODEL], synthetic=[])
-    summary = await _summary(client, KEYS, options, reader, ["cli"], first, 0, 0.0, False)
+    summary = await _summary(client, KEYS, options, reader, [("cli", MODEL)], first, 0, 0.0, False)
     assert set(summary.per_source) == {"cli", "api"}
     assert (summary.published, summary.results) == (5, 5)
     assert summary.per_source["api"]["published"] == summary.per_source["api"]["results"] == 2

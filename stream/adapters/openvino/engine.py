@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,9 +253,26 @@ def compile_model(
                 "compiled-model cache %s is not writable (%s); compiling without it", compiled_cache, e
             )
     try:
-        return _get_core().compile_model(model, "CPU", config)
+        with _cache_lock(config.get("CACHE_DIR")):
+            return _get_core().compile_model(model, "CPU", config)
     except RuntimeError as e:
         raise ModelError(f"{model.get_friendly_name()}: OpenVINO could not compile the model: {e}") from e
+
+
+@contextlib.contextmanager
+def _cache_lock(cache_dir: str | None) -> Iterator[None]:
+    """One process at a time compiles into a compiled-model cache: two Infer processes starting
+    together wrote the same blob at once, and OpenVINO failed one of them ("filesystem error:
+    cannot set permissions"). The one that waits then loads the blob the other wrote."""
+    if cache_dir is None:
+        yield
+        return
+    with open(Path(cache_dir) / ".compile.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def open_engine(
