@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from stream.sinks.settings import SinkSettings, check_sink_names
+from stream.zoo.remote_repository import is_repository_url
 from stream.zoo.repository import DEFAULT_REPOSITORY
 
 __all__ = [
@@ -397,7 +398,7 @@ class ModelSettings(_Section):
     @field_validator("repository", mode="before")
     @classmethod
     def _folder_unless_url(cls, value: object) -> object:
-        if isinstance(value, str) and not value.startswith(("https://", "http://")):
+        if isinstance(value, str) and not is_repository_url(value):
             return Path(value)
         return value
 
