@@ -461,7 +461,7 @@ class ClusterApp(FaultApp):
     def placement(self) -> dict[str, list[str]]:
         """Host name of each running replica, per deployment."""
         out: dict[str, list[str]] = {}
-        for deployment in ("Ingest", "Preprocess", "Infer", "Postprocess", "Classifier", "Ingress"):
+        for deployment in ("Ingest", "Preprocess", "Infer", "Postprocess", "Sinks", "Classifier", "Ingress"):
             out[deployment] = self.cluster.hosts_of(self.pids(deployment))
         return out
 

@@ -26,9 +26,17 @@ CPU_SCALE = 0.25
 """prod pods have 4 (cpu) and 8 (inference) CPUs: 1 and 2 here, with the Serve shares scaled alike."""
 HOSTS = {"cpu": 1, "inference": 2}
 """Worker hosts per group: two inference hosts, so Infer has somewhere to go when one is lost."""
-REPLICAS = {"Ingest": 1, "Preprocess": 2, "Infer": 2, "Postprocess": 1, "Classifier": 1, "Ingress": 1}
-"""Fixed counts (autoscaling off), as in the fault suite; Classifier and Ingress at one each, to fit
-2 cores."""
+REPLICAS = {
+    "Ingest": 1,
+    "Preprocess": 2,
+    "Infer": 2,
+    "Postprocess": 1,
+    "Sinks": 1,
+    "Classifier": 1,
+    "Ingress": 1,
+}
+"""Fixed counts (autoscaling off) for every deployment of the prod config, as in the fault suite;
+Sinks, Classifier and Ingress at one each, to fit 2 cores."""
 
 
 @dataclass

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from tests.hosts import netns
-from tests.hosts.cluster import gcs_fault_tolerant, groups, start_args
-from tests.hosts.conftest import CPU_SCALE
+from tests.hosts.cluster import gcs_fault_tolerant, groups, scaled_serve_config, start_args
+from tests.hosts.conftest import CPU_SCALE, REPLICAS
 
 
 def test_without_root_the_reason_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,3 +31,10 @@ def test_hosts_start_with_the_prod_groups_parameters_scaled(prod_rayservice: dic
     assert json.loads(args[args.index("--resources") + 1]) == {"inference": 1000.0}
     assert args[args.index("--metrics-export-port") + 1] == "8080"
     assert gcs_fault_tolerant(prod_rayservice)
+
+
+def test_the_cluster_app_fixes_the_count_of_every_prod_deployment(prod_rayservice: dict) -> None:
+    """A deployment left out of REPLICAS would run at its autoscaling minimum, unseen by the
+    tests that compare the replicas running before and after a fault."""
+    (app,) = scaled_serve_config(prod_rayservice, CPU_SCALE)["applications"]
+    assert set(REPLICAS) == {d["name"] for d in app["deployments"]}
