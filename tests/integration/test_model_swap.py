@@ -140,12 +140,8 @@ def check_swap(run: dict, old: int, new: int, cache: Path) -> None:
     during = [ms for t, ms in lat if changed <= t <= first + 1_000]
     assert len(steady) >= 200 and len(during) >= 20, (len(steady), len(during))
     p99_steady, p99_during = p99(steady), p99(during)
-    if p99_during > 2 * p99_steady:
-        # Every correctness check above held. The latency line of the issue does not hold yet: each
-        # compile of the new version takes every core for a moment (OpenVINO's CPU plugin has no
-        # compile-thread cap), and on an idle 2-core machine the swap's p99 came out 2.8-3.3x the
-        # steady p99. Reported as an expected failure with the figures, not hidden.
-        pytest.xfail(f"swap p99 {p99_during:.0f} ms > 2x steady p99 {p99_steady:.0f} ms")
+    print(f"swap p99 {p99_during:.0f} ms, steady p99 {p99_steady:.0f} ms ({p99_during / p99_steady:.2f}x)")
+    assert p99_during <= 2 * p99_steady, (p99_during, p99_steady)
 
 
 async def test_a_new_version_swaps_in_under_load_each_frame_one_result_from_one_version(

@@ -1,9 +1,10 @@
 """Which version of its model an Infer replica runs, following the model repository live.
 
 Every `models.poll_s` a replica reads its model's `serving.yml` (`ModelRepository.serving`). When
-the active version changes it compiles the new one and runs one inference per batch shape on it,
-in a thread (the event loop keeps serving batches on the old one), and only then points new
-batches at it: load before unload, as OVMS does. A batch runs whole on the engine it started
+the active version changes it loads the new one in a thread (the event loop keeps serving batches
+on the old one): a child process at the lowest CPU priority compiles it into the compiled-model
+cache (`stream.stages.infer.precompile`), the replica loads it from there and runs one inference
+per batch shape on it, and only then points new batches at it: load before unload, as OVMS does. A batch runs whole on the engine it started
 with; the old engine is closed once its last batch is done. A version that fails to load (a
 missing or corrupt file, another input size) is logged, counted in the pipeline counters
 (``model_load_failed:<model>``) and not tried again until the active version changes; the old
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +40,9 @@ __all__ = ["VersionWatch", "drop_shadow_group"]
 log = logging.getLogger(__name__)
 
 _YIELD_RATIO = 2.0
-"""A version loading beside the serving one waits this many times as long as each compile and
-warm-up took before the next: it takes about a third of the CPU instead of all of it, so the
-batches served meanwhile keep their latency (the load takes three times as long)."""
+"""A version loading beside the serving one waits this many times as long as each load from the
+compiled-model cache and each warm-up took before the next: it takes about a third of the CPU
+instead of all of it, so the batches served meanwhile keep their latency."""
 
 
 async def drop_shadow_group(stage: InferStage) -> None:
@@ -65,6 +67,8 @@ class VersionWatch:
         self._loading: asyncio.Task[Any] | None = None
         self._loading_version: int | None = None
         self._loading_for = ""  # "active" | "shadow"
+        self._cancel = threading.Event()
+        """Set when the stage stops: a load waiting on its low-priority compile gives up."""
         self.failed: set[int] = set()
         """Versions that failed to load (not tried again until the active version changes)."""
         self.load_failures = 0
@@ -154,8 +158,13 @@ class VersionWatch:
                 f"{self.model} version {version} takes {spec.input_hw[0]}x{spec.input_hw[1]} inputs; "
                 f"preprocess makes {have[0]}x{have[1]} tensors for this model"
             )
+        from stream.stages.infer.precompile import precompile
         from stream.stages.infer.stage import open_stage_engine
 
+        # compiled at the lowest priority into the compiled-model cache, then loaded from it here
+        precompile(stage.settings, self.model, version, cancel=self._cancel)
+        if self._cancel.is_set():
+            raise FramestreamError(f"{self.model} version {version}: not loaded, the stage stops")
         engine = open_stage_engine(stage.settings, self.model, spec, yield_ratio=_YIELD_RATIO)
         try:
             h, w = spec.input_hw
@@ -258,6 +267,7 @@ class VersionWatch:
         """The stage stops: stop the shadow, drop a load in progress, close engines swapped out."""
         await self._stop_shadow(retire=True)
         if self._loading is not None:
+            self._cancel.set()
             with contextlib.suppress(BaseException):
                 engine = await self._loading
                 self._retired.append(engine)
