@@ -4,11 +4,11 @@ Every `models.poll_s` a replica reads its model's `serving.yml` (`ModelRepositor
 the active version changes it loads the new one in a thread (the event loop keeps serving batches
 on the old one): a child process at the lowest CPU priority compiles it into the compiled-model
 cache (`stream.stages.infer.precompile`), the replica loads it from there and runs one inference
-per batch shape on it, and only then points new batches at it: load before unload, as OVMS does. A batch runs whole on the engine it started
-with; the old engine is closed once its last batch is done. A version that fails to load (a
-missing or corrupt file, another input size) is logged, counted in the pipeline counters
-(``model_load_failed:<model>``) and not tried again until the active version changes; the old
-one keeps serving.
+per batch shape on it, and only then points new batches at it: load before unload, as OVMS does.
+A batch runs whole on the engine it started with; the old engine is closed once its last batch is
+done. A version that fails to load (a missing or corrupt file, another input size) is logged,
+counted in the pipeline counters (``model_load_failed:<model>``) and not tried again until the
+active version changes; the old one keeps serving.
 
 A shadow version (`serving.shadow`) is loaded the same way and run by a `ShadowInfer` loop
 beside the active one (`stream.stages.infer.shadow`). Promoting it makes its loaded engine the
