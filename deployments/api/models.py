@@ -64,12 +64,15 @@ async def serve_model(name: str, ingress: Any = Depends(serving_replica)) -> dic
     """Serve model `name` of the repository too, beside the running models and without stopping
     them: the runner starts its stages and it classifies the frames published from then on.
     ``GET /v1/models`` shows it ``starting``, then ``serving`` (or ``failed`` with the reason)."""
-    from stream.adapters.redis.model_requests import STARTING, request_model, watching_runner
+    from stream.adapters.redis.model_requests import STARTING, model_requests, request_model, watching_runner
     from stream.readers.model_stats import served_models
 
     names = await asyncio.to_thread(_repository(ingress).names)
     if name not in names:
         raise ApiError(404, f"unknown model {name!r}; known models: {', '.join(names)}")
+    asked = (await redis_call(model_requests(ingress.client, ingress.keys))).get(name)
+    if asked is not None and asked.state == STARTING:
+        raise ApiError(409, f"{name} is starting already")
     if name in await redis_call(served_models(ingress.client, ingress.keys)):
         raise ApiError(409, f"{name} is served already")
     runner = await redis_call(watching_runner(ingress.client, ingress.keys))
