@@ -13,6 +13,10 @@ address the cluster's hosts can reach (never a private redis-server on this mach
 and it rejects sources only this machine can read: a path in the temp dir (the generated demo clip
 is one), which another host's temp dir does not have.
 
+A model asked for while the run plays (``POST /v1/models/{name}``, `stream.runners.more_models`)
+gets one more Serve application beside the running ones (`_RayStages.add_model`), when this run
+deployed them; a run using applications that ran already adds none (the API says so).
+
 The HTTP API's tokens (``api`` settings) reach the replicas through the environment of a local Ray
 this run starts, never through the Serve config; with none configured the run makes a random admin
 token and prints one line ``console: http://HOST:PORT/?token=TOKEN`` to open the API with.
@@ -397,13 +401,13 @@ class _RayStages:
         config = _serve_config(self.base, [first, model], local=self.local)
         name = app_names(config)[model]
         config["applications"] = [a for a in config["applications"] if a["name"] == name]
-        self.deployed.append(name)
+        self.deployed.append(name)  # a run that stops meanwhile deletes it with the others
         try:
             await off_loop(_deploy_one, config, self.deploy_timeout_s, timeout_s=self.deploy_timeout_s + 30)
-        except BaseException:
-            with contextlib.suppress(BaseException):  # nothing of it may linger (its groups hold ingest)
+        except Exception:
+            with contextlib.suppress(Exception):  # nothing of it may linger (its groups hold ingest)
                 await off_loop(_delete_apps_now, [name], timeout_s=60)
-            self.deployed.remove(name)
+                self.deployed.remove(name)
             raise
         self.apps[model] = name
 

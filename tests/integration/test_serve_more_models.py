@@ -171,3 +171,47 @@ async def test_a_running_pipeline_serves_one_more_model_and_the_first_misses_no_
 
 async def _serving(http: httpx.AsyncClient) -> bool:
     return _models(await http.get("/v1/models")).get(ADDED, {}).get("state") == "serving"
+
+
+async def test_a_model_that_cannot_start_fails_with_its_reason_and_the_running_one_goes_on(
+    redis_server: RedisServer, redis_client: Any, http: httpx.AsyncClient, settings: Settings, clip: Path
+) -> None:
+    """A model whose file is not a model: its infer process exits while starting; the request says
+    failed with the reason, its groups are removed (nobody reads them: they would hold ingest
+    back), and the running model's processes and results go on."""
+    broken = "broken"
+    add_version(ModelRepository(settings.models.repository), broken, seed=3, broken=True)
+    keys = PipelineKeys(settings.streams.pipeline)
+    stop = asyncio.Event()
+    async with StreamTap(redis_client, keys.results) as results:
+        run = asyncio.create_task(
+            run_processes(
+                settings,
+                redis_url=redis_server.url,
+                sources=[SourceSpec(uri=str(clip), loop=True)],
+                models=[FIRST],
+                stop=stop,
+            )
+        )
+        try:
+            await until(lambda: watching_runner(redis_client, keys), timeout_s=120, what="the run's watch")
+            assert (await http.post(f"/v1/models/{broken}")).status_code == 202
+            failed = await until(lambda: _failed(http, broken), timeout_s=120, what=f"{broken} failed")
+            assert "exited with code" in failed["reason"], failed
+            groups = [g["name"] for g in await redis_client.xinfo_groups(keys.frames)]
+            assert groups == [f"preprocess:{FIRST}".encode()]
+            count = len(results.metas("result"))
+            await until(
+                lambda: len(results.metas("result")) >= count + 100, timeout_s=60, what=f"{FIRST} going on"
+            )
+            assert not run.done()
+        finally:
+            stop.set()
+            report: RunReport = await asyncio.wait_for(run, 120)
+    [row] = report.rows
+    assert (row.model, row.results, row.duplicates) == (FIRST, row.frames, 0)
+
+
+async def _failed(http: httpx.AsyncClient, name: str) -> dict[str, Any] | None:
+    found = _models(await http.get("/v1/models")).get(name)
+    return found if found is not None and found["state"] == "failed" else None
