@@ -11,6 +11,10 @@ has all its results for every model, or at a stop: then the sources are removed 
 flight drains for up to ``streams.drain_timeout_s``. A run with only live or looping sources (or
 none) goes on until stopped.
 
+A model asked for while the run plays (``POST /v1/models/{name}``) joins it when the runner can
+start one (`DriveOptions.add_model`, `stream.runners.more_models`): the progress view and the
+summary follow it, while the run's end waits only for the models it started with.
+
 Redis going away for a while (killed and restarted, stalled, loading its AOF) does not end the
 run: like the stage loops, every Redis call here waits for it and retries
 (`stream.adapters.redis.outage.ride_out`), for at most `DriveOptions.max_outage_s`. The results
@@ -212,10 +216,10 @@ def _more_models(
     ids: list[str],
     specs: list[SourceSpec],
 ) -> ModelWatcher:
-    """The watcher of models asked for while running, when the runner can add one. A model added
-    joins the progress view and the summary (the given sources that take every model get a track
-    of it in `added`); the run's end and its drain still wait on the models it started with
-    alone: a model added midway has no results for the frames before it."""
+    """The watcher of models asked for while running (idle when the runner cannot add one). A
+    model added joins the progress view and the summary (the given sources that take every model
+    get a track of it in `added`); the run's end and its drain still wait on the models it
+    started with alone: a model added midway has no results for the frames before it."""
 
     def follow(model: str) -> None:
         options.models.append(model)
