@@ -133,7 +133,8 @@ async def _play(
                 segments=request.segments,
                 timeout_s=request.timeout_s,
                 loop=request.loop,
-                add_model=stages.add_model if stages.adds_models else None,
+                # a plugin runner's stages may lack `adds_models`: they add no model
+                add_model=stages.add_model if getattr(stages, "adds_models", False) else None,
                 runner=runner,
             )
             played = await drive(options, settings, redis_url, sources, console)
