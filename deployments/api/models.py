@@ -9,6 +9,11 @@ does:
   replicas follow within ``models.poll_s``. 404 for an unknown model or version, 409 for a change
   that cannot be made (a built-in model, nothing to roll back to, no shadow to promote).
 
+- ``POST /v1/models/{name}`` (admin): serve one more model of the repository beside the running
+  ones (202; `stream.runners.more_models` starts it). 404 for a name the repository does not
+  know, 409 when it is served or starting already, or when no runner watches the pipeline (a
+  KubeRay RayService: its applications are its ``serveConfigV2``).
+
 The repository is a folder: the ingress and every Infer replica must see the same one
 (``models.repository``; one host, or a shared volume).
 """
@@ -36,13 +41,53 @@ class VersionChoice(BaseModel):
 
 @router.get("/v1/models", tags=["models"], responses=errors(503))
 async def get_models(ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
-    """Every model the pipeline serves: versions, active, shadow, classes, frames/s, agreement."""
+    """Every model the pipeline serves: versions, active, shadow, classes, frames/s, agreement,
+    and its ``state`` (``serving``; ``starting`` or ``failed`` with a ``reason`` for a model asked
+    for while running)."""
     from stream.readers.model_stats import models_overview
 
     overview = models_overview(
         ingress.client, ingress.keys, _repository(ingress), now_ms=time.time() * 1000.0
     )
     return {"models": await redis_call(overview)}
+
+
+NO_RUNNER = (
+    "no runner of this pipeline adds models while it runs (a KubeRay RayService serves the "
+    "applications of its serveConfigV2): add an application for {name} to serveConfigV2 and "
+    "re-apply it (docs/deploy.md#serving-one-more-model)"
+)
+
+
+@router.post("/v1/models/{name}", status_code=202, tags=["models"], responses=errors(404, 409, 503))
+async def serve_model(name: str, ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
+    """Serve model `name` of the repository too, beside the running models and without stopping
+    them: the runner starts its stages and it classifies the frames published from then on.
+    ``GET /v1/models`` shows it ``starting``, then ``serving`` (or ``failed`` with the reason)."""
+    from stream.adapters.redis.model_requests import STARTING, model_requests, request_model, watching_runner
+    from stream.readers.model_stats import served_models
+
+    names = await asyncio.to_thread(_repository(ingress).names)
+    if name not in names:
+        raise ApiError(404, f"unknown model {name!r}; known models: {', '.join(names)}")
+    asked = (await redis_call(model_requests(ingress.client, ingress.keys))).get(name)
+    if asked is not None and asked.state == STARTING:
+        raise ApiError(409, f"{name} is starting already")
+    if name in await redis_call(served_models(ingress.client, ingress.keys)):
+        raise ApiError(409, f"{name} is served already")
+    runner = await redis_call(watching_runner(ingress.client, ingress.keys))
+    if runner is None:
+        raise ApiError(409, NO_RUNNER.format(name=name))
+    earlier = await redis_call(request_model(ingress.client, ingress.keys, name))
+    if earlier is not None:
+        raise ApiError(409, f"{name} is {earlier.state} already")
+    return {
+        "name": name,
+        "state": STARTING,
+        "runner": runner,
+        "detail": f"the {runner} runner starts {name}'s stages beside the running models; it "
+        "classifies the frames published from then on; GET /v1/models shows it serving once they run",
+    }
 
 
 @router.post("/v1/models/{name}/activate", tags=["models"], responses=errors(404, 409))

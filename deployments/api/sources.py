@@ -114,14 +114,7 @@ async def post_source(source: SourceIn, ingress: Any = Depends(serving_replica))
         raise ApiError(429, f"{count} sources registered, the most api.max_sources allows; DELETE one first")
     uri = await _allowed_uri(source.uri, ingress.source_policy)
     if source.models is not None:
-        from stream.readers.model_stats import served_models
-
-        served = await redis_call(served_models(ingress.client, ingress.keys))
-        unknown = [m for m in source.models if m not in served]
-        if unknown:
-            raise ApiError(
-                400, f"models {unknown} are not served by this pipeline; it serves {served or 'none yet'}"
-            )
+        await _check_served(ingress, source.models)
     try:
         spec = SourceSpec(**{**source.model_dump(exclude={"id"}), "uri": uri})
     except ValueError as e:
@@ -133,6 +126,29 @@ async def post_source(source: SourceIn, ingress: Any = Depends(serving_replica))
     except ValueError as e:
         raise ApiError(409 if "exists" in str(e) else 400, str(e)) from e
     return {"id": source_id, **source.model_dump(exclude={"id"}), "uri": uri}
+
+
+async def _check_served(ingress: Any, models: list[str]) -> None:
+    """ApiError 400 unless every one of `models` serves (a model still starting does not yet)."""
+    from stream.adapters.redis.model_requests import STARTING, model_requests
+    from stream.readers.model_stats import served_models
+
+    groups = await redis_call(served_models(ingress.client, ingress.keys))
+    requests = await redis_call(model_requests(ingress.client, ingress.keys))
+    starting = {name for name, asked in requests.items() if asked.state == STARTING}
+    served = [m for m in groups if m not in starting]
+    unknown = [m for m in models if m not in served]
+    if unknown:
+        waiting = [m for m in unknown if m in starting]
+        raise ApiError(
+            400,
+            f"models {unknown} are not served by this pipeline; it serves {served or 'none yet'}"
+            + (
+                f" ({', '.join(waiting)} starting: try again once GET /v1/models says serving)"
+                if waiting
+                else ""
+            ),
+        )
 
 
 async def _allowed_uri(uri: str, policy: Any) -> str:

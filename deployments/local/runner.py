@@ -13,6 +13,10 @@ address the cluster's hosts can reach (never a private redis-server on this mach
 and it rejects sources only this machine can read: a path in the temp dir (the generated demo clip
 is one), which another host's temp dir does not have.
 
+A model asked for while the run plays (``POST /v1/models/{name}``, `stream.runners.more_models`)
+gets one more Serve application beside the running ones (`_RayStages.add_model`), when this run
+deployed them; a run using applications that ran already adds none (the API says so).
+
 The HTTP API's tokens (``api`` settings) reach the replicas through the environment of a local Ray
 this run starts, never through the Serve config; with none configured the run makes a random admin
 token and prints one line ``console: http://HOST:PORT/?token=TOKEN`` to open the API with.
@@ -28,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -259,38 +263,43 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
+def _pipeline_config(target: _Target, settings: Settings, redis_url: str | None) -> dict[str, Any]:
+    """The shipped Serve config with this run's settings and HTTP port: one application, before
+    `per_model` makes one per model."""
+    shipped = load_config(target.config_path)
+    configured = [s for s in app_config(shipped).get("args", {}).get("stages", STAGES) if s != "sinks"]
+    return override(
+        shipped,
+        args={"settings": _replica_settings(settings, redis_url)},
+        http={"host": "127.0.0.1", "port": find_free_port()},
+        # the Sinks deployment delivers the settings' sinks; without any, it is not deployed
+        stages=[*configured, "sinks"] if settings.sinks else configured,
+    )
+
+
+def _serve_config(base: dict[str, Any], models: list[str], *, local: bool) -> dict[str, Any]:
+    """`base` with one application per model (`per_model`); `local`: on the one-node Ray this run
+    started, OpenVINO deployments stay at one replica (`deployments.serve.config.one_node`)."""
+    config = per_model(base, models)
+    return one_node(config) if local else config
+
+
 def _ensure_apps(
     target: _Target,
-    settings: Settings,
+    base: dict[str, Any],
     models: list[str],
-    redis_url: str | None,
     console: Console,
     token: str | None = None,
     *,
     local: bool = False,
 ) -> tuple[dict[str, str], bool]:
-    """Deploy the application(s) unless they run already (attached clusters); print where the
-    HTTP API and the console are (with `token`, the run's generated admin token, in the URL).
-    `local`: on the one-node Ray this run started, OpenVINO deployments stay at one replica
-    (`deployments.serve.config.one_node`).
+    """Deploy the application(s) of `base` (`_pipeline_config`) for `models` unless they run
+    already (attached clusters); print where the HTTP API and the console are (with `token`, the
+    run's generated admin token, in the URL).
 
     Returns the Serve application name per model and whether we deployed them.
     """
-
-    shipped = load_config(target.config_path)
-    configured = [s for s in app_config(shipped).get("args", {}).get("stages", STAGES) if s != "sinks"]
-    config = per_model(
-        override(
-            shipped,
-            args={"settings": _replica_settings(settings, redis_url)},
-            http={"host": "127.0.0.1", "port": find_free_port()},
-            # the Sinks deployment delivers the settings' sinks; without any, it is not deployed
-            stages=[*configured, "sinks"] if settings.sinks else configured,
-        ),
-        models,
-    )
-    if local:
-        config = one_node(config)
+    config = _serve_config(base, models, local=local)
     apps = app_names(config)
     if target.address:
         with contextlib.suppress(Exception):
@@ -302,10 +311,10 @@ def _ensure_apps(
                 return apps, False
     console.print("deploying the Serve application (deployments/serve/serve_config.yaml) ...")
     deploy(config, timeout_s=target.deploy_timeout_s)
-    base = f"http://127.0.0.1:{config['http_options']['port']}"
-    console.print(f"HTTP API: {base}/docs", soft_wrap=True)
+    url = f"http://127.0.0.1:{config['http_options']['port']}"
+    console.print(f"HTTP API: {url}/docs", soft_wrap=True)
     # one line, never wrapped, so a terminal makes it a link and a script can read it
-    console.print(f"console: {base}/" + (f"?token={token}" if token else ""), soft_wrap=True, markup=False)
+    console.print(f"console: {url}/" + (f"?token={token}" if token else ""), soft_wrap=True, markup=False)
     return apps, True
 
 
@@ -355,12 +364,19 @@ class _Target:
     deploy_timeout_s: float = 300.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class _RayStages:
     """The stages as Serve deployments: replica counts come from the Serve controller."""
 
     apps: dict[str, str]
     """Serve application name per model."""
+    base: dict[str, Any] | None = None
+    """The config this run deployed its applications from (`_pipeline_config`); None when it
+    uses applications that ran already (a cluster's own: this run adds none to them)."""
+    local: bool = False
+    deploy_timeout_s: float = 300.0
+    deployed: list[str] = field(default_factory=list)
+    """Every application this run deployed (deleted when it ends), those of added models too."""
     logs_hint: str = "the replica logs under /tmp/ray/session_latest/logs/serve"
 
     def replicas(self, model: str) -> dict[str, int]:
@@ -368,6 +384,43 @@ class _RayStages:
 
     def check(self) -> None:
         """Serve restarts a replica that dies: nothing is gone for good."""
+
+    @property
+    def adds_models(self) -> bool:
+        return self.base is not None
+
+    async def add_model(self, model: str) -> None:
+        """Deploy one more application for `model`, built as `per_model` builds the others (no
+        ingest of its own: it reads the one frames stream). Serve takes a config as the whole set
+        of applications: `deploy` hands it the running ones unchanged, which Serve leaves running
+        as they are (same code version and options: no replica restarts)."""
+        from stream.runners.drive import off_loop
+
+        assert self.base is not None
+        first = next(iter(self.apps))
+        config = _serve_config(self.base, [first, model], local=self.local)
+        name = app_names(config)[model]
+        config["applications"] = [a for a in config["applications"] if a["name"] == name]
+        self.deployed.append(name)  # a run that stops meanwhile deletes it with the others
+        try:
+            await off_loop(_deploy_one, config, self.deploy_timeout_s, timeout_s=self.deploy_timeout_s + 30)
+        except Exception:
+            with contextlib.suppress(Exception):  # nothing of it may linger (its groups hold ingest)
+                await off_loop(_delete_apps_now, [name], timeout_s=60)
+                self.deployed.remove(name)
+            raise
+        self.apps[model] = name
+
+
+def _deploy_one(config: dict[str, Any], timeout_s: float) -> None:
+    deploy(config, timeout_s=timeout_s)
+
+
+def _delete_apps_now(names: list[str]) -> None:
+    from ray import serve
+
+    for name in names:
+        serve.delete(name, _blocking=True)
 
 
 def ray_stages(
@@ -393,16 +446,21 @@ def ray_stages(
             _sink_secrets_through_environment(stack, settings)
             ours = _start_ray(address)
             stack.callback(_shutdown_ray if ours else _disconnect_ray)
-            apps, deployed = _ensure_apps(
-                target, settings, setup.models, replica_url, console, token, local=ours
+            base = _pipeline_config(target, settings, replica_url)
+            apps, deployed = _ensure_apps(target, base, setup.models, console, token, local=ours)
+            stages = _RayStages(
+                apps,
+                base=base if deployed else None,
+                local=ours,
+                deploy_timeout_s=target.deploy_timeout_s,
+                deployed=list(apps.values()) if deployed else [],
             )
-            if deployed:
-                stack.callback(
-                    _delete_apps, list(apps.values()), console, settings.streams.drain_timeout_s + 5
-                )
+            if deployed:  # at the end, with the applications of the models added meanwhile
+                drain_s = settings.streams.drain_timeout_s + 5
+                stack.callback(lambda: _delete_apps(list(stages.deployed), console, drain_s))
             console.print(f"Serve application running ({time.monotonic() - started:.1f} s to start)")
             try:
-                yield _RayStages(apps)
+                yield stages
             finally:
                 with on_stop_signal(lambda: None):  # this is the stop: a first signal lets it finish
                     stack.close()  # drain (delete the application) and stop Ray before the summary

@@ -14,8 +14,8 @@ dead-letter streams, each source's progress (``source_state``, written with the 
 publishes) and the counters.
 Per partition and postprocess group: the owner's lease and the state hash. Pipeline-wide, on
 partition 0's tag: the source registry, source leases, the members of groups that own
-partitions, stage readiness and the partition count record. A source belongs to partition
-``zlib.crc32(source_id) % P`` (`partition_of`).
+partitions, stage readiness, the models asked for while running and the partition count
+record. A source belongs to partition ``zlib.crc32(source_id) % P`` (`partition_of`).
 """
 
 from __future__ import annotations
@@ -213,6 +213,19 @@ class PipelineKeys:
     def stage_ready(self) -> str:
         """Hash of consumer name -> epoch ms at which that stage process was ready (model loaded)."""
         return f"{self._home}:stage_ready"
+
+    @property
+    def model_requests(self) -> str:
+        """Hash of model name -> JSON ``{state, reason, time_ms}``: models an admin asked a running
+        pipeline to serve as well (``POST /v1/models/{name}``), ``starting`` until the runner that
+        watches it has them running, then ``serving`` (or ``failed``, with the reason)."""
+        return f"{self._home}:model_requests"
+
+    @property
+    def model_runner(self) -> str:
+        """String key with a TTL, renewed by the runner that watches `model_requests`: while it
+        exists, a model asked for is started; without it nobody would start one."""
+        return f"{self._home}:model_runner"
 
     @property
     def layout(self) -> str:

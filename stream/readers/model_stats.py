@@ -1,5 +1,6 @@
 """What the models of a pipeline serve, read from Redis and the model repository (what
-``GET /v1/models`` answers): per model its versions, the active one and the shadow, its classes,
+``GET /v1/models`` answers): per model its state (``serving``, or for a model asked for while
+running ``starting`` / ``failed``), its versions, the active one and the shadow, its classes,
 frames/s per version over the newest results, and a shadow's agreement with the active version.
 
 The agreement reads the active version's results (``fs:{p}:results``, every partition) and the
@@ -97,10 +98,16 @@ async def models_overview(
     """Every model the pipeline serves: name, versions, active, shadow, classes, frames/s (by
     version) and, with a shadow, its agreement with the active version. `repository` is a
     `stream.zoo.repository.ModelRepository` (readers sit below the zoo, so it is passed in)."""
+    from stream.adapters.redis.model_requests import SERVING, STARTING, model_requests
+
+    requests = await model_requests(client, keys)
+    served = await served_models(client, keys)
     out = []
-    for name in await served_models(client, keys):
+    for name in served:
+        asked = requests.get(name)
         entry: dict[str, Any] = {
             "name": name,
+            "state": STARTING if asked is not None and asked.state == STARTING else SERVING,
             "frames_per_s": await frames_per_s(client, keys, name, now_ms=now_ms),
         }
         try:
@@ -125,4 +132,7 @@ async def models_overview(
             )
             entry["agreement"] = found.as_dict()
         out.append(entry)
+    for name, asked in sorted(requests.items()):  # asked for while running, no stage reading yet
+        if name not in served and asked.state != SERVING:
+            out.append({"name": name, "state": asked.state, "reason": asked.reason})
     return out

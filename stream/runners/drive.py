@@ -11,6 +11,10 @@ has all its results for every model, or at a stop: then the sources are removed 
 flight drains for up to ``streams.drain_timeout_s``. A run with only live or looping sources (or
 none) goes on until stopped.
 
+A model asked for while the run plays (``POST /v1/models/{name}``) joins it when the runner can
+start one (`DriveOptions.add_model`, `stream.runners.more_models`): the progress view and the
+summary follow it, while the run's end waits only for the models it started with.
+
 Redis going away for a while (killed and restarted, stalled, loading its AOF) does not end the
 run: like the stage loops, every Redis call here waits for it and retries
 (`stream.adapters.redis.outage.ride_out`), for at most `DriveOptions.max_outage_s`. The results
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import threading
@@ -46,10 +51,11 @@ from stream.errors import FramestreamError
 from stream.readers.results import JsonlSink, ResultReader, dead_letter_count
 from stream.readers.watch import probe_stages, read_counters
 from stream.runners.display import Progress, Snapshot, StageRow, Summary
+from stream.runners.more_models import AddModel, ModelWatcher
 from stream.settings import Settings
 from stream.stopping import on_stop_signal
 
-__all__ = ["DriveOptions", "Played", "Stalled", "drive"]
+__all__ = ["DriveOptions", "Played", "Stalled", "drive", "off_loop"]
 
 log = logging.getLogger("framestream.run")
 _T = TypeVar("_T")
@@ -82,6 +88,11 @@ class DriveOptions:
     """Play the sources over and over: the run ends at `timeout_s` or Ctrl-C."""
     max_outage_s: float = 300.0
     """How long Redis may stay unavailable before the run gives up."""
+    add_model: AddModel | None = None
+    """Starts one more model's stages beside the running ones: with it, the run serves the models
+    asked for while it plays (``POST /v1/models/{name}``, `stream.runners.more_models`)."""
+    runner: str = ""
+    """The runner's name, in the heartbeat of a run that takes requests for more models."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ async def drive(
     """Play `sources` through the running stages until done, a stop (Ctrl-C, `stop`) or the
     timeout. `console` None: no progress view and no signal handlers (a library caller's run)."""
     keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
+    options = dataclasses.replace(options, models=list(options.models))  # grows as models are added
     client = await connect_settings(settings.redis, redis_url)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,6 +139,8 @@ async def drive(
     endless = {sid for sid, s in zip(ids, specs, strict=True) if s.loop or _live(s)}
     finite = [(sid, model) for sid, model in tracks if sid not in endless]
     sink = _Results(_reader(client, keys, options))
+    added: list[tuple[str, str]] = []  # tracks of the models added while running
+    more = _more_models(client, keys, options, added, ids, specs)
     outage = RedisOutage(options.max_outage_s)
 
     def ride(call: Callable[[], Awaitable[_T]]) -> Awaitable[_T]:
@@ -141,6 +155,7 @@ async def drive(
             await ride(functools.partial(add_source, client, keys, sid, spec, replace=True))
         started = time.monotonic()
         watcher = _Watcher(client, keys, options)
+        await ride(more.start)
         with Progress(console) as progress:
             if options.timeout_s is not None:
                 loop.call_later(options.timeout_s, stop.set)
@@ -157,7 +172,10 @@ async def drive(
                 on_progress,
                 refresh=lambda: refresh_cluster_view(client),
             )
-            await ctx.until_done()
+            try:
+                await ctx.until_done()
+            finally:
+                await more.close()  # no more models once the run winds down
             interrupted = stop.is_set() and not sink.finished(finite, grace_s)
             if interrupted:
                 progress.note("stopping: sources removed, draining what is in flight ...")
@@ -175,16 +193,39 @@ async def drive(
             await ctx.show()
             await _wait_for_sinks(client, keys, settings, stop, options, ride, progress)
         summary = await ride(
-            lambda: _summary(client, keys, options, sink, tracks, first, dead_before, started, interrupted)
+            lambda: _summary(
+                client, keys, options, sink, [*tracks, *added], first, dead_before, started, interrupted
+            )
         )
         summary.sinks = await ride(lambda: _sink_rows(client, keys, settings, first))
-        return Played(summary, sink.reader.ledger, ids, tracks)
+        return Played(summary, sink.reader.ledger, ids, [*tracks, *added])
     finally:
+        await more.close()
         for jsonl in (sink.reader.sink, sink.reader.segments):
             if jsonl is not None:
                 jsonl.close()
         signals.close()
         await client.aclose()
+
+
+def _more_models(
+    client: Any,
+    keys: PipelineKeys,
+    options: DriveOptions,
+    added: list[tuple[str, str]],
+    ids: list[str],
+    specs: list[SourceSpec],
+) -> ModelWatcher:
+    """The watcher of models asked for while running (idle when the runner cannot add one). A
+    model added joins the progress view and the summary (the given sources that take every model
+    get a track of it in `added`); the run's end and its drain still wait on the models it
+    started with alone: a model added midway has no results for the frames before it."""
+
+    def follow(model: str) -> None:
+        options.models.append(model)
+        added.extend((sid, model) for sid, spec in zip(ids, specs, strict=True) if spec.models is None)
+
+    return ModelWatcher(client, keys, options.runner, options.add_model, options.models, follow)
 
 
 def _live(spec: SourceSpec) -> bool:
@@ -428,7 +469,7 @@ class _Watcher:
             self._replicas_at = now
             for model in self.options.models:
                 try:
-                    self._replicas[model] = await _off_loop(
+                    self._replicas[model] = await off_loop(
                         self.options.replicas, model, timeout_s=self.REPLICAS_EVERY_S
                     )
                 except Exception:
@@ -466,7 +507,7 @@ class _Watcher:
         )
 
 
-async def _off_loop(fn: Callable[..., _T], *args: Any, timeout_s: float) -> _T:
+async def off_loop(fn: Callable[..., _T], *args: Any, timeout_s: float) -> _T:
     """`fn(*args)` in a daemon thread, waited for `timeout_s` at most (TimeoutError). A Ray call
     can block for good when Ray's own processes were signalled along with the run (``timeout``,
     systemd): in ``asyncio.to_thread`` it would hold up the end of ``asyncio.run`` (which joins

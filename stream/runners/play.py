@@ -51,6 +51,17 @@ class Stages(Protocol):
         """Raise `FramestreamError` when a stage is gone for good."""
         ...
 
+    @property
+    def adds_models(self) -> bool:
+        """Whether `add_model` can start a model beside the running ones (not when the stages
+        are a cluster's own applications, which this run does not deploy)."""
+        ...
+
+    async def add_model(self, model: str) -> None:
+        """Start serving `model` too, without touching the running models' stages; returns once
+        its stages run (``POST /v1/models/{name}``, `stream.runners.more_models`)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StageSetup:
@@ -92,12 +103,14 @@ def run_pipeline(
     settings: Settings, request: RunRequest, start: StartStages, console: Console, *, runner: str = ""
 ) -> Summary:
     """What `play` runs, for a caller that wants the `Summary` (the benchmarks)."""
-    summary = asyncio.run(_play(settings, request, start, console))
+    summary = asyncio.run(_play(settings, request, start, console, runner))
     summary.runner = runner
     return summary
 
 
-async def _play(settings: Settings, request: RunRequest, start: StartStages, console: Console) -> Summary:
+async def _play(
+    settings: Settings, request: RunRequest, start: StartStages, console: Console, runner: str
+) -> Summary:
     with contextlib.ExitStack() as stack:
         redis_url = request.redis or settings.redis.url
         if redis_url == "auto":
@@ -120,6 +133,9 @@ async def _play(settings: Settings, request: RunRequest, start: StartStages, con
                 segments=request.segments,
                 timeout_s=request.timeout_s,
                 loop=request.loop,
+                # a plugin runner's stages may lack `adds_models`: they add no model
+                add_model=stages.add_model if getattr(stages, "adds_models", False) else None,
+                runner=runner,
             )
             played = await drive(options, settings, redis_url, sources, console)
         return played.summary

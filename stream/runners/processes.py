@@ -3,7 +3,9 @@
 `ProcessStages` creates every consumer group up front (so ingest never outruns a group that does
 not exist yet), starts one ingest process and, per model, a preprocess, an infer and
 ``postprocess.replicas`` postprocess processes (they share the partitions), waits until each
-reads its stream, and on exit stops them with SIGTERM (they drain and ack). `framestream run
+reads its stream, and on exit stops them with SIGTERM (they drain and ack). A model asked for
+while running (``POST /v1/models/{name}``) gets its groups and processes the same way
+(`ProcessStages.add_model`). `framestream run
 --runner processes` plays through them with the run loop every runner shares
 (`stream.runners.play`); `run_processes` does the same from code (the load tester's embedded
 pipeline, tests) and returns a `RunReport` per (source, model).
@@ -105,6 +107,18 @@ async def create_groups(client: aioredis.Redis, keys: PipelineKeys, models: list
     for stream, group in pairs:
         with contextlib.suppress(aioredis.ResponseError):  # BUSYGROUP: it exists, keep its position
             await client.xgroup_create(stream, group, id="$", mkstream=True)
+
+
+async def _destroy_groups(client: aioredis.Redis, keys: PipelineKeys, model: str) -> None:
+    """Remove `model`'s consumer groups (a model that could not start: nobody reads them)."""
+    for part in keys.all_partitions:
+        for stream, group in (
+            (part.frames, keys.group("preprocess", model)),
+            (part.tensors(model), keys.group("infer", model)),
+            (part.scores(model), keys.group("postprocess", model)),
+        ):
+            with contextlib.suppress(aioredis.ResponseError):
+                await client.xgroup_destroy(stream, group)
 
 
 class StageProcess:
@@ -220,11 +234,16 @@ class ProcessStages:
     ) -> None:
         if not models:
             raise ValueError("at least one model is needed")
-        self.settings, self.redis_url, self.models = settings, redis_url, models
+        self.settings, self.redis_url, self.models = settings, redis_url, list(models)
         self.ready_timeout_s = ready_timeout_s
         self.procs: list[StageProcess] = []
+        self.starting: list[StageProcess] = []
+        """The processes of a model being added (`add_model`), until they are ready."""
         self._cpu_at_ready: dict[str, float | None] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._config: Path | None = None
+
+    adds_models = True
 
     async def __aenter__(self) -> ProcessStages:
         settings = self.settings
@@ -233,18 +252,11 @@ class ProcessStages:
         self._tmp = tempfile.TemporaryDirectory(prefix="framestream-run-")
         try:
             await create_groups(client, keys, self.models)
-            config = _write_config(settings, Path(self._tmp.name))
+            config = self._config = _write_config(settings, Path(self._tmp.name))
             tag = f"{os.getpid()}"
-            auth: dict[str, Any] = {
-                "password": settings.redis.password_value(),
-                "username": settings.redis.username,
-            }
+            auth = self._auth()
             for model in self.models:
-                for stage in ("preprocess", "infer", "postprocess"):
-                    copies = settings.postprocess.replicas if stage == "postprocess" else 1
-                    for i in range(copies):  # postprocess replicas share the partitions (leases)
-                        name = f"{stage}-{model}-{tag}" + (f"-{i}" if i else "")
-                        self.procs.append(StageProcess(stage, model, self.redis_url, config, name, **auth))
+                self.procs += self._model_procs(model)
             self.procs.append(StageProcess("ingest", None, self.redis_url, config, f"ingest-{tag}", **auth))
             if settings.sinks:  # one process delivers every sink (each sink's partitions in order)
                 sinks = StageProcess(
@@ -270,6 +282,45 @@ class ProcessStages:
         self._cpu_at_ready = {p.consumer: p.cpu_s() for p in self.procs}
         return self
 
+    def _auth(self) -> dict[str, Any]:
+        return {"password": self.settings.redis.password_value(), "username": self.settings.redis.username}
+
+    def _model_procs(self, model: str) -> list[StageProcess]:
+        """Start `model`'s preprocess, infer and postprocess processes (``postprocess.replicas``
+        of those: they share the partitions under leases)."""
+        assert self._config is not None
+        procs = []
+        for stage in ("preprocess", "infer", "postprocess"):
+            copies = self.settings.postprocess.replicas if stage == "postprocess" else 1
+            for i in range(copies):
+                name = f"{stage}-{model}-{os.getpid()}" + (f"-{i}" if i else "")
+                procs.append(StageProcess(stage, model, self.redis_url, self._config, name, **self._auth()))
+        return procs
+
+    async def add_model(self, model: str) -> None:
+        """Serve `model` too: its consumer groups on every partition, made at the end of each
+        stream (it classifies the frames published from now on), then its stage processes; returns
+        once they are ready. When they cannot start, they are stopped and its groups removed (so no
+        group nobody reads holds ingest back), and FramestreamError says why; the running models'
+        processes are not touched either way."""
+        settings = self.settings
+        keys = PipelineKeys(settings.streams.pipeline, settings.streams.partitions)
+        client = await connect_settings(settings.redis, self.redis_url)
+        try:
+            await create_groups(client, keys, [model])
+            self.starting = self._model_procs(model)
+            await _wait_ready(client, keys, self.starting, self.ready_timeout_s)
+        except BaseException:
+            await asyncio.to_thread(_stop, self.starting, 5)
+            await _destroy_groups(client, keys, model)
+            raise
+        finally:
+            started, self.starting = self.starting, []
+            await client.aclose()
+        self._cpu_at_ready.update({p.consumer: p.cpu_s() for p in started})
+        self.procs += started
+        self.models.append(model)
+
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
@@ -279,14 +330,14 @@ class ProcessStages:
             await self._stop(self.settings.streams.drain_timeout_s + 5)
 
     def _kill(self) -> None:
-        for proc in self.procs:
+        for proc in [*self.procs, *self.starting]:
             proc.kill()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
     async def _stop(self, timeout_s: float) -> None:
-        await asyncio.to_thread(_stop, self.procs, timeout_s)
+        await asyncio.to_thread(_stop, [*self.procs, *self.starting], timeout_s)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -351,6 +402,8 @@ async def run_processes(
             results=results_path,
             segments=segments_path,
             timeout_s=timeout_s,
+            add_model=stages.add_model,
+            runner="processes",
         )
         played = await drive(
             options, settings, redis_url, list(sources), None, stop=stop, on_progress=on_progress

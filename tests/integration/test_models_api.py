@@ -110,3 +110,49 @@ async def test_admin_routes_change_what_serves_and_refuse_unknown_names_and_vers
         assert response.status_code == status, (path, response.text)
         assert says in response.json()["error"], response.text
     assert repo.serving(MODEL).active == 2
+
+
+async def test_serving_one_more_model_is_a_request_that_only_a_watching_runner_takes(
+    redis_client, http: httpx.AsyncClient, repo: ModelRepository
+) -> None:
+    """``POST /v1/models/{name}`` records the request for the runner (stream.runners.more_models);
+    with no runner watching (a KubeRay RayService) it says how to add the model there instead."""
+    from stream.adapters.redis.model_requests import FAILED, mark_watched, set_request_state, unwatch
+
+    keys = PipelineKeys()
+    unwatched = await http.post(f"/v1/models/{MODEL}")
+    assert unwatched.status_code == 409
+    assert unwatched.json()["error"].startswith("no runner of this pipeline adds models while it runs")
+    assert f"add an application for {MODEL} to serveConfigV2" in unwatched.json()["error"]
+    assert (await http.get("/v1/models")).json()["models"] == []  # refused: nothing was recorded
+    await mark_watched(redis_client, keys, "processes")
+    unknown = await http.post("/v1/models/dog")
+    assert unknown.status_code == 404 and "unknown model 'dog'" in unknown.json()["error"]
+    asked = await http.post(f"/v1/models/{MODEL}")
+    assert asked.status_code == 202, asked.text
+    assert (asked.json()["name"], asked.json()["state"], asked.json()["runner"]) == (
+        MODEL,
+        "starting",
+        "processes",
+    )
+    again = await http.post(f"/v1/models/{MODEL}")
+    assert again.status_code == 409 and again.json()["error"] == f"{MODEL} is starting already"
+    assert (await http.get("/v1/models")).json()["models"] == [
+        {"name": MODEL, "state": "starting", "reason": None}
+    ]
+
+    await set_request_state(redis_client, keys, MODEL, FAILED, "stage infer[cat] exited with code 1")
+    [failed] = (await http.get("/v1/models")).json()["models"]
+    assert (failed["state"], failed["reason"]) == ("failed", "stage infer[cat] exited with code 1")
+    assert (await http.post(f"/v1/models/{MODEL}")).status_code == 202  # a failed model may be asked again
+    await redis_client.xgroup_create(keys.frames, f"preprocess:{MODEL}", id="$", mkstream=True)
+    [starting] = (await http.get("/v1/models")).json()["models"]
+    assert (starting["state"], starting["versions"]) == ("starting", [1, 2])  # its group is there already
+
+    await redis_client.hset(keys.model_requests, "garbage", b"\x80 not json")  # never trusted further
+    await set_request_state(redis_client, keys, MODEL, "serving")
+    [serving] = (await http.get("/v1/models")).json()["models"]
+    assert serving["state"] == "serving"
+    served = await http.post(f"/v1/models/{MODEL}")
+    assert served.status_code == 409 and served.json()["error"] == f"{MODEL} is served already"
+    await unwatch(redis_client, keys)

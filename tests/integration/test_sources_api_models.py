@@ -78,3 +78,25 @@ async def test_models_the_pipeline_does_not_serve_are_refused(
     assert answer.status_code == status, answer.text
     assert says in answer.text
     assert await list_sources(ingress.client, ingress.keys) == []
+
+
+async def test_a_model_still_starting_is_not_served_yet(
+    api: tuple[httpx.AsyncClient, Any], tmp_path: Path
+) -> None:
+    """A model asked for while running (``POST /v1/models/{name}``) has its groups before its stages
+    run: a source may name it once it serves, not while it starts."""
+    from stream.adapters.redis.model_requests import SERVING, STARTING, set_request_state
+
+    http, ingress = api
+    clip = tmp_path / "gate.mp4"
+    clip.write_bytes(b"")
+    await set_request_state(ingress.client, ingress.keys, "people", STARTING)
+    early = await http.post("/v1/sources", json={"uri": str(clip), "models": ["people"]})
+    assert early.status_code == 400, early.text
+    assert early.json()["error"] == (
+        "models ['people'] are not served by this pipeline; it serves ['cars'] "
+        "(people starting: try again once GET /v1/models says serving)"
+    )
+    await set_request_state(ingress.client, ingress.keys, "people", SERVING)
+    ok = await http.post("/v1/sources", json={"uri": str(clip), "models": ["people"]})
+    assert ok.status_code == 201, ok.text
