@@ -18,6 +18,7 @@ from stream.core.keys import PipelineKeys
 from stream.core.latency import LatencyHistogram
 from stream.runners.processes import StageProcess
 from stream.settings import Settings
+from stream.stages.infer.stage import held_at_most
 from stream.zoo.repository import ModelRepository
 from tests.clips import write_clip
 from tests.integration.test_stages import Pipeline, pipeline
@@ -256,11 +257,16 @@ async def test_a_swap_with_an_infer_replica_killed_midway_loses_nothing_and_mixe
     frames = results_by_frame(run["results"])
     seqs = sorted(seq for _, seq in frames)
     assert seqs == list(range(run["eos"]["frames"])), (len(seqs), run["eos"])
-    # old, then new; out of order only what the killed replica held and the survivor ran later
+    # old, then new. Out of order (version 2 before the last version-1 frame) only: what the
+    # killed replica held and the survivor ran later on version 2, and what the survivor ran on
+    # version 2 while the other replica still ran version 1, until the kill. The kill waits for the
+    # first version-2 result to be visible, which postprocess's reorder buffer can hold back
+    # behind up to `reorder_max_frames` later frames; each replica holds `held_at_most` tensors.
     versions = [frames[("loop", s)]["model_version"] for s in seqs]
     last_old = max(i for i, v in enumerate(versions) if v == 1)
     first_new = versions.index(2)
-    held = settings.infer.max_batch_size * (settings.infer.inflight + 1) * 2
+    per_replica = held_at_most(settings.infer.max_batch_size, settings.infer.inflight)
+    held = settings.postprocess.reorder_max_frames + 2 * per_replica
     assert sum(v == 2 for v in versions[:last_old]) <= held and set(versions[first_new:]) <= {1, 2}
     assert set(versions[last_old + 1 :]) == {2} and versions[0] == 1
     check_scores(run, seqs, 1, 2, tmp_path / "cache")

@@ -36,7 +36,7 @@ from stream.stages.infer.batch_tuning import tuned_batch_size
 from stream.zoo.descriptors import ModelSpec
 from stream.zoo.repository import ModelRepository
 
-__all__ = ["InferStage", "open_stage_engine"]
+__all__ = ["InferStage", "held_at_most", "open_stage_engine"]
 
 _POLL_S = 0.001
 _MIN_READ_AHEAD = 16
@@ -59,6 +59,13 @@ def open_stage_engine(settings: Settings, model: str, spec: ModelSpec, *, yield_
         if settings.infer.static_batches
         else (1,),
     )
+
+
+def held_at_most(max_batch_size: int, inflight: int) -> int:
+    """Tensors one Infer replica holds at most: its batches in flight and what it reads ahead.
+    It reads ahead that far so small batches (a tuned size of 2, say) still come from one Redis
+    read per several batches instead of one per batch."""
+    return max(max_batch_size * (inflight + 1), _MIN_READ_AHEAD)
 
 
 class InferStage(StageBase):
@@ -153,9 +160,7 @@ class InferStage(StageBase):
         buffer: BatchBuffer[tuple[Entry, Message, float]] = BatchBuffer(self.policy)
         slots = asyncio.Semaphore(self.inflight)
         tasks: set[asyncio.Task[None]] = set()
-        # read ahead up to `limit` tensors: small batches (a tuned size of 2, say) then still come
-        # from one Redis read per several batches instead of one per batch
-        limit = max(self.policy.max_batch_size * (self.inflight + 1), _MIN_READ_AHEAD)
+        limit = held_at_most(self.policy.max_batch_size, self.inflight)
         try:
             while not stop.is_set():
                 self.tick()

@@ -39,9 +39,9 @@ __all__ = ["VersionWatch", "drop_shadow_group"]
 
 log = logging.getLogger(__name__)
 
-_YIELD_RATIO = 2.0
+_YIELD_RATIO = 4.0
 """A version loading beside the serving one waits this many times as long as each load from the
-compiled-model cache and each warm-up took before the next: it takes about a third of the CPU
+compiled-model cache and each warm-up took before the next: it takes about a fifth of the CPU
 instead of all of it, so the batches served meanwhile keep their latency."""
 
 
