@@ -89,7 +89,7 @@ def test_jpeg_from_planes_decodes_to_the_same_picture(clip: Path) -> None:
     frame = src.read()
     src.close()
     ref = _ffmpeg_rgb(clip, 1)[0]
-    pending = prepare_frame(frame, IngestSettings())
+    pending = prepare_frame(frame, IngestSettings(encoding="jpeg"))
     assert pending.encoding == "jpeg"
     decoded = decode_jpeg(pending.array)
     assert decoded.shape == ref.shape
@@ -103,11 +103,13 @@ def test_ingest_downscale_and_raw_encoding_work_from_planes(clip: Path) -> None:
     src = VideoFileSource(str(clip))
     frame = src.read()
     src.close()
-    small = prepare_frame(frame, IngestSettings(frame_short_side_px=100))
+    small = prepare_frame(frame, IngestSettings(encoding="jpeg", frame_short_side_px=100))
     assert decode_jpeg(small.array).shape == (120, 160, 3)  # a whole factor of 2 keeps >= 100
-    auto = prepare_frame(frame, IngestSettings(), auto_short_side_px=60)
+    auto = prepare_frame(frame, IngestSettings(encoding="jpeg"), auto_short_side_px=60)
     assert decode_jpeg(auto.array).shape == (60, 80, 3)
-    kept = prepare_frame(frame, IngestSettings(frame_short_side_px=None), auto_short_side_px=60)
+    kept = prepare_frame(
+        frame, IngestSettings(encoding="jpeg", frame_short_side_px=None), auto_short_side_px=60
+    )
     assert decode_jpeg(kept.array).shape == (240, 320, 3)
     raw = prepare_frame(frame, IngestSettings(encoding="raw"))
     assert raw.encoding == "raw" and raw.array.shape == (240, 320, 3)
@@ -169,7 +171,7 @@ def test_frames_made_to_the_models_input_look_like_preprocess_fitting_them(clip:
     fit = model_input(spec)
     reference = fit_image(_ffmpeg_rgb(clip, 1)[0], fit.hw, fit.policy)
     raw = prepare_frame(frame, IngestSettings(encoding="raw"), 128, fit)
-    jpeg = prepare_frame(frame, IngestSettings(), 128, fit)
+    jpeg = prepare_frame(frame, IngestSettings(encoding="jpeg"), 128, fit)
     assert raw.array.shape == (128, 128, 3) and raw.fit == fit.key
     # a JPEG keeps its halving rule (at the model's own size it would lose detail the model sees)
     assert decode_jpeg(jpeg.array).shape == (240, 320, 3) and jpeg.fit is None
