@@ -276,7 +276,8 @@ class IngestSettings(_Section):
         1_000,
         ge=0,
         description="at most one thumbnail per source this often: the JPEG bytes of a published frame, "
-        "kept in Redis for the console (no extra encode; raw encoding has none); 0 = no thumbnails",
+        "kept in Redis for the console (a JPEG frame's own bytes; a raw frame is encoded only then); "
+        "0 = no thumbnails",
     )
     thumbnail_max_bytes: int = Field(
         1_048_576, ge=1024, description="frames larger than this are not kept as thumbnails"

@@ -5,7 +5,7 @@ with frames in Redis as JPEG and as raw pixels made to the model's input by inge
 v2-1.0-224 only: v1-0.25-128 is too close to a tie on many of these frames for a 99% bar to say
 anything about the pipeline. Two equally faithful RGB conversions of the same decoded frames
 (FFmpeg's and OpenCV's, each fitted with INTER_AREA) already give it different top-1 labels on 7.5%
-of them; the pipeline agreed on 86-89% of them before raw frames and agrees on 87% with them.
+of them (docs/performance.md, "Where the CPU goes", has its figures per encoding).
 """
 
 from __future__ import annotations
