@@ -341,7 +341,8 @@ class ConsumerStage(StageBase):
 
     async def reject(self, letters: list[DeadLetter]) -> None:
         """Dead-letter undecodable entries, with the skip markers the stage sends for them."""
-        await self.commit(Handled(outputs=self.skips_for_undecodable(letters), dead=letters))
+        if letters:
+            await self.commit(Handled(outputs=self.skips_for_undecodable(letters), dead=letters))
 
     async def on_idle(self) -> Handled:
         """Called after every read, also an empty one (timeouts of held state)."""
