@@ -1,11 +1,12 @@
-"""CPU per frame of ingest's frame preparation: decode an H.264 clip and make the JPEG it publishes.
+"""CPU per frame of ingest's frame preparation: decode an H.264 clip and make the frame it publishes.
 
     .venv/bin/python -m benchmarks.ingest [--clip FILE] [--frames 600]
 
 Rows (CPU time of this process, all threads, per frame, best of 3 passes):
 - RGB path: FFmpeg converts each frame to RGB, OpenCV encodes the JPEG (what ingest did first);
-- I420 planes: the decoded planes go into the JPEG as they are (what ingest does now);
-- I420 planes at the size a 224 / 128 model needs (``frame_short_side_px: auto``).
+- I420 planes: the decoded planes go into the JPEG as they are (``ingest.encoding: jpeg``);
+- I420 planes at the size a 224 / 128 model needs (``frame_short_side_px: auto``);
+- raw RGB made to a 128x128 model's input (``ingest.encoding: raw``, the default).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.table import Table
 
 from stream.adapters.media.jpeg import encode_jpeg
 from stream.adapters.media.video import Frame, VideoFileSource, write_demo_clip
+from stream.core.geometry import ModelInput
 from stream.settings import IngestSettings
 from stream.stages.ingest.frames import prepare_frame
 
@@ -56,7 +58,9 @@ def main() -> None:
     parser.add_argument("--clip", type=Path, help="H.264 clip (default: a generated 640x480 one)")
     parser.add_argument("--frames", type=int, default=600)
     args = parser.parse_args()
-    cfg = IngestSettings()
+    cfg = IngestSettings(encoding="jpeg")
+    raw = IngestSettings(encoding="raw")
+    v1 = ModelInput((128, 128), "stretch")
     with tempfile.TemporaryDirectory() as tmp:
         clip = args.clip or write_demo_clip(Path(tmp) / "clip.mp4", frames=args.frames, size=(640, 480))
         rows: dict[str, Callable[[], float]] = {
@@ -67,6 +71,9 @@ def main() -> None:
             ),
             "I420 planes, auto size for a 128 model": lambda: _planes_path(
                 clip, args.frames, lambda f: prepare_frame(f, cfg, 128)
+            ),
+            "I420 planes -> raw RGB made to a 128x128 model input": lambda: _planes_path(
+                clip, args.frames, lambda f: prepare_frame(f, raw, 128, v1)
             ),
         }
         results: dict[str, float] = {name: float("inf") for name in rows}

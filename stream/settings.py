@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -251,6 +251,15 @@ class StreamSettings(_Section):
         "counted (framestream_replica_ack_shortfalls_total) and the write stands",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _frame_codec_is_ingests(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "frame_codec" in data:
+            raise ValueError(
+                "streams.frame_codec is not a setting: how frames travel is ingest.encoding (raw | jpeg)"
+            )
+        return data
+
 
 class IngestSettings(_Section):
     high_water: int = Field(
@@ -267,7 +276,8 @@ class IngestSettings(_Section):
         1_000,
         ge=0,
         description="at most one thumbnail per source this often: the JPEG bytes of a published frame, "
-        "kept in Redis for the console (no extra encode; raw encoding has none); 0 = no thumbnails",
+        "kept in Redis for the console (a JPEG frame's own bytes; a raw frame is encoded only then); "
+        "0 = no thumbnails",
     )
     thumbnail_max_bytes: int = Field(
         1_048_576, ge=1024, description="frames larger than this are not kept as thumbnails"
@@ -276,7 +286,13 @@ class IngestSettings(_Section):
         30, ge=1, description="a thumbnail expires this long after the source's last one (stopped sources)"
     )
     jpeg_quality: int = Field(90, ge=1, le=100)
-    encoding: Literal["jpeg", "raw"] = "jpeg"
+    encoding: Literal["jpeg", "raw"] = Field(
+        "raw",
+        description="how frames travel in Redis: 'raw' = uint8 RGB pixels, made by ingest to the "
+        "models' input when they share one (no JPEG encode or decode, no second resize: the "
+        "least CPU, 49 KB a v1-0.25-128 frame, 150 KB a v2-1.0-224 one); 'jpeg' = JPEG at the "
+        "size the models need (about 13 KB a frame: for thin links between hosts)",
+    )
     frame_short_side_px: int | Literal["auto"] | None = Field(
         "auto",
         description=(

@@ -27,6 +27,7 @@ __all__ = [
     "MAGIC",
     "VERSION",
     "Message",
+    "PayloadError",
     "decode_message",
     "encode_message",
 ]
@@ -46,6 +47,15 @@ class Message:
 
     meta: dict[str, Any] = field(default_factory=dict)
     array: np.ndarray | None = None
+
+
+class PayloadError(CodecError):
+    """A message whose header decoded but whose array bytes do not match it (too short, too
+    long, oversize): `meta` is what the header said, to tell later stages which frame is lost."""
+
+    def __init__(self, reason: str, meta: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.meta = meta
 
 
 def encode_message(message: Message) -> bytes:
@@ -91,22 +101,24 @@ def decode_message(data: bytes, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -
         raise CodecError(f"truncated header: need {header_len} bytes, have {len(data) - _PREFIX.size}")
     header = _unpack_header(data[_PREFIX.size : body_start])
     dtype_name, shape, meta = _check_header(header)
-    payload = data[body_start:]
+    payload_len = len(data) - body_start
     if dtype_name is None:
-        if payload:
-            raise CodecError(f"message without an array carries {len(payload)} payload bytes")
+        if payload_len:
+            raise PayloadError(f"message without an array carries {payload_len} payload bytes", meta)
         return Message(meta=meta, array=None)
     dtype = np.dtype(dtype_name)
     expected = math.prod(shape) * dtype.itemsize
     if expected > max_payload_bytes:
-        raise CodecError(
-            f"oversize: shape {shape} {dtype_name} is {expected} bytes, limit {max_payload_bytes}"
+        raise PayloadError(
+            f"oversize: shape {shape} {dtype_name} is {expected} bytes, limit {max_payload_bytes}", meta
         )
-    if len(payload) != expected:
-        raise CodecError(
-            f"wrong payload length: shape {shape} {dtype_name} needs {expected} bytes, got {len(payload)}"
+    if payload_len != expected:
+        raise PayloadError(
+            f"wrong payload length: shape {shape} {dtype_name} needs {expected} bytes, got {payload_len}",
+            meta,
         )
-    array = np.frombuffer(payload, dtype=dtype).reshape(shape)
+    # a view into the entry's bytes, not a copy of them (a raw v2 frame is 150 KB)
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=body_start).reshape(shape)
     return Message(meta=meta, array=array)
 
 

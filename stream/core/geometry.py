@@ -13,9 +13,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["POLICIES", "ResizePlan", "plan_resize", "source_short_side"]
+__all__ = ["POLICIES", "ModelInput", "ResizePlan", "plan_resize", "source_short_side"]
 
 POLICIES = ("stretch", "center-crop", "letterbox")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a model needs from a frame: its input size and the rule that fits a frame to it."""
+
+    hw: tuple[int, int]
+    policy: str
+    shorter: int | None = None
+    pad: int = 0
+
+    @property
+    def key(self) -> str:
+        """One string naming this input, carried by a frame made to it (``fit`` in its meta), so a
+        reader with the same input passes the frame on instead of fitting it again."""
+        return f"{self.policy} {self.hw[0]}x{self.hw[1]} shorter={self.shorter} pad={self.pad}"
+
+    def plan(self, src_hw: tuple[int, int]) -> ResizePlan:
+        """`plan_resize` of a `src_hw` frame to this input."""
+        return plan_resize(src_hw, self.hw, self.policy, self.shorter)
 
 
 @dataclass(frozen=True)

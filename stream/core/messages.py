@@ -10,6 +10,9 @@ frames (``fs:{p}:frames``), written by ingest or a replay:
     label: str | None (optional ground truth, from replay files),
     models: [str, ...] (only for a source given models of its own: the models that classify it;
     every other model's preprocess acks its frames and end-of-stream and passes nothing on),
+    fit: str (raw frames ingest made to exactly the input every reading model shares: that
+    input's `geometry.ModelInput.key`; a preprocess whose model has that input and that shape
+    passes the pixels on, any other fits them as usual),
     stamps: {stage: [start_ms, end_ms]} (filled in by each stage)
     array: uint8 JPEG bytes (1-D) for encoding="jpeg", uint8 HxWx3 RGB for encoding="raw"
   end of a source: kind="eos", source, seq = number of frames the source published, no array;

@@ -1,6 +1,6 @@
 """Which published frames become a source's thumbnail (the console shows it): at most one per
-`interval_ms` per source, only JPEG bytes (ingest reuses the bytes it publishes, no extra encode),
-never larger than `max_bytes`."""
+`interval_ms` per source, only JPEG bytes (ingest reuses the JPEG frames it publishes; a raw frame
+is encoded only when a thumbnail is `due`), never larger than `max_bytes`."""
 
 from __future__ import annotations
 
@@ -26,13 +26,16 @@ class ThumbnailThrottle:
         self.max_bytes = max_bytes
         self._last_ms: dict[str, float] = {}
 
+    def due(self, source_id: str, now_ms: float) -> bool:
+        """Whether a frame of `source_id` published at `now_ms` may become its thumbnail (before
+        anyone encodes one)."""
+        last = self._last_ms.get(source_id)
+        return self.interval_ms != 0 and (last is None or now_ms - last >= self.interval_ms)
+
     def take(self, source_id: str, data: bytes | memoryview, now_ms: float) -> bool:
         """Whether `data` (a frame of `source_id` published at `now_ms`) becomes its thumbnail;
         True also records it, so the next one is due `interval_ms` later."""
-        if self.interval_ms == 0 or len(data) > self.max_bytes or not is_jpeg(data):
-            return False
-        last = self._last_ms.get(source_id)
-        if last is not None and now_ms - last < self.interval_ms:
+        if len(data) > self.max_bytes or not is_jpeg(data) or not self.due(source_id, now_ms):
             return False
         self._last_ms[source_id] = now_ms
         return True

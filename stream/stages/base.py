@@ -334,6 +334,16 @@ class ConsumerStage(StageBase):
         """Whatever the stage still holds, at shutdown (default: nothing)."""
         return Handled()
 
+    def skips_for_undecodable(self, letters: list[DeadLetter]) -> list[Output]:
+        """Skip markers for entries that did not decode but whose header said which frame they
+        were (`DeadLetter.meta`), so later stages need not wait for it (default: none)."""
+        return []
+
+    async def reject(self, letters: list[DeadLetter]) -> None:
+        """Dead-letter undecodable entries, with the skip markers the stage sends for them."""
+        if letters:
+            await self.commit(Handled(outputs=self.skips_for_undecodable(letters), dead=letters))
+
     async def on_idle(self) -> Handled:
         """Called after every read, also an empty one (timeouts of held state)."""
         return Handled()
@@ -348,7 +358,7 @@ class ConsumerStage(StageBase):
             entries = await self.next_entries(self.settings.streams.read_count, self.read_block_ms())
             if entries:
                 good, bad = self.transport.decode(entries)
-                await self.dead_letter(bad)
+                await self.reject(bad)
                 if good:
                     started = time.monotonic()
                     await self.handle_each_apart_on_error(good)
@@ -379,7 +389,7 @@ class ConsumerStage(StageBase):
 
     async def _drain(self) -> None:
         good, bad = self.transport.decode(await self.reader.finish())  # reads in flight (P > 1)
-        await self.dead_letter(bad)
+        await self.reject(bad)
         if good:
             await self.handle_each_apart_on_error(good)
         await self.commit(await self.flush())

@@ -3,6 +3,8 @@
 One consumer group per model on the frames stream (``preprocess:<model>``), so one frames stream
 feeds several models. Decodes JPEG (at a reduced DCT scale when the model input is much smaller
 than the frame), resizes / center-crops per the model descriptor, and emits uint8 RGB [h, w, 3].
+A frame ingest already made to this model's input (its ``fit`` meta names it, and its shape
+agrees) is passed on without a resize.
 A frame that cannot be decoded or has the wrong shape is dead-lettered with the reason and a
 skip marker goes on in its place; end-of-stream and skip markers pass through.
 """
@@ -14,7 +16,7 @@ import asyncio
 import numpy as np
 import redis.asyncio as aioredis
 
-from stream.adapters.media.image import fit_to_model
+from stream.adapters.media.image import fit_to_model, model_input
 from stream.adapters.media.jpeg import decode_jpeg
 from stream.adapters.redis.entries import DeadLetter, Entry, Output
 from stream.core.codec import Message, encode_message
@@ -51,6 +53,8 @@ def prepare_tensor(message: Message, spec: ModelSpec) -> np.ndarray:
         raise ValueError(f"frame must be uint8 HxWx3, got {rgb.dtype} {rgb.shape}")
     if not (1 <= rgb.shape[0] <= _MAX_SIDE_PX and 1 <= rgb.shape[1] <= _MAX_SIDE_PX):
         raise ValueError(f"frame of {rgb.shape[1]}x{rgb.shape[0]} is outside 1..{_MAX_SIDE_PX} px")
+    if message.meta.get("fit") == model_input(spec).key and rgb.shape[:2] == spec.input_hw:
+        return np.ascontiguousarray(rgb)  # ingest made it to this input: passed on as it is
     return fit_to_model(rgb, spec)
 
 
@@ -101,6 +105,21 @@ class PreprocessStage(ConsumerStage):
             meta["stamps"] = {**meta.get("stamps", {}), "preprocess": [start, now_ms()]}
             out.outputs.append(Output(output, encode_message(Message(meta=meta, array=tensor))))
             out.acks.append(entry)
+        return out
+
+    def skips_for_undecodable(self, letters: list[DeadLetter]) -> list[Output]:
+        """A raw frame cut short (or any frame whose header decoded but whose pixels did not) is
+        skipped like a frame that does not decode: postprocess then moves on at once."""
+        out = []
+        for letter in letters:
+            meta = letter.meta
+            if meta is None or meta.get("kind") != FRAME or "source" not in meta or "seq" not in meta:
+                continue
+            chosen = meta.get("models")
+            if isinstance(chosen, list) and self.model not in chosen:
+                continue
+            reason = f"preprocess {self.model}: {letter.reason}"
+            out.append(Output(self._output(letter.entry), skip_marker({**meta, "model": self.model}, reason)))
         return out
 
     def _output(self, entry: Entry) -> str:

@@ -77,28 +77,28 @@ async def _set_calls(client: aioredis.Redis) -> int:
     return int((await client.info("commandstats")).get("cmdstat_set", {}).get("calls", 0))
 
 
-async def test_ingest_keeps_the_published_jpeg_as_thumbnail_at_most_once_a_second(
-    redis_client: aioredis.Redis, clip: Path
+@pytest.mark.parametrize("encoding", ["jpeg", "raw"])
+async def test_ingest_keeps_a_published_frame_as_jpeg_thumbnail_at_most_once_a_second(
+    redis_client: aioredis.Redis, clip: Path, encoding: str
 ) -> None:
-    settings = Settings(streams={"pipeline": "console", "partitions": 3})
+    """A JPEG frame's own bytes, or a raw frame encoded when its thumbnail is due."""
+    settings = Settings(streams={"pipeline": "console", "partitions": 3}, ingest={"encoding": encoding})
+    await redis_client.flushall()
     await redis_client.config_resetstat()
     elapsed = await _play(redis_client, settings, "cam-1", str(clip))  # 75 frames at 25/s: ~3 s
     thumbnail = await redis_client.get(KEYS.for_source("cam-1").thumbnail("cam-1"))
     assert thumbnail is not None, "no thumbnail"
-    assert decode_jpeg(thumbnail).ndim == 3  # a real JPEG of a frame
+    assert decode_jpeg(thumbnail).shape == (240, 320, 3)  # a real JPEG of a whole frame
     assert 0 < await redis_client.ttl(KEYS.for_source("cam-1").thumbnail("cam-1")) <= 30
     writes = await _set_calls(redis_client) - 1  # the one other SET: ingest's lease on the source
     assert 2 <= writes <= math.ceil(elapsed) + 1, (writes, elapsed)
 
 
-async def test_no_thumbnail_with_raw_encoding_or_when_turned_off(
-    redis_client: aioredis.Redis, clip: Path
-) -> None:
-    for ingest in ({"encoding": "raw"}, {"thumbnail_interval_ms": 0}):
-        settings = Settings(streams={"pipeline": "console", "partitions": 3}, ingest=ingest)
-        await redis_client.flushall()
-        await _play(redis_client, settings, "cam-0", str(clip))
-        assert await redis_client.get(KEYS.for_source("cam-0").thumbnail("cam-0")) is None, ingest
+async def test_no_thumbnail_when_turned_off(redis_client: aioredis.Redis, clip: Path) -> None:
+    settings = Settings(streams={"pipeline": "console", "partitions": 3}, ingest={"thumbnail_interval_ms": 0})
+    await redis_client.flushall()
+    await _play(redis_client, settings, "cam-0", str(clip))
+    assert await redis_client.get(KEYS.for_source("cam-0").thumbnail("cam-0")) is None
 
 
 async def _publish(client: aioredis.Redis, source: str, meta: dict[str, Any]) -> None:

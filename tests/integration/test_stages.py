@@ -280,6 +280,42 @@ async def test_corrupt_frame_is_dead_lettered_every_other_frame_gets_a_result(
     assert waited < 30
 
 
+async def test_raw_frames_cut_short_or_of_the_wrong_shape_or_dtype_are_dead_letters_with_skips(
+    redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path
+) -> None:
+    """Raw frames pushed straight into the frames stream: three bad ones, each a dead letter with
+    its reason and a skip marker (postprocess moves on); every other frame gets its result."""
+    settings = make_settings(tmp_path, weights)
+    keys = PipelineKeys()
+    frames = scene_frames(read_photo(weights.parent / "images" / "cat.bmp"), 12, (128, 128))
+    bad = {3: "wrong payload length", 6: "uint8 HxWx3", 9: "uint8 HxWx3"}
+
+    def entry(seq: int, rgb: np.ndarray) -> bytes:
+        meta = {"kind": "frame", "source": "push", "seq": seq, "capture_ms": time.time() * 1000}
+        meta |= {"encoding": "raw", "fit": "stretch 128x128 shorter=None pad=0"}
+        if seq == 6:
+            rgb = rgb[:, :, 0]  # one channel: the shape is wrong
+        if seq == 9:
+            rgb = rgb.astype(np.float32)
+        data = encode_message(Message(meta=meta, array=rgb))
+        return data[:-1000] if seq == 3 else data  # the header says 128x128x3, the bytes run out
+
+    async with pipeline(redis_server.url, settings, [V1]):
+        for seq, rgb in enumerate(frames):
+            await redis_client.xadd(keys.frames, {FIELD: entry(seq, rgb)})
+        eos = {"kind": "eos", "source": "push", "seq": len(frames)}
+        await redis_client.xadd(keys.frames, {FIELD: encode_message(Message(meta=eos))})
+        results, eos_meta = await collect_results(redis_client, keys, {("push", V1)})
+    assert [r["seq"] for r in results] == [s for s in range(12) if s not in bad]
+    # each lost frame was a skip marker, not a gap the reorder buffer gave up waiting on
+    assert eos_meta[("push", V1)]["skipped"] == 3 and eos_meta[("push", V1)]["gaps"] == 0
+    dead = [(f[b"stage"], f[b"reason"].decode()) for _, f in await redis_client.xrange(keys.dead)]
+    assert len(dead) == 3 and {d[0] for d in dead} == {b"preprocess"}
+    for (_, reason), why in zip(dead, bad.values(), strict=True):
+        assert why in reason, reason
+    assert "float32" in dead[2][1] and "(128, 128)" in dead[1][1]
+
+
 @pytest.mark.slow
 async def test_two_models_from_one_frames_stream_each_get_every_frame(
     redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path, clip: Path

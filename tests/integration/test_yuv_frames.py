@@ -12,12 +12,24 @@ import cv2
 import numpy as np
 import pytest
 
+from stream.adapters.media.image import fit_image, model_input
 from stream.adapters.media.jpeg import decode_jpeg, encode_jpeg_i420
 from stream.adapters.media.video import VideoFileSource, write_demo_clip
-from stream.adapters.media.yuv import i420_planes, i420_shape, i420_to_rgb, shrink_i420, shrink_planes
+from stream.adapters.media.yuv import (
+    i420_planes,
+    i420_shape,
+    i420_to_rgb,
+    resize_i420,
+    shrink_i420,
+    shrink_planes,
+)
+from stream.core.codec import Message, decode_message
+from stream.core.geometry import ModelInput
 from stream.errors import CodecError
 from stream.settings import IngestSettings
 from stream.stages.ingest.frames import prepare_frame
+from stream.stages.preprocess import prepare_tensor
+from stream.zoo.repository import load_spec
 
 
 def _ffmpeg_rgb(clip: Path, n: int) -> list[np.ndarray]:
@@ -77,7 +89,7 @@ def test_jpeg_from_planes_decodes_to_the_same_picture(clip: Path) -> None:
     frame = src.read()
     src.close()
     ref = _ffmpeg_rgb(clip, 1)[0]
-    pending = prepare_frame(frame, IngestSettings())
+    pending = prepare_frame(frame, IngestSettings(encoding="jpeg"))
     assert pending.encoding == "jpeg"
     decoded = decode_jpeg(pending.array)
     assert decoded.shape == ref.shape
@@ -91,11 +103,13 @@ def test_ingest_downscale_and_raw_encoding_work_from_planes(clip: Path) -> None:
     src = VideoFileSource(str(clip))
     frame = src.read()
     src.close()
-    small = prepare_frame(frame, IngestSettings(frame_short_side_px=100))
+    small = prepare_frame(frame, IngestSettings(encoding="jpeg", frame_short_side_px=100))
     assert decode_jpeg(small.array).shape == (120, 160, 3)  # a whole factor of 2 keeps >= 100
-    auto = prepare_frame(frame, IngestSettings(), auto_short_side_px=60)
+    auto = prepare_frame(frame, IngestSettings(encoding="jpeg"), auto_short_side_px=60)
     assert decode_jpeg(auto.array).shape == (60, 80, 3)
-    kept = prepare_frame(frame, IngestSettings(frame_short_side_px=None), auto_short_side_px=60)
+    kept = prepare_frame(
+        frame, IngestSettings(encoding="jpeg", frame_short_side_px=None), auto_short_side_px=60
+    )
     assert decode_jpeg(kept.array).shape == (240, 320, 3)
     raw = prepare_frame(frame, IngestSettings(encoding="raw"))
     assert raw.encoding == "raw" and raw.array.shape == (240, 320, 3)
@@ -144,3 +158,60 @@ def test_bad_i420_and_bad_jpeg_give_codec_errors() -> None:
         encode_jpeg_i420(np.zeros((10, 7), np.uint8))
     with pytest.raises(CodecError, match="cannot decode JPEG"):
         decode_jpeg(b"\xff\xd8 definitely not a jpeg")
+
+
+def test_frames_made_to_the_models_input_look_like_preprocess_fitting_them(clip: Path) -> None:
+    """With ``auto`` and one model input, ingest makes raw frames to exactly that input (one
+    plane resize, RGB at the small size) and preprocess passes them on; the pixels stay what
+    preprocess would have made of the whole frame."""
+    src = VideoFileSource(str(clip))
+    frame = src.read()
+    src.close()
+    spec = load_spec("mobilenet-v1-0.25-128-quant")
+    fit = model_input(spec)
+    reference = fit_image(_ffmpeg_rgb(clip, 1)[0], fit.hw, fit.policy)
+    raw = prepare_frame(frame, IngestSettings(encoding="raw"), 128, fit)
+    jpeg = prepare_frame(frame, IngestSettings(encoding="jpeg"), 128, fit)
+    assert raw.array.shape == (128, 128, 3) and raw.fit == fit.key
+    # a JPEG keeps its halving rule (at the model's own size it would lose detail the model sees)
+    assert decode_jpeg(jpeg.array).shape == (240, 320, 3) and jpeg.fit is None
+    for pending in (raw, jpeg):
+        message = decode_message(pending.encode("cam", 0, 0.0))
+        assert message.meta.get("fit") == pending.fit
+        tensor = prepare_tensor(message, spec)
+        assert tensor.shape == (128, 128, 3)
+        assert np.abs(tensor.astype(int) - reference.astype(int)).mean() < 4.0
+    # an explicit frame size wins over the models' input: nothing fitted, nothing marked
+    sized = prepare_frame(frame, IngestSettings(encoding="raw", frame_short_side_px=100), 128, fit)
+    assert sized.array.shape == (100, 133, 3) and sized.fit is None
+    # a center-crop input is fitted in RGB (crop, no bars) and still marked
+    crop = ModelInput((96, 96), "center-crop", 110)
+    cropped = prepare_frame(frame, IngestSettings(encoding="raw"), 110, crop)
+    assert cropped.array.shape == (96, 96, 3) and cropped.fit == crop.key
+
+
+def test_preprocess_checks_the_shape_of_a_frame_marked_as_fitted() -> None:
+    """The ``fit`` meta is a hint, never trusted: a frame of another size is fitted anyway."""
+    spec = load_spec("mobilenet-v1-0.25-128-quant")
+    key = model_input(spec).key
+    big = np.zeros((240, 320, 3), np.uint8)
+    big[:, 160:] = 200
+    tensor = prepare_tensor(Message({"encoding": "raw", "fit": key}, big), spec)
+    assert tensor.shape == (128, 128, 3) and tensor[:, :60].max() == 0 and tensor[:, 70:].min() == 200
+    exact = np.full((128, 128, 3), 9, np.uint8)
+    assert np.array_equal(prepare_tensor(Message({"encoding": "raw", "fit": key}, exact), spec), exact)
+    with pytest.raises(ValueError, match="uint8 HxWx3"):
+        prepare_tensor(Message({"encoding": "raw", "fit": key}, exact[..., 0]), spec)
+
+
+def test_plane_resize_keeps_flat_pictures_flat_and_even_sizes() -> None:
+    rng = np.random.default_rng(1)
+    i420 = rng.integers(0, 256, (480 * 3 // 2, 640), dtype=np.uint8)
+    out = resize_i420(i420, (128, 128))
+    y, cb, cr = i420_planes(out)
+    assert y.shape == (128, 128) and cb.shape == cr.shape == (64, 64)
+    assert abs(float(y.mean()) - float(i420[:480].mean())) < 1.0
+    assert np.all(resize_i420(np.full_like(i420, 50), (224, 224)) == 50)
+    assert resize_i420(out, (128, 128)) is out
+    with pytest.raises(ValueError, match="even"):
+        resize_i420(i420, (127, 128))

@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from stream.core.codec import ALLOWED_DTYPES, MAGIC, VERSION, Message, decode_message, encode_message
+from stream.core.codec import (
+    ALLOWED_DTYPES,
+    MAGIC,
+    VERSION,
+    Message,
+    PayloadError,
+    decode_message,
+    encode_message,
+)
 from stream.errors import CodecError
 
 _meta_values = st.recursive(
@@ -118,3 +126,20 @@ def test_pickle_payloads_are_never_executed():
 
     with pytest.raises(CodecError):
         decode_message(pickle.dumps(Boom()))
+
+
+def test_a_payload_that_does_not_match_its_header_still_says_which_frame_it_was() -> None:
+    """So a stage can send the skip marker for a raw frame cut short (`PayloadError.meta`)."""
+    meta = {"kind": "frame", "source": "cam", "seq": 7}
+    data = encode_message(Message(meta=meta, array=np.zeros((8, 8, 3), np.uint8)))
+    with pytest.raises(PayloadError, match="needs 192 bytes, got 100") as cut:
+        decode_message(data[:-92])
+    assert cut.value.meta == meta
+    with pytest.raises(PayloadError) as longer:
+        decode_message(data + b"x")
+    assert longer.value.meta == meta
+    with pytest.raises(CodecError) as garbage:
+        decode_message(data[:12])
+    assert not isinstance(garbage.value, PayloadError)
+    decoded = decode_message(data).array
+    assert decoded is not None and decoded.shape == (8, 8, 3) and not decoded.flags.writeable

@@ -38,6 +38,15 @@ def test_bad_values_are_named(tmp_path):
         load_settings(tmp_path / "missing.yaml")
 
 
+def test_the_frame_codec_has_one_setting_and_the_issues_name_for_it_says_which(tmp_path):
+    cfg = tmp_path / "fs.yaml"
+    cfg.write_text("ingest:\n  encoding: jpeg\n")
+    assert load_settings(cfg).ingest.encoding == "jpeg"
+    cfg.write_text("streams:\n  frame_codec: raw\n")
+    with pytest.raises(ValidationError, match=r"is ingest\.encoding \(raw \| jpeg\)"):
+        load_settings(cfg)
+
+
 def test_the_redis_password_is_a_secret_like_the_api_tokens(monkeypatch, caplog):
     password, token = "redis-pw-0123456789", "admin-token-0123456789"
     monkeypatch.setenv("FRAMESTREAM_REDIS__PASSWORD", password)

@@ -8,12 +8,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stream.core.geometry import plan_resize
+from stream.core.geometry import ModelInput, plan_resize
 from stream.core.image_header import image_size
 from stream.errors import CodecError, SourceError
 from stream.zoo.descriptors import ModelSpec
 
-__all__ = ["decode_image", "fit_image", "fit_to_model", "read_image", "use_one_opencv_thread"]
+__all__ = [
+    "decode_image",
+    "fit_image",
+    "fit_to_model",
+    "model_input",
+    "read_image",
+    "use_one_opencv_thread",
+]
 
 # One decoded image may not exceed this many pixels (a 16k x 16k bomb stops here, not in RAM).
 _MAX_PIXELS = 100_000_000
@@ -79,6 +86,11 @@ def fit_image(
     out = np.full((*plan.out_hw, 3), pad, np.uint8)
     out[plan.pad_top : plan.pad_top + h, plan.pad_left : plan.pad_left + w] = kept
     return out
+
+
+def model_input(spec: ModelSpec) -> ModelInput:
+    """The input size and fitting rule of the model `spec` describes."""
+    return ModelInput(spec.input_hw, spec.resize, spec.resize_shorter, spec.pad)
 
 
 def fit_to_model(image_rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:

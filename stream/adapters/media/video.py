@@ -93,10 +93,11 @@ class Frame:
         planes = shrink_i420(self.i420, short_side_px)
         return to_full_range(planes) if self.i420_limited else planes
 
-    def to_rgb(self) -> np.ndarray | None:
-        """The pixels as uint8 [h, w, 3] RGB (converted from `i420` if need be); None for JPEG bytes."""
+    def to_rgb(self, short_side_px: int | None = None) -> np.ndarray | None:
+        """The pixels as uint8 [h, w, 3] RGB; None for JPEG bytes. `i420` is halved while the
+        shorter side stays >= `short_side_px`, then converted (in its own range: no table first)."""
         if self.rgb is None and self.i420 is not None:
-            return i420_to_rgb(self.jfif_i420())  # type: ignore[arg-type]
+            return i420_to_rgb(shrink_i420(self.i420, short_side_px), limited=self.i420_limited)
         return self.rgb
 
 

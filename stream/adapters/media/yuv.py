@@ -10,7 +10,7 @@ The convention here: an I420 array is one packed uint8 array of shape ``(h * 3 /
 layout of FFmpeg's ``yuv420p`` and OpenCV's ``COLOR_YUV2*_I420``): ``h`` rows of Y, then Cb and
 Cr at ``(h // 2, w // 2)`` each. JPEG (JFIF) wants **full range** (0..255); video is usually
 limited range (Y 16..235): `to_full_range` converts it, best after `shrink_i420` (fewer pixels).
-`i420_to_rgb` and `stream.adapters.media.jpeg.encode_jpeg_i420` take full-range planes.
+`stream.adapters.media.jpeg.encode_jpeg_i420` takes full-range planes; `i420_to_rgb` either range.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["i420_planes", "i420_shape", "i420_to_rgb", "shrink_i420", "shrink_planes", "to_full_range"]
+__all__ = [
+    "i420_planes",
+    "i420_shape",
+    "i420_to_rgb",
+    "resize_i420",
+    "shrink_i420",
+    "shrink_planes",
+    "to_full_range",
+]
 
 # limited ("MPEG", Y 16..235, C 16..240) -> full ("JPEG", 0..255) range, per plane
 _Y_LUT = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
@@ -85,9 +93,42 @@ def _halve(plane: np.ndarray, multiple: int) -> np.ndarray:
     return cv2.resize(plane[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_AREA)
 
 
-def i420_to_rgb(i420: np.ndarray) -> np.ndarray:
-    """uint8 [h, w, 3] RGB of a full-range I420 array (JFIF's BT.601 conversion)."""
+def resize_i420(i420: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """The frame resized to `hw` (both even), plane by plane, before any colour conversion (which
+    then touches only the output's pixels).
+
+    Each plane is halved (a 2x2 box, `_halve`) while both its sides stay >= the target's, then
+    bilinearly resized by what is left: 640x480 to 128x128 in ~0.06 ms of CPU, against ~0.35 ms
+    for INTER_AREA at the same arbitrary ratio (OpenCV's fast box path is 2x2 only).
+    """
+    h, w = hw
+    if h < 2 or w < 2 or h % 2 or w % 2:
+        raise ValueError(f"I420 sides must be even and >= 2, got {w}x{h}")
+    if i420_shape(i420) == (h, w):
+        return i420
+    y, cb, cr = i420_planes(i420)
+    out = np.empty((h * 3 // 2, w), np.uint8)
+    out[:h] = _resize_plane(y, h, w)
+    chroma = out[h:].reshape(2, h // 2, w // 2)
+    chroma[0] = _resize_plane(cb, h // 2, w // 2)
+    chroma[1] = _resize_plane(cr, h // 2, w // 2)
+    return out
+
+
+def _resize_plane(plane: np.ndarray, h: int, w: int) -> np.ndarray:
+    while plane.shape[0] // 2 >= h and plane.shape[1] // 2 >= w:
+        plane = _halve(plane, 1)
+    if plane.shape == (h, w):
+        return plane
+    return cv2.resize(plane, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def i420_to_rgb(i420: np.ndarray, *, limited: bool = False) -> np.ndarray:
+    """uint8 [h, w, 3] RGB of an I420 array: BT.601 in video range when `limited` (one OpenCV
+    conversion, no range table first), else full range (JFIF's conversion)."""
     h, w = i420_shape(i420)
+    if limited:
+        return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
     y, cb, cr = i420_planes(i420)
     up = cv2.resize(np.dstack((cr, cb)), (w, h), interpolation=cv2.INTER_LINEAR)
     ycrcb = np.dstack((y, up))

@@ -41,6 +41,9 @@ class DeadLetter:
     redrive_to: str | None = None
     """The stream `framestream dead retry` re-drives it into, when not the one it was read from
     (a sink's own retry stream: a sink's dead letter goes back to that sink alone)."""
+    meta: dict[str, Any] | None = None
+    """What an undecodable entry's header said (`stream.core.codec.PayloadError`), so a stage can
+    still send the skip marker for the frame it was; None when not even that decoded."""
 
 
 def entry_of(stream: str, raw_id: bytes | str, fields: Any, deliveries: int = 1) -> Entry:

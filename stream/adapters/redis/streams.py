@@ -40,7 +40,7 @@ from stream.adapters.redis.dead_letter_writer import dead_stream, letter_fields,
 from stream.adapters.redis.entries import DeadLetter, Entry, Output, entry_of, hash_tag, last_id, text
 from stream.adapters.redis.fenced_commit import Fenced, FencedCommit
 from stream.adapters.redis.group_stats import GroupStats
-from stream.core.codec import Message, decode_message
+from stream.core.codec import Message, PayloadError, decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.errors import CodecError, ConfigError, LeaseLost
 
@@ -264,7 +264,8 @@ class StreamTransport:
             try:
                 good.append((entry, decode_message(entry.data)))
             except CodecError as e:
-                bad.append(DeadLetter(entry, f"undecodable: {e}"))
+                meta = e.meta if isinstance(e, PayloadError) else None
+                bad.append(DeadLetter(entry, f"undecodable: {e}", meta=meta))
         return good, bad
 
     async def dead_letter(self, letters: Sequence[DeadLetter], group: str) -> None:

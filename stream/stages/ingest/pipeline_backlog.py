@@ -12,15 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from stream.adapters.media.image import model_input
 from stream.adapters.redis.sink_backlog import SinkPause
 from stream.adapters.redis.streams import GroupStats, StreamTransport
-from stream.core.geometry import source_short_side
+from stream.core.geometry import ModelInput, source_short_side
 from stream.core.keys import PipelineKeys
 from stream.errors import ModelError
 from stream.settings import SinkSettings
 from stream.zoo.repository import ModelRepository
 
-__all__ = ["SINK_FULL", "PipelineBacklog", "auto_short_side"]
+__all__ = ["SINK_FULL", "PipelineBacklog", "auto_fit", "auto_short_side"]
 
 SINK_FULL = 2**62
 """`PipelineBacklog.of_partition` while a pausing sink is full: above every high-water mark."""
@@ -28,7 +29,8 @@ SINK_FULL = 2**62
 
 class PipelineBacklog:
     """The backlog of the frames stream and of each model's chain after it, over every partition;
-    `readers` and `auto_short_side_px` follow the frames stream's consumer groups as it reads them."""
+    `readers`, `auto_short_side_px` and `auto_fit` follow the frames stream's consumer groups as
+    it reads them."""
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class PipelineBacklog:
         self.sinks = SinkPause(client, keys, sinks)
         self.readers: tuple[str, ...] = ()
         self.auto_short_side_px: int | None = None  # what `frame_short_side_px: auto` means now
+        self.auto_fit: ModelInput | None = None  # the input every reading model shares, if one
 
     async def slowest(self) -> GroupStats:
         """The frames stream's slowest consumer group (lag + pending), or its length with no group;
@@ -100,6 +103,7 @@ class PipelineBacklog:
         if readers != self.readers:
             self.readers = readers
             self.auto_short_side_px = auto_short_side(readers, self.repository)
+            self.auto_fit = auto_fit(readers, self.repository)
 
 
 def _shadow(group: str) -> bool:
@@ -123,3 +127,19 @@ def auto_short_side(groups: tuple[str, ...] | list[str], repository: ModelReposi
             return None
         needs.append(source_short_side(spec.input_hw, spec.resize, spec.resize_shorter))
     return max(needs) if needs else None
+
+
+def auto_fit(groups: tuple[str, ...] | list[str], repository: ModelRepository) -> ModelInput | None:
+    """The one model input (size and fitting rule) of every model whose preprocess group reads
+    the frames stream, so ingest can make frames to exactly it; None when they differ, with no
+    such group, or with a model this process does not know."""
+    inputs = set()
+    for group in groups:
+        stage, _, model = group.partition(":")
+        if stage != "preprocess" or not model:
+            continue
+        try:
+            inputs.add(model_input(repository.spec(model)))
+        except ModelError:
+            return None
+    return inputs.pop() if len(inputs) == 1 else None

@@ -12,8 +12,10 @@ import json
 import time
 from typing import Any
 
+from stream.adapters.media.jpeg import encode_jpeg
 from stream.core.keys import FIELD, PipelineKeys
 from stream.core.thumbnails import ThumbnailThrottle
+from stream.errors import CodecError
 from stream.settings import IngestSettings
 from stream.stages.ingest.frames import PendingFrame, eos_message
 from stream.stages.ingest.source_reports import SourceReport
@@ -28,6 +30,7 @@ class SourceWrites:
         self.client = client
         self.keys = keys
         self.thumbnail_ttl_s = cfg.thumbnail_ttl_s
+        self.jpeg_quality = cfg.jpeg_quality
         self._thumbnails = ThumbnailThrottle(cfg.thumbnail_interval_ms, cfg.thumbnail_max_bytes)
 
     async def publish(
@@ -61,10 +64,18 @@ class SourceWrites:
     def _thumbnail(
         self, pipe: Any, keys: PipelineKeys, source_id: str, frame: PendingFrame, now_ms: float
     ) -> None:
-        """Keep the frame's JPEG bytes as the source's thumbnail when one is due (`ThumbnailThrottle`)."""
-        if frame.encoding != "jpeg":
+        """Keep the frame's JPEG bytes as the source's thumbnail when one is due (`ThumbnailThrottle`);
+        a raw frame is encoded then (at most once a `thumbnail_interval_ms`, a model-sized picture)."""
+        data: bytes | memoryview = frame.array.data  # a view: no copy unless it is taken
+        if frame.encoding == "raw":
+            if not self._thumbnails.due(source_id, now_ms):
+                return
+            try:
+                data = encode_jpeg(frame.array, self.jpeg_quality)
+            except CodecError:
+                return  # not an RGB picture: no thumbnail, the frame itself goes on
+        elif frame.encoding != "jpeg":
             return
-        data = frame.array.data  # a view: no copy unless it is taken
         if self._thumbnails.take(source_id, data, now_ms):
             pipe.set(keys.thumbnail(source_id), data, ex=self.thumbnail_ttl_s)
 

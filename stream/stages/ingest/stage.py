@@ -283,7 +283,13 @@ class IngestStage:
             room = max(1, min(chunk_size, high_water - backlog))  # never far past the high-water mark
             try:
                 chunk = await asyncio.to_thread(
-                    encode_frames, source, sampler, room, self.settings.ingest, self.auto_short_side_px
+                    encode_frames,
+                    source,
+                    sampler,
+                    room,
+                    self.settings.ingest,
+                    self.auto_short_side_px,
+                    self.pipeline.auto_fit,
                 )
             except Exception as e:  # a read or decode error ends this source, not the loop
                 return source_failure(e)
@@ -316,7 +322,7 @@ class IngestStage:
                 behind = await self.pipeline.of_partition(keys) > cfg.high_water
                 try:
                     chunk = await asyncio.to_thread(
-                        pump.take_encoded, _CHUNK, not behind, self.auto_short_side_px
+                        pump.take_encoded, _CHUNK, not behind, self.auto_short_side_px, self.pipeline.auto_fit
                     )
                 except Exception as e:  # a frame that cannot be encoded ends this source
                     return source_failure(e)
