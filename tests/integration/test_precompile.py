@@ -1,13 +1,16 @@
 """A version loaded beside a serving one is compiled by a child process at the lowest CPU priority
-into the compiled-model cache (`stream.stages.infer.precompile`); the Infer process then loads it
-from there instead of compiling. Real OpenVINO, synthetic versions in a real repository."""
+and exported (`stream.stages.infer.precompile`); the Infer process imports the compiled models
+instead of building and compiling the graph. Real OpenVINO, synthetic versions in a real
+repository."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stream.settings import Settings
@@ -32,17 +35,42 @@ def _blobs(settings: Settings) -> set[str]:
     return {p.name for p in (settings.models.cache_dir / "compiled").glob("*.blob")}
 
 
-def test_the_child_fills_the_compiled_cache_so_the_infer_process_compiles_nothing(tmp_path: Path) -> None:
+def test_the_child_compiles_so_the_infer_process_imports_the_same_model(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     repo = ModelRepository(settings.models.repository)
     version = add_version(repo, MODEL, seed=1)
+    folder = tmp_path / "compiled"
 
-    assert precompile(settings, MODEL, version, cancel=threading.Event())
-    written = _blobs(settings)
-    # the dynamic-batch graph and one per padded batch size (1, 2, 4)
-    assert len(written) == 4, written
-    with open_stage_engine(settings, MODEL, repo.spec(MODEL, version)):
-        assert _blobs(settings) == written  # every graph came from the cache
+    assert precompile(settings, MODEL, version, folder, cancel=threading.Event())
+    # the dynamic-batch model and one per padded batch size (1, 2, 4)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "batch1.blob", "batch2.blob", "batch4.blob", "dynamic.blob",
+    ]  # fmt: skip
+    assert _blobs(settings) == set()  # the child leaves the compiled-model cache alone
+    spec = repo.spec(MODEL, version)
+    x = np.random.default_rng(0).integers(0, 256, (3, *spec.input_hw, 3), dtype=np.uint8)
+    with open_stage_engine(settings, MODEL, spec, compiled_from=folder) as imported:
+        assert _blobs(settings) == set()  # nothing compiled in this process
+        assert imported.static_batch_sizes == (1, 2, 4) and imported.version == version
+        got = imported.infer(x)
+    with open_stage_engine(settings, MODEL, spec) as compiled:
+        np.testing.assert_allclose(got, compiled.infer(x), atol=1e-5)
+
+
+def test_a_version_already_in_the_compiled_cache_is_exported_too(tmp_path: Path) -> None:
+    """A rollback or a shadow of the version the replica started with: that version sits in the
+    compiled-model cache, and a model loaded from there cannot be exported and imported again."""
+    settings = _settings(tmp_path)
+    repo = ModelRepository(settings.models.repository)
+    version = add_version(repo, MODEL, seed=1)
+    spec = repo.spec(MODEL, version)
+    open_stage_engine(settings, MODEL, spec).close()  # as the replica did at its start
+    assert _blobs(settings)
+    folder = tmp_path / "compiled"
+
+    assert precompile(settings, MODEL, version, folder, cancel=threading.Event())
+    with open_stage_engine(settings, MODEL, spec, compiled_from=folder) as imported:
+        assert imported.infer(np.zeros((2, *spec.input_hw, 3), np.uint8)).shape[0] == 2
 
 
 def test_a_version_the_child_cannot_compile_is_reported_and_left_to_the_caller(
@@ -51,10 +79,12 @@ def test_a_version_the_child_cannot_compile_is_reported_and_left_to_the_caller(
     settings = _settings(tmp_path)
     repo = ModelRepository(settings.models.repository)
     version = add_version(repo, MODEL, seed=1, broken=True)
+    caplog.set_level(logging.WARNING, logger="stream.stages.infer.precompile")
 
-    assert not precompile(settings, MODEL, version, cancel=threading.Event())
+    folder = tmp_path / "compiled"
+    assert not precompile(settings, MODEL, version, folder, cancel=threading.Event())
     assert f"compiling version {version} at low priority failed" in caplog.text
-    assert _blobs(settings) == set()
+    assert not folder.exists() or not any(folder.iterdir())
 
 
 def test_a_stopping_stage_cancels_the_child_at_once(tmp_path: Path) -> None:
@@ -65,7 +95,8 @@ def test_a_stopping_stage_cancels_the_child_at_once(tmp_path: Path) -> None:
     cancel.set()
 
     started = time.monotonic()
-    assert not precompile(settings, MODEL, version, cancel=cancel)
+    folder = tmp_path / "compiled"
+    assert not precompile(settings, MODEL, version, folder, cancel=cancel)
     # cancelled at its first check, long before a compile (and the child's imports) could end
     assert time.monotonic() - started < 5.0
-    assert _blobs(settings) == set()
+    assert not folder.exists() and _blobs(settings) == set()

@@ -34,7 +34,7 @@ from stream.zoo.store import (
     locate_model,
 )
 
-__all__ = ["Engine", "compile_model", "open_engine", "read_model_file"]
+__all__ = ["Engine", "compile_model", "import_model", "open_engine", "read_model_file"]
 
 log = logging.getLogger(__name__)
 _core_lock = threading.Lock()
@@ -108,6 +108,13 @@ class _Pool:
         return self._slots
 
 
+_BLOB_DYNAMIC = "dynamic.blob"
+
+
+def _blob_static(n: int) -> str:
+    return f"batch{n}.blob"
+
+
 class Engine:
     """A compiled model plus its labels. Thread-safe; `infer_async` is for one event loop.
 
@@ -150,6 +157,14 @@ class Engine:
     @property
     def static_batch_sizes(self) -> tuple[int, ...]:
         return tuple(sorted(self._static))
+
+    def export(self, folder: Path) -> None:
+        """Write the compiled models into `folder` (``open_engine(compiled_from=folder)`` imports
+        them without building or compiling a graph)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        pools = {_BLOB_DYNAMIC: self._dynamic, **{_blob_static(n): p for n, p in self._static.items()}}
+        for blob, pool in pools.items():
+            (folder / blob).write_bytes(pool.compiled.export_model().getvalue())
 
     @property
     def streams(self) -> int:
@@ -222,17 +237,9 @@ class Engine:
             pool.queue.wait_all()
 
 
-def compile_model(
-    model: ov.Model,
-    performance_hint: str = "THROUGHPUT",
-    num_requests: int = 0,
-    inference_precision: str | None = None,
-    compiled_cache: Path | None = None,
-) -> Any:
-    """Compile for the CPU. `inference_precision` "f32" forces float32 math; None keeps the
-    device default (bfloat16 on CPUs with AMX/AVX512-BF16, faster, about 3 significant digits).
-    `compiled_cache` is a directory for OpenVINO's compiled-model cache (a restarted stage then
-    loads instead of compiling; the cache key covers the graph and these settings)."""
+def _compile_config(
+    performance_hint: str, num_requests: int, inference_precision: str | None
+) -> dict[str, Any]:
     if performance_hint not in ("THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT"):
         raise ValueError(f"performance_hint must be THROUGHPUT or LATENCY, got {performance_hint!r}")
     if num_requests < 0:
@@ -244,6 +251,21 @@ def compile_model(
         if inference_precision not in ("f32", "bf16", "f16"):
             raise ValueError(f"inference_precision must be f32, bf16 or f16, got {inference_precision!r}")
         config["INFERENCE_PRECISION_HINT"] = inference_precision
+    return config
+
+
+def compile_model(
+    model: ov.Model,
+    performance_hint: str = "THROUGHPUT",
+    num_requests: int = 0,
+    inference_precision: str | None = None,
+    compiled_cache: Path | None = None,
+) -> Any:
+    """Compile for the CPU. `inference_precision` "f32" forces float32 math; None keeps the
+    device default (bfloat16 on CPUs with AMX/AVX512-BF16, faster, about 3 significant digits).
+    `compiled_cache` is a directory for OpenVINO's compiled-model cache (a restarted stage then
+    loads instead of compiling; the cache key covers the graph and these settings)."""
+    config = _compile_config(performance_hint, num_requests, inference_precision)
     if compiled_cache is not None:
         try:
             compiled_cache.mkdir(parents=True, exist_ok=True)
@@ -257,6 +279,22 @@ def compile_model(
             return _get_core().compile_model(model, "CPU", config)
     except RuntimeError as e:
         raise ModelError(f"{model.get_friendly_name()}: OpenVINO could not compile the model: {e}") from e
+
+
+def import_model(
+    blob: Path,
+    performance_hint: str = "THROUGHPUT",
+    num_requests: int = 0,
+    inference_precision: str | None = None,
+    compiled_cache: Path | None = None,
+) -> Any:
+    """A compiled model `Engine.export` wrote, imported with the settings `compile_model` takes
+    (`compiled_cache` is not used: nothing is compiled)."""
+    config = _compile_config(performance_hint, num_requests, inference_precision)
+    try:
+        return _get_core().import_model(blob.read_bytes(), "CPU", config)
+    except (OSError, RuntimeError) as e:
+        raise ModelError(f"cannot import the compiled model {blob}: {e}") from e
 
 
 @contextlib.contextmanager
@@ -288,6 +326,8 @@ def open_engine(
     repository: Path | str | None = None,
     spec: ModelSpec | None = None,
     yield_ratio: float = 0.0,
+    compiled_from: Path | None = None,
+    use_compiled_cache: bool = True,
 ) -> Engine:
     """Load model `name` (weights dir, then cache, then a synthetic stand-in) and compile it.
 
@@ -300,7 +340,10 @@ def open_engine(
     of `name` in `repository`, the settings' ``models.repository`` (None: its default folder; the
     caller names it, never the environment). `yield_ratio` > 0: after each compile, wait that many
     times as long as it took, so a version loaded beside one that serves leaves it most of the CPU
-    (a compile takes every core).
+    (a compile takes every core). `compiled_from`: a folder an engine of the same model and
+    settings was exported to (`Engine.export`): its compiled models are imported instead, with no
+    graph built in this process. `use_compiled_cache` False compiles without OpenVINO's
+    compiled-model cache: a model loaded from that cache cannot be exported again.
     """
     if any(n < 1 for n in static_batch_sizes):
         raise ValueError(f"static_batch_sizes must be >= 1, got {static_batch_sizes}")
@@ -308,23 +351,28 @@ def open_engine(
     weights = Path(weights_dir) if weights_dir is not None else None
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     location = locate_model(spec, weights_dir=weights, cache_dir=cache, allow_synthetic=allow_synthetic)
-    model = prepare_model(read_model_file(location.path), spec)
-    compiled_cache = cache / "compiled"
+    compiled_cache = cache / "compiled" if use_compiled_cache else None
 
-    def paced(m: ov.Model) -> Any:
+    def paced(make: Any, *args: Any) -> Any:
         started = time.monotonic()
-        compiled = compile_model(m, performance_hint, num_requests, inference_precision, compiled_cache)
+        compiled = make(*args, performance_hint, num_requests, inference_precision, compiled_cache)
         if yield_ratio > 0:
             time.sleep((time.monotonic() - started) * yield_ratio)
         return compiled
 
-    compiled = paced(model)
-    h, w = spec.input_hw
-    static = {}
-    for n in sorted(set(static_batch_sizes)):
-        fixed = model.clone()
-        fixed.reshape([n, h, w, 3])
-        static[n] = paced(fixed)
+    sizes = sorted(set(static_batch_sizes))
+    if compiled_from is not None:
+        compiled = paced(import_model, compiled_from / _BLOB_DYNAMIC)
+        static = {n: paced(import_model, compiled_from / _blob_static(n)) for n in sizes}
+    else:
+        model = prepare_model(read_model_file(location.path), spec)
+        compiled = paced(compile_model, model)
+        h, w = spec.input_hw
+        static = {}
+        for n in sizes:
+            fixed = model.clone()
+            fixed.reshape([n, h, w, 3])
+            static[n] = paced(compile_model, fixed)
     labels = find_labels(spec, weights_dir=weights, cache_dir=cache)
     if location.synthetic:
         log.warning(

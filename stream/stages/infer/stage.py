@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,15 +43,26 @@ _POLL_S = 0.001
 _MIN_READ_AHEAD = 16
 
 
-def open_stage_engine(settings: Settings, model: str, spec: ModelSpec, *, yield_ratio: float = 0.0) -> Any:
-    """Compile `spec` (a version of `model`) the way the infer settings ask (`yield_ratio`:
-    `open_engine`'s, for a version loaded while another serves)."""
+def open_stage_engine(
+    settings: Settings,
+    model: str,
+    spec: ModelSpec,
+    *,
+    yield_ratio: float = 0.0,
+    compiled_from: Path | None = None,
+    use_compiled_cache: bool = True,
+) -> Any:
+    """Compile `spec` (a version of `model`) the way the infer settings ask (`yield_ratio`,
+    `compiled_from` and `use_compiled_cache`: `open_engine`'s, for a version loaded while another
+    serves)."""
     from stream.adapters.openvino.engine import open_engine
 
     return open_engine(
         model,
         spec=spec,
         yield_ratio=yield_ratio,
+        compiled_from=compiled_from,
+        use_compiled_cache=use_compiled_cache,
         weights_dir=settings.models.weights_dir,
         cache_dir=settings.models.cache_dir,
         performance_hint=settings.infer.performance_hint,

@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -161,11 +163,19 @@ class VersionWatch:
         from stream.stages.infer.precompile import precompile
         from stream.stages.infer.stage import open_stage_engine
 
-        # compiled at the lowest priority into the compiled-model cache, then loaded from it here
-        precompile(stage.settings, self.model, version, cancel=self._cancel)
-        if self._cancel.is_set():
-            raise FramestreamError(f"{self.model} version {version}: not loaded, the stage stops")
-        engine = open_stage_engine(stage.settings, self.model, spec, yield_ratio=_YIELD_RATIO)
+        with tempfile.TemporaryDirectory(prefix=f"framestream-{self.model}-v{version}-") as tmp:
+            # compiled at the lowest priority in a child process, then imported here
+            folder = Path(tmp)
+            compiled = precompile(stage.settings, self.model, version, folder, cancel=self._cancel)
+            if self._cancel.is_set():
+                raise FramestreamError(f"{self.model} version {version}: not loaded, the stage stops")
+            engine = open_stage_engine(
+                stage.settings,
+                self.model,
+                spec,
+                yield_ratio=_YIELD_RATIO,
+                compiled_from=folder if compiled else None,
+            )
         try:
             h, w = spec.input_hw
             for size in stage.buckets:
