@@ -113,6 +113,7 @@ async def test_replicas_share_the_sources_and_a_moved_source_loses_and_repeats_n
         task_b = asyncio.create_task(b.run(stops[1]))
         await wait_for(lambda: len(a.playing) == len(b.playing) == 3, what="the sources shared 3 and 3")
         moved = set(b.playing)
+        await wait_for(lambda: b.processed > 0, what="the joiner publishing its sources' frames")
         stops[1].set()  # b leaves: a takes its sources back
         await task_b
         await wait_for(lambda: a.playing == sources, what="the leaver's sources back on the other")

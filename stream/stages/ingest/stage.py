@@ -55,7 +55,7 @@ from stream.core.sampling import FrameSampler
 from stream.core.sources.status import PLAYING
 from stream.errors import SourceError
 from stream.settings import IngestSettings, Settings
-from stream.stages.ingest.frames import LivePump, PendingFrame, encode_frames
+from stream.stages.ingest.frames import Chunk, LivePump, PendingFrame, encode_frames
 from stream.stages.ingest.pipeline_backlog import PipelineBacklog
 from stream.stages.ingest.source_reports import SourceReport
 from stream.stages.ingest.source_writes import SourceWrites
@@ -270,44 +270,73 @@ class IngestStage:
     async def _play_file(
         self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int, position: int
     ) -> str | None:
-        high_water = self.settings.ingest.high_water
         keys = self.keys.for_source(player.source_id)
         pace_origin: tuple[float, float] | None = None
         chunk_size = _CHUNK if player.spec.realtime else _FAST_CHUNK
-        while not player.stop.is_set():
-            while (
-                backlog := await self.pipeline.of_partition(keys)
-            ) > high_water and not player.stop.is_set():
-                self.last_progress_s = time.monotonic()
-                await asyncio.sleep(0.01)
-            room = max(1, min(chunk_size, high_water - backlog))  # never far past the high-water mark
-            try:
-                chunk = await asyncio.to_thread(
-                    encode_frames,
-                    source,
-                    sampler,
-                    room,
-                    self.settings.ingest,
-                    self.auto_short_side_px,
-                    self.pipeline.auto_fit,
-                )
-            except Exception as e:  # a read or decode error ends this source, not the loop
-                return source_failure(e)
-            if player.spec.realtime and chunk.frames:
-                pace_origin = await _pace(pace_origin, chunk.first_pts_ms)
-            position += chunk.consumed
-            if chunk.frames:
-                next_seq = await self._publish(player, chunk.frames, next_seq, position)
-            if chunk.eof:
-                if not player.spec.loop:
-                    return None
-                await asyncio.to_thread(_close, source)
+        # A file played flat out decodes its next chunk while this one is published: decoding is
+        # most of ingest's work, and publishing and checking the backlog would otherwise leave the
+        # decoder idle for a quarter of the time (ingest bounds a single source's frames/s).
+        ahead: asyncio.Task[Chunk] | None = None
+        try:
+            while not player.stop.is_set():
+                if ahead is None:
+                    room = await self._room(player, keys, chunk_size)
+                    if room <= 0:
+                        break  # stopped while waiting
+                    ahead = self._decode(source, sampler, room)
                 try:
-                    source = await asyncio.to_thread(_open_at, player.spec.uri, 0, self.settings.ingest)
-                except Exception as e:
+                    chunk = await asyncio.shield(ahead)  # a cancelled loop still waits for the decoder
+                except Exception as e:  # a read or decode error ends this source, not the loop
                     return source_failure(e)
-                position, sampler.seen, pace_origin = 0, 0, None
-        return None
+                ahead = None
+                if player.spec.realtime and chunk.frames:
+                    pace_origin = await _pace(pace_origin, chunk.first_pts_ms)
+                elif not chunk.eof and not player.stop.is_set():
+                    room = await self._room(
+                        player, keys, chunk_size, publishing=len(chunk.frames), wait=False
+                    )
+                    ahead = self._decode(source, sampler, room) if room > 0 else None
+                position += chunk.consumed
+                if chunk.frames:
+                    next_seq = await self._publish(player, chunk.frames, next_seq, position)
+                if chunk.eof:
+                    if not player.spec.loop:
+                        return None
+                    await asyncio.to_thread(_close, source)
+                    try:
+                        source = await asyncio.to_thread(_open_at, player.spec.uri, 0, self.settings.ingest)
+                    except Exception as e:
+                        return source_failure(e)
+                    position, sampler.seen, pace_origin = 0, 0, None
+            return None
+        finally:
+            await _drop(ahead)
+
+    async def _room(
+        self, player: _Player, keys: PipelineKeys, chunk_size: int, *, publishing: int = 0, wait: bool = True
+    ) -> int:
+        """How many frames the next chunk may have: up to `chunk_size`, never far past the
+        high-water mark counting the `publishing` frames not yet in the backlog. With `wait`, first
+        waits until the backlog is under the mark (0 when the player stopped meanwhile)."""
+        high_water = self.settings.ingest.high_water
+        backlog = await self.pipeline.of_partition(keys)
+        if not wait:
+            return min(chunk_size, high_water - backlog - publishing)
+        while backlog > high_water:
+            if player.stop.is_set():
+                return 0
+            self.last_progress_s = time.monotonic()
+            await asyncio.sleep(0.01)
+            backlog = await self.pipeline.of_partition(keys)
+        return max(1, min(chunk_size, high_water - backlog))
+
+    def _decode(self, source: FrameSource, sampler: FrameSampler, n: int) -> asyncio.Task[Chunk]:
+        """Decode up to `n` frames of a file source on a worker thread."""
+        ingest = self.settings.ingest
+        fit = self.pipeline.auto_fit
+        return asyncio.ensure_future(
+            asyncio.to_thread(encode_frames, source, sampler, n, ingest, self.auto_short_side_px, fit)
+        )
 
     async def _play_live(
         self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int
@@ -429,6 +458,15 @@ def _open_at(uri: str, position: int, cfg: IngestSettings) -> FrameSource:
     if position:
         skip_frames(source, position)
     return source
+
+
+async def _drop(ahead: asyncio.Task[Chunk] | None) -> None:
+    """Wait for a chunk decoded ahead that will not be published (the player stopped): the caller
+    closes the source next, which must not happen while it is decoding."""
+    if ahead is not None:
+        await asyncio.wait([ahead])
+        if not ahead.cancelled():
+            ahead.exception()  # retrieved: its error does not outlive the source
 
 
 async def _pace(origin: tuple[float, float] | None, pts_ms: float | None) -> tuple[float, float] | None:
