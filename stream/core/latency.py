@@ -49,7 +49,18 @@ class LatencyHistogram:
         return float(self.lowest_ms * math.exp(index * self._log_ratio))
 
     def record(self, value_ms: float) -> None:
-        self.record_many([value_ms])
+        """One value: the same bucket `record_many` gives it, without numpy's per-call cost (a
+        reader records every result one at a time)."""
+        if not math.isfinite(value_ms):
+            return
+        value = max(value_ms, 0.0)
+        clipped = min(max(value, self.lowest_ms), self.highest_ms)
+        index = math.ceil(math.log(clipped / self.lowest_ms) / self._log_ratio - 1e-9)
+        self.counts[min(max(index, 0), len(self.counts) - 1)] += 1
+        self.count += 1
+        self.total_ms += value
+        self.min_ms = min(self.min_ms, value)
+        self.max_ms = max(self.max_ms, value)
 
     def record_many(self, values_ms: Iterable[float] | np.ndarray) -> None:
         values = np.asarray(list(values_ms) if not isinstance(values_ms, np.ndarray) else values_ms, float)

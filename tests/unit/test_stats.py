@@ -46,6 +46,27 @@ def test_histogram_percentiles_never_understate_and_never_pass_the_max(values: l
         assert got >= exact * (1 - 1e-9) or exact <= hist.lowest_ms
 
 
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(min_value=-10.0, max_value=1e9),
+            st.sampled_from([float("nan"), float("inf"), -float("inf")]),
+            st.sampled_from([0.0, 0.001, 1e7, 1.0100000000000001]),
+        ),
+        max_size=200,
+    )
+)
+def test_histogram_records_one_value_at_a_time_as_in_bulk(values: list[float]) -> None:
+    """Readers record each result alone: the same buckets, count, total, min and max as in bulk."""
+    one, bulk = LatencyHistogram(), LatencyHistogram()
+    for v in values:
+        one.record(v)
+    bulk.record_many(values)
+    assert np.array_equal(one.counts, bulk.counts)
+    assert (one.count, one.min_ms, one.max_ms) == (bulk.count, bulk.min_ms, bulk.max_ms)
+    assert one.total_ms == pytest.approx(bulk.total_ms, rel=1e-9, abs=1e-9)
+
+
 def test_histogram_round_trips_through_json_and_merges() -> None:
     a, b = LatencyHistogram(), LatencyHistogram()
     a.record_many([1.0, 2.0, 3.0])
