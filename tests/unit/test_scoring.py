@@ -64,6 +64,18 @@ def test_top_k_best_first_ties_to_lower_index():
     assert idx1.tolist() == [2, 0, 1]
 
 
+@given(
+    arrays(np.float32, st.integers(1, 40), elements=st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0, np.nan])),
+    st.integers(1, 8),
+)
+def test_top_k_of_one_row_is_the_rows_best_first_with_ties_to_the_lower_index(row, k):
+    """One frame's scores (postprocess's case) give what sorting every class gives: NaN last."""
+    idx, val = top_k(row, k)
+    want = np.argsort(-row.astype(np.float64), kind="stable")[: min(k, row.size)]
+    assert idx.tolist() == want.tolist()
+    np.testing.assert_array_equal(val, row[want])
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
