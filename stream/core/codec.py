@@ -61,6 +61,7 @@ class PayloadError(CodecError):
 def encode_message(message: Message) -> bytes:
     """Encode `message`; raises `CodecError` for arrays the decoder would refuse."""
     array = message.array
+    payload: bytes | np.ndarray
     if array is None:
         dtype_name, shape, payload = None, [], b""
     else:
@@ -70,16 +71,17 @@ def encode_message(message: Message) -> bytes:
         if array.ndim > MAX_DIMS:
             raise CodecError(f"array has {array.ndim} dims, at most {MAX_DIMS} allowed")
         shape = list(array.shape)
-        payload = np.ascontiguousarray(array).tobytes()
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise CodecError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        # the array's own bytes, copied once, into the message (not first into a bytes of their own)
+        payload = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        if payload.nbytes > MAX_PAYLOAD_BYTES:
+            raise CodecError(f"payload of {payload.nbytes} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         header = msgpack.packb({"dtype": dtype_name, "shape": shape, "meta": message.meta})
     except (TypeError, ValueError, OverflowError) as e:
         raise CodecError(f"metadata is not msgpack-serialisable: {e}") from e
     if len(header) > MAX_HEADER_BYTES:
         raise CodecError(f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
-    return _PREFIX.pack(MAGIC, VERSION, len(header)) + header + payload
+    return b"".join((_PREFIX.pack(MAGIC, VERSION, len(header)), header, payload))
 
 
 def decode_message(data: bytes, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> Message:
