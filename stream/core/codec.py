@@ -61,7 +61,7 @@ class PayloadError(CodecError):
 def encode_message(message: Message) -> bytes:
     """Encode `message`; raises `CodecError` for arrays the decoder would refuse."""
     array = message.array
-    payload: bytes | np.ndarray
+    payload: bytes | memoryview
     if array is None:
         dtype_name, shape, payload = None, [], b""
     else:
@@ -72,7 +72,7 @@ def encode_message(message: Message) -> bytes:
             raise CodecError(f"array has {array.ndim} dims, at most {MAX_DIMS} allowed")
         shape = list(array.shape)
         # the array's own bytes, copied once, into the message (not first into a bytes of their own)
-        payload = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        payload = np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
         if payload.nbytes > MAX_PAYLOAD_BYTES:
             raise CodecError(f"payload of {payload.nbytes} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
