@@ -316,6 +316,33 @@ async def test_raw_frames_cut_short_or_of_the_wrong_shape_or_dtype_are_dead_lett
     assert "float32" in dead[2][1] and "(128, 128)" in dead[1][1]
 
 
+async def test_a_tensor_cut_short_is_a_dead_letter_of_infer_with_a_skip(
+    redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path
+) -> None:
+    """A tensor whose bytes run out before its header's shape (written straight into the tensors
+    stream): infer dead-letters it with the reason and sends a skip marker, so postprocess moves
+    on at once instead of waiting out its reorder timeout; every other frame gets its result."""
+    settings = make_settings(tmp_path, weights)
+    keys = PipelineKeys()
+    frames = scene_frames(read_photo(weights.parent / "images" / "cat.bmp"), 8, (128, 128))
+    async with pipeline(redis_server.url, settings, [V1]):
+        for seq, rgb in enumerate(frames):
+            meta = {"kind": "frame", "source": "push", "seq": seq, "capture_ms": time.time() * 1000}
+            if seq == 5:
+                data = encode_message(Message(meta={**meta, "model": V1}, array=rgb))[:-1000]
+                await redis_client.xadd(keys.tensors(V1), {FIELD: data})
+                continue
+            meta |= {"encoding": "raw", "fit": "stretch 128x128 shorter=None pad=0"}
+            await redis_client.xadd(keys.frames, {FIELD: encode_message(Message(meta=meta, array=rgb))})
+        eos = {"kind": "eos", "source": "push", "seq": len(frames)}
+        await redis_client.xadd(keys.frames, {FIELD: encode_message(Message(meta=eos))})
+        results, eos_meta = await collect_results(redis_client, keys, {("push", V1)})
+    assert [r["seq"] for r in results] == [s for s in range(8) if s != 5]
+    assert eos_meta[("push", V1)]["skipped"] == 1 and eos_meta[("push", V1)]["gaps"] == 0
+    dead = [(f[b"stage"], f[b"reason"].decode()) for _, f in await redis_client.xrange(keys.dead)]
+    assert len(dead) == 1 and dead[0][0] == b"infer" and "wrong payload length" in dead[0][1], dead
+
+
 @pytest.mark.slow
 async def test_two_models_from_one_frames_stream_each_get_every_frame(
     redis_server: RedisServer, redis_client, tmp_path: Path, weights: Path, clip: Path

@@ -184,7 +184,7 @@ class InferStage(StageBase):
                     entries = await self.next_entries(limit - len(buffer), block)
                     if entries:
                         good, bad = self.transport.decode(entries)
-                        await self.dead_letter(bad)
+                        await self._reject(bad)
                         arrived = _ms()
                         buffer.add([(e, m, now_ms()) for e, m in good], arrived)
                     elif wait_ms is not None:
@@ -196,7 +196,7 @@ class InferStage(StageBase):
                     await asyncio.sleep(_POLL_S)  # every slot busy: let a batch finish
                 await self.maintain()
             leftover, bad = self.transport.decode(await self.reader.finish())  # reads in flight (P > 1)
-            await self.dead_letter(bad)
+            await self._reject(bad)
             buffer.add([(e, m, now_ms()) for e, m in leftover], _ms())
             await asyncio.wait_for(self._drain(buffer, slots, tasks), self.settings.streams.drain_timeout_s)
         finally:
@@ -285,6 +285,23 @@ class InferStage(StageBase):
                 self._emit(entry, meta, next(scores), engine, infer_ms, out)
                 out.acks.append(entry)
         return out
+
+    async def _reject(self, letters: list[DeadLetter]) -> None:
+        """Undecodable entries: dead letters, and for a tensor whose header still said which frame
+        it was (cut short: the bytes ran out), a skip marker so postprocess need not wait for it."""
+        if not letters:
+            return
+        skips = [
+            Output(
+                self._output(letter.entry), skip_marker(letter.meta, f"infer {self.model}: {letter.reason}")
+            )
+            for letter in letters
+            if letter.meta is not None
+            and letter.meta.get("kind") == FRAME
+            and "source" in letter.meta
+            and "seq" in letter.meta
+        ]
+        await self.commit(Handled(outputs=skips, dead=letters))
 
     def _bad(self, entry: Entry, message: Message, reason: str, out: Handled) -> None:
         """A tensor that cannot be run: a dead letter, and a skip marker so postprocess goes on."""
