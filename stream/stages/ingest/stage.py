@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -49,6 +50,7 @@ from stream.adapters.redis.source_registry import (
     remove_source,
 )
 from stream.adapters.redis.streams import GroupStats, StreamTransport
+from stream.core.drain_window import DrainWindow
 from stream.core.keys import PipelineKeys
 from stream.core.ownership import rebalance
 from stream.core.sampling import FrameSampler
@@ -56,7 +58,7 @@ from stream.core.sources.status import PLAYING
 from stream.errors import SourceError
 from stream.settings import IngestSettings, Settings
 from stream.stages.ingest.frames import LivePump, PendingFrame, encode_frames
-from stream.stages.ingest.pipeline_backlog import PipelineBacklog
+from stream.stages.ingest.pipeline_backlog import SINK_FULL, PipelineBacklog
 from stream.stages.ingest.source_reports import SourceReport
 from stream.stages.ingest.source_writes import SourceWrites
 from stream.zoo.repository import ModelRepository
@@ -124,6 +126,8 @@ class IngestStage:
             sinks=settings.sinks,
         )
         self.writes = SourceWrites(client, self.keys, settings.ingest)
+        self._published: Counter[int] = Counter()  # frames this replica published, per partition
+        self._drains: dict[int, DrainWindow] = {}  # per partition, with ingest.queue_ms
 
     @property
     def playing(self) -> list[str]:
@@ -270,17 +274,16 @@ class IngestStage:
     async def _play_file(
         self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int, position: int
     ) -> str | None:
-        high_water = self.settings.ingest.high_water
         keys = self.keys.for_source(player.source_id)
         pace_origin: tuple[float, float] | None = None
         chunk_size = _CHUNK if player.spec.realtime else _FAST_CHUNK
         while not player.stop.is_set():
-            while (
-                backlog := await self.pipeline.of_partition(keys)
-            ) > high_water and not player.stop.is_set():
+            while (backlog := await self.pipeline.of_partition(keys)) > (
+                window := self._window(keys, backlog)
+            ) and not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
                 await asyncio.sleep(0.01)
-            room = max(1, min(chunk_size, high_water - backlog))  # never far past the high-water mark
+            room = max(1, min(chunk_size, window - backlog))  # never far past the window
             try:
                 chunk = await asyncio.to_thread(
                     encode_frames,
@@ -308,6 +311,27 @@ class IngestStage:
                     return source_failure(e)
                 position, sampler.seen, pace_origin = 0, 0, None
         return None
+
+    def _window(self, keys: PipelineKeys, backlog: int) -> int:
+        """The most frames a file source of partition `keys` may keep on their way, given the
+        `backlog` just read: ``ingest.queue_ms`` of the drain rate measured from this replica's
+        publishes and the backlog (`DrainWindow`), or ``ingest.high_water`` with it off.
+
+        Another replica publishing into the partition too looks like a slower drain here (its
+        frames grow the backlog): the window is then smaller, never under the floor."""
+        cfg = self.settings.ingest
+        if not cfg.queue_ms or backlog >= SINK_FULL:  # a full sink is no drain reading
+            return cfg.high_water
+        drain = self._drains.get(keys.index)
+        if drain is None:
+            # The floor keeps every stage busy with no rate known: inference holds up to
+            # `inflight` batches of `max_batch_size` tensors taken but not acked (still in the
+            # backlog), and preprocess needs one more fast chunk to work on meanwhile. A slower
+            # measured drain cannot take the window under it, so a stall never shuts a source out.
+            floor = self.settings.infer.max_batch_size * self.settings.infer.inflight + _FAST_CHUNK
+            drain = DrainWindow(queue_s=cfg.queue_ms / 1000, floor=floor, high_water=cfg.high_water)
+            self._drains[keys.index] = drain
+        return drain.observe(time.monotonic(), self._published[keys.index], backlog)
 
     async def _play_live(
         self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int
@@ -378,6 +402,7 @@ class IngestStage:
         )
         player.progress = progress
         self.processed += len(frames)
+        self._published[self.keys.for_source(player.source_id).index] += len(frames)
         metrics.frames(self.name, "ok", len(frames))
         return next_seq + len(frames)
 
