@@ -13,11 +13,11 @@ free sources. A replica that dies leaves the members and its leases expire, so t
 its sources up where its last publish left them: no frame of a file source is lost or repeated.
 
 A source's frames, progress and counters go to its partition (``keys.for_source``). File, image
-and replay sources wait while more than ``ingest.high_water`` frames of their partition are
-outstanding before inference (the frames stream's slowest consumer group, or a model's tensors stream when
-its inference lags behind its preprocessing); live sources (RTSP, webcams) never wait: a reader
-thread fills a small buffer that drops by policy, and frames that arrive while the pipeline is
-behind are dropped too. Every drop is counted (metrics and ``keys.counters``).
+and replay sources wait while more frames of their partition than its window are on their way
+(`PipelineBacklog.of_partition`); the window is ``ingest.queue_ms`` of the partition's measured
+drain rate (`stream.core.drain_window`), at most ``ingest.high_water``. Live sources (RTSP,
+webcams) never wait: a reader thread fills a small buffer that drops by policy, and frames that
+arrive while the pipeline is more than ``ingest.high_water`` behind are dropped too. Every drop is counted (metrics and ``keys.counters``).
 
 The backlog it waits on is `stream.stages.ingest.pipeline_backlog`; its writes to Redis (frames with
 progress and status, thumbnails, drops, end-of-stream) are `stream.stages.ingest.source_writes`.
