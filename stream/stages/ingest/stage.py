@@ -17,7 +17,8 @@ and replay sources wait while more frames of their partition than its window are
 (`PipelineBacklog.of_partition`); the window is ``ingest.queue_ms`` of the partition's measured
 drain rate (`stream.core.drain_window`), at most ``ingest.high_water``. Live sources (RTSP,
 webcams) never wait: a reader thread fills a small buffer that drops by policy, and frames that
-arrive while the pipeline is more than ``ingest.high_water`` behind are dropped too. Every drop is counted (metrics and ``keys.counters``).
+arrive while the pipeline is more than ``ingest.high_water`` behind are dropped too. Every drop
+is counted (metrics and ``keys.counters``).
 
 The backlog it waits on is `stream.stages.ingest.pipeline_backlog`; its writes to Redis (frames with
 progress and status, thumbnails, drops, end-of-stream) are `stream.stages.ingest.source_writes`.
