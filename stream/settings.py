@@ -272,9 +272,10 @@ class IngestSettings(_Section):
     queue_ms: int | None = Field(
         250,
         ge=0,
-        description="a file source played flat out keeps about this long of the pipeline's measured "
-        "drain rate on its way (frames/s x queue_ms), never fewer than keep inference busy "
-        "(infer.max_batch_size x infer.inflight + one 32-frame chunk) nor more than high_water: "
+        description="a file source played flat out (not realtime) keeps about this long of the "
+        "pipeline's measured drain rate on its way (frames/s x queue_ms), never fewer than keep "
+        "inference busy (infer.max_batch_size x infer.inflight + one 32-frame chunk) nor more than "
+        "high_water: "
         "frames wait less before they are classified; 0 or null = always high_water",
     )
     target_fps: float | None = Field(None, gt=0)

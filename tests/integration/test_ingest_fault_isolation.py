@@ -96,9 +96,8 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[str, str]]:
 async def ingest(
     redis_server: RedisServer, redis_client: Any
 ) -> AsyncIterator[tuple[IngestStage, asyncio.Task]]:
-    # no stage reads the frames here: a high-water mark this high, with no window sized from a
-    # drain rate (there is none), never holds the sources back
-    settings = load_settings(ingest={"high_water": 1_000_000, "queue_ms": 0})
+    # no stage reads the frames here: a high-water mark this high never holds the sources back
+    settings = load_settings(ingest={"high_water": 1_000_000})
     client = await connect(redis_server.url)
     stage = IngestStage(settings, client, consumer="ingest-0", scan_interval_s=0.05)
     stop = asyncio.Event()

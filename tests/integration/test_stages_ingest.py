@@ -98,8 +98,7 @@ async def test_replicas_share_the_sources_and_a_moved_source_loses_and_repeats_n
     """A replica that joins takes half the sources from the one playing them all, one that leaves
     hands its sources back; each moved source goes on after the last frame published."""
     clip = write_demo_clip(tmp_path / "long.mp4", frames=150, size=(160, 120))  # 5 s in real time
-    # nothing reads the frames here: no drain to size a window from, a mark nothing reaches
-    settings = Settings(ingest={"high_water": 10_000, "queue_ms": 0})
+    settings = Settings(ingest={"high_water": 10_000})  # nothing reads the frames here
     clients = [await connect(redis_server.url) for _ in range(2)]
     stops = [asyncio.Event(), asyncio.Event()]
     a, b = (

@@ -14,11 +14,12 @@ its sources up where its last publish left them: no frame of a file source is lo
 
 A source's frames, progress and counters go to its partition (``keys.for_source``). File, image
 and replay sources wait while more frames of their partition than its window are on their way
-(`PipelineBacklog.of_partition`); the window is ``ingest.queue_ms`` of the partition's measured
-drain rate (`stream.core.drain_window`), at most ``ingest.high_water``. Live sources (RTSP,
-webcams) never wait: a reader thread fills a small buffer that drops by policy, and frames that
-arrive while the pipeline is more than ``ingest.high_water`` behind are dropped too. Every drop
-is counted (metrics and ``keys.counters``).
+(`PipelineBacklog.of_partition`): played flat out, ``ingest.queue_ms`` of the partition's
+measured drain rate (`stream.core.drain_window`), at most ``ingest.high_water``; paced,
+``ingest.high_water``. Live sources (RTSP, webcams) never wait: a reader thread fills a small
+buffer that drops by policy, and frames that arrive while the pipeline is more than
+``ingest.high_water`` behind are dropped too. Every drop is counted (metrics and
+``keys.counters``).
 
 The backlog it waits on is `stream.stages.ingest.pipeline_backlog`; its writes to Redis (frames with
 progress and status, thumbnails, drops, end-of-stream) are `stream.stages.ingest.source_writes`.
@@ -280,7 +281,7 @@ class IngestStage:
         chunk_size = _CHUNK if player.spec.realtime else _FAST_CHUNK
         while not player.stop.is_set():
             while (backlog := await self.pipeline.of_partition(keys)) > (
-                window := self._window(keys, backlog)
+                window := self._window(keys, backlog, paced=player.spec.realtime)
             ) and not player.stop.is_set():
                 self.last_progress_s = time.monotonic()
                 await asyncio.sleep(0.01)
@@ -313,10 +314,11 @@ class IngestStage:
                 position, sampler.seen, pace_origin = 0, 0, None
         return None
 
-    def _window(self, keys: PipelineKeys, backlog: int) -> int:
+    def _window(self, keys: PipelineKeys, backlog: int, *, paced: bool) -> int:
         """The most frames a file source of partition `keys` may keep on their way, given the
-        `backlog` just read: ``ingest.queue_ms`` of the drain rate measured from this replica's
-        publishes and the backlog (`DrainWindow`), or ``ingest.high_water`` with it off.
+        `backlog` just read: played flat out, ``ingest.queue_ms`` of the drain rate measured from
+        this replica's publishes and the backlog (`DrainWindow`); ``ingest.high_water`` with that
+        off or for a `paced` (real-time) source, which publishes at its media's pace.
 
         Another replica publishing into the partition too looks like a slower drain here (its
         frames grow the backlog): the window is then smaller, never under the floor."""
@@ -332,7 +334,8 @@ class IngestStage:
             floor = self.settings.infer.max_batch_size * self.settings.infer.inflight + _FAST_CHUNK
             drain = DrainWindow(queue_s=cfg.queue_ms / 1000, floor=floor, high_water=cfg.high_water)
             self._drains[keys.index] = drain
-        return drain.observe(time.monotonic(), self._published[keys.index], backlog)
+        window = drain.observe(time.monotonic(), self._published[keys.index], backlog)
+        return cfg.high_water if paced else window
 
     async def _play_live(
         self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int
