@@ -58,7 +58,15 @@ def main() -> None:
         rows, before, after = asyncio.run(_measure(clip, args.model, args.frames))
     measured = measured_from_results("framestream", rows, args.frames, "")
     n = max(1, len(rows))
-    table = Table(title=f"{args.model}: {measured.fps or 0:.0f} frames/s, CPU per frame by process")
+    latency = ", ".join(
+        f"{name} {ms:.0f} ms"
+        for name, ms in (("p50", measured.p50_ms), ("p99", measured.p99_ms))
+        if ms is not None
+    )
+    table = Table(
+        title=f"{args.model}: {measured.fps or 0:.0f} frames/s (latency {latency or 'unknown'}), "
+        "CPU per frame by process"
+    )
     table.add_column("process")
     table.add_column("CPU ms / frame", justify="right")
     total = 0.0

@@ -266,7 +266,17 @@ class IngestSettings(_Section):
         256,
         ge=1,
         description="frames waiting in any stage (frames, tensors or scores stream) that pause file "
-        "sources; enough to keep a few inference replicas fed, raise it when many share a pipeline",
+        "sources; enough to keep a few inference replicas fed, raise it when many share a pipeline; "
+        "with queue_ms the bound on a smaller window",
+    )
+    queue_ms: int | None = Field(
+        250,
+        ge=0,
+        description="a file source played flat out (not realtime) keeps about this long of the "
+        "pipeline's measured drain rate on its way (frames/s x queue_ms), never fewer than keep "
+        "inference busy (infer.max_batch_size x infer.inflight + one 32-frame chunk) nor more than "
+        "high_water: "
+        "frames wait less before they are classified; 0 or null = always high_water",
     )
     target_fps: float | None = Field(None, gt=0)
     every_nth: int = Field(1, ge=1)

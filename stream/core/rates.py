@@ -17,6 +17,7 @@ class RateMeter:
         self.min_interval_s = min_interval_s
         self._last: tuple[float, dict[str, int]] | None = None
         self.rates: dict[str, float] = {}
+        self.intervals = 0  # intervals rated so far: a caller can tell fresh rates from kept ones
 
     def update(self, counts: Mapping[str, int], now_s: float) -> dict[str, float]:
         """Rates since the previous sample taken (the first sample only records the counts; a
@@ -29,4 +30,5 @@ class RateMeter:
             span = now_s - then
             self.rates = {k: max(0.0, (n - before.get(k, n)) / span) for k, n in counts.items()}
             self._last = (now_s, dict(counts))
+            self.intervals += 1
         return self.rates

@@ -16,6 +16,7 @@ import pytest
 
 from stream.adapters.media.video import Frame, register_source_kind, write_demo_clip
 from stream.adapters.redis.client import connect
+from stream.adapters.redis.group_stats import group_stats
 from stream.adapters.redis.server import RedisServer
 from stream.adapters.redis.source_registry import add_source, list_sources, remove_source
 from stream.core.codec import decode_message
@@ -211,6 +212,56 @@ async def test_file_source_pauses_at_high_water(redis_server: RedisServer, redis
     await task
     await client.aclose()
     assert [m["seq"] for m in await frames_published(redis_client)][-1] == 60
+
+
+@pytest.mark.parametrize("queue_ms", [1_000, 0])
+async def test_file_source_keeps_about_queue_ms_of_the_drain_rate_waiting(
+    redis_server: RedisServer, redis_client, clip, queue_ms: int
+) -> None:
+    """A consumer takes 80 frames/s; with ``queue_ms`` ingest keeps about 80 frames waiting for
+    it (its window, the floor being 4 x 1 + 32 = 36), far under ``high_water``; with it off,
+    ingest keeps ``high_water`` frames waiting."""
+    high_water = 300
+    settings = Settings(
+        ingest={"high_water": high_water, "queue_ms": queue_ms}, infer={"max_batch_size": 4, "inflight": 1}
+    )
+    group = "preprocess:slow"
+    await redis_client.xgroup_create(KEYS.frames, group, id="0", mkstream=True)
+    backlogs: list[int] = []  # the group's backlog before each take
+
+    async def consume() -> None:  # a slow stage: 8 frames every 0.1 s at most
+        while True:
+            backlogs.append((await group_stats(redis_client, KEYS.frames, group)).backlog)
+            reply = await redis_client.xreadgroup(group, "c", {KEYS.frames: ">"}, count=8)
+            ids = [i for _, items in reply or [] for i, _ in items]
+            if ids:
+                await redis_client.xack(KEYS.frames, group, *ids)
+            await asyncio.sleep(0.1)  # the consumer's pace, not a wait for ingest
+
+    client = await connect(redis_server.url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(IngestStage(settings, client, consumer="i").run(stop))
+    consumer = asyncio.create_task(consume())
+    await add_source(redis_client, KEYS, "file", {"uri": str(clip), "loop": True})
+    try:
+        # Until a rate is measured, the window is high_water: the backlog first rises towards it.
+        await wait_for(
+            lambda: backlogs and max(backlogs) >= high_water / 2, what="the first frames to pile up"
+        )
+        if queue_ms:
+            await wait_for(lambda: backlogs[-1] <= high_water / 3, what="the backlog down to the window")
+            settled = len(backlogs)
+            await wait_for(lambda: len(backlogs) >= settled + 40, what="40 more takes (4 s at the pace)")
+            kept = backlogs[settled:]
+            assert max(kept) < high_water / 2  # 80/s x 1 s + a chunk past the window, not 300
+            assert min(kept) > 0  # and yet the consumer always had frames waiting
+        else:
+            await wait_for(lambda: backlogs[-1] >= high_water, what="the backlog up to high_water")
+    finally:
+        consumer.cancel()
+        stop.set()
+        await task
+        await client.aclose()
 
 
 @pytest.mark.parametrize("lagging", ["infer", "postprocess"])

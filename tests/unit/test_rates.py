@@ -13,6 +13,7 @@ def test_rates_are_the_change_over_the_time_between_samples() -> None:
     assert meter.update({"infer": 150}, 10.5) == {}  # too close: wait for a full interval
     assert meter.update({"infer": 300}, 12.0) == {"infer": 100.0}
     assert meter.update({"infer": 300}, 13.0) == {"infer": 0.0}
+    assert meter.intervals == 2  # the sample 0.5 s after the first rated nothing
 
 
 def test_a_counter_that_went_down_or_appeared_rates_zero() -> None:

@@ -13,11 +13,13 @@ free sources. A replica that dies leaves the members and its leases expire, so t
 its sources up where its last publish left them: no frame of a file source is lost or repeated.
 
 A source's frames, progress and counters go to its partition (``keys.for_source``). File, image
-and replay sources wait while more than ``ingest.high_water`` frames of their partition are
-outstanding before inference (the frames stream's slowest consumer group, or a model's tensors stream when
-its inference lags behind its preprocessing); live sources (RTSP, webcams) never wait: a reader
-thread fills a small buffer that drops by policy, and frames that arrive while the pipeline is
-behind are dropped too. Every drop is counted (metrics and ``keys.counters``).
+and replay sources wait while more frames of their partition than its window are on their way
+(`PipelineBacklog.of_partition`): played flat out, ``ingest.queue_ms`` of the partition's
+measured drain rate (`stream.core.drain_window`), at most ``ingest.high_water``; paced,
+``ingest.high_water``. Live sources (RTSP, webcams) never wait: a reader thread fills a small
+buffer that drops by policy, and frames that arrive while the pipeline is more than
+``ingest.high_water`` behind are dropped too. Every drop is counted (metrics and
+``keys.counters``).
 
 The backlog it waits on is `stream.stages.ingest.pipeline_backlog`; its writes to Redis (frames with
 progress and status, thumbnails, drops, end-of-stream) are `stream.stages.ingest.source_writes`.
@@ -30,6 +32,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -49,6 +52,7 @@ from stream.adapters.redis.source_registry import (
     remove_source,
 )
 from stream.adapters.redis.streams import GroupStats, StreamTransport
+from stream.core.drain_window import DrainWindow
 from stream.core.keys import PipelineKeys
 from stream.core.ownership import rebalance
 from stream.core.sampling import FrameSampler
@@ -56,7 +60,7 @@ from stream.core.sources.status import PLAYING
 from stream.errors import SourceError
 from stream.settings import IngestSettings, Settings
 from stream.stages.ingest.frames import Chunk, LivePump, PendingFrame, encode_frames
-from stream.stages.ingest.pipeline_backlog import PipelineBacklog
+from stream.stages.ingest.pipeline_backlog import SINK_FULL, PipelineBacklog
 from stream.stages.ingest.source_reports import SourceReport
 from stream.stages.ingest.source_writes import SourceWrites
 from stream.zoo.repository import ModelRepository
@@ -124,6 +128,8 @@ class IngestStage:
             sinks=settings.sinks,
         )
         self.writes = SourceWrites(client, self.keys, settings.ingest)
+        self._published: Counter[int] = Counter()  # frames this replica published, per partition
+        self._drains: dict[int, DrainWindow] = {}  # per partition, with ingest.queue_ms
 
     @property
     def playing(self) -> list[str]:
@@ -316,19 +322,22 @@ class IngestStage:
         self, player: _Player, keys: PipelineKeys, chunk_size: int, *, publishing: int = 0, wait: bool = True
     ) -> int:
         """How many frames the next chunk may have: up to `chunk_size`, never far past the
-        high-water mark counting the `publishing` frames not yet in the backlog. With `wait`, first
-        waits until the backlog is under the mark (0 when the player stopped meanwhile)."""
-        high_water = self.settings.ingest.high_water
+        source's window (`_window`) counting the `publishing` frames not yet in the backlog. With
+        `wait`, first waits until the backlog is under the window (0 when the player stopped
+        meanwhile)."""
+        paced = player.spec.realtime
         backlog = await self.pipeline.of_partition(keys)
+        window = self._window(keys, backlog, paced=paced)
         if not wait:
-            return min(chunk_size, high_water - backlog - publishing)
-        while backlog > high_water:
+            return min(chunk_size, window - backlog - publishing)
+        while backlog > window:
             if player.stop.is_set():
                 return 0
             self.last_progress_s = time.monotonic()
             await asyncio.sleep(0.01)
             backlog = await self.pipeline.of_partition(keys)
-        return max(1, min(chunk_size, high_water - backlog))
+            window = self._window(keys, backlog, paced=paced)
+        return max(1, min(chunk_size, window - backlog))
 
     def _decode(self, source: FrameSource, sampler: FrameSampler, n: int) -> asyncio.Task[Chunk]:
         """Decode up to `n` frames of a file source on a worker thread."""
@@ -337,6 +346,29 @@ class IngestStage:
         return asyncio.ensure_future(
             asyncio.to_thread(encode_frames, source, sampler, n, ingest, self.auto_short_side_px, fit)
         )
+
+    def _window(self, keys: PipelineKeys, backlog: int, *, paced: bool) -> int:
+        """The most frames a file source of partition `keys` may keep on their way, given the
+        `backlog` just read: played flat out, ``ingest.queue_ms`` of the drain rate measured from
+        this replica's publishes and the backlog (`DrainWindow`); ``ingest.high_water`` with that
+        off or for a `paced` (real-time) source, which publishes at its media's pace.
+
+        Another replica publishing into the partition too looks like a slower drain here (its
+        frames grow the backlog): the window is then smaller, never under the floor."""
+        cfg = self.settings.ingest
+        if not cfg.queue_ms or backlog >= SINK_FULL:  # a full sink is no drain reading
+            return cfg.high_water
+        drain = self._drains.get(keys.index)
+        if drain is None:
+            # The floor keeps every stage busy with no rate known: inference holds up to
+            # `inflight` batches of `max_batch_size` tensors taken but not acked (still in the
+            # backlog), and preprocess needs one more fast chunk to work on meanwhile. A slower
+            # measured drain cannot take the window under it, so a stall never shuts a source out.
+            floor = self.settings.infer.max_batch_size * self.settings.infer.inflight + _FAST_CHUNK
+            drain = DrainWindow(queue_s=cfg.queue_ms / 1000, floor=floor, high_water=cfg.high_water)
+            self._drains[keys.index] = drain
+        window = drain.observe(time.monotonic(), self._published[keys.index], backlog)
+        return cfg.high_water if paced else window
 
     async def _play_live(
         self, player: _Player, source: FrameSource, sampler: FrameSampler, next_seq: int
@@ -407,6 +439,7 @@ class IngestStage:
         )
         player.progress = progress
         self.processed += len(frames)
+        self._published[self.keys.for_source(player.source_id).index] += len(frames)
         metrics.frames(self.name, "ok", len(frames))
         return next_seq + len(frames)
 
