@@ -246,6 +246,9 @@ async def aof_transport(tmp_path) -> AsyncIterator[tuple[RedisServer, StreamTran
     """A private redis-server with AOF on, and a transport on it with a group "g" on `IN`."""
     server = RedisServer(aof=True, data_dir=tmp_path).start()
     transport = StreamTransport(await connect(server.url), KEYS, stage="test")
+    # every write reaches the AOF before its reply: with everysec, a busy disk lets Redis hold
+    # writes back for up to 2 s, and the kill -9 would lose reads these tests count on
+    await transport.client.config_set("appendfsync", "always")
     await transport.ensure_group(IN, "g")
     try:
         yield server, transport
