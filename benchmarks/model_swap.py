@@ -23,6 +23,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,17 @@ def bare_cpu_ms_per_frame(repo: ModelRepository, settings: Settings, version: in
     return (end.user + end.system - start.user - start.system) * 1000.0 / frames
 
 
+async def _wait(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 180.0) -> None:
+    """Wait for `condition`, or end the benchmark naming what did not happen: a version or a
+    shadow that fails to load never gives a result, and the benchmark must not wait for ever."""
+    end = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > end:
+            raise SystemExit(
+                f"model_swap: {what} did not happen within {timeout_s:.0f} s (see the stage logs)"
+            )
+
+
 async def measure(tmp: Path, seconds: float) -> dict[str, Any]:
     repo = ModelRepository(tmp / "repo")
     add_version(repo, MODEL, seed=1)
@@ -120,8 +132,12 @@ async def measure(tmp: Path, seconds: float) -> dict[str, Any]:
         }
         stages["ingest"] = StageProcess("ingest", None, server.url, config, "ingest-bench")
         try:
-            while len(await client.hkeys(keys.stage_ready)) < len(stages):
+
+            async def ready() -> bool:
                 await asyncio.sleep(0.1)
+                return len(await client.hkeys(keys.stage_ready)) >= len(stages)
+
+            await _wait(ready, "every stage ready")
             results = Results(client, keys)
             await add_source(client, keys, "loop", SourceSpec(uri=str(clip), loop=True))
             await results.run_for(5.0)  # warm
@@ -129,8 +145,12 @@ async def measure(tmp: Path, seconds: float) -> dict[str, Any]:
             await results.run_for(seconds)
             activated_ms = time.time() * 1000
             repo.activate(MODEL, 2)
-            while not any(r[2] == 2 for r in results.rows):
+
+            async def swapped() -> bool:
                 await results.poll()
+                return any(r[2] == 2 for r in results.rows)
+
+            await _wait(swapped, "a result of version 2")
             first_ms = min(r[0] for r in results.rows if r[2] == 2)
             await results.run_for(1.0 + seconds)
             after_ms = time.time() * 1000
@@ -146,8 +166,12 @@ async def measure(tmp: Path, seconds: float) -> dict[str, Any]:
             await results.run_for(seconds)
             n1, cpu1 = len(results.rows), infer.cpu_s() or 0.0
             repo.set_shadow(MODEL, 1)
-            while await client.xlen(keys.shadow(MODEL)) < 200:
+
+            async def shadowed_200() -> bool:
                 await results.poll()
+                return await client.xlen(keys.shadow(MODEL)) >= 200
+
+            await _wait(shadowed_200, "200 shadow results")
             n2, cpu2 = len(results.rows), infer.cpu_s() or 0.0
             await results.run_for(seconds)
             n3, cpu3 = len(results.rows), infer.cpu_s() or 0.0
