@@ -32,7 +32,7 @@ from stream.adapters.redis.partitions import FanInReader, ensure_layout
 from stream.adapters.redis.streams import StreamTransport
 from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
-from stream.core.messages import SKIP
+from stream.core.messages import FRAME, SKIP
 from stream.errors import TransportError
 from stream.settings import Settings
 
@@ -44,6 +44,7 @@ __all__ = [
     "now_ms",
     "run_resilient",
     "skip_marker",
+    "undecoded_frame",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,15 @@ class Handled:
     acks: list[Entry] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     fenced: list[Fenced] = field(default_factory=list)
+
+
+def undecoded_frame(letter: DeadLetter) -> dict[str, Any] | None:
+    """What an undecodable entry's header said when it names a frame (kind, source and seq): the
+    frame a skip marker can stand in for; None otherwise."""
+    meta = letter.meta
+    if meta is None or meta.get("kind") != FRAME or "source" not in meta or "seq" not in meta:
+        return None
+    return meta
 
 
 def skip_marker(meta: dict[str, Any], reason: str, **extra: Any) -> bytes:
@@ -266,6 +276,16 @@ class StageBase:
         self.dead_lettered += len(letters)
         self.processed += len(letters)
 
+    def skips_for_undecodable(self, letters: list[DeadLetter]) -> list[Output]:
+        """Skip markers for entries that did not decode but whose header said which frame they
+        were (`DeadLetter.meta`), so later stages need not wait for it (default: none)."""
+        return []
+
+    async def reject(self, letters: list[DeadLetter]) -> None:
+        """Dead-letter undecodable entries, with the skip markers the stage sends for them."""
+        if letters:
+            await self.commit(Handled(outputs=self.skips_for_undecodable(letters), dead=letters))
+
     async def commit(self, handled: Handled) -> None:
         """Dead letters first (each acked with its letter), then outputs + acks atomically; a
         fenced commit writes the dead letters too, under the same lease check."""
@@ -333,16 +353,6 @@ class ConsumerStage(StageBase):
     async def flush(self) -> Handled:
         """Whatever the stage still holds, at shutdown (default: nothing)."""
         return Handled()
-
-    def skips_for_undecodable(self, letters: list[DeadLetter]) -> list[Output]:
-        """Skip markers for entries that did not decode but whose header said which frame they
-        were (`DeadLetter.meta`), so later stages need not wait for it (default: none)."""
-        return []
-
-    async def reject(self, letters: list[DeadLetter]) -> None:
-        """Dead-letter undecodable entries, with the skip markers the stage sends for them."""
-        if letters:
-            await self.commit(Handled(outputs=self.skips_for_undecodable(letters), dead=letters))
 
     async def on_idle(self) -> Handled:
         """Called after every read, also an empty one (timeouts of held state)."""

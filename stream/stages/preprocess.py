@@ -24,7 +24,7 @@ from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, SKIP
 from stream.errors import CodecError
 from stream.settings import Settings
-from stream.stages.base import ConsumerStage, Handled, now_ms, skip_marker
+from stream.stages.base import ConsumerStage, Handled, now_ms, skip_marker, undecoded_frame
 from stream.zoo.descriptors import ModelSpec
 from stream.zoo.repository import load_spec
 
@@ -112,8 +112,8 @@ class PreprocessStage(ConsumerStage):
         skipped like a frame that does not decode: postprocess then moves on at once."""
         out = []
         for letter in letters:
-            meta = letter.meta
-            if meta is None or meta.get("kind") != FRAME or "source" not in meta or "seq" not in meta:
+            meta = undecoded_frame(letter)
+            if meta is None:
                 continue
             chosen = meta.get("models")
             if isinstance(chosen, list) and self.model not in chosen:

@@ -32,7 +32,7 @@ from stream.core.codec import Message, encode_message
 from stream.core.keys import PipelineKeys
 from stream.core.messages import EOS, FRAME, SKIP
 from stream.settings import Settings
-from stream.stages.base import Handled, StageBase, now_ms, skip_marker
+from stream.stages.base import Handled, StageBase, now_ms, skip_marker, undecoded_frame
 from stream.stages.infer.batch_tuning import tuned_batch_size
 from stream.zoo.descriptors import ModelSpec
 from stream.zoo.repository import ModelRepository
@@ -184,7 +184,7 @@ class InferStage(StageBase):
                     entries = await self.next_entries(limit - len(buffer), block)
                     if entries:
                         good, bad = self.transport.decode(entries)
-                        await self._reject(bad)
+                        await self.reject(bad)
                         arrived = _ms()
                         buffer.add([(e, m, now_ms()) for e, m in good], arrived)
                     elif wait_ms is not None:
@@ -196,7 +196,7 @@ class InferStage(StageBase):
                     await asyncio.sleep(_POLL_S)  # every slot busy: let a batch finish
                 await self.maintain()
             leftover, bad = self.transport.decode(await self.reader.finish())  # reads in flight (P > 1)
-            await self._reject(bad)
+            await self.reject(bad)
             buffer.add([(e, m, now_ms()) for e, m in leftover], _ms())
             await asyncio.wait_for(self._drain(buffer, slots, tasks), self.settings.streams.drain_timeout_s)
         finally:
@@ -286,22 +286,16 @@ class InferStage(StageBase):
                 out.acks.append(entry)
         return out
 
-    async def _reject(self, letters: list[DeadLetter]) -> None:
-        """Undecodable entries: dead letters, and for a tensor whose header still said which frame
-        it was (cut short: the bytes ran out), a skip marker so postprocess need not wait for it."""
-        if not letters:
-            return
-        skips = [
-            Output(
-                self._output(letter.entry), skip_marker(letter.meta, f"infer {self.model}: {letter.reason}")
-            )
-            for letter in letters
-            if letter.meta is not None
-            and letter.meta.get("kind") == FRAME
-            and "source" in letter.meta
-            and "seq" in letter.meta
-        ]
-        await self.commit(Handled(outputs=skips, dead=letters))
+    def skips_for_undecodable(self, letters: list[DeadLetter]) -> list[Output]:
+        """A tensor cut short (its header still said which frame it was) is skipped like a tensor
+        that cannot be run: postprocess need not wait for it."""
+        skips = []
+        for letter in letters:
+            meta = undecoded_frame(letter)
+            if meta is not None:
+                reason = f"infer {self.model}: {letter.reason}"
+                skips.append(Output(self._output(letter.entry), skip_marker(meta, reason)))
+        return skips
 
     def _bad(self, entry: Entry, message: Message, reason: str, out: Handled) -> None:
         """A tensor that cannot be run: a dead letter, and a skip marker so postprocess goes on."""
