@@ -12,6 +12,7 @@ when `stream.zoo.synthetic` is present, the full-size synthetic seeds as well.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import cv2
@@ -92,7 +93,7 @@ STANDIN = {
 def build_standin(name: str, path: Path) -> Path:
     """A small random-weight ONNX model with the seed's exact I/O contract."""
     in_name, shape, out_name, classes, softmax, rescale = STANDIN[name]
-    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))  # str hash() changes every process
     inits = [
         numpy_helper.from_array(rng.normal(0, 0.5, (16, 3, 3, 3)).astype(np.float32), "w"),
         numpy_helper.from_array(rng.normal(0, 0.5, (16,)).astype(np.float32), "b"),
