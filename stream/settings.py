@@ -303,6 +303,14 @@ class IngestSettings(_Section):
         "least CPU, 49 KB a v1-0.25-128 frame, 150 KB a v2-1.0-224 one); 'jpeg' = JPEG at the "
         "size the models need (about 13 KB a frame: for thin links between hosts)",
     )
+    straight_to_tensors: bool = Field(
+        True,
+        description="a raw frame ingest made to the one input every reading model shares goes "
+        "straight into those models' tensors streams (there is nothing left for preprocess to do "
+        "to it): one copy through Redis and preprocess's work less a frame. Frames in JPEG, "
+        "frames for models with other inputs and frames published by others still go through "
+        "preprocess; false = every frame through preprocess",
+    )
     frame_short_side_px: int | Literal["auto"] | None = Field(
         "auto",
         description=(

@@ -20,8 +20,9 @@ frames (``fs:{p}:frames``), written by ingest or a replay:
   lost frame: kind="skip", source, seq, reason, no array: a stage dead-lettered that frame, so
     later stages pass the marker on and the postprocess reorder buffer does not wait for it.
 
-tensors (``fs:{p}:tensors:<model>``), written by preprocess: the frame's meta plus
-    model: str; array: uint8 [h, w, 3] RGB at the model's input size. eos/skip pass through
+tensors (``fs:{p}:tensors:<model>``), written by preprocess, or by ingest for a raw frame it made
+    to the model's input (`IngestSettings.straight_to_tensors`: no preprocess stamp then): the
+    frame's meta plus model: str; array: uint8 [h, w, 3] RGB at the model's input size. eos/skip pass through
     every stage (with model added), so each model's results end with the source's eos.
 scores (``fs:{p}:scores:<model>``), written by infer: the meta plus
     batch_size: int, batch_wait_ms: float, model_version: int (the repository version that ran
@@ -34,7 +35,8 @@ results (``fs:{p}:results``), written by postprocess, no array:
     kind="result", source, seq, model, model_version (int: the version that ran the frame),
     label, score, top: [[label, score], ...],
     smoothed_label, latency_ms (end to end: result time - capture_ms),
-    stages_ms: {stage: ms}, batch_size, capture_ms, ingest_ms, result_ms, truth (ground truth or None)
+    stages_ms: {stage: ms} (the stages the frame went through), batch_size, capture_ms,
+    ingest_ms, result_ms, truth (ground truth or None)
     late: bool (True when the frame came after the reorder buffer gave up waiting for it, or is a
     redelivered duplicate: not fed to smoothing),
   and kind="eos" (source, model, frames, skipped, error) once a source's last frame has a result.

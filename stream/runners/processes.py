@@ -99,11 +99,14 @@ class RunReport:
 
 async def create_groups(client: aioredis.Redis, keys: PipelineKeys, models: list[str]) -> None:
     """Every consumer group of the pipeline (every partition), at the current end of its stream;
-    records the partition count of a new pipeline (ConfigError if it was created with another)."""
+    records the partition count of a new pipeline (ConfigError if it was created with another).
+    Downstream first: once ingest sees a model's preprocess group it may write that model's
+    tensors straight (`IngestSettings.straight_to_tensors`), so its infer group must already be
+    there to read them."""
     await ensure_layout(client, keys)
-    pairs = [(k.frames, keys.group("preprocess", m)) for k in keys.all_partitions for m in models]
+    pairs = [(k.scores(m), keys.group("postprocess", m)) for k in keys.all_partitions for m in models]
     pairs += [(k.tensors(m), keys.group("infer", m)) for k in keys.all_partitions for m in models]
-    pairs += [(k.scores(m), keys.group("postprocess", m)) for k in keys.all_partitions for m in models]
+    pairs += [(k.frames, keys.group("preprocess", m)) for k in keys.all_partitions for m in models]
     for stream, group in pairs:
         with contextlib.suppress(aioredis.ResponseError):  # BUSYGROUP: it exists, keep its position
             await client.xgroup_create(stream, group, id="$", mkstream=True)

@@ -62,23 +62,25 @@ async def test_undecodable_frames_are_dead_lettered_with_reasons(harness: Harnes
 async def test_negative_control_a_maxlen_trim_loses_frames_and_the_checker_says_so(
     harness: Harness, stack: Stack
 ) -> None:
-    """`XTRIM MAXLEN` while preprocess is behind deletes frames its group has not read yet (what
-    framestream's MINID trim never does): the checker must report them lost."""
+    """`XTRIM MAXLEN` while inference is behind deletes tensors its group has not read yet (what
+    framestream's MINID trim never does): the checker must report them lost. (Inference's hop,
+    which every frame takes: the frames ingest makes to the model's input skip preprocess.)"""
     frames = 2_000
     replay = await harness.replay("1c-maxlen-trim", frames)
     assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= 200)
-    group = harness.keys.group("preprocess", harness.model)
-    paused = stack.app.pids("Preprocess")
+    group = harness.keys.group("infer", harness.model)
+    stream = harness.keys.tensors(harness.model)
+    paused = stack.app.pids("Infer")
     for pid in paused:
         os.kill(pid, signal.SIGSTOP)
     try:
 
         async def behind() -> bool:
-            stats = {g["name"]: g for g in await harness.client.xinfo_groups(harness.keys.frames)}
+            stats = {g["name"]: g for g in await harness.client.xinfo_groups(stream)}
             return int(stats[group.encode()]["lag"] or 0) >= 100
 
         assert await poll(behind, timeout_s=20)
-        trimmed = await harness.client.xtrim(harness.keys.frames, maxlen=0, approximate=False)
+        trimmed = await harness.client.xtrim(stream, maxlen=0, approximate=False)
     finally:
         for pid in paused:
             os.kill(pid, signal.SIGCONT)
@@ -93,9 +95,7 @@ async def test_negative_control_a_maxlen_trim_loses_frames_and_the_checker_says_
     await harness.record(outcome, replay, runner="ray", control=True)
     await harness.close(replay)
     # repair the group's read counter (Redis 7.0 counts the trimmed entries as unread forever)
-    added = (await harness.client.xinfo_stream(harness.keys.frames))["entries-added"]
-    last = {g["name"]: g for g in await harness.client.xinfo_groups(harness.keys.frames)}[group.encode()]
-    await harness.client.xgroup_setid(
-        harness.keys.frames, group, last["last-delivered-id"], entries_read=added
-    )
+    added = (await harness.client.xinfo_stream(stream))["entries-added"]
+    last = {g["name"]: g for g in await harness.client.xinfo_groups(stream)}[group.encode()]
+    await harness.client.xgroup_setid(stream, group, last["last-delivered-id"], entries_read=added)
     assert trimmed > 0 and outcome.lost > 0, outcome

@@ -106,21 +106,23 @@ def check_segments(segments: list[dict], eos: dict) -> None:
 async def test_negative_control_a_dead_consumer_deleted_with_its_pending_entries_loses_frames(
     harness: Harness, stack: Stack
 ) -> None:
-    """Reclaim defeated on purpose: a consumer of the preprocess group reads frames and dies before
+    """Reclaim defeated on purpose: a consumer of the infer group reads tensors and dies before
     acking them, and a careless cleanup deletes it from the group (XGROUP DELCONSUMER) before
-    anyone can claim its entries. Those frames are gone and the checker must say so.
+    anyone can claim its entries. Those frames are gone and the checker must say so. (Inference's
+    hop, which every frame takes: the frames ingest makes to the model's input skip preprocess.)
 
     The dead consumer is one of the test's own: it surely holds entries when it "dies". (Killing
-    a Preprocess replica instead left entries behind only when the kill landed mid-batch, which
-    eight tries sometimes missed: the control then failed for want of a loss to detect.)"""
+    a replica instead left entries behind only when the kill landed mid-batch, which eight tries
+    sometimes missed: the control then failed for want of a loss to detect.)"""
     frames = 12_000
     replay = await harness.replay("2c-delconsumer", frames)
-    group = harness.keys.group("preprocess", harness.model)
+    group = harness.keys.group("infer", harness.model)
+    stream = harness.keys.tensors(harness.model)
     assert await harness.follow(replay, timeout_s=60, until=lambda: replay.sink.distinct >= 300)
-    doomed = "preprocess-doomed"
-    read = await harness.client.xreadgroup(group, doomed, {harness.keys.frames: ">"}, count=32, block=5_000)
+    doomed = "infer-doomed"
+    read = await harness.client.xreadgroup(group, doomed, {stream: ">"}, count=32, block=5_000)
     held = sum(len(items) for _, items in read or [])
-    dropped = await harness.client.xgroup_delconsumer(harness.keys.frames, group, doomed)
+    dropped = await harness.client.xgroup_delconsumer(stream, group, doomed)
     assert held > 0 and dropped == held, (held, dropped)
     await harness.follow(replay, timeout_s=60, until=lambda: replay.source in replay.sink.eos)
     pending = await harness.settle(replay)

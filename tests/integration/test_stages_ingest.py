@@ -22,6 +22,7 @@ from stream.adapters.redis.source_registry import add_source, list_sources, remo
 from stream.core.codec import decode_message
 from stream.core.keys import FIELD, PipelineKeys
 from stream.settings import Settings
+from stream.stages.ingest.frames import eos_message
 from stream.stages.ingest.stage import IngestStage
 from tests.waiting import until
 
@@ -268,7 +269,8 @@ async def test_file_source_keeps_about_queue_ms_of_the_drain_rate_waiting(
 async def test_file_source_also_pauses_while_a_later_stage_lags_behind(
     redis_server: RedisServer, redis_client, clip, lagging: str
 ) -> None:
-    """Preprocess keeps up, but inference (tensors pile up) or postprocess (scores pile up) does not."""
+    """Preprocess keeps up, but inference (tensors pile up) or postprocess (scores pile up) does not.
+    This test plays preprocess itself, so every frame goes through the frames stream."""
     model = "mobilenet-v1-0.25-128"
     pre, slow = f"preprocess:{model}", f"{lagging}:{model}"
     piled = KEYS.tensors(model) if lagging == "infer" else KEYS.scores(model)
@@ -276,7 +278,8 @@ async def test_file_source_also_pauses_while_a_later_stage_lags_behind(
     await redis_client.xgroup_create(piled, slow, id="0", mkstream=True)
     client = await connect(redis_server.url)
     stop = asyncio.Event()
-    ingest = IngestStage(Settings(ingest={"high_water": 12}), client, consumer="i")
+    settings = Settings(ingest={"high_water": 12, "straight_to_tensors": False})
+    ingest = IngestStage(settings, client, consumer="i")
     task = asyncio.create_task(ingest.run(stop))
     await add_source(redis_client, KEYS, "file", {"uri": str(clip)})
 
@@ -309,6 +312,48 @@ async def test_file_source_also_pauses_while_a_later_stage_lags_behind(
     await task
     await client.aclose()
     assert [m["seq"] for m in await frames_published(redis_client)] == list(range(61))
+
+
+async def test_frames_skip_preprocess_only_once_it_has_none_of_theirs_left(
+    redis_server: RedisServer, redis_client, clip
+) -> None:
+    """Frames ingest made to the one model's input go straight into its tensors stream, but never
+    ahead of a frame still in the frames stream: while preprocess has entries left there, frames
+    queue behind them; once it took them all, the rest (and the end of the source) go straight."""
+    model = "mobilenet-v1-0.25-128"
+    pre = f"preprocess:{model}"
+    await redis_client.xgroup_create(KEYS.frames, pre, id="0", mkstream=True)
+    await redis_client.xadd(KEYS.frames, {FIELD: eos_message("earlier", 0)})  # not taken yet
+    client = await connect(redis_server.url)
+    stop = asyncio.Event()
+    ingest = IngestStage(Settings(ingest={"high_water": 12, "queue_ms": 0}), client, consumer="i")
+    task = asyncio.create_task(ingest.run(stop))
+
+    async def held_back() -> bool:
+        return len([m for m in await frames_published(redis_client) if m["source"] == "file"]) >= 11
+
+    async def done() -> bool:
+        return (await list_sources(redis_client, KEYS))[0].done
+
+    try:
+        await add_source(redis_client, KEYS, "file", {"uri": str(clip)})
+        await wait_for(held_back, what="frames queued behind the entry preprocess has not taken")
+        await ingest_paused(redis_client)
+        reply = await redis_client.xreadgroup(pre, "p", {KEYS.frames: ">"})  # preprocess takes them all
+        await redis_client.xack(KEYS.frames, pre, *[entry_id for _, items in reply for entry_id, _ in items])
+        await wait_for(done, what="the source to finish")
+    finally:
+        stop.set()
+        await task
+        await client.aclose()
+    queued = [m for m in await frames_published(redis_client) if m["source"] == "file"]
+    straight = [
+        decode_message(f[FIELD.encode()]).meta for _, f in await redis_client.xrange(KEYS.tensors(model))
+    ]
+    assert [m["seq"] for m in queued] == list(range(len(queued))) and 11 <= len(queued) < 60
+    assert [m["seq"] for m in straight] == list(range(len(queued), 61))  # 60 frames, then the end
+    assert all(m["model"] == model and m["kind"] == "frame" and m["fit"] for m in straight[:-1])
+    assert straight[-1]["kind"] == "eos" and straight[-1]["model"] == model
 
 
 class _FastLive:

@@ -42,8 +42,15 @@ class PendingFrame:
     fit: str | None = None  # `ModelInput.key` of the input these pixels already are
 
     def encode(
-        self, source_id: str, seq: int, ingest_ms: float, models: tuple[str, ...] | None = None
+        self,
+        source_id: str,
+        seq: int,
+        ingest_ms: float,
+        models: tuple[str, ...] | None = None,
+        model: str | None = None,
     ) -> bytes:
+        """The frame message; with `model`, the tensor message of that model (the frame is
+        already its input, so it skips preprocess: `IngestSettings.straight_to_tensors`)."""
         meta: dict[str, object] = {
             "kind": FRAME,
             "source": source_id,
@@ -59,6 +66,8 @@ class PendingFrame:
             meta["models"] = list(models)
         if self.fit is not None:
             meta["fit"] = self.fit
+        if model is not None:
+            meta["model"] = model
         return encode_message(Message(meta=meta, array=self.array))
 
 
@@ -79,8 +88,10 @@ def eos_message(
     error: str | None = None,
     removed: bool = False,
     models: tuple[str, ...] | None = None,
+    model: str | None = None,
 ) -> bytes:
-    """End of a source: `seq` follows its last frame; it published `seq - first_seq` frames."""
+    """End of a source: `seq` follows its last frame; it published `seq - first_seq` frames.
+    With `model`, as that model's tensors stream carries it (`PendingFrame.encode`)."""
     meta: dict[str, object] = {
         "kind": EOS,
         "source": source_id,
@@ -94,6 +105,8 @@ def eos_message(
         meta["reason"] = "removed"
     if models is not None:
         meta["models"] = list(models)
+    if model is not None:
+        meta["model"] = model
     return encode_message(Message(meta=meta))
 
 

@@ -41,10 +41,12 @@ class SourceWrites:
         progress: dict[str, Any],
         report: SourceReport | None,
         models: tuple[str, ...] | None = None,
+        straight: tuple[str, ...] | None = None,
     ) -> None:
         """XADD `frames` as seqs `next_seq`, ... and record `progress` (with the report's status
         fields) and the published count, in one MULTI/EXEC. `models`: the source's own models
-        (None: every model), stamped on each frame."""
+        (None: every model), stamped on each frame. `straight`: XADD each frame to these models'
+        tensors streams instead of the frames stream (`PipelineBacklog.straight_models`)."""
         keys = self.keys.for_source(source_id)
         ingest_ms = time.time() * 1000.0
         status: dict[str, Any] = {}
@@ -53,7 +55,11 @@ class SourceWrites:
             status = report.fields()
         async with self.client.pipeline(transaction=True) as pipe:
             for seq, frame in enumerate(frames, start=next_seq):
-                pipe.xadd(keys.frames, {FIELD: frame.encode(source_id, seq, ingest_ms, models)})
+                if straight is None:
+                    pipe.xadd(keys.frames, {FIELD: frame.encode(source_id, seq, ingest_ms, models)})
+                for model in straight or ():
+                    tensor = frame.encode(source_id, seq, ingest_ms, models, model)
+                    pipe.xadd(keys.tensors(model), {FIELD: tensor})
             pipe.hset(keys.source_state, source_id, json.dumps({**progress, **status}))
             pipe.hincrby(keys.counters, f"published:{source_id}", len(frames))
             self._thumbnail(pipe, keys, source_id, frames[-1], ingest_ms)
@@ -102,20 +108,25 @@ class SourceWrites:
         removed: bool = False,
         report: SourceReport | None = None,
         models: tuple[str, ...] | None = None,
+        straight: tuple[str, ...] | None = None,
     ) -> int:
         """Publish end-of-stream and mark the source done (finished or failed), atomically;
-        returns the frames it had published (the seq end-of-stream took)."""
+        returns the frames it had published (the seq end-of-stream took). `straight`: as for
+        `publish`, the tensors streams it goes to instead of the frames stream."""
         next_seq, first_seq = int(state.get("next_seq", 0)), int(state.get("first_seq", 0))
         # end-of-stream takes a seq of its own: a source re-added later starts after it
         done = {**state, "next_seq": next_seq + 1, "done": True, "error": error}
-        eos = eos_message(
-            source_id, next_seq, first_seq=first_seq, error=error, removed=removed, models=models
-        )
         keys = self.keys.for_source(source_id)
         report = report or SourceReport(source_id, self.keys, state)
         report.end(error, removed)
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.frames, {FIELD: eos})
+            targets = [(keys.frames, None)] if straight is None else [(keys.tensors(m), m) for m in straight]
+            for stream, model in targets:
+                eos = eos_message(
+                    source_id, next_seq, first_seq=first_seq, error=error, removed=removed, models=models,
+                    model=model,
+                )  # fmt: skip
+                pipe.xadd(stream, {FIELD: eos})
             report.queue_write(pipe, done)
             await pipe.execute()
         return next_seq
