@@ -88,10 +88,8 @@ def eos_message(
     error: str | None = None,
     removed: bool = False,
     models: tuple[str, ...] | None = None,
-    model: str | None = None,
 ) -> bytes:
-    """End of a source: `seq` follows its last frame; it published `seq - first_seq` frames.
-    With `model`, as that model's tensors stream carries it (`PendingFrame.encode`)."""
+    """End of a source: `seq` follows its last frame; it published `seq - first_seq` frames."""
     meta: dict[str, object] = {
         "kind": EOS,
         "source": source_id,
@@ -105,8 +103,6 @@ def eos_message(
         meta["reason"] = "removed"
     if models is not None:
         meta["models"] = list(models)
-    if model is not None:
-        meta["model"] = model
     return encode_message(Message(meta=meta))
 
 

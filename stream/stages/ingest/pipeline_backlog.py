@@ -48,7 +48,6 @@ class PipelineBacklog:
         self.readers: tuple[str, ...] = ()
         self.auto_short_side_px: int | None = None  # what `frame_short_side_px: auto` means now
         self.auto_fit: ModelInput | None = None  # the input every reading model shares, if one
-        self._preprocess_idle: set[int] = set()  # partitions whose preprocess groups had nothing left
 
     async def slowest(self) -> GroupStats:
         """The frames stream's slowest consumer group (lag + pending), or its length with no group;
@@ -67,15 +66,11 @@ class PipelineBacklog:
         a frame moving on between two reads is counted twice, never missed. Per partition
         (`keys`): a source waits on its own partition only. While a sink with ``on_full: pause``
         is full, `SINK_FULL`."""
-        self._preprocess_idle.discard(keys.index)
         if await self.sinks.full():
             return SINK_FULL
         if keys.index != 0:
             await self._frames_groups(keys.partition(0))  # keep `readers` current
         groups = {s.group: s.backlog for s in await self._frames_groups(keys)}
-        preprocess = [groups.get(reader) for reader in self.readers if reader.startswith("preprocess:")]
-        if preprocess and all(left == 0 for left in preprocess):
-            self._preprocess_idle.add(keys.index)
         backlog = max(groups.values()) if groups else int(await self.client.xlen(keys.frames))
         for reader in self.readers:
             stage, _, model = reader.partition(":")
@@ -87,28 +82,26 @@ class PipelineBacklog:
                 backlog = max(backlog, chain)
         return backlog
 
-    def straight_models(self, keys: PipelineKeys, chosen: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    def straight_models(self, chosen: tuple[str, ...] | None) -> tuple[str, ...]:
         """The models whose tensors streams a frame ingest made to `auto_fit` may go straight
         into, skipping preprocess (`IngestSettings.straight_to_tensors`): every model reading the
-        frames stream, or the source's own `chosen` ones when all of them read it. None (publish
-        into the frames stream) unless the last `of_partition` of partition `keys` found every
-        one of their preprocess groups there with nothing left to take, so a frame going
-        straight never overtakes an earlier frame of its source still on its way through
-        preprocess; `through_frames` forgets that reading."""
-        if self.auto_fit is None or keys.index not in self._preprocess_idle:
-            return None
+        frames stream, or the source's own `chosen` ones when all of them read it; none while
+        the reading models have different inputs."""
+        if self.auto_fit is None:
+            return ()
         groups = (group.partition(":") for group in self.readers)
         readers = [model for stage, _, model in groups if stage == "preprocess"]
         if chosen is not None:
             if not set(chosen) <= set(readers):
-                return None
+                return ()
             readers = [model for model in readers if model in chosen]
-        return tuple(readers) or None
+        return tuple(readers)
 
-    def through_frames(self, keys: PipelineKeys) -> None:
-        """A frame of partition `keys` went into the frames stream: none goes straight until the
-        next `of_partition` finds preprocess with nothing left there."""
-        self._preprocess_idle.discard(keys.index)
+    async def preprocess_done(self, keys: PipelineKeys, models: tuple[str, ...]) -> bool:
+        """Whether the preprocess group of each of `models` in partition `keys` has taken and
+        passed on every entry of the frames stream (none left unread or pending)."""
+        groups = {s.group: s.backlog for s in await self.transport.all_group_stats(keys.frames)}
+        return all(groups.get(PipelineKeys.group("preprocess", model)) == 0 for model in models)
 
     async def _frames_backlog(self, keys: PipelineKeys) -> GroupStats:
         groups = await self._frames_groups(keys)

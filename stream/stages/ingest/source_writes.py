@@ -108,25 +108,22 @@ class SourceWrites:
         removed: bool = False,
         report: SourceReport | None = None,
         models: tuple[str, ...] | None = None,
-        straight: tuple[str, ...] | None = None,
     ) -> int:
         """Publish end-of-stream and mark the source done (finished or failed), atomically;
-        returns the frames it had published (the seq end-of-stream took). `straight`: as for
-        `publish`, the tensors streams it goes to instead of the frames stream."""
+        returns the frames it had published (the seq end-of-stream took). Into the frames stream
+        always, also after frames that went straight into the tensors streams: preprocess passes
+        it on behind them."""
         next_seq, first_seq = int(state.get("next_seq", 0)), int(state.get("first_seq", 0))
         # end-of-stream takes a seq of its own: a source re-added later starts after it
         done = {**state, "next_seq": next_seq + 1, "done": True, "error": error}
+        eos = eos_message(
+            source_id, next_seq, first_seq=first_seq, error=error, removed=removed, models=models
+        )
         keys = self.keys.for_source(source_id)
         report = report or SourceReport(source_id, self.keys, state)
         report.end(error, removed)
         async with self.client.pipeline(transaction=True) as pipe:
-            targets = [(keys.frames, None)] if straight is None else [(keys.tensors(m), m) for m in straight]
-            for stream, model in targets:
-                eos = eos_message(
-                    source_id, next_seq, first_seq=first_seq, error=error, removed=removed, models=models,
-                    model=model,
-                )  # fmt: skip
-                pipe.xadd(stream, {FIELD: eos})
+            pipe.xadd(keys.frames, {FIELD: eos})
             report.queue_write(pipe, done)
             await pipe.execute()
         return next_seq

@@ -85,6 +85,7 @@ class _Player:
     task: asyncio.Task[None] | None = None
     report: SourceReport | None = None
     progress: dict = field(default_factory=dict)  # the state's progress fields, as last written
+    straight: tuple[str, ...] = ()  # the models its last frames went straight to (`_straight`)
 
 
 class IngestStage:
@@ -434,31 +435,38 @@ class IngestStage:
         """Publish the frames with their seq and record progress (one MULTI/EXEC); returns next seq."""
         progress = {"next_seq": next_seq + len(frames), "position": position, "first_seq": player.first_seq,
                     "done": False}  # fmt: skip
-        straight = self._straight(player.source_id, player.spec.models, frames)
+        straight = await self._straight(player, frames)
         await self.writes.publish(
             player.source_id, frames, next_seq, progress, player.report, player.spec.models, straight
         )
+        player.straight = straight or ()
         player.progress = progress
         self.processed += len(frames)
         self._published[self.keys.for_source(player.source_id).index] += len(frames)
         metrics.frames(self.name, "ok", len(frames))
         return next_seq + len(frames)
 
-    def _straight(
-        self, source_id: str, models: tuple[str, ...] | None, frames: list[PendingFrame]
-    ) -> tuple[str, ...] | None:
-        """The models whose tensors streams `frames` (or, with none, the source's end) go straight
-        into, when ``ingest.straight_to_tensors`` is on and every frame is already the one input
-        they share; None: into the frames stream, through preprocess."""
-        keys = self.keys.for_source(source_id)
+    async def _straight(self, player: _Player, frames: list[PendingFrame]) -> tuple[str, ...] | None:
+        """The models whose tensors streams `frames` go straight into, when
+        ``ingest.straight_to_tensors`` is on and every frame is already the one input they share;
+        None: into the frames stream, through preprocess.
+
+        Never ahead of one of the source's earlier frames: unless its last frames went straight
+        to these same models, their preprocess groups must have nothing left in the frames
+        stream first. (Its end always goes through the frames stream, so after every frame.)"""
         fit = self.pipeline.auto_fit
-        straight = None
-        on = self.settings.ingest.straight_to_tensors
-        if on and fit is not None and all(frame.fit == fit.key for frame in frames):
-            straight = self.pipeline.straight_models(keys, models)
-        if straight is None:
-            self.pipeline.through_frames(keys)
-        return straight
+        if not self.settings.ingest.straight_to_tensors or fit is None:
+            return None
+        if not all(frame.fit == fit.key for frame in frames):
+            return None
+        models = self.pipeline.straight_models(player.spec.models)
+        if not models:
+            return None
+        if models != player.straight:
+            keys = self.keys.for_source(player.source_id)
+            if not await self.pipeline.preprocess_done(keys, models):
+                return None
+        return models
 
     async def _finish(
         self,
@@ -472,9 +480,8 @@ class IngestStage:
     ) -> None:
         """Publish end-of-stream and mark the source done (finished or failed), atomically."""
         frames = await self.writes.finish(
-            source_id, state, error=error, removed=removed, report=report, models=models,
-            straight=self._straight(source_id, models, []),
-        )  # fmt: skip
+            source_id, state, error=error, removed=removed, report=report, models=models
+        )
         self.processed += 1
         log.info("ingest: source %s finished after %d frames%s", source_id, frames,
                  f" ({error})" if error else "")  # fmt: skip
