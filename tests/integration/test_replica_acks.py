@@ -33,6 +33,10 @@ from tests.waiting import wait_until
 
 SOURCE = "cam-live"
 _PIXELS = np.zeros((128, 128, 3), np.uint8)  # a v1-sized frame: 49 KB per entry
+_ACK_TIMEOUT_MS = 2_000
+"""How long WAIT gives the replica: a live one acknowledges well within it on a busy machine
+(with 300 ms a write to a live replica came up short once in a full run), and a stopped one
+costs a test only this long."""
 
 
 def _frame(seq: int) -> bytes:
@@ -76,7 +80,9 @@ async def test_plain_wait_counts_the_replica_holding_the_write_and_a_shortfall_i
     primary, replica = primary_and_replica
     keys = PipelineKeys("acks")
     client = await connect(primary.url)
-    transport = StreamTransport(client, keys, stage="ingest", replica_acks=1, replica_ack_timeout_ms=300)
+    transport = StreamTransport(
+        client, keys, stage="ingest", replica_acks=1, replica_ack_timeout_ms=_ACK_TIMEOUT_MS
+    )
     counted = metrics.total("replica_shortfalls", stage="ingest")
     try:
         assert await _publish_one(transport, keys.frames, 0)
@@ -84,7 +90,7 @@ async def test_plain_wait_counts_the_replica_holding_the_write_and_a_shortfall_i
             start = time.monotonic()
             # WAIT sent on any connection but the one that wrote would answer 1 at once here
             assert not await _publish_one(transport, keys.frames, 1)
-            assert time.monotonic() - start >= 0.3
+            assert time.monotonic() - start >= _ACK_TIMEOUT_MS / 1000
         assert transport.replica_shortfalls == 1
         assert metrics.total("replica_shortfalls", stage="ingest") == counted + 1
         assert await client.xlen(keys.frames) == 2  # the short write stands
@@ -130,7 +136,7 @@ async def test_cluster_wait_goes_to_the_partition_master_that_took_the_write(
     else:
         pytest.skip("no master of the session cluster has a live replica")
     transport = StreamTransport(
-        cluster_client, keys, stage="ingest", replica_acks=1, replica_ack_timeout_ms=300
+        cluster_client, keys, stage="ingest", replica_acks=1, replica_ack_timeout_ms=_ACK_TIMEOUT_MS
     )
     assert await _publish_one(transport, keys.frames, 0)
     with _stopped(replica):
@@ -343,7 +349,9 @@ async def test_a_fenced_forward_waits_for_replicas_too_and_is_still_fenced(
     primary, replica = primary_and_replica
     keys = PipelineKeys("fenced-acks")
     client = await connect(primary.url)
-    transport = StreamTransport(client, keys, stage="postprocess", replica_acks=1, replica_ack_timeout_ms=300)
+    transport = StreamTransport(
+        client, keys, stage="postprocess", replica_acks=1, replica_ack_timeout_ms=_ACK_TIMEOUT_MS
+    )
     lease, state_key = f"{keys.prefix}:owner", f"{keys.prefix}:state"  # the partition's hash tag
     try:
         await client.set(lease, "me")
