@@ -100,7 +100,7 @@ class PipelineBacklog:
     async def preprocess_done(self, keys: PipelineKeys, models: tuple[str, ...]) -> bool:
         """Whether the preprocess group of each of `models` in partition `keys` has taken and
         passed on every entry of the frames stream (none left unread or pending)."""
-        groups = {s.group: s.backlog for s in await self.transport.all_group_stats(keys.frames)}
+        groups = {s.group: s.backlog for s in await self._frames_groups(keys)}
         return all(groups.get(PipelineKeys.group("preprocess", model)) == 0 for model in models)
 
     async def _frames_backlog(self, keys: PipelineKeys) -> GroupStats:
