@@ -21,7 +21,7 @@ from stream.errors import ModelError
 from stream.settings import SinkSettings
 from stream.zoo.repository import ModelRepository
 
-__all__ = ["SINK_FULL", "PipelineBacklog", "auto_fit", "auto_short_side"]
+__all__ = ["SINK_FULL", "PipelineBacklog", "auto_fit", "auto_short_side", "reading_models"]
 
 SINK_FULL = 2**62
 """`PipelineBacklog.of_partition` while a pausing sink is full: above every high-water mark."""
@@ -72,14 +72,12 @@ class PipelineBacklog:
             await self._frames_groups(keys.partition(0))  # keep `readers` current
         groups = {s.group: s.backlog for s in await self._frames_groups(keys)}
         backlog = max(groups.values()) if groups else int(await self.client.xlen(keys.frames))
-        for reader in self.readers:
-            stage, _, model = reader.partition(":")
-            if stage == "preprocess" and model:
-                chain = groups.get(reader, backlog)
-                for stream in (keys.tensors(model), keys.scores(model)):
-                    stats = await self.transport.all_group_stats(stream)
-                    chain += max((s.backlog for s in stats if not _shadow(s.group)), default=0)
-                backlog = max(backlog, chain)
+        for model in reading_models(self.readers):
+            chain = groups.get(PipelineKeys.group("preprocess", model), backlog)
+            for stream in (keys.tensors(model), keys.scores(model)):
+                stats = await self.transport.all_group_stats(stream)
+                chain += max((s.backlog for s in stats if not _shadow(s.group)), default=0)
+            backlog = max(backlog, chain)
         return backlog
 
     def straight_models(self, chosen: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -89,8 +87,7 @@ class PipelineBacklog:
         the reading models have different inputs."""
         if self.auto_fit is None:
             return ()
-        groups = (group.partition(":") for group in self.readers)
-        readers = [model for stage, _, model in groups if stage == "preprocess"]
+        readers = reading_models(self.readers)
         if chosen is not None:
             if not set(chosen) <= set(readers):
                 return ()
@@ -133,15 +130,19 @@ def _shadow(group: str) -> bool:
     return group.startswith("shadow:")
 
 
+def reading_models(groups: tuple[str, ...] | list[str]) -> list[str]:
+    """The models whose preprocess group (``preprocess:<model>``) is among the frames stream's
+    consumer `groups`, in their order."""
+    parts = (group.partition(":") for group in groups)
+    return [model for stage, _, model in parts if stage == "preprocess" and model]
+
+
 def auto_short_side(groups: tuple[str, ...] | list[str], repository: ModelRepository) -> int | None:
     """The shorter side frames need for every model whose preprocess group reads the frames
     stream (``preprocess:<model>``); None (keep frames as they are) with no such group or with a
     model this process does not know."""
     needs = []
-    for group in groups:
-        stage, _, model = group.partition(":")
-        if stage != "preprocess" or not model:
-            continue
+    for model in reading_models(groups):
         try:
             spec = repository.spec(model)
         except ModelError:
@@ -155,10 +156,7 @@ def auto_fit(groups: tuple[str, ...] | list[str], repository: ModelRepository) -
     the frames stream, so ingest can make frames to exactly it; None when they differ, with no
     such group, or with a model this process does not know."""
     inputs = set()
-    for group in groups:
-        stage, _, model = group.partition(":")
-        if stage != "preprocess" or not model:
-            continue
+    for model in reading_models(groups):
         try:
             inputs.add(model_input(repository.spec(model)))
         except ModelError:

@@ -41,7 +41,7 @@ class SourceWrites:
         progress: dict[str, Any],
         report: SourceReport | None,
         models: tuple[str, ...] | None = None,
-        straight: tuple[str, ...] | None = None,
+        straight: tuple[str, ...] = (),
     ) -> None:
         """XADD `frames` as seqs `next_seq`, ... and record `progress` (with the report's status
         fields) and the published count, in one MULTI/EXEC. `models`: the source's own models
@@ -55,9 +55,9 @@ class SourceWrites:
             status = report.fields()
         async with self.client.pipeline(transaction=True) as pipe:
             for seq, frame in enumerate(frames, start=next_seq):
-                if straight is None:
+                if not straight:
                     pipe.xadd(keys.frames, {FIELD: frame.encode(source_id, seq, ingest_ms, models)})
-                for model in straight or ():
+                for model in straight:
                     tensor = frame.encode(source_id, seq, ingest_ms, models, model)
                     pipe.xadd(keys.tensors(model), {FIELD: tensor})
             pipe.hset(keys.source_state, source_id, json.dumps({**progress, **status}))

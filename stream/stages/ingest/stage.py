@@ -439,33 +439,31 @@ class IngestStage:
         await self.writes.publish(
             player.source_id, frames, next_seq, progress, player.report, player.spec.models, straight
         )
-        player.straight = straight or ()
+        player.straight = straight
         player.progress = progress
         self.processed += len(frames)
         self._published[self.keys.for_source(player.source_id).index] += len(frames)
         metrics.frames(self.name, "ok", len(frames))
         return next_seq + len(frames)
 
-    async def _straight(self, player: _Player, frames: list[PendingFrame]) -> tuple[str, ...] | None:
+    async def _straight(self, player: _Player, frames: list[PendingFrame]) -> tuple[str, ...]:
         """The models whose tensors streams `frames` go straight into, when
         ``ingest.straight_to_tensors`` is on and every frame is already the one input they share;
-        None: into the frames stream, through preprocess.
+        none: into the frames stream, through preprocess.
 
         Never ahead of one of the source's earlier frames: unless its last frames went straight
         to these same models, their preprocess groups must have nothing left in the frames
         stream first. (Its end always goes through the frames stream, so after every frame.)"""
         fit = self.pipeline.auto_fit
         if not self.settings.ingest.straight_to_tensors or fit is None:
-            return None
+            return ()
         if not all(frame.fit == fit.key for frame in frames):
-            return None
+            return ()
         models = self.pipeline.straight_models(player.spec.models)
-        if not models:
-            return None
-        if models != player.straight:
+        if models and models != player.straight:
             keys = self.keys.for_source(player.source_id)
             if not await self.pipeline.preprocess_done(keys, models):
-                return None
+                return ()
         return models
 
     async def _finish(
