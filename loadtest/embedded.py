@@ -131,7 +131,8 @@ class EmbeddedPipeline:
         self._stop.set()
         if self._task is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, self.settings.streams.drain_timeout_s + 30)
+                async with asyncio.timeout(self.settings.streams.drain_timeout_s + 30):
+                    await self._task
             self._task = None
         if self.server is not None:
             self.server.close()

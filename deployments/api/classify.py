@@ -43,7 +43,8 @@ async def classify(request: Request, ingress: Any = Depends(serving_replica)) ->
     tensor = await asyncio.to_thread(_prepare, body, ingress.spec, max_pixels)
     timeout_s = ingress.cfg.classify_timeout_s
     try:
-        result = await asyncio.wait_for(ingress.classifier.classify.remote(tensor), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            result = await ingress.classifier.classify.remote(tensor)
     except TimeoutError as e:
         raise ApiError(503, f"classifier did not answer within {timeout_s:g} s") from e
     except Exception as e:

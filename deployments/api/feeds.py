@@ -103,9 +103,11 @@ class Subscription:
                 yield self.queue.get_nowait()
                 continue
             try:
-                yield await asyncio.wait_for(self.queue.get(), keep_alive_s)
+                async with asyncio.timeout(keep_alive_s):
+                    item = await self.queue.get()
             except TimeoutError:
-                yield self.event_id(), None
+                item = self.event_id(), None
+            yield item
 
 
 class FeedHub:

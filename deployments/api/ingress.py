@@ -120,7 +120,8 @@ async def readyz(ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
     with the reason otherwise."""
     await redis_call(ingress.client.ping())
     try:
-        info = await asyncio.wait_for(ingress.classifier.info.remote(), 5.0)
+        async with asyncio.timeout(5.0):
+            info = await ingress.classifier.info.remote()
     except Exception as e:
         raise ApiError(503, f"model not ready: {type(e).__name__}: {e}") from e
     replicas = await ingress.stage_replicas()
@@ -141,7 +142,8 @@ async def get_stages(ingress: Any = Depends(serving_replica)) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, handle in ingress.stages.items():
         try:
-            status = await asyncio.wait_for(handle.status.remote(), 5.0)
+            async with asyncio.timeout(5.0):
+                status = await handle.status.remote()
         except Exception as e:
             status = {"error": f"{type(e).__name__}: {e}"}
         out[name] = {"replicas": replicas.get(_deployment(name), {}), **status, **counts[name]}

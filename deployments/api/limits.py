@@ -71,7 +71,8 @@ async def _read_body(receive: Receive, limit: int, timeout_s: float) -> bytes | 
         try:
             if left_s <= 0:
                 raise TimeoutError
-            message = await asyncio.wait_for(receive(), left_s)
+            async with asyncio.timeout(left_s):
+                message = await receive()
         except TimeoutError:
             raise _Refused(408, f"the request body did not arrive within {timeout_s:g} s") from None
         if message["type"] == "http.disconnect":

@@ -117,7 +117,8 @@ class StageDeployment:
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Backlog of this stage's group, this replica's frames/s (for `BacklogPolicy`) and the CPU
         its process uses (for `LoadPolicy`, which sizes Ingest)."""
-        stats = await asyncio.wait_for(self.loop.backlog(), _STATS_TIMEOUT_S)
+        async with asyncio.timeout(_STATS_TIMEOUT_S):
+            stats = await self.loop.backlog()
         self._last_backlog = stats.backlog  # each partition's lag is published by the loop, as it reads it
         return {
             BACKLOG_KEY: float(stats.backlog),
@@ -132,7 +133,8 @@ class StageDeployment:
             raise RuntimeError(f"{self.consumer}: the {self.stage} loop ended: {error!r}")
         idle_s = time.monotonic() - self.loop.last_progress_s
         if idle_s > self.stuck_after_s:
-            stats = await asyncio.wait_for(self.loop.backlog(), _STATS_TIMEOUT_S)
+            async with asyncio.timeout(_STATS_TIMEOUT_S):
+                stats = await self.loop.backlog()
             if stats.backlog > 0:
                 raise RuntimeError(
                     f"{self.consumer}: no progress for {idle_s:.0f} s with {stats.backlog} entries waiting"
@@ -155,7 +157,8 @@ class StageDeployment:
         """Graceful shutdown (scale-down, redeploy, serve.shutdown): stop reading, drain, ack, exit."""
         self._stop.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), self.settings.streams.drain_timeout_s + 1)
+            async with asyncio.timeout(self.settings.streams.drain_timeout_s + 1):
+                await asyncio.shield(self._task)
         except Exception as e:  # a drain that fails leaves entries pending: the others reclaim them
             log.warning("%s: drain ended with %r; pending entries will be reclaimed", self.consumer, e)
         await self._forget_consumer()
@@ -165,7 +168,8 @@ class StageDeployment:
     async def _forget_consumer(self) -> None:
         """Leave the group on every partition this replica read, where it holds nothing."""
         try:
-            await asyncio.wait_for(self.loop.leave_groups(), _STATS_TIMEOUT_S)
+            async with asyncio.timeout(_STATS_TIMEOUT_S):
+                await self.loop.leave_groups()
         except Exception as e:
             log.info("%s: consumer left in its group: %r", self.consumer, e)
 

@@ -51,7 +51,8 @@ async def check_uri_async(
 ) -> SourceVerdict:
     """`check_uri` in a thread (DNS blocks), refused when it takes longer than `timeout_s`."""
     try:
-        return await asyncio.wait_for(asyncio.to_thread(check_uri, uri, policy), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.to_thread(check_uri, uri, policy)
     except TimeoutError:
         return SourceVerdict(
             "forbidden", f"the source could not be checked within {timeout_s:g} s (slow DNS?)"

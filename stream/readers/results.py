@@ -272,7 +272,8 @@ class ResultReader:
         """`call`, or a `redis.TimeoutError` when no reply came in time (redis-py drops the
         connection of a cancelled command, so the next one starts on a fresh connection)."""
         try:
-            return await asyncio.wait_for(call, timeout=block_ms / 1000.0 + self.reply_timeout_s)
+            async with asyncio.timeout(block_ms / 1000.0 + self.reply_timeout_s):
+                return await call
         except TimeoutError:
             raise RedisTimeoutError(
                 f"no reply from Redis within {block_ms / 1000.0 + self.reply_timeout_s:.1f} s"

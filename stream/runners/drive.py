@@ -54,6 +54,7 @@ from stream.runners.display import Progress, Snapshot, StageRow, Summary
 from stream.runners.more_models import AddModel, ModelWatcher
 from stream.settings import Settings
 from stream.stopping import on_stop_signal
+from stream.waiting import pause
 
 __all__ = ["DriveOptions", "Played", "Stalled", "drive", "off_loop"]
 
@@ -319,8 +320,7 @@ async def _wait_for_sinks(
                 return
         if options.check_stages is not None:
             options.check_stages()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.2)
+        await pause(stop, 0.2)
         if stop.is_set():
             await asyncio.sleep(0.2)
 
@@ -529,4 +529,5 @@ async def off_loop(fn: Callable[..., _T], *args: Any, timeout_s: float) -> _T:
             loop.call_soon_threadsafe(settle, outcome)
 
     threading.Thread(target=work, name=f"off-loop-{getattr(fn, '__name__', 'call')}", daemon=True).start()
-    return await asyncio.wait_for(done, timeout_s)
+    async with asyncio.timeout(timeout_s):
+        return await done

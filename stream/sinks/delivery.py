@@ -23,7 +23,6 @@ Every second the sink's backlog (entries its group has not acked) is published; 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -50,6 +49,7 @@ from stream.sinks.destination import DeliveryError, Destination, SinkItem
 from stream.sinks.filters import sink_item
 from stream.sinks.lanes import Lanes
 from stream.sinks.settings import SinkSettings
+from stream.waiting import pause
 
 __all__ = ["SinkDelivery", "SinkStats"]
 
@@ -183,7 +183,7 @@ class SinkDelivery:
             if not entries and held:
                 # older entries another consumer holds go first (in order), once it has been silent
                 # for claim_idle_ms: newer ones wait for them
-                await _pause(stop, min(0.1, self.settings.streams.claim_idle_ms / 4000.0))
+                await pause(stop, min(0.1, self.settings.streams.claim_idle_ms / 4000.0))
                 continue
             if not entries:
                 entries = await self._read_batch(streams)
@@ -272,7 +272,7 @@ class SinkDelivery:
             retry=retry_if_exception(lambda e: isinstance(e, DeliveryError) and e.retryable),
             wait=wait_random_exponential(multiplier=self.sink.backoff_initial_s, max=self.sink.backoff_max_s),
             stop=lambda state: state.attempt_number >= self.sink.max_attempts or stop.is_set(),
-            sleep=lambda seconds: _pause(stop, seconds),
+            sleep=lambda seconds: pause(stop, seconds),
             before_sleep=self._retrying,
             reraise=True,
         )
@@ -307,7 +307,8 @@ class SinkDelivery:
         failure is a `DeliveryError` (one the destination did not name is retryable)."""
         async with self._send_lock:
             try:
-                await asyncio.wait_for(self.destination.send(items), self.sink.timeout_s + 5.0)
+                async with asyncio.timeout(self.sink.timeout_s + 5.0):
+                    await self.destination.send(items)
                 return
             except DeliveryError as e:
                 error = e
@@ -406,7 +407,7 @@ class SinkDelivery:
                 if keys.index in self.owned:
                     await trim(self.client, keys.sink_retry(self.name))
             await self._count_retries()
-            await _pause(stop, _WATCH_S)
+            await pause(stop, _WATCH_S)
         await self._count_retries()
 
     async def _count_retries(self) -> None:
@@ -432,9 +433,3 @@ class SinkDelivery:
         """Up to `count` entries of `stream` not yet read by the group, without waiting."""
         reply: Any = await self.client.xreadgroup(self.group, self.consumer, {stream: ">"}, count=count)
         return [entry_of(stream, i, f) for _, items in reply or [] for i, f in items]
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, or less when `stop` is set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

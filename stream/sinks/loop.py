@@ -19,7 +19,6 @@ through the API, once a second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from stream.sinks.destination import Destination
 from stream.sinks.registered import forget_sink_groups, registered_sinks
 from stream.sinks.registry import build_destination
 from stream.sinks.settings import SinkSettings
+from stream.waiting import pause
 
 __all__ = ["SinkLoop"]
 
@@ -160,8 +160,7 @@ class SinkLoop:
                 await self._rebalance()
             elif self.ownership.owned:  # no sink to deliver (all removed): an idle replica holds nothing
                 await self.ownership.leave()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._ownership_interval_s)
+            await pause(stop, self._ownership_interval_s)
 
     async def _rebalance(self) -> None:
         """Renew the leases, then give partitions up (their lanes stopped first) or take free ones."""
@@ -224,8 +223,7 @@ class SinkLoop:
                 await delivery.close()
                 await forget_sink_groups(self.client, self.keys, delivery.sink)
                 log.info("sink %s: removed through the API, no longer delivering", name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), _FOLLOW_S)
+            await pause(stop, _FOLLOW_S)
 
     async def _keep_running(self, delivery: SinkDelivery, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -375,7 +375,8 @@ class ConsumerStage(StageBase):
                     metrics.stage_seconds(self.name, (time.monotonic() - started) / len(good))
             await self.commit(await self.on_idle())
             await self.maintain()
-        await asyncio.wait_for(self._drain(), timeout=self.settings.streams.drain_timeout_s)
+        async with asyncio.timeout(self.settings.streams.drain_timeout_s):
+            await self._drain()
 
     async def handle_each_apart_on_error(self, items: list[tuple[Entry, Message]]) -> None:
         """Handle and commit `items`; when handling raises, handle them one by one, so that an

@@ -72,6 +72,7 @@ def test_core_imports_only_stdlib_numpy_and_itself():
                 "stream.adapters",
                 "stream.core",
                 "stream.errors",
+                "stream.waiting",
                 "stream.settings",
                 "stream.zoo",
                 "stream.watchdog",
@@ -86,18 +87,33 @@ def test_core_imports_only_stdlib_numpy_and_itself():
                 "stream.adapters",
                 "stream.core",
                 "stream.errors",
+                "stream.waiting",
                 "stream.settings",
                 "stream.zoo",
             ),
         ),
         (
             "stream/readers",
-            ("stream.readers", "stream.adapters", "stream.core", "stream.errors", "stream.settings"),
+            (
+                "stream.readers",
+                "stream.adapters",
+                "stream.core",
+                "stream.errors",
+                "stream.settings",
+                "stream.waiting",
+            ),
         ),
         # sinks deliver what Redis holds: a runner or a command starts them, never a stage
         (
             "stream/sinks",
-            ("stream.sinks", "stream.adapters", "stream.core", "stream.errors", "stream.settings"),
+            (
+                "stream.sinks",
+                "stream.adapters",
+                "stream.core",
+                "stream.errors",
+                "stream.settings",
+                "stream.waiting",
+            ),
         ),
     ],
 )

@@ -198,7 +198,8 @@ class InferStage(StageBase):
             leftover, bad = self.transport.decode(await self.reader.finish())  # reads in flight (P > 1)
             await self.reject(bad)
             buffer.add([(e, m, now_ms()) for e, m in leftover], _ms())
-            await asyncio.wait_for(self._drain(buffer, slots, tasks), self.settings.streams.drain_timeout_s)
+            async with asyncio.timeout(self.settings.streams.drain_timeout_s):
+                await self._drain(buffer, slots, tasks)
         finally:
             for task in tasks:
                 task.cancel()

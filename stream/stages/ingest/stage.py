@@ -63,6 +63,7 @@ from stream.stages.ingest.frames import Chunk, LivePump, PendingFrame, encode_fr
 from stream.stages.ingest.pipeline_backlog import SINK_FULL, PipelineBacklog
 from stream.stages.ingest.source_reports import SourceReport
 from stream.stages.ingest.source_writes import SourceWrites
+from stream.waiting import pause
 from stream.zoo.repository import ModelRepository
 
 __all__ = ["IngestStage", "add_source", "list_sources", "remove_source", "source_failure"]
@@ -156,8 +157,7 @@ class IngestStage:
             while not stop.is_set():
                 self.last_progress_s = time.monotonic()
                 await self._scan()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.scan_interval_s)
+                await pause(stop, self.scan_interval_s)
         finally:
             await self._stop_all()
 
