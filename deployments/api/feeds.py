@@ -102,6 +102,7 @@ class Subscription:
             if not self.queue.empty():
                 yield self.queue.get_nowait()
                 continue
+            item: tuple[str, dict[str, Any] | None]
             try:
                 async with asyncio.timeout(keep_alive_s):
                     item = await self.queue.get()
