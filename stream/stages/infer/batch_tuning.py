@@ -1,5 +1,5 @@
-"""infer's batch-size tuning: measure the engine at each padded batch size once, keep the largest
-size about as fast as the best (`stream.core.batching.choose_batch_size`), and remember the choice
+"""infer's batch-size tuning: measure the engine at each padded batch size once, keep the smallest
+size about as fast as the best (`stream.core.batching.choose_batch_size`), and remember the rates
 per model file, batch ceiling and CPU count, so later starts (and new replicas) skip the measure.
 
 `infer.max_batch_size` stays the ceiling; ``infer.batch_tuning: false`` uses it as it is.
@@ -66,15 +66,27 @@ def _load(cache_file: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _known_rates(entry: Any, sizes: list[int]) -> dict[int, float] | None:
+    """The rates saved for every size in `sizes`; None when the entry lacks one (or is no entry)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("rates"), dict):
+        return None
+    try:
+        rates = {int(k): float(v) for k, v in entry["rates"].items()}
+    except (TypeError, ValueError):
+        return None
+    return {s: rates[s] for s in sizes} if all(s in rates for s in sizes) else None
+
+
 async def tuned_batch_size(
     engine: Any, sizes: list[int], cache_file: Path, *, inflight: int, frames_per_size: int = 48
 ) -> int:
     """The batch size infer should use: remembered in `cache_file`, else measured now and saved."""
     key = _key(engine, max(sizes))
-    known = _load(cache_file).get(key)
-    if isinstance(known, dict) and known.get("size") in sizes:
-        return int(known["size"])
-    rates = await measure_rates(engine, sizes, frames_per_size=frames_per_size, inflight=inflight)
+    known = _known_rates(_load(cache_file).get(key), sizes)
+    if known is not None:
+        return choose_batch_size(known)  # the rule applied now, to what was measured then
+    measured = await measure_rates(engine, sizes, frames_per_size=frames_per_size, inflight=inflight)
+    rates = {k: round(v, 1) for k, v in measured.items()}  # as saved: a later start decides alike
     size = choose_batch_size(rates)
     log.info(
         "%s: batch size %d (frames/s by batch size: %s)",
@@ -83,7 +95,7 @@ async def tuned_batch_size(
         ", ".join(f"{k}: {v:.0f}" for k, v in rates.items()),
     )
     data = _load(cache_file)
-    data[key] = {"size": size, "rates": {str(k): round(v, 1) for k, v in rates.items()}}
+    data[key] = {"size": size, "rates": {str(k): v for k, v in rates.items()}}
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
