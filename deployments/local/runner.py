@@ -394,7 +394,7 @@ class _RayStages:
         ingest of its own: it reads the one frames stream). Serve takes a config as the whole set
         of applications: `deploy` hands it the running ones unchanged, which Serve leaves running
         as they are (same code version and options: no replica restarts)."""
-        from stream.runners.drive import off_loop
+        from stream.waiting import off_loop
 
         assert self.base is not None
         first = next(iter(self.apps))

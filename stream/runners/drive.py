@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from rich.console import Console
 
 from stream.adapters.redis.client import connect_settings, refresh_cluster_view
 from stream.adapters.redis.outage import RedisOutage, is_redis_outage, ride_out
-from stream.adapters.redis.sink_backlog import sink_backlog
 from stream.adapters.redis.source_registry import SourceSpec, add_source, remove_source
 from stream.core.keys import PipelineKeys
 from stream.core.ledger import ResultLedger
@@ -52,11 +50,12 @@ from stream.readers.results import JsonlSink, ResultReader, dead_letter_count
 from stream.readers.watch import probe_stages, read_counters
 from stream.runners.display import Progress, Snapshot, StageRow, Summary
 from stream.runners.more_models import AddModel, ModelWatcher
+from stream.runners.sink_drain import sink_rows, wait_for_sinks
 from stream.settings import Settings
 from stream.stopping import on_stop_signal
-from stream.waiting import pause
+from stream.waiting import off_loop
 
-__all__ = ["DriveOptions", "Played", "Stalled", "drive", "off_loop"]
+__all__ = ["DriveOptions", "Played", "Stalled", "drive"]
 
 log = logging.getLogger("framestream.run")
 _T = TypeVar("_T")
@@ -192,13 +191,13 @@ async def drive(
             while await ride(lambda: sink.poll(block_ms=300)):
                 pass
             await ctx.show()
-            await _wait_for_sinks(client, keys, settings, stop, options, ride, progress)
+            await wait_for_sinks(client, keys, settings, stop, options.check_stages, ride, progress)
         summary = await ride(
             lambda: _summary(
                 client, keys, options, sink, [*tracks, *added], first, dead_before, started, interrupted
             )
         )
-        summary.sinks = await ride(lambda: _sink_rows(client, keys, settings, first))
+        summary.sinks = await ride(lambda: sink_rows(client, keys, settings, first))
         return Played(summary, sink.reader.ledger, ids, [*tracks, *added])
     finally:
         await more.close()
@@ -289,65 +288,6 @@ async def _summary(
         interrupted=interrupted,
         segments=sink.reader.segments_written if options.segments else None,
     )
-
-
-async def _sink_backlogs(client: Any, keys: PipelineKeys, settings: Settings) -> dict[str, int]:
-    return {
-        s.name: sum([await sink_backlog(client, k, s) for k in keys.all_partitions]) for s in settings.sinks
-    }
-
-
-async def _wait_for_sinks(
-    client: Any,
-    keys: PipelineKeys,
-    settings: Settings,
-    stop: asyncio.Event,
-    options: DriveOptions,
-    ride: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
-    progress: Progress,
-) -> None:
-    """Until no sink has anything waiting; after a stop (Ctrl-C, `--timeout`), for at most
-    ``streams.drain_timeout_s`` more. A sink that is down keeps its backlog in Redis: the next run
-    (or `framestream stage sinks`) delivers it."""
-    if not settings.sinks:
-        return
-    progress.note("waiting for the sinks to deliver what is left ...")
-    stopped_at: float | None = None
-    while any((await ride(lambda: _sink_backlogs(client, keys, settings))).values()):
-        if stop.is_set():
-            stopped_at = stopped_at or time.monotonic()
-            if time.monotonic() - stopped_at > settings.streams.drain_timeout_s:
-                return
-        if options.check_stages is not None:
-            options.check_stages()
-        await pause(stop, 0.2)
-        if stop.is_set():
-            await asyncio.sleep(0.2)
-
-
-async def _sink_rows(
-    client: Any, keys: PipelineKeys, settings: Settings, first: dict[str, int]
-) -> dict[str, dict[str, int]]:
-    """Each sink's counters in this run (from the partitions' counters hashes) and its backlog;
-    nothing without sinks."""
-    if not settings.sinks:
-        return {}
-    counters = await read_counters(client, keys)
-    backlogs = await _sink_backlogs(client, keys, settings)
-
-    def grown(name: str) -> int:
-        return counters.get(name, 0) - first.get(name, 0)
-
-    return {
-        s.name: {
-            "delivered": grown(f"sink:{s.name}:delivered"),
-            "retries": grown(f"sink:{s.name}:retries"),
-            "dead_letters": grown(f"dead:{s.group}") - grown(f"sink:{s.name}:dropped"),
-            "dropped": grown(f"sink:{s.name}:dropped"),
-            "backlog": backlogs[s.name],
-        }
-        for s in settings.sinks
-    }
 
 
 def _name(source: str, model: str, options: DriveOptions) -> str:
@@ -505,29 +445,3 @@ class _Watcher:
             published=published,
             dead=0,
         )
-
-
-async def off_loop(fn: Callable[..., _T], *args: Any, timeout_s: float) -> _T:
-    """`fn(*args)` in a daemon thread, waited for `timeout_s` at most (TimeoutError). A Ray call
-    can block for good when Ray's own processes were signalled along with the run (``timeout``,
-    systemd): in ``asyncio.to_thread`` it would hold up the end of ``asyncio.run`` (which joins
-    the default executor's threads) and so the whole stop; a daemon thread is simply left."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[_T] = loop.create_future()
-
-    def settle(outcome: Callable[[], None]) -> None:
-        if not done.done():
-            outcome()
-
-    def work() -> None:
-        try:
-            result = fn(*args)
-            outcome = functools.partial(done.set_result, result)
-        except BaseException as e:
-            outcome = functools.partial(done.set_exception, e)
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(settle, outcome)
-
-    threading.Thread(target=work, name=f"off-loop-{getattr(fn, '__name__', 'call')}", daemon=True).start()
-    async with asyncio.timeout(timeout_s):
-        return await done
