@@ -323,22 +323,23 @@ class IngestStage:
         self, player: _Player, keys: PipelineKeys, chunk_size: int, *, publishing: int = 0, wait: bool = True
     ) -> int:
         """How many frames the next chunk may have: up to `chunk_size`, never far past the
-        source's window (`_window`) counting the `publishing` frames not yet in the backlog. With
-        `wait`, first waits until the backlog is under the window (0 when the player stopped
-        meanwhile)."""
+        source's window (`_window`) counting the `publishing` frames not yet in the backlog, and
+        0 when that is fewer than `_least_room`. With `wait`, first waits until the window has
+        that much room (0 when the player stopped meanwhile)."""
         paced = player.spec.realtime
         backlog = await self.pipeline.of_partition(keys)
         window = self._window(keys, backlog, paced=paced)
         if not wait:
-            return min(chunk_size, window - backlog - publishing)
-        while backlog > window:
+            room = min(chunk_size, window - backlog - publishing)
+            return room if room >= _least_room(chunk_size, window) else 0
+        while window - backlog < _least_room(chunk_size, window):
             if player.stop.is_set():
                 return 0
             self.last_progress_s = time.monotonic()
             await asyncio.sleep(0.01)
             backlog = await self.pipeline.of_partition(keys)
             window = self._window(keys, backlog, paced=paced)
-        return max(1, min(chunk_size, window - backlog))
+        return min(chunk_size, window - backlog)
 
     def _decode(self, source: FrameSource, sampler: FrameSampler, n: int) -> asyncio.Task[Chunk]:
         """Decode up to `n` frames of a file source on a worker thread."""
@@ -514,6 +515,14 @@ def _open_at(uri: str, position: int, cfg: IngestSettings) -> FrameSource:
     if position:
         skip_frames(source, position)
     return source
+
+
+def _least_room(chunk_size: int, window: int) -> int:
+    """The fewest frames a chunk is worth publishing: half a chunk, at most a quarter of the
+    window. Topping the backlog up a frame or two at a time as the pipeline drains it would make
+    every stage read batches that small, and each read, batch and publish costs about the same
+    whatever its size."""
+    return max(1, min(chunk_size // 2, window // 4))
 
 
 async def _drop(ahead: asyncio.Task[Chunk] | None) -> None:
