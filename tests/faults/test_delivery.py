@@ -76,8 +76,10 @@ async def test_negative_control_a_maxlen_trim_loses_frames_and_the_checker_says_
     try:
 
         async def behind() -> bool:
+            # unread tensors to trim: ingest stops at its window (at least 64 frames once no drain
+            # is measured), of which the stopped replicas hold some as pending (40 here), not lag
             stats = {g["name"]: g for g in await harness.client.xinfo_groups(stream)}
-            return int(stats[group.encode()]["lag"] or 0) >= 100
+            return int(stats[group.encode()]["lag"] or 0) >= 32
 
         assert await poll(behind, timeout_s=20)
         trimmed = await harness.client.xtrim(stream, maxlen=0, approximate=False)
