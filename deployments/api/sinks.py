@@ -33,11 +33,9 @@ router = APIRouter()
 
 
 async def _with_backlog(ingress: Any, sink: SinkSettings, origin: str) -> dict[str, Any]:
-    from stream.adapters.redis.sink_backlog import sink_backlog
+    from stream.adapters.redis.sink_backlog import total_sink_backlog
 
-    backlog = 0
-    for keys in ingress.keys.all_partitions:
-        backlog += await sink_backlog(ingress.client, keys, sink)
+    backlog = await total_sink_backlog(ingress.client, ingress.keys, sink)
     return {**sink.public(), "origin": origin, "backlog": backlog}
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stream.adapters.redis.entries import text
-from stream.adapters.redis.sink_backlog import sink_backlog
+from stream.adapters.redis.sink_backlog import total_sink_backlog
 from stream.core.keys import PipelineKeys
 from stream.readers.watch import read_counters
 from stream.settings import SinkSettings
@@ -34,7 +34,7 @@ async def sink_status(client: Any, keys: PipelineKeys, sinks: Sequence[SinkSetti
             "retries": counters.get(f"sink:{sink.name}:retries", 0),
             "dead_letters": counters.get(f"dead:{sink.group}", 0) - dropped,
             "dropped": dropped,
-            "backlog": sum([await sink_backlog(client, part, sink) for part in keys.all_partitions]),
+            "backlog": await total_sink_backlog(client, keys, sink),
             "last_error": last.get("error"),
             "last_error_ms": last.get("time_ms"),
         })  # fmt: skip

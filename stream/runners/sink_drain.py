@@ -10,20 +10,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from stream.adapters.redis.sink_backlog import sink_backlog
+from stream.adapters.redis.sink_backlog import total_sink_backlog
 from stream.core.keys import PipelineKeys
 from stream.readers.watch import read_counters
 from stream.runners.display import Progress
 from stream.settings import Settings
 from stream.waiting import pause
 
-__all__ = ["sink_backlogs", "sink_rows", "wait_for_sinks"]
+__all__ = ["sink_rows", "wait_for_sinks"]
 
 
-async def sink_backlogs(client: Any, keys: PipelineKeys, settings: Settings) -> dict[str, int]:
-    return {
-        s.name: sum([await sink_backlog(client, k, s) for k in keys.all_partitions]) for s in settings.sinks
-    }
+async def _backlogs(client: Any, keys: PipelineKeys, settings: Settings) -> dict[str, int]:
+    return {s.name: await total_sink_backlog(client, keys, s) for s in settings.sinks}
 
 
 async def wait_for_sinks(
@@ -42,7 +40,7 @@ async def wait_for_sinks(
         return
     progress.note("waiting for the sinks to deliver what is left ...")
     stopped_at: float | None = None
-    while any((await ride(lambda: sink_backlogs(client, keys, settings))).values()):
+    while any((await ride(lambda: _backlogs(client, keys, settings))).values()):
         if stop.is_set():
             stopped_at = stopped_at or time.monotonic()
             if time.monotonic() - stopped_at > settings.streams.drain_timeout_s:
@@ -62,7 +60,7 @@ async def sink_rows(
     if not settings.sinks:
         return {}
     counters = await read_counters(client, keys)
-    backlogs = await sink_backlogs(client, keys, settings)
+    backlogs = await _backlogs(client, keys, settings)
 
     def grown(name: str) -> int:
         return counters.get(name, 0) - first.get(name, 0)

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from stream.adapters.redis.group_stats import GroupStats, leave_group
 from stream.adapters.redis.outage import is_redis_outage
 from stream.adapters.redis.partition_leases import PartitionLeases
-from stream.adapters.redis.sink_backlog import sink_backlog, sink_streams
+from stream.adapters.redis.sink_backlog import sink_streams, total_sink_backlog
 from stream.core.keys import PipelineKeys
 from stream.errors import ConfigError
 from stream.settings import Settings
@@ -240,7 +240,7 @@ class SinkLoop:
         """Entries waiting for the sinks (the most behind sink's), for autoscaling."""
         worst = GroupStats(self.keys.results, "sink:", lag=0, pending=0, consumers=0)
         for delivery in self.all_deliveries:
-            total = sum([await sink_backlog(self.client, k, delivery.sink) for k in self.keys.all_partitions])
+            total = await total_sink_backlog(self.client, self.keys, delivery.sink)
             if total > worst.backlog:
                 worst = GroupStats(self.keys.results, delivery.group, lag=total, pending=0, consumers=1)
         return worst

@@ -17,7 +17,7 @@ from stream.adapters.redis.group_stats import group_stats
 from stream.core.keys import PipelineKeys
 from stream.settings import SinkSettings
 
-__all__ = ["SinkPause", "sink_backlog", "sink_streams"]
+__all__ = ["SinkPause", "sink_backlog", "sink_streams", "total_sink_backlog"]
 
 
 def sink_streams(keys: PipelineKeys, sink: SinkSettings) -> list[str]:
@@ -33,6 +33,11 @@ async def sink_backlog(client: Any, keys: PipelineKeys, sink: SinkSettings) -> i
     for stream in sink_streams(keys, sink):
         total += (await group_stats(client, stream, sink.group)).backlog
     return total
+
+
+async def total_sink_backlog(client: Any, keys: PipelineKeys, sink: SinkSettings) -> int:
+    """`sink_backlog` over every partition of the pipeline `keys` belongs to."""
+    return sum([await sink_backlog(client, part, sink) for part in keys.all_partitions])
 
 
 class SinkPause:
@@ -57,10 +62,7 @@ class SinkPause:
             self._read_at = now
             full = []
             for sink in self.sinks:
-                backlog = 0
-                for keys in self.keys.all_partitions:
-                    backlog += await sink_backlog(self.client, keys, sink)
-                if backlog > sink.max_backlog:
+                if await total_sink_backlog(self.client, self.keys, sink) > sink.max_backlog:
                     full.append(sink.name)
             self._full = full
         return self._full
