@@ -29,6 +29,7 @@ from stream.adapters.redis.model_requests import (
     unwatch,
 )
 from stream.core.keys import PipelineKeys
+from stream.waiting import cancel_and_wait
 from stream.zoo.repository import valid_name
 
 __all__ = ["AddModel", "ModelWatcher"]
@@ -72,12 +73,7 @@ class ModelWatcher:
         the runner's own stop."""
         if self._task is None:
             return
-        tasks = [self._task, *self._adding.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait([self._task, *self._adding.values()])
         self._task = None
         with contextlib.suppress(Exception):  # Redis away at the end: the heartbeat expires alone
             await unwatch(self.client, self.keys)

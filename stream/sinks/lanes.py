@@ -12,7 +12,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
-__all__ = ["Lanes", "cancelled"]
+from stream.waiting import cancel_and_wait
+
+__all__ = ["Lanes"]
 
 Lane = Callable[[int, asyncio.Event], Coroutine[Any, Any, None]]
 
@@ -50,7 +52,7 @@ class Lanes:
             stopped.cancel()
             tasks = [other, *(task for task, _ in self._tasks.values())]
             self._tasks.clear()
-            await cancelled(tasks)
+            await cancel_and_wait(tasks)
 
     def add(self, partitions: Collection[int]) -> None:
         """Own `partitions` too: their lanes start now while `run` runs (else when it does)."""
@@ -74,22 +76,10 @@ class Lanes:
         tasks = [task for task, _ in lanes]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=wait_s) if wait_s > 0 else (set(), set(tasks))
-            await cancelled(late)
+            await cancel_and_wait(late)
 
     def _done(self, task: asyncio.Future[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
         if self._error is not None and not self._error.done():
             self._error.set_exception(task.exception())  # type: ignore[arg-type]
-
-
-async def cancelled(tasks: Collection[asyncio.Future[None]]) -> None:
-    """Cancel `tasks` and wait until each has ended. A lane blocked in a redis-py XREADGROUP can
-    absorb one cancellation and block on (seen in the API test's delete), so each is cancelled
-    again until it ends."""
-    left = {task for task in tasks if not task.done()}
-    while left:
-        for task in left:
-            task.cancel()
-        _, left = await asyncio.wait(left, timeout=0.5)
-    await asyncio.gather(*tasks, return_exceptions=True)

@@ -38,7 +38,7 @@ from stream.sinks.destination import Destination
 from stream.sinks.registered import forget_sink_groups, registered_sinks
 from stream.sinks.registry import build_destination
 from stream.sinks.settings import SinkSettings
-from stream.waiting import pause
+from stream.waiting import cancel_and_wait, pause
 
 __all__ = ["SinkLoop"]
 
@@ -146,10 +146,7 @@ class SinkLoop:
             await self.ownership.leave()  # every lane stopped: the next owners need not wait
         finally:
             stopped.cancel()
-            everything = [owner, follower, *self._tasks.values()]
-            for task in everything:
-                task.cancel()
-            await asyncio.gather(*everything, return_exceptions=True)
+            await cancel_and_wait([owner, follower, *self._tasks.values()])
             for delivery in self.all_deliveries:
                 await delivery.close()
 
@@ -217,9 +214,7 @@ class SinkLoop:
                 log.info("sink %s: added through the API, delivering", name)
             for name in [n for n in self._registered if n not in wanted]:
                 delivery = self._registered.pop(name)
-                task = self._tasks.pop(name)
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await cancel_and_wait([self._tasks.pop(name)])
                 await delivery.close()
                 await forget_sink_groups(self.client, self.keys, delivery.sink)
                 log.info("sink %s: removed through the API, no longer delivering", name)

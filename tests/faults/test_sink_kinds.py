@@ -31,6 +31,7 @@ from stream.readers.watch import read_counters
 from stream.runners.processes import StageProcess, _write_config, run_processes, sink_secrets
 from stream.settings import Settings
 from stream.sinks.settings import SinkSettings
+from stream.waiting import cancel_and_wait
 from tests.faults.conftest import MODEL, fault_settings
 from tests.faults.frames import write_frame_folder
 from tests.servers import MosquittoServer, PostgresServer
@@ -87,9 +88,7 @@ async def _running(coroutine: Any) -> AsyncIterator[asyncio.Task[Any]]:
     try:
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
 
 async def test_every_result_reaches_a_persistent_subscriber_across_a_broker_restart(

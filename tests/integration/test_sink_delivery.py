@@ -24,6 +24,7 @@ from stream.readers.watch import read_counters
 from stream.settings import Settings
 from stream.sinks.loop import SinkLoop
 from stream.sinks.settings import SinkSettings
+from stream.waiting import cancel_and_wait
 from tests.faults.webhook_receiver import WebhookReceiver
 from tests.waiting import until
 
@@ -208,9 +209,7 @@ async def test_what_a_stopped_sink_consumer_held_is_taken_over_and_delivered(
         return (await redis_client.xpending(keys.results, sink.group))["pending"] > 0
 
     await until(held_by_first, timeout_s=10, what="entries pending with the first consumer")
-    task.cancel()  # a crash: nothing acked, nothing left the group
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait([task])  # a crash: nothing acked, nothing left the group
     receiver.mode = "ok"
     async with _running(SinkLoop(settings, redis_client, consumer="second")):
         await until(lambda: len(receiver.keys()) == 30, timeout_s=20, what="all 30 delivered by the second")

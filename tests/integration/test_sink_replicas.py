@@ -18,6 +18,7 @@ from stream.core.codec import Message, encode_message
 from stream.core.keys import FIELD, PipelineKeys, partition_of
 from stream.settings import Settings
 from stream.sinks.loop import SinkLoop
+from stream.waiting import cancel_and_wait
 from tests.faults.webhook_receiver import WebhookReceiver
 from tests.waiting import until
 
@@ -100,9 +101,7 @@ async def test_two_replicas_share_the_partitions_and_one_takes_over_a_dead_ones_
             assert a.processed > 0 and b.processed > 0
             taken_from_a = set(a.owned)
             await _publish(redis_client, keys, sources, range(40, 50))
-            a_task.cancel()  # a dies: it releases nothing, acks nothing more
-            with contextlib.suppress(asyncio.CancelledError):
-                await a_task
+            await cancel_and_wait([a_task])  # a dies: it releases nothing, acks nothing more
             await _publish(redis_client, keys, sources, range(50, PER_SOURCE))
             await until(lambda: b.owned == [0, 1, 2, 3], timeout_s=15, what="b owning every partition")
             await until(lambda: arrived(PER_SOURCE), timeout_s=30, what="every item of every source")

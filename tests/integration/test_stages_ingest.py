@@ -24,6 +24,7 @@ from stream.core.keys import FIELD, PipelineKeys
 from stream.settings import Settings
 from stream.stages.ingest.frames import eos_message
 from stream.stages.ingest.stage import IngestStage
+from stream.waiting import cancel_and_wait
 from tests.waiting import until
 
 KEYS = PipelineKeys()
@@ -259,8 +260,8 @@ async def test_file_source_keeps_about_queue_ms_of_the_drain_rate_waiting(
         else:
             await wait_for(lambda: backlogs[-1] >= high_water, what="the backlog up to high_water")
     finally:
-        consumer.cancel()
         stop.set()
+        await cancel_and_wait([consumer])
         await task
         await client.aclose()
 
