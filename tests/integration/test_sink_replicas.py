@@ -109,3 +109,33 @@ async def test_two_replicas_share_the_partitions_and_one_takes_over_a_dead_ones_
     assert {r.key for r in receiver.items} == {f"{s}/m/{seq}" for s in sources for seq in range(PER_SOURCE)}
     for source in sources:
         assert receiver.first_arrivals(source) == list(range(PER_SOURCE)), source
+
+
+async def test_a_replica_cancelled_once_ends_even_when_a_redis_call_inside_loses_the_cancel(
+    redis_client: Any, receiver: WebhookReceiver
+) -> None:
+    """On Python 3.11 redis-py can lose a cancel (it sends through ``asyncio.wait_for``): the lease
+    keeper then loops on, as its stop never comes. The replica's run must end all the same."""
+    sink = {"name": "hook", "kind": "webhook", "url": receiver.url, "secret": SECRET}
+    streams = {"pipeline": f"s{secrets.token_hex(3)}", "partitions": PARTITIONS, "claim_idle_ms": 500}
+    loop = SinkLoop(Settings(streams=streams, sinks=[sink]), redis_client, consumer="a")
+    await loop.start()
+    renew, inside, lost = loop.ownership.renew, asyncio.Event(), []
+
+    async def renew_that_loses_the_first_cancel() -> list[int]:
+        if lost:
+            return await renew()
+        inside.set()
+        try:
+            await asyncio.sleep(3600)  # a Redis call in flight
+        except asyncio.CancelledError:
+            lost.append(True)  # ... whose cancel is lost: it returns as if nothing happened
+        return []
+
+    loop.ownership.renew = renew_that_loses_the_first_cancel  # type: ignore[method-assign]
+    task = asyncio.create_task(loop.run(asyncio.Event()))
+    await until(inside.is_set, timeout_s=10, what="the lease keeper inside a Redis call")
+    task.cancel()  # the replica dies once: no stop event, no second cancel
+    done, _ = await asyncio.wait([task], timeout=10)
+    assert lost, "the lease keeper's cancel was never lost: the case this test is about did not happen"
+    assert done, "the replica's run went on waiting for a lease keeper that lost its cancel"
