@@ -180,3 +180,27 @@ def test_the_weights_dir_comes_from_the_caller_never_from_the_environment(
         "mobilenet-v1-0.25-128-quant", weights_dir=shared_dir / "models", cache_dir=tmp_path
     ) as real:
         assert not real.synthetic
+
+
+def test_a_closed_engine_is_freed_with_its_compiled_models_and_their_threads(tmp_path: Path) -> None:
+    """A model version swapped out is closed and dropped: nothing may keep it (its compiled models
+    and their inference threads) alive, or every swap of a long-running infer leaks one."""
+    import gc
+    import weakref
+
+    import psutil
+
+    def one_engine() -> weakref.ref[Engine]:
+        with open_engine("mobilenet-v1-0.25-128", cache_dir=tmp_path) as engine:
+            h, w = engine.spec.input_hw
+            engine.infer(np.zeros((2, h, w, 3), np.uint8))
+            asyncio.run(engine.infer_async(np.zeros((1, h, w, 3), np.uint8)))
+            return weakref.ref(engine)
+
+    one_engine()  # the first one loads what stays for the process (OpenVINO's plugin)
+    gc.collect()
+    threads = psutil.Process().num_threads()  # OpenVINO's own threads included
+    refs = [one_engine() for _ in range(3)]
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+    assert psutil.Process().num_threads() <= threads

@@ -14,7 +14,7 @@ import fcntl
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,23 @@ class _AsyncJob:
             self.loop.call_soon_threadsafe(_set)
 
 
+def _request_done(model: str) -> Callable[[ov.InferRequest, Any], None]:
+    """The request queues' callback, handing each result to its job. It must not reference the
+    engine: the queue holds it in C++, where Python's garbage collector cannot see the cycle back,
+    so an engine it referenced was never freed, with its compiled models and their threads (each
+    model version swapped out leaked one)."""
+
+    def done(request: ov.InferRequest, job: Any) -> None:
+        try:
+            out = request.get_output_tensor(0).data.copy()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiter, never lost
+            job.resolve(None, ModelError(f"{model}: inference failed: {e}"))
+            return
+        job.resolve(out, None)
+
+    return done
+
+
 class _Pool:
     """One compiled model and its request queue; `slots` keeps starts from blocking the loop."""
 
@@ -139,8 +156,9 @@ class Engine:
         self.labels_source = labels.source
         self.model_path = location.path
         self.synthetic = location.synthetic
-        self._dynamic = _Pool(compiled, num_requests, self._on_done)
-        self._static = {n: _Pool(c, num_requests, self._on_done) for n, c in (static or {}).items()}
+        on_done = _request_done(spec.name)
+        self._dynamic = _Pool(compiled, num_requests, on_done)
+        self._static = {n: _Pool(c, num_requests, on_done) for n, c in (static or {}).items()}
         self.num_requests = self._dynamic.size
         self._closed = False
 
@@ -170,14 +188,6 @@ class Engine:
     def streams(self) -> int:
         """Inference streams the device runs in parallel (OpenVINO's NUM_STREAMS)."""
         return int(self._dynamic.compiled.get_property("NUM_STREAMS"))
-
-    def _on_done(self, request: ov.InferRequest, job: Any) -> None:
-        try:
-            out = request.get_output_tensor(0).data.copy()
-        except BaseException as e:  # noqa: BLE001 - handed to the waiter, never lost
-            job.resolve(None, ModelError(f"{self.spec.name}: inference failed: {e}"))
-            return
-        job.resolve(out, None)
 
     def _check(self, batch: np.ndarray) -> np.ndarray:
         if self._closed:
@@ -229,7 +239,8 @@ class Engine:
             return await job.future
 
     def close(self) -> None:
-        """Wait for requests in flight, then release the compiled models."""
+        """Wait for requests in flight; no request starts after. The compiled models (and their
+        threads) are freed with the engine once the caller drops it."""
         if self._closed:
             return
         self._closed = True
